@@ -1,0 +1,1 @@
+//! Multi-server federation tests live in `tests/`.

@@ -1,0 +1,280 @@
+//! Accounts: registration, passwords, sessions (devices + access tokens) and
+//! User-Interactive Authentication.
+//!
+//! Passwords are argon2id PHC strings, hashed on the blocking pool so that hashing never stalls
+//! the async runtime. Access tokens are 256 random bits; only their SHA-256 is stored, so a
+//! database leak reveals no usable token, and lookups by hash do not compare secrets byte by byte.
+
+pub mod uia;
+
+use std::sync::Arc;
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use base64::Engine;
+use rand::Rng;
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::storage::Db;
+
+/// The authenticated caller of a client API request.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// The device the access token belongs to.
+    pub device_id: OwnedDeviceId,
+    /// Whether the user is a server administrator.
+    pub is_admin: bool,
+}
+
+/// Account operations; cheap to clone.
+#[derive(Clone)]
+pub struct Accounts {
+    db: Db,
+    config: Arc<Config>,
+}
+
+/// A freshly issued login.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// The secret access token given to the client.
+    pub access_token: String,
+    /// The device it belongs to.
+    pub device_id: OwnedDeviceId,
+}
+
+/// Hashes a password with argon2id on the blocking pool.
+pub async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| Error::internal(format!("argon2: {e}")))
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+/// Checks a password against a stored PHC string on the blocking pool.
+pub async fn verify_password(password: String, hash: String) -> Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        let parsed =
+            PasswordHash::new(&hash).map_err(|e| Error::internal(format!("stored hash: {e}")))?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+/// SHA-256 of an access token, hex-encoded; the form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random string of `len` characters from `[A-Za-z]`.
+pub fn random_alpha(len: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
+        .filter(|c| c.is_ascii_alphabetic())
+        .chain(std::iter::repeat('A'))
+        .take(len)
+        .collect()
+}
+
+fn new_access_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "myl_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Checks a localpart against the user id grammar of the spec (v1.19: `a-z0-9._=-/+`), plus the
+/// reservations Synapse makes and clients expect: no leading underscore, not purely numeric.
+pub fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
+    if localpart.is_empty() {
+        return Err(Error::invalid_username("User ID cannot be empty"));
+    }
+    if !localpart
+        .bytes()
+        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+    {
+        return Err(Error::invalid_username(
+            "User ID can only contain characters a-z, 0-9, or '=_-./+'",
+        ));
+    }
+    if localpart.starts_with('_') {
+        return Err(Error::invalid_username("User ID may not begin with _"));
+    }
+    if localpart.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::invalid_username(
+            "Numeric user IDs are reserved for guest users",
+        ));
+    }
+    if localpart.len() + server_name.len() + 2 > 255 {
+        return Err(Error::invalid_username(
+            "User ID may not be longer than 255 characters",
+        ));
+    }
+    Ok(())
+}
+
+impl Accounts {
+    /// Creates the account service.
+    pub fn new(db: Db, config: Arc<Config>) -> Self {
+        Self { db, config }
+    }
+
+    /// The database handle.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The full user id for a localpart on this server.
+    pub fn user_id(&self, localpart: &str) -> Result<OwnedUserId> {
+        UserId::parse(format!("@{localpart}:{}", self.config.server_name))
+            .map_err(|e| Error::invalid_username(format!("Invalid user ID: {e}")))
+    }
+
+    /// Resolves `alice` or `@alice:server` to a local user id.
+    pub fn local_user_id(&self, user: &str) -> Result<OwnedUserId> {
+        if user.starts_with('@') {
+            let id = UserId::parse(user)
+                .map_err(|e| Error::invalid_param(format!("Invalid user ID: {e}")))?;
+            if id.server_name().as_str() != self.config.server_name {
+                return Err(Error::forbidden("Invalid username or password"));
+            }
+            Ok(id)
+        } else {
+            self.user_id(&user.to_lowercase())
+        }
+    }
+
+    /// Whether the localpart is valid and free.
+    pub async fn check_available(&self, localpart: &str) -> Result<OwnedUserId> {
+        validate_localpart(localpart, &self.config.server_name)?;
+        let user_id = self.user_id(localpart)?;
+        if self.db.get_user(user_id.as_str()).await?.is_some() {
+            return Err(Error::user_in_use());
+        }
+        Ok(user_id)
+    }
+
+    /// Registers a user; `M_USER_IN_USE` if the name is taken.
+    pub async fn register(
+        &self,
+        localpart: &str,
+        password: Option<String>,
+        admin: bool,
+    ) -> Result<OwnedUserId> {
+        validate_localpart(localpart, &self.config.server_name)?;
+        let user_id = self.user_id(localpart)?;
+        let hash = match password {
+            Some(p) if !p.is_empty() => Some(hash_password(p).await?),
+            _ => None,
+        };
+        if !self
+            .db
+            .create_user(user_id.as_str(), localpart, hash.as_deref(), admin)
+            .await?
+        {
+            return Err(Error::user_in_use());
+        }
+        tracing::info!(%user_id, admin, "registered user");
+        Ok(user_id)
+    }
+
+    /// Verifies a user's password; `M_FORBIDDEN` on any mismatch, without saying which part.
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        let forbidden = || Error::forbidden("Invalid username or password");
+        let user = self
+            .db
+            .get_user(user_id.as_str())
+            .await?
+            .ok_or_else(forbidden)?;
+        if user.deactivated {
+            return Err(Error::new(
+                http::StatusCode::FORBIDDEN,
+                "M_USER_DEACTIVATED",
+                "This account has been deactivated",
+            ));
+        }
+        let hash = user.password_hash.ok_or_else(forbidden)?;
+        if verify_password(password.to_owned(), hash).await? {
+            Ok(())
+        } else {
+            Err(forbidden())
+        }
+    }
+
+    /// Issues an access token for a (new or reused) device.
+    pub async fn issue_token(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<&str>,
+        ip: Option<&str>,
+    ) -> Result<IssuedToken> {
+        let device_id = device_id.unwrap_or_else(|| random_alpha(10).into());
+        let access_token = new_access_token();
+        self.db
+            .create_session(
+                user_id.as_str(),
+                device_id.as_str(),
+                display_name,
+                &token_hash(&access_token),
+                ip,
+            )
+            .await?;
+        Ok(IssuedToken {
+            access_token,
+            device_id,
+        })
+    }
+
+    /// Resolves an access token to its session.
+    pub async fn authenticate(&self, token: &str) -> Result<Session> {
+        match self.db.find_token(&token_hash(token)).await? {
+            Some((user_id, device_id, is_admin)) => Ok(Session {
+                user_id: UserId::parse(user_id).map_err(Error::internal)?,
+                device_id: device_id.into(),
+                is_admin,
+            }),
+            None => Err(Error::unknown_token(false)),
+        }
+    }
+
+    /// Changes a password; unless `keep_devices`, every other device is logged out.
+    pub async fn change_password(
+        &self,
+        session: &Session,
+        new_password: String,
+        logout_devices: bool,
+    ) -> Result<()> {
+        let hash = hash_password(new_password).await?;
+        self.db
+            .set_password_hash(session.user_id.as_str(), &hash)
+            .await?;
+        if logout_devices {
+            let others: Vec<String> = self
+                .db
+                .list_devices(session.user_id.as_str())
+                .await?
+                .into_iter()
+                .map(|d| d.device_id)
+                .filter(|d| d != session.device_id.as_str())
+                .collect();
+            self.db
+                .delete_devices(session.user_id.as_str(), &others)
+                .await?;
+        }
+        Ok(())
+    }
+}

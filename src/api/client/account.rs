@@ -1,0 +1,148 @@
+//! Registration and account management.
+
+use axum::Json;
+use axum::extract::State;
+use ruma::api::client::account::{
+    change_password, deactivate, get_username_availability, register, whoami,
+};
+use serde_json::{Value, json};
+
+use crate::accounts::random_alpha;
+use crate::accounts::uia::{self, UiaRequest};
+use crate::api::AppState;
+use crate::api::extract::{Ruma, RumaResponse};
+use crate::config::RegistrationMode;
+use crate::error::{Error, Result};
+
+/// `POST /_matrix/client/v3/register`
+pub async fn register(
+    State(state): State<AppState>,
+    req: Ruma<register::v3::Request>,
+) -> Result<Json<Value>> {
+    let body = &req.body;
+    if body.kind == register::RegistrationKind::Guest {
+        return Err(Error::new(
+            http::StatusCode::FORBIDDEN,
+            "M_GUEST_ACCESS_FORBIDDEN",
+            "Guest access is disabled",
+        ));
+    }
+    let flows = match state.config.registration.mode {
+        RegistrationMode::Disabled => {
+            return Err(Error::forbidden("Registration has been disabled"));
+        }
+        RegistrationMode::Open => vec![vec![uia::DUMMY]],
+        RegistrationMode::Token => vec![vec![uia::REGISTRATION_TOKEN]],
+    };
+    // Check the name before UIA so that clients learn about a taken name at the first step.
+    let localpart = match &body.username {
+        Some(name) => name.to_lowercase(),
+        None => random_alpha(12).to_lowercase(),
+    };
+    state.accounts.check_available(&localpart).await?;
+    state
+        .accounts
+        .check_uia(
+            body.auth.as_ref(),
+            UiaRequest {
+                flows,
+                user_id: None,
+                operation: "register",
+            },
+        )
+        .await?;
+    let user_id = state
+        .accounts
+        .register(&localpart, body.password.clone(), false)
+        .await?;
+    if body.inhibit_login {
+        return Ok(Json(json!({ "user_id": user_id })));
+    }
+    let issued = state
+        .accounts
+        .issue_token(
+            &user_id,
+            body.device_id.clone(),
+            body.initial_device_display_name.as_deref(),
+            Some(&req.ip.to_string()),
+        )
+        .await?;
+    Ok(Json(json!({
+        "user_id": user_id,
+        "access_token": issued.access_token,
+        "device_id": issued.device_id,
+        "home_server": user_id.server_name(),
+    })))
+}
+
+/// `GET /_matrix/client/v3/register/available`
+pub async fn available(
+    State(state): State<AppState>,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> Result<RumaResponse<get_username_availability::v3::Response>> {
+    state.accounts.check_available(&req.body.username).await?;
+    Ok(get_username_availability::v3::Response::new(true).into())
+}
+
+/// `GET /_matrix/client/v3/account/whoami`
+pub async fn whoami(
+    State(_): State<AppState>,
+    req: Ruma<whoami::v3::Request>,
+) -> Result<RumaResponse<whoami::v3::Response>> {
+    let s = req.session()?;
+    let mut res = whoami::v3::Response::new(s.user_id.clone(), false);
+    res.device_id = Some(s.device_id.clone());
+    Ok(res.into())
+}
+
+/// `POST /_matrix/client/v3/account/password`
+pub async fn change_password(
+    State(state): State<AppState>,
+    req: Ruma<change_password::v3::Request>,
+) -> Result<RumaResponse<change_password::v3::Response>> {
+    let s = req.session()?;
+    let flows = vec![vec![uia::PASSWORD]];
+    state
+        .accounts
+        .check_uia(
+            req.body.auth.as_ref(),
+            UiaRequest {
+                flows,
+                user_id: Some(&s.user_id),
+                operation: "password",
+            },
+        )
+        .await?;
+    state
+        .accounts
+        .change_password(s, req.body.new_password.clone(), req.body.logout_devices)
+        .await?;
+    Ok(change_password::v3::Response::new().into())
+}
+
+/// `POST /_matrix/client/v3/account/deactivate`
+pub async fn deactivate(
+    State(state): State<AppState>,
+    req: Ruma<deactivate::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let flows = vec![vec![uia::PASSWORD]];
+    state
+        .accounts
+        .check_uia(
+            req.body.auth.as_ref(),
+            UiaRequest {
+                flows,
+                user_id: Some(&s.user_id),
+                operation: "deactivate",
+            },
+        )
+        .await?;
+    state
+        .accounts
+        .db()
+        .deactivate_user(s.user_id.as_str())
+        .await?;
+    tracing::info!(user_id = %s.user_id, "deactivated");
+    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
+}

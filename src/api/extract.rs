@@ -1,0 +1,200 @@
+//! The one typed extractor: an HTTP request becomes ruma's request type plus the caller.
+//!
+//! `Ruma<T>` reads the body (bounded), authenticates according to the endpoint's ruma
+//! `Authentication` scheme, applies rate limits to endpoints ruma marks as rate-limited, and
+//! converts with ruma's `IncomingRequest`. Each failure has its Matrix errcode: 413
+//! `M_TOO_LARGE`, 401 `M_MISSING_TOKEN`/`M_UNKNOWN_TOKEN`, 429 `M_LIMIT_EXCEEDED`,
+//! 400 `M_NOT_JSON` (not JSON at all) and 400 `M_BAD_JSON` (JSON of the wrong shape).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use ruma::api::auth_scheme::{
+    AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
+    NoAuthentication,
+};
+use ruma::api::{IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt};
+
+use super::AppState;
+use crate::accounts::Session;
+use crate::error::{Error, Result};
+
+/// Largest JSON request body accepted (media uploads have their own limit).
+pub const MAX_JSON_BODY: usize = 8 * 1024 * 1024;
+
+/// How an endpoint authenticates its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No credentials.
+    None,
+    /// An access token if present.
+    Optional,
+    /// An access token is required.
+    Required,
+}
+
+/// Maps ruma's authentication scheme types to how we authenticate.
+pub trait AuthRequirement {
+    /// The mode for this scheme.
+    const MODE: AuthMode;
+}
+impl AuthRequirement for NoAuthentication {
+    const MODE: AuthMode = AuthMode::None;
+}
+impl AuthRequirement for NoAccessToken {
+    const MODE: AuthMode = AuthMode::None;
+}
+impl AuthRequirement for AccessTokenOptional {
+    const MODE: AuthMode = AuthMode::Optional;
+}
+impl AuthRequirement for AccessToken {
+    const MODE: AuthMode = AuthMode::Required;
+}
+impl AuthRequirement for AppserviceToken {
+    const MODE: AuthMode = AuthMode::Required;
+}
+impl AuthRequirement for AppserviceTokenOptional {
+    const MODE: AuthMode = AuthMode::Optional;
+}
+
+/// A parsed ruma request and who sent it.
+pub struct Ruma<T> {
+    /// The typed request.
+    pub body: T,
+    /// The authenticated session, when the endpoint takes a token and one was given.
+    pub session: Option<Session>,
+    /// The peer's address.
+    pub ip: IpAddr,
+    /// The raw JSON body, for endpoints that must see fields ruma does not model.
+    pub json: Option<serde_json::Value>,
+}
+
+impl<T> Ruma<T> {
+    /// The session of an endpoint whose auth scheme requires a token.
+    pub fn session(&self) -> Result<&Session> {
+        self.session.as_ref().ok_or_else(Error::missing_token)
+    }
+}
+
+/// Reads the access token from `Authorization: Bearer` or the `access_token` query parameter.
+pub fn access_token(parts: &http::request::Parts) -> Result<Option<String>> {
+    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| Error::missing_token())?;
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        // `X-Matrix` belongs to federation; other schemes are not ours.
+        return Ok(None);
+    }
+    let query = parts.uri.query().unwrap_or("");
+    Ok(url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned()))
+}
+
+fn has_json_body(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::POST | http::Method::PUT | http::Method::DELETE
+    )
+}
+
+impl<T> FromRequest<AppState> for Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthRequirement,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self> {
+        let (mut parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > MAX_JSON_BODY) {
+            return Err(Error::too_large("Request body too large"));
+        }
+        let path_args: Vec<String> =
+            match RawPathParams::from_request_parts(&mut parts, state).await {
+                Ok(params) => params.iter().map(|(_, v)| v.to_owned()).collect(),
+                Err(_) => return Err(Error::invalid_param("Path parameters are not valid UTF-8")),
+            };
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+
+        let token = access_token(&parts)?;
+        let session = match (<T::Authentication as AuthRequirement>::MODE, token) {
+            (AuthMode::None, _) | (AuthMode::Optional, None) => None,
+            (AuthMode::Required, None) => return Err(Error::missing_token()),
+            (_, Some(token)) => Some(state.accounts.authenticate(&token).await?),
+        };
+
+        if T::RATE_LIMITED {
+            let key = match &session {
+                Some(s) => s.user_id.to_string(),
+                None => ip.to_string(),
+            };
+            state.limiter.check(&key)?;
+        }
+
+        let bytes = axum::body::to_bytes(body, MAX_JSON_BODY)
+            .await
+            .map_err(|_| Error::too_large("Request body too large"))?;
+        let json = if has_json_body(&parts.method) && !bytes.iter().all(u8::is_ascii_whitespace) {
+            Some(
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .map_err(|e| Error::not_json(format!("Content not JSON: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let request = http::Request::from_parts(parts, &bytes[..]);
+        let body = T::try_from_http_request(request, &args).map_err(|e| {
+            use ruma::api::error::{DeserializationError, FromHttpRequestError};
+            match e {
+                FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+                    Error::bad_json(e.to_string())
+                }
+                FromHttpRequestError::Deserialization(e) => Error::invalid_param(e.to_string()),
+                FromHttpRequestError::MethodMismatch { .. } => {
+                    Error::unrecognized(http::StatusCode::METHOD_NOT_ALLOWED)
+                }
+                other => Error::bad_json(other.to_string()),
+            }
+        })?;
+        Ok(Ruma {
+            body,
+            session,
+            ip,
+            json,
+        })
+    }
+}
+
+/// Wraps a ruma response so that handlers can return it directly.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(res) => res
+                .map(|b| axum::body::Body::from(b.freeze()))
+                .into_response(),
+            Err(e) => Error::internal(format!("serialising response: {e}")).into_response(),
+        }
+    }
+}
+
+impl<T: OutgoingResponse> From<T> for RumaResponse<T> {
+    fn from(value: T) -> Self {
+        Self(value)
+    }
+}

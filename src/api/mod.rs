@@ -1,0 +1,119 @@
+//! The HTTP layer: the router, the request extractor, middleware and the client API handlers.
+//!
+//! Handlers are thin: parse (via [`extract::Ruma`]), call the engine, map errors. They receive
+//! [`AppState`], a bundle of narrow handles; no handler reaches into another's storage.
+
+pub mod client;
+pub mod extract;
+pub mod ratelimit;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, on};
+use ruma::api::IncomingRequest;
+use ruma::api::path_builder::PathBuilder;
+
+use crate::accounts::Accounts;
+use crate::config::Config;
+use crate::error::Error;
+use extract::{AuthRequirement, Ruma};
+use ratelimit::RateLimiter;
+
+/// The handles every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    /// Loaded configuration.
+    pub config: Arc<Config>,
+    /// Accounts, devices and tokens.
+    pub accounts: Accounts,
+    /// Rate limiter for ruma's rate-limited endpoints.
+    pub limiter: Arc<RateLimiter>,
+}
+
+/// A handler taking one ruma request; registered on every path ruma knows for the endpoint.
+pub trait RumaHandler<Req>: Clone + Send + Sync + 'static {
+    /// Adds the handler to `router` for all of the endpoint's paths.
+    fn register(self, router: Router<AppState>) -> Router<AppState>;
+}
+
+impl<Req, F, Fut, R> RumaHandler<Req> for F
+where
+    Req: IncomingRequest + Send + 'static,
+    Req::Authentication: AuthRequirement,
+    F: Fn(State<AppState>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, Error>> + Send + 'static,
+    R: IntoResponse + 'static,
+{
+    fn register(self, mut router: Router<AppState>) -> Router<AppState> {
+        let filter =
+            MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+        for path in Req::PATH_BUILDER.all_paths() {
+            let handler = self.clone();
+            router = router.route(
+                path,
+                on(filter, move |s: State<AppState>, r: Ruma<Req>| {
+                    handler(s, r)
+                }),
+            );
+        }
+        router
+    }
+}
+
+/// Router extension to register ruma handlers.
+pub trait RouterExt {
+    /// Registers `handler` on all paths of its ruma endpoint.
+    fn ruma<Req, H: RumaHandler<Req>>(self, handler: H) -> Self;
+}
+
+impl RouterExt for Router<AppState> {
+    fn ruma<Req, H: RumaHandler<Req>>(self, handler: H) -> Self {
+        handler.register(self)
+    }
+}
+
+/// The complete application router.
+pub fn router(state: AppState) -> Router {
+    client::routes(Router::new())
+        .fallback(|| async { Error::unrecognized(http::StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async {
+            Error::unrecognized(http::StatusCode::METHOD_NOT_ALLOWED)
+        })
+        .layer(axum::middleware::from_fn(cors))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+const CORS_HEADERS: [(&str, &str); 3] = [
+    ("access-control-allow-origin", "*"),
+    (
+        "access-control-allow-methods",
+        "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    ),
+    (
+        "access-control-allow-headers",
+        "X-Requested-With, Content-Type, Authorization, Date",
+    ),
+];
+
+/// Answers every OPTIONS request (browser preflight) and adds CORS headers to every response.
+///
+/// Hand-written because tower-http's `CorsLayer` lets non-preflight OPTIONS through to routing,
+/// where they would get 405; Matrix clients expect any OPTIONS to succeed, as Synapse does.
+async fn cors(req: Request, next: Next) -> Response {
+    let mut res = if req.method() == http::Method::OPTIONS {
+        http::StatusCode::OK.into_response()
+    } else {
+        next.run(req).await
+    };
+    let headers = res.headers_mut();
+    for (name, value) in CORS_HEADERS {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    res
+}

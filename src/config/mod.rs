@@ -1,0 +1,391 @@
+//! Configuration: the TOML file, `MYELIN_<SECTION>__<KEY>` environment overrides, defaults and
+//! validation.
+//!
+//! Loading never half-succeeds: a bad value stops start-up with a message naming the key.
+//! `default_config_toml` is the commented file written on first start and printed by
+//! `myelin generate-config`; keep it in step with the structs below and `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name that appears in user ids and room aliases, with port if not 8448.
+    pub server_name: String,
+    /// Directory for the signing key and, by default, the database and media.
+    pub data_dir: PathBuf,
+    /// Listening sockets.
+    pub listen: ListenConfig,
+    /// TLS material for the federation listener.
+    pub tls: TlsConfig,
+    /// Database connection.
+    pub database: DatabaseConfig,
+    /// Who may register accounts.
+    pub registration: RegistrationConfig,
+    /// Server-to-server settings.
+    pub federation: FederationConfig,
+    /// Media repository.
+    pub media: MediaConfig,
+    /// Rate limiting.
+    pub rate_limits: RateLimitConfig,
+    /// Rooms.
+    pub rooms: RoomsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Plain HTTP listener for the client API (and federation behind a reverse proxy).
+    pub client: SocketAddr,
+    /// Optional HTTPS listener for federation.
+    pub federation: Option<SocketAddr>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://...`; empty means `sqlite://<data_dir>/myelin.db`.
+    pub url: String,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+}
+
+/// Registration policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Only `myelin register-user` creates accounts.
+    Disabled,
+    /// Anyone may register (`m.login.dummy`).
+    Open,
+    /// Registration needs one of `tokens` (`m.login.registration_token`).
+    Token,
+}
+
+/// `[registration]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// disabled, open or token.
+    pub mode: RegistrationMode,
+    /// Tokens accepted in `token` mode.
+    pub tokens: Vec<String>,
+}
+
+/// `[federation]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Whether this server talks to other servers at all.
+    pub enabled: bool,
+    /// Extra CA certificate (PEM) trusted for outbound federation TLS.
+    pub trusted_ca: Option<PathBuf>,
+    /// Allow outbound federation to loopback and private addresses (test networks).
+    pub allow_private_addresses: bool,
+    /// First retry delay after a destination fails, in milliseconds.
+    pub retry_min_ms: u64,
+    /// Largest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+}
+
+/// `[media]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Where media files live; empty means `<data_dir>/media`.
+    pub dir: PathBuf,
+    /// Largest accepted upload.
+    pub max_upload_bytes: u64,
+}
+
+/// `[rate_limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Whether rate limiting is applied at all.
+    pub enabled: bool,
+    /// Sustained requests per second per user (or per IP without a token) on rate-limited endpoints.
+    pub per_second: f64,
+    /// Requests allowed in a burst.
+    pub burst: u32,
+}
+
+/// `[rooms]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Room version for new rooms.
+    pub default_version: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `myelin=debug,sqlx=warn`, ...
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost:8008".into(),
+            data_dir: PathBuf::from("myelin-data"),
+            listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
+            database: DatabaseConfig::default(),
+            registration: RegistrationConfig::default(),
+            federation: FederationConfig::default(),
+            media: MediaConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            rooms: RoomsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            client: "127.0.0.1:8008".parse().expect("valid address"),
+            federation: None,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            mode: RegistrationMode::Disabled,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            trusted_ca: None,
+            allow_private_addresses: false,
+            retry_min_ms: 2_000,
+            retry_max_ms: 600_000,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            max_upload_bytes: 50 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_second: 10.0,
+            burst: 50,
+        }
+    }
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            default_version: "12".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Where `myelin` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "myelin-data/myelin.toml";
+
+impl Config {
+    /// Loads defaults, then the file (if it exists), then the environment, and validates.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("MYELIN_").split("__"));
+        let mut config: Config = figment.extract().map_err(|e| {
+            let mut msg = String::new();
+            for err in e {
+                let key = err.path.join(".");
+                if key.is_empty() {
+                    msg.push_str(&format!("configuration error: {}\n", err.kind));
+                } else {
+                    msg.push_str(&format!("configuration key `{key}`: {}\n", err.kind));
+                }
+            }
+            anyhow::anyhow!(msg.trim_end().to_owned())
+        })?;
+        config.fill_derived_paths();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn fill_derived_paths(&mut self) {
+        if self.database.url.is_empty() {
+            self.database.url = format!("sqlite://{}", self.data_dir.join("myelin.db").display());
+        }
+        if self.media.dir.as_os_str().is_empty() {
+            self.media.dir = self.data_dir.join("media");
+        }
+    }
+
+    /// Checks cross-field rules that serde cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ruma::ServerName::parse(&self.server_name).map_err(|e| {
+            anyhow::anyhow!(
+                "configuration key `server_name`: invalid server name {:?}: {e}",
+                self.server_name
+            )
+        })?;
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            bail!(
+                "configuration key `database.url`: must start with sqlite:// or postgres://, got {url:?}"
+            );
+        }
+        if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty()
+        {
+            bail!(
+                "configuration key `registration.tokens`: mode is \"token\" but no tokens are listed"
+            );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("configuration key `tls`: `cert` and `key` must be given together");
+        }
+        if self.listen.federation.is_some() && self.tls.cert.is_none() {
+            bail!(
+                "configuration key `listen.federation`: the HTTPS federation listener needs `tls.cert` and `tls.key`"
+            );
+        }
+        for (key, file) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("federation.trusted_ca", &self.federation.trusted_ca),
+        ] {
+            if let Some(file) = file
+                && !file.exists()
+            {
+                bail!(
+                    "configuration key `{key}`: file {} does not exist",
+                    file.display()
+                );
+            }
+        }
+        if self.media.max_upload_bytes == 0 {
+            bail!("configuration key `media.max_upload_bytes`: must be greater than 0");
+        }
+        if self.rate_limits.per_second <= 0.0 || self.rate_limits.burst == 0 {
+            bail!("configuration key `rate_limits`: `per_second` and `burst` must be positive");
+        }
+        if !crate::rooms::version::SUPPORTED_ROOM_VERSIONS
+            .contains(&self.rooms.default_version.as_str())
+        {
+            bail!(
+                "configuration key `rooms.default_version`: unsupported room version {:?} (supported: {})",
+                self.rooms.default_version,
+                crate::rooms::version::SUPPORTED_ROOM_VERSIONS.join(", ")
+            );
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("configuration key `log.format`: must be \"text\" or \"json\"");
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("configuration key `log.level`: {e}"))?;
+        Ok(())
+    }
+
+    /// The parsed server name.
+    pub fn server_name(&self) -> ruma::OwnedServerName {
+        ruma::ServerName::parse(&self.server_name).expect("validated at load")
+    }
+
+    /// Writes the commented default configuration to `path` unless a file is already there.
+    pub fn write_default_if_missing(path: &Path) -> anyhow::Result<bool> {
+        if path.exists() {
+            return Ok(false);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(path, default_config_toml())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(true)
+    }
+}
+
+/// The commented default configuration file.
+pub fn default_config_toml() -> &'static str {
+    include_str!("default.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_parses_to_defaults() {
+        let parsed: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(default_config_toml()))
+            .extract()
+            .unwrap();
+        assert_eq!(parsed.server_name, "localhost:8008");
+        assert_eq!(parsed.registration.mode, RegistrationMode::Disabled);
+        assert_eq!(parsed.listen.client.to_string(), "127.0.0.1:8008");
+    }
+}

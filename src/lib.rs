@@ -1,0 +1,10 @@
+//! Myelin, a Matrix homeserver. See `docs/ARCHITECTURE.md` for the codemap and invariants.
+
+pub mod accounts;
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod rooms;
+pub mod server;
+pub mod signing;
+pub mod storage;

@@ -1,0 +1,116 @@
+//! The `myelin` command: `serve`, `register-user`, `generate-config`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use myelin::config::{Config, DEFAULT_CONFIG_PATH, default_config_toml};
+use myelin::server::Server;
+
+#[derive(Parser)]
+#[command(name = "myelin", version, about = "A Matrix homeserver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver.
+    Serve {
+        /// Configuration file (default: ./myelin-data/myelin.toml, created on first start).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Create a user account.
+    RegisterUser {
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The localpart of the new user (`alice` for `@alice:server`).
+        name: String,
+        /// Password; read from the MYELIN_PASSWORD environment variable if not given.
+        #[arg(long)]
+        password: Option<String>,
+        /// Make the user a server administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Print a commented default configuration.
+    GenerateConfig,
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Config::load(Some(&p)),
+        None => {
+            let default = Path::new(DEFAULT_CONFIG_PATH);
+            if Config::write_default_if_missing(default)? {
+                eprintln!("created default configuration at {}", default.display());
+            }
+            Config::load(Some(default))
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::GenerateConfig => {
+            print!("{}", default_config_toml());
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let config = load_config(config)?;
+            init_logging(&config);
+            Server::open(config).await?.run().await
+        }
+        Command::RegisterUser {
+            config,
+            name,
+            password,
+            admin,
+        } => {
+            let config = load_config(config)?;
+            let password = match password.or_else(|| std::env::var("MYELIN_PASSWORD").ok()) {
+                Some(p) => p,
+                None => anyhow::bail!("--password is required (or set MYELIN_PASSWORD)"),
+            };
+            let server = Server::open(config).await?;
+            let user_id = server
+                .state
+                .accounts
+                .register(&name.to_lowercase(), Some(password), admin)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            server.db.close().await;
+            println!("registered {user_id}");
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("myelin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

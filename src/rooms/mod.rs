@@ -1,0 +1,3 @@
+//! The room engine: events, authorization, state and ordering.
+
+pub mod version;

@@ -1,0 +1,103 @@
+//! Start-up and shutdown: builds the handles from the configuration, binds the listeners and
+//! stops gracefully on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::accounts::Accounts;
+use crate::api::{AppState, ratelimit::RateLimiter};
+use crate::config::Config;
+use crate::signing::SigningKeys;
+use crate::storage::Db;
+
+/// Everything a running server holds.
+pub struct Server {
+    /// Handles given to the HTTP layer.
+    pub state: AppState,
+    /// Database handle.
+    pub db: Db,
+    /// Signing keys.
+    pub keys: Arc<SigningKeys>,
+}
+
+impl Server {
+    /// Opens the database (running migrations), loads the signing key, builds the handles.
+    pub async fn open(config: Config) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let keys = Arc::new(SigningKeys::load_or_create(
+            &config.data_dir.join("signing.key"),
+        )?);
+        let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+        let state = AppState {
+            accounts: Accounts::new(db.clone(), config.clone()),
+            limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
+            config,
+        };
+        Ok(Self { state, db, keys })
+    }
+
+    /// Serves until SIGTERM/SIGINT, then finishes in-flight requests and closes the database.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let config = self.state.config.clone();
+        let app = crate::api::router(self.state.clone());
+        let listener = tokio::net::TcpListener::bind(config.listen.client)
+            .await
+            .with_context(|| format!("binding listen.client {}", config.listen.client))?;
+        tracing::info!(address = %config.listen.client, server_name = %config.server_name, "client API listening");
+
+        let handle = axum_server::Handle::<SocketAddr>::new();
+        let mut federation_task = None;
+        if let (Some(addr), Some(cert), Some(key)) =
+            (config.listen.federation, &config.tls.cert, &config.tls.key)
+        {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .context("loading tls.cert / tls.key")?;
+            let app = app
+                .clone()
+                .into_make_service_with_connect_info::<SocketAddr>();
+            let server = axum_server::bind_rustls(addr, tls).handle(handle.clone());
+            tracing::info!(address = %addr, "federation listener (HTTPS)");
+            federation_task = Some(tokio::spawn(async move { server.serve(app).await }));
+        }
+
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+        handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        if let Some(task) = federation_task {
+            let _ = task.await;
+        }
+        self.db.close().await;
+        tracing::info!("shut down");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

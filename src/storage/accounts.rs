@@ -1,0 +1,334 @@
+//! Tables of accounts: users, devices, access tokens and User-Interactive Auth sessions.
+
+use super::{Db, now_ms};
+
+/// A stored user row.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    /// Full user id.
+    pub user_id: String,
+    /// argon2id PHC string, if the user has a password.
+    pub password_hash: Option<String>,
+    /// Server administrator.
+    pub is_admin: bool,
+    /// Deactivated accounts cannot log in.
+    pub deactivated: bool,
+    /// Profile display name.
+    pub displayname: Option<String>,
+    /// Profile avatar.
+    pub avatar_url: Option<String>,
+}
+
+/// A stored device row.
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    /// Device id.
+    pub device_id: String,
+    /// Human-readable name.
+    pub display_name: Option<String>,
+    /// Last time a request used this device.
+    pub last_seen_ts: Option<i64>,
+    /// Address of that request.
+    pub last_seen_ip: Option<String>,
+}
+
+type UserTuple = (
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
+fn user_from(t: UserTuple) -> UserRow {
+    UserRow {
+        user_id: t.0,
+        password_hash: t.1,
+        is_admin: t.2 != 0,
+        deactivated: t.3 != 0,
+        displayname: t.4,
+        avatar_url: t.5,
+    }
+}
+
+impl Db {
+    /// Creates a user; returns false if the id is taken.
+    pub async fn create_user(
+        &self,
+        user_id: &str,
+        localpart: &str,
+        password_hash: Option<&str>,
+        is_admin: bool,
+    ) -> Result<bool, sqlx::Error> {
+        let res = sqlx::query(
+            "INSERT INTO users (user_id, localpart, password_hash, is_admin, displayname, created_ts) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(localpart)
+        .bind(password_hash)
+        .bind(is_admin as i64)
+        .bind(localpart)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Looks a user up by full id.
+    pub async fn get_user(&self, user_id: &str) -> Result<Option<UserRow>, sqlx::Error> {
+        let row: Option<UserTuple> = sqlx::query_as(
+            "SELECT user_id, password_hash, is_admin, deactivated, displayname, avatar_url FROM users WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(user_from))
+    }
+
+    /// Replaces a user's password hash.
+    pub async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE user_id = $2")
+            .bind(hash)
+            .bind(user_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a user deactivated and removes its password, devices and tokens in one transaction.
+    pub async fn deactivate_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Updates display name and avatar in the users table.
+    pub async fn set_profile_field(
+        &self,
+        user_id: &str,
+        field: ProfileField,
+        value: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let sql = match field {
+            ProfileField::DisplayName => "UPDATE users SET displayname = $1 WHERE user_id = $2",
+            ProfileField::AvatarUrl => "UPDATE users SET avatar_url = $1 WHERE user_id = $2",
+        };
+        sqlx::query(sql)
+            .bind(value)
+            .bind(user_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Creates the device if missing (refreshing its display name if given) and stores a new
+    /// token for it, replacing the device's previous tokens: logging in again with the same
+    /// device id invalidates the old session.
+    pub async fn create_session(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+        token_hash: &str,
+        ip: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip, created_ts) \
+             VALUES ($1, $2, $3, $4, $5, $4) ON CONFLICT (user_id, device_id) DO UPDATE SET \
+             display_name = COALESCE(excluded.display_name, devices.display_name), \
+             last_seen_ts = excluded.last_seen_ts, last_seen_ip = excluded.last_seen_ip",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(display_name)
+        .bind(now)
+        .bind(ip)
+        .execute(&mut *tx.tx)
+        .await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        sqlx::query("INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(device_id)
+            .bind(now)
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Resolves a token hash to `(user_id, device_id, is_admin)` of a live account.
+    pub async fn find_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(String, String, bool)>, sqlx::Error> {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT t.user_id, t.device_id, u.is_admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id \
+             WHERE t.token_hash = $1 AND u.deactivated = 0",
+        )
+        .bind(token_hash)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|(u, d, a)| (u, d, a != 0)))
+    }
+
+    /// Deletes devices (and their tokens) of a user.
+    pub async fn delete_devices(
+        &self,
+        user_id: &str,
+        device_ids: &[String],
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        for device_id in device_ids {
+            sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx.tx)
+                .await?;
+            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Lists a user's devices.
+    pub async fn list_devices(&self, user_id: &str) -> Result<Vec<DeviceRow>, sqlx::Error> {
+        let rows: Vec<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1 ORDER BY device_id",
+        )
+        .bind(user_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(device_id, display_name, last_seen_ts, last_seen_ip)| DeviceRow {
+                    device_id,
+                    display_name,
+                    last_seen_ts,
+                    last_seen_ip,
+                },
+            )
+            .collect())
+    }
+
+    /// One device of a user.
+    pub async fn get_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<Option<DeviceRow>, sqlx::Error> {
+        Ok(self
+            .list_devices(user_id)
+            .await?
+            .into_iter()
+            .find(|d| d.device_id == device_id))
+    }
+
+    /// Renames a device; false if it does not exist.
+    pub async fn rename_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        name: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
+        let res = sqlx::query(
+            "UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3",
+        )
+        .bind(name)
+        .bind(user_id)
+        .bind(device_id)
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Records last-seen information for a device.
+    pub async fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        ip: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE devices SET last_seen_ts = $1, last_seen_ip = $2 WHERE user_id = $3 AND device_id = $4")
+            .bind(now_ms())
+            .bind(ip)
+            .bind(user_id)
+            .bind(device_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Stores or updates a UIA session.
+    pub async fn put_uia_session(
+        &self,
+        session_id: &str,
+        user_id: Option<&str>,
+        request_hash: &str,
+        completed: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO uia_sessions (session_id, user_id, request_hash, completed, created_ts) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (session_id) DO UPDATE SET completed = excluded.completed",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(request_hash)
+        .bind(completed)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Loads a UIA session: `(user_id, request_hash, completed_json, created_ts)`.
+    pub async fn get_uia_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<(Option<String>, String, String, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT user_id, request_hash, completed, created_ts FROM uia_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_optional(self.pool())
+            .await
+    }
+
+    /// Removes a finished UIA session.
+    pub async fn delete_uia_session(&self, session_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Profile fields kept on the users table.
+#[derive(Debug, Clone, Copy)]
+pub enum ProfileField {
+    /// `displayname`
+    DisplayName,
+    /// `avatar_url`
+    AvatarUrl,
+}

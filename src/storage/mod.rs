@@ -1,0 +1,211 @@
+//! Storage: one interface over embedded SQLite and PostgreSQL.
+//!
+//! Owns the connection pool, the migrations of both backends and the transaction discipline.
+//! Queries are plain SQL written once with `$N` placeholders, `ON CONFLICT` and `RETURNING`,
+//! which both databases accept; where the dialects differ the query is chosen by [`Backend`].
+//! Stream positions and every other counter shared between processes come from the database
+//! ([`Db::next_stream_position`]), never from process memory.
+//!
+//! SQLite allows one writer at a time. Instead of letting concurrent writers collide on
+//! `SQLITE_BUSY`, [`Db::begin_write`] serialises write transactions in-process (SQLite is the
+//! single-process deployment); readers run concurrently thanks to WAL.
+
+pub mod accounts;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// Which database engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite (WAL, `synchronous=FULL`).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    write_lock: Option<Arc<Mutex<()>>>,
+}
+
+/// A write transaction. On SQLite it also holds the in-process writer lock until it ends.
+pub struct WriteTx {
+    /// The open transaction; commit with [`WriteTx::commit`].
+    pub tx: Transaction<'static, Any>,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commits the transaction, then releases the writer lock.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = Transaction<'static, Any>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+macro_rules! migrations {
+    ($dir:literal: $($version:literal $name:literal),* $(,)?) => {
+        vec![$(
+            Migration::new(
+                $version,
+                Cow::Borrowed($name),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(include_str!(concat!("../../migrations/", $dir, "/", $version, "_", $name, ".sql"))),
+                false,
+            ),
+        )*]
+    };
+}
+
+fn migrator(backend: Backend) -> Migrator {
+    // Embedded so that the single binary carries its schema; listed by hand because sqlx's
+    // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
+    let list = match backend {
+        Backend::Sqlite => migrations!("sqlite": 1 "accounts", 2 "rooms"),
+        Backend::Postgres => migrations!("postgres": 1 "accounts", 2 "rooms"),
+    };
+    Migrator::with_migrations(list)
+}
+
+impl Db {
+    /// Connects, applies SQLite pragmas and runs pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = match backend {
+            Backend::Sqlite => {
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                let path = path.split('?').next().unwrap_or(path);
+                if let Some(dir) = std::path::Path::new(path).parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                format!("sqlite://{path}?mode=rwc")
+            }
+            Backend::Postgres => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url).with_context(|| "parsing database.url")?;
+        let mut pool_options = AnyPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite {
+            pool_options = pool_options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .with_context(|| format!("connecting to the {backend:?} database"))?;
+        migrator(backend)
+            .run(&pool)
+            .await
+            .context("running database migrations")?;
+        let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Ok(Self {
+            pool,
+            backend,
+            write_lock,
+        })
+    }
+
+    /// The pool, for reads and single-statement writes.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Opens a write transaction (serialised in-process on SQLite).
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        let guard = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+
+    /// Allocates the next position of the global event stream inside `tx`.
+    ///
+    /// The counter row stays locked until `tx` ends, so positions become visible in the order
+    /// they were handed out, also with several processes on one PostgreSQL.
+    pub async fn next_stream_position(
+        tx: &mut WriteTx,
+        stream: &'static str,
+    ) -> Result<i64, sqlx::Error> {
+        let (value,): (i64,) = sqlx::query_as(
+            "INSERT INTO stream_counters (name, value) VALUES ($1, 1) \
+             ON CONFLICT (name) DO UPDATE SET value = stream_counters.value + 1 RETURNING value",
+        )
+        .bind(stream)
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        Ok(value)
+    }
+
+    /// The highest position handed out so far on `stream` (0 if none).
+    pub async fn current_stream_position(&self, stream: &'static str) -> Result<i64, sqlx::Error> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT value FROM stream_counters WHERE name = $1")
+                .bind(stream)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.0).unwrap_or(0))
+    }
+
+    /// Closes the pool, flushing SQLite's WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
