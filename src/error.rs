@@ -29,13 +29,7 @@ pub struct Error {
 impl Error {
     /// An error with the given status, errcode and message.
     pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            errcode,
-            message: message.into(),
-            extra: Map::new(),
-            body: None,
-        }
+        Self { status, errcode, message: message.into(), extra: Map::new(), body: None }
     }
 
     /// Adds one extra field to the error body.
@@ -70,20 +64,12 @@ impl Error {
     }
     /// 401 `M_MISSING_TOKEN`.
     pub fn missing_token() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "M_MISSING_TOKEN",
-            "Missing access token",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "Missing access token")
     }
     /// 401 `M_UNKNOWN_TOKEN`, with `soft_logout` as the spec requires.
     pub fn unknown_token(soft_logout: bool) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "M_UNKNOWN_TOKEN",
-            "Unknown or expired access token",
-        )
-        .with("soft_logout", Value::Bool(soft_logout))
+        Self::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown or expired access token")
+            .with("soft_logout", Value::Bool(soft_logout))
     }
     /// 404 or 405 `M_UNRECOGNIZED`: the server does not know this endpoint or method.
     pub fn unrecognized(status: StatusCode) -> Self {
@@ -95,20 +81,12 @@ impl Error {
     }
     /// 429 `M_LIMIT_EXCEEDED` with `retry_after_ms`.
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "M_LIMIT_EXCEEDED",
-            "Too many requests",
-        )
-        .with("retry_after_ms", json!(retry_after_ms))
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", "Too many requests")
+            .with("retry_after_ms", json!(retry_after_ms))
     }
     /// 400 `M_USER_IN_USE`.
     pub fn user_in_use() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "M_USER_IN_USE",
-            "User ID already taken",
-        )
+        Self::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken")
     }
     /// 400 `M_INVALID_USERNAME`.
     pub fn invalid_username(msg: impl Into<String>) -> Self {
@@ -121,11 +99,7 @@ impl Error {
     /// 500 `M_UNKNOWN`; the cause is logged, not sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "M_UNKNOWN",
-            "Internal server error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "Internal server error")
     }
 
     /// The JSON body this error is sent as.
@@ -143,13 +117,7 @@ impl Error {
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.errcode,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.errcode, self.message)
     }
 }
 
@@ -160,10 +128,7 @@ impl IntoResponse for Error {
         let mut res = (self.status, axum::Json(self.to_json())).into_response();
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The client may still be sending; ask it to stop rather than reset the socket.
-            res.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
+            res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
         res
     }

@@ -54,11 +54,14 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // ruma's state resolution logs every auth check at INFO; keep it quiet unless asked for.
+    let level = if config.log.level.contains("ruma_state_res") {
+        config.log.level.clone()
+    } else {
+        format!("{},ruma_state_res=warn", config.log.level)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -78,12 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(&config);
             Server::open(config).await?.run().await
         }
-        Command::RegisterUser {
-            config,
-            name,
-            password,
-            admin,
-        } => {
+        Command::RegisterUser { config, name, password, admin } => {
             let config = load_config(config)?;
             let password = match password.or_else(|| std::env::var("MYELIN_PASSWORD").ok()) {
                 Some(p) => p,

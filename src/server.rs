@@ -9,6 +9,8 @@ use anyhow::Context;
 use crate::accounts::Accounts;
 use crate::api::{AppState, ratelimit::RateLimiter};
 use crate::config::Config;
+use crate::notifier::Notifier;
+use crate::rooms::Rooms;
 use crate::signing::SigningKeys;
 use crate::storage::Db;
 
@@ -26,15 +28,16 @@ impl Server {
     /// Opens the database (running migrations), loads the signing key, builds the handles.
     pub async fn open(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let keys = Arc::new(SigningKeys::load_or_create(
-            &config.data_dir.join("signing.key"),
-        )?);
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let keys = Arc::new(SigningKeys::load_or_create(&config.data_dir.join("signing.key"))?);
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+        let notifier = Arc::new(Notifier::default());
+        let rooms = Arc::new(Rooms::new(db.clone(), config.clone(), keys.clone(), notifier.clone()));
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
+            rooms,
+            notifier,
             config,
         };
         Ok(Self { state, db, keys })
@@ -51,27 +54,20 @@ impl Server {
 
         let handle = axum_server::Handle::<SocketAddr>::new();
         let mut federation_task = None;
-        if let (Some(addr), Some(cert), Some(key)) =
-            (config.listen.federation, &config.tls.cert, &config.tls.key)
-        {
+        if let (Some(addr), Some(cert), Some(key)) = (config.listen.federation, &config.tls.cert, &config.tls.key) {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .context("loading tls.cert / tls.key")?;
-            let app = app
-                .clone()
-                .into_make_service_with_connect_info::<SocketAddr>();
+            let app = app.clone().into_make_service_with_connect_info::<SocketAddr>();
             let server = axum_server::bind_rustls(addr, tls).handle(handle.clone());
             tracing::info!(address = %addr, "federation listener (HTTPS)");
             federation_task = Some(tokio::spawn(async move { server.serve(app).await }));
         }
 
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")?;
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
         if let Some(task) = federation_task {
             let _ = task.await;
@@ -88,8 +84,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             s.recv().await;
         }
     };

@@ -61,11 +61,8 @@ pub async fn hash_password(password: String) -> Result<String> {
 /// Checks a password against a stored PHC string on the blocking pool.
 pub async fn verify_password(password: String, hash: String) -> Result<bool> {
     tokio::task::spawn_blocking(move || {
-        let parsed =
-            PasswordHash::new(&hash).map_err(|e| Error::internal(format!("stored hash: {e}")))?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
+        let parsed = PasswordHash::new(&hash).map_err(|e| Error::internal(format!("stored hash: {e}")))?;
+        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await
     .map_err(Error::internal)?
@@ -79,21 +76,14 @@ pub fn token_hash(token: &str) -> String {
 
 /// A random string of `len` characters from `[A-Za-z]`.
 pub fn random_alpha(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::thread_rng();
-    (0..len)
-        .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
-        .filter(|c| c.is_ascii_alphabetic())
-        .chain(std::iter::repeat('A'))
-        .take(len)
-        .collect()
+    (0..len).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
 fn new_access_token() -> String {
     let bytes: [u8; 32] = rand::random();
-    format!(
-        "myl_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("myl_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Checks a localpart against the user id grammar of the spec (v1.19: `a-z0-9._=-/+`), plus the
@@ -102,26 +92,17 @@ pub fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
     if localpart.is_empty() {
         return Err(Error::invalid_username("User ID cannot be empty"));
     }
-    if !localpart
-        .bytes()
-        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
-    {
-        return Err(Error::invalid_username(
-            "User ID can only contain characters a-z, 0-9, or '=_-./+'",
-        ));
+    if !localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+')) {
+        return Err(Error::invalid_username("User ID can only contain characters a-z, 0-9, or '=_-./+'"));
     }
     if localpart.starts_with('_') {
         return Err(Error::invalid_username("User ID may not begin with _"));
     }
     if localpart.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::invalid_username(
-            "Numeric user IDs are reserved for guest users",
-        ));
+        return Err(Error::invalid_username("Numeric user IDs are reserved for guest users"));
     }
     if localpart.len() + server_name.len() + 2 > 255 {
-        return Err(Error::invalid_username(
-            "User ID may not be longer than 255 characters",
-        ));
+        return Err(Error::invalid_username("User ID may not be longer than 255 characters"));
     }
     Ok(())
 }
@@ -146,8 +127,7 @@ impl Accounts {
     /// Resolves `alice` or `@alice:server` to a local user id.
     pub fn local_user_id(&self, user: &str) -> Result<OwnedUserId> {
         if user.starts_with('@') {
-            let id = UserId::parse(user)
-                .map_err(|e| Error::invalid_param(format!("Invalid user ID: {e}")))?;
+            let id = UserId::parse(user).map_err(|e| Error::invalid_param(format!("Invalid user ID: {e}")))?;
             if id.server_name().as_str() != self.config.server_name {
                 return Err(Error::forbidden("Invalid username or password"));
             }
@@ -168,23 +148,14 @@ impl Accounts {
     }
 
     /// Registers a user; `M_USER_IN_USE` if the name is taken.
-    pub async fn register(
-        &self,
-        localpart: &str,
-        password: Option<String>,
-        admin: bool,
-    ) -> Result<OwnedUserId> {
+    pub async fn register(&self, localpart: &str, password: Option<String>, admin: bool) -> Result<OwnedUserId> {
         validate_localpart(localpart, &self.config.server_name)?;
         let user_id = self.user_id(localpart)?;
         let hash = match password {
             Some(p) if !p.is_empty() => Some(hash_password(p).await?),
             _ => None,
         };
-        if !self
-            .db
-            .create_user(user_id.as_str(), localpart, hash.as_deref(), admin)
-            .await?
-        {
+        if !self.db.create_user(user_id.as_str(), localpart, hash.as_deref(), admin).await? {
             return Err(Error::user_in_use());
         }
         tracing::info!(%user_id, admin, "registered user");
@@ -194,11 +165,7 @@ impl Accounts {
     /// Verifies a user's password; `M_FORBIDDEN` on any mismatch, without saying which part.
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         let forbidden = || Error::forbidden("Invalid username or password");
-        let user = self
-            .db
-            .get_user(user_id.as_str())
-            .await?
-            .ok_or_else(forbidden)?;
+        let user = self.db.get_user(user_id.as_str()).await?.ok_or_else(forbidden)?;
         if user.deactivated {
             return Err(Error::new(
                 http::StatusCode::FORBIDDEN,
@@ -207,11 +174,7 @@ impl Accounts {
             ));
         }
         let hash = user.password_hash.ok_or_else(forbidden)?;
-        if verify_password(password.to_owned(), hash).await? {
-            Ok(())
-        } else {
-            Err(forbidden())
-        }
+        if verify_password(password.to_owned(), hash).await? { Ok(()) } else { Err(forbidden()) }
     }
 
     /// Issues an access token for a (new or reused) device.
@@ -225,18 +188,9 @@ impl Accounts {
         let device_id = device_id.unwrap_or_else(|| random_alpha(10).into());
         let access_token = new_access_token();
         self.db
-            .create_session(
-                user_id.as_str(),
-                device_id.as_str(),
-                display_name,
-                &token_hash(&access_token),
-                ip,
-            )
+            .create_session(user_id.as_str(), device_id.as_str(), display_name, &token_hash(&access_token), ip)
             .await?;
-        Ok(IssuedToken {
-            access_token,
-            device_id,
-        })
+        Ok(IssuedToken { access_token, device_id })
     }
 
     /// Resolves an access token to its session.
@@ -252,16 +206,9 @@ impl Accounts {
     }
 
     /// Changes a password; unless `keep_devices`, every other device is logged out.
-    pub async fn change_password(
-        &self,
-        session: &Session,
-        new_password: String,
-        logout_devices: bool,
-    ) -> Result<()> {
+    pub async fn change_password(&self, session: &Session, new_password: String, logout_devices: bool) -> Result<()> {
         let hash = hash_password(new_password).await?;
-        self.db
-            .set_password_hash(session.user_id.as_str(), &hash)
-            .await?;
+        self.db.set_password_hash(session.user_id.as_str(), &hash).await?;
         if logout_devices {
             let others: Vec<String> = self
                 .db
@@ -271,9 +218,7 @@ impl Accounts {
                 .map(|d| d.device_id)
                 .filter(|d| d != session.device_id.as_str())
                 .collect();
-            self.db
-                .delete_devices(session.user_id.as_str(), &others)
-                .await?;
+            self.db.delete_devices(session.user_id.as_str(), &others).await?;
         }
         Ok(())
     }

@@ -40,14 +40,9 @@ impl Accounts {
         let (session_id, mut completed) = match auth.and_then(|a| a.session()) {
             Some(session) => match self.db.get_uia_session(session).await? {
                 Some((user, op, completed, created))
-                    if user == user_key
-                        && op == req.operation
-                        && now_ms() - created < SESSION_LIFETIME_MS =>
+                    if user == user_key && op == req.operation && now_ms() - created < SESSION_LIFETIME_MS =>
                 {
-                    (
-                        session.to_owned(),
-                        serde_json::from_str::<Vec<String>>(&completed)?,
-                    )
+                    (session.to_owned(), serde_json::from_str::<Vec<String>>(&completed)?)
                 }
                 _ => {
                     return Err(Error::new(
@@ -61,20 +56,16 @@ impl Accounts {
         };
 
         let Some(auth) = auth else {
-            self.db
-                .put_uia_session(&session_id, user_key.as_deref(), req.operation, "[]")
-                .await?;
+            self.db.put_uia_session(&session_id, user_key.as_deref(), req.operation, "[]").await?;
             return Err(uia_response(&req, &session_id, &completed, None));
         };
 
         let stage = auth.auth_type().map(|t| t.to_string());
         let stage_error = match stage.as_deref() {
             None => None,
-            Some(s) if !req.flows.iter().any(|f| f.contains(&s)) => Some(Error::new(
-                http::StatusCode::BAD_REQUEST,
-                "M_UNRECOGNIZED",
-                format!("Unsupported auth stage {s}"),
-            )),
+            Some(s) if !req.flows.iter().any(|f| f.contains(&s)) => {
+                Some(Error::new(http::StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", format!("Unsupported auth stage {s}")))
+            }
             Some(_) => self.check_stage(auth, &req).await.err(),
         };
         match (stage_error, stage) {
@@ -92,21 +83,12 @@ impl Accounts {
             (None, Some(stage)) if !completed.contains(&stage) => completed.push(stage),
             _ => {}
         }
-        if req
-            .flows
-            .iter()
-            .any(|flow| flow.iter().all(|s| completed.iter().any(|c| c == s)))
-        {
+        if req.flows.iter().any(|flow| flow.iter().all(|s| completed.iter().any(|c| c == s))) {
             self.db.delete_uia_session(&session_id).await?;
             return Ok(());
         }
         self.db
-            .put_uia_session(
-                &session_id,
-                user_key.as_deref(),
-                req.operation,
-                &serde_json::to_string(&completed)?,
-            )
+            .put_uia_session(&session_id, user_key.as_deref(), req.operation, &serde_json::to_string(&completed)?)
             .await?;
         Err(uia_response(&req, &session_id, &completed, None))
     }
@@ -124,18 +106,12 @@ impl Accounts {
                 if ok {
                     Ok(())
                 } else {
-                    Err(Error::new(
-                        http::StatusCode::UNAUTHORIZED,
-                        "M_FORBIDDEN",
-                        "Invalid registration token",
-                    ))
+                    Err(Error::new(http::StatusCode::UNAUTHORIZED, "M_FORBIDDEN", "Invalid registration token"))
                 }
             }
             AuthData::Password(p) => {
                 let Some(user_id) = req.user_id else {
-                    return Err(Error::forbidden(
-                        "Password authentication needs a logged-in user",
-                    ));
+                    return Err(Error::forbidden("Password authentication needs a logged-in user"));
                 };
                 let claimed = match &p.identifier {
                     ruma::api::client::uiaa::UserIdentifier::Matrix(m) => Some(m.user.as_str()),
@@ -148,24 +124,14 @@ impl Accounts {
                 }
                 self.check_password(user_id, &p.password).await
             }
-            _ => Err(Error::new(
-                http::StatusCode::BAD_REQUEST,
-                "M_UNRECOGNIZED",
-                "Unsupported auth stage",
-            )),
+            _ => Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", "Unsupported auth stage")),
         }
     }
 }
 
-fn uia_response(
-    req: &UiaRequest<'_>,
-    session: &str,
-    completed: &[String],
-    err: Option<Error>,
-) -> Error {
+fn uia_response(req: &UiaRequest<'_>, session: &str, completed: &[String], err: Option<Error>) -> Error {
     let flows: Vec<Value> = req.flows.iter().map(|f| json!({ "stages": f })).collect();
-    let mut body =
-        json!({ "flows": flows, "params": {}, "session": session, "completed": completed });
+    let mut body = json!({ "flows": flows, "params": {}, "session": session, "completed": completed });
     let mut status = http::StatusCode::UNAUTHORIZED;
     if let Some(err) = err {
         body["errcode"] = json!(err.errcode);
@@ -174,11 +140,7 @@ fn uia_response(
             status = err.status;
         }
     }
-    let mut e = Error::new(
-        status,
-        "M_FORBIDDEN",
-        "User-interactive authentication required",
-    );
+    let mut e = Error::new(status, "M_FORBIDDEN", "User-interactive authentication required");
     e.body = Some(body);
     e
 }

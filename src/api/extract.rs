@@ -12,8 +12,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, R
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use ruma::api::auth_scheme::{
-    AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
-    NoAuthentication,
+    AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
 };
 use ruma::api::{IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt};
 
@@ -89,16 +88,11 @@ pub fn access_token(parts: &http::request::Parts) -> Result<Option<String>> {
         return Ok(None);
     }
     let query = parts.uri.query().unwrap_or("");
-    Ok(url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "access_token")
-        .map(|(_, v)| v.into_owned()))
+    Ok(url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned()))
 }
 
 fn has_json_body(method: &http::Method) -> bool {
-    matches!(
-        *method,
-        http::Method::POST | http::Method::PUT | http::Method::DELETE
-    )
+    matches!(*method, http::Method::POST | http::Method::PUT | http::Method::DELETE)
 }
 
 impl<T> FromRequest<AppState> for Ruma<T>
@@ -118,11 +112,13 @@ where
         if declared.is_some_and(|len| len > MAX_JSON_BODY) {
             return Err(Error::too_large("Request body too large"));
         }
-        let path_args: Vec<String> =
-            match RawPathParams::from_request_parts(&mut parts, state).await {
-                Ok(params) => params.iter().map(|(_, v)| v.to_owned()).collect(),
-                Err(_) => return Err(Error::invalid_param("Path parameters are not valid UTF-8")),
-            };
+        let mut path_args: Vec<String> = match RawPathParams::from_request_parts(&mut parts, state).await {
+            Ok(params) => params.iter().map(|(_, v)| v.to_owned()).collect(),
+            Err(_) => return Err(Error::invalid_param("Path parameters are not valid UTF-8")),
+        };
+        // Routes registered without a trailing empty parameter (`/state/{type}` for an empty
+        // state key, see `api::RumaHandler`) pass it as the empty string.
+        path_args.resize(T::_path_parameters().len().max(path_args.len()), String::new());
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -144,9 +140,8 @@ where
             state.limiter.check(&key)?;
         }
 
-        let bytes = axum::body::to_bytes(body, MAX_JSON_BODY)
-            .await
-            .map_err(|_| Error::too_large("Request body too large"))?;
+        let bytes =
+            axum::body::to_bytes(body, MAX_JSON_BODY).await.map_err(|_| Error::too_large("Request body too large"))?;
         let json = if has_json_body(&parts.method) && !bytes.iter().all(u8::is_ascii_whitespace) {
             Some(
                 serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -156,12 +151,19 @@ where
             None
         };
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let request = http::Request::from_parts(parts, &bytes[..]);
+        // Clients send POSTs like `/join` with no body at all; ruma wants a JSON object.
+        let body_bytes: &[u8] = if json.is_none() && has_json_body(&parts.method) { b"{}" } else { &bytes[..] };
+        let request = http::Request::from_parts(parts, body_bytes);
         let body = T::try_from_http_request(request, &args).map_err(|e| {
             use ruma::api::error::{DeserializationError, FromHttpRequestError};
             match e {
-                FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
-                    Error::bad_json(e.to_string())
+                FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => Error::bad_json(e.to_string()),
+                // A required query parameter that is absent, e.g. `/register/available`
+                // without `username`: the spec's errcode for that is M_MISSING_PARAM.
+                FromHttpRequestError::Deserialization(DeserializationError::Query(e))
+                    if e.to_string().starts_with("missing field") =>
+                {
+                    Error::missing_param(e.to_string())
                 }
                 FromHttpRequestError::Deserialization(e) => Error::invalid_param(e.to_string()),
                 FromHttpRequestError::MethodMismatch { .. } => {
@@ -170,12 +172,7 @@ where
                 other => Error::bad_json(other.to_string()),
             }
         })?;
-        Ok(Ruma {
-            body,
-            session,
-            ip,
-            json,
-        })
+        Ok(Ruma { body, session, ip, json })
     }
 }
 
@@ -185,9 +182,7 @@ pub struct RumaResponse<T>(pub T);
 impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     fn into_response(self) -> Response {
         match self.0.try_into_http_response::<BytesMut>() {
-            Ok(res) => res
-                .map(|b| axum::body::Body::from(b.freeze()))
-                .into_response(),
+            Ok(res) => res.map(|b| axum::body::Body::from(b.freeze())).into_response(),
             Err(e) => Error::internal(format!("serialising response: {e}")).into_response(),
         }
     }

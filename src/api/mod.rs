@@ -21,6 +21,8 @@ use ruma::api::path_builder::PathBuilder;
 use crate::accounts::Accounts;
 use crate::config::Config;
 use crate::error::Error;
+use crate::notifier::Notifier;
+use crate::rooms::Rooms;
 use extract::{AuthRequirement, Ruma};
 use ratelimit::RateLimiter;
 
@@ -33,6 +35,10 @@ pub struct AppState {
     pub accounts: Accounts,
     /// Rate limiter for ruma's rate-limited endpoints.
     pub limiter: Arc<RateLimiter>,
+    /// The room engine.
+    pub rooms: Arc<Rooms>,
+    /// Wakes waiting `/sync` requests.
+    pub notifier: Arc<Notifier>,
 }
 
 /// A handler taking one ruma request; registered on every path ruma knows for the endpoint.
@@ -50,16 +56,18 @@ where
     R: IntoResponse + 'static,
 {
     fn register(self, mut router: Router<AppState>) -> Router<AppState> {
-        let filter =
-            MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+        let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
         for path in Req::PATH_BUILDER.all_paths() {
             let handler = self.clone();
-            router = router.route(
-                path,
-                on(filter, move |s: State<AppState>, r: Ruma<Req>| {
-                    handler(s, r)
-                }),
-            );
+            router = router.route(path, on(filter, move |s: State<AppState>, r: Ruma<Req>| handler(s, r)));
+            // An empty state key is sent as `/state/{type}` or `/state/{type}/`; a path
+            // parameter never matches an empty segment, so register both forms.
+            if let Some(prefix) = path.strip_suffix("/{state_key}") {
+                for variant in [prefix.to_owned(), format!("{prefix}/")] {
+                    let handler = self.clone();
+                    router = router.route(&variant, on(filter, move |s: State<AppState>, r: Ruma<Req>| handler(s, r)));
+                }
+            }
         }
         router
     }
@@ -81,9 +89,7 @@ impl RouterExt for Router<AppState> {
 pub fn router(state: AppState) -> Router {
     client::routes(Router::new())
         .fallback(|| async { Error::unrecognized(http::StatusCode::NOT_FOUND) })
-        .method_not_allowed_fallback(|| async {
-            Error::unrecognized(http::StatusCode::METHOD_NOT_ALLOWED)
-        })
+        .method_not_allowed_fallback(|| async { Error::unrecognized(http::StatusCode::METHOD_NOT_ALLOWED) })
         .layer(axum::middleware::from_fn(cors))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -91,14 +97,8 @@ pub fn router(state: AppState) -> Router {
 
 const CORS_HEADERS: [(&str, &str); 3] = [
     ("access-control-allow-origin", "*"),
-    (
-        "access-control-allow-methods",
-        "GET, HEAD, POST, PUT, DELETE, OPTIONS",
-    ),
-    (
-        "access-control-allow-headers",
-        "X-Requested-With, Content-Type, Authorization, Date",
-    ),
+    ("access-control-allow-methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS"),
+    ("access-control-allow-headers", "X-Requested-With, Content-Type, Authorization, Date"),
 ];
 
 /// Answers every OPTIONS request (browser preflight) and adds CORS headers to every response.
@@ -106,11 +106,8 @@ const CORS_HEADERS: [(&str, &str); 3] = [
 /// Hand-written because tower-http's `CorsLayer` lets non-preflight OPTIONS through to routing,
 /// where they would get 405; Matrix clients expect any OPTIONS to succeed, as Synapse does.
 async fn cors(req: Request, next: Next) -> Response {
-    let mut res = if req.method() == http::Method::OPTIONS {
-        http::StatusCode::OK.into_response()
-    } else {
-        next.run(req).await
-    };
+    let mut res =
+        if req.method() == http::Method::OPTIONS { http::StatusCode::OK.into_response() } else { next.run(req).await };
     let headers = res.headers_mut();
     for (name, value) in CORS_HEADERS {
         headers.insert(name, http::HeaderValue::from_static(value));

@@ -169,28 +169,19 @@ impl Default for Config {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self {
-            client: "127.0.0.1:8008".parse().expect("valid address"),
-            federation: None,
-        }
+        Self { client: "127.0.0.1:8008".parse().expect("valid address"), federation: None }
     }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            url: String::new(),
-            max_connections: 16,
-        }
+        Self { url: String::new(), max_connections: 16 }
     }
 }
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
-        Self {
-            mode: RegistrationMode::Disabled,
-            tokens: Vec::new(),
-        }
+        Self { mode: RegistrationMode::Disabled, tokens: Vec::new() }
     }
 }
 
@@ -208,37 +199,25 @@ impl Default for FederationConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self {
-            dir: PathBuf::new(),
-            max_upload_bytes: 50 * 1024 * 1024,
-        }
+        Self { dir: PathBuf::new(), max_upload_bytes: 50 * 1024 * 1024 }
     }
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            per_second: 10.0,
-            burst: 50,
-        }
+        Self { enabled: true, per_second: 10.0, burst: 50 }
     }
 }
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        Self {
-            default_version: "12".into(),
-        }
+        Self { default_version: "12".into() }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: "text".into(),
-        }
+        Self { level: "info".into(), format: "text".into() }
     }
 }
 
@@ -255,15 +234,27 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("MYELIN_").split("__"));
+        // MYELIN_PASSWORD is `register-user`'s password, not a configuration key.
+        figment = figment.merge(Env::prefixed("MYELIN_").split("__").ignore(&["password"]));
         let mut config: Config = figment.extract().map_err(|e| {
             let mut msg = String::new();
             for err in e {
                 let key = err.path.join(".");
+                // Say where the bad value came from, so the operator knows what to edit.
+                let origin = match err.metadata.as_ref() {
+                    Some(md) => match &md.source {
+                        Some(figment::Source::File(file)) => format!(" in {}", file.display()),
+                        _ if md.name.contains("environment") && !key.is_empty() => {
+                            format!(" (environment variable MYELIN_{})", err.path.join("__").to_uppercase())
+                        }
+                        _ => String::new(),
+                    },
+                    None => String::new(),
+                };
                 if key.is_empty() {
-                    msg.push_str(&format!("configuration error: {}\n", err.kind));
+                    msg.push_str(&format!("configuration error{origin}: {}\n", err.kind));
                 } else {
-                    msg.push_str(&format!("configuration key `{key}`: {}\n", err.kind));
+                    msg.push_str(&format!("configuration key `{key}`{origin}: {}\n", err.kind));
                 }
             }
             anyhow::anyhow!(msg.trim_end().to_owned())
@@ -285,25 +276,14 @@ impl Config {
     /// Checks cross-field rules that serde cannot express.
     pub fn validate(&self) -> anyhow::Result<()> {
         ruma::ServerName::parse(&self.server_name).map_err(|e| {
-            anyhow::anyhow!(
-                "configuration key `server_name`: invalid server name {:?}: {e}",
-                self.server_name
-            )
+            anyhow::anyhow!("configuration key `server_name`: invalid server name {:?}: {e}", self.server_name)
         })?;
         let url = &self.database.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            bail!(
-                "configuration key `database.url`: must start with sqlite:// or postgres://, got {url:?}"
-            );
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!("configuration key `database.url`: must start with sqlite:// or postgres://, got {url:?}");
         }
-        if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty()
-        {
-            bail!(
-                "configuration key `registration.tokens`: mode is \"token\" but no tokens are listed"
-            );
+        if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty() {
+            bail!("configuration key `registration.tokens`: mode is \"token\" but no tokens are listed");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("configuration key `tls`: `cert` and `key` must be given together");
@@ -321,10 +301,7 @@ impl Config {
             if let Some(file) = file
                 && !file.exists()
             {
-                bail!(
-                    "configuration key `{key}`: file {} does not exist",
-                    file.display()
-                );
+                bail!("configuration key `{key}`: file {} does not exist", file.display());
             }
         }
         if self.media.max_upload_bytes == 0 {
@@ -333,9 +310,7 @@ impl Config {
         if self.rate_limits.per_second <= 0.0 || self.rate_limits.burst == 0 {
             bail!("configuration key `rate_limits`: `per_second` and `burst` must be positive");
         }
-        if !crate::rooms::version::SUPPORTED_ROOM_VERSIONS
-            .contains(&self.rooms.default_version.as_str())
-        {
+        if !crate::rooms::version::SUPPORTED_ROOM_VERSIONS.contains(&self.rooms.default_version.as_str()) {
             bail!(
                 "configuration key `rooms.default_version`: unsupported room version {:?} (supported: {})",
                 self.rooms.default_version,
@@ -363,8 +338,7 @@ impl Config {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        std::fs::write(path, default_config_toml())
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, default_config_toml()).with_context(|| format!("writing {}", path.display()))?;
         Ok(true)
     }
 }

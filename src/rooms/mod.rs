@@ -1,3 +1,167 @@
 //! The room engine: events, authorization, state and ordering.
+//!
+//! Owns the rules of the DAG: every local event is built on the room's forward extremities,
+//! signed, authorised with ruma's state-res against the state before it, and persisted with
+//! all of its effects (state, extremities, txn mapping, outbox rows) in one transaction.
+//! Writers of one room are serialised (an in-process lock, plus a row lock on PostgreSQL);
+//! stream positions come from the database. Readers (timeline, state, members) apply history
+//! visibility here, so API layers cannot forget it.
 
+pub mod build;
+pub mod create;
+pub mod filter;
+pub mod membership;
+pub mod pdu;
+pub mod read;
+pub mod state;
 pub mod version;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ruma::{OwnedEventId, OwnedServerName, RoomId, UserId};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::notifier::Notifier;
+use crate::signing::SigningKeys;
+use crate::storage::Db;
+use build::NewEvent;
+use state::StateCache;
+
+/// The room engine handle.
+pub struct Rooms {
+    db: Db,
+    config: Arc<Config>,
+    keys: Arc<SigningKeys>,
+    server_name: OwnedServerName,
+    state_cache: StateCache,
+    notifier: Arc<Notifier>,
+    /// Woken when outbox rows were committed.
+    pub outbox_wakeup: Arc<Notify>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Who sends a client event, and with which transaction id.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The sender.
+    pub user_id: &'a UserId,
+    /// `(device_id, txn_id)` for idempotent client sends.
+    pub txn: Option<(&'a str, &'a str)>,
+}
+
+impl Rooms {
+    /// Creates the engine.
+    pub fn new(db: Db, config: Arc<Config>, keys: Arc<SigningKeys>, notifier: Arc<Notifier>) -> Self {
+        Self {
+            server_name: config.server_name(),
+            db,
+            config,
+            keys,
+            state_cache: StateCache::default(),
+            notifier,
+            outbox_wakeup: Arc::new(Notify::new()),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The database handle.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// This server's name.
+    pub fn server_name(&self) -> &OwnedServerName {
+        &self.server_name
+    }
+
+    /// The signing keys.
+    pub fn keys(&self) -> &Arc<SigningKeys> {
+        &self.keys
+    }
+
+    /// The notifier.
+    pub fn notifier(&self) -> &Arc<Notifier> {
+        &self.notifier
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Serialises writers of one room within this process.
+    pub async fn room_lock(&self, room_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(room_id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Sends one event into a room, idempotently per `(device, txn_id)`; returns its id after
+    /// the commit.
+    pub async fn send(&self, room_id: &RoomId, origin: Origin<'_>, ev: NewEvent) -> Result<OwnedEventId> {
+        let user = origin.user_id.as_str();
+        if let Some((device, txn_id)) = origin.txn
+            && let Some(id) = self.db.get_txn(user, device, txn_id).await?
+        {
+            return OwnedEventId::try_from(id).map_err(Error::internal);
+        }
+        let _guard = self.room_lock(room_id.as_str()).await;
+        let mut tx = self.db.begin_write().await?;
+        if let Some((device, txn_id)) = origin.txn
+            && let Some(id) = self.db.get_txn_tx(&mut tx, user, device, txn_id).await?
+        {
+            return OwnedEventId::try_from(id).map_err(Error::internal);
+        }
+        let mut ctx = self.load_ctx(&mut tx, room_id).await?;
+        if let Some(target) = &ev.redacts {
+            self.check_redaction_allowed(&ctx, origin.user_id, target).await?;
+        }
+        let pdu = self.build_event(&ctx, origin.user_id, ev).await?;
+        let txn = origin.txn.map(|(d, t)| (user, d, t));
+        let appended = self.persist_local(&mut tx, &mut ctx, pdu, txn).await?;
+        tx.commit().await?;
+        let event_id = appended.pdu.event_id.clone();
+        self.after_commit(&ctx, &[appended]).await;
+        Ok(event_id)
+    }
+
+    /// A redaction by a client needs the redact power level unless it redacts the sender's own event.
+    async fn check_redaction_allowed(
+        &self,
+        ctx: &build::RoomCtx,
+        sender: &UserId,
+        target: &OwnedEventId,
+    ) -> Result<()> {
+        if let Some(ev) = self.db.get_event(target.as_str()).await?
+            && ev.pdu.fields.sender == sender
+        {
+            return Ok(());
+        }
+        let pl = self.power_levels_of(ctx).await?;
+        if pl.user_level(sender) >= pl.level("redact", 50) {
+            Ok(())
+        } else {
+            Err(Error::forbidden("You don't have permission to redact events"))
+        }
+    }
+
+    /// The power levels in the current state of `ctx`.
+    pub async fn power_levels_of(&self, ctx: &build::RoomCtx) -> Result<read::PowerLevels> {
+        let mut ids = Vec::new();
+        let pl_key = ("m.room.power_levels".to_owned(), String::new());
+        let create_key = ("m.room.create".to_owned(), String::new());
+        ids.extend(ctx.state.get(&pl_key).cloned());
+        ids.extend(ctx.state.get(&create_key).cloned());
+        let pdus = self.pdus_for(ctx, &ids).await?;
+        Ok(read::PowerLevels::from_events(
+            ctx.state.get(&pl_key).and_then(|id| pdus.get(id)),
+            ctx.state.get(&create_key).and_then(|id| pdus.get(id)),
+            &ctx.rules,
+        ))
+    }
+}

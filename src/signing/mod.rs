@@ -27,57 +27,30 @@ impl SigningKeys {
             let der = Ed25519KeyPair::generate();
             let version = random_alpha(6);
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            write_private(
-                path,
-                &format!("ed25519 {version} {}\n", STANDARD.encode(&der[..])),
-            )?;
+            write_private(path, &format!("ed25519 {version} {}\n", STANDARD.encode(&der[..])))?;
             tracing::info!(key_id = %format!("ed25519:{version}"), path = %path.display(), "generated signing key");
         }
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut keys = Vec::new();
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let parts: Vec<&str> = line.split_whitespace().collect();
             let [alg, version, der] = parts[..] else {
-                bail!(
-                    "{}: line {}: expected `ed25519 <version> <key>`",
-                    path.display(),
-                    n + 1
-                );
+                bail!("{}: line {}: expected `ed25519 <version> <key>`", path.display(), n + 1);
             };
             if alg != "ed25519" {
-                bail!(
-                    "{}: line {}: unsupported algorithm {alg}",
-                    path.display(),
-                    n + 1
-                );
+                bail!("{}: line {}: unsupported algorithm {alg}", path.display(), n + 1);
             }
-            let der = STANDARD
-                .decode(der)
-                .with_context(|| format!("{}: line {}: bad base64", path.display(), n + 1))?;
+            let der =
+                STANDARD.decode(der).with_context(|| format!("{}: line {}: bad base64", path.display(), n + 1))?;
             let pair = Ed25519KeyPair::from_der(&der, version.to_owned())
                 .map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), n + 1))?;
             keys.push(pair);
         }
         let mut keys = keys.into_iter();
-        let current = keys
-            .next()
-            .with_context(|| format!("{}: no key", path.display()))?;
-        let old = keys
-            .map(|k| {
-                (
-                    format!("ed25519:{}", k.version()),
-                    STANDARD_NO_PAD.encode(k.public_key()),
-                )
-            })
-            .collect();
+        let current = keys.next().with_context(|| format!("{}: no key", path.display()))?;
+        let old = keys.map(|k| (format!("ed25519:{}", k.version()), STANDARD_NO_PAD.encode(k.public_key()))).collect();
         Ok(Self { current, old })
     }
 
@@ -101,9 +74,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()?;
     Ok(())

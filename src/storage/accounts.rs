@@ -32,14 +32,10 @@ pub struct DeviceRow {
     pub last_seen_ip: Option<String>,
 }
 
-type UserTuple = (
-    String,
-    Option<String>,
-    i64,
-    i64,
-    Option<String>,
-    Option<String>,
-);
+type UserTuple = (String, Option<String>, i64, i64, Option<String>, Option<String>);
+
+/// `device_id, display_name, last_seen_ts, last_seen_ip` as selected from `devices`.
+type DeviceTuple = (String, Option<String>, Option<i64>, Option<String>);
 
 fn user_from(t: UserTuple) -> UserRow {
     UserRow {
@@ -104,14 +100,8 @@ impl Db {
             .bind(user_id)
             .execute(&mut *tx.tx)
             .await?;
-        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx.tx)
-            .await?;
-        sqlx::query("DELETE FROM devices WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx.tx)
-            .await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         tx.commit().await
     }
 
@@ -126,11 +116,7 @@ impl Db {
             ProfileField::DisplayName => "UPDATE users SET displayname = $1 WHERE user_id = $2",
             ProfileField::AvatarUrl => "UPDATE users SET avatar_url = $1 WHERE user_id = $2",
         };
-        sqlx::query(sql)
-            .bind(value)
-            .bind(user_id)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(sql).bind(value).bind(user_id).execute(self.pool()).await?;
         Ok(())
     }
 
@@ -176,10 +162,7 @@ impl Db {
     }
 
     /// Resolves a token hash to `(user_id, device_id, is_admin)` of a live account.
-    pub async fn find_token(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<(String, String, bool)>, sqlx::Error> {
+    pub async fn find_token(&self, token_hash: &str) -> Result<Option<(String, String, bool)>, sqlx::Error> {
         let row: Option<(String, String, i64)> = sqlx::query_as(
             "SELECT t.user_id, t.device_id, u.is_admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id \
              WHERE t.token_hash = $1 AND u.deactivated = 0",
@@ -191,11 +174,7 @@ impl Db {
     }
 
     /// Deletes devices (and their tokens) of a user.
-    pub async fn delete_devices(
-        &self,
-        user_id: &str,
-        device_ids: &[String],
-    ) -> Result<(), sqlx::Error> {
+    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<(), sqlx::Error> {
         let mut tx = self.begin_write().await?;
         for device_id in device_ids {
             sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
@@ -214,7 +193,7 @@ impl Db {
 
     /// Lists a user's devices.
     pub async fn list_devices(&self, user_id: &str) -> Result<Vec<DeviceRow>, sqlx::Error> {
-        let rows: Vec<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+        let rows: Vec<DeviceTuple> = sqlx::query_as(
             "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1 ORDER BY device_id",
         )
         .bind(user_id)
@@ -222,55 +201,33 @@ impl Db {
         .await?;
         Ok(rows
             .into_iter()
-            .map(
-                |(device_id, display_name, last_seen_ts, last_seen_ip)| DeviceRow {
-                    device_id,
-                    display_name,
-                    last_seen_ts,
-                    last_seen_ip,
-                },
-            )
+            .map(|(device_id, display_name, last_seen_ts, last_seen_ip)| DeviceRow {
+                device_id,
+                display_name,
+                last_seen_ts,
+                last_seen_ip,
+            })
             .collect())
     }
 
     /// One device of a user.
-    pub async fn get_device(
-        &self,
-        user_id: &str,
-        device_id: &str,
-    ) -> Result<Option<DeviceRow>, sqlx::Error> {
-        Ok(self
-            .list_devices(user_id)
-            .await?
-            .into_iter()
-            .find(|d| d.device_id == device_id))
+    pub async fn get_device(&self, user_id: &str, device_id: &str) -> Result<Option<DeviceRow>, sqlx::Error> {
+        Ok(self.list_devices(user_id).await?.into_iter().find(|d| d.device_id == device_id))
     }
 
     /// Renames a device; false if it does not exist.
-    pub async fn rename_device(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        name: Option<&str>,
-    ) -> Result<bool, sqlx::Error> {
-        let res = sqlx::query(
-            "UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3",
-        )
-        .bind(name)
-        .bind(user_id)
-        .bind(device_id)
-        .execute(self.pool())
-        .await?;
+    pub async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool, sqlx::Error> {
+        let res = sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
+            .bind(name)
+            .bind(user_id)
+            .bind(device_id)
+            .execute(self.pool())
+            .await?;
         Ok(res.rows_affected() == 1)
     }
 
     /// Records last-seen information for a device.
-    pub async fn touch_device(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        ip: &str,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn touch_device(&self, user_id: &str, device_id: &str, ip: &str) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE devices SET last_seen_ts = $1, last_seen_ip = $2 WHERE user_id = $3 AND device_id = $4")
             .bind(now_ms())
             .bind(ip)
@@ -316,10 +273,7 @@ impl Db {
 
     /// Removes a finished UIA session.
     pub async fn delete_uia_session(&self, session_id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1")
-            .bind(session_id)
-            .execute(self.pool())
-            .await?;
+        sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1").bind(session_id).execute(self.pool()).await?;
         Ok(())
     }
 }

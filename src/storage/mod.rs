@@ -11,6 +11,7 @@
 //! single-process deployment); readers run concurrently thanks to WAL.
 
 pub mod accounts;
+pub mod rooms;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -95,31 +96,23 @@ impl Db {
     /// Connects, applies SQLite pragmas and runs pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        };
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let url = match backend {
             Backend::Sqlite => {
-                let path = url
-                    .trim_start_matches("sqlite://")
-                    .trim_start_matches("sqlite:");
+                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
                 let path = path.split('?').next().unwrap_or(path);
                 if let Some(dir) = std::path::Path::new(path).parent()
                     && !dir.as_os_str().is_empty()
                 {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
+                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 }
                 format!("sqlite://{path}?mode=rwc")
             }
             Backend::Postgres => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url).with_context(|| "parsing database.url")?;
-        let mut pool_options = AnyPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(30));
+        let mut pool_options =
+            AnyPoolOptions::new().max_connections(max_connections.max(2)).acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
             pool_options = pool_options.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -136,16 +129,9 @@ impl Db {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to the {backend:?} database"))?;
-        migrator(backend)
-            .run(&pool)
-            .await
-            .context("running database migrations")?;
+        migrator(backend).run(&pool).await.context("running database migrations")?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Self {
-            pool,
-            backend,
-            write_lock,
-        })
+        Ok(Self { pool, backend, write_lock })
     }
 
     /// The pool, for reads and single-statement writes.
@@ -172,10 +158,7 @@ impl Db {
     ///
     /// The counter row stays locked until `tx` ends, so positions become visible in the order
     /// they were handed out, also with several processes on one PostgreSQL.
-    pub async fn next_stream_position(
-        tx: &mut WriteTx,
-        stream: &'static str,
-    ) -> Result<i64, sqlx::Error> {
+    pub async fn next_stream_position(tx: &mut WriteTx, stream: &'static str) -> Result<i64, sqlx::Error> {
         let (value,): (i64,) = sqlx::query_as(
             "INSERT INTO stream_counters (name, value) VALUES ($1, 1) \
              ON CONFLICT (name) DO UPDATE SET value = stream_counters.value + 1 RETURNING value",
@@ -188,11 +171,10 @@ impl Db {
 
     /// The highest position handed out so far on `stream` (0 if none).
     pub async fn current_stream_position(&self, stream: &'static str) -> Result<i64, sqlx::Error> {
-        let row: Option<(i64,)> =
-            sqlx::query_as("SELECT value FROM stream_counters WHERE name = $1")
-                .bind(stream)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(i64,)> = sqlx::query_as("SELECT value FROM stream_counters WHERE name = $1")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.0).unwrap_or(0))
     }
 
@@ -204,8 +186,5 @@ impl Db {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -2,9 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use ruma::api::client::account::{
-    change_password, deactivate, get_username_availability, register, whoami,
-};
+use ruma::api::client::account::{change_password, deactivate, get_username_availability, register, whoami};
 use serde_json::{Value, json};
 
 use crate::accounts::random_alpha;
@@ -15,17 +13,10 @@ use crate::config::RegistrationMode;
 use crate::error::{Error, Result};
 
 /// `POST /_matrix/client/v3/register`
-pub async fn register(
-    State(state): State<AppState>,
-    req: Ruma<register::v3::Request>,
-) -> Result<Json<Value>> {
+pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Request>) -> Result<Json<Value>> {
     let body = &req.body;
     if body.kind == register::RegistrationKind::Guest {
-        return Err(Error::new(
-            http::StatusCode::FORBIDDEN,
-            "M_GUEST_ACCESS_FORBIDDEN",
-            "Guest access is disabled",
-        ));
+        return Err(Error::new(http::StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled"));
     }
     let flows = match state.config.registration.mode {
         RegistrationMode::Disabled => {
@@ -40,21 +31,8 @@ pub async fn register(
         None => random_alpha(12).to_lowercase(),
     };
     state.accounts.check_available(&localpart).await?;
-    state
-        .accounts
-        .check_uia(
-            body.auth.as_ref(),
-            UiaRequest {
-                flows,
-                user_id: None,
-                operation: "register",
-            },
-        )
-        .await?;
-    let user_id = state
-        .accounts
-        .register(&localpart, body.password.clone(), false)
-        .await?;
+    state.accounts.check_uia(body.auth.as_ref(), UiaRequest { flows, user_id: None, operation: "register" }).await?;
+    let user_id = state.accounts.register(&localpart, body.password.clone(), false).await?;
     if body.inhibit_login {
         return Ok(Json(json!({ "user_id": user_id })));
     }
@@ -104,45 +82,21 @@ pub async fn change_password(
     let flows = vec![vec![uia::PASSWORD]];
     state
         .accounts
-        .check_uia(
-            req.body.auth.as_ref(),
-            UiaRequest {
-                flows,
-                user_id: Some(&s.user_id),
-                operation: "password",
-            },
-        )
+        .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "password" })
         .await?;
-    state
-        .accounts
-        .change_password(s, req.body.new_password.clone(), req.body.logout_devices)
-        .await?;
+    state.accounts.change_password(s, req.body.new_password.clone(), req.body.logout_devices).await?;
     Ok(change_password::v3::Response::new().into())
 }
 
 /// `POST /_matrix/client/v3/account/deactivate`
-pub async fn deactivate(
-    State(state): State<AppState>,
-    req: Ruma<deactivate::v3::Request>,
-) -> Result<Json<Value>> {
+pub async fn deactivate(State(state): State<AppState>, req: Ruma<deactivate::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     let flows = vec![vec![uia::PASSWORD]];
     state
         .accounts
-        .check_uia(
-            req.body.auth.as_ref(),
-            UiaRequest {
-                flows,
-                user_id: Some(&s.user_id),
-                operation: "deactivate",
-            },
-        )
+        .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "deactivate" })
         .await?;
-    state
-        .accounts
-        .db()
-        .deactivate_user(s.user_id.as_str())
-        .await?;
+    state.accounts.db().deactivate_user(s.user_id.as_str()).await?;
     tracing::info!(user_id = %s.user_id, "deactivated");
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
 }

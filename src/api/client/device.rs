@@ -2,9 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use ruma::api::client::device::{
-    delete_device, delete_devices, get_device, get_devices, update_device,
-};
+use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
 use serde_json::{Value, json};
 
 use crate::accounts::uia::{self, UiaRequest};
@@ -23,47 +21,26 @@ fn device_json(d: &DeviceRow) -> Value {
 }
 
 /// `GET /_matrix/client/v3/devices`
-pub async fn list(
-    State(state): State<AppState>,
-    req: Ruma<get_devices::v3::Request>,
-) -> Result<Json<Value>> {
+pub async fn list(State(state): State<AppState>, req: Ruma<get_devices::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     let devices = state.accounts.db().list_devices(s.user_id.as_str()).await?;
-    Ok(Json(
-        json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() })))
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`
-pub async fn get(
-    State(state): State<AppState>,
-    req: Ruma<get_device::v3::Request>,
-) -> Result<Json<Value>> {
+pub async fn get(State(state): State<AppState>, req: Ruma<get_device::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    let device = state
-        .accounts
-        .db()
-        .get_device(s.user_id.as_str(), req.body.device_id.as_str())
-        .await?;
-    device
-        .map(|d| Json(device_json(&d)))
-        .ok_or_else(|| Error::not_found("Device not found"))
+    let device = state.accounts.db().get_device(s.user_id.as_str(), req.body.device_id.as_str()).await?;
+    device.map(|d| Json(device_json(&d))).ok_or_else(|| Error::not_found("Device not found"))
 }
 
 /// `PUT /_matrix/client/v3/devices/{deviceId}`
-pub async fn update(
-    State(state): State<AppState>,
-    req: Ruma<update_device::v3::Request>,
-) -> Result<Json<Value>> {
+pub async fn update(State(state): State<AppState>, req: Ruma<update_device::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     if !state
         .accounts
         .db()
-        .rename_device(
-            s.user_id.as_str(),
-            req.body.device_id.as_str(),
-            req.body.display_name.as_deref(),
-        )
+        .rename_device(s.user_id.as_str(), req.body.device_id.as_str(), req.body.display_name.as_deref())
         .await?
     {
         return Err(Error::not_found("Device not found"));
@@ -72,63 +49,29 @@ pub async fn update(
 }
 
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`
-pub async fn delete(
-    State(state): State<AppState>,
-    req: Ruma<delete_device::v3::Request>,
-) -> Result<Json<Value>> {
+pub async fn delete(State(state): State<AppState>, req: Ruma<delete_device::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    if state
-        .accounts
-        .db()
-        .get_device(s.user_id.as_str(), req.body.device_id.as_str())
-        .await?
-        .is_none()
-    {
+    if state.accounts.db().get_device(s.user_id.as_str(), req.body.device_id.as_str()).await?.is_none() {
         return Err(Error::not_found("Device not found"));
     }
     let flows = vec![vec![uia::PASSWORD]];
     state
         .accounts
-        .check_uia(
-            req.body.auth.as_ref(),
-            UiaRequest {
-                flows,
-                user_id: Some(&s.user_id),
-                operation: "delete_device",
-            },
-        )
+        .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "delete_device" })
         .await?;
-    state
-        .accounts
-        .db()
-        .delete_devices(s.user_id.as_str(), &[req.body.device_id.to_string()])
-        .await?;
+    state.accounts.db().delete_devices(s.user_id.as_str(), &[req.body.device_id.to_string()]).await?;
     Ok(Json(json!({})))
 }
 
 /// `POST /_matrix/client/v3/delete_devices`
-pub async fn delete_many(
-    State(state): State<AppState>,
-    req: Ruma<delete_devices::v3::Request>,
-) -> Result<Json<Value>> {
+pub async fn delete_many(State(state): State<AppState>, req: Ruma<delete_devices::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     let flows = vec![vec![uia::PASSWORD]];
     state
         .accounts
-        .check_uia(
-            req.body.auth.as_ref(),
-            UiaRequest {
-                flows,
-                user_id: Some(&s.user_id),
-                operation: "delete_devices",
-            },
-        )
+        .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "delete_devices" })
         .await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
-    state
-        .accounts
-        .db()
-        .delete_devices(s.user_id.as_str(), &ids)
-        .await?;
+    state.accounts.db().delete_devices(s.user_id.as_str(), &ids).await?;
     Ok(Json(json!({})))
 }

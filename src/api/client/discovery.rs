@@ -17,13 +17,8 @@ use crate::rooms::version::SUPPORTED_ROOM_VERSIONS;
 pub const SUPPORTED_VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5"];
 
 /// `GET /_matrix/client/versions`
-pub async fn versions(
-    _: State<AppState>,
-    _: Ruma<get_supported_versions::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(
-        json!({ "versions": SUPPORTED_VERSIONS, "unstable_features": {} }),
-    ))
+pub async fn versions(_: State<AppState>, _: Ruma<get_supported_versions::Request>) -> Result<Json<Value>> {
+    Ok(Json(json!({ "versions": SUPPORTED_VERSIONS, "unstable_features": {} })))
 }
 
 /// `GET /_matrix/client/v3/capabilities`
@@ -31,10 +26,8 @@ pub async fn capabilities(
     State(state): State<AppState>,
     _: Ruma<get_capabilities::v3::Request>,
 ) -> Result<Json<Value>> {
-    let available: serde_json::Map<String, Value> = SUPPORTED_ROOM_VERSIONS
-        .iter()
-        .map(|v| ((*v).to_owned(), json!("stable")))
-        .collect();
+    let available: serde_json::Map<String, Value> =
+        SUPPORTED_ROOM_VERSIONS.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
     Ok(Json(json!({
         "capabilities": {
             "m.change_password": { "enabled": true },
@@ -52,20 +45,14 @@ pub async fn well_known_client(
     State(state): State<AppState>,
     _: Ruma<discover_homeserver::Request>,
 ) -> Result<Json<Value>> {
-    Ok(Json(
-        json!({ "m.homeserver": { "base_url": base_url(&state) } }),
-    ))
+    Ok(Json(json!({ "m.homeserver": { "base_url": base_url(&state) } })))
 }
 
 fn base_url(state: &AppState) -> String {
     let name = &state.config.server_name;
     // A name with an explicit port is served as-is over plain HTTP (local set-ups);
     // a bare name is assumed to sit behind HTTPS on 443.
-    if name.contains(':') {
-        format!("http://{name}")
-    } else {
-        format!("https://{name}")
-    }
+    if name.contains(':') { format!("http://{name}") } else { format!("https://{name}") }
 }
 
 /// `GET /.well-known/matrix/server` (ruma models it in the federation API, which this router
@@ -75,11 +62,7 @@ pub fn well_known_server(router: Router<AppState>) -> Router<AppState> {
         "/.well-known/matrix/server",
         get(|State(state): State<AppState>| async move {
             let name = &state.config.server_name;
-            let server = if name.contains(':') {
-                name.clone()
-            } else {
-                format!("{name}:443")
-            };
+            let server = if name.contains(':') { name.clone() } else { format!("{name}:443") };
             Json(json!({ "m.server": server }))
         }),
     )

@@ -2,7 +2,11 @@
 
 mod account;
 mod device;
+mod directory;
 mod discovery;
+pub mod message;
+mod profile;
+mod room;
 mod session;
 
 use axum::Router;
@@ -28,6 +32,38 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(device::get)
         .ruma(device::update)
         .ruma(device::delete)
-        .ruma(device::delete_many);
+        .ruma(device::delete_many)
+        .ruma(room::create)
+        .ruma(room::join_by_id_or_alias)
+        .ruma(room::join_by_id)
+        .ruma(room::leave)
+        .ruma(room::forget)
+        .ruma(room::invite)
+        .ruma(room::kick)
+        .ruma(room::ban)
+        .ruma(room::unban)
+        .ruma(room::knock)
+        .ruma(room::joined)
+        .ruma(room::members)
+        .ruma(room::joined_members_list)
+        .ruma(message::send)
+        .ruma(message::redact)
+        .ruma(message::send_state)
+        .ruma(message::get_state)
+        .ruma(message::get_all_state)
+        .ruma(message::get_event)
+        .ruma(message::messages)
+        .ruma(message::context)
+        .ruma(directory::put_alias)
+        .ruma(directory::get_alias_handler)
+        .ruma(directory::delete_alias_handler)
+        .ruma(directory::room_aliases)
+        .ruma(directory::get_visibility)
+        .ruma(directory::set_visibility)
+        .ruma(directory::public_rooms)
+        .ruma(directory::public_rooms_filtered)
+        .ruma(profile::get)
+        .ruma(profile::get_field)
+        .ruma(profile::set_field);
     discovery::well_known_server(router)
 }

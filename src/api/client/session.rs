@@ -12,10 +12,7 @@ use crate::api::extract::{Ruma, RumaResponse};
 use crate::error::{Error, Result};
 
 /// `GET /_matrix/client/v3/login`
-pub async fn login_types(
-    _: State<AppState>,
-    _: Ruma<get_login_types::v3::Request>,
-) -> Result<Json<Value>> {
+pub async fn login_types(_: State<AppState>, _: Ruma<get_login_types::v3::Request>) -> Result<Json<Value>> {
     Ok(Json(json!({ "flows": [{ "type": "m.login.password" }] })))
 }
 
@@ -26,11 +23,7 @@ pub async fn login(
     req: Ruma<login::v3::Request>,
 ) -> Result<RumaResponse<login::v3::Response>> {
     let LoginInfo::Password(password) = &req.body.login_info else {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            "M_UNKNOWN",
-            "Unknown login type",
-        ));
+        return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type"));
     };
     let user = match (&password.identifier, &password.user) {
         (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
@@ -39,10 +32,7 @@ pub async fn login(
         (None, None) => return Err(Error::missing_param("Missing identifier")),
     };
     let user_id = state.accounts.local_user_id(&user)?;
-    state
-        .accounts
-        .check_password(&user_id, &password.password)
-        .await?;
+    state.accounts.check_password(&user_id, &password.password).await?;
     let issued = state
         .accounts
         .issue_token(
@@ -64,11 +54,7 @@ pub async fn logout(
     req: Ruma<logout::v3::Request>,
 ) -> Result<RumaResponse<logout::v3::Response>> {
     let s = req.session()?;
-    state
-        .accounts
-        .db()
-        .delete_devices(s.user_id.as_str(), &[s.device_id.to_string()])
-        .await?;
+    state.accounts.db().delete_devices(s.user_id.as_str(), &[s.device_id.to_string()]).await?;
     Ok(logout::v3::Response::new().into())
 }
 
@@ -78,18 +64,8 @@ pub async fn logout_all(
     req: Ruma<logout_all::v3::Request>,
 ) -> Result<RumaResponse<logout_all::v3::Response>> {
     let s = req.session()?;
-    let devices: Vec<String> = state
-        .accounts
-        .db()
-        .list_devices(s.user_id.as_str())
-        .await?
-        .into_iter()
-        .map(|d| d.device_id)
-        .collect();
-    state
-        .accounts
-        .db()
-        .delete_devices(s.user_id.as_str(), &devices)
-        .await?;
+    let devices: Vec<String> =
+        state.accounts.db().list_devices(s.user_id.as_str()).await?.into_iter().map(|d| d.device_id).collect();
+    state.accounts.db().delete_devices(s.user_id.as_str(), &devices).await?;
     Ok(logout_all::v3::Response::new().into())
 }

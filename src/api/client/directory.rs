@@ -1,0 +1,202 @@
+//! Room aliases and the public room directory.
+
+use axum::Json;
+use axum::extract::State;
+use ruma::RoomId;
+use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
+use ruma::api::client::directory::{
+    get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+};
+use ruma::api::client::room::aliases;
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::api::extract::Ruma;
+use crate::error::{Error, Result};
+
+/// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
+pub async fn put_alias(State(state): State<AppState>, req: Ruma<create_alias::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let alias = &req.body.room_alias;
+    if alias.server_name() != state.rooms.server_name() {
+        return Err(Error::invalid_param("Room alias must be on this server"));
+    }
+    if !state.rooms.exists(&req.body.room_id).await? {
+        return Err(Error::not_found("Unknown room"));
+    }
+    if !state.rooms.db().insert_alias(alias.as_str(), req.body.room_id.as_str(), s.user_id.as_str()).await? {
+        return Err(Error::new(http::StatusCode::CONFLICT, "M_UNKNOWN", format!("Room alias {alias} already exists")));
+    }
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/directory/room/{roomAlias}`
+pub async fn get_alias_handler(
+    State(state): State<AppState>,
+    req: Ruma<get_alias::v3::Request>,
+) -> Result<Json<Value>> {
+    let alias = &req.body.room_alias;
+    match state.rooms.db().get_alias(alias.as_str()).await? {
+        Some((room_id, _)) => Ok(Json(json!({ "room_id": room_id, "servers": [state.rooms.server_name()] }))),
+        None => Err(Error::not_found(format!("Room alias {alias} not found"))),
+    }
+}
+
+/// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
+pub async fn delete_alias_handler(
+    State(state): State<AppState>,
+    req: Ruma<delete_alias::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let alias = &req.body.room_alias;
+    let Some((room_id, creator)) = state.rooms.db().get_alias(alias.as_str()).await? else {
+        return Err(Error::not_found(format!("Room alias {alias} not found")));
+    };
+    let allowed = creator == s.user_id.as_str() || s.is_admin || {
+        let room_id = RoomId::parse(&room_id).map_err(Error::internal)?;
+        let pl = state.rooms.power_levels(&room_id).await?;
+        pl.user_level(&s.user_id) >= pl.event_level("m.room.canonical_alias", true)
+    };
+    if !allowed {
+        return Err(Error::forbidden("You don't have permission to delete the alias."));
+    }
+    state.rooms.db().delete_alias(alias.as_str()).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
+pub async fn room_aliases(State(state): State<AppState>, req: Ruma<aliases::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let room_id = &req.body.room_id;
+    if state.rooms.membership_of(room_id, &s.user_id).await?.as_deref() != Some("join") {
+        let hv = state.rooms.current_state_event(room_id, "m.room.history_visibility", "").await?;
+        if !hv.is_some_and(|p| p.content()["history_visibility"] == "world_readable") {
+            return Err(Error::forbidden("You are not in the room"));
+        }
+    }
+    Ok(Json(json!({ "aliases": state.rooms.db().room_aliases(room_id.as_str()).await? })))
+}
+
+/// `GET /_matrix/client/v3/directory/list/room/{roomId}`
+pub async fn get_visibility(
+    State(state): State<AppState>,
+    req: Ruma<get_room_visibility::v3::Request>,
+) -> Result<Json<Value>> {
+    if !state.rooms.exists(&req.body.room_id).await? {
+        return Err(Error::not_found("Unknown room"));
+    }
+    let public = state.rooms.db().is_room_public(req.body.room_id.as_str()).await?;
+    Ok(Json(json!({ "visibility": if public { "public" } else { "private" } })))
+}
+
+/// `PUT /_matrix/client/v3/directory/list/room/{roomId}`
+pub async fn set_visibility(
+    State(state): State<AppState>,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let room_id = &req.body.room_id;
+    if !state.rooms.exists(room_id).await? {
+        return Err(Error::not_found("Unknown room"));
+    }
+    state.rooms.require_joined(room_id, &s.user_id).await?;
+    let pl = state.rooms.power_levels(room_id).await?;
+    if !s.is_admin && pl.user_level(&s.user_id) < pl.event_level("m.room.canonical_alias", true) {
+        return Err(Error::forbidden("You don't have permission to change the room's directory visibility"));
+    }
+    let public = req.body.visibility == ruma::api::client::room::Visibility::Public;
+    state.rooms.db().set_room_public(room_id.as_str(), public).await?;
+    Ok(Json(json!({})))
+}
+
+async fn public_rooms_chunk(
+    state: &AppState,
+    limit: Option<usize>,
+    since: Option<&str>,
+    search: Option<&str>,
+) -> Result<Value> {
+    let mut chunk = Vec::new();
+    for room in state.rooms.db().public_rooms().await? {
+        let Ok(room_id) = RoomId::parse(&room) else { continue };
+        let current = state.rooms.current_state(&room_id).await?;
+        let get = |t: &str| current.get(&(t.to_owned(), String::new())).map(|p| p.content()).unwrap_or(Value::Null);
+        let joined =
+            current.iter().filter(|((t, _), p)| t == "m.room.member" && p.content()["membership"] == "join").count();
+        let mut entry = json!({
+            "room_id": room_id,
+            "num_joined_members": joined,
+            "world_readable": get("m.room.history_visibility")["history_visibility"] == "world_readable",
+            "guest_can_join": get("m.room.guest_access")["guest_access"] == "can_join",
+            "join_rule": get("m.room.join_rules")["join_rule"].as_str().unwrap_or("invite"),
+        });
+        for (key, t, field) in [
+            ("name", "m.room.name", "name"),
+            ("topic", "m.room.topic", "topic"),
+            ("canonical_alias", "m.room.canonical_alias", "alias"),
+            ("avatar_url", "m.room.avatar", "url"),
+            ("room_type", "m.room.create", "type"),
+        ] {
+            if let Some(v) = get(t)[field].as_str() {
+                entry[key] = json!(v);
+            }
+        }
+        if let Some(term) = search {
+            let term = term.to_lowercase();
+            let hay = format!("{} {} {}", entry["name"], entry["topic"], entry["canonical_alias"]).to_lowercase();
+            if !hay.contains(&term) {
+                continue;
+            }
+        }
+        chunk.push(entry);
+    }
+    chunk.sort_by(|a, b| {
+        b["num_joined_members"]
+            .as_u64()
+            .cmp(&a["num_joined_members"].as_u64())
+            .then(a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+    });
+    let total = chunk.len();
+    let offset: usize = since.and_then(|s| s.strip_prefix("o")).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let limit = limit.unwrap_or(usize::MAX).max(1);
+    let page: Vec<Value> = chunk.into_iter().skip(offset).take(limit).collect();
+    let mut res = json!({ "chunk": page, "total_room_count_estimate": total });
+    if offset + limit < total {
+        res["next_batch"] = json!(format!("o{}", offset + limit));
+    }
+    if offset > 0 {
+        res["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
+    }
+    Ok(res)
+}
+
+fn check_server(state: &AppState, server: Option<&ruma::ServerName>) -> Result<()> {
+    match server {
+        Some(s) if s != state.rooms.server_name() => Err(Error::new(
+            http::StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+            "Querying other servers' directories is not supported yet",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `GET /_matrix/client/v3/publicRooms`
+pub async fn public_rooms(
+    State(state): State<AppState>,
+    req: Ruma<get_public_rooms::v3::Request>,
+) -> Result<Json<Value>> {
+    check_server(&state, req.body.server.as_deref())?;
+    let limit = req.body.limit.map(|l| u64::from(l) as usize);
+    Ok(Json(public_rooms_chunk(&state, limit, req.body.since.as_deref(), None).await?))
+}
+
+/// `POST /_matrix/client/v3/publicRooms`
+pub async fn public_rooms_filtered(
+    State(state): State<AppState>,
+    req: Ruma<get_public_rooms_filtered::v3::Request>,
+) -> Result<Json<Value>> {
+    check_server(&state, req.body.server.as_deref())?;
+    let limit = req.body.limit.map(|l| u64::from(l) as usize);
+    let search = req.body.filter.generic_search_term.as_deref();
+    Ok(Json(public_rooms_chunk(&state, limit, req.body.since.as_deref(), search).await?))
+}

@@ -1,0 +1,301 @@
+//! Sending and reading events: send, redact, state, `/event`, `/messages`, `/context`.
+
+use axum::Json;
+use axum::extract::State;
+use ruma::api::Direction;
+use ruma::api::client::context::get_context;
+use ruma::api::client::message::{get_message_events, send_message_event};
+use ruma::api::client::redact::redact_event;
+use ruma::api::client::room::get_room_event;
+use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
+use ruma::{RoomId, UserId};
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::api::extract::Ruma;
+use crate::error::{Error, Result};
+use crate::rooms::Origin;
+use crate::rooms::build::NewEvent;
+use crate::rooms::filter::EventFilter;
+use crate::rooms::read::{Dir, TopoToken};
+use crate::storage::rooms::StoredEvent;
+
+/// The event stream position at the start of a sync token (`s<stream>...`).
+pub fn stream_of_token(token: &str) -> Option<i64> {
+    let rest = token.strip_prefix('s')?;
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn content_of(json: Option<Value>) -> Result<Value> {
+    match json {
+        Some(v @ Value::Object(_)) => Ok(v),
+        None => Ok(json!({})),
+        Some(_) => Err(Error::bad_json("Event content must be a JSON object")),
+    }
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+pub async fn send(State(state): State<AppState>, req: Ruma<send_message_event::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let b = &req.body;
+    let content = content_of(req.json.clone())?;
+    let ev = NewEvent::message(b.event_type.to_string(), content);
+    let origin = Origin { user_id: &s.user_id, txn: Some((s.device_id.as_str(), b.txn_id.as_str())) };
+    let event_id = state.rooms.send(&b.room_id, origin, ev).await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
+pub async fn redact(State(state): State<AppState>, req: Ruma<redact_event::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let b = &req.body;
+    let content = content_of(req.json.clone())?;
+    let ev = NewEvent { kind: "m.room.redaction".into(), content, state_key: None, redacts: Some(b.event_id.clone()) };
+    let origin = Origin { user_id: &s.user_id, txn: Some((s.device_id.as_str(), b.txn_id.as_str())) };
+    let event_id = state.rooms.send(&b.room_id, origin, ev).await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+pub async fn send_state(
+    State(state): State<AppState>,
+    req: Ruma<send_state_event::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let b = &req.body;
+    let content = content_of(req.json.clone())?;
+    let kind = b.event_type.to_string();
+    if kind == "m.room.member" && b.state_key != s.user_id.as_str() {
+        // Membership of others goes through invite/kick/ban so that their checks apply;
+        // Synapse likewise routes member state through its membership handler.
+        let target = UserId::parse(&b.state_key).map_err(|_| Error::invalid_param("Invalid state key"))?;
+        let reason = content["reason"].as_str();
+        match content["membership"].as_str() {
+            Some("invite") => state.rooms.invite(&b.room_id, &s.user_id, &target, reason, false).await?,
+            Some("leave") => state.rooms.kick(&b.room_id, &s.user_id, &target, reason).await?,
+            Some("ban") => state.rooms.ban(&b.room_id, &s.user_id, &target, reason).await?,
+            _ => return Err(Error::forbidden("Cannot set this membership for another user")),
+        }
+        let id = state.rooms.db().current_state_event_id(b.room_id.as_str(), &kind, &b.state_key).await?;
+        return Ok(Json(json!({ "event_id": id })));
+    }
+    if kind == "m.room.canonical_alias" {
+        check_canonical_alias(&state, &b.room_id, &content).await?;
+    }
+    let ev = NewEvent::state(kind, b.state_key.clone(), content);
+    let event_id = state.rooms.send(&b.room_id, Origin { user_id: &s.user_id, txn: None }, ev).await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// Local aliases in `m.room.canonical_alias` must point at the room (spec requirement).
+async fn check_canonical_alias(state: &AppState, room_id: &RoomId, content: &Value) -> Result<()> {
+    let mut aliases: Vec<&str> =
+        content["alt_aliases"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    aliases.extend(content["alias"].as_str());
+    for alias in aliases {
+        let parsed =
+            ruma::RoomAliasId::parse(alias).map_err(|_| Error::invalid_param(format!("Invalid alias {alias}")))?;
+        if parsed.server_name() == state.rooms.server_name() {
+            match state.rooms.db().get_alias(alias).await? {
+                Some((r, _)) if r == room_id.as_str() => {}
+                _ => {
+                    return Err(Error::new(
+                        http::StatusCode::BAD_REQUEST,
+                        "M_BAD_ALIAS",
+                        format!("Room alias {alias} does not point to the room"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the user may read the room's current state (joined, or world-readable).
+async fn require_state_access(state: &AppState, room_id: &RoomId, user: &UserId) -> Result<()> {
+    if state.rooms.membership_of(room_id, user).await?.as_deref() == Some("join") {
+        return Ok(());
+    }
+    let hv = state.rooms.current_state_event(room_id, "m.room.history_visibility", "").await?;
+    if hv.is_some_and(|p| p.content()["history_visibility"] == "world_readable") {
+        return Ok(());
+    }
+    Err(Error::forbidden(format!("User {user} not in room {room_id}")))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+pub async fn get_state(
+    State(state): State<AppState>,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let b = &req.body;
+    require_state_access(&state, &b.room_id, &s.user_id).await?;
+    let pdu = state
+        .rooms
+        .current_state_event(&b.room_id, &b.event_type.to_string(), &b.state_key)
+        .await?
+        .ok_or_else(|| Error::not_found("Event not found."))?;
+    if b.format == get_state_event_for_key::v3::StateEventFormat::Event {
+        return Ok(Json(pdu.client_json(None, crate::storage::now_ms())));
+    }
+    Ok(Json(pdu.content()))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state`
+pub async fn get_all_state(
+    State(state): State<AppState>,
+    req: Ruma<get_state_events::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    require_state_access(&state, &req.body.room_id, &s.user_id).await?;
+    let now = crate::storage::now_ms();
+    let events: Vec<Value> =
+        state.rooms.current_state(&req.body.room_id).await?.values().map(|p| p.client_json(None, now)).collect();
+    Ok(Json(Value::Array(events)))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
+pub async fn get_event(State(state): State<AppState>, req: Ruma<get_room_event::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let ev = state.rooms.event_for(&req.body.room_id, &s.user_id, req.body.event_id.as_str()).await?;
+    Ok(Json(state.rooms.client_event(&ev, Some((&s.user_id, s.device_id.as_str()))).await?))
+}
+
+fn filter_of(json: &Value) -> EventFilter {
+    EventFilter::from_json(json)
+}
+
+/// Parses a pagination token: a topological token, or a sync token (`s<stream>`).
+async fn parse_from(state: &AppState, room_id: &RoomId, token: &str, dir: Dir) -> Result<Option<TopoToken>> {
+    if let Some(t) = TopoToken::parse(token) {
+        return Ok(Some(t));
+    }
+    let stream = stream_of_token(token).ok_or_else(|| Error::invalid_param("Invalid pagination token"))?;
+    let pos = state.rooms.position_at_stream(room_id, stream).await?;
+    Ok(match (pos, dir) {
+        // Backwards from a sync token includes the event at that position.
+        (Some(p), Dir::Backward) => Some(TopoToken { depth: p.depth, stream: p.stream + 1 }),
+        (Some(p), Dir::Forward) => Some(p),
+        (None, Dir::Forward) => None,
+        (None, Dir::Backward) => Some(TopoToken { depth: i64::MIN, stream: i64::MIN }),
+    })
+}
+
+/// Member events for the senders of `events` (lazy-loading members).
+async fn lazy_members(state: &AppState, room_id: &RoomId, events: &[StoredEvent]) -> Result<Vec<Value>> {
+    let mut senders: Vec<&str> = events.iter().map(|e| e.pdu.fields.sender.as_str()).collect();
+    senders.sort();
+    senders.dedup();
+    let now = crate::storage::now_ms();
+    let mut out = Vec::new();
+    for sender in senders {
+        if let Some(p) = state.rooms.current_state_event(room_id, "m.room.member", sender).await? {
+            out.push(p.client_json(None, now));
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+pub async fn messages(
+    State(state): State<AppState>,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let b = &req.body;
+    let dir = if b.dir == Direction::Backward { Dir::Backward } else { Dir::Forward };
+    let filter_json = serde_json::to_value(&b.filter).unwrap_or(Value::Null);
+    let filter = filter_of(&filter_json);
+    let limit = (u64::from(b.limit) as usize).clamp(1, 1000);
+    let from = match &b.from {
+        Some(t) => parse_from(&state, &b.room_id, t, dir).await?,
+        None => None,
+    };
+    let to = match &b.to {
+        Some(t) => parse_from(&state, &b.room_id, t, dir).await?,
+        None => None,
+    };
+    let page = state.rooms.messages(&b.room_id, &s.user_id, from, to, dir, limit, &|e| filter.matches(e)).await?;
+    let viewer = Some((&*s.user_id, s.device_id.as_str()));
+    let chunk = state.rooms.client_events(&page.events, viewer).await?;
+    let start = match &b.from {
+        Some(t) => t.clone(),
+        None => match dir {
+            Dir::Backward => state
+                .rooms
+                .latest_position(&b.room_id)
+                .await?
+                .map(|p| TopoToken { depth: p.depth, stream: p.stream + 1 }),
+            Dir::Forward => Some(TopoToken { depth: 0, stream: 0 }),
+        }
+        .map(TopoToken::to_token)
+        .unwrap_or_else(|| "t0_0".into()),
+    };
+    let mut res = json!({ "start": start, "chunk": chunk });
+    if let Some(end) = page.end {
+        res["end"] = json!(end);
+    }
+    if filter.lazy_load_members {
+        res["state"] = json!(lazy_members(&state, &b.room_id, &page.events).await?);
+    }
+    Ok(Json(res))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
+pub async fn context(State(state): State<AppState>, req: Ruma<get_context::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let b = &req.body;
+    let ev = state.rooms.event_for(&b.room_id, &s.user_id, b.event_id.as_str()).await?;
+    let filter_json = serde_json::to_value(&b.filter).unwrap_or(Value::Null);
+    let filter = filter_of(&filter_json);
+    let limit = (u64::from(b.limit) as usize).min(100);
+    let pos = TopoToken::of(&ev);
+    let before_n = limit / 2;
+    let after_n = limit - before_n;
+    let before = if before_n > 0 {
+        state
+            .rooms
+            .messages(&b.room_id, &s.user_id, Some(pos), None, Dir::Backward, before_n, &|e| filter.matches(e))
+            .await?
+            .events
+    } else {
+        Vec::new()
+    };
+    let after = if after_n > 0 {
+        state
+            .rooms
+            .messages(&b.room_id, &s.user_id, Some(pos), None, Dir::Forward, after_n, &|e| filter.matches(e))
+            .await?
+            .events
+    } else {
+        Vec::new()
+    };
+    let start = before.last().map(TopoToken::of).unwrap_or(pos).to_token();
+    let end = after.last().map(TopoToken::of).unwrap_or(pos).to_token();
+    let viewer = Some((&*s.user_id, s.device_id.as_str()));
+    let state_events: Vec<Value> = if filter.lazy_load_members {
+        let mut all = before.clone();
+        all.extend(after.iter().cloned());
+        all.push(ev.clone());
+        lazy_members(&state, &b.room_id, &all).await?
+    } else {
+        let now = crate::storage::now_ms();
+        match ev.state_group {
+            Some(g) => {
+                let ids = state.rooms.state_at_group(g).await?;
+                state.rooms.state_pdus(&ids).await?.values().map(|p| p.client_json(None, now)).collect()
+            }
+            None => Vec::new(),
+        }
+    };
+    Ok(Json(json!({
+        "event": state.rooms.client_event(&ev, viewer).await?,
+        "events_before": state.rooms.client_events(&before, viewer).await?,
+        "events_after": state.rooms.client_events(&after, viewer).await?,
+        "start": start,
+        "end": end,
+        "state": state_events,
+    })))
+}

@@ -1,0 +1,78 @@
+//! User profiles: display name and avatar, propagated into member events.
+
+use axum::Json;
+use axum::extract::State;
+use ruma::api::client::profile::{get_profile, get_profile_field, set_profile_field};
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::api::extract::Ruma;
+use crate::error::{Error, Result};
+use crate::storage::accounts::ProfileField;
+
+fn field_of(name: &str) -> Result<ProfileField> {
+    match name {
+        "displayname" => Ok(ProfileField::DisplayName),
+        "avatar_url" => Ok(ProfileField::AvatarUrl),
+        other => Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNRECOGNIZED",
+            format!("Unsupported profile field {other}"),
+        )),
+    }
+}
+
+async fn profile_json(state: &AppState, user_id: &ruma::UserId) -> Result<Value> {
+    let user = state.accounts.db().get_user(user_id.as_str()).await?.filter(|u| !u.deactivated);
+    let Some(user) = user else { return Err(Error::not_found("Profile was not found")) };
+    let mut out = json!({});
+    if let Some(d) = user.displayname {
+        out["displayname"] = json!(d);
+    }
+    if let Some(a) = user.avatar_url {
+        out["avatar_url"] = json!(a);
+    }
+    Ok(out)
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}`
+pub async fn get(State(state): State<AppState>, req: Ruma<get_profile::v3::Request>) -> Result<Json<Value>> {
+    Ok(Json(profile_json(&state, &req.body.user_id).await?))
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}/{field}`
+pub async fn get_field(
+    State(state): State<AppState>,
+    req: Ruma<get_profile_field::v3::Request>,
+) -> Result<Json<Value>> {
+    let name = req.body.field.as_str().to_owned();
+    field_of(&name)?;
+    let profile = profile_json(&state, &req.body.user_id).await?;
+    match profile.get(&name) {
+        Some(v) => Ok(Json(json!({ name: v }))),
+        None => Err(Error::not_found("The requested profile field is not set")),
+    }
+}
+
+/// `PUT /_matrix/client/v3/profile/{userId}/{field}`
+pub async fn set_field(
+    State(state): State<AppState>,
+    req: Ruma<set_profile_field::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    if req.body.user_id != s.user_id {
+        return Err(Error::forbidden("Cannot set another user's profile"));
+    }
+    let name = req.body.value.field_name().as_str().to_owned();
+    let field = field_of(&name)?;
+    let value = req.json.as_ref().and_then(|j| j.get(&name)).cloned().unwrap_or(Value::Null);
+    let value = match value {
+        Value::String(v) if v.len() <= 256 || name == "avatar_url" => Some(v),
+        Value::String(_) => return Err(Error::bad_json("Display name is too long")),
+        Value::Null => None,
+        _ => return Err(Error::bad_json(format!("{name} must be a string"))),
+    };
+    state.accounts.db().set_profile_field(s.user_id.as_str(), field, value.as_deref()).await?;
+    state.rooms.propagate_profile(&s.user_id).await?;
+    Ok(Json(json!({})))
+}

@@ -1,0 +1,378 @@
+//! Appending local events: build the PDU for the room version, sign it, authorise it against
+//! the state before it, and persist it with all of its effects in the caller's transaction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+};
+use serde_json::{Value, json};
+
+use super::Rooms;
+use super::pdu::{MAX_PDU_BYTES, Pdu};
+use super::state::MAX_CHAIN;
+use crate::error::{Error, Result};
+use crate::storage::WriteTx;
+use crate::storage::rooms::{NewEventRow, StateIds};
+
+/// An event a local user wants to add.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Event type.
+    pub kind: String,
+    /// Content from the client.
+    pub content: Value,
+    /// State key for state events.
+    pub state_key: Option<String>,
+    /// Target of a redaction.
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl NewEvent {
+    /// A state event.
+    pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: Value) -> Self {
+        Self { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None }
+    }
+    /// A message-like event.
+    pub fn message(kind: impl Into<String>, content: Value) -> Self {
+        Self { kind: kind.into(), content, state_key: None, redacts: None }
+    }
+}
+
+/// The room as seen by a writer holding the room's lock.
+pub struct RoomCtx {
+    /// Room id (set once the create event exists).
+    pub room_id: Option<OwnedRoomId>,
+    /// Room version.
+    pub version: RoomVersionId,
+    /// Its rules.
+    pub rules: RoomVersionRules,
+    /// Current state.
+    pub state: StateIds,
+    /// Group of the current state.
+    pub state_group: Option<i64>,
+    /// Delta chain length of that group.
+    pub chain_length: i64,
+    /// Forward extremities.
+    pub extremities: Vec<String>,
+    /// Largest depth among the extremities.
+    pub depth: i64,
+    /// Events written in this transaction, not yet visible to other connections.
+    pub written: HashMap<String, Pdu>,
+    /// The room's row is still to be written (by its create event).
+    pub is_new: bool,
+}
+
+/// What one appended event did, for after-commit work.
+pub struct Appended {
+    /// The event.
+    pub pdu: Pdu,
+    /// Its stream position.
+    pub stream: i64,
+}
+
+fn to_canonical(value: Value) -> Result<CanonicalJsonValue> {
+    CanonicalJsonValue::try_from(value).map_err(|e| {
+        Error::bad_json(format!("Content is not canonical JSON (floats and integers beyond 2^53 are not allowed): {e}"))
+    })
+}
+
+impl Rooms {
+    /// Loads the writer's view of a room inside `tx` (locks the room row on PostgreSQL).
+    pub async fn load_ctx(&self, tx: &mut WriteTx, room_id: &RoomId) -> Result<RoomCtx> {
+        let (version, group) =
+            self.db.lock_room(tx, room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
+        let rules = super::version::rules(&version)?;
+        let (state, chain_length) = match group {
+            Some(g) => {
+                let (s, len) = self.state_cache.load(&self.db, g).await?;
+                ((*s).clone(), len)
+            }
+            None => (StateIds::new(), 0),
+        };
+        let ext = self.db.extremities(tx, room_id.as_str()).await?;
+        let depth = ext.iter().map(|e| e.1).max().unwrap_or(0);
+        Ok(RoomCtx {
+            room_id: Some(room_id.to_owned()),
+            version,
+            rules,
+            state,
+            state_group: group,
+            chain_length,
+            extremities: ext.into_iter().map(|e| e.0).take(20).collect(),
+            depth,
+            written: HashMap::new(),
+            is_new: false,
+        })
+    }
+
+    /// A context for a room that does not exist yet.
+    pub fn new_room_ctx(&self, version: RoomVersionId) -> Result<RoomCtx> {
+        let rules = super::version::rules(&version)?;
+        // Before v12 the room id is chosen by the creating server; from v12 it is derived from
+        // the create event's reference hash.
+        let room_id = match rules.room_id_format {
+            ruma::room_version_rules::RoomIdFormatVersion::V1 => Some(
+                RoomId::parse(format!("!{}:{}", super::super::accounts::random_alpha(18), self.server_name))
+                    .map_err(Error::internal)?,
+            ),
+            _ => None,
+        };
+        Ok(RoomCtx {
+            room_id,
+            version,
+            rules,
+            state: StateIds::new(),
+            state_group: None,
+            chain_length: 0,
+            extremities: Vec::new(),
+            depth: 0,
+            written: HashMap::new(),
+            is_new: true,
+        })
+    }
+
+    /// Loads PDUs by id, looking first at those written in this transaction.
+    pub async fn pdus_for(&self, ctx: &RoomCtx, ids: &[String]) -> Result<HashMap<String, Pdu>> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            match ctx.written.get(id) {
+                Some(p) => {
+                    out.insert(id.clone(), p.clone());
+                }
+                None => missing.push(id.clone()),
+            }
+        }
+        for ev in self.db.get_events(&missing).await? {
+            out.insert(ev.pdu.event_id.to_string(), ev.pdu);
+        }
+        Ok(out)
+    }
+
+    /// Builds, signs and authorises an event on top of `ctx`.
+    pub async fn build_event(&self, ctx: &RoomCtx, sender: &UserId, ev: NewEvent) -> Result<Pdu> {
+        let rules = &ctx.rules;
+        let kind = TimelineEventType::from(ev.kind.as_str());
+        let content_raw = serde_json::value::to_raw_value(&ev.content)?;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &kind,
+            sender,
+            ev.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(Error::bad_json)?;
+        let mut auth_events: Vec<String> =
+            auth_types.iter().filter_map(|(t, k)| ctx.state.get(&(t.to_string(), k.clone())).cloned()).collect();
+        if kind == TimelineEventType::RoomCreate {
+            auth_events.clear();
+        }
+
+        let mut object = CanonicalJsonObject::new();
+        let mut content = ev.content;
+        if let Some(redacts) = &ev.redacts {
+            if rules.redaction.keep_room_redaction_redacts {
+                content["redacts"] = json!(redacts);
+            } else {
+                object.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+            }
+        }
+        object.insert("content".into(), to_canonical(content)?);
+        object.insert("auth_events".into(), to_canonical(json!(auth_events))?);
+        object.insert("prev_events".into(), to_canonical(json!(ctx.extremities))?);
+        object
+            .insert("depth".into(), CanonicalJsonValue::Integer((ctx.depth + 1).try_into().map_err(Error::internal)?));
+        object.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(crate::storage::now_ms().try_into().map_err(Error::internal)?),
+        );
+        if let Some(room_id) = &ctx.room_id {
+            object.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+        } else if !(kind == TimelineEventType::RoomCreate
+            && rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V2)
+        {
+            return Err(Error::internal("room id needed before the create event"));
+        }
+        object.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
+        object.insert("type".into(), CanonicalJsonValue::String(ev.kind.clone()));
+        if let Some(k) = &ev.state_key {
+            object.insert("state_key".into(), CanonicalJsonValue::String(k.clone()));
+        }
+
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &self.keys.current,
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => Error::too_large("Event is larger than 65536 bytes"),
+            other => Error::internal(other),
+        })?;
+        if serde_json::to_vec(&object)?.len() > MAX_PDU_BYTES {
+            return Err(Error::too_large("Event is larger than 65536 bytes"));
+        }
+        let hash = ruma::signatures::reference_hash(&object, rules).map_err(Error::internal)?;
+        let event_id = EventId::parse(format!("${hash}")).map_err(Error::internal)?;
+        let pdu = Pdu::from_json(event_id, ctx.room_id.clone(), object)?;
+        self.authorize(ctx, &pdu, &auth_events).await?;
+        Ok(pdu)
+    }
+
+    /// Checks the auth rules for a local event against its auth events and the current state.
+    async fn authorize(&self, ctx: &RoomCtx, pdu: &Pdu, auth_events: &[String]) -> Result<()> {
+        let mut ids: Vec<String> = auth_events.to_vec();
+        if let Some(create) = ctx.state.get(&("m.room.create".to_owned(), String::new())) {
+            ids.push(create.clone());
+        }
+        let pdus = self.pdus_for(ctx, &ids).await?;
+        let rules = &ctx.rules.authorization;
+        ruma::state_res::check_state_independent_auth_rules(rules, pdu, |id: &EventId| pdus.get(id.as_str()).cloned())
+            .map_err(Error::forbidden)?;
+        ruma::state_res::check_state_dependent_auth_rules(rules, pdu, |t: &StateEventType, k: &str| {
+            ctx.state.get(&(t.to_string(), k.to_owned())).and_then(|id| pdus.get(id)).cloned()
+        })
+        .map_err(Error::forbidden)
+    }
+
+    /// Writes an authorised local event and its effects inside `tx`, and advances `ctx`.
+    pub async fn persist_local(
+        &self,
+        tx: &mut WriteTx,
+        ctx: &mut RoomCtx,
+        pdu: Pdu,
+        txn: Option<(&str, &str, &str)>,
+    ) -> Result<Appended> {
+        let db = &self.db;
+        let room_id = pdu.room_id.clone();
+        let stream = crate::storage::Db::next_stream_position(tx, "events").await?;
+        if ctx.is_new {
+            db.insert_room(tx, room_id.as_str(), ctx.version.as_str()).await?;
+            ctx.room_id = Some(room_id.clone());
+            ctx.is_new = false;
+        }
+
+        let mut unsigned = None;
+        if let Some(key) = &pdu.fields.state_key {
+            let slot = (pdu.fields.kind.to_string(), key.clone());
+            if let Some(prev_id) = ctx.state.get(&slot).cloned() {
+                if let Some(prev) = self.pdus_for(ctx, std::slice::from_ref(&prev_id)).await?.remove(&prev_id) {
+                    unsigned = Some(json!({
+                        "replaces_state": prev_id,
+                        "prev_content": prev.content(),
+                        "prev_sender": prev.fields.sender,
+                    }));
+                }
+            }
+            ctx.state.insert(slot.clone(), pdu.event_id.to_string());
+            let (prev_group, chain, entries) = match ctx.state_group {
+                Some(g) if ctx.chain_length < MAX_CHAIN => {
+                    (Some(g), ctx.chain_length + 1, StateIds::from([(slot.clone(), pdu.event_id.to_string())]))
+                }
+                _ => (None, 0, ctx.state.clone()),
+            };
+            let group = db.insert_state_group(tx, room_id.as_str(), prev_group, chain, &entries).await?;
+            ctx.state_group = Some(group);
+            ctx.chain_length = chain;
+            db.set_room_state_group(tx, room_id.as_str(), group).await?;
+            db.set_current_state(tx, room_id.as_str(), &slot.0, &slot.1, pdu.event_id.as_str()).await?;
+            if pdu.fields.kind == TimelineEventType::RoomMember {
+                let membership = pdu.content()["membership"].as_str().unwrap_or("leave").to_owned();
+                db.set_membership(tx, room_id.as_str(), key, &membership, pdu.event_id.as_str(), stream).await?;
+            }
+        }
+
+        db.insert_event(
+            tx,
+            NewEventRow {
+                pdu: &pdu,
+                stream,
+                unsigned: unsigned.as_ref(),
+                outlier: false,
+                state_group: ctx.state_group,
+            },
+        )
+        .await?;
+        db.update_extremities(tx, room_id.as_str(), &ctx.extremities, pdu.event_id.as_str()).await?;
+        ctx.extremities = vec![pdu.event_id.to_string()];
+        ctx.depth = pdu.fields.depth;
+
+        if let Some((user, device, txn_id)) = txn {
+            db.insert_txn(tx, user, device, txn_id, pdu.event_id.as_str()).await?;
+        }
+        if pdu.fields.kind == TimelineEventType::RoomRedaction
+            && let Some(target) = &pdu.redacts_target
+        {
+            self.apply_redaction(tx, ctx, &pdu, target).await?;
+        }
+        for destination in self.remote_destinations(room_id.as_str()).await? {
+            db.insert_outbox(tx, &destination, "pdu", pdu.event_id.as_str()).await?;
+        }
+        ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
+        Ok(Appended { pdu, stream })
+    }
+
+    /// Rewrites the target's stored JSON to its redacted form.
+    async fn apply_redaction(
+        &self,
+        tx: &mut WriteTx,
+        ctx: &RoomCtx,
+        redaction: &Pdu,
+        target: &OwnedEventId,
+    ) -> Result<()> {
+        let Some(stored) = self.db.get_event(target.as_str()).await? else { return Ok(()) };
+        if stored.pdu.room_id != redaction.room_id {
+            return Ok(());
+        }
+        let redacted = ruma::canonical_json::redact((*stored.pdu.json).clone(), &ctx.rules.redaction, None)
+            .map_err(Error::internal)?;
+        self.db
+            .redact_event_json(tx, target.as_str(), &serde_json::to_string(&redacted)?, redaction.event_id.as_str())
+            .await
+    }
+
+    /// Servers other than ours with joined members in the room.
+    pub async fn remote_destinations(&self, room_id: &str) -> Result<Vec<String>> {
+        let mut servers: Vec<String> = self
+            .db
+            .members_with(room_id, "join")
+            .await?
+            .into_iter()
+            .filter_map(|u| u.split_once(':').map(|(_, s)| s.to_owned()))
+            .filter(|s| s != self.server_name.as_str())
+            .collect();
+        servers.sort();
+        servers.dedup();
+        Ok(servers)
+    }
+
+    /// After commit: cache new state and wake local members' `/sync`.
+    pub async fn after_commit(&self, ctx: &RoomCtx, appended: &[Appended]) {
+        if let Some(group) = ctx.state_group {
+            self.state_cache.insert(group, Arc::new(ctx.state.clone()), ctx.chain_length);
+        }
+        let Some(room_id) = &ctx.room_id else { return };
+        let suffix = format!(":{}", self.server_name);
+        let mut users: Vec<String> = match self.db.all_memberships(room_id.as_str()).await {
+            Ok(rows) => rows.into_iter().map(|(u, _)| u).filter(|u| u.ends_with(&suffix)).collect(),
+            Err(_) => Vec::new(),
+        };
+        for a in appended {
+            if let Some(k) = &a.pdu.fields.state_key
+                && a.pdu.fields.kind == TimelineEventType::RoomMember
+                && k.ends_with(&suffix)
+            {
+                users.push(k.clone());
+            }
+        }
+        self.notifier.wake(users.iter().map(String::as_str));
+        if !appended.is_empty() {
+            self.outbox_wakeup.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The PDU: a room event as servers exchange it, and its client-facing form.
+
+use std::sync::Arc;
+
+use ruma::events::TimelineEventType;
+use ruma::{
+    CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue as RawJsonValue;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+
+/// Largest PDU in bytes (spec: "Size limits").
+pub const MAX_PDU_BYTES: usize = 65_536;
+
+/// The fields of a PDU that the server reads; the full JSON travels alongside.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PduFields {
+    /// Absent in room version 12 create events (the room id is derived from the event id).
+    pub room_id: Option<OwnedRoomId>,
+    /// Sender.
+    pub sender: OwnedUserId,
+    /// Sender's timestamp.
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub kind: TimelineEventType,
+    /// Content, unparsed.
+    pub content: Box<RawJsonValue>,
+    /// State key for state events.
+    pub state_key: Option<String>,
+    /// Parents in the DAG.
+    #[serde(default)]
+    pub prev_events: Vec<OwnedEventId>,
+    /// Events authorising this one.
+    #[serde(default)]
+    pub auth_events: Vec<OwnedEventId>,
+    /// Depth in the DAG.
+    #[serde(default)]
+    pub depth: i64,
+    /// Target of a redaction (room versions before 11).
+    pub redacts: Option<OwnedEventId>,
+}
+
+/// A PDU with its id, room and full JSON.
+#[derive(Debug, Clone)]
+pub struct Pdu {
+    /// Event id (reference hash).
+    pub event_id: OwnedEventId,
+    /// Room id (derived for v12 create events).
+    pub room_id: OwnedRoomId,
+    /// Parsed fields.
+    pub fields: PduFields,
+    /// `redacts` of a redaction, from the top level or (v11+) the content.
+    pub redacts_target: Option<OwnedEventId>,
+    /// The full canonical JSON (without `event_id`).
+    pub json: Arc<CanonicalJsonObject>,
+    /// Whether the event failed authorization.
+    pub rejected: bool,
+}
+
+impl Pdu {
+    /// Builds a PDU from its canonical JSON and known id.
+    pub fn from_json(event_id: OwnedEventId, room_id: Option<OwnedRoomId>, json: CanonicalJsonObject) -> Result<Self> {
+        let value = serde_json::to_value(&json)?;
+        let fields: PduFields =
+            serde_json::from_value(value).map_err(|e| Error::bad_json(format!("Invalid PDU: {e}")))?;
+        let room_id = match (room_id, &fields.room_id) {
+            (_, Some(r)) => r.clone(),
+            (Some(r), None) => r,
+            (None, None) => {
+                // v12 create event: the room id is the event id's hash with the room sigil.
+                RoomId::parse(format!("!{}", &event_id.as_str()[1..])).map_err(|e| Error::bad_json(e.to_string()))?
+            }
+        };
+        let redacts_target = fields.redacts.clone().or_else(|| {
+            #[derive(Deserialize)]
+            struct C {
+                redacts: Option<OwnedEventId>,
+            }
+            if fields.kind == TimelineEventType::RoomRedaction {
+                serde_json::from_str::<C>(fields.content.get()).ok().and_then(|c| c.redacts)
+            } else {
+                None
+            }
+        });
+        Ok(Self { event_id, room_id, fields, redacts_target, json: Arc::new(json), rejected: false })
+    }
+
+    /// Parses the stored text form.
+    pub fn from_stored(event_id: &str, room_id: &str, json: &str, rejected: bool) -> Result<Self> {
+        let object: CanonicalJsonObject = serde_json::from_str(json)?;
+        let mut pdu = Self::from_json(
+            EventId::parse(event_id).map_err(Error::internal)?,
+            Some(RoomId::parse(room_id).map_err(Error::internal)?),
+            object,
+        )?;
+        pdu.rejected = rejected;
+        Ok(pdu)
+    }
+
+    /// Whether this is a state event.
+    pub fn is_state(&self) -> bool {
+        self.fields.state_key.is_some()
+    }
+
+    /// The content as JSON.
+    pub fn content(&self) -> Value {
+        serde_json::from_str(self.fields.content.get()).unwrap_or(Value::Object(Default::default()))
+    }
+
+    /// The PDU as sent over federation (with `event_id` only for... never: v3+ ids are derived).
+    pub fn federation_json(&self) -> Value {
+        serde_json::to_value(&*self.json).unwrap_or(Value::Null)
+    }
+
+    /// The client-server API form ("ClientEvent"), with server-computed `unsigned` data.
+    pub fn client_json(&self, unsigned: Option<&Value>, now_ms: i64) -> Value {
+        let mut ev = json!({
+            "type": self.fields.kind.to_string(),
+            "content": self.content(),
+            "event_id": self.event_id,
+            "sender": self.fields.sender,
+            "origin_server_ts": self.fields.origin_server_ts,
+            "room_id": self.room_id,
+        });
+        if let Some(key) = &self.fields.state_key {
+            ev["state_key"] = json!(key);
+        }
+        if let Some(r) = &self.fields.redacts {
+            ev["redacts"] = json!(r);
+        } else if let Some(r) = &self.redacts_target {
+            ev["redacts"] = json!(r);
+        }
+        let mut unsigned = match unsigned {
+            Some(Value::Object(map)) => map.clone(),
+            _ => Default::default(),
+        };
+        let age = now_ms - i64::from(self.fields.origin_server_ts.get());
+        unsigned.insert("age".into(), json!(age.max(0)));
+        ev["unsigned"] = Value::Object(unsigned);
+        ev
+    }
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+    fn room_id(&self) -> Option<&RoomId> {
+        self.fields.room_id.as_deref()
+    }
+    fn sender(&self) -> &UserId {
+        &self.fields.sender
+    }
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.fields.origin_server_ts
+    }
+    fn event_type(&self) -> &TimelineEventType {
+        &self.fields.kind
+    }
+    fn content(&self) -> &RawJsonValue {
+        &self.fields.content
+    }
+    fn state_key(&self) -> Option<&str> {
+        self.fields.state_key.as_deref()
+    }
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.fields.prev_events.iter())
+    }
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.fields.auth_events.iter())
+    }
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts_target.as_ref()
+    }
+    fn rejected(&self) -> bool {
+        self.rejected
+    }
+}

@@ -1,0 +1,345 @@
+//! Reading rooms: events, state and members as a given user may see them, power levels,
+//! and the timeline in topological order for `/messages` and `/context`.
+//!
+//! History visibility is applied here for every read (spec: "History visibility"), using the
+//! state after each event from its state group.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::{RoomId, UserId};
+use serde_json::Value;
+
+use super::Rooms;
+use super::pdu::Pdu;
+use crate::error::{Error, Result};
+use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
+
+/// Power levels as clients and the server read them.
+#[derive(Debug, Clone, Default)]
+pub struct PowerLevels {
+    content: Value,
+    creators: Vec<String>,
+    privileged_creators: bool,
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+impl PowerLevels {
+    /// From the power levels and create events of a room's state.
+    pub fn from_events(pl: Option<&Pdu>, create: Option<&Pdu>, rules: &RoomVersionRules) -> Self {
+        let mut creators = Vec::new();
+        if let Some(create) = create {
+            creators.push(create.fields.sender.to_string());
+            if rules.authorization.additional_room_creators
+                && let Some(extra) = create.content()["additional_creators"].as_array()
+            {
+                creators.extend(extra.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+            }
+        }
+        Self {
+            content: pl.map(Pdu::content).unwrap_or(Value::Null),
+            creators,
+            privileged_creators: rules.authorization.explicitly_privilege_room_creators,
+        }
+    }
+
+    /// The level of a user (`i64::MAX` for v12 creators).
+    pub fn user_level(&self, user: &UserId) -> i64 {
+        if self.privileged_creators && self.creators.iter().any(|c| c == user.as_str()) {
+            return i64::MAX;
+        }
+        if self.content.is_null() {
+            // Without a power levels event the creator has 100, everyone else 0.
+            return if self.creators.first().is_some_and(|c| c == user.as_str()) { 100 } else { 0 };
+        }
+        self.content["users"]
+            .get(user.as_str())
+            .and_then(as_int)
+            .or_else(|| as_int(&self.content["users_default"]))
+            .unwrap_or(0)
+    }
+
+    /// A named level (`invite`, `kick`, `ban`, `redact`, ...), with the spec's default.
+    pub fn level(&self, name: &str, default: i64) -> i64 {
+        as_int(&self.content[name]).unwrap_or(default)
+    }
+
+    /// The level needed to send an event of this type.
+    pub fn event_level(&self, kind: &str, is_state: bool) -> i64 {
+        as_int(&self.content["events"][kind]).unwrap_or_else(|| {
+            if is_state {
+                as_int(&self.content["state_default"]).unwrap_or(if self.content.is_null() { 0 } else { 50 })
+            } else {
+                as_int(&self.content["events_default"]).unwrap_or(0)
+            }
+        })
+    }
+}
+
+/// A page of the timeline.
+pub struct Page {
+    /// Events in the requested direction.
+    pub events: Vec<StoredEvent>,
+    /// Token after the last event returned, if there may be more.
+    pub end: Option<String>,
+}
+
+/// A position in the room's topological order: `t<depth>_<stream>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TopoToken {
+    /// Depth.
+    pub depth: i64,
+    /// Stream position.
+    pub stream: i64,
+}
+
+impl TopoToken {
+    /// Parses `t<depth>_<stream>`; also accepts a sync token `s<stream>...` as a stream position
+    /// (the depth is then looked up by the caller).
+    pub fn parse(token: &str) -> Option<Self> {
+        let rest = token.strip_prefix('t')?;
+        let (d, s) = rest.split_once('_')?;
+        Some(Self { depth: d.parse().ok()?, stream: s.parse().ok()? })
+    }
+
+    /// The token text.
+    pub fn to_token(self) -> String {
+        format!("t{}_{}", self.depth, self.stream)
+    }
+
+    /// The position of an event.
+    pub fn of(ev: &StoredEvent) -> Self {
+        Self { depth: ev.topo, stream: ev.stream }
+    }
+}
+
+/// Direction of pagination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Forwards in time.
+    Forward,
+    /// Backwards in time.
+    Backward,
+}
+
+impl Rooms {
+    /// The state of a state group, loaded through the cache.
+    pub async fn state_at_group(&self, group: i64) -> Result<Arc<StateIds>> {
+        Ok(self.state_cache.load(&self.db, group).await?.0)
+    }
+
+    /// The room's current state as PDUs keyed by `(type, state_key)`.
+    pub async fn current_state(&self, room_id: &RoomId) -> Result<HashMap<(String, String), Pdu>> {
+        let ids = self.db.current_state_ids(room_id.as_str()).await?;
+        self.state_pdus(&ids).await
+    }
+
+    /// PDUs for a state map.
+    pub async fn state_pdus(&self, ids: &StateIds) -> Result<HashMap<(String, String), Pdu>> {
+        let list: Vec<String> = ids.values().cloned().collect();
+        let mut by_id: HashMap<String, Pdu> =
+            self.db.get_events(&list).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e.pdu)).collect();
+        Ok(ids.iter().filter_map(|(k, id)| by_id.remove(id).map(|p| (k.clone(), p))).collect())
+    }
+
+    /// One event of the current state.
+    pub async fn current_state_event(&self, room_id: &RoomId, kind: &str, key: &str) -> Result<Option<Pdu>> {
+        match self.db.current_state_event_id(room_id.as_str(), kind, key).await? {
+            Some(id) => Ok(self.db.get_event(&id).await?.map(|e| e.pdu)),
+            None => Ok(None),
+        }
+    }
+
+    /// Current power levels of a room.
+    pub async fn power_levels(&self, room_id: &RoomId) -> Result<PowerLevels> {
+        let (version, _) = self.db.get_room(room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = super::version::rules(&version.as_str().try_into().map_err(Error::internal)?)?;
+        let pl = self.current_state_event(room_id, "m.room.power_levels", "").await?;
+        let create = self.current_state_event(room_id, "m.room.create", "").await?;
+        Ok(PowerLevels::from_events(pl.as_ref(), create.as_ref(), &rules))
+    }
+
+    /// The user's current membership, if any.
+    pub async fn membership_of(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+        Ok(self.db.membership(room_id.as_str(), user_id.as_str()).await?.map(|m| m.0))
+    }
+
+    /// Fails with 403 unless the user is joined.
+    pub async fn require_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        match self.membership_of(room_id, user_id).await?.as_deref() {
+            Some("join") => Ok(()),
+            _ => Err(Error::forbidden(format!("User {user_id} not in room {room_id}"))),
+        }
+    }
+
+    /// Whether `user` may see `ev` under the room's history visibility.
+    pub async fn can_see(&self, user_id: &UserId, ev: &StoredEvent, current_membership: Option<&str>) -> Result<bool> {
+        let Some(group) = ev.state_group else { return Ok(false) };
+        let state = self.state_at_group(group).await?;
+        let hv_id = state.get(&("m.room.history_visibility".to_owned(), String::new()));
+        let member_id = state.get(&("m.room.member".to_owned(), user_id.to_string()));
+        let mut ids = Vec::new();
+        ids.extend(hv_id.cloned());
+        ids.extend(member_id.cloned());
+        let pdus: HashMap<String, Pdu> =
+            self.db.get_events(&ids).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e.pdu)).collect();
+        let visibility = hv_id
+            .and_then(|id| pdus.get(id))
+            .and_then(|p| p.content()["history_visibility"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned());
+        let membership_at =
+            member_id.and_then(|id| pdus.get(id)).and_then(|p| p.content()["membership"].as_str().map(str::to_owned));
+        // The state after a user's own membership event shows that membership: a user sees the
+        // event that made them leave, and the join that let them in.
+        let own_member_event = ev.pdu.fields.kind.to_string() == "m.room.member"
+            && ev.pdu.fields.state_key.as_deref() == Some(user_id.as_str());
+        Ok(match visibility.as_str() {
+            "world_readable" => true,
+            _ if membership_at.as_deref() == Some("join") || own_member_event => true,
+            "invited" => membership_at.as_deref() == Some("invite"),
+            "joined" => false,
+            _ => current_membership == Some("join"),
+        })
+    }
+
+    /// One event, if the user may see it.
+    pub async fn event_for(&self, room_id: &RoomId, user_id: &UserId, event_id: &str) -> Result<StoredEvent> {
+        let ev =
+            self.db.get_event(event_id).await?.filter(|e| e.pdu.room_id == room_id && !e.pdu.rejected && !e.outlier);
+        let Some(ev) = ev else { return Err(Error::not_found("Event not found")) };
+        let membership = self.membership_of(room_id, user_id).await?;
+        if self.can_see(user_id, &ev, membership.as_deref()).await? {
+            Ok(ev)
+        } else {
+            Err(Error::not_found("Event not found"))
+        }
+    }
+
+    /// Pages the timeline from `from` (exclusive) in `dir`, up to `to` (exclusive), returning at
+    /// most `limit` visible events.
+    pub async fn messages(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        from: Option<TopoToken>,
+        to: Option<TopoToken>,
+        dir: Dir,
+        limit: usize,
+        filter: &(dyn Fn(&StoredEvent) -> bool + Sync),
+    ) -> Result<Page> {
+        let membership = self.membership_of(room_id, user_id).await?;
+        if membership.is_none() {
+            // Without any membership only world-readable rooms can be read.
+            let hv = self.current_state_event(room_id, "m.room.history_visibility", "").await?;
+            if hv.and_then(|p| p.content()["history_visibility"].as_str().map(str::to_owned)).as_deref()
+                != Some("world_readable")
+            {
+                return Err(Error::forbidden(format!("User {user_id} not in room {room_id}")));
+            }
+        }
+        // A user who left sees history only up to their leave.
+        let cap = match membership.as_deref() {
+            Some("leave") | Some("ban") => {
+                let (_, ev_id, _) =
+                    self.db.membership(room_id.as_str(), user_id.as_str()).await?.expect("membership exists");
+                self.db.get_event(&ev_id).await?.map(|e| TopoToken::of(&e))
+            }
+            _ => None,
+        };
+        let mut out = Vec::new();
+        let mut cursor = from;
+        let batch = (limit * 2).clamp(20, 500) as i64;
+        loop {
+            let (cmp, order) = match dir {
+                Dir::Forward => (">", "ASC"),
+                Dir::Backward => ("<", "DESC"),
+            };
+            let mut binds = vec![BindValue::Str(room_id.as_str())];
+            let mut tail = String::from("WHERE room_id = $1 AND outlier = 0 AND rejected = 0");
+            if let Some(c) = cursor {
+                tail.push_str(&format!(
+                    " AND (topological_ordering {cmp} $2 OR (topological_ordering = $2 AND stream_ordering {cmp} $3))"
+                ));
+                binds.push(BindValue::Int(c.depth));
+                binds.push(BindValue::Int(c.stream));
+            }
+            tail.push_str(&format!(" ORDER BY topological_ordering {order}, stream_ordering {order} LIMIT {batch}"));
+            let rows = self.db.query_events(&tail, &binds).await?;
+            let exhausted = (rows.len() as i64) < batch;
+            for ev in rows {
+                let pos = TopoToken::of(&ev);
+                cursor = Some(pos);
+                let past_to = to.is_some_and(|t| match dir {
+                    Dir::Forward => pos >= t,
+                    Dir::Backward => pos <= t,
+                });
+                let past_cap = cap.is_some_and(|c| pos > c);
+                if past_to || (dir == Dir::Forward && past_cap) {
+                    return Ok(Page { events: out, end: None });
+                }
+                if past_cap || !filter(&ev) || !self.can_see(user_id, &ev, membership.as_deref()).await? {
+                    continue;
+                }
+                out.push(ev);
+                if out.len() >= limit {
+                    return Ok(Page { events: out, end: cursor.map(TopoToken::to_token) });
+                }
+            }
+            if exhausted {
+                return Ok(Page { events: out, end: None });
+            }
+        }
+    }
+
+    /// The latest topological position of a room (for `/messages` without `from`).
+    pub async fn latest_position(&self, room_id: &RoomId) -> Result<Option<TopoToken>> {
+        let rows = self
+            .db
+            .query_events(
+                "WHERE room_id = $1 AND outlier = 0 ORDER BY topological_ordering DESC, stream_ordering DESC LIMIT 1",
+                &[BindValue::Str(room_id.as_str())],
+            )
+            .await?;
+        Ok(rows.first().map(TopoToken::of))
+    }
+
+    /// The topological position of the last event at or before a stream position (for sync
+    /// `prev_batch` tokens used with `/messages`).
+    pub async fn position_at_stream(&self, room_id: &RoomId, stream: i64) -> Result<Option<TopoToken>> {
+        let rows = self
+            .db
+            .query_events(
+                "WHERE room_id = $1 AND outlier = 0 AND stream_ordering <= $2 ORDER BY stream_ordering DESC LIMIT 1",
+                &[BindValue::Str(room_id.as_str()), BindValue::Int(stream)],
+            )
+            .await?;
+        Ok(rows.first().map(TopoToken::of))
+    }
+
+    /// Client JSON for a stored event, with `transaction_id` for the sending device.
+    pub async fn client_event(&self, ev: &StoredEvent, viewer: Option<(&UserId, &str)>) -> Result<Value> {
+        let mut unsigned = ev.unsigned.clone().unwrap_or_else(|| Value::Object(Default::default()));
+        if let Some((user, device)) = viewer
+            && ev.pdu.fields.sender == user
+            && let Some((u, d, txn)) = self.db.txn_of_event(ev.pdu.event_id.as_str()).await?
+            && u == user.as_str()
+            && d == device
+        {
+            unsigned["transaction_id"] = Value::String(txn);
+        }
+        Ok(ev.pdu.client_json(Some(&unsigned), crate::storage::now_ms()))
+    }
+
+    /// Client JSON for several events.
+    pub async fn client_events(&self, evs: &[StoredEvent], viewer: Option<(&UserId, &str)>) -> Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(evs.len());
+        for ev in evs {
+            out.push(self.client_event(ev, viewer).await?);
+        }
+        Ok(out)
+    }
+}

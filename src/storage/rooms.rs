@@ -1,0 +1,563 @@
+//! Tables of rooms: events, DAG edges, forward extremities, state groups, current state,
+//! memberships, client transaction ids, aliases and the federation outbox.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{Db, WriteTx, now_ms};
+use crate::error::{Error, Result};
+use crate::rooms::pdu::Pdu;
+
+/// State as a map from `(event type, state key)` to event id.
+pub type StateIds = BTreeMap<(String, String), String>;
+
+/// A stored event with its positions.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// The PDU.
+    pub pdu: Pdu,
+    /// Global stream position.
+    pub stream: i64,
+    /// Depth, the first half of the topological position.
+    pub topo: i64,
+    /// Server-computed unsigned data.
+    pub unsigned: Option<Value>,
+    /// Whether the event is an outlier.
+    pub outlier: bool,
+    /// State group after the event.
+    pub state_group: Option<i64>,
+}
+
+/// What [`Db::insert_event`] writes.
+pub struct NewEventRow<'a> {
+    /// The PDU.
+    pub pdu: &'a Pdu,
+    /// Global stream position.
+    pub stream: i64,
+    /// Server-computed unsigned data.
+    pub unsigned: Option<&'a Value>,
+    /// Outlier flag.
+    pub outlier: bool,
+    /// State group after the event.
+    pub state_group: Option<i64>,
+}
+
+const EVENT_COLUMNS: &str =
+    "event_id, room_id, json, rejected, stream_ordering, topological_ordering, unsigned_json, outlier, state_group";
+
+type EventTuple = (String, String, String, i64, i64, i64, Option<String>, i64, Option<i64>);
+
+fn stored_from(t: EventTuple) -> Result<StoredEvent> {
+    let pdu = Pdu::from_stored(&t.0, &t.1, &t.2, t.3 != 0)?;
+    Ok(StoredEvent {
+        pdu,
+        stream: t.4,
+        topo: t.5,
+        unsigned: t.6.and_then(|u| serde_json::from_str(&u).ok()),
+        outlier: t.7 != 0,
+        state_group: t.8,
+    })
+}
+
+fn relation_of(pdu: &Pdu) -> (Option<String>, Option<String>) {
+    let content = pdu.content();
+    let rel = &content["m.relates_to"];
+    let target = rel["event_id"].as_str().map(str::to_owned);
+    let rel_type = rel["rel_type"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| rel.get("m.in_reply_to").map(|_| "m.in_reply_to".to_owned()));
+    match (target, rel_type) {
+        (Some(t), Some(r)) => (Some(t), Some(r)),
+        (None, Some(r)) if r == "m.in_reply_to" => {
+            (rel["m.in_reply_to"]["event_id"].as_str().map(str::to_owned), Some(r))
+        }
+        _ => (None, None),
+    }
+}
+
+impl Db {
+    /// Room version and current state group of a room we know.
+    pub async fn get_room(&self, room_id: &str) -> Result<Option<(String, Option<i64>)>> {
+        Ok(sqlx::query_as("SELECT room_version, current_state_group FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Same, inside a write transaction; on PostgreSQL the row is locked so that one room's
+    /// events are appended by one writer at a time across processes.
+    pub async fn lock_room(&self, tx: &mut WriteTx, room_id: &str) -> Result<Option<(String, Option<i64>)>> {
+        let sql = match self.backend() {
+            super::Backend::Postgres => {
+                "SELECT room_version, current_state_group FROM rooms WHERE room_id = $1 FOR UPDATE"
+            }
+            super::Backend::Sqlite => "SELECT room_version, current_state_group FROM rooms WHERE room_id = $1",
+        };
+        Ok(sqlx::query_as(sql).bind(room_id).fetch_optional(&mut *tx.tx).await?)
+    }
+
+    /// Creates the rooms row.
+    pub async fn insert_room(&self, tx: &mut WriteTx, room_id: &str, version: &str) -> Result<()> {
+        sqlx::query("INSERT INTO rooms (room_id, room_version, created_ts) VALUES ($1, $2, $3)")
+            .bind(room_id)
+            .bind(version)
+            .bind(now_ms())
+            .execute(&mut *tx.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Points the room at its new current state group.
+    pub async fn set_room_state_group(&self, tx: &mut WriteTx, room_id: &str, group: i64) -> Result<()> {
+        sqlx::query("UPDATE rooms SET current_state_group = $1 WHERE room_id = $2")
+            .bind(group)
+            .bind(room_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores an event and its DAG edges.
+    pub async fn insert_event(&self, tx: &mut WriteTx, row: NewEventRow<'_>) -> Result<()> {
+        let pdu = row.pdu;
+        let json = serde_json::to_string(&*pdu.json)?;
+        let (relates_to, rel_type) = relation_of(pdu);
+        sqlx::query(
+            "INSERT INTO events (stream_ordering, event_id, room_id, topological_ordering, event_type, state_key, sender, \
+             origin_server_ts, json, unsigned_json, rejected, outlier, state_group, relates_to, rel_type) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(row.stream)
+        .bind(pdu.event_id.as_str())
+        .bind(pdu.room_id.as_str())
+        .bind(pdu.fields.depth)
+        .bind(pdu.fields.kind.to_string())
+        .bind(pdu.fields.state_key.as_deref())
+        .bind(pdu.fields.sender.as_str())
+        .bind(i64::from(pdu.fields.origin_server_ts.get()))
+        .bind(json)
+        .bind(row.unsigned.map(|u| u.to_string()))
+        .bind(pdu.rejected as i64)
+        .bind(row.outlier as i64)
+        .bind(row.state_group)
+        .bind(relates_to)
+        .bind(rel_type)
+        .execute(&mut *tx.tx)
+        .await?;
+        for prev in &pdu.fields.prev_events {
+            sqlx::query("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(pdu.event_id.as_str())
+                .bind(prev.as_str())
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Loads one event.
+    pub async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"));
+        let row: Option<EventTuple> = sqlx::query_as(sql).bind(event_id).fetch_optional(self.pool()).await?;
+        row.map(stored_from).transpose()
+    }
+
+    /// Loads several events (missing ones are skipped).
+    pub async fn get_events(&self, event_ids: &[String]) -> Result<Vec<StoredEvent>> {
+        let mut out = Vec::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(200) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
+                placeholders.join(",")
+            ));
+            let mut q = sqlx::query_as::<_, EventTuple>(sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(self.pool()).await? {
+                out.push(stored_from(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs an event query with a custom WHERE/ORDER tail and binds, for timeline readers.
+    pub async fn query_events(&self, tail: &str, binds: &[BindValue<'_>]) -> Result<Vec<StoredEvent>> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events {tail}"));
+        let mut q = sqlx::query_as::<_, EventTuple>(sql);
+        for b in binds {
+            q = match b {
+                BindValue::Str(s) => q.bind(*s),
+                BindValue::Int(i) => q.bind(*i),
+            };
+        }
+        q.fetch_all(self.pool()).await?.into_iter().map(stored_from).collect()
+    }
+
+    /// Forward extremities of a room.
+    pub async fn extremities(&self, tx: &mut WriteTx, room_id: &str) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT f.event_id, e.topological_ordering FROM forward_extremities f JOIN events e ON e.event_id = f.event_id \
+             WHERE f.room_id = $1 ORDER BY e.topological_ordering DESC, e.stream_ordering DESC",
+        )
+        .bind(room_id)
+        .fetch_all(&mut *tx.tx)
+        .await?)
+    }
+
+    /// Replaces `removed` extremities with `added`.
+    pub async fn update_extremities(
+        &self,
+        tx: &mut WriteTx,
+        room_id: &str,
+        removed: &[String],
+        added: &str,
+    ) -> Result<()> {
+        for r in removed {
+            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
+                .bind(room_id)
+                .bind(r)
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(room_id)
+            .bind(added)
+            .execute(&mut *tx.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a state group; `entries` are relative to `prev` (all entries if `prev` is None).
+    pub async fn insert_state_group(
+        &self,
+        tx: &mut WriteTx,
+        room_id: &str,
+        prev: Option<i64>,
+        chain_length: i64,
+        entries: &StateIds,
+    ) -> Result<i64> {
+        let id = Db::next_stream_position(tx, "state_groups").await?;
+        sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(room_id)
+            .bind(prev)
+            .bind(chain_length)
+            .execute(&mut *tx.tx)
+            .await?;
+        for ((t, k), e) in entries {
+            sqlx::query(
+                "INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(t)
+            .bind(k)
+            .bind(e)
+            .execute(&mut *tx.tx)
+            .await?;
+        }
+        Ok(id)
+    }
+
+    /// Reads one state group row: `(prev_group, chain_length, entries)`.
+    pub async fn state_group_row(&self, id: i64) -> Result<(Option<i64>, i64, StateIds)> {
+        let (prev, len): (Option<i64>, i64) =
+            sqlx::query_as("SELECT prev_group, chain_length FROM state_groups WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?
+                .ok_or_else(|| Error::internal(format!("state group {id} missing")))?;
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT event_type, state_key, event_id FROM state_group_entries WHERE group_id = $1")
+                .bind(id)
+                .fetch_all(self.pool())
+                .await?;
+        Ok((prev, len, rows.into_iter().map(|(t, k, e)| ((t, k), e)).collect()))
+    }
+
+    /// Sets one entry of the current state.
+    pub async fn set_current_state(
+        &self,
+        tx: &mut WriteTx,
+        room_id: &str,
+        t: &str,
+        k: &str,
+        event_id: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+        )
+        .bind(room_id)
+        .bind(t)
+        .bind(k)
+        .bind(event_id)
+        .execute(&mut *tx.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a user's membership as of `stream`.
+    pub async fn set_membership(
+        &self,
+        tx: &mut WriteTx,
+        room_id: &str,
+        user_id: &str,
+        membership: &str,
+        event_id: &str,
+        stream: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten) \
+             VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+             event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(membership)
+        .bind(event_id)
+        .bind(stream)
+        .execute(&mut *tx.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A user's current membership in a room: `(membership, event_id, stream)`.
+    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<(String, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT membership, event_id, stream_ordering FROM room_memberships WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Members of a room with a given membership.
+    pub async fn members_with(&self, room_id: &str, membership: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT user_id FROM room_memberships WHERE room_id = $1 AND membership = $2 ORDER BY user_id",
+        )
+        .bind(room_id)
+        .bind(membership)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// All membership rows of a room: `(user_id, membership)`.
+    pub async fn all_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as("SELECT user_id, membership FROM room_memberships WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Rooms where the user has the given membership.
+    pub async fn rooms_with_membership(&self, user_id: &str, membership: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT room_id FROM room_memberships WHERE user_id = $1 AND membership = $2 ORDER BY room_id",
+        )
+        .bind(user_id)
+        .bind(membership)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Marks a left room as forgotten for the user.
+    pub async fn forget_room(&self, room_id: &str, user_id: &str) -> Result<()> {
+        sqlx::query("UPDATE room_memberships SET forgotten = 1 WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Current state of a room as ids.
+    pub async fn current_state_ids(&self, room_id: &str) -> Result<StateIds> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows.into_iter().map(|(t, k, e)| ((t, k), e)).collect())
+    }
+
+    /// One current state event id.
+    pub async fn current_state_event_id(&self, room_id: &str, t: &str, k: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT event_id FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
+        )
+        .bind(room_id)
+        .bind(t)
+        .bind(k)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Looks up a client transaction id.
+    pub async fn get_txn(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT event_id FROM client_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
+                .bind(user_id)
+                .bind(device_id)
+                .bind(txn_id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Same, inside the write transaction.
+    pub async fn get_txn_tx(
+        &self,
+        tx: &mut WriteTx,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT event_id FROM client_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
+                .bind(user_id)
+                .bind(device_id)
+                .bind(txn_id)
+                .fetch_optional(&mut *tx.tx)
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Records a client transaction id.
+    pub async fn insert_txn(
+        &self,
+        tx: &mut WriteTx,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+        event_id: &str,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO client_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(txn_id)
+            .bind(event_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The `(user, device, txn_id)` that sent an event, if it came through a client transaction.
+    pub async fn txn_of_event(&self, event_id: &str) -> Result<Option<(String, String, String)>> {
+        Ok(sqlx::query_as("SELECT user_id, device_id, txn_id FROM client_txns WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Queues a federation payload for a destination.
+    pub async fn insert_outbox(&self, tx: &mut WriteTx, destination: &str, kind: &str, payload: &str) -> Result<()> {
+        let id = Db::next_stream_position(tx, "federation_outbox").await?;
+        sqlx::query(
+            "INSERT INTO federation_outbox (id, destination, kind, payload, created_ts) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(destination)
+        .bind(kind)
+        .bind(payload)
+        .bind(now_ms())
+        .execute(&mut *tx.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces an event's stored JSON with its redacted form.
+    pub async fn redact_event_json(
+        &self,
+        tx: &mut WriteTx,
+        event_id: &str,
+        json: &str,
+        redacted_by: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE events SET json = $1, redacted_by = $2 WHERE event_id = $3")
+            .bind(json)
+            .bind(redacted_by)
+            .bind(event_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Alias → room.
+    pub async fn get_alias(&self, alias: &str) -> Result<Option<(String, String)>> {
+        Ok(sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Adds an alias; false if taken.
+    pub async fn insert_alias(&self, alias: &str, room_id: &str, creator: &str) -> Result<bool> {
+        let res = sqlx::query(
+            "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(alias)
+        .bind(room_id)
+        .bind(creator)
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Removes an alias.
+    pub async fn delete_alias(&self, alias: &str) -> Result<()> {
+        sqlx::query("DELETE FROM room_aliases WHERE alias = $1").bind(alias).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Local aliases of a room.
+    pub async fn room_aliases(&self, room_id: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+            .bind(room_id)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Publishes or unpublishes a room in the directory.
+    pub async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()> {
+        sqlx::query("UPDATE rooms SET is_public = $1 WHERE room_id = $2")
+            .bind(public as i64)
+            .bind(room_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a room is published.
+    pub async fn is_room_public(&self, room_id: &str) -> Result<bool> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT is_public FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some_and(|r| r.0 != 0))
+    }
+
+    /// Published rooms.
+    pub async fn public_rooms(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY room_id")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
+
+/// A bind value for [`Db::query_events`].
+pub enum BindValue<'a> {
+    /// Text.
+    Str(&'a str),
+    /// Integer.
+    Int(i64),
+}
