@@ -1,0 +1,669 @@
+//! The shared integration-test harness: real `myelin` processes over real HTTP.
+//!
+//! Every test file does `#[macro_use] mod common;` and then either starts servers itself
+//! ([`TestServer::start`], [`TestServer::start_with`]) or lets [`both_backends!`] run one body
+//! against embedded SQLite and PostgreSQL.
+//!
+//! Each [`TestServer`] is the real binary (`CARGO_BIN_EXE_myelin`) with its own temporary data
+//! directory, its own loopback port and, on PostgreSQL, its own freshly created database, so
+//! tests never see each other's data and can run in parallel (in threads under `cargo test`, in
+//! processes under nextest). The server's stdout and stderr go to `server.log` in the temporary
+//! directory and are printed when start-up fails.
+//!
+//! Environment (deliberately not `MYELIN_*`: the spawned server would read those as
+//! configuration, and the harness strips them from the child's environment):
+//! - `PG_TEST_URL`: a PostgreSQL URL whose user may create databases
+//!   (default `postgres://root@127.0.0.1:5432/test`).
+//! - `TEST_KEEP_DATA=1`: keep temporary directories and databases for inspection.
+
+// Each test crate uses a different subset of the helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Default PostgreSQL server for the tests (CI: trust auth on loopback).
+pub const DEFAULT_PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
+
+/// Password given to every user created by [`TestServer::register`].
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// How long a server may take to answer `/versions` after being spawned.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which database a [`TestServer`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite in the server's temporary data directory.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server named by `PG_TEST_URL`.
+    Postgres,
+}
+
+/// Runs one async test body against both backends: `both_backends!(name, |server| async move
+/// { ... })` defines module `name` with `#[tokio::test]`s `sqlite` and `postgres`, each given a
+/// fresh [`TestServer`] with the default test configuration. With a configuration tweak:
+/// `both_backends!(name, with |c| set_config(c, "registration.mode", "token"), |server| ...)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, |$server:ident| $body:expr) => {
+        $crate::both_backends!($name, with | _config | {}, |$server| $body);
+    };
+    ($name:ident, with $tweak:expr, |$server:ident| $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                let f = |$server: $crate::common::TestServer| $body;
+                let server = $crate::common::TestServer::start_with($crate::common::Backend::Sqlite, $tweak).await;
+                f(server).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let f = |$server: $crate::common::TestServer| $body;
+                let server = $crate::common::TestServer::start_with($crate::common::Backend::Postgres, $tweak).await;
+                f(server).await;
+            }
+        }
+    };
+}
+
+/// Installs rustls' crypto provider once per test process (reqwest is built without one).
+pub fn init_crypto() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// An HTTP client with a timeout, so a hung server fails the test instead of hanging CI.
+pub fn http_client() -> reqwest::Client {
+    init_crypto();
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("building reqwest client")
+}
+
+/// A free loopback port. Another process may grab it before the server binds it; start-up
+/// retries with a new port when that happens.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding 127.0.0.1:0").port()
+}
+
+/// `Command` for the `myelin` binary with every `MYELIN_*` variable of the test environment
+/// removed, so that only the configuration the test writes applies.
+pub fn myelin_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_myelin"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MYELIN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+fn unique_suffix() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let rand: u32 = rand::random();
+    format!("{}_{}_{:08x}", std::process::id(), n, rand)
+}
+
+fn keep_data() -> bool {
+    std::env::var_os("TEST_KEEP_DATA").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The PostgreSQL URL the tests use for administration.
+pub fn pg_admin_url() -> String {
+    std::env::var("PG_TEST_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
+}
+
+/// `url` with its database name replaced by `db`.
+fn pg_url_for(url: &str, db: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("PG_TEST_URL is not a URL");
+    parsed.set_path(&format!("/{db}"));
+    parsed.to_string()
+}
+
+/// Creates a fresh PostgreSQL database and returns its name and URL.
+async fn create_pg_database() -> (String, String) {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let name = format!("myelin_t_{}", unique_suffix());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL tests need a server at {admin} (set PG_TEST_URL to use another): {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    let _ = conn.close().await;
+    let url = pg_url_for(&admin, &name);
+    (name, url)
+}
+
+/// Drops a test database; best effort, from a synchronous context (Drop).
+fn drop_pg_database(name: String) {
+    // Drop runs inside the test's runtime, which cannot be blocked on; use a private one.
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                .execute(&mut conn)
+                .await
+                .ok()?;
+            conn.close().await.ok()
+        })
+    });
+    let _ = handle.join();
+}
+
+/// Sets `dotted.key` (e.g. `"registration.mode"`) in a configuration table, creating tables
+/// on the way: `TestServer::start_with(b, |c| set_config(c, "rate_limits.enabled", true))`.
+pub fn set_config(config: &mut toml::Table, dotted: &str, value: impl Into<toml::Value>) {
+    let mut keys: Vec<&str> = dotted.split('.').collect();
+    let last = keys.pop().expect("non-empty key");
+    let mut table = config;
+    for key in keys {
+        table = table
+            .entry(key)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap_or_else(|| panic!("config key {key} is not a table"));
+    }
+    table.insert(last.to_owned(), value.into());
+}
+
+/// The response of one request: status and body (JSON, or the text as a JSON string when the
+/// body is not JSON, or `null` when empty).
+pub type Resp = (u16, Value);
+
+/// Sends a request and reads the whole answer.
+pub async fn send(req: reqwest::RequestBuilder) -> Resp {
+    let res = req.send().await.expect("HTTP request failed");
+    let status = res.status().as_u16();
+    let text = res.text().await.expect("reading response body");
+    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, body)
+}
+
+/// A running (or stopped) `myelin serve` on its own data.
+pub struct TestServer {
+    /// Which database it runs on.
+    pub backend: Backend,
+    dir: Option<tempfile::TempDir>,
+    config_path: PathBuf,
+    config: toml::Table,
+    port: u16,
+    child: Option<Child>,
+    /// Set once the server has answered; from then on its port and name must not change.
+    started_once: bool,
+    /// Extra environment for the server process (e.g. `MYELIN_*` overrides under test).
+    env: Vec<(String, String)>,
+    pg_database: Option<String>,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    /// Starts a server with the default test configuration (open registration, no rate limits).
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server after `tweak` has edited the configuration table, e.g.
+    /// `cfg["registration"]["mode"] = "token".into()`. The table already holds every section
+    /// the harness sets (`listen`, `database`, `registration`, `rate_limits`, `log`).
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut toml::Table)) -> Self {
+        let mut server = Self::prepare(backend, tweak).await;
+        server.start_again().await;
+        server
+    }
+
+    /// Creates data directory, database and configuration without starting the process; call
+    /// [`TestServer::start_again`] to start it.
+    pub async fn prepare(backend: Backend, tweak: impl FnOnce(&mut toml::Table)) -> Self {
+        let dir = tempfile::Builder::new().prefix("myelin-test-").tempdir().expect("creating temp dir");
+        let data_dir = dir.path().join("data");
+        let (pg_database, db_url) = match backend {
+            Backend::Sqlite => (None, format!("sqlite://{}", data_dir.join("myelin.db").display())),
+            Backend::Postgres => {
+                let (name, url) = create_pg_database().await;
+                (Some(name), url)
+            }
+        };
+        let port = free_port();
+        let mut config: toml::Table = toml::from_str(&format!(
+            r#"
+            server_name = "localhost:{port}"
+            data_dir = {data_dir:?}
+            [listen]
+            client = "127.0.0.1:{port}"
+            [database]
+            url = {db_url:?}
+            max_connections = 8
+            [registration]
+            mode = "open"
+            [rate_limits]
+            enabled = false
+            [log]
+            level = "warn"
+            "#,
+            data_dir = data_dir.display().to_string(),
+        ))
+        .expect("harness config is TOML");
+        tweak(&mut config);
+        let config_path = dir.path().join("myelin.toml");
+        let server = Self {
+            backend,
+            dir: Some(dir),
+            config_path,
+            config,
+            port,
+            child: None,
+            started_once: false,
+            env: Vec::new(),
+            pg_database,
+            http: http_client(),
+        };
+        server.write_config();
+        server
+    }
+
+    fn write_config(&self) {
+        std::fs::write(&self.config_path, toml::to_string(&self.config).expect("serialising config"))
+            .expect("writing test config");
+    }
+
+    /// Sets an environment variable for the server process from its next start on (for
+    /// testing `MYELIN_*` overrides; the test process itself never sets them).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The temporary directory holding config, data and `server.log`.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("temp dir").path()
+    }
+
+    /// Path of the configuration file the server runs with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The configuration as written (after the test's tweak).
+    pub fn config(&self) -> &toml::Table {
+        &self.config
+    }
+
+    /// Everything the server wrote to stdout and stderr so far (across restarts).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("server.log")).unwrap_or_default()
+    }
+
+    /// The client API base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The configured `server_name`.
+    pub fn server_name(&self) -> String {
+        self.config["server_name"].as_str().expect("server_name").to_owned()
+    }
+
+    /// `@localpart:server_name`.
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.server_name())
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the process on the existing data and waits until `/versions` answers 200.
+    /// Panics (with the server's log) if it does not within 30 s or exits early.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "server is already running");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir().join("server.log"))
+                .expect("opening server.log");
+            let log_len = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+            let child = myelin_command()
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config_path)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .current_dir(self.dir())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log)
+                .spawn()
+                .expect("spawning myelin");
+            self.child = Some(child);
+            match self.wait_ready().await {
+                Ok(()) => return,
+                Err(status) => {
+                    let log = self.log();
+                    let new_output = log.get(log_len..).unwrap_or(&log);
+                    // A parallel test may have taken the port between our probe and the bind;
+                    // a server that never ran (nothing stored under its name yet) can move.
+                    if new_output.contains("binding listen.client") && attempt < 5 && !self.started_once {
+                        self.move_to_new_port();
+                        continue;
+                    }
+                    panic!(
+                        "myelin did not become ready ({status}); server log:\n{log}",
+                        status = status.map_or("timed out after 30 s".to_owned(), |s| format!("exited with {s}")),
+                    );
+                }
+            }
+        }
+    }
+
+    fn move_to_new_port(&mut self) {
+        let port = free_port();
+        self.port = port;
+        self.config["server_name"] = format!("localhost:{port}").into();
+        self.config["listen"]
+            .as_table_mut()
+            .expect("[listen]")
+            .insert("client".into(), format!("127.0.0.1:{port}").into());
+        self.write_config();
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), Option<ExitStatus>> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let url = format!("{}/_matrix/client/versions", self.url());
+        loop {
+            if let Some(status) = self.child.as_mut().expect("child").try_wait().expect("try_wait") {
+                self.child = None;
+                return Err(Some(status));
+            }
+            if let Ok(res) = self.http.get(&url).timeout(Duration::from_secs(2)).send().await
+                && res.status() == 200
+            {
+                self.started_once = true;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                return Err(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the process to exit; returns its status.
+    pub async fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server is not running");
+        // SAFETY: plain kill(2) on the pid of our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("myelin did not exit within 30 s of SIGTERM; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Graceful stop (SIGTERM) and start again on the same data and port.
+    pub async fn restart(&mut self) {
+        let status = self.stop().await;
+        assert!(status.success(), "myelin exited with {status} on SIGTERM; log:\n{}", self.log());
+        self.start_again().await;
+    }
+
+    /// Kills the process with SIGKILL (no shutdown code runs), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A request to `path` (starting with `/`) on this server, without credentials.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url()))
+    }
+
+    /// Unauthenticated GET.
+    pub async fn get(&self, path: &str) -> Resp {
+        send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    /// Unauthenticated POST with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        send(self.request(reqwest::Method::POST, path).json(body)).await
+    }
+
+    /// Unauthenticated PUT with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> Resp {
+        send(self.request(reqwest::Method::PUT, path).json(body)).await
+    }
+
+    /// Unauthenticated DELETE with a JSON body.
+    pub async fn delete(&self, path: &str, body: &Value) -> Resp {
+        send(self.request(reqwest::Method::DELETE, path).json(body)).await
+    }
+
+    /// Registers `localpart` with password [`PASSWORD`] (open registration, `m.login.dummy`)
+    /// and returns the logged-in client. Panics unless the server answers 200.
+    pub async fn register(&self, localpart: &str) -> Client {
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                &json!({
+                    "username": localpart,
+                    "password": PASSWORD,
+                    "auth": { "type": "m.login.dummy" },
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "register {localpart}: {body}");
+        self.client_from(&body, PASSWORD)
+    }
+
+    /// Logs in with `m.id.user` and a password; panics unless the server answers 200.
+    pub async fn login(&self, localpart: &str, password: &str) -> Client {
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/login",
+                &json!({
+                    "type": "m.login.password",
+                    "identifier": { "type": "m.id.user", "user": localpart },
+                    "password": password,
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "login {localpart}: {body}");
+        self.client_from(&body, password)
+    }
+
+    /// A [`Client`] from a `/register` or `/login` answer.
+    pub fn client_from(&self, body: &Value, password: &str) -> Client {
+        let field = |name: &str| body[name].as_str().unwrap_or_else(|| panic!("no {name} in {body}")).to_owned();
+        Client {
+            user_id: field("user_id"),
+            access_token: field("access_token"),
+            device_id: field("device_id"),
+            password: password.to_owned(),
+            base: self.url(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// Runs `myelin <args>` in the server's directory (pass `--config` and
+    /// [`TestServer::config_path`] to act on its data; the server may be running) and returns
+    /// (exit success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        self.cli_env(args, &[])
+    }
+
+    /// [`TestServer::cli`] with extra environment variables for the command.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+        let out = myelin_command()
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(self.dir())
+            .output()
+            .expect("running myelin");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+        if keep_data() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("keeping test data in {}", dir.keep().display());
+            }
+            if let Some(db) = &self.pg_database {
+                eprintln!("keeping PostgreSQL database {db}");
+            }
+            return;
+        }
+        if let Some(db) = self.pg_database.take() {
+            drop_pg_database(db);
+        }
+    }
+}
+
+/// A logged-in user on one device.
+#[derive(Clone)]
+pub struct Client {
+    /// Full user id.
+    pub user_id: String,
+    /// Access token of this device.
+    pub access_token: String,
+    /// Device id.
+    pub device_id: String,
+    /// The password the account was created or logged in with.
+    pub password: String,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A request to `path` carrying this client's `Authorization: Bearer` header.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.access_token)
+    }
+
+    /// Authenticated GET.
+    pub async fn get(&self, path: &str) -> Resp {
+        send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    /// Authenticated POST with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        send(self.request(reqwest::Method::POST, path).json(body)).await
+    }
+
+    /// Authenticated PUT with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> Resp {
+        send(self.request(reqwest::Method::PUT, path).json(body)).await
+    }
+
+    /// Authenticated DELETE with a JSON body.
+    pub async fn delete(&self, path: &str, body: &Value) -> Resp {
+        send(self.request(reqwest::Method::DELETE, path).json(body)).await
+    }
+
+    /// The `m.login.password` UIA stage for this user, continuing `session`.
+    pub fn password_auth(&self, session: &str) -> Value {
+        json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": self.user_id },
+            "password": self.password,
+            "session": session,
+        })
+    }
+
+    /// Runs a UIA-protected request: first without `auth` (expecting 401 with a session), then
+    /// with the password stage. Returns the final response.
+    pub async fn with_password_uia(&self, method: reqwest::Method, path: &str, mut body: Value) -> Resp {
+        let (status, first) = send(self.request(method.clone(), path).json(&body)).await;
+        assert_eq!(status, 401, "expected a UIA challenge from {path}: {first}");
+        let session = first["session"].as_str().expect("UIA session").to_owned();
+        body["auth"] = self.password_auth(&session);
+        send(self.request(method, path).json(&body)).await
+    }
+}
+
+/// Path of a Python interpreter in a virtualenv that has matrix-nio, created on first use.
+///
+/// The venv lives at `$HOME/.cache/myelin-venv` (override with `NIO_VENV`) and is shared by
+/// all test processes and by `.ci/run`; `tests/nio/setup-venv.sh` creates it under a file lock
+/// and pins the versions in `tests/nio/requirements.txt`.
+pub fn nio_python() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nio/setup-venv.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running tests/nio/setup-venv.sh");
+        assert!(out.status.success(), "tests/nio/setup-venv.sh failed ({})", out.status);
+        let python = String::from_utf8(out.stdout).expect("utf-8 path");
+        let python = PathBuf::from(python.trim());
+        assert!(python.exists(), "no python at {}", python.display());
+        python
+    })
+    .clone()
+}
+
+/// Runs `tests/nio/<script>` with the venv's Python and `args`; returns exit success, the JSON
+/// values it printed on stdout (one per line) and its stderr.
+pub async fn run_nio_script(script: &str, args: &[&str]) -> (bool, Vec<Value>, String) {
+    let python = nio_python();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nio").join(script);
+    let child = tokio::process::Command::new(python)
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning python");
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within 120 s"))
+        .expect("waiting for python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let values = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{script} printed non-JSON {l:?}: {e}")))
+        .collect();
+    (out.status.success(), values, String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Creates (once) the Python virtualenv with matrix-nio used by the client tests and prints the
+# path of its python on stdout. Safe to run concurrently: test processes and .ci/run share one
+# venv under a file lock, and a venv is rebuilt only when requirements.txt changes.
+#
+# NIO_VENV overrides the location (default $HOME/.cache/myelin-venv).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="${NIO_VENV:-$HOME/.cache/myelin-venv}"
+requirements="$here/requirements.txt"
+mkdir -p "$(dirname "$venv")"
+
+exec 9>"$venv.lock"
+flock 9
+
+# The stamp records which requirements the venv was built from.
+want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+if [[ -x "$venv/bin/python" && "$(cat "$venv/.requirements-sha256" 2>/dev/null)" == "$want" ]] \
+    && "$venv/bin/python" -c 'import nio' 2>/dev/null; then
+    echo "$venv/bin/python"
+    exit 0
+fi
+
+{
+    echo "setting up $venv (matrix-nio)"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet -r "$requirements"
+    "$venv/bin/python" -c 'import nio'
+    echo "$want" > "$venv/.requirements-sha256"
+} >&2
+echo "$venv/bin/python"
