@@ -1,0 +1,809 @@
+#!/usr/bin/env python3
+"""Runs the myelin-bench scenarios against Myelin and Synapse in one run and writes docs/benchmarks.md.
+
+    python3 bench/run.py                 # full: Myelin + Synapse, SQLite + PostgreSQL, every scenario
+    python3 bench/run.py --smoke         # CI: Myelin on SQLite only, tiny sizes, fails on any error
+
+Synapse (1.163, or the newest 1.x on PyPI) is installed into $HOME/.cache/myelin-bench/synapse-venv.
+PostgreSQL is expected at postgres://root@127.0.0.1:5432 with trust auth; each run creates fresh
+databases. See docs/benchmarks.md for what every scenario measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("MYELIN_BENCH_CACHE", Path.home() / ".cache" / "myelin-bench"))
+VENV = CACHE / "synapse-venv"
+SYNAPSE_SPEC = "matrix-synapse==1.163.*"
+PG = dict(host="127.0.0.1", port=5432, user="root")
+
+ALL_SERVERS = ["myelin-sqlite", "myelin-postgres", "synapse-sqlite", "synapse-postgres"]
+SCENARIOS = ["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm", "federation"]
+
+
+def log(*a):
+    print("[run]", *a, file=sys.stderr, flush=True)
+
+
+def sh(cmd, **kw):
+    log("$", " ".join(str(c) for c in cmd))
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def free_port(preferred: int) -> int:
+    for port in [preferred] + list(range(preferred + 10, preferred + 500, 7)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# installation and build
+
+
+def ensure_synapse() -> Path:
+    py = VENV / "bin" / "python"
+    if py.exists():
+        r = subprocess.run([py, "-c", "import synapse, psycopg2; print(synapse.__version__)"],
+                           capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.startswith("1."):
+            return py
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sh([sys.executable, "-m", "venv", str(VENV)])
+    sh([py, "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    try:
+        sh([py, "-m", "pip", "install", "-q", SYNAPSE_SPEC, "psycopg2-binary"])
+    except subprocess.CalledProcessError:
+        log(f"{SYNAPSE_SPEC} not installable; taking the newest 1.x")
+        sh([py, "-m", "pip", "install", "-q", "matrix-synapse>=1,<2", "psycopg2-binary"])
+    return py
+
+
+def synapse_version(py: Path) -> str:
+    r = subprocess.run([py, "-c", "import synapse; print(synapse.__version__)"], capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def target_dir() -> Path:
+    d = os.environ.get("CARGO_TARGET_DIR")
+    if not d:
+        d = str(Path.home() / ".cache" / "myelin-target")
+        os.environ["CARGO_TARGET_DIR"] = d
+    return Path(d)
+
+
+def build(profile: str) -> tuple[Path, Path]:
+    target_dir()
+    cmd = ["cargo", "build", "-p", "myelin", "-p", "myelin-bench"]
+    if profile == "release":
+        cmd.insert(2, "--release")
+    sh(cmd, cwd=REPO)
+    out = target_dir() / ("release" if profile == "release" else "debug")
+    return out / "myelin", out / "myelin-bench"
+
+
+# ------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def pg_env():
+    env = dict(os.environ)
+    env.update(PGHOST=PG["host"], PGPORT=str(PG["port"]), PGUSER=PG["user"])
+    return env
+
+
+def fresh_pg_db(name: str):
+    env = pg_env()
+    subprocess.run(["dropdb", "--if-exists", name], env=env, check=True)
+    subprocess.run(["createdb", "-O", PG["user"], "-E", "UTF8", "--lc-collate=C", "--lc-ctype=C",
+                    "-T", "template0", name], env=env, check=True)
+
+
+def pg_version() -> str:
+    try:
+        r = subprocess.run(["psql", "-tAc", "show server_version", "postgres"], env=pg_env(),
+                           capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() or "unavailable"
+    except Exception:  # noqa: BLE001
+        return "unavailable"
+
+
+# ------------------------------------------------------------------------------------------------
+# servers
+
+
+class Server:
+    def __init__(self, name: str, workdir: Path, port: int):
+        self.name = name
+        self.dir = workdir / name
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+        self.logfile = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def server_name(self):
+        return f"127.0.0.1:{self.port}"
+
+    def prepare(self):
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+
+    def command(self) -> list:
+        raise NotImplementedError
+
+    def start(self, timeout=120):
+        self.logfile = open(self.dir / "server.log", "wb")
+        log(f"starting {self.name} on {self.url}")
+        self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdout=self.logfile,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.dir}/server.log")
+            try:
+                with urllib.request.urlopen(self.url + "/_matrix/client/versions", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except Exception:  # noqa: BLE001
+                time.sleep(0.3)
+        raise RuntimeError(f"{self.name} did not answer within {timeout} s; see {self.dir}/server.log")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.logfile:
+            self.logfile.close()
+
+
+class Myelin(Server):
+    def __init__(self, name, workdir, port, binary: Path, db: str):
+        super().__init__(name, workdir, port)
+        self.binary = binary
+        self.db = db
+
+    def prepare(self):
+        super().prepare()
+        if self.db == "postgres":
+            dbname = "myelin_bench_" + self.name.replace("-", "_")
+            fresh_pg_db(dbname)
+            url = f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{dbname}"
+        else:
+            url = f"sqlite://{self.dir}/myelin.db"
+        (self.dir / "myelin.toml").write_text(f"""# generated by bench/run.py
+server_name = "{self.server_name}"
+data_dir = "{self.dir}/data"
+
+[listen]
+client = "127.0.0.1:{self.port}"
+
+[database]
+url = "{url}"
+
+[registration]
+mode = "open"
+
+[rate_limits]
+enabled = false
+
+[log]
+level = "warn"
+""")
+
+    def command(self):
+        return [str(self.binary), "serve", "--config", str(self.dir / "myelin.toml")]
+
+
+RC_HIGH = {"per_second": 1_000_000, "burst_count": 1_000_000}
+
+
+class Synapse(Server):
+    def __init__(self, name, workdir, port, python: Path, db: str):
+        super().__init__(name, workdir, port)
+        self.python = python
+        self.db = db
+
+    def prepare(self):
+        super().prepare()
+        if self.db == "postgres":
+            dbname = "synapse_bench_" + self.name.replace("-", "_")
+            fresh_pg_db(dbname)
+            database = {"name": "psycopg2", "args": {"user": PG["user"], "host": PG["host"], "port": PG["port"],
+                                                     "database": dbname, "cp_min": 5, "cp_max": 10}}
+        else:
+            database = {"name": "sqlite3", "args": {"database": str(self.dir / "homeserver.db")}}
+        (self.dir / "log.yaml").write_text(f"""version: 1
+formatters:
+  precise:
+    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s'
+handlers:
+  file:
+    class: logging.FileHandler
+    formatter: precise
+    filename: {self.dir}/homeserver.log
+loggers:
+  synapse.storage.SQL:
+    level: WARNING
+root:
+  level: WARNING
+  handlers: [file]
+disable_existing_loggers: false
+""")
+        rc = {
+            "rc_message": RC_HIGH,
+            "rc_registration": RC_HIGH,
+            "rc_registration_token_validity": RC_HIGH,
+            "rc_login": {"address": RC_HIGH, "account": RC_HIGH, "failed_attempts": RC_HIGH},
+            "rc_admin_redaction": RC_HIGH,
+            "rc_joins": {"local": RC_HIGH, "remote": RC_HIGH},
+            "rc_joins_per_room": RC_HIGH,
+            "rc_key_requests": RC_HIGH,
+            "rc_3pid_validation": RC_HIGH,
+            "rc_invites": {"per_room": RC_HIGH, "per_user": RC_HIGH, "per_issuer": RC_HIGH},
+            "rc_third_party_invite": RC_HIGH,
+            "rc_media_create": RC_HIGH,
+            "rc_presence": {"per_user": RC_HIGH},
+            "rc_delayed_event_mgmt": RC_HIGH,
+            "rc_room_creation": RC_HIGH,
+            "rc_reports": RC_HIGH,
+            "rc_user_directory": RC_HIGH,
+            "rc_profile": RC_HIGH,
+            "rc_federation": {"window_size": 1000, "sleep_limit": 1_000_000, "sleep_delay": 0,
+                              "reject_limit": 1_000_000, "concurrent": 1_000_000},
+            "federation_rr_transactions_per_room_per_second": 1_000_000,
+        }
+        config = {
+            "server_name": self.server_name,
+            "pid_file": str(self.dir / "homeserver.pid"),
+            "listeners": [{
+                "port": self.port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
+                "x_forwarded": False, "resources": [{"names": ["client", "federation"], "compress": False}],
+            }],
+            "database": database,
+            "log_config": str(self.dir / "log.yaml"),
+            "media_store_path": str(self.dir / "media"),
+            "signing_key_path": str(self.dir / "signing.key"),
+            "report_stats": False,
+            # Registration is set-up, not measured: cheap password hashing for the generator's users.
+            "bcrypt_rounds": 4,
+            "enable_registration": True,
+            "enable_registration_without_verification": True,
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": True,
+            # Presence would wake every long-poll whenever a user syncs; Myelin has none.
+            "presence": {"enabled": False},
+            **rc,
+        }
+        # JSON is YAML.
+        (self.dir / "homeserver.yaml").write_text(json.dumps(config, indent=2))
+        sh([str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.dir / "homeserver.yaml"),
+            "--generate-keys"], cwd=self.dir, stdout=subprocess.DEVNULL)
+
+    def command(self):
+        return [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.dir / "homeserver.yaml")]
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def run_bench(bench: Path, server: Server, scenarios: list[str], smoke: bool, extra: list[str],
+              results: list[dict], out_jsonl: Path):
+    cmd = [str(bench), "--url", server.url, "--pid", str(server.proc.pid), "--label", server.name,
+           "--scenario", ",".join(scenarios)]
+    if smoke:
+        cmd.append("--smoke")
+    cmd += extra
+    log("$", " ".join(cmd))
+    with open(server.dir / "bench.log", "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        for line in proc.stdout:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            rec = json.loads(line)
+            rec["label"] = server.name
+            results.append(rec)
+            with open(out_jsonl, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            log(f"{server.name} {rec['scenario']} {rec.get('case', '')}: {rec['status']}"
+                + (f" ({rec.get('error') or rec.get('reason')})" if rec["status"] != "ok" else ""))
+        proc.wait()
+    if proc.returncode != 0:
+        log(f"myelin-bench exited with {proc.returncode} against {server.name}; see {server.dir}/bench.log")
+        # Whatever did not print a line is recorded as an error.
+        seen = {(r["scenario"]) for r in results if r["label"] == server.name}
+        for s in scenarios:
+            if s not in seen:
+                rec = {"scenario": s, "case": "", "label": server.name, "status": "error",
+                       "error": f"myelin-bench exited with {proc.returncode} before reporting"}
+                results.append(rec)
+
+
+def machine_info() -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram": mem, "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + (" (with uncommitted changes)" if dirty else "")
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+
+TARGETS_MD = """\
+| target (issue 8) | figure compared |
+|---|---|
+| send latency p50 ≤ 1/20 of Synapse's | `send_latency` p50, Synapse ÷ Myelin ≥ 20 |
+| throughput ≥ 30× Synapse's | `send_throughput` msgs/s, Myelin ÷ Synapse ≥ 30 |
+| fan-out delivery p99 ≤ 50 ms at 100 syncers, ≤ 250 ms at 1,000 | `fanout` delivery p99 (absolute) |
+| 0 lost, duplicated or reordered | `fanout` (and `history`, `federation`) correctness counts |
+| ≤ 8 KiB server memory per idle waiting `/sync` at 10,000 waiters | `idle_syncers` RSS growth ÷ waiters (absolute) |
+| history ≥ 10× faster | `history/paginate` total time, Synapse ÷ Myelin ≥ 10 |
+| initial sync ≥ 10× faster | `history/initial_sync` p50, Synapse ÷ Myelin ≥ 10 |
+| join storm ≥ 10× faster | `join_storm` time to all joined, Synapse ÷ Myelin ≥ 10 |
+"""
+
+
+def g(rec, *path):
+    v = rec
+    for p in path:
+        if not isinstance(v, dict) or p not in v:
+            return None
+        v = v[p]
+    return v
+
+
+def fmt_num(v, unit="", digits=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            s = f"{v:,.0f}"
+        elif abs(v) >= 10:
+            s = f"{v:.1f}"
+        else:
+            s = f"{v:.{max(digits, 2)}f}"
+    else:
+        s = f"{v:,}"
+    return s + unit
+
+
+# (title, scenario, case, [(row label, path, unit)])
+TABLES = [
+    ("send_latency — 10 users × 50 sequential messages, one room", "send_latency", "", [
+        ("p50", ("latency", "p50_ms"), " ms"), ("p99", ("latency", "p99_ms"), " ms"),
+        ("max", ("latency", "max_ms"), " ms"), ("msgs/s", ("msgs_per_s",), ""),
+    ]),
+    ("send_throughput — 50 concurrent senders over 10 rooms, 30 s", "send_throughput", "", [
+        ("msgs/s", ("msgs_per_s",), ""), ("p50", ("latency", "p50_ms"), " ms"),
+        ("p99", ("latency", "p99_ms"), " ms"), ("errors", ("errors",), ""),
+    ]),
+    ("fanout — 100 members long-polling /sync, 50 messages 100 ms apart", "fanout", "100", [
+        ("delivery p50", ("delivery", "p50_ms"), " ms"), ("delivery p99", ("delivery", "p99_ms"), " ms"),
+        ("delivery max", ("delivery", "max_ms"), " ms"), ("send p50", ("send", "p50_ms"), " ms"),
+        ("lost", ("lost",), ""), ("duplicated", ("duplicated",), ""), ("out of order", ("out_of_order",), ""),
+    ]),
+    ("fanout — 1,000 members long-polling /sync, 50 messages 100 ms apart", "fanout", "1000", [
+        ("delivery p50", ("delivery", "p50_ms"), " ms"), ("delivery p99", ("delivery", "p99_ms"), " ms"),
+        ("delivery max", ("delivery", "max_ms"), " ms"), ("send p50", ("send", "p50_ms"), " ms"),
+        ("lost", ("lost",), ""), ("duplicated", ("duplicated",), ""), ("out of order", ("out_of_order",), ""),
+    ]),
+    ("idle_syncers — 1,000 held long-polls", "idle_syncers", "1000", [
+        ("RSS per waiter", ("rss_per_waiter_kib",), " KiB"), ("RSS before", ("rss_before_mib",), " MiB"),
+        ("RSS after", ("rss_after_mib",), " MiB"), ("connections held", ("connections_held",), ""),
+    ]),
+    ("idle_syncers — 10,000 held long-polls", "idle_syncers", "10000", [
+        ("RSS per waiter", ("rss_per_waiter_kib",), " KiB"), ("RSS before", ("rss_before_mib",), " MiB"),
+        ("RSS after", ("rss_after_mib",), " MiB"), ("connections held", ("connections_held",), ""),
+    ]),
+    ("history — paginate a 10,000-message room backwards, /messages limit 100", "history", "paginate", [
+        ("total", ("paginate_ms",), " ms"), ("page p50", ("page", "p50_ms"), " ms"),
+        ("page p99", ("page", "p99_ms"), " ms"), ("events/s", ("events_per_s",), ""),
+        ("lost", ("lost",), ""), ("duplicated", ("duplicated",), ""), ("out of order", ("out_of_order",), ""),
+        ("(set-up) fill msgs/s", ("fill_msgs_per_s",), ""),
+    ]),
+    ("history — initial /sync of a user in 50 rooms × 20 messages", "history", "initial_sync", [
+        ("first (cold)", ("first_ms",), " ms"), ("p50", ("sync", "p50_ms"), " ms"),
+        ("max", ("sync", "max_ms"), " ms"), ("response size", ("response_kib",), " KiB"),
+    ]),
+    ("join_storm — 200 users join one public room concurrently", "join_storm", "", [
+        ("time to all joined", ("total_ms",), " ms"), ("join p50", ("join", "p50_ms"), " ms"),
+        ("join p99", ("join", "p99_ms"), " ms"), ("joined members", ("joined_members",), ""),
+    ]),
+    ("federation — two servers on loopback", "federation", "", [
+        ("join p50", ("join", "p50_ms"), " ms"), ("join p99", ("join", "p99_ms"), " ms"),
+        ("A→B delivery p50", ("a_to_b", "delivery", "p50_ms"), " ms"),
+        ("A→B delivery p99", ("a_to_b", "delivery", "p99_ms"), " ms"),
+        ("B→A delivery p50", ("b_to_a", "delivery", "p50_ms"), " ms"),
+        ("B→A delivery p99", ("b_to_a", "delivery", "p99_ms"), " ms"),
+        ("lost (A→B + B→A)", ("lost_total",), ""),
+    ]),
+]
+
+
+def derive(rec):
+    """Adds the derived fields the tables show."""
+    if rec.get("scenario") == "idle_syncers" and rec.get("status") == "ok":
+        rec["rss_per_waiter_kib"] = rec["rss_per_waiter_bytes"] / 1024
+        rec["rss_before_mib"] = rec["rss_before_bytes"] / 2**20
+        rec["rss_after_mib"] = rec["rss_after_bytes"] / 2**20
+    if rec.get("scenario") == "history" and rec.get("case") == "initial_sync" and rec.get("status") == "ok":
+        rec["response_kib"] = rec["response_bytes"] / 1024
+    if rec.get("scenario") == "federation" and rec.get("status") == "ok":
+        rec["lost_total"] = (g(rec, "a_to_b", "lost") or 0) + (g(rec, "b_to_a", "lost") or 0)
+    return rec
+
+
+def find(results, label, scenario, case):
+    for r in results:
+        if r.get("label") == label and r.get("scenario") == scenario and str(r.get("case", "")) == case:
+            return r
+    return None
+
+
+def cell(rec, path, unit):
+    if rec is None:
+        return "not run"
+    if rec.get("status") == "not_available":
+        return "not available"
+    if rec.get("status") != "ok":
+        return "error"
+    return fmt_num(g(rec, *path), unit)
+
+
+def ratio_rows(results, pairs):
+    """(target, pair, Myelin, Synapse, ratio, verdict) rows."""
+    rows = []
+
+    def val(label, scenario, case, path):
+        r = find(results, label, scenario, case)
+        if r is None or r.get("status") != "ok":
+            return None, (r or {}).get("status", "not run")
+        return g(r, *path), "ok"
+
+    relative = [
+        ("send latency p50 ≤ 1/20", "send_latency", "", ("latency", "p50_ms"), "lower", 20),
+        ("throughput ≥ 30×", "send_throughput", "", ("msgs_per_s",), "higher", 30),
+        ("history pagination ≥ 10× faster", "history", "paginate", ("paginate_ms",), "lower", 10),
+        ("initial sync ≥ 10× faster", "history", "initial_sync", ("sync", "p50_ms"), "lower", 10),
+        ("join storm ≥ 10× faster", "join_storm", "", ("total_ms",), "lower", 10),
+    ]
+    for my, syn in pairs:
+        for title, sc, case, path, better, want in relative:
+            m, ms_ = val(my, sc, case, path)
+            s, ss = val(syn, sc, case, path)
+            if m is None or s is None or m == 0:
+                why = f"Myelin {ms_.replace('_', ' ')}" if m is None else f"Synapse {ss.replace('_', ' ')}"
+                rows.append((title, f"{my} vs {syn}", fmt_num(m), fmt_num(s), "–", f"not measurable ({why})"))
+                continue
+            ratio = s / m if better == "lower" else m / s
+            verdict = "met" if ratio >= want else "missed"
+            rows.append((title, f"{my} vs {syn}", fmt_num(m), fmt_num(s), f"{ratio:.2f}×", verdict))
+    absolute = [
+        ("fan-out p99 ≤ 50 ms at 100", "fanout", "100", ("delivery", "p99_ms"), 50.0),
+        ("fan-out p99 ≤ 250 ms at 1,000", "fanout", "1000", ("delivery", "p99_ms"), 250.0),
+        ("≤ 8 KiB per idle /sync at 10,000", "idle_syncers", "10000", ("rss_per_waiter_kib",), 8.0),
+    ]
+    labels = []
+    for my, syn in pairs:
+        labels += [my, syn]
+    for title, sc, case, path, limit in absolute:
+        for label in dict.fromkeys(labels):
+            v, st = val(label, sc, case, path)
+            if v is None:
+                rows.append((title, label, "", "", "", f"not measurable ({st.replace('_', ' ')})"))
+                continue
+            rows.append((title, label, fmt_num(v), "", "", "met" if v <= limit else "missed"))
+    for label in dict.fromkeys(labels):
+        bad = []
+        measured = False
+        for sc, case in [("fanout", "100"), ("fanout", "1000"), ("history", "paginate")]:
+            r = find(results, label, sc, case)
+            if r is None or r.get("status") != "ok":
+                continue
+            measured = True
+            n = (r.get("lost") or 0) + (r.get("duplicated") or 0) + (r.get("out_of_order") or 0)
+            if n:
+                bad.append(f"{sc} {case}: {n}")
+        rows.append(("0 lost / duplicated / reordered", label, "", "", "",
+                     ("missed (" + ", ".join(bad) + ")") if bad else ("met" if measured else "not measurable")))
+    return rows
+
+
+def write_report(path: Path, results: list[dict], meta: dict, servers: list[str]):
+    results = [derive(dict(r)) for r in results]
+    out = []
+    w = out.append
+    w("# Benchmarks: Myelin and Synapse, same machine, same run\n")
+    w(f"Generated by `bench/run.py` on {meta['date']} from a real run (raw JSON lines at the end). "
+      "Do not edit by hand: rerun the script.\n")
+    w("## Machine and run\n")
+    m = meta["machine"]
+    w(f"- CPU: {m['cpu']}, {m['nproc']} cores (`nproc`); RAM {m['ram']}; Linux {m['kernel']}")
+    w(f"- Load average before the run: {meta['load_before']}; after: {meta['load_after']}. The load "
+      "generator runs on the same cores as the server under test, so every figure includes its cost.")
+    w(f"- Myelin: commit {meta['commit']}, {meta['profile']} build. Synapse {meta['synapse_version'] or '(not run)'} "
+      f"from PyPI (Python {m['python']}). PostgreSQL {meta['pg_version']} on loopback.")
+    w(f"- Servers in this run, one after another, each on a fresh database: {', '.join(servers)}.")
+    w(f"- Sizes: {'smoke (tiny)' if meta['smoke'] else 'full (as in issue 8)'}; wall time {meta['wall_min']:.1f} min.")
+    for label, note in meta.get("server_notes", {}).items():
+        w(f"- {label}: {note}")
+    w("")
+    w("## Targets\n")
+    w(TARGETS_MD)
+    pairs = [(a, b) for a, b in [("myelin-sqlite", "synapse-sqlite"), ("myelin-postgres", "synapse-postgres")]
+             if a in servers or b in servers]
+    rows = ratio_rows(results, pairs)
+    w("| target | servers | Myelin | Synapse | ratio | verdict |")
+    w("|---|---|---|---|---|---|")
+    for r in rows:
+        w("| " + " | ".join(r) + " |")
+    w("")
+    w("Ratios are Synapse ÷ Myelin for times and Myelin ÷ Synapse for rates, so higher is better for Myelin; "
+      "absolute targets show the figure of each server.\n")
+    w("## Figures\n")
+    for title, sc, case, metrics in TABLES:
+        recs = {s: find(results, s, sc, case) for s in servers}
+        if all(r is None for r in recs.values()):
+            continue
+        w(f"### {title}\n")
+        if meta["smoke"]:
+            sizes = {r.get("members") or r.get("waiters") or r.get("users") for r in recs.values() if r}
+            w(f"(smoke sizes: {', '.join(str(s) for s in sizes if s)})\n")
+        w("| | " + " | ".join(servers) + " |")
+        w("|---" * (len(servers) + 1) + "|")
+        for label, fields, unit in metrics:
+            w(f"| {label} | " + " | ".join(cell(recs[s], fields, unit) for s in servers) + " |")
+        notes = []
+        for s in servers:
+            r = recs[s]
+            if r and r.get("status") == "not_available":
+                notes.append(f"{s}: not available — {r.get('reason')}")
+            elif r and r.get("status") == "error":
+                notes.append(f"{s}: error — {str(r.get('error'))[:400]}")
+        if notes:
+            w("")
+            for n in notes:
+                w(f"- {n}")
+        w("")
+    w("## What the scenarios do\n")
+    w(SCENARIOS_MD)
+    w("## How to reproduce\n")
+    w(REPRODUCE_MD)
+    w("## Raw results\n")
+    w("<details><summary>JSON lines printed by myelin-bench</summary>\n")
+    w("```json")
+    for r in results:
+        w(json.dumps({k: v for k, v in r.items() if not k.endswith(("_kib", "_mib")) and k != "lost_total"}))
+    w("```\n</details>\n")
+    path.write_text("\n".join(out))
+    log(f"wrote {path}")
+
+
+SCENARIOS_MD = """\
+`myelin-bench` (the workspace member in `bench/`) speaks only the public client-server API (spec v1.19), so it
+runs against any homeserver. Each run registers its own users with `m.login.dummy` under a random prefix
+(no password, so no password hashing is paid for in set-up), retries `429 M_LIMIT_EXCEEDED` after
+`retry_after_ms` (and counts it), and prints one JSON line per scenario case. Set-up (registration, room
+creation, joins) is never timed unless the scenario is about it. Long-polls use `set_presence=offline` and
+an inline filter (timeline limit 100, lazy-loaded members, no presence or account data).
+
+- **send_latency**: 10 users in one room each send 50 messages one after another (the 10 users run
+  concurrently); latency of every `PUT /rooms/{id}/send`, and messages ÷ wall time.
+- **send_throughput**: 50 senders over 10 rooms (5 per room) send as fast as their answers come back for
+  30 s; messages per second and per-send latency.
+- **fanout**: N members (100, then 1,000) of one room each long-poll `/sync` (30 s timeout) from a token
+  taken after all joins; one more member sends 50 messages 100 ms apart (each send waits for the previous
+  answer). Delivery latency is from the start of a send to the moment a recipient has read the sync answer
+  carrying it. Per recipient it counts messages lost (not seen within 30 s of the last send), duplicated,
+  and out of order (seen after a later message).
+- **idle_syncers**: N distinct users (1,000, then 10,000) each hold one `/sync?since=…&timeout=180000` on
+  its own connection. The server's VmRSS (`/proc/PID/status`) is read before, and after the server holds
+  all the connections (its open fds, `/proc/PID/fd`) and RSS has settled; the difference ÷ N is the cost
+  of one waiting `/sync`, connection included.
+- **history / paginate**: 10 senders fill one room with 10,000 messages (not timed), then
+  `GET /rooms/{id}/messages?dir=b&limit=100` pages from the end to the room's creation; total time, per-page
+  latency, and every message checked present once, in order.
+- **history / initial_sync**: a user creates 50 rooms with 20 messages each, then runs an unfiltered
+  initial `/sync` five times; first (cold) and p50.
+- **join_storm**: 200 registered users `POST /join/{roomId}` one public room all at once; time until the
+  last answer, per-join latency, and `joined_members` checked to be 201.
+- **federation**: a user on server A creates 10 public rooms; a user on server B joins each through
+  `?via=A` (each a first join of B into the room); then 50 messages 100 ms apart A→B and B→A, measured
+  like fan-out.
+
+Synapse is configured for loopback: registration open without verification, every `rc_*` rate limit
+raised to 1,000,000/s, `trusted_key_servers: []`, `report_stats: false`, presence disabled (Myelin has
+no presence; with it on, every sync would wake other users' long-polls), one process, default caches.
+Myelin runs with `[registration] mode = "open"` and `[rate_limits] enabled = false`.
+"""
+
+REPRODUCE_MD = """\
+```sh
+export CARGO_TARGET_DIR=$HOME/.cache/myelin-target
+python3 bench/run.py             # the full run: builds Myelin (release), installs Synapse, writes this file
+python3 bench/run.py --smoke     # CI smoke: Myelin on SQLite, tiny sizes, no Synapse, exit 1 on any error
+# parts of a run (report goes elsewhere unless --output is given):
+python3 bench/run.py --servers myelin-sqlite,synapse-sqlite --scenarios send_latency,fanout --output /tmp/b.md
+# the load generator alone against any homeserver:
+cargo run --release -p myelin-bench -- --url http://127.0.0.1:8008 --scenario all --pid $(pidof myelin)
+```
+
+Requirements: Python 3 with `venv`, a Rust toolchain, PostgreSQL on `127.0.0.1:5432` accepting `root`
+without a password (the PostgreSQL servers are skipped with a note if it is not reachable). Synapse goes
+into `$HOME/.cache/myelin-bench/synapse-venv`; servers' data and logs into
+`$HOME/.cache/myelin-bench/run/` (kept for inspection). The script raises the open-files limit to the hard
+limit for the servers and the generator (10,000 connections each way).
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="Myelin on SQLite only, tiny sizes, exit 1 on error")
+    ap.add_argument("--servers", help=f"comma-separated subset of {','.join(ALL_SERVERS)}")
+    ap.add_argument("--scenarios", default="all", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    ap.add_argument("--profile", choices=["release", "dev"], help="cargo profile (default: release; dev for --smoke)")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--output", help="report path (default: docs/benchmarks.md for a full run, "
+                                     "$HOME/.cache/myelin-bench/run/report.md otherwise)")
+    ap.add_argument("--report-only", metavar="RESULTS_JSONL", help="only rewrite the report from saved results")
+    ap.add_argument("--bench-arg", action="append", default=[], help="extra argument for myelin-bench (repeatable)")
+    args = ap.parse_args()
+
+    servers = args.servers.split(",") if args.servers else (["myelin-sqlite"] if args.smoke else ALL_SERVERS)
+    for s in servers:
+        if s not in ALL_SERVERS:
+            ap.error(f"unknown server {s}")
+    scenarios = SCENARIOS if args.scenarios == "all" else args.scenarios.split(",")
+    profile = args.profile or ("dev" if args.smoke else "release")
+    workdir = CACHE / "run"
+    full_default = not args.smoke and args.servers is None and args.scenarios == "all"
+    output = Path(args.output) if args.output else (REPO / "docs" / "benchmarks.md" if full_default
+                                                    else workdir / "report.md")
+
+    if args.report_only:
+        lines = Path(args.report_only).read_text().splitlines()
+        results = [json.loads(x) for x in lines if x.startswith("{") and not x.startswith('{"meta"')]
+        meta = next(json.loads(x)["meta"] for x in lines if x.startswith('{"meta"'))
+        write_report(output, results, meta, meta["servers"])
+        return 0
+
+    started = time.time()
+    nofile = raise_nofile()
+    log(f"open-files limit {nofile}")
+    meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
+            "load_before": loadavg(), "commit": git_rev(), "profile": profile, "smoke": args.smoke,
+            "servers": servers, "synapse_version": None, "pg_version": None, "server_notes": {}}
+
+    myelin_bin, bench_bin = (target_dir() / ("release" if profile == "release" else "debug") / b
+                             for b in ("myelin", "myelin-bench"))
+    if not args.no_build:
+        myelin_bin, bench_bin = build(profile)
+    synapse_py = None
+    if any(s.startswith("synapse") for s in servers):
+        synapse_py = ensure_synapse()
+        meta["synapse_version"] = synapse_version(synapse_py)
+    if any(s.endswith("postgres") for s in servers):
+        meta["pg_version"] = pg_version()
+        if meta["pg_version"] == "unavailable":
+            log("PostgreSQL is not reachable: skipping the PostgreSQL servers")
+            for s in [s for s in servers if s.endswith("postgres")]:
+                meta["server_notes"][s] = "skipped: PostgreSQL not reachable on 127.0.0.1:5432"
+            servers = [s for s in servers if not s.endswith("postgres")]
+            meta["servers"] = servers
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    out_jsonl = workdir / "results.jsonl"
+    out_jsonl.write_text("")
+    results: list[dict] = []
+    ports = {"myelin-sqlite": 18101, "myelin-postgres": 18102, "synapse-sqlite": 18201, "synapse-postgres": 18202}
+    for name in servers:
+        port = free_port(ports[name])
+        db = "postgres" if name.endswith("postgres") else "sqlite"
+        if name.startswith("myelin"):
+            server = Myelin(name, workdir, port, myelin_bin, db)
+        else:
+            server = Synapse(name, workdir, port, synapse_py, db)
+        t0 = time.time()
+        try:
+            server.prepare()
+            server.start()
+            run_bench(bench_bin, server, scenarios, args.smoke, args.bench_arg, results, out_jsonl)
+        except Exception as e:  # noqa: BLE001
+            log(f"{name}: {e}")
+            for s in scenarios:
+                if not any(r["label"] == name and r["scenario"] == s for r in results):
+                    results.append({"scenario": s, "case": "", "label": name, "status": "error",
+                                    "error": f"server did not run: {e}"})
+        finally:
+            server.stop()
+        log(f"{name}: {(time.time() - t0) / 60:.1f} min, load {loadavg()}")
+
+    meta["load_after"] = loadavg()
+    meta["wall_min"] = (time.time() - started) / 60
+    with open(out_jsonl, "a") as f:
+        f.write(json.dumps({"meta": meta}) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_report(output, results, meta, servers)
+
+    errors = [r for r in results if r.get("status") == "error"]
+    for r in errors:
+        log(f"ERROR {r['label']} {r['scenario']} {r.get('case', '')}: {r.get('error')}")
+    ok = sum(r.get("status") == "ok" for r in results)
+    na = sum(r.get("status") == "not_available" for r in results)
+    # The plain closing line (the smoke run is not a test suite, but say what happened).
+    print(f"bench: {ok} ok, {len(errors)} failed, {na} not available", flush=True)
+    if args.smoke and errors:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
