@@ -941,6 +941,26 @@ async fn env_overrides_config_file() {
     let resp =
         server.post(REGISTER, &json!({ "username": "x", "password": "y", "auth": { "type": "m.login.dummy" } })).await;
     assert_error(&resp, 403, "M_FORBIDDEN");
+
+    // Lists are written TOML-style in the environment (as docs/configuration.md shows).
+    let mut server = TestServer::prepare(Backend::Sqlite, |_| {}).await;
+    server.set_env("MYELIN_REGISTRATION__MODE", "token");
+    server.set_env("MYELIN_REGISTRATION__TOKENS", r#"["first", "second one"]"#);
+    // A value that looks like a number still fills a string key.
+    server.set_env("MYELIN_ROOMS__DEFAULT_VERSION", "11");
+    server.start_again().await;
+    let mut clients = Vec::new();
+    for (name, token) in [("a", "first"), ("b", "second one")] {
+        let body = json!({
+            "username": name, "password": "y",
+            "auth": { "type": "m.login.registration_token", "token": token },
+        });
+        let (status, resp) = server.post(REGISTER, &body).await;
+        assert_eq!(status, 200, "{resp}");
+        clients.push(server.client_from(&resp, "y"));
+    }
+    let (_, caps) = clients[0].get("/_matrix/client/v3/capabilities").await;
+    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "11", "{caps}");
 }
 
 both_backends!(sigterm_graceful_shutdown, |server| async move {

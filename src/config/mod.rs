@@ -90,6 +90,7 @@ pub struct RegistrationConfig {
     /// disabled, open or token.
     pub mode: RegistrationMode,
     /// Tokens accepted in `token` mode.
+    #[serde(deserialize_with = "lenient_strings")]
     pub tokens: Vec<String>,
 }
 
@@ -136,6 +137,7 @@ pub struct RateLimitConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsConfig {
     /// Room version for new rooms.
+    #[serde(deserialize_with = "lenient_string")]
     pub default_version: String,
 }
 
@@ -147,6 +149,34 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub format: String,
+}
+
+/// A string that the environment may have turned into a number: figment parses
+/// `MYELIN_ROOMS__DEFAULT_VERSION=11` as the integer 11, but the operator meant the string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LenientString {
+    Str(String),
+    Int(i64),
+    UInt(u64),
+}
+
+impl From<LenientString> for String {
+    fn from(value: LenientString) -> Self {
+        match value {
+            LenientString::Str(s) => s,
+            LenientString::Int(n) => n.to_string(),
+            LenientString::UInt(n) => n.to_string(),
+        }
+    }
+}
+
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    LenientString::deserialize(d).map(Into::into)
+}
+
+fn lenient_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<LenientString>::deserialize(d).map(|v| v.into_iter().map(Into::into).collect())
 }
 
 impl Default for Config {
@@ -361,5 +391,19 @@ mod tests {
         assert_eq!(parsed.server_name, "localhost:8008");
         assert_eq!(parsed.registration.mode, RegistrationMode::Disabled);
         assert_eq!(parsed.listen.client.to_string(), "127.0.0.1:8008");
+    }
+
+    #[test]
+    fn numbers_from_the_environment_fill_string_keys() {
+        let parsed: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[rooms]\ndefault_version = 11\n[registration]\ntokens = [\"a\", 123]"))
+            .extract()
+            .unwrap();
+        assert_eq!(parsed.rooms.default_version, "11");
+        assert_eq!(parsed.registration.tokens, ["a", "123"]);
+        let bad: Result<Config, _> = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[rooms]\ndefault_version = true"))
+            .extract();
+        assert!(bad.unwrap_err().to_string().contains("default_version"));
     }
 }
