@@ -13,6 +13,7 @@ pub mod filter;
 pub mod membership;
 pub mod pdu;
 pub mod read;
+pub mod relations;
 pub mod state;
 pub mod version;
 

@@ -6,6 +6,7 @@ mod directory;
 mod discovery;
 pub mod message;
 mod profile;
+mod relations;
 mod room;
 mod session;
 
@@ -64,6 +65,12 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(directory::public_rooms_filtered)
         .ruma(profile::get)
         .ruma(profile::get_field)
-        .ruma(profile::set_field);
+        .ruma(profile::set_field)
+        .ruma(relations::relations)
+        .ruma(relations::relations_by_type)
+        .ruma(relations::relations_by_type_and_event_type)
+        .ruma(relations::threads)
+        .ruma(relations::timestamp_to_event)
+        .ruma(relations::upgrade);
     discovery::well_known_server(router)
 }

@@ -1,0 +1,288 @@
+//! Relations (annotations, edits, replies, threads), thread listings, timestamp lookup and
+//! room upgrades.
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Map, Value, json};
+
+use super::Rooms;
+use super::build::NewEvent;
+use super::create::CreateRoom;
+use super::read::{Dir, TopoToken};
+use crate::error::{Error, Result};
+use crate::storage::rooms::{BindValue, StoredEvent};
+
+/// A page of relations.
+pub struct RelationsPage {
+    /// Child events, in the requested direction.
+    pub events: Vec<StoredEvent>,
+    /// Token to continue from.
+    pub next: Option<String>,
+}
+
+/// State copied into the replacement room on upgrade (spec: "Server behaviour" of room upgrades).
+const UPGRADE_COPIED_STATE: &[&str] = &[
+    "m.room.server_acl",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.join_rules",
+];
+
+impl Rooms {
+    /// Events relating to `parent`, optionally by relation and event type, visible to `user`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relations(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        parent: &str,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: Option<TopoToken>,
+        to: Option<TopoToken>,
+        dir: Dir,
+        limit: usize,
+    ) -> Result<RelationsPage> {
+        // The parent must be visible to the user.
+        self.event_for(room_id, user, parent).await?;
+        let membership = self.membership_of(room_id, user).await?;
+        let (cmp, order) = match dir {
+            Dir::Forward => (">", "ASC"),
+            Dir::Backward => ("<", "DESC"),
+        };
+        let mut tail = String::from("WHERE room_id = $1 AND relates_to = $2 AND outlier = 0 AND rejected = 0");
+        let mut binds = vec![BindValue::Str(room_id.as_str()), BindValue::Str(parent)];
+        if let Some(r) = rel_type {
+            binds.push(BindValue::Str(r));
+            tail.push_str(&format!(" AND rel_type = ${}", binds.len()));
+        }
+        if let Some(t) = event_type {
+            binds.push(BindValue::Str(t));
+            tail.push_str(&format!(" AND event_type = ${}", binds.len()));
+        }
+        if let Some(f) = from {
+            binds.push(BindValue::Int(f.depth));
+            let d = binds.len();
+            binds.push(BindValue::Int(f.stream));
+            let s = binds.len();
+            tail.push_str(&format!(
+                " AND (topological_ordering {cmp} ${d} OR (topological_ordering = ${d} AND stream_ordering {cmp} ${s}))"
+            ));
+        }
+        tail.push_str(&format!(" ORDER BY topological_ordering {order}, stream_ordering {order} LIMIT {}", limit + 1));
+        let rows = self.db.query_events(&tail, &binds).await?;
+        let more = rows.len() > limit;
+        let mut events = Vec::new();
+        for ev in rows.into_iter().take(limit) {
+            let pos = TopoToken::of(&ev);
+            if to.is_some_and(|t| match dir {
+                Dir::Forward => pos >= t,
+                Dir::Backward => pos <= t,
+            }) {
+                return Ok(RelationsPage { events, next: None });
+            }
+            if self.can_see(user, &ev, membership.as_deref()).await? {
+                events.push(ev);
+            }
+        }
+        let next = if more { events.last().map(|e| TopoToken::of(e).to_token()) } else { None };
+        Ok(RelationsPage { events, next })
+    }
+
+    /// Thread roots of a room, most recently active first; `from` is a stream position.
+    pub async fn threads(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        participated_only: bool,
+        from: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<(StoredEvent, Value)>, Option<String>)> {
+        let membership = self.membership_of(room_id, user).await?;
+        if membership.is_none() {
+            return Err(Error::forbidden(format!("User {user} not in room {room_id}")));
+        }
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT relates_to, MAX(stream_ordering) AS latest, COUNT(*) FROM events \
+             WHERE room_id = $1 AND rel_type = 'm.thread' AND rejected = 0 AND outlier = 0 \
+             GROUP BY relates_to HAVING MAX(stream_ordering) < $2 ORDER BY latest DESC",
+        )
+        .bind(room_id.as_str())
+        .bind(from.unwrap_or(i64::MAX))
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut out = Vec::new();
+        let mut next = None;
+        for (root_id, latest, count) in rows {
+            if out.len() >= limit {
+                next = Some(format!("{}", latest + 1));
+                break;
+            }
+            let Ok(root) = self.event_for(room_id, user, &root_id).await else { continue };
+            let participated: Option<(i64,)> = sqlx::query_as(
+                "SELECT 1 FROM events WHERE relates_to = $1 AND rel_type = 'm.thread' AND sender = $2 LIMIT 1",
+            )
+            .bind(&root_id)
+            .bind(user.as_str())
+            .fetch_optional(self.db.pool())
+            .await?;
+            let participated = participated.is_some() || root.pdu.fields.sender == user;
+            if participated_only && !participated {
+                continue;
+            }
+            let latest_ev = self.db.query_events("WHERE stream_ordering = $1", &[BindValue::Int(latest)]).await?;
+            let latest_json = match latest_ev.first() {
+                Some(e) => self.client_event(e, None).await?,
+                None => Value::Null,
+            };
+            let summary = json!({ "m.thread": {
+                "latest_event": latest_json,
+                "count": count,
+                "current_user_participated": participated,
+            }});
+            out.push((root, summary));
+        }
+        Ok((out, next))
+    }
+
+    /// The event closest to `ts` in direction `dir` that the user may see.
+    pub async fn event_at_timestamp(&self, room_id: &RoomId, user: &UserId, ts: i64, dir: Dir) -> Result<StoredEvent> {
+        let membership = self.membership_of(room_id, user).await?;
+        let tail = match dir {
+            Dir::Forward => {
+                "WHERE room_id = $1 AND origin_server_ts >= $2 AND outlier = 0 AND rejected = 0 \
+                 ORDER BY origin_server_ts ASC, stream_ordering ASC LIMIT 50"
+            }
+            Dir::Backward => {
+                "WHERE room_id = $1 AND origin_server_ts <= $2 AND outlier = 0 AND rejected = 0 \
+                 ORDER BY origin_server_ts DESC, stream_ordering DESC LIMIT 50"
+            }
+        };
+        for ev in self.db.query_events(tail, &[BindValue::Str(room_id.as_str()), BindValue::Int(ts)]).await? {
+            if self.can_see(user, &ev, membership.as_deref()).await? {
+                return Ok(ev);
+            }
+        }
+        Err(Error::not_found(format!("Unable to find event from {ts} in direction {dir:?}")))
+    }
+
+    /// Upgrades a room: a new room with the old room's important state, a tombstone in the old
+    /// room, and the old room's power levels restricted so that only moderators can speak.
+    pub async fn upgrade(
+        &self,
+        old: &RoomId,
+        user: &UserId,
+        new_version: &str,
+        extra_creators: &[ruma::OwnedUserId],
+    ) -> Result<OwnedRoomId> {
+        super::version::parse(new_version)?;
+        self.require_joined(old, user).await?;
+        let pl = self.power_levels(old).await?;
+        if pl.user_level(user) < pl.event_level("m.room.tombstone", true) {
+            return Err(Error::forbidden("You don't have permission to upgrade the room"));
+        }
+        let state = self.current_state(old).await?;
+        let last = self.latest_position(old).await?;
+        let mut predecessor = json!({ "room_id": old });
+        if let Some(pos) = last {
+            let rows = self
+                .db
+                .query_events(
+                    "WHERE room_id = $1 AND stream_ordering = $2",
+                    &[BindValue::Str(old.as_str()), BindValue::Int(pos.stream)],
+                )
+                .await?;
+            if let Some(e) = rows.first() {
+                predecessor["event_id"] = json!(e.pdu.event_id);
+            }
+        }
+        let mut creation = Map::new();
+        creation.insert("predecessor".into(), predecessor);
+        if let Some(create) = state.get(&("m.room.create".to_owned(), String::new())) {
+            let c = create.content();
+            for key in ["m.federate", "type"] {
+                if let Some(v) = c.get(key) {
+                    creation.insert(key.into(), v.clone());
+                }
+            }
+        }
+        if !extra_creators.is_empty() {
+            creation.insert("additional_creators".into(), json!(extra_creators));
+        }
+        let mut initial_state = Vec::new();
+        for kind in UPGRADE_COPIED_STATE {
+            if let Some(p) = state.get(&((*kind).to_owned(), String::new())) {
+                initial_state.push(((*kind).to_owned(), String::new(), p.content()));
+            }
+        }
+        let new_rules = super::version::rules(&super::version::parse(new_version)?)?;
+        let mut pl_override: Option<Map<String, Value>> = state
+            .get(&("m.room.power_levels".to_owned(), String::new()))
+            .and_then(|p| p.content().as_object().cloned());
+        if let Some(pl) = pl_override.as_mut() {
+            let users = pl.entry("users").or_insert_with(|| json!({}));
+            if new_rules.authorization.explicitly_privilege_room_creators {
+                // In v12 rooms creators hold infinite power and must not be listed.
+                if let Some(u) = users.as_object_mut() {
+                    u.remove(user.as_str());
+                    for c in extra_creators {
+                        u.remove(c.as_str());
+                    }
+                }
+            } else {
+                users[user.as_str()] = json!(pl_level_max(users));
+            }
+        }
+        let req = CreateRoom {
+            preset: Some("private_chat".into()),
+            initial_state,
+            power_level_override: pl_override,
+            creation_content: Some(creation),
+            room_version: Some(new_version.to_owned()),
+            ..Default::default()
+        };
+        let new_room = self.create_room(user, req).await?;
+        let origin = super::Origin { user_id: user, txn: None };
+        self.send(
+            old,
+            origin,
+            NewEvent::state(
+                "m.room.tombstone",
+                "",
+                json!({ "body": "This room has been replaced", "replacement_room": new_room }),
+            ),
+        )
+        .await?;
+        // Restrict the old room: only users above the default may send or invite.
+        if let Some(p) = state.get(&("m.room.power_levels".to_owned(), String::new())) {
+            let mut content = p.content();
+            let users_default = content["users_default"].as_i64().unwrap_or(0);
+            let restricted = 50.max(users_default + 1);
+            content["events_default"] = json!(restricted);
+            content["invite"] = json!(restricted);
+            if let Err(e) = self.send(old, origin, NewEvent::state("m.room.power_levels", "", content)).await {
+                tracing::warn!(room_id = %old, error = %e, "could not restrict the old room after upgrade");
+            }
+        }
+        // Move local aliases and publication to the new room.
+        for alias in self.db.room_aliases(old.as_str()).await? {
+            sqlx::query("UPDATE room_aliases SET room_id = $1 WHERE alias = $2")
+                .bind(new_room.as_str())
+                .bind(&alias)
+                .execute(self.db.pool())
+                .await?;
+        }
+        if self.db.is_room_public(old.as_str()).await? {
+            self.db.set_room_public(old.as_str(), false).await?;
+            self.db.set_room_public(new_room.as_str(), true).await?;
+        }
+        Ok(new_room)
+    }
+}
+
+fn pl_level_max(users: &Value) -> i64 {
+    users.as_object().and_then(|u| u.values().filter_map(Value::as_i64).max()).unwrap_or(100).max(100)
+}
