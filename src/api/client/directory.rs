@@ -4,9 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use ruma::RoomId;
 use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
-use ruma::api::client::directory::{
-    get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
-};
+use ruma::api::client::directory::{get_public_rooms, get_room_visibility, set_room_visibility};
 use ruma::api::client::room::aliases;
 use serde_json::{Value, json};
 
@@ -190,13 +188,30 @@ pub async fn public_rooms(
     Ok(Json(public_rooms_chunk(&state, limit, req.body.since.as_deref(), None).await?))
 }
 
-/// `POST /_matrix/client/v3/publicRooms`
-pub async fn public_rooms_filtered(
-    State(state): State<AppState>,
-    req: Ruma<get_public_rooms_filtered::v3::Request>,
-) -> Result<Json<Value>> {
-    check_server(&state, req.body.server.as_deref())?;
-    let limit = req.body.limit.map(|l| u64::from(l) as usize);
-    let search = req.body.filter.generic_search_term.as_deref();
-    Ok(Json(public_rooms_chunk(&state, limit, req.body.since.as_deref(), search).await?))
+/// `POST /_matrix/client/v3/publicRooms`, served without a token like `GET` (ruma marks it
+/// authenticated; Synapse-compatible clients browse the directory before logging in).
+pub async fn public_rooms_filtered(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Json<Value>> {
+    let req: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Error::not_json(format!("Content not JSON: {e}")))?
+    };
+    if !req.is_object() {
+        return Err(Error::bad_json("Body must be a JSON object"));
+    }
+    let server = match req["server"].as_str() {
+        Some(s) => Some(ruma::ServerName::parse(s).map_err(|_| Error::invalid_param("Invalid server name"))?),
+        None => None,
+    };
+    check_server(&state, server.as_deref())?;
+    let limit = req["limit"].as_u64().map(|l| l as usize);
+    let search = req["filter"]["generic_search_term"].as_str();
+    Ok(Json(public_rooms_chunk(&state, limit, req["since"].as_str(), search).await?))
+}
+
+/// Routes for endpoints served outside the ruma extractor.
+pub fn extra_routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
+    router
+        .route("/_matrix/client/v3/publicRooms", axum::routing::post(public_rooms_filtered))
+        .route("/_matrix/client/r0/publicRooms", axum::routing::post(public_rooms_filtered))
 }

@@ -62,7 +62,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(directory::get_visibility)
         .ruma(directory::set_visibility)
         .ruma(directory::public_rooms)
-        .ruma(directory::public_rooms_filtered)
         .ruma(profile::get)
         .ruma(profile::get_field)
         .ruma(profile::set_field)
@@ -72,5 +71,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(relations::threads)
         .ruma(relations::timestamp_to_event)
         .ruma(relations::upgrade);
+    let router = directory::extra_routes(router);
     discovery::well_known_server(router)
 }
