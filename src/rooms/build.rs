@@ -11,9 +11,9 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use super::Rooms;
 use super::pdu::{MAX_PDU_BYTES, Pdu};
 use super::state::MAX_CHAIN;
+use super::{Rooms, cache};
 use crate::error::{Error, Result};
 use crate::storage::WriteTx;
 use crate::storage::rooms::{NewEventRow, StateIds};
@@ -136,19 +136,20 @@ impl Rooms {
         })
     }
 
-    /// Loads PDUs by id, looking first at those written in this transaction.
+    /// Loads PDUs by id, looking first at those written in this transaction, then the cache.
     pub async fn pdus_for(&self, ctx: &RoomCtx, ids: &[String]) -> Result<HashMap<String, Pdu>> {
         let mut out = HashMap::new();
         let mut missing = Vec::new();
         for id in ids {
-            match ctx.written.get(id) {
+            match ctx.written.get(id).cloned().or_else(|| self.caches.pdu(id)) {
                 Some(p) => {
-                    out.insert(id.clone(), p.clone());
+                    out.insert(id.clone(), p);
                 }
                 None => missing.push(id.clone()),
             }
         }
         for ev in self.db.get_events(&missing).await? {
+            self.caches.put_pdu(&ev.pdu);
             out.insert(ev.pdu.event_id.to_string(), ev.pdu);
         }
         Ok(out)
@@ -250,6 +251,7 @@ impl Rooms {
     ) -> Result<Appended> {
         let db = &self.db;
         let room_id = pdu.room_id.clone();
+        let group_before = ctx.state_group;
         let stream = crate::storage::Db::next_stream_position(tx, "events").await?;
         if ctx.is_new {
             db.insert_room(tx, room_id.as_str(), ctx.version.as_str()).await?;
@@ -310,8 +312,8 @@ impl Rooms {
         {
             self.apply_redaction(tx, ctx, &pdu, target).await?;
         }
-        for destination in self.remote_destinations(room_id.as_str()).await? {
-            db.insert_outbox(tx, &destination, "pdu", pdu.event_id.as_str()).await?;
+        for destination in &self.members_before(ctx, room_id.as_str(), group_before).await?.remote_servers {
+            db.insert_outbox(tx, destination, "pdu", pdu.event_id.as_str()).await?;
         }
         ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
         Ok(Appended { pdu, stream })
@@ -331,24 +333,55 @@ impl Rooms {
         }
         let redacted = ruma::canonical_json::redact((*stored.pdu.json).clone(), &ctx.rules.redaction, None)
             .map_err(Error::internal)?;
+        self.caches.evict_pdu(target.as_str());
         self.db
             .redact_event_json(tx, target.as_str(), &serde_json::to_string(&redacted)?, redaction.event_id.as_str())
             .await
     }
 
-    /// Servers other than ours with joined members in the room.
+    /// Servers other than ours with joined members in the room (committed state).
     pub async fn remote_destinations(&self, room_id: &str) -> Result<Vec<String>> {
-        let mut servers: Vec<String> = self
-            .db
-            .members_with(room_id, "join")
-            .await?
-            .into_iter()
-            .filter_map(|u| u.split_once(':').map(|(_, s)| s.to_owned()))
-            .filter(|s| s != self.server_name.as_str())
-            .collect();
-        servers.sort();
-        servers.dedup();
-        Ok(servers)
+        Ok(self.read_members(room_id).await?.remote_servers)
+    }
+
+    async fn read_members(&self, room_id: &str) -> Result<cache::RoomMembers> {
+        let suffix = format!(":{}", self.server_name);
+        let mut members = cache::RoomMembers::default();
+        for (user, membership) in self.db.all_memberships(room_id).await? {
+            if user.ends_with(&suffix) {
+                members.local.push(user);
+            } else if membership == "join"
+                && let Some((_, server)) = user.split_once(':')
+            {
+                members.remote_servers.push(server.to_owned());
+            }
+        }
+        members.remote_servers.sort();
+        members.remote_servers.dedup();
+        Ok(members)
+    }
+
+    /// Members as of the committed state `group` (the state before the event being written).
+    /// Membership rows written earlier in this transaction are not visible to the pool, so
+    /// results are cached only when the transaction has not written to the room yet.
+    async fn members_before(
+        &self,
+        ctx: &RoomCtx,
+        room_id: &str,
+        group: Option<i64>,
+    ) -> Result<Arc<cache::RoomMembers>> {
+        if let Some(g) = group
+            && let Some(m) = self.caches.members(room_id, g)
+        {
+            return Ok(m);
+        }
+        let members = Arc::new(self.read_members(room_id).await?);
+        if let Some(g) = group
+            && ctx.written.is_empty()
+        {
+            self.caches.put_members(room_id, g, members.clone());
+        }
+        Ok(members)
     }
 
     /// After commit: cache new state and wake local members' `/sync`.
@@ -358,9 +391,19 @@ impl Rooms {
         }
         let Some(room_id) = &ctx.room_id else { return };
         let suffix = format!(":{}", self.server_name);
-        let mut users: Vec<String> = match self.db.all_memberships(room_id.as_str()).await {
-            Ok(rows) => rows.into_iter().map(|(u, _)| u).filter(|u| u.ends_with(&suffix)).collect(),
-            Err(_) => Vec::new(),
+        let mut users: Vec<String> = match ctx.state_group {
+            Some(g) => match self.caches.members(room_id.as_str(), g) {
+                Some(m) => m.local.clone(),
+                None => match self.read_members(room_id.as_str()).await {
+                    Ok(m) => {
+                        let local = m.local.clone();
+                        self.caches.put_members(room_id.as_str(), g, Arc::new(m));
+                        local
+                    }
+                    Err(_) => Vec::new(),
+                },
+            },
+            None => Vec::new(),
         };
         for a in appended {
             if let Some(k) = &a.pdu.fields.state_key

@@ -8,6 +8,7 @@
 //! visibility here, so API layers cannot forget it.
 
 pub mod build;
+pub mod cache;
 pub mod create;
 pub mod filter;
 pub mod membership;
@@ -38,6 +39,7 @@ pub struct Rooms {
     keys: Arc<SigningKeys>,
     server_name: OwnedServerName,
     state_cache: StateCache,
+    caches: cache::Caches,
     notifier: Arc<Notifier>,
     /// Woken when outbox rows were committed.
     pub outbox_wakeup: Arc<Notify>,
@@ -62,6 +64,7 @@ impl Rooms {
             config,
             keys,
             state_cache: StateCache::default(),
+            caches: cache::Caches::default(),
             notifier,
             outbox_wakeup: Arc::new(Notify::new()),
             locks: Mutex::new(HashMap::new()),
