@@ -36,3 +36,14 @@ async fn nio_register_login_whoami_logout() {
     assert_eq!(devices[0]["device_id"], login["device_id"]);
     assert_eq!(devices[0]["display_name"], "nio login");
 }
+
+#[tokio::test]
+async fn nio_two_clients_share_one_room_order() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let url = server.url();
+    let (ok, out, stderr) = run_nio_script("scenarios.py", &[&url, "rooms"]).await;
+    assert!(ok, "nio scenario failed:\n{stderr}\noutput: {out:?}\nserver log:\n{}", server.log());
+    let sent = step(&out, "sent")["event_ids"].as_array().unwrap().clone();
+    assert_eq!(sent.len(), 6);
+    assert_eq!(step(&out, "history")["event_ids"].as_array().unwrap(), &sent);
+}

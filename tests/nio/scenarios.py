@@ -20,9 +20,14 @@ import traceback
 
 from nio import (
     AsyncClient,
+    JoinResponse,
     LoginResponse,
     LogoutResponse,
+    MessageDirection,
     RegisterResponse,
+    RoomCreateResponse,
+    RoomMessagesResponse,
+    RoomSendResponse,
     WhoamiResponse,
 )
 
@@ -103,6 +108,51 @@ async def accounts(url):
     finally:
         await first.close()
         await second.close()
+
+
+@scenario
+async def rooms(url):
+    """Two clients: Alice creates a room, Bob joins it, they take turns sending messages, and both
+    read the history back with /messages and see the same events in the same order."""
+    names = ["nio_a_" + secrets.token_hex(3), "nio_b_" + secrets.token_hex(3)]
+    clients = [AsyncClient(url, n) for n in names]
+    try:
+        for c, n in zip(clients, names):
+            expect(await c.register(n, PASSWORD), RegisterResponse, f"register {n}")
+        alice, bob = clients
+        created = expect(
+            await alice.room_create(name="nio room", invite=[bob.user_id]), RoomCreateResponse, "room_create"
+        )
+        room_id = created.room_id
+        emit("room_create", room_id=room_id)
+        expect(await bob.join(room_id), JoinResponse, "join")
+        sent = []
+        for i in range(6):
+            sender = clients[i % 2]
+            resp = expect(
+                await sender.room_send(
+                    room_id, "m.room.message", {"msgtype": "m.text", "body": f"message {i}"}
+                ),
+                RoomSendResponse,
+                f"room_send {i}",
+            )
+            sent.append(resp.event_id)
+        emit("sent", event_ids=sent)
+        seen = []
+        for c in clients:
+            page = expect(
+                await c.room_messages(room_id, "", direction=MessageDirection.back, limit=50),
+                RoomMessagesResponse,
+                f"room_messages {c.user_id}",
+            )
+            ids = [e.event_id for e in reversed(page.chunk) if getattr(e, "body", None) is not None]
+            seen.append(ids)
+        check(seen[0] == seen[1], f"clients disagree on order: {seen}")
+        check(seen[0] == sent, f"history order {seen[0]} differs from send order {sent}")
+        emit("history", event_ids=seen[0])
+    finally:
+        for c in clients:
+            await c.close()
 
 
 async def main(argv):

@@ -209,7 +209,9 @@ pub async fn messages(
     let filter_json = serde_json::to_value(&b.filter).unwrap_or(Value::Null);
     let filter = filter_of(&filter_json);
     let limit = (u64::from(b.limit) as usize).clamp(1, 1000);
-    let from = match &b.from {
+    // Some clients (matrix-nio) send `from=` empty to mean "from the latest event".
+    let from_token = b.from.as_deref().filter(|t| !t.is_empty());
+    let from = match from_token {
         Some(t) => parse_from(&state, &b.room_id, t, dir).await?,
         None => None,
     };
@@ -220,8 +222,8 @@ pub async fn messages(
     let page = state.rooms.messages(&b.room_id, &s.user_id, from, to, dir, limit, &|e| filter.matches(e)).await?;
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     let chunk = state.rooms.client_events(&page.events, viewer).await?;
-    let start = match &b.from {
-        Some(t) => t.clone(),
+    let start = match from_token {
+        Some(t) => t.to_owned(),
         None => match dir {
             Dir::Backward => state
                 .rooms
