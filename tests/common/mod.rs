@@ -10,6 +10,27 @@
 //! processes under nextest). The server's stdout and stderr go to `server.log` in the temporary
 //! directory and are printed when start-up fails.
 //!
+//! ```ignore
+//! #[macro_use]
+//! mod common;
+//! use common::*;
+//!
+//! // Defines `send_message::sqlite` and `send_message::postgres`.
+//! both_backends!(send_message, |server| async move {
+//!     let alice = server.register("alice").await;          // open registration, PASSWORD
+//!     let (status, body) = alice.post("/_matrix/client/v3/createRoom", &json!({})).await;
+//!     assert_eq!(status, 200, "{body}");
+//! });
+//!
+//! // With a configuration tweak, and process control for durability tests.
+//! both_backends!(survives_crash, with |c| set_config(c, "rate_limits.enabled", true), |server| async move {
+//!     let mut server = server;
+//!     server.kill9();                 // SIGKILL, no shutdown code runs
+//!     server.start_again().await;     // same data, same port, same server_name
+//!     server.restart().await;         // SIGTERM (asserting exit 0), then start again
+//! });
+//! ```
+//!
 //! Environment (deliberately not `MYELIN_*`: the spawned server would read those as
 //! configuration, and the harness strips them from the child's environment):
 //! - `PG_TEST_URL`: a PostgreSQL URL whose user may create databases
