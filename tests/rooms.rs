@@ -155,9 +155,11 @@ both_backends!(every_room_version_works, |server| async move {
         let red = alice
             .put(&format!("/_matrix/client/v3/rooms/{r}/redact/{}/r{v}", enc(&ev)), &json!({ "reason": "test" }))
             .await;
-        ok(&red);
+        let red_id = ok(&red)["event_id"].as_str().unwrap().to_owned();
         let got = bob.get(&format!("/_matrix/client/v3/rooms/{r}/event/{}", enc(&ev))).await;
         assert_eq!(ok(&got)["content"], json!({}), "v{v}: the redacted event has empty content");
+        assert_eq!(got.1["unsigned"]["redacted_because"]["event_id"], red_id.as_str(), "v{v}: {}", got.1);
+        assert_eq!(got.1["unsigned"]["redacted_because"]["content"]["reason"], "test");
         let create = alice.get(&format!("/_matrix/client/v3/rooms/{r}/state/m.room.create")).await;
         assert_eq!(ok(&create)["room_version"], v);
         // A member without power cannot redact someone else's event.

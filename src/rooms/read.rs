@@ -331,6 +331,11 @@ impl Rooms {
         {
             unsigned["transaction_id"] = Value::String(txn);
         }
+        if let Some(by) = &ev.redacted_by
+            && let Some(redaction) = self.db.get_event(by).await?
+        {
+            unsigned["redacted_because"] = redaction.pdu.client_json(None, crate::storage::now_ms());
+        }
         Ok(ev.pdu.client_json(Some(&unsigned), crate::storage::now_ms()))
     }
 

@@ -27,6 +27,8 @@ pub struct StoredEvent {
     pub outlier: bool,
     /// State group after the event.
     pub state_group: Option<i64>,
+    /// The redaction applied to this event, if any.
+    pub redacted_by: Option<String>,
 }
 
 /// What [`Db::insert_event`] writes.
@@ -43,10 +45,10 @@ pub struct NewEventRow<'a> {
     pub state_group: Option<i64>,
 }
 
-const EVENT_COLUMNS: &str =
-    "event_id, room_id, json, rejected, stream_ordering, topological_ordering, unsigned_json, outlier, state_group";
+const EVENT_COLUMNS: &str = "event_id, room_id, json, rejected, stream_ordering, topological_ordering, unsigned_json, \
+     outlier, state_group, redacted_by";
 
-type EventTuple = (String, String, String, i64, i64, i64, Option<String>, i64, Option<i64>);
+type EventTuple = (String, String, String, i64, i64, i64, Option<String>, i64, Option<i64>, Option<String>);
 
 fn stored_from(t: EventTuple) -> Result<StoredEvent> {
     let pdu = Pdu::from_stored(&t.0, &t.1, &t.2, t.3 != 0)?;
@@ -57,6 +59,7 @@ fn stored_from(t: EventTuple) -> Result<StoredEvent> {
         unsigned: t.6.and_then(|u| serde_json::from_str(&u).ok()),
         outlier: t.7 != 0,
         state_group: t.8,
+        redacted_by: t.9,
     })
 }
 
