@@ -35,6 +35,13 @@ impl Rooms {
             return Err(Error::not_found("No known servers to join this room through"));
         }
         let mut ev = self.with_profile(user, Self::member_event(user, "join", reason)).await?;
+        // Joining again with an unchanged profile changes nothing; like Synapse, answer with the
+        // existing join rather than growing the DAG.
+        if let Some(current) = self.current_state_event(room_id, "m.room.member", user.as_str()).await?
+            && current.content() == ev.content
+        {
+            return Ok(current.event_id);
+        }
         if let Some(via) = self.restricted_join_authoriser(room_id, user).await? {
             ev.content["join_authorised_via_users_server"] = json!(via);
         }
