@@ -32,7 +32,7 @@ impl Server {
         let keys = Arc::new(SigningKeys::load_or_create(&config.data_dir.join("signing.key"))?);
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
         let notifier = Arc::new(Notifier::default());
-        let rooms = Arc::new(Rooms::new(db.clone(), config.clone(), keys.clone(), notifier.clone()));
+        let rooms = Rooms::new(db.clone(), config.clone(), keys.clone(), notifier.clone());
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limiter: Arc::new(RateLimiter::new(&config.rate_limits)),

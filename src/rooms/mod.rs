@@ -17,6 +17,7 @@ pub mod read;
 pub mod relations;
 pub mod state;
 pub mod version;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,7 @@ pub struct Rooms {
     /// Woken when outbox rows were committed.
     pub outbox_wakeup: Arc<Notify>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    writer: tokio::sync::mpsc::Sender<writer::Job>,
 }
 
 /// Who sends a client event, and with which transaction id.
@@ -56,19 +58,24 @@ pub struct Origin<'a> {
 }
 
 impl Rooms {
-    /// Creates the engine.
-    pub fn new(db: Db, config: Arc<Config>, keys: Arc<SigningKeys>, notifier: Arc<Notifier>) -> Self {
-        Self {
-            server_name: config.server_name(),
-            db,
-            config,
-            keys,
-            state_cache: StateCache::default(),
-            caches: cache::Caches::default(),
-            notifier,
-            outbox_wakeup: Arc::new(Notify::new()),
-            locks: Mutex::new(HashMap::new()),
-        }
+    /// Creates the engine and starts its event writer (needs a Tokio runtime).
+    pub fn new(db: Db, config: Arc<Config>, keys: Arc<SigningKeys>, notifier: Arc<Notifier>) -> Arc<Self> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        Arc::new_cyclic(|weak| {
+            writer::spawn(weak.clone(), rx);
+            Self {
+                server_name: config.server_name(),
+                db,
+                config,
+                keys,
+                state_cache: StateCache::default(),
+                caches: cache::Caches::default(),
+                notifier,
+                outbox_wakeup: Arc::new(Notify::new()),
+                locks: Mutex::new(HashMap::new()),
+                writer: tx,
+            }
+        })
     }
 
     /// The database handle.
@@ -106,7 +113,7 @@ impl Rooms {
     }
 
     /// Sends one event into a room, idempotently per `(device, txn_id)`; returns its id after
-    /// the commit.
+    /// the commit. The event is appended by the writer task (see [`writer`]).
     pub async fn send(&self, room_id: &RoomId, origin: Origin<'_>, ev: NewEvent) -> Result<OwnedEventId> {
         let user = origin.user_id.as_str();
         if let Some((device, txn_id)) = origin.txn
@@ -114,28 +121,20 @@ impl Rooms {
         {
             return OwnedEventId::try_from(id).map_err(Error::internal);
         }
-        let _guard = self.room_lock(room_id.as_str()).await;
-        let mut tx = self.db.begin_write().await?;
-        if let Some((device, txn_id)) = origin.txn
-            && let Some(id) = self.db.get_txn_tx(&mut tx, user, device, txn_id).await?
-        {
-            return OwnedEventId::try_from(id).map_err(Error::internal);
-        }
-        let mut ctx = self.load_ctx(&mut tx, room_id).await?;
-        if let Some(target) = &ev.redacts {
-            self.check_redaction_allowed(&ctx, origin.user_id, target).await?;
-        }
-        let pdu = self.build_event(&ctx, origin.user_id, ev).await?;
-        let txn = origin.txn.map(|(d, t)| (user, d, t));
-        let appended = self.persist_local(&mut tx, &mut ctx, pdu, txn).await?;
-        tx.commit().await?;
-        let event_id = appended.pdu.event_id.clone();
-        self.after_commit(&ctx, &[appended]).await;
-        Ok(event_id)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = writer::Job {
+            room_id: room_id.to_owned(),
+            user_id: origin.user_id.to_owned(),
+            txn: origin.txn.map(|(d, t)| (d.to_owned(), t.to_owned())),
+            ev,
+            reply,
+        };
+        self.writer.send(job).await.map_err(|_| Error::internal("event writer stopped"))?;
+        answer.await.map_err(|_| Error::internal("event writer dropped a request"))?
     }
 
     /// A redaction by a client needs the redact power level unless it redacts the sender's own event.
-    async fn check_redaction_allowed(
+    pub(crate) async fn check_redaction_allowed(
         &self,
         ctx: &build::RoomCtx,
         sender: &UserId,

@@ -169,6 +169,18 @@ impl Db {
         Ok(value)
     }
 
+    /// Locks a counter row until `tx` ends without advancing it (PostgreSQL; SQLite's writer
+    /// lock already serialises writers).
+    pub async fn lock_stream_counter(&self, tx: &mut WriteTx, stream: &'static str) -> Result<(), sqlx::Error> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT value FROM stream_counters WHERE name = $1 FOR UPDATE")
+                .bind(stream)
+                .fetch_optional(&mut *tx.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The highest position handed out so far on `stream` (0 if none).
     pub async fn current_stream_position(&self, stream: &'static str) -> Result<i64, sqlx::Error> {
         let row: Option<(i64,)> = sqlx::query_as("SELECT value FROM stream_counters WHERE name = $1")
