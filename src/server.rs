@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::future::IntoFuture;
+
 use anyhow::Context;
 
 use crate::accounts::Accounts;
@@ -64,10 +66,27 @@ impl Server {
             federation_task = Some(tokio::spawn(async move { server.serve(app).await }));
         }
 
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving HTTP")?;
+        // In-flight requests get a bounded grace period: long-polls may otherwise hold the
+        // shutdown for their whole timeout.
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let signal = {
+            let stopping = stopping.clone();
+            async move {
+                shutdown_signal().await;
+                stopping.notify_waiters();
+            }
+        };
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(signal)
+            .into_future();
+        let grace = async {
+            stopping.notified().await;
+            tokio::time::sleep(std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS)).await;
+        };
+        tokio::select! {
+            res = serve => res.context("serving HTTP")?,
+            _ = grace => tracing::warn!("requests still running after {SHUTDOWN_GRACE_SECS} s; stopping anyway"),
+        }
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
         if let Some(task) = federation_task {
             let _ = task.await;
@@ -77,6 +96,9 @@ impl Server {
         Ok(())
     }
 }
+
+/// Longest wait for in-flight requests after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE_SECS: u64 = 10;
 
 async fn shutdown_signal() {
     let ctrl_c = async {

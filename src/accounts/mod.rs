@@ -35,7 +35,12 @@ pub struct Session {
 pub struct Accounts {
     db: Db,
     config: Arc<Config>,
+    /// When each device's last-seen row was last written; throttles those writes.
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>>,
 }
+
+/// How often a device's `last_seen_ts` / `last_seen_ip` are written at most.
+const LAST_SEEN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A freshly issued login.
 #[derive(Debug)]
@@ -110,7 +115,7 @@ pub fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
 impl Accounts {
     /// Creates the account service.
     pub fn new(db: Db, config: Arc<Config>) -> Self {
-        Self { db, config }
+        Self { db, config, seen: Default::default() }
     }
 
     /// The database handle.
@@ -194,14 +199,33 @@ impl Accounts {
     }
 
     /// Resolves an access token to its session.
-    pub async fn authenticate(&self, token: &str) -> Result<Session> {
-        match self.db.find_token(&token_hash(token)).await? {
-            Some((user_id, device_id, is_admin)) => Ok(Session {
-                user_id: UserId::parse(user_id).map_err(Error::internal)?,
-                device_id: device_id.into(),
-                is_admin,
-            }),
-            None => Err(Error::unknown_token(false)),
+    pub async fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
+        let Some((user_id, device_id, is_admin)) = self.db.find_token(&token_hash(token)).await? else {
+            return Err(Error::unknown_token(false));
+        };
+        if let Some(ip) = ip {
+            self.touch(&user_id, &device_id, ip).await;
+        }
+        Ok(Session { user_id: UserId::parse(user_id).map_err(Error::internal)?, device_id: device_id.into(), is_admin })
+    }
+
+    /// Records a device's last use, at most once per [`LAST_SEEN_INTERVAL`]: the devices list
+    /// shows it, and writing it on every request would put a write on every read.
+    async fn touch(&self, user_id: &str, device_id: &str, ip: &str) {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        let now = std::time::Instant::now();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.get(&key).is_some_and(|t| now.duration_since(*t) < LAST_SEEN_INTERVAL) {
+                return;
+            }
+            if seen.len() > 100_000 {
+                seen.retain(|_, t| now.duration_since(*t) < LAST_SEEN_INTERVAL);
+            }
+            seen.insert(key, now);
+        }
+        if let Err(e) = self.db.touch_device(user_id, device_id, ip).await {
+            tracing::warn!(error = %e, "could not record device last-seen");
         }
     }
 

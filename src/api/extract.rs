@@ -129,7 +129,7 @@ where
         let session = match (<T::Authentication as AuthRequirement>::MODE, token) {
             (AuthMode::None, _) | (AuthMode::Optional, None) => None,
             (AuthMode::Required, None) => return Err(Error::missing_token()),
-            (_, Some(token)) => Some(state.accounts.authenticate(&token).await?),
+            (_, Some(token)) => Some(state.accounts.authenticate(&token, Some(&ip.to_string())).await?),
         };
 
         if T::RATE_LIMITED {

@@ -262,14 +262,14 @@ impl Rooms {
         let mut unsigned = None;
         if let Some(key) = &pdu.fields.state_key {
             let slot = (pdu.fields.kind.to_string(), key.clone());
-            if let Some(prev_id) = ctx.state.get(&slot).cloned() {
-                if let Some(prev) = self.pdus_for(ctx, std::slice::from_ref(&prev_id)).await?.remove(&prev_id) {
-                    unsigned = Some(json!({
-                        "replaces_state": prev_id,
-                        "prev_content": prev.content(),
-                        "prev_sender": prev.fields.sender,
-                    }));
-                }
+            if let Some(prev_id) = ctx.state.get(&slot).cloned()
+                && let Some(prev) = self.pdus_for(ctx, std::slice::from_ref(&prev_id)).await?.remove(&prev_id)
+            {
+                unsigned = Some(json!({
+                    "replaces_state": prev_id,
+                    "prev_content": prev.content(),
+                    "prev_sender": prev.fields.sender,
+                }));
             }
             ctx.state.insert(slot.clone(), pdu.event_id.to_string());
             let (prev_group, chain, entries) = match ctx.state_group {

@@ -170,10 +170,8 @@ impl Rooms {
             if req.is_direct {
                 content["is_direct"] = json!(true);
             }
-            if let Some(p) = self.db.get_user(invitee.as_str()).await? {
-                if let Some(d) = p.displayname {
-                    content["displayname"] = json!(d);
-                }
+            if let Some(d) = self.db.get_user(invitee.as_str()).await?.and_then(|p| p.displayname) {
+                content["displayname"] = json!(d);
             }
             invites.push(NewEvent::state("m.room.member", invitee.as_str(), content));
         }

@@ -221,6 +221,7 @@ impl Rooms {
 
     /// Pages the timeline from `from` (exclusive) in `dir`, up to `to` (exclusive), returning at
     /// most `limit` visible events.
+    #[allow(clippy::too_many_arguments)]
     pub async fn messages(
         &self,
         room_id: &RoomId,
