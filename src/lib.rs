@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod media;
 pub mod notifier;
 pub mod rooms;
 pub mod server;

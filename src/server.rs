@@ -11,6 +11,7 @@ use anyhow::Context;
 use crate::accounts::Accounts;
 use crate::api::{AppState, ratelimit::RateLimiter};
 use crate::config::Config;
+use crate::media::Media;
 use crate::notifier::Notifier;
 use crate::rooms::Rooms;
 use crate::signing::SigningKeys;
@@ -35,11 +36,13 @@ impl Server {
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
         let notifier = Arc::new(Notifier::default());
         let rooms = Rooms::new(db.clone(), config.clone(), keys.clone(), notifier.clone());
+        let media = Arc::new(Media::new(db.clone(), config.clone())?);
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
             rooms,
             notifier,
+            media,
             config,
         };
         Ok(Self { state, db, keys })

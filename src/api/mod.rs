@@ -21,6 +21,7 @@ use ruma::api::path_builder::PathBuilder;
 use crate::accounts::Accounts;
 use crate::config::Config;
 use crate::error::Error;
+use crate::media::Media;
 use crate::notifier::Notifier;
 use crate::rooms::Rooms;
 use extract::{AuthRequirement, Ruma};
@@ -39,6 +40,8 @@ pub struct AppState {
     pub rooms: Arc<Rooms>,
     /// Wakes waiting `/sync` requests.
     pub notifier: Arc<Notifier>,
+    /// The media repository.
+    pub media: Arc<Media>,
 }
 
 /// A handler taking one ruma request; registered on every path ruma knows for the endpoint.

@@ -118,6 +118,11 @@ pub struct MediaConfig {
     pub dir: PathBuf,
     /// Largest accepted upload.
     pub max_upload_bytes: u64,
+    /// Whether `/preview_url` fetches pages at all.
+    pub url_preview_enabled: bool,
+    /// Addresses or CIDR ranges URL previews may reach although they are not public
+    /// (loopback, private, link-local, ...); empty by default.
+    pub url_preview_ip_allowlist: Vec<String>,
 }
 
 /// `[rate_limits]`
@@ -229,7 +234,12 @@ impl Default for FederationConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::new(), max_upload_bytes: 50 * 1024 * 1024 }
+        Self {
+            dir: PathBuf::new(),
+            max_upload_bytes: 50 * 1024 * 1024,
+            url_preview_enabled: true,
+            url_preview_ip_allowlist: Vec::new(),
+        }
     }
 }
 
@@ -336,6 +346,11 @@ impl Config {
         }
         if self.media.max_upload_bytes == 0 {
             bail!("configuration key `media.max_upload_bytes`: must be greater than 0");
+        }
+        for range in &self.media.url_preview_ip_allowlist {
+            if crate::media::preview::IpRange::parse(range).is_none() {
+                bail!("configuration key `media.url_preview_ip_allowlist`: {range:?} is not an address or CIDR range");
+            }
         }
         if self.rate_limits.per_second <= 0.0 || self.rate_limits.burst == 0 {
             bail!("configuration key `rate_limits`: `per_second` and `burst` must be positive");

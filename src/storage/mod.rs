@@ -11,6 +11,7 @@
 //! single-process deployment); readers run concurrently thanks to WAL.
 
 pub mod accounts;
+pub mod media;
 pub mod rooms;
 
 use std::borrow::Cow;
@@ -86,8 +87,8 @@ fn migrator(backend: Backend) -> Migrator {
     // Embedded so that the single binary carries its schema; listed by hand because sqlx's
     // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
     let list = match backend {
-        Backend::Sqlite => migrations!("sqlite": 1 "accounts", 2 "rooms"),
-        Backend::Postgres => migrations!("postgres": 1 "accounts", 2 "rooms"),
+        Backend::Sqlite => migrations!("sqlite": 1 "accounts", 2 "rooms", 5 "media"),
+        Backend::Postgres => migrations!("postgres": 1 "accounts", 2 "rooms", 5 "media"),
     };
     Migrator::with_migrations(list)
 }

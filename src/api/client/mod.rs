@@ -4,6 +4,7 @@ mod account;
 mod device;
 mod directory;
 mod discovery;
+mod media;
 pub mod message;
 mod profile;
 mod relations;
@@ -70,7 +71,19 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(relations::relations_by_type_and_event_type)
         .ruma(relations::threads)
         .ruma(relations::timestamp_to_event)
-        .ruma(relations::upgrade);
+        .ruma(relations::upgrade)
+        .ruma(media::create)
+        .ruma(media::config)
+        .ruma(media::config_legacy)
+        .ruma(media::download)
+        .ruma(media::download_as)
+        .ruma(media::thumbnail)
+        .ruma(media::preview_url)
+        .ruma(media::preview_url_legacy)
+        .ruma(media::download_legacy)
+        .ruma(media::download_as_legacy)
+        .ruma(media::thumbnail_legacy);
+    let router = media::upload_routes(router);
     let router = directory::extra_routes(router);
     discovery::well_known_server(router)
 }

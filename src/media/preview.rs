@@ -1,0 +1,501 @@
+//! URL previews: fetching a page for `/preview_url` without becoming an SSRF proxy, and reading
+//! its OpenGraph tags.
+//!
+//! The guard: every hop (the URL and each redirect, followed here by hand, never by reqwest) is
+//! checked before any connection. An IP-literal host must be a public address; a host name is
+//! resolved here and *every* address it resolves to must be public (one private address among
+//! public ones is refused, since the connection could pick it), and the request is then pinned
+//! to exactly those checked addresses (`resolve_to_addrs`), so a second, different DNS answer
+//! (rebinding) is never used. Proxies from the environment are disabled: they would connect on
+//! our behalf to an unchecked address. Only `http`/`https` on any port are fetched. Operators
+//! can allow chosen private ranges (`media.url_preview_ip_allowlist`), e.g. for an intranet.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Redirects followed before giving up.
+const MAX_REDIRECTS: usize = 5;
+/// Time allowed for one hop (connect, headers and body).
+const HOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of an HTML page is read: OpenGraph tags live in the head.
+pub const MAX_HTML_BYTES: usize = 1024 * 1024;
+/// Longest string kept from a tag.
+const MAX_VALUE_CHARS: usize = 2000;
+/// Most `og:` tags kept from one page.
+const MAX_TAGS: usize = 50;
+
+/// An address range given as `address` or `address/prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `10.0.0.0/8`, `fd00::/8` or a single address.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.trim().parse::<IpAddr>().ok()?, Some(p.trim().parse::<u8>().ok()?)),
+            None => (s.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d`, so that v4 rules apply to it.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// Whether `ip` is a globally routable unicast address: not loopback, private, link-local,
+/// shared (CGNAT), documentation, benchmarking, multicast, reserved or unspecified, in IPv4 or
+/// IPv6, including IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4).
+pub fn is_public(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0                                   // "this network"
+        || (a == 100 && (64..128).contains(&b))     // shared address space (CGNAT)
+        || (a == 192 && b == 0 && c == 0)           // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19))       // benchmarking
+        || a >= 240) // reserved
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let seg = ip.segments();
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+        return false;
+    }
+    // IPv4-compatible (deprecated ::a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002::/16) reach
+    // the embedded IPv4 address: judge that one.
+    let embedded_low = Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
+    if seg[..6] == [0, 0, 0, 0, 0, 0] || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0]) {
+        return is_public_v4(embedded_low);
+    }
+    if seg[0] == 0x2002 {
+        let v4 = Ipv4Addr::new((seg[1] >> 8) as u8, seg[1] as u8, (seg[2] >> 8) as u8, seg[2] as u8);
+        return is_public_v4(v4);
+    }
+    !((seg[0] & 0xfe00) == 0xfc00           // unique local fc00::/7
+        || (seg[0] & 0xffc0) == 0xfe80      // link-local fe80::/10
+        || (seg[0] & 0xffc0) == 0xfec0      // site-local fec0::/10 (deprecated)
+        || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        || (seg[0] == 0x2001 && seg[1] == 0)      // Teredo (tunnels to arbitrary IPv4)
+        || seg[0] == 0x0100 && seg[1..4] == [0, 0, 0]) // discard-only 100::/64
+}
+
+/// A fetched response body.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The URL that finally answered (after redirects).
+    pub url: url::Url,
+    /// Its `Content-Type`, lower-cased, without parameters.
+    pub content_type: String,
+    /// The body, at most the limit passed to [`Fetcher::fetch`] (HTML is cut there).
+    pub body: Bytes,
+}
+
+/// The SSRF-guarded HTTP fetcher.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    allowlist: Vec<IpRange>,
+}
+
+fn refused(msg: impl Into<String>) -> Error {
+    Error::forbidden(msg)
+}
+
+fn bad_gateway(msg: impl Into<String>) -> Error {
+    Error::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", msg)
+}
+
+impl Fetcher {
+    /// A fetcher that also allows the given ranges.
+    pub fn new(allowlist: Vec<IpRange>) -> Self {
+        Self { allowlist }
+    }
+
+    fn allowed(&self, ip: IpAddr) -> bool {
+        is_public(ip) || self.allowlist.iter().any(|r| r.contains(ip))
+    }
+
+    /// The checked addresses for `url`'s host, or why it is refused.
+    async fn check_host(&self, url: &url::Url) -> Result<Option<(String, Vec<SocketAddr>)>> {
+        let port = url.port_or_known_default().ok_or_else(|| Error::invalid_param("URL has no port"))?;
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)).map(|_| None),
+            Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)).map(|_| None),
+            Some(url::Host::Domain(domain)) => {
+                let addrs: Vec<SocketAddr> = tokio::time::timeout(HOP_TIMEOUT, tokio::net::lookup_host((domain, port)))
+                    .await
+                    .map_err(|_| bad_gateway("DNS lookup timed out"))?
+                    .map_err(|_| bad_gateway(format!("Could not resolve {domain}")))?
+                    .collect();
+                if addrs.is_empty() {
+                    return Err(bad_gateway(format!("Could not resolve {domain}")));
+                }
+                for addr in &addrs {
+                    self.check_ip(addr.ip())?;
+                }
+                Ok(Some((domain.to_owned(), addrs)))
+            }
+            None => Err(Error::invalid_param("URL has no host")),
+        }
+    }
+
+    fn check_ip(&self, ip: IpAddr) -> Result<()> {
+        if self.allowed(ip) { Ok(()) } else { Err(refused("URL resolves to a non-public address")) }
+    }
+
+    /// GETs `url`, following up to five redirects, each checked like the first hop. Bodies larger
+    /// than `limit` are refused (413) unless `truncate` is set, which cuts them there instead.
+    pub async fn fetch(&self, url: &str, limit: usize, truncate: bool) -> Result<Fetched> {
+        let mut url = url::Url::parse(url).map_err(|_| Error::invalid_param("Invalid URL"))?;
+        for _ in 0..=MAX_REDIRECTS {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(Error::invalid_param("Only http and https URLs can be previewed"));
+            }
+            let pinned = self.check_host(&url).await?;
+            let mut builder = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(HOP_TIMEOUT)
+                .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION"), " (URL preview)"));
+            if let Some((domain, addrs)) = &pinned {
+                builder = builder.resolve_to_addrs(domain, addrs);
+            }
+            let client = builder.build().map_err(Error::internal)?;
+            let res = client
+                .get(url.clone())
+                .header(http::header::ACCEPT, "text/html,application/xhtml+xml,image/*;q=0.9,*/*;q=0.5")
+                .send()
+                .await
+                .map_err(|e| bad_gateway(format!("Fetching the URL failed: {}", e.without_url())))?;
+            if res.status().is_redirection() {
+                let location = res
+                    .headers()
+                    .get(http::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or_else(|| bad_gateway("Redirect without a Location"))?;
+                url = url.join(location).map_err(|_| bad_gateway("Redirect to an invalid URL"))?;
+                continue;
+            }
+            if !res.status().is_success() {
+                return Err(bad_gateway(format!("The URL answered {}", res.status().as_u16())));
+            }
+            let content_type = res
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+                .unwrap_or_default();
+            let body = read_limited(res, limit, truncate).await?;
+            return Ok(Fetched { url, content_type, body });
+        }
+        Err(bad_gateway("Too many redirects"))
+    }
+}
+
+async fn read_limited(mut res: reqwest::Response, limit: usize, truncate: bool) -> Result<Bytes> {
+    if !truncate && res.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(Error::too_large("The linked content is too large"));
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| bad_gateway(format!("Reading the URL failed: {e}")))? {
+        let room = limit - buf.len();
+        if chunk.len() > room {
+            if truncate {
+                buf.extend_from_slice(&chunk[..room]);
+                break;
+            }
+            return Err(Error::too_large("The linked content is too large"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The OpenGraph tags of an HTML page: every `<meta property|name="og:…" content="…">`, with
+/// `og:title` falling back to `<title>` and `og:description` to `<meta name="description">`.
+/// Deliberately small: a tag scanner, not an HTML parser; it skips comments, scripts and styles.
+pub fn parse_opengraph(html: &str) -> Map<String, Value> {
+    let mut og = Map::new();
+    let mut title = None;
+    let mut description = None;
+    let lower = html.to_ascii_lowercase();
+    let mut pos = 0;
+    while let Some(off) = lower[pos..].find('<') {
+        let start = pos + off;
+        let rest = &lower[start..];
+        if rest.starts_with("<!--") {
+            pos = rest.find("-->").map_or(lower.len(), |e| start + e + 3);
+            continue;
+        }
+        let name_end = rest[1..].find(|c: char| !c.is_ascii_alphanumeric()).map_or(rest.len(), |e| e + 1);
+        let name = &rest[1..name_end];
+        let Some(tag_end) = tag_end(html, start + name_end) else { break };
+        match name {
+            "script" | "style" => {
+                let close = format!("</{name}");
+                pos = lower[tag_end..].find(&close).map_or(lower.len(), |e| tag_end + e);
+                continue;
+            }
+            "title" if title.is_none() => {
+                let end = lower[tag_end..].find("</title").map_or(lower.len(), |e| tag_end + e);
+                title = Some(decode_entities(html[tag_end..end].trim()));
+            }
+            "meta" => {
+                let attrs = attributes(&html[start + name_end..tag_end.saturating_sub(1)]);
+                let key = attrs.iter().find(|(k, _)| k == "property" || k == "name").map(|(_, v)| v.as_str());
+                let content = attrs.iter().find(|(k, _)| k == "content").map(|(_, v)| v.clone());
+                if let (Some(key), Some(content)) = (key, content) {
+                    let key = key.to_ascii_lowercase();
+                    if key.starts_with("og:") && !og.contains_key(&key) && og.len() < MAX_TAGS {
+                        og.insert(key, Value::String(truncate_chars(content)));
+                    } else if key == "description" && description.is_none() {
+                        description = Some(content);
+                    }
+                }
+            }
+            _ => {}
+        }
+        pos = tag_end;
+    }
+    if !og.contains_key("og:title")
+        && let Some(t) = title.filter(|t| !t.is_empty())
+    {
+        og.insert("og:title".into(), Value::String(truncate_chars(t)));
+    }
+    if !og.contains_key("og:description")
+        && let Some(d) = description.filter(|d| !d.is_empty())
+    {
+        og.insert("og:description".into(), Value::String(truncate_chars(d)));
+    }
+    og
+}
+
+fn truncate_chars(s: String) -> String {
+    if s.chars().count() <= MAX_VALUE_CHARS { s } else { s.chars().take(MAX_VALUE_CHARS).collect() }
+}
+
+/// The index just after the `>` closing the tag whose attributes start at `from`, skipping
+/// quoted attribute values (which may contain `>`).
+fn tag_end(html: &str, from: usize) -> Option<usize> {
+    let bytes = html.as_bytes();
+    let mut quote = None;
+    for (i, &b) in bytes.iter().enumerate().skip(from) {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'>') => return Some(i + 1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `key="value"` pairs of a tag (keys lower-cased, values entity-decoded). Indices only ever
+/// stop at ASCII bytes, so every slice is on a character boundary.
+fn attributes(s: &str) -> Vec<(String, String)> {
+    let b = s.as_bytes();
+    let skip_ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let key_start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' && b[i] != b'/' {
+            i += 1;
+        }
+        let key = s[key_start..i].to_ascii_lowercase();
+        skip_ws(&mut i);
+        if i >= b.len() || b[i] != b'=' {
+            out.push((key, String::new()));
+            continue;
+        }
+        i += 1;
+        skip_ws(&mut i);
+        let value = if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
+            let quote = b[i];
+            let start = i + 1;
+            let end = b[start..].iter().position(|&c| c == quote).map_or(b.len(), |p| start + p);
+            i = (end + 1).min(b.len());
+            &s[start..end]
+        } else {
+            let start = i;
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            &s[start..i]
+        };
+        out.push((key, decode_entities(value)));
+    }
+    out
+}
+
+/// Decodes the character references that appear in attribute values and titles.
+fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        let Some(semi) = rest.bytes().take(12).position(|b| b == b';') else {
+            out.push('&');
+            rest = &rest[1..];
+            continue;
+        };
+        let entity = &rest[1..semi];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            "nbsp" => Some('\u{a0}'),
+            _ => entity
+                .strip_prefix("#x")
+                .or_else(|| entity.strip_prefix("#X"))
+                .map(|h| u32::from_str_radix(h, 16).ok())
+                .unwrap_or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn private_and_special_addresses_are_not_public() {
+        for s in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(ip(s)), "{s} must not be public");
+        }
+        for s in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "2002:808:808::"] {
+            assert!(is_public(ip(s)), "{s} is public");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        let r = IpRange::parse("127.0.0.1").unwrap();
+        assert!(r.contains(ip("127.0.0.1")) && !r.contains(ip("127.0.0.2")));
+        assert!(r.contains(ip("::ffff:127.0.0.1")));
+        let r = IpRange::parse("10.0.0.0/8").unwrap();
+        assert!(r.contains(ip("10.200.0.1")) && !r.contains(ip("11.0.0.1")));
+        assert!(IpRange::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
+        assert!(IpRange::parse("10.0.0.0/33").is_none());
+        assert!(IpRange::parse("nonsense").is_none());
+    }
+
+    #[test]
+    fn opengraph() {
+        let html = r#"<html><head><title>Fallback &amp; title</title>
+            <!-- <meta property="og:title" content="commented out"> -->
+            <script>var x = '<meta property="og:title" content="in a script">';</script>
+            <meta property="og:title" content="The &quot;real&quot; title" />
+            <meta content='A page > about things' property=og:description>
+            <meta name="description" content="plain description">
+            <META PROPERTY="og:image" CONTENT="/img.png">
+            </head><body>x</body></html>"#;
+        let og = parse_opengraph(html);
+        assert_eq!(og["og:title"], "The \"real\" title");
+        assert_eq!(og["og:description"], "A page > about things");
+        assert_eq!(og["og:image"], "/img.png");
+
+        let og = parse_opengraph("<title>Only &#x41;&#66; title</title><meta name=description content=desc>");
+        assert_eq!(og["og:title"], "Only AB title");
+        assert_eq!(og["og:description"], "desc");
+    }
+}
