@@ -234,6 +234,16 @@ impl Media {
         Ok(())
     }
 
+    /// Whether `creator` may upload to `mxc://server/media_id` now: 404 `M_NOT_FOUND` for ids
+    /// never created here or expired, 403 `M_FORBIDDEN` for another user's id, 409
+    /// `M_CANNOT_OVERWRITE_MEDIA` once content is there.
+    pub async fn check_upload_target(&self, creator: &UserId, server: &ServerName, media_id: &str) -> Result<()> {
+        if !self.is_local(server) {
+            return Err(Error::not_found("Unknown media ID"));
+        }
+        self.check_pending(self.db.get_media(server.as_str(), media_id).await?.as_ref(), creator)
+    }
+
     /// `PUT /upload/{serverName}/{mediaId}`: the one upload to an id from `/create`.
     #[allow(clippy::too_many_arguments)]
     pub async fn upload_pending<S, E>(
@@ -250,12 +260,9 @@ impl Media {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        if !self.is_local(server) {
-            return Err(Error::not_found("Unknown media ID"));
-        }
         // Checked before reading the body so a wrong request fails fast, and again atomically
         // when recording, since another upload may have completed meanwhile.
-        self.check_pending(self.db.get_media(server.as_str(), media_id).await?.as_ref(), creator)?;
+        self.check_upload_target(creator, server, media_id).await?;
         let stored = self.store_stream(body, declared_len).await?;
         let content_type = sanitize_content_type(content_type);
         let content = ContentRef {

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{RawPathParams, Request, State};
 use axum::response::Response;
+use futures::StreamExt;
 use http::{HeaderValue, header};
 use ruma::ServerName;
 use ruma::api::client::authenticated_media::{
@@ -137,11 +138,37 @@ fn upload_metadata(parts: &http::request::Parts) -> Result<(Option<String>, Opti
     Ok((filename, content_type, declared))
 }
 
+/// Most of an unread request body read and discarded before an early error answer.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Reads and discards (up to [`DRAIN_LIMIT`], for up to 10 s) the body of a request refused
+/// before its upload was read. A client still sending when the server answers and closes would
+/// otherwise often see a reset connection instead of the error.
+async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// `POST /_matrix/media/v3/upload`
 pub async fn upload(State(state): State<AppState>, req: Request) -> Result<Json<Value>> {
     let (parts, body) = req.into_parts();
-    let session = upload_session(&state, &parts).await?;
-    let (filename, content_type, declared) = upload_metadata(&parts)?;
+    let checked = async { Ok::<_, Error>((upload_session(&state, &parts).await?, upload_metadata(&parts)?)) }.await;
+    let (session, (filename, content_type, declared)) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
+    };
     let uri = state
         .media
         .upload(&session.user_id, content_type.as_deref(), filename.as_deref(), body.into_data_stream(), declared)
@@ -152,11 +179,24 @@ pub async fn upload(State(state): State<AppState>, req: Request) -> Result<Json<
 /// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`
 pub async fn upload_async(State(state): State<AppState>, params: RawPathParams, req: Request) -> Result<Json<Value>> {
     let (parts, body) = req.into_parts();
-    let session = upload_session(&state, &parts).await?;
     let param = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_owned()).unwrap_or_default();
-    let server = ServerName::parse(param("server_name")).map_err(|_| Error::invalid_param("Invalid server name"))?;
     let media_id = param("media_id");
-    let (filename, content_type, declared) = upload_metadata(&parts)?;
+    let checked = async {
+        let session = upload_session(&state, &parts).await?;
+        let server =
+            ServerName::parse(param("server_name")).map_err(|_| Error::invalid_param("Invalid server name"))?;
+        let meta = upload_metadata(&parts)?;
+        state.media.check_upload_target(&session.user_id, &server, &media_id).await?;
+        Ok::<_, Error>((session, server, meta))
+    }
+    .await;
+    let (session, server, (filename, content_type, declared)) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
+    };
     state
         .media
         .upload_pending(
