@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -140,10 +141,14 @@ def pg_version() -> str:
 
 
 class Server:
-    def __init__(self, name: str, workdir: Path, port: int):
+    def __init__(self, name: str, workdir: Path, port: int, fed_port: int | None = None,
+                 tls: dict | None = None):
         self.name = name
         self.dir = workdir / name
         self.port = port
+        # With a federation port the server also listens there with TLS, and is named after it.
+        self.fed_port = fed_port
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
         self.logfile = None
 
@@ -153,7 +158,22 @@ class Server:
 
     @property
     def server_name(self):
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.fed_port or self.port}"
+
+    def federation_probe(self) -> str | None:
+        """None if the server answers GET /_matrix/federation/v1/version on its TLS port, else why not."""
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        url = f"https://127.0.0.1:{self.fed_port}/_matrix/federation/v1/version"
+        try:
+            with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
+                return None if r.status == 200 else f"{url} answered {r.status}"
+        except urllib.error.HTTPError as e:
+            return f"{self.name} does not serve the federation API ({url} answered {e.code})"
+        except Exception as e:  # noqa: BLE001
+            return f"{self.name} does not serve the federation API ({url}: {e})"
 
     def prepare(self):
         if self.dir.exists():
@@ -193,8 +213,8 @@ class Server:
 
 
 class Myelin(Server):
-    def __init__(self, name, workdir, port, binary: Path, db: str):
-        super().__init__(name, workdir, port)
+    def __init__(self, name, workdir, port, binary: Path, db: str, **kw):
+        super().__init__(name, workdir, port, **kw)
         self.binary = binary
         self.db = db
 
@@ -224,7 +244,23 @@ enabled = false
 
 [log]
 level = "warn"
-""")
+""" + (f"""
+[federation]
+enabled = true
+trusted_ca = "{self.tls['ca']}"
+allow_private_addresses = true
+""" if self.fed_port else ""))
+        if self.fed_port:
+            # TOML has no "add a key to an earlier table": rewrite [listen] and add [tls].
+            text = (self.dir / "myelin.toml").read_text()
+            text = text.replace(f'client = "127.0.0.1:{self.port}"\n',
+                                f'client = "127.0.0.1:{self.port}"\nfederation = "127.0.0.1:{self.fed_port}"\n')
+            text += f"""
+[tls]
+cert = "{self.tls['cert']}"
+key = "{self.tls['key']}"
+"""
+            (self.dir / "myelin.toml").write_text(text)
 
     def command(self):
         return [str(self.binary), "serve", "--config", str(self.dir / "myelin.toml")]
@@ -234,8 +270,8 @@ RC_HIGH = {"per_second": 1_000_000, "burst_count": 1_000_000}
 
 
 class Synapse(Server):
-    def __init__(self, name, workdir, port, python: Path, db: str):
-        super().__init__(name, workdir, port)
+    def __init__(self, name, workdir, port, python: Path, db: str, **kw):
+        super().__init__(name, workdir, port, **kw)
         self.python = python
         self.db = db
 
@@ -310,6 +346,17 @@ disable_existing_loggers: false
             "presence": {"enabled": False},
             **rc,
         }
+        if self.fed_port:
+            config["listeners"].append({
+                "port": self.fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,
+                "x_forwarded": False, "resources": [{"names": ["federation"], "compress": False}],
+            })
+            config["tls_certificate_path"] = self.tls["cert"]
+            config["tls_private_key_path"] = self.tls["key"]
+            # Loopback federation: the peer's certificate is from our throw-away CA.
+            config["federation_verify_certificates"] = False
+            config["ip_range_whitelist"] = ["127.0.0.0/8"]
+            config["federation_ip_range_blacklist"] = []
         # JSON is YAML.
         (self.dir / "homeserver.yaml").write_text(json.dumps(config, indent=2))
         sh([str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.dir / "homeserver.yaml"),
@@ -317,6 +364,89 @@ disable_existing_loggers: false
 
     def command(self):
         return [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.dir / "homeserver.yaml")]
+
+
+# ------------------------------------------------------------------------------------------------
+# federation
+
+
+def make_tls(dir: Path) -> dict:
+    """A throw-away CA and one certificate for 127.0.0.1 (every server on loopback shares it)."""
+    dir.mkdir(parents=True, exist_ok=True)
+    q = dict(cwd=dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "30",
+                    "-subj", "/CN=myelin-bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"], **q)
+    subprocess.run(["openssl", "req", *ec, "-keyout", "server.key", "-out", "server.csr",
+                    "-subj", "/CN=127.0.0.1"], **q)
+    (dir / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
+                                 "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                    "-CAcreateserial", "-out", "server.pem", "-days", "30", "-extfile", "ext.cnf"], **q)
+    return {"ca": str(dir / "ca.pem"), "cert": str(dir / "server.pem"), "key": str(dir / "server.key")}
+
+
+# (label, kind of A, kind of B): A's user creates the rooms, B's users join them through A.
+FED_PAIRS = [
+    ("myelin→myelin", "myelin", "myelin"),
+    ("myelin→synapse", "myelin", "synapse"),
+    ("synapse→myelin", "synapse", "myelin"),
+    ("synapse→synapse", "synapse", "synapse"),
+]
+
+
+def run_federation(bench: Path, workdir: Path, myelin_bin: Path, synapse_py: Path | None, smoke: bool,
+                   extra: list[str], results: list[dict], out_jsonl: Path, pairs: list[str]):
+    tls = make_tls(workdir / "tls")
+    for label, ka, kb in FED_PAIRS:
+        if label not in pairs:
+            continue
+        servers = []
+        for side, kind, base in (("a", ka, 18300), ("b", kb, 18310)):
+            port, fed_port = free_port(base), free_port(base + 5)
+            name = f"fed-{label.replace('→', '-')}-{side}"
+            if kind == "myelin":
+                servers.append(Myelin(name, workdir, port, myelin_bin, "sqlite", fed_port=fed_port, tls=tls))
+            elif synapse_py is not None:
+                servers.append(Synapse(name, workdir, port, synapse_py, "sqlite", fed_port=fed_port, tls=tls))
+        rec = {"scenario": "federation", "case": "", "label": label}
+        try:
+            if len(servers) < 2:
+                raise RuntimeError("Synapse is not installed in this run")
+            for srv in servers:
+                srv.prepare()
+                srv.start()
+            time.sleep(1)
+            why = next((w for w in (srv.federation_probe() for srv in servers) if w), None)
+            if why:
+                rec.update(status="not_available", reason=why)
+                results.append(rec)
+                log(f"{label}: not available ({why})")
+                continue
+            a, b = servers
+            cmd = [str(bench), "--url", a.url, "--url2", b.url, "--pid", str(a.proc.pid), "--label", label,
+                   "--scenario", "federation"] + (["--smoke"] if smoke else []) + extra
+            log("$", " ".join(cmd))
+            with open(a.dir / "bench.log", "wb") as err:
+                out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, timeout=3600).stdout
+            line = next((x for x in out.splitlines() if x.startswith("{")), None)
+            if line is None:
+                raise RuntimeError(f"myelin-bench printed nothing; see {a.dir}/bench.log")
+            rec = json.loads(line)
+            rec["label"] = label
+            results.append(rec)
+            log(f"{label}: {rec['status']}" + (f" ({rec.get('error') or rec.get('reason')})"
+                                                 if rec["status"] != "ok" else ""))
+        except Exception as e:  # noqa: BLE001
+            rec.update(status="error", error=f"{e}")
+            results.append(rec)
+            log(f"{label}: error {e}")
+        finally:
+            for srv in servers:
+                srv.stop()
+            with open(out_jsonl, "a") as f:
+                f.write(json.dumps(results[-1]) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -445,21 +575,12 @@ TABLES = [
         ("msgs/s", ("msgs_per_s",), ""), ("p50", ("latency", "p50_ms"), " ms"),
         ("p99", ("latency", "p99_ms"), " ms"), ("errors", ("errors",), ""),
     ]),
-    ("fanout — 100 members long-polling /sync, 50 messages 100 ms apart", "fanout", "100", [
+    ("fanout — {n} members long-polling /sync, 50 messages 100 ms apart", "fanout", "*", [
         ("delivery p50", ("delivery", "p50_ms"), " ms"), ("delivery p99", ("delivery", "p99_ms"), " ms"),
         ("delivery max", ("delivery", "max_ms"), " ms"), ("send p50", ("send", "p50_ms"), " ms"),
         ("lost", ("lost",), ""), ("duplicated", ("duplicated",), ""), ("out of order", ("out_of_order",), ""),
     ]),
-    ("fanout — 1,000 members long-polling /sync, 50 messages 100 ms apart", "fanout", "1000", [
-        ("delivery p50", ("delivery", "p50_ms"), " ms"), ("delivery p99", ("delivery", "p99_ms"), " ms"),
-        ("delivery max", ("delivery", "max_ms"), " ms"), ("send p50", ("send", "p50_ms"), " ms"),
-        ("lost", ("lost",), ""), ("duplicated", ("duplicated",), ""), ("out of order", ("out_of_order",), ""),
-    ]),
-    ("idle_syncers — 1,000 held long-polls", "idle_syncers", "1000", [
-        ("RSS per waiter", ("rss_per_waiter_kib",), " KiB"), ("RSS before", ("rss_before_mib",), " MiB"),
-        ("RSS after", ("rss_after_mib",), " MiB"), ("connections held", ("connections_held",), ""),
-    ]),
-    ("idle_syncers — 10,000 held long-polls", "idle_syncers", "10000", [
+    ("idle_syncers — {n} held long-polls", "idle_syncers", "*", [
         ("RSS per waiter", ("rss_per_waiter_kib",), " KiB"), ("RSS before", ("rss_before_mib",), " MiB"),
         ("RSS after", ("rss_after_mib",), " MiB"), ("connections held", ("connections_held",), ""),
     ]),
@@ -551,23 +672,26 @@ def ratio_rows(results, pairs):
         ("fan-out p99 ≤ 250 ms at 1,000", "fanout", "1000", ("delivery", "p99_ms"), 250.0),
         ("≤ 8 KiB per idle /sync at 10,000", "idle_syncers", "10000", ("rss_per_waiter_kib",), 8.0),
     ]
+    for title, sc, case, path, limit in absolute:
+        for my, syn in pairs:
+            v, st = val(my, sc, case, path)
+            sv, _ = val(syn, sc, case, path)
+            if v is None:
+                rows.append((title, f"{my} ({syn} for reference)", "–", fmt_num(sv), "–",
+                             f"not measurable (Myelin {st.replace('_', ' ')})"))
+                continue
+            rows.append((title, f"{my} ({syn} for reference)", fmt_num(v), fmt_num(sv), "–",
+                         "met" if v <= limit else "missed"))
     labels = []
     for my, syn in pairs:
         labels += [my, syn]
-    for title, sc, case, path, limit in absolute:
-        for label in dict.fromkeys(labels):
-            v, st = val(label, sc, case, path)
-            if v is None:
-                rows.append((title, label, "", "", "", f"not measurable ({st.replace('_', ' ')})"))
-                continue
-            rows.append((title, label, fmt_num(v), "", "", "met" if v <= limit else "missed"))
     for label in dict.fromkeys(labels):
         bad = []
         measured = False
-        for sc, case in [("fanout", "100"), ("fanout", "1000"), ("history", "paginate")]:
-            r = find(results, label, sc, case)
-            if r is None or r.get("status") != "ok":
+        for r in results:
+            if r.get("label") != label or r.get("status") != "ok" or "lost" not in r:
                 continue
+            sc, case = r["scenario"], r.get("case", "")
             measured = True
             n = (r.get("lost") or 0) + (r.get("duplicated") or 0) + (r.get("out_of_order") or 0)
             if n:
@@ -592,7 +716,8 @@ def write_report(path: Path, results: list[dict], meta: dict, servers: list[str]
     w(f"- Myelin: commit {meta['commit']}, {meta['profile']} build. Synapse {meta['synapse_version'] or '(not run)'} "
       f"from PyPI (Python {m['python']}). PostgreSQL {meta['pg_version']} on loopback.")
     w(f"- Servers in this run, one after another, each on a fresh database: {', '.join(servers)}.")
-    w(f"- Sizes: {'smoke (tiny)' if meta['smoke'] else 'full (as in issue 8)'}; wall time {meta['wall_min']:.1f} min.")
+    w(f"- Sizes: {'smoke (tiny; table titles name the full sizes, the raw lines the real ones)' if meta['smoke'] else 'full (as in issue 8)'}; "
+      f"wall time {meta['wall_min']:.1f} min.")
     for label, note in meta.get("server_notes", {}).items():
         w(f"- {label}: {note}")
     w("")
@@ -609,20 +734,30 @@ def write_report(path: Path, results: list[dict], meta: dict, servers: list[str]
     w("Ratios are Synapse ÷ Myelin for times and Myelin ÷ Synapse for rates, so higher is better for Myelin; "
       "absolute targets show the figure of each server.\n")
     w("## Figures\n")
+    expanded = []
     for title, sc, case, metrics in TABLES:
-        recs = {s: find(results, s, sc, case) for s in servers}
+        if case == "*":
+            cases = sorted({str(r.get("case")) for r in results if r.get("scenario") == sc},
+                           key=lambda c: int(c) if c.isdigit() else 0)
+            expanded += [(title.replace("{n}", f"{int(c):,}" if c.isdigit() else c), sc, c, metrics)
+                         for c in cases]
+        else:
+            expanded.append((title, sc, case, metrics))
+    for title, sc, case, metrics in expanded:
+        cols = servers
+        if sc == "federation":
+            cols = list(dict.fromkeys(r["label"] for r in results if r.get("scenario") == "federation"))
+            title += " (A→B: A's user creates the rooms, B's users join them through A; both on SQLite)"
+        recs = {s: find(results, s, sc, case) for s in cols}
         if all(r is None for r in recs.values()):
             continue
         w(f"### {title}\n")
-        if meta["smoke"]:
-            sizes = {r.get("members") or r.get("waiters") or r.get("users") for r in recs.values() if r}
-            w(f"(smoke sizes: {', '.join(str(s) for s in sizes if s)})\n")
-        w("| | " + " | ".join(servers) + " |")
-        w("|---" * (len(servers) + 1) + "|")
+        w("| | " + " | ".join(cols) + " |")
+        w("|---" * (len(cols) + 1) + "|")
         for label, fields, unit in metrics:
-            w(f"| {label} | " + " | ".join(cell(recs[s], fields, unit) for s in servers) + " |")
+            w(f"| {label} | " + " | ".join(cell(recs[s], fields, unit) for s in cols) + " |")
         notes = []
-        for s in servers:
+        for s in cols:
             r = recs[s]
             if r and r.get("status") == "not_available":
                 notes.append(f"{s}: not available — {r.get('reason')}")
@@ -714,6 +849,8 @@ def main():
     ap.add_argument("--output", help="report path (default: docs/benchmarks.md for a full run, "
                                      "$HOME/.cache/myelin-bench/run/report.md otherwise)")
     ap.add_argument("--report-only", metavar="RESULTS_JSONL", help="only rewrite the report from saved results")
+    ap.add_argument("--fed-pairs", help="comma-separated federation pairs: "
+                    + ",".join(p for p, _, _ in FED_PAIRS) + " (default: all whose servers are in the run)")
     ap.add_argument("--bench-arg", action="append", default=[], help="extra argument for myelin-bench (repeatable)")
     args = ap.parse_args()
 
@@ -722,6 +859,8 @@ def main():
         if s not in ALL_SERVERS:
             ap.error(f"unknown server {s}")
     scenarios = SCENARIOS if args.scenarios == "all" else args.scenarios.split(",")
+    if args.smoke and args.scenarios == "all":
+        scenarios = [x for x in scenarios if x != "federation"]
     profile = args.profile or ("dev" if args.smoke else "release")
     workdir = CACHE / "run"
     full_default = not args.smoke and args.servers is None and args.scenarios == "all"
@@ -746,6 +885,16 @@ def main():
                              for b in ("myelin", "myelin-bench"))
     if not args.no_build:
         myelin_bin, bench_bin = build(profile)
+    # Pin the binaries: the target directory is shared, and another build may replace them mid-run.
+    (workdir / "bin").mkdir(parents=True, exist_ok=True)
+    pinned = []
+    for b in (myelin_bin, bench_bin):
+        if b.exists():
+            shutil.copy2(b, workdir / "bin" / b.name)
+            pinned.append(workdir / "bin" / b.name)
+        else:
+            pinned.append(b)
+    myelin_bin, bench_bin = pinned
     synapse_py = None
     if any(s.startswith("synapse") for s in servers):
         synapse_py = ensure_synapse()
@@ -772,10 +921,13 @@ def main():
         else:
             server = Synapse(name, workdir, port, synapse_py, db)
         t0 = time.time()
+        per_server = [x for x in scenarios if x != "federation"]
+        if not per_server:
+            continue
         try:
             server.prepare()
             server.start()
-            run_bench(bench_bin, server, scenarios, args.smoke, args.bench_arg, results, out_jsonl)
+            run_bench(bench_bin, server, per_server, args.smoke, args.bench_arg, results, out_jsonl)
         except Exception as e:  # noqa: BLE001
             log(f"{name}: {e}")
             for s in scenarios:
@@ -785,6 +937,20 @@ def main():
         finally:
             server.stop()
         log(f"{name}: {(time.time() - t0) / 60:.1f} min, load {loadavg()}")
+
+    if "federation" in scenarios:
+        pairs = [p for p, ka, kb in FED_PAIRS
+                 if (ka == "myelin" or synapse_py) and (kb == "myelin" or synapse_py)]
+        if args.fed_pairs:
+            pairs = args.fed_pairs.split(",")
+        if "synapse" in ",".join(pairs) and synapse_py is None:
+            synapse_py = ensure_synapse()
+            meta["synapse_version"] = synapse_version(synapse_py)
+        t0 = time.time()
+        run_federation(bench_bin, workdir, myelin_bin, synapse_py, args.smoke, args.bench_arg, results,
+                       out_jsonl, pairs)
+        meta["fed_pairs"] = pairs
+        log(f"federation: {(time.time() - t0) / 60:.1f} min, load {loadavg()}")
 
     meta["load_after"] = loadavg()
     meta["wall_min"] = (time.time() - started) / 60

@@ -114,8 +114,9 @@ pub struct Ctx {
     pub prefix: String,
     /// Parallel requests during set-up.
     pub setup_concurrency: usize,
-    /// Users (with a sync token) kept across the idle_syncers cases.
-    idle_pool: Mutex<Vec<(User, String)>>,
+    /// Users registered once and reused by fanout, idle_syncers and join_storm (registration is
+    /// set-up, and the slowest part of it on some servers).
+    pool: Mutex<Vec<User>>,
     counter: AtomicU64,
 }
 
@@ -135,7 +136,7 @@ impl Ctx {
             sizes,
             prefix,
             setup_concurrency,
-            idle_pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
         }
     }
@@ -163,6 +164,22 @@ impl Ctx {
             eprintln!("  registered {n} users in {:.1} s", started.elapsed().as_secs_f64());
         }
         Ok(users)
+    }
+
+    /// The first `n` users of the run's shared pool, registering more as needed.
+    async fn pooled_users(&self, n: usize) -> Result<Vec<User>> {
+        let mut pool = self.pool.lock().await;
+        if pool.len() < n {
+            let more = self.register_many(&self.hs, "u", n - pool.len()).await?;
+            pool.extend(more);
+        }
+        Ok(pool[..n].to_vec())
+    }
+
+    /// Fails fast (before any costly set-up) if the server has no `/sync`.
+    async fn probe_sync(&self) -> Result<()> {
+        let u = self.pooled_users(1).await?;
+        u[0].sync(None, 0, true).await.map(|_| ())
     }
 
     /// Joins every user to `room`, `setup_concurrency` at a time.
@@ -486,9 +503,10 @@ async fn delivery(
 
 pub async fn fanout(ctx: &Ctx, members: usize) -> Result<Value> {
     let s = &ctx.sizes;
+    ctx.probe_sync().await?;
     let sender = ctx.hs.register(&ctx.stem("fs")).await?;
     let room = sender.create_public_room("fanout").await?;
-    let users = ctx.register_many(&ctx.hs, "fr", members).await?;
+    let users = ctx.pooled_users(members).await?;
     ctx.join_all(&users, &room).await?;
     let tokens = ctx.initial_tokens(&users).await?;
     let marker = ctx.stem("fanout");
@@ -514,14 +532,15 @@ pub async fn idle_syncers(ctx: &Ctx, waiters: usize) -> Result<Value> {
         return Err(NotAvailable("needs --pid of the server process".into()).into());
     };
     let s = &ctx.sizes;
+    ctx.probe_sync().await?;
     // Distinct users: servers may share the work of identical sync requests of one user.
-    let mut pool = ctx.idle_pool.lock().await;
-    if pool.len() < waiters {
-        let more = ctx.register_many(&ctx.hs, "idle", waiters - pool.len()).await?;
-        let tokens = ctx.initial_tokens(&more).await?;
-        pool.extend(more.into_iter().zip(tokens));
+    let users = ctx.pooled_users(waiters).await?;
+    let t = Instant::now();
+    let tokens = ctx.initial_tokens(&users).await?;
+    if waiters >= 100 {
+        eprintln!("  {waiters} initial syncs in {:.1} s", t.elapsed().as_secs_f64());
     }
-    let pool: Vec<(User, String)> = pool[..waiters].to_vec();
+    let pool: Vec<(User, String)> = users.into_iter().zip(tokens).collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss0 = rss_bytes(pid).ok_or_else(|| anyhow!("cannot read /proc/{pid}/status"))?;
     let fds0 = fd_count(pid).unwrap_or(0);
@@ -560,12 +579,21 @@ pub async fn idle_syncers(ctx: &Ctx, waiters: usize) -> Result<Value> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Wait until the server holds the connections, then until its RSS settles.
+    // Wait until the server holds every connection (or the count stops growing for 5 s), then
+    // until its RSS settles.
     let want = fds0 + waiters * 99 / 100;
     let mut fds = fd_count(pid).unwrap_or(0);
-    while fds < want && started.elapsed() < Duration::from_secs(120) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        fds = fd_count(pid).unwrap_or(0);
+    let mut last_change = Instant::now();
+    while fds < fds0 + waiters
+        && started.elapsed() < Duration::from_secs(150)
+        && last_change.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = fd_count(pid).unwrap_or(0);
+        if now != fds {
+            last_change = Instant::now();
+        }
+        fds = now;
     }
     let held_after_ms = ms(started.elapsed());
     let mut prev = rss_bytes(pid).unwrap_or(rss0);
@@ -711,6 +739,7 @@ pub async fn history_paginate(ctx: &Ctx) -> Result<Value> {
 
 pub async fn history_initial_sync(ctx: &Ctx) -> Result<Value> {
     let s = &ctx.sizes;
+    ctx.probe_sync().await?;
     let user = ctx.hs.register(&ctx.stem("isync")).await?;
     let mut rooms = Vec::new();
     for r in 0..s.isync_rooms {
@@ -761,7 +790,7 @@ pub async fn join_storm(ctx: &Ctx) -> Result<Value> {
     let s = &ctx.sizes;
     let creator = ctx.hs.register(&ctx.stem("jsc")).await?;
     let room = creator.create_public_room("join storm").await?;
-    let users = ctx.register_many(&ctx.hs, "js", s.join_users).await?;
+    let users = ctx.pooled_users(s.join_users).await?;
     let started = Instant::now();
     let lat = futures::future::try_join_all(users.iter().map(|u| {
         let room = room.clone();
