@@ -139,19 +139,16 @@ impl Rooms {
     /// Loads PDUs by id, looking first at those written in this transaction, then the cache.
     pub async fn pdus_for(&self, ctx: &RoomCtx, ids: &[String]) -> Result<HashMap<String, Pdu>> {
         let mut out = HashMap::new();
-        let mut missing = Vec::new();
+        let mut rest = Vec::new();
         for id in ids {
-            match ctx.written.get(id).cloned().or_else(|| self.caches.pdu(id)) {
+            match ctx.written.get(id) {
                 Some(p) => {
-                    out.insert(id.clone(), p);
+                    out.insert(id.clone(), p.clone());
                 }
-                None => missing.push(id.clone()),
+                None => rest.push(id.clone()),
             }
         }
-        for ev in self.db.get_events(&missing).await? {
-            self.caches.put_pdu(&ev.pdu);
-            out.insert(ev.pdu.event_id.to_string(), ev.pdu);
-        }
+        out.extend(self.cached_pdus(&rest).await?);
         Ok(out)
     }
 

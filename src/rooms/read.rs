@@ -185,8 +185,7 @@ impl Rooms {
         let mut ids = Vec::new();
         ids.extend(hv_id.cloned());
         ids.extend(member_id.cloned());
-        let pdus: HashMap<String, Pdu> =
-            self.db.get_events(&ids).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e.pdu)).collect();
+        let pdus = self.cached_pdus(&ids).await?;
         let visibility = hv_id
             .and_then(|id| pdus.get(id))
             .and_then(|p| p.content()["history_visibility"].as_str().map(str::to_owned))
@@ -204,6 +203,25 @@ impl Rooms {
             "joined" => false,
             _ => current_membership == Some("join"),
         })
+    }
+
+    /// PDUs by id through the PDU cache (state events read on every visibility check).
+    pub async fn cached_pdus(&self, ids: &[String]) -> Result<HashMap<String, Pdu>> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.caches.pdu(id) {
+                Some(p) => {
+                    out.insert(id.clone(), p);
+                }
+                None => missing.push(id.clone()),
+            }
+        }
+        for ev in self.db.get_events(&missing).await? {
+            self.caches.put_pdu(&ev.pdu);
+            out.insert(ev.pdu.event_id.to_string(), ev.pdu);
+        }
+        Ok(out)
     }
 
     /// One event, if the user may see it.
