@@ -145,8 +145,8 @@ fn assert_safe_headers(res: &Raw) {
 both_backends!(round_trip_binary, |server| async move {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
-    // Larger than a single HTTP chunk, and every byte value.
-    let data = random_bytes(700_000);
+    // Larger than many HTTP chunks and than axum's default 2 MB body limit, every byte value.
+    let data = random_bytes(3_000_000);
     let mxc = upload(&alice, data.clone(), "application/octet-stream", Some("data.bin")).await;
     assert!(mxc.starts_with(&format!("{}/", server.server_name())), "{mxc}");
 
@@ -187,6 +187,38 @@ both_backends!(round_trip_binary, |server| async move {
     // Unknown media.
     let resp = alice.get(&format!("{DOWNLOAD}/{}/doesNotExist", server.server_name())).await;
     assert_error(&resp, 404, "M_NOT_FOUND");
+});
+
+both_backends!(crash_mid_upload_leaves_no_file, |server| async move {
+    let mut server = server;
+    let alice = server.register("alice").await;
+    // Half of a declared 200 kB upload, then the server dies.
+    let addr = server.url().trim_start_matches("http://").to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST {UPLOAD} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 200000\r\n\r\n",
+        alice.access_token
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&random_bytes(100_000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.kill9();
+    server.start_again().await;
+
+    // Only the temporary directory may hold anything; no content file became visible.
+    let visible: Vec<_> = std::fs::read_dir(media_dir(&server))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "tmp")
+        .collect();
+    assert!(visible.is_empty(), "files after a crash mid-upload: {visible:?}");
+    // (The upload had started: its temporary file is there, to be swept once stale.)
+    assert_eq!(std::fs::read_dir(media_dir(&server).join("tmp")).unwrap().count(), 1);
+    // The server works on.
+    let alice = server.login("alice", common::PASSWORD).await;
+    let mxc = upload(&alice, b"after".to_vec(), "text/plain", None).await;
+    assert_eq!(download(&alice, &mxc).await.body, b"after");
 });
 
 both_backends!(content_disposition_and_types, |server| async move {
