@@ -514,6 +514,8 @@ def machine_info() -> dict:
 
 
 def git_rev() -> str:
+    if os.environ.get("MYELIN_BENCH_COMMIT"):  # a run from an exported tree (git archive)
+        return os.environ["MYELIN_BENCH_COMMIT"]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True).stdout.strip()
