@@ -67,6 +67,15 @@ impl Pdu {
         let value = serde_json::to_value(&json)?;
         let fields: PduFields =
             serde_json::from_value(value).map_err(|e| Error::bad_json(format!("Invalid PDU: {e}")))?;
+        Self::from_parts(event_id, room_id, fields, json)
+    }
+
+    fn from_parts(
+        event_id: OwnedEventId,
+        room_id: Option<OwnedRoomId>,
+        fields: PduFields,
+        json: CanonicalJsonObject,
+    ) -> Result<Self> {
         let room_id = match (room_id, &fields.room_id) {
             (_, Some(r)) => r.clone(),
             (Some(r), None) => r,
@@ -89,12 +98,14 @@ impl Pdu {
         Ok(Self { event_id, room_id, fields, redacts_target, json: Arc::new(json), rejected: false })
     }
 
-    /// Parses the stored text form.
+    /// Parses the stored text form (two direct parses; this runs for every event read).
     pub fn from_stored(event_id: &str, room_id: &str, json: &str, rejected: bool) -> Result<Self> {
         let object: CanonicalJsonObject = serde_json::from_str(json)?;
-        let mut pdu = Self::from_json(
+        let fields: PduFields = serde_json::from_str(json).map_err(Error::internal)?;
+        let mut pdu = Self::from_parts(
             EventId::parse(event_id).map_err(Error::internal)?,
             Some(RoomId::parse(room_id).map_err(Error::internal)?),
+            fields,
             object,
         )?;
         pdu.rejected = rejected;

@@ -341,28 +341,33 @@ impl Rooms {
 
     /// Client JSON for a stored event, with `transaction_id` for the sending device.
     pub async fn client_event(&self, ev: &StoredEvent, viewer: Option<(&UserId, &str)>) -> Result<Value> {
-        let mut unsigned = ev.unsigned.clone().unwrap_or_else(|| Value::Object(Default::default()));
-        if let Some((user, device)) = viewer
-            && ev.pdu.fields.sender == user
-            && let Some((u, d, txn)) = self.db.txn_of_event(ev.pdu.event_id.as_str()).await?
-            && u == user.as_str()
-            && d == device
-        {
-            unsigned["transaction_id"] = Value::String(txn);
-        }
-        if let Some(by) = &ev.redacted_by
-            && let Some(redaction) = self.db.get_event(by).await?
-        {
-            unsigned["redacted_because"] = redaction.pdu.client_json(None, crate::storage::now_ms());
-        }
-        Ok(ev.pdu.client_json(Some(&unsigned), crate::storage::now_ms()))
+        Ok(self.client_events(std::slice::from_ref(ev), viewer).await?.pop().expect("one event in, one out"))
     }
 
-    /// Client JSON for several events.
+    /// Client JSON for several events; the sending device's transaction ids are looked up in one
+    /// query rather than one per event.
     pub async fn client_events(&self, evs: &[StoredEvent], viewer: Option<(&UserId, &str)>) -> Result<Vec<Value>> {
+        let mut txns: HashMap<String, String> = HashMap::new();
+        if let Some((user, device)) = viewer {
+            let own: Vec<String> =
+                evs.iter().filter(|e| e.pdu.fields.sender == user).map(|e| e.pdu.event_id.to_string()).collect();
+            if !own.is_empty() {
+                txns = self.db.txns_of_events(user.as_str(), device, &own).await?;
+            }
+        }
+        let now = crate::storage::now_ms();
         let mut out = Vec::with_capacity(evs.len());
         for ev in evs {
-            out.push(self.client_event(ev, viewer).await?);
+            let mut unsigned = ev.unsigned.clone().unwrap_or_else(|| Value::Object(Default::default()));
+            if let Some(txn) = txns.remove(ev.pdu.event_id.as_str()) {
+                unsigned["transaction_id"] = Value::String(txn);
+            }
+            if let Some(by) = &ev.redacted_by
+                && let Some(redaction) = self.db.get_event(by).await?
+            {
+                unsigned["redacted_because"] = redaction.pdu.client_json(None, now);
+            }
+            out.push(ev.pdu.client_json(Some(&unsigned), now));
         }
         Ok(out)
     }

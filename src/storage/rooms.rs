@@ -460,6 +460,29 @@ impl Db {
             .await?)
     }
 
+    /// Transaction ids of a device's own events: event id → txn id.
+    pub async fn txns_of_events(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        event_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in event_ids.chunks(200) {
+            let placeholders: Vec<String> = (3..chunk.len() + 3).map(|i| format!("${i}")).collect();
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT event_id, txn_id FROM client_txns WHERE user_id = $1 AND device_id = $2 AND event_id IN ({})",
+                placeholders.join(",")
+            ));
+            let mut q = sqlx::query_as::<_, (String, String)>(sql).bind(user_id).bind(device_id);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            out.extend(q.fetch_all(self.pool()).await?);
+        }
+        Ok(out)
+    }
+
     /// Queues a federation payload for a destination.
     pub async fn insert_outbox(&self, tx: &mut WriteTx, destination: &str, kind: &str, payload: &str) -> Result<()> {
         let id = Db::next_stream_position(tx, "federation_outbox").await?;
