@@ -309,7 +309,10 @@ impl Rooms {
         {
             self.apply_redaction(tx, ctx, &pdu, target).await?;
         }
-        for destination in &self.members_before(ctx, room_id.as_str(), group_before).await?.remote_servers {
+        let members = self.members_before(ctx, room_id.as_str(), group_before).await?;
+        crate::storage::Db::reserve_stream_positions(tx, "federation_outbox", members.remote_servers.len() as i64)
+            .await?;
+        for destination in &members.remote_servers {
             db.insert_outbox(tx, destination, "pdu", pdu.event_id.as_str()).await?;
         }
         ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
@@ -324,11 +327,18 @@ impl Rooms {
         redaction: &Pdu,
         target: &OwnedEventId,
     ) -> Result<()> {
-        let Some(stored) = self.db.get_event(target.as_str()).await? else { return Ok(()) };
-        if stored.pdu.room_id != redaction.room_id {
+        // The target may have been written earlier in this same transaction.
+        let target_pdu = match ctx.written.get(target.as_str()) {
+            Some(p) => p.clone(),
+            None => match self.db.get_event(target.as_str()).await? {
+                Some(stored) => stored.pdu,
+                None => return Ok(()),
+            },
+        };
+        if target_pdu.room_id != redaction.room_id {
             return Ok(());
         }
-        let redacted = ruma::canonical_json::redact((*stored.pdu.json).clone(), &ctx.rules.redaction, None)
+        let redacted = ruma::canonical_json::redact((*target_pdu.json).clone(), &ctx.rules.redaction, None)
             .map_err(Error::internal)?;
         self.caches.evict_pdu(target.as_str());
         self.db

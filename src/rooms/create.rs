@@ -178,6 +178,8 @@ impl Rooms {
         events.extend(invites);
 
         let mut tx = self.db.begin_write().await?;
+        tx.defer_rows();
+        crate::storage::Db::reserve_stream_positions(&mut tx, "events", events.len() as i64).await?;
         let mut appended: Vec<Appended> = Vec::new();
         for (i, ev) in events.into_iter().enumerate() {
             // Events after the creator's own (preset, overrides, initial_state) map auth

@@ -140,9 +140,11 @@ impl Rooms {
         sender: &UserId,
         target: &OwnedEventId,
     ) -> Result<()> {
-        if let Some(ev) = self.db.get_event(target.as_str()).await?
-            && ev.pdu.fields.sender == sender
-        {
+        let target_sender = match ctx.written.get(target.as_str()) {
+            Some(p) => Some(p.fields.sender.clone()),
+            None => self.db.get_event(target.as_str()).await?.map(|e| e.pdu.fields.sender),
+        };
+        if target_sender.is_some_and(|s| s == sender) {
             return Ok(());
         }
         let pl = self.power_levels_of(ctx).await?;

@@ -100,9 +100,11 @@ impl Rooms {
         jobs: &[Job],
     ) -> Result<(Vec<Outcome>, HashMap<String, RoomCtx>, HashMap<String, Vec<Appended>>)> {
         let mut tx = self.db.begin_write().await?;
-        // Take the event counter first, so that batches of different processes on one
-        // PostgreSQL lock rows (counter, then rooms) in one order and cannot deadlock.
-        self.db.lock_stream_counter(&mut tx, "events").await?;
+        tx.defer_rows();
+        // Reserve the batch's stream positions first: one statement, and it takes the counter
+        // row's lock before any room row, so batches of different processes on one PostgreSQL
+        // lock rows in one order and cannot deadlock.
+        crate::storage::Db::reserve_stream_positions(&mut tx, "events", jobs.len() as i64).await?;
         let mut ctxs: HashMap<String, RoomCtx> = HashMap::new();
         let mut appended: HashMap<String, Vec<Appended>> = HashMap::new();
         let mut outcomes = Vec::with_capacity(jobs.len());

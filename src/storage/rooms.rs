@@ -122,40 +122,37 @@ impl Db {
         Ok(())
     }
 
-    /// Stores an event and its DAG edges.
+    /// Stores an event and its DAG edges (buffered until commit when the transaction defers rows).
     pub async fn insert_event(&self, tx: &mut WriteTx, row: NewEventRow<'_>) -> Result<()> {
         let pdu = row.pdu;
-        let json = serde_json::to_string(&*pdu.json)?;
         let (relates_to, rel_type) = relation_of(pdu);
-        sqlx::query(
-            "INSERT INTO events (stream_ordering, event_id, room_id, topological_ordering, event_type, state_key, sender, \
-             origin_server_ts, json, unsigned_json, rejected, outlier, state_group, relates_to, rel_type) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(row.stream)
-        .bind(pdu.event_id.as_str())
-        .bind(pdu.room_id.as_str())
-        .bind(pdu.fields.depth)
-        .bind(pdu.fields.kind.to_string())
-        .bind(pdu.fields.state_key.as_deref())
-        .bind(pdu.fields.sender.as_str())
-        .bind(i64::from(pdu.fields.origin_server_ts.get()))
-        .bind(json)
-        .bind(row.unsigned.map(|u| u.to_string()))
-        .bind(pdu.rejected as i64)
-        .bind(row.outlier as i64)
-        .bind(row.state_group)
-        .bind(relates_to)
-        .bind(rel_type)
-        .execute(&mut *tx.tx)
-        .await?;
-        for prev in &pdu.fields.prev_events {
-            sqlx::query("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(pdu.event_id.as_str())
-                .bind(prev.as_str())
-                .execute(&mut *tx.tx)
-                .await?;
+        let pending = PendingEvent {
+            stream: row.stream,
+            event_id: pdu.event_id.to_string(),
+            room_id: pdu.room_id.to_string(),
+            topo: pdu.fields.depth,
+            event_type: pdu.fields.kind.to_string(),
+            state_key: pdu.fields.state_key.clone(),
+            sender: pdu.fields.sender.to_string(),
+            ts: i64::from(pdu.fields.origin_server_ts.get()),
+            json: serde_json::to_string(&*pdu.json)?,
+            unsigned: row.unsigned.map(|u| u.to_string()),
+            rejected: pdu.rejected as i64,
+            outlier: row.outlier as i64,
+            state_group: row.state_group,
+            relates_to,
+            rel_type,
+            redacted_by: None,
+        };
+        let edges: Vec<(String, String)> =
+            pdu.fields.prev_events.iter().map(|p| (pdu.event_id.to_string(), p.to_string())).collect();
+        if tx.pending.enabled {
+            tx.pending.events.push(pending);
+            tx.pending.edges.extend(edges);
+            return Ok(());
         }
+        write_events(tx, &[pending]).await?;
+        write_edges(tx, &edges).await?;
         Ok(())
     }
 
@@ -210,7 +207,7 @@ impl Db {
         .await?)
     }
 
-    /// Replaces `removed` extremities with `added`.
+    /// Replaces `removed` extremities with `added` (buffered until commit when deferring).
     pub async fn update_extremities(
         &self,
         tx: &mut WriteTx,
@@ -218,6 +215,16 @@ impl Db {
         removed: &[String],
         added: &str,
     ) -> Result<()> {
+        if tx.pending.enabled {
+            let (_, current) = tx
+                .pending
+                .extremities
+                .entry(room_id.to_owned())
+                .or_insert_with(|| (removed.to_vec(), removed.to_vec()));
+            current.retain(|e| !removed.contains(e));
+            current.push(added.to_owned());
+            return Ok(());
+        }
         for r in removed {
             sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
                 .bind(room_id)
@@ -415,7 +422,7 @@ impl Db {
         Ok(row.map(|r| r.0))
     }
 
-    /// Same, inside the write transaction.
+    /// Same, inside the write transaction (including ids buffered in it).
     pub async fn get_txn_tx(
         &self,
         tx: &mut WriteTx,
@@ -423,6 +430,9 @@ impl Db {
         device_id: &str,
         txn_id: &str,
     ) -> Result<Option<String>> {
+        if let Some(t) = tx.pending.txns.iter().find(|t| t.0 == user_id && t.1 == device_id && t.2 == txn_id) {
+            return Ok(Some(t.3.clone()));
+        }
         let row: Option<(String,)> =
             sqlx::query_as("SELECT event_id FROM client_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
                 .bind(user_id)
@@ -442,13 +452,12 @@ impl Db {
         txn_id: &str,
         event_id: &str,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO client_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)")
-            .bind(user_id)
-            .bind(device_id)
-            .bind(txn_id)
-            .bind(event_id)
-            .execute(&mut *tx.tx)
-            .await?;
+        let row = (user_id.to_owned(), device_id.to_owned(), txn_id.to_owned(), event_id.to_owned());
+        if tx.pending.enabled {
+            tx.pending.txns.push(row);
+            return Ok(());
+        }
+        write_txns(tx, &[row]).await?;
         Ok(())
     }
 
@@ -486,16 +495,12 @@ impl Db {
     /// Queues a federation payload for a destination.
     pub async fn insert_outbox(&self, tx: &mut WriteTx, destination: &str, kind: &str, payload: &str) -> Result<()> {
         let id = Db::next_stream_position(tx, "federation_outbox").await?;
-        sqlx::query(
-            "INSERT INTO federation_outbox (id, destination, kind, payload, created_ts) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(destination)
-        .bind(kind)
-        .bind(payload)
-        .bind(now_ms())
-        .execute(&mut *tx.tx)
-        .await?;
+        let row = (id, destination.to_owned(), kind.to_owned(), payload.to_owned(), now_ms());
+        if tx.pending.enabled {
+            tx.pending.outbox.push(row);
+            return Ok(());
+        }
+        write_outbox(tx, &[row]).await?;
         Ok(())
     }
 
@@ -507,6 +512,11 @@ impl Db {
         json: &str,
         redacted_by: &str,
     ) -> Result<()> {
+        if let Some(ev) = tx.pending.events.iter_mut().find(|e| e.event_id == event_id) {
+            ev.json = json.to_owned();
+            ev.redacted_by = Some(redacted_by.to_owned());
+            return Ok(());
+        }
         sqlx::query("UPDATE events SET json = $1, redacted_by = $2 WHERE event_id = $3")
             .bind(json)
             .bind(redacted_by)
@@ -586,4 +596,171 @@ pub enum BindValue<'a> {
     Str(&'a str),
     /// Integer.
     Int(i64),
+}
+
+/// An `events` row waiting for its multi-row insert.
+#[derive(Debug)]
+pub struct PendingEvent {
+    stream: i64,
+    event_id: String,
+    room_id: String,
+    topo: i64,
+    event_type: String,
+    state_key: Option<String>,
+    sender: String,
+    ts: i64,
+    json: String,
+    unsigned: Option<String>,
+    rejected: i64,
+    outlier: i64,
+    state_group: Option<i64>,
+    relates_to: Option<String>,
+    rel_type: Option<String>,
+    redacted_by: Option<String>,
+}
+
+/// Rows a deferring [`WriteTx`] writes at commit, one statement per table.
+#[derive(Debug, Default)]
+pub struct PendingRows {
+    /// Whether rows are buffered at all.
+    pub(super) enabled: bool,
+    events: Vec<PendingEvent>,
+    edges: Vec<(String, String)>,
+    txns: Vec<(String, String, String, String)>,
+    outbox: Vec<(i64, String, String, String, i64)>,
+    /// Room → (extremities when first touched, extremities now).
+    extremities: BTreeMap<String, (Vec<String>, Vec<String>)>,
+}
+
+/// `($1, $2, ...), ($n+1, ...)` for `rows` rows of `cols` columns.
+fn values_clause(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows per statement, below SQLite's 32,766 parameters for the widest table.
+const ROWS_PER_STATEMENT: usize = 500;
+
+async fn write_events(tx: &mut WriteTx, rows: &[PendingEvent]) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "INSERT INTO events (stream_ordering, event_id, room_id, topological_ordering, event_type, state_key, sender, \
+             origin_server_ts, json, unsigned_json, rejected, outlier, state_group, relates_to, rel_type, redacted_by) \
+             VALUES {}",
+            values_clause(chunk.len(), 16)
+        ));
+        let mut q = sqlx::query(sql);
+        for e in chunk {
+            q = q
+                .bind(e.stream)
+                .bind(e.event_id.as_str())
+                .bind(e.room_id.as_str())
+                .bind(e.topo)
+                .bind(e.event_type.as_str())
+                .bind(e.state_key.as_deref())
+                .bind(e.sender.as_str())
+                .bind(e.ts)
+                .bind(e.json.as_str())
+                .bind(e.unsigned.as_deref())
+                .bind(e.rejected)
+                .bind(e.outlier)
+                .bind(e.state_group)
+                .bind(e.relates_to.as_deref())
+                .bind(e.rel_type.as_deref())
+                .bind(e.redacted_by.as_deref());
+        }
+        q.execute(&mut *tx.tx).await?;
+    }
+    Ok(())
+}
+
+async fn write_edges(tx: &mut WriteTx, rows: &[(String, String)]) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "INSERT INTO event_edges (event_id, prev_event_id) VALUES {} ON CONFLICT DO NOTHING",
+            values_clause(chunk.len(), 2)
+        ));
+        let mut q = sqlx::query(sql);
+        for (e, p) in chunk {
+            q = q.bind(e.as_str()).bind(p.as_str());
+        }
+        q.execute(&mut *tx.tx).await?;
+    }
+    Ok(())
+}
+
+async fn write_txns(tx: &mut WriteTx, rows: &[(String, String, String, String)]) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "INSERT INTO client_txns (user_id, device_id, txn_id, event_id) VALUES {}",
+            values_clause(chunk.len(), 4)
+        ));
+        let mut q = sqlx::query(sql);
+        for (u, d, t, e) in chunk {
+            q = q.bind(u.as_str()).bind(d.as_str()).bind(t.as_str()).bind(e.as_str());
+        }
+        q.execute(&mut *tx.tx).await?;
+    }
+    Ok(())
+}
+
+async fn write_outbox(tx: &mut WriteTx, rows: &[(i64, String, String, String, i64)]) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "INSERT INTO federation_outbox (id, destination, kind, payload, created_ts) VALUES {}",
+            values_clause(chunk.len(), 5)
+        ));
+        let mut q = sqlx::query(sql);
+        for (id, d, k, p, ts) in chunk {
+            q = q.bind(*id).bind(d.as_str()).bind(k.as_str()).bind(p.as_str()).bind(*ts);
+        }
+        q.execute(&mut *tx.tx).await?;
+    }
+    Ok(())
+}
+
+/// Writes everything a deferring transaction buffered; called by [`WriteTx::commit`].
+pub(super) async fn flush_pending(tx: &mut WriteTx) -> Result<(), sqlx::Error> {
+    let pending = std::mem::take(&mut tx.pending);
+    if !pending.enabled {
+        return Ok(());
+    }
+    write_events(tx, &pending.events).await?;
+    write_edges(tx, &pending.edges).await?;
+    write_txns(tx, &pending.txns).await?;
+    write_outbox(tx, &pending.outbox).await?;
+    for (room_id, (initial, current)) in &pending.extremities {
+        let gone: Vec<&String> = initial.iter().filter(|e| !current.contains(e)).collect();
+        if !gone.is_empty() {
+            let placeholders: Vec<String> = (2..gone.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = sqlx::AssertSqlSafe(format!(
+                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
+                placeholders.join(", ")
+            ));
+            let mut q = sqlx::query(sql).bind(room_id.as_str());
+            for e in gone {
+                q = q.bind(e.as_str());
+            }
+            q.execute(&mut *tx.tx).await?;
+        }
+        let new: Vec<&String> = current.iter().filter(|e| !initial.contains(e)).collect();
+        if !new.is_empty() {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES {} ON CONFLICT DO NOTHING",
+                values_clause(new.len(), 2)
+            ));
+            let mut q = sqlx::query(sql);
+            for e in new {
+                q = q.bind(room_id.as_str()).bind(e.as_str());
+            }
+            q.execute(&mut *tx.tx).await?;
+        }
+    }
+    tx.pending.enabled = true;
+    Ok(())
 }
