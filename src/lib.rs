@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod api;
 pub mod config;
+pub mod e2ee;
 pub mod error;
 pub mod media;
 pub mod notifier;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use crate::accounts::Accounts;
 use crate::api::{AppState, ratelimit::RateLimiter};
 use crate::config::Config;
+use crate::e2ee::E2ee;
 use crate::media::Media;
 use crate::notifier::Notifier;
 use crate::rooms::Rooms;
@@ -37,12 +38,14 @@ impl Server {
         let notifier = Arc::new(Notifier::default());
         let rooms = Rooms::new(db.clone(), config.clone(), keys.clone(), notifier.clone());
         let media = Arc::new(Media::new(db.clone(), config.clone())?);
+        let e2ee = Arc::new(E2ee::new(db.clone(), config.server_name(), notifier.clone(), rooms.outbox_wakeup.clone()));
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
             rooms,
             notifier,
             media,
+            e2ee,
             config,
         };
         Ok(Self { state, db, keys })

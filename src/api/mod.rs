@@ -20,6 +20,7 @@ use ruma::api::path_builder::PathBuilder;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
+use crate::e2ee::E2ee;
 use crate::error::Error;
 use crate::media::Media;
 use crate::notifier::Notifier;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub notifier: Arc<Notifier>,
     /// The media repository.
     pub media: Arc<Media>,
+    /// End-to-end encryption keys and device lists.
+    pub e2ee: Arc<E2ee>,
 }
 
 /// A handler taking one ruma request; registered on every path ruma knows for the endpoint.

@@ -100,6 +100,12 @@ impl Db {
             .bind(user_id)
             .execute(&mut *tx.tx)
             .await?;
+        let devices: Vec<(String,)> = sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&mut *tx.tx)
+            .await?;
+        let devices: Vec<String> = devices.into_iter().map(|d| d.0).collect();
+        self.e2e_devices_removed(&mut tx, user_id, &devices).await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         tx.commit().await
@@ -133,6 +139,11 @@ impl Db {
     ) -> Result<(), sqlx::Error> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
+        let existed: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
         sqlx::query(
             "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip, created_ts) \
              VALUES ($1, $2, $3, $4, $5, $4) ON CONFLICT (user_id, device_id) DO UPDATE SET \
@@ -146,6 +157,10 @@ impl Db {
         .bind(ip)
         .execute(&mut *tx.tx)
         .await?;
+        if existed.is_none() {
+            // A new device is a device-list change (end-to-end encryption), in this transaction.
+            self.e2e_device_added(&mut tx, user_id, device_id).await?;
+        }
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
             .bind(user_id)
             .bind(device_id)
@@ -176,6 +191,8 @@ impl Db {
     /// Deletes devices (and their tokens) of a user.
     pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<(), sqlx::Error> {
         let mut tx = self.begin_write().await?;
+        // Their end-to-end keys go with them, and each deletion is a device-list change.
+        self.e2e_devices_removed(&mut tx, user_id, device_ids).await?;
         for device_id in device_ids {
             sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
@@ -217,12 +234,18 @@ impl Db {
 
     /// Renames a device; false if it does not exist.
     pub async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool, sqlx::Error> {
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
             .bind(name)
             .bind(user_id)
             .bind(device_id)
-            .execute(self.pool())
+            .execute(&mut *tx.tx)
             .await?;
+        if res.rows_affected() == 1 {
+            // The display name is part of what /keys/query serves: a device-list change.
+            self.e2e_record_device_change(&mut tx, user_id, Some(device_id), false).await?;
+        }
+        tx.commit().await?;
         Ok(res.rows_affected() == 1)
     }
 

@@ -11,6 +11,7 @@
 //! single-process deployment); readers run concurrently thanks to WAL.
 
 pub mod accounts;
+pub mod e2ee;
 pub mod media;
 pub mod rooms;
 
@@ -99,8 +100,8 @@ fn migrator(backend: Backend) -> Migrator {
     // Embedded so that the single binary carries its schema; listed by hand because sqlx's
     // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
     let list = match backend {
-        Backend::Sqlite => migrations!("sqlite": 1 "accounts", 2 "rooms", 5 "media"),
-        Backend::Postgres => migrations!("postgres": 1 "accounts", 2 "rooms", 5 "media"),
+        Backend::Sqlite => migrations!("sqlite": 1 "accounts", 2 "rooms", 5 "media", 6 "e2ee"),
+        Backend::Postgres => migrations!("postgres": 1 "accounts", 2 "rooms", 5 "media", 6 "e2ee"),
     };
     Migrator::with_migrations(list)
 }

@@ -1,9 +1,11 @@
 //! Client-server API handlers, one file per area of the spec.
 
 mod account;
+mod backup;
 mod device;
 mod directory;
 mod discovery;
+mod keys;
 mod media;
 pub mod message;
 mod profile;
@@ -82,7 +84,27 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(media::preview_url_legacy)
         .ruma(media::download_legacy)
         .ruma(media::download_as_legacy)
-        .ruma(media::thumbnail_legacy);
+        .ruma(media::thumbnail_legacy)
+        .ruma(keys::upload)
+        .ruma(keys::query)
+        .ruma(keys::claim)
+        .ruma(keys::changes)
+        .ruma(keys::device_signing_upload)
+        .ruma(keys::signatures_upload)
+        .ruma(backup::create_version)
+        .ruma(backup::latest_version)
+        .ruma(backup::get_version)
+        .ruma(backup::update_version)
+        .ruma(backup::delete_version)
+        .ruma(backup::put_keys)
+        .ruma(backup::put_room_keys)
+        .ruma(backup::put_session_key)
+        .ruma(backup::get_keys)
+        .ruma(backup::get_room_keys)
+        .ruma(backup::get_session_key)
+        .ruma(backup::delete_keys)
+        .ruma(backup::delete_room_keys)
+        .ruma(backup::delete_session_key);
     let router = media::upload_routes(router);
     let router = directory::extra_routes(router);
     discovery::well_known_server(router)

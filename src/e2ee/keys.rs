@@ -1,0 +1,273 @@
+//! Device keys, one-time keys and fallback keys: `/keys/upload`, `/keys/query`, `/keys/claim`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::{E2ee, add_signature, cross_signing_public_key, parse_stored};
+use crate::error::{Error, Result};
+use crate::storage::e2ee::{SignatureRow, server_of};
+
+/// The algorithm that clients count on seeing in `one_time_key_counts` even at zero (as
+/// Synapse reports it; some clients only upload when they see the count drop).
+pub const SIGNED_CURVE25519: &str = "signed_curve25519";
+
+/// Splits `algorithm:key_id`.
+fn split_key_id(full: &str) -> Result<(&str, &str)> {
+    match full.split_once(':') {
+        Some((alg, id)) if !alg.is_empty() && !id.is_empty() => Ok((alg, id)),
+        _ => Err(Error::invalid_param(format!("Invalid key id {full:?}: expected <algorithm>:<key id>"))),
+    }
+}
+
+/// The spec's error for a one-time key id re-uploaded with different content.
+fn otk_conflict(full: &str) -> Error {
+    Error::invalid_param(format!("One time key {full} already exists with different content"))
+}
+
+impl E2ee {
+    /// `POST /keys/upload` for `user_id`'s device `device_id`: stores device keys, one-time
+    /// keys and fallback keys from the request body; returns the one-time key counts.
+    pub async fn upload_keys(&self, user_id: &str, device_id: &str, body: &Value) -> Result<BTreeMap<String, i64>> {
+        let device_keys = body.get("device_keys").filter(|v| !v.is_null());
+        if let Some(keys) = device_keys {
+            if !keys.is_object() {
+                return Err(Error::bad_json("device_keys must be an object"));
+            }
+            if keys.get("user_id").and_then(Value::as_str) != Some(user_id) {
+                return Err(Error::bad_json(
+                    "Provided `user_id` in `device_keys` does not match that of the authenticated user",
+                ));
+            }
+            if keys.get("device_id").and_then(Value::as_str) != Some(device_id) {
+                return Err(Error::bad_json(
+                    "Provided `device_id` in `device_keys` does not match that of the authenticated user",
+                ));
+            }
+            if !keys.get("keys").is_some_and(Value::is_object) || !keys.get("algorithms").is_some_and(Value::is_array) {
+                return Err(Error::bad_json("device_keys needs `keys` and `algorithms`"));
+            }
+        }
+        let one_time = object_field(body, "one_time_keys")?;
+        let fallback = object_field(body, "fallback_keys")?;
+
+        let mut tx = self.db.begin_write().await?;
+        let mut changed = false;
+        if let Some(keys) = device_keys {
+            let mut keys = keys.clone();
+            if let Some(map) = keys.as_object_mut() {
+                map.remove("unsigned");
+            }
+            let existing = self.db.e2e_device_keys(user_id, device_id).await?;
+            if existing.as_deref().map(parse_stored).transpose()?.as_ref() != Some(&keys) {
+                self.db.e2e_set_device_keys(&mut tx, user_id, device_id, &keys.to_string()).await?;
+                changed = true;
+            }
+        }
+        for (full, key) in one_time {
+            let (alg, id) = split_key_id(full)?;
+            match self.db.e2e_otk(&mut tx, user_id, device_id, alg, id).await? {
+                Some(existing) if parse_stored(&existing)? == *key => {}
+                Some(_) => return Err(otk_conflict(full)),
+                None => self.db.e2e_insert_otk(&mut tx, user_id, device_id, alg, id, &key.to_string()).await?,
+            }
+        }
+        for (full, key) in fallback {
+            let (alg, id) = split_key_id(full)?;
+            let unchanged = match self.db.e2e_fallback_key(&mut tx, user_id, device_id, alg).await? {
+                Some((existing_id, existing, _)) => existing_id == id && parse_stored(&existing)? == *key,
+                None => false,
+            };
+            // Re-uploading the same fallback key keeps its `used` flag, as Synapse does.
+            if !unchanged {
+                self.db.e2e_set_fallback_key(&mut tx, user_id, device_id, alg, id, &key.to_string()).await?;
+            }
+        }
+        if changed {
+            self.db.e2e_record_device_change(&mut tx, user_id, Some(device_id), false).await?;
+        }
+        tx.commit().await?;
+        if changed {
+            self.keys_changed(user_id).await;
+        }
+        self.one_time_key_counts(user_id, device_id).await
+    }
+
+    /// Unclaimed one-time keys of a device per algorithm (`signed_curve25519` always present).
+    pub async fn one_time_key_counts(&self, user_id: &str, device_id: &str) -> Result<BTreeMap<String, i64>> {
+        let mut counts = self.db.e2e_otk_counts(user_id, device_id).await?;
+        counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
+        Ok(counts)
+    }
+
+    /// Algorithms of the device's fallback keys that have not been claimed yet
+    /// (`device_unused_fallback_key_types` in `/sync`).
+    pub async fn unused_fallback_key_types(&self, user_id: &str, device_id: &str) -> Result<Vec<String>> {
+        Ok(self.db.e2e_unused_fallback_types(user_id, device_id).await?)
+    }
+
+    /// The keys of local `user_id` as `requester` sees them: `(device_keys, master,
+    /// self_signing, user_signing)`; `devices` empty means all devices. Devices that never
+    /// uploaded keys are left out. Signatures uploaded later are merged in: the user's own
+    /// (device ↔ master, self-signing → device) for everyone, user-signing signatures by
+    /// `requester` only for `requester`.
+    pub async fn local_keys(&self, requester: Option<&str>, user_id: &str, devices: &[String]) -> Result<LocalKeys> {
+        let sigs = self.db.e2e_signatures_on(user_id).await?;
+        let visible = |s: &&SignatureRow| s.signer_user_id == user_id || Some(s.signer_user_id.as_str()) == requester;
+        let merge = |obj: &mut Value, target: &str| {
+            for s in sigs.iter().filter(visible).filter(|s| s.target_key_id == target) {
+                add_signature(obj, &s.signer_user_id, &s.signer_key_id, &s.signature);
+            }
+        };
+        let mut out = LocalKeys::default();
+        for d in self.db.e2e_devices_of(user_id).await? {
+            if !devices.is_empty() && !devices.contains(&d.device_id) {
+                continue;
+            }
+            let Some(keys) = d.keys else { continue };
+            let mut keys = parse_stored(&keys)?;
+            // Device signatures other users upload are never stored (only the owner's
+            // self-signing key signs devices), so the owner's signatures are all there are.
+            merge(&mut keys, &d.device_id);
+            if let Some(map) = keys.as_object_mut() {
+                let unsigned = match &d.display_name {
+                    Some(name) => json!({ "device_display_name": name }),
+                    None => json!({}),
+                };
+                map.insert("unsigned".into(), unsigned);
+            }
+            out.devices.insert(d.device_id, keys);
+        }
+        for (kind, slot) in [("master", &mut out.master), ("self_signing", &mut out.self_signing)] {
+            if let Some(key) = self.db.e2e_cross_signing_key(user_id, kind).await? {
+                let mut key = parse_stored(&key)?;
+                if let Some((_, public)) = cross_signing_public_key(&key) {
+                    merge(&mut key, &public);
+                }
+                *slot = Some(key);
+            }
+        }
+        if requester == Some(user_id)
+            && let Some(key) = self.db.e2e_cross_signing_key(user_id, "user_signing").await?
+        {
+            out.user_signing = Some(parse_stored(&key)?);
+        }
+        Ok(out)
+    }
+
+    /// `POST /keys/query`: keys of the users in `device_keys` (`{user: [device, ...]}`).
+    /// Remote users are answered from the federation cache where it has them and reported in
+    /// `failures` otherwise.
+    pub async fn query_keys(&self, requester: &str, device_keys: &Map<String, Value>) -> Result<Value> {
+        let mut devices_out = Map::new();
+        let mut master = Map::new();
+        let mut self_signing = Map::new();
+        let mut user_signing = Map::new();
+        let mut failures = Map::new();
+        for (user, wanted) in device_keys {
+            let wanted: Vec<String> = wanted
+                .as_array()
+                .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            if !self.is_local(user) {
+                failures.insert(
+                    server_of(user).to_owned(),
+                    json!({ "status": 503, "message": "Federation key queries are not available" }),
+                );
+                continue;
+            }
+            let keys = self.local_keys(Some(requester), user, &wanted).await?;
+            devices_out.insert(user.clone(), Value::Object(keys.devices.into_iter().collect()));
+            if let Some(k) = keys.master {
+                master.insert(user.clone(), k);
+            }
+            if let Some(k) = keys.self_signing {
+                self_signing.insert(user.clone(), k);
+            }
+            if let Some(k) = keys.user_signing {
+                user_signing.insert(user.clone(), k);
+            }
+        }
+        Ok(json!({
+            "device_keys": devices_out,
+            "master_keys": master,
+            "self_signing_keys": self_signing,
+            "user_signing_keys": user_signing,
+            "failures": failures,
+        }))
+    }
+
+    /// Claims one key per requested local `(user, device, algorithm)`, in one transaction:
+    /// a one-time key if one is left (and deleted with the claim), else the fallback key, which
+    /// stays but is marked used. Returns `{user: {device: {"alg:id": key}}}`.
+    pub async fn claim_local(&self, wanted: &[(String, String, String)]) -> Result<Map<String, Value>> {
+        let mut out: Map<String, Value> = Map::new();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let mut tx = self.db.begin_write().await?;
+        for (user, device, alg) in wanted {
+            let claimed = match self.db.e2e_claim_otk(&mut tx, user, device, alg).await? {
+                Some((id, json)) => Some((id, json)),
+                None => match self.db.e2e_fallback_key(&mut tx, user, device, alg).await? {
+                    Some((id, json, used)) => {
+                        if !used {
+                            self.db.e2e_mark_fallback_used(&mut tx, user, device, alg).await?;
+                        }
+                        Some((id, json))
+                    }
+                    None => None,
+                },
+            };
+            if let Some((id, json)) = claimed {
+                let per_user = out.entry(user.clone()).or_insert_with(|| json!({}));
+                per_user[device.as_str()] = json!({ format!("{alg}:{id}"): parse_stored(&json)? });
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// `POST /keys/claim`: `one_time_keys` is `{user: {device: algorithm}}`.
+    pub async fn claim_keys(&self, one_time_keys: &Map<String, Value>) -> Result<Value> {
+        let mut wanted = Vec::new();
+        let mut failures = Map::new();
+        for (user, devices) in one_time_keys {
+            if !self.is_local(user) {
+                failures.insert(
+                    server_of(user).to_owned(),
+                    json!({ "status": 503, "message": "Federation key claims are not available" }),
+                );
+                continue;
+            }
+            for (device, alg) in devices.as_object().into_iter().flatten() {
+                if let Some(alg) = alg.as_str() {
+                    wanted.push((user.clone(), device.clone(), alg.to_owned()));
+                }
+            }
+        }
+        let claimed = self.claim_local(&wanted).await?;
+        Ok(json!({ "one_time_keys": claimed, "failures": failures }))
+    }
+}
+
+/// What [`E2ee::local_keys`] returns.
+#[derive(Debug, Default)]
+pub struct LocalKeys {
+    /// Device id → DeviceKeys (with merged signatures and `unsigned.device_display_name`).
+    pub devices: BTreeMap<String, Value>,
+    /// Master key.
+    pub master: Option<Value>,
+    /// Self-signing key.
+    pub self_signing: Option<Value>,
+    /// User-signing key (only for the user themself).
+    pub user_signing: Option<Value>,
+}
+
+fn object_field<'a>(body: &'a Value, name: &str) -> Result<Vec<(&'a String, &'a Value)>> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(map)) => Ok(map.iter().collect()),
+        Some(_) => Err(Error::bad_json(format!("{name} must be an object"))),
+    }
+}
