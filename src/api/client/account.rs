@@ -85,6 +85,9 @@ pub async fn change_password(
         .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "password" })
         .await?;
     state.accounts.change_password(s, req.body.new_password.clone(), req.body.logout_devices).await?;
+    if req.body.logout_devices {
+        state.e2ee.keys_changed(s.user_id.as_str()).await;
+    }
     Ok(change_password::v3::Response::new().into())
 }
 
@@ -97,6 +100,7 @@ pub async fn deactivate(State(state): State<AppState>, req: Ruma<deactivate::v3:
         .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "deactivate" })
         .await?;
     state.accounts.db().deactivate_user(s.user_id.as_str()).await?;
+    state.e2ee.keys_changed(s.user_id.as_str()).await;
     tracing::info!(user_id = %s.user_id, "deactivated");
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
 }

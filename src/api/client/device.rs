@@ -45,6 +45,7 @@ pub async fn update(State(state): State<AppState>, req: Ruma<update_device::v3::
     {
         return Err(Error::not_found("Device not found"));
     }
+    state.e2ee.keys_changed(s.user_id.as_str()).await;
     Ok(Json(json!({})))
 }
 
@@ -60,6 +61,7 @@ pub async fn delete(State(state): State<AppState>, req: Ruma<delete_device::v3::
         .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "delete_device" })
         .await?;
     state.accounts.db().delete_devices(s.user_id.as_str(), &[req.body.device_id.to_string()]).await?;
+    state.e2ee.keys_changed(s.user_id.as_str()).await;
     Ok(Json(json!({})))
 }
 
@@ -73,5 +75,6 @@ pub async fn delete_many(State(state): State<AppState>, req: Ruma<delete_devices
         .await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
     state.accounts.db().delete_devices(s.user_id.as_str(), &ids).await?;
+    state.e2ee.keys_changed(s.user_id.as_str()).await;
     Ok(Json(json!({})))
 }

@@ -42,6 +42,7 @@ pub async fn login(
             Some(&req.ip.to_string()),
         )
         .await?;
+    state.e2ee.keys_changed(user_id.as_str()).await;
     tracing::info!(%user_id, device_id = %issued.device_id, "login");
     let mut res = login::v3::Response::new(user_id.clone(), issued.access_token, issued.device_id);
     res.home_server = Some(user_id.server_name().to_owned());
@@ -55,6 +56,7 @@ pub async fn logout(
 ) -> Result<RumaResponse<logout::v3::Response>> {
     let s = req.session()?;
     state.accounts.db().delete_devices(s.user_id.as_str(), &[s.device_id.to_string()]).await?;
+    state.e2ee.keys_changed(s.user_id.as_str()).await;
     Ok(logout::v3::Response::new().into())
 }
 
@@ -67,5 +69,6 @@ pub async fn logout_all(
     let devices: Vec<String> =
         state.accounts.db().list_devices(s.user_id.as_str()).await?.into_iter().map(|d| d.device_id).collect();
     state.accounts.db().delete_devices(s.user_id.as_str(), &devices).await?;
+    state.e2ee.keys_changed(s.user_id.as_str()).await;
     Ok(logout_all::v3::Response::new().into())
 }
