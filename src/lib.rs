@@ -11,3 +11,4 @@ pub mod rooms;
 pub mod server;
 pub mod signing;
 pub mod storage;
+pub mod sync;

@@ -17,6 +17,7 @@ use crate::notifier::Notifier;
 use crate::rooms::Rooms;
 use crate::signing::SigningKeys;
 use crate::storage::Db;
+use crate::sync::SyncEngine;
 
 /// Everything a running server holds.
 pub struct Server {
@@ -39,6 +40,8 @@ impl Server {
         let rooms = Rooms::new(db.clone(), config.clone(), keys.clone(), notifier.clone());
         let media = Arc::new(Media::new(db.clone(), config.clone())?);
         let e2ee = Arc::new(E2ee::new(db.clone(), config.server_name(), notifier.clone(), rooms.outbox_wakeup.clone()));
+        let sync = Arc::new(SyncEngine::new(db.clone(), rooms.clone(), notifier.clone(), e2ee.clone()));
+        sync.spawn_tasks();
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
@@ -46,6 +49,7 @@ impl Server {
             notifier,
             media,
             e2ee,
+            sync,
             config,
         };
         Ok(Self { state, db, keys })
@@ -77,9 +81,11 @@ impl Server {
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signal = {
             let stopping = stopping.clone();
+            let sync = self.state.sync.clone();
             async move {
                 shutdown_signal().await;
                 stopping.notify_waiters();
+                sync.begin_shutdown();
             }
         };
         let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())

@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::media::Media;
 use crate::notifier::Notifier;
 use crate::rooms::Rooms;
+use crate::sync::SyncEngine;
 use extract::{AuthRequirement, Ruma};
 use ratelimit::RateLimiter;
 
@@ -45,6 +46,8 @@ pub struct AppState {
     pub media: Arc<Media>,
     /// End-to-end encryption keys and device lists.
     pub e2ee: Arc<E2ee>,
+    /// `/sync` and the streams it carries (typing, receipts, account data, presence, to-device).
+    pub sync: Arc<SyncEngine>,
 }
 
 /// A handler taking one ruma request; registered on every path ruma knows for the endpoint.

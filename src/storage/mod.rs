@@ -14,6 +14,7 @@ pub mod accounts;
 pub mod e2ee;
 pub mod media;
 pub mod rooms;
+pub mod sync;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -100,8 +101,8 @@ fn migrator(backend: Backend) -> Migrator {
     // Embedded so that the single binary carries its schema; listed by hand because sqlx's
     // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
     let list = match backend {
-        Backend::Sqlite => migrations!("sqlite": 1 "accounts", 2 "rooms", 5 "media", 6 "e2ee"),
-        Backend::Postgres => migrations!("postgres": 1 "accounts", 2 "rooms", 5 "media", 6 "e2ee"),
+        Backend::Sqlite => migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 5 "media", 6 "e2ee"),
+        Backend::Postgres => migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 5 "media", 6 "e2ee"),
     };
     Migrator::with_migrations(list)
 }

@@ -1,6 +1,7 @@
 //! Client-server API handlers, one file per area of the spec.
 
 mod account;
+mod account_data;
 mod backup;
 mod device;
 mod directory;
@@ -8,10 +9,14 @@ mod discovery;
 mod keys;
 mod media;
 pub mod message;
+mod presence;
 mod profile;
+mod receipt;
 mod relations;
 mod room;
 mod session;
+mod sync;
+mod to_device;
 
 use axum::Router;
 
@@ -104,7 +109,23 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(backup::get_session_key)
         .ruma(backup::delete_keys)
         .ruma(backup::delete_room_keys)
-        .ruma(backup::delete_session_key);
+        .ruma(backup::delete_session_key)
+        .ruma(sync::sync)
+        .ruma(sync::create)
+        .ruma(sync::get)
+        .ruma(receipt::typing)
+        .ruma(receipt::receipt)
+        .ruma(receipt::read_markers)
+        .ruma(account_data::set_global)
+        .ruma(account_data::get_global)
+        .ruma(account_data::set_room)
+        .ruma(account_data::get_room)
+        .ruma(account_data::tags)
+        .ruma(account_data::put_tag)
+        .ruma(account_data::delete_tag)
+        .ruma(presence::set)
+        .ruma(presence::get)
+        .ruma(to_device::send);
     let router = media::upload_routes(router);
     let router = directory::extra_routes(router);
     discovery::well_known_server(router)

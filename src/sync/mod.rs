@@ -1,0 +1,391 @@
+//! `/sync` and everything it carries: room timelines and state, typing, receipts, account data,
+//! presence and to-device messages.
+//!
+//! Owns the sync streams and their tokens ([`token`]), the long-poll, and one module per
+//! stream: [`typing`] (in memory), [`receipts`], [`account_data`], [`presence`], [`to_device`],
+//! and [`e2ee`], where device lists and key counts come from the E2EE engine. [`rooms`] builds the
+//! per-room parts from the room engine's events and state groups; [`filter`] reads sync filters.
+//!
+//! How a sync is computed (see docs/ARCHITECTURE.md, "Sync"):
+//! 1. Read the current position of every stream (one query) and the typing serial; these form
+//!    `next_batch`. Every range read below is bounded by them, so nothing committed later is
+//!    sent now, and it is sent by the next sync instead: no event is skipped or repeated.
+//! 2. Read the user's memberships in one statement. A membership row is written with its
+//!    event's stream position in the event's transaction, and stream positions become visible
+//!    in order, so the events position is raised to the newest row seen: the membership
+//!    snapshot and the events range then describe the same moment.
+//! 3. Build the room, presence, account data, to-device and E2EE parts for `(since, next]`.
+//!
+//! Waiting: a request with `since` and a timeout subscribes to the [`Notifier`] and enables its
+//! `Notified` future *before* computing, so a commit between the computation and the wait is
+//! not missed. Every writer of a stream calls `notifier.wake` for the local users concerned
+//! after its commit. While waiting, a request holds its `Notified`, its token, and the shared
+//! filter: no database connection, no thread, no response buffer.
+
+pub mod account_data;
+pub mod e2ee;
+pub mod filter;
+pub mod presence;
+pub mod receipts;
+pub mod rooms;
+pub mod to_device;
+pub mod token;
+pub mod typing;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use ruma::{DeviceId, UserId};
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use crate::e2ee::E2ee;
+use crate::error::{Error, Result};
+use crate::notifier::Notifier;
+use crate::rooms::Rooms;
+use crate::storage::sync::streams;
+use crate::storage::{Db, now_ms};
+use filter::SyncFilter;
+use token::SyncToken;
+
+/// Longest long-poll a client may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The `/sync` engine and the stream writers; one per process, shared through `AppState`.
+pub struct SyncEngine {
+    db: Db,
+    rooms: Arc<Rooms>,
+    notifier: Arc<Notifier>,
+    e2ee: Arc<E2ee>,
+    /// Who is typing where (in memory).
+    pub typing: typing::Typing,
+    presence: presence::PresenceTracker,
+    /// Parsed filters shared by the requests that use them (a long-poll holds one `Arc`).
+    filters: Mutex<HashMap<(String, String), Weak<SyncFilter>>>,
+    /// Set at shutdown: long-polls answer at once instead of holding the shutdown up.
+    stopping: AtomicBool,
+    stop: tokio::sync::Notify,
+}
+
+/// The parameters of one `/sync` request.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// `since`: continue from this `next_batch`.
+    pub since: Option<String>,
+    /// The resolved filter.
+    pub filter: Arc<SyncFilter>,
+    /// `full_state`: full state for every room (and no waiting).
+    pub full_state: bool,
+    /// `use_state_after` (v1.16): `state_after` instead of `state`.
+    pub use_state_after: bool,
+    /// `set_presence`: `online` (default), `unavailable` or `offline`.
+    pub set_presence: String,
+    /// `timeout`: how long to wait for something to send.
+    pub timeout: Duration,
+}
+
+/// A computed sync response.
+pub struct SyncResponse {
+    /// The `next_batch` position.
+    pub next: SyncToken,
+    /// Everything but `next_batch`.
+    pub body: Map<String, Value>,
+    /// Whether nothing but `next_batch` would be sent.
+    pub empty: bool,
+}
+
+impl SyncResponse {
+    /// The response JSON.
+    pub fn into_json(self) -> Value {
+        let mut body = self.body;
+        body.insert("next_batch".into(), json!(self.next.to_token()));
+        Value::Object(body)
+    }
+}
+
+/// The request-independent inputs of one computation.
+pub struct Ctx<'a> {
+    /// The syncing user.
+    pub user: &'a UserId,
+    /// Their device.
+    pub device: &'a DeviceId,
+    /// The options.
+    pub opts: &'a SyncOptions,
+    /// Positions the client has (None: initial sync).
+    pub since: Option<SyncToken>,
+    /// Positions this response brings the client to.
+    pub now: SyncToken,
+    /// Wall clock, for `last_active_ago`.
+    pub now_ms: i64,
+}
+
+impl SyncEngine {
+    /// Creates the engine.
+    pub fn new(db: Db, rooms: Arc<Rooms>, notifier: Arc<Notifier>, e2ee: Arc<E2ee>) -> Self {
+        Self {
+            db,
+            rooms,
+            notifier,
+            e2ee,
+            typing: typing::Typing::default(),
+            presence: presence::PresenceTracker::default(),
+            filters: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Ends every waiting long-poll (with an empty response) and lets no new one wait; called
+    /// when the server starts shutting down.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+    }
+
+    /// Starts the background tasks (typing expiry, presence sweep) on the current runtime.
+    pub fn spawn_tasks(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.run_typing_expiry().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.run_presence_sweeper().await });
+    }
+
+    /// Whether a user id belongs to this server.
+    pub fn is_local(&self, user_id: &str) -> bool {
+        user_id.split_once(':').is_some_and(|(_, s)| self.is_local_server(s))
+    }
+
+    fn is_local_server(&self, server: &str) -> bool {
+        server == self.rooms.server_name().as_str()
+    }
+
+    /// Wakes the `/sync` of the room's local joined members.
+    pub async fn wake_room(&self, room_id: &str) {
+        match self.db.members_with(room_id, "join").await {
+            Ok(members) => self.notifier.wake(members.iter().map(String::as_str).filter(|u| self.is_local(u))),
+            Err(e) => tracing::warn!(%room_id, error = %e, "reading members to wake"),
+        }
+    }
+
+    /// Queues one EDU for each destination in its own short transaction and wakes the sender.
+    pub async fn queue_edu(&self, destinations: &[String], edu: &Value) -> Result<()> {
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        let payload = edu.to_string();
+        let mut tx = self.db.begin_write().await?;
+        for d in destinations {
+            self.db.insert_outbox(&mut tx, d, "edu", &payload).await?;
+        }
+        tx.commit().await?;
+        self.rooms.outbox_wakeup.notify_waiters();
+        Ok(())
+    }
+
+    /// The filter of a request: a stored filter id, inline JSON, or none. Parsed filters are
+    /// shared between requests, so that thousands of waiting long-polls with the same filter
+    /// hold one copy.
+    pub async fn resolve_filter(&self, user_id: &UserId, filter: Option<&str>) -> Result<Arc<SyncFilter>> {
+        let Some(filter) = filter.map(str::trim).filter(|f| !f.is_empty()) else {
+            return self.shared_filter(("".into(), "".into()), || Ok(Value::Null));
+        };
+        if filter.starts_with('{') {
+            return self.shared_filter(("".into(), filter.to_owned()), || {
+                serde_json::from_str(filter).map_err(|e| Error::bad_json(format!("Invalid filter JSON: {e}")))
+            });
+        }
+        let key = (user_id.to_string(), filter.to_owned());
+        if let Some(f) = self.cached_filter(&key) {
+            return Ok(f);
+        }
+        let json = self
+            .db
+            .get_filter(user_id.as_str(), filter)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("No filter with id {filter}")))?;
+        self.shared_filter(key, || Ok(serde_json::from_str(&json)?))
+    }
+
+    fn cached_filter(&self, key: &(String, String)) -> Option<Arc<SyncFilter>> {
+        self.filters.lock().unwrap_or_else(|e| e.into_inner()).get(key).and_then(Weak::upgrade)
+    }
+
+    fn shared_filter(&self, key: (String, String), json: impl FnOnce() -> Result<Value>) -> Result<Arc<SyncFilter>> {
+        if let Some(f) = self.cached_filter(&key) {
+            return Ok(f);
+        }
+        let parsed = Arc::new(SyncFilter::from_json(&json()?));
+        let mut filters = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        if filters.len() >= 1024 {
+            filters.retain(|_, w| w.strong_count() > 0);
+        }
+        filters.insert(key, Arc::downgrade(&parsed));
+        Ok(parsed)
+    }
+
+    /// Answers one `/sync`: computes at once, and if there is nothing to send, waits for a
+    /// wake-up or the timeout (only for incremental syncs without `full_state`).
+    pub async fn sync(&self, user_id: &UserId, device_id: &DeviceId, opts: SyncOptions) -> Result<Value> {
+        let since = opts.since.as_deref().map(SyncToken::parse).transpose()?;
+        let _syncing = self.presence_on_sync(user_id, &opts.set_presence).await?;
+        if let Some(s) = since {
+            // The client got everything up to `since`: its to-device messages can go.
+            self.db.ack_to_device(user_id.as_str(), device_id.as_str(), s.to_device).await?;
+        }
+        let stop = self.stop.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
+        let may_wait =
+            since.is_some() && !opts.full_state && !opts.timeout.is_zero() && !self.stopping.load(Ordering::SeqCst);
+        let deadline = Instant::now() + opts.timeout.min(MAX_TIMEOUT);
+        let wakeup = self.notifier.subscribe(user_id.as_str());
+        let mut since = since;
+        loop {
+            let notified = wakeup.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Boxed, so that the waiting future does not also reserve the computation's space.
+            let res = Box::pin(self.compute(user_id, device_id, since, &opts)).await?;
+            if !may_wait || !res.empty {
+                return Ok(res.into_json());
+            }
+            // Nothing for this client up to `res.next`; continue from there.
+            let next = res.next;
+            drop(res);
+            since = Some(next);
+            tokio::select! {
+                woken = tokio::time::timeout_at(deadline, notified) => {
+                    if woken.is_err() {
+                        return Ok(json!({ "next_batch": next.to_token() }));
+                    }
+                }
+                _ = stop.as_mut() => return Ok(json!({ "next_batch": next.to_token() })),
+            }
+        }
+    }
+
+    /// Reads the position of every stream.
+    async fn current_token(&self) -> Result<SyncToken> {
+        let typing = self.typing.current();
+        let p = self
+            .db
+            .stream_positions(&[
+                streams::EVENTS,
+                streams::RECEIPTS,
+                streams::ACCOUNT_DATA,
+                streams::TO_DEVICE,
+                streams::PRESENCE,
+            ])
+            .await?;
+        let at = |n: &str| p.get(n).copied().unwrap_or(0);
+        Ok(SyncToken {
+            events: at(streams::EVENTS),
+            typing,
+            receipts: at(streams::RECEIPTS),
+            account_data: at(streams::ACCOUNT_DATA),
+            to_device: at(streams::TO_DEVICE),
+            presence: at(streams::PRESENCE),
+            device_lists: self.device_lists_position().await?,
+        })
+    }
+
+    /// Computes the response for `(since, now]`.
+    async fn compute(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        since: Option<SyncToken>,
+        opts: &SyncOptions,
+    ) -> Result<SyncResponse> {
+        let mut now = self.current_token().await?;
+        let memberships = self.db.user_memberships(user.as_str()).await?;
+        // See the module doc: every position up to the newest membership row is visible.
+        if let Some(max) = memberships.iter().map(|m| m.stream).max() {
+            now.events = now.events.max(max);
+        }
+        // A token from the client never moves backwards (e.g. the typing serial of another
+        // process): ranges past `now` are empty, and the client keeps its positions.
+        if let Some(s) = since {
+            now = SyncToken {
+                events: now.events.max(s.events),
+                typing: now.typing.max(s.typing),
+                receipts: now.receipts.max(s.receipts),
+                account_data: now.account_data.max(s.account_data),
+                to_device: now.to_device.max(s.to_device),
+                presence: now.presence.max(s.presence),
+                device_lists: now.device_lists.max(s.device_lists),
+            };
+        }
+        let ctx = Ctx { user, device, opts, since, now, now_ms: now_ms() };
+        let mut body = Map::new();
+
+        let account_data = match since {
+            Some(s) if s.account_data == now.account_data => Vec::new(),
+            _ => {
+                self.db.account_data_since(user.as_str(), since.map_or(0, |s| s.account_data), now.account_data).await?
+            }
+        };
+        let (global_data, room_data): (Vec<_>, Vec<_>) = account_data.into_iter().partition(|r| r.room_id.is_empty());
+
+        let rooms = self.room_updates(&ctx, &memberships, room_data).await?;
+        let mut empty = rooms.is_empty();
+        if !rooms.is_empty() {
+            body.insert("rooms".into(), Value::Object(rooms));
+        }
+
+        if opts.filter.wants_presence() && since.is_none_or(|s| s.presence < now.presence) {
+            let rows = self.db.presence_since(user.as_str(), since.map_or(0, |s| s.presence), now.presence).await?;
+            let events: Vec<Value> = rows
+                .iter()
+                .filter(|p| filter::allows(&opts.filter.presence, "m.presence", Some(&p.user_id)))
+                .map(|p| presence::presence_event(p, ctx.now_ms))
+                .collect();
+            if !events.is_empty() {
+                empty = false;
+                body.insert("presence".into(), json!({ "events": events }));
+            }
+        }
+
+        let global: Vec<Value> = global_data
+            .iter()
+            .filter(|r| filter::allows(&opts.filter.account_data, &r.data_type, None))
+            .map(|r| {
+                json!({ "type": r.data_type, "content": serde_json::from_str::<Value>(&r.content).unwrap_or_default() })
+            })
+            .collect();
+        if !global.is_empty() {
+            empty = false;
+            body.insert("account_data".into(), json!({ "events": global }));
+        }
+
+        let mut next = now;
+        if since.is_none_or(|s| s.to_device < now.to_device) {
+            let rows = self
+                .db
+                .to_device_since(
+                    user.as_str(),
+                    device.as_str(),
+                    since.map_or(0, |s| s.to_device),
+                    now.to_device,
+                    to_device::BATCH,
+                )
+                .await?;
+            if rows.len() as i64 == to_device::BATCH {
+                // More are waiting: the next sync continues after the last one sent.
+                next.to_device = rows.last().map_or(now.to_device, |r| r.stream_id);
+            }
+            if !rows.is_empty() {
+                empty = false;
+                body.insert("to_device".into(), json!({ "events": to_device::to_device_events(&rows) }));
+            }
+        }
+
+        let e2ee = self.e2ee_sync(user, device, since, now).await?;
+        empty &= e2ee.is_empty();
+        e2ee.write_into(&mut body);
+
+        Ok(SyncResponse { next, body, empty })
+    }
+}

@@ -1,0 +1,495 @@
+//! The `rooms` part of a sync response: joined rooms (timeline, state, ephemeral, account data,
+//! unread counts, summary), invites and knocks (stripped state) and left rooms.
+//!
+//! Which rooms: the user's membership rows say which rooms were joined, left, invited or
+//! knocked since the token (`room_memberships.stream_ordering`); rooms joined before it are
+//! included when they have events in `(since, now]` or new ephemeral events or account data.
+//! A room joined since the token (not merely a profile change) is sent like in an initial sync.
+//!
+//! Timeline: the last `limit` events of the window that pass the filter and history
+//! visibility, read newest first and reversed; `limited` when more precede them. `prev_batch`
+//! is the topological token of the first timeline event, from which `/messages?dir=b` continues
+//! exclusively, so the client can close the gap without holes or repeats.
+//!
+//! State: the state at the start of the timeline minus the state at the token (all of it for a
+//! full-state room), without events that are in the timeline; with `use_state_after`, the state
+//! at the end of the timeline in `state_after`. Lazy-loading keeps member events for timeline
+//! senders, the user and the room heroes (full state), or the changed ones plus those of
+//! timeline senders (incremental: the spec requires member changes in the gap).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ruma::UserId;
+use ruma::events::TimelineEventType;
+use serde_json::{Map, Value, json};
+
+use super::token::SyncToken;
+use super::{Ctx, SyncEngine, filter, receipts};
+use crate::error::Result;
+use crate::rooms::Rooms;
+use crate::rooms::read::TopoToken;
+use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
+use crate::storage::sync::{AccountDataRow, MembershipRow, ReceiptRow, by_room};
+
+/// State event types shown to invited and knocking users (spec: "Stripped state").
+pub const STRIPPED_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+/// How many batches of events a timeline scan reads before it gives up looking for visible
+/// events and reports the timeline as limited (the client pages on with `/messages`).
+const MAX_SCAN_BATCHES: usize = 5;
+/// Unread counts stop at this number.
+const UNREAD_CAP: i64 = 1000;
+
+/// How one room is synced.
+struct Plan<'a> {
+    room_id: &'a str,
+    /// Timeline and state changes after this position (None: from the start of the room).
+    after: Option<i64>,
+    /// Up to this position (now, or the user's leave).
+    upto: i64,
+    /// Send the full state rather than the change since `after`.
+    full_state: bool,
+    /// The user's membership now (for history visibility).
+    membership: &'a str,
+    /// The user's membership event changed in the window.
+    membership_changed: bool,
+    /// Stream position of the user's current membership.
+    member_stream: i64,
+}
+
+struct Timeline {
+    events: Vec<StoredEvent>,
+    limited: bool,
+    prev_batch: String,
+    /// Some event of the window was left out (filter or visibility).
+    skipped: bool,
+}
+
+/// History visibility per event, remembered per state group for one room and user (it depends
+/// only on the state after the event, except for the user's own membership events).
+struct Visibility<'a> {
+    user: &'a UserId,
+    membership: &'a str,
+    by_group: HashMap<i64, bool>,
+}
+
+impl Visibility<'_> {
+    async fn check(&mut self, rooms: &Rooms, ev: &StoredEvent) -> Result<bool> {
+        let own = ev.pdu.fields.kind == TimelineEventType::RoomMember
+            && ev.pdu.fields.state_key.as_deref() == Some(self.user.as_str());
+        let group = ev.state_group.filter(|_| !own);
+        if let Some(v) = group.and_then(|g| self.by_group.get(&g)) {
+            return Ok(*v);
+        }
+        let v = rooms.can_see(self.user, ev, Some(self.membership)).await?;
+        if let Some(g) = group {
+            self.by_group.insert(g, v);
+        }
+        Ok(v)
+    }
+}
+
+fn stripped(ev: &StoredEvent) -> Value {
+    json!({
+        "type": ev.pdu.fields.kind.to_string(),
+        "state_key": ev.pdu.fields.state_key,
+        "sender": ev.pdu.fields.sender,
+        "content": ev.pdu.content(),
+    })
+}
+
+fn events_obj(events: Vec<Value>) -> Value {
+    json!({ "events": events })
+}
+
+fn account_data_events(ctx: &Ctx<'_>, rows: Option<&Vec<AccountDataRow>>) -> Vec<Value> {
+    rows.into_iter()
+        .flatten()
+        .filter(|r| filter::allows(&ctx.opts.filter.room_account_data, &r.data_type, None))
+        .map(|r| json!({ "type": r.data_type, "content": serde_json::from_str::<Value>(&r.content).unwrap_or_default() }))
+        .collect()
+}
+
+impl SyncEngine {
+    /// The `rooms` object; empty when nothing changed for the user's rooms.
+    pub(super) async fn room_updates(
+        &self,
+        ctx: &Ctx<'_>,
+        memberships: &[MembershipRow],
+        room_data: Vec<AccountDataRow>,
+    ) -> Result<Map<String, Value>> {
+        let f = &ctx.opts.filter;
+        let now = ctx.now;
+        let since = ctx.since.map(|s| s.events);
+        let mut plans = Vec::new();
+        let mut unchanged: Vec<&MembershipRow> = Vec::new();
+        let mut invites = Vec::new();
+        let mut knocks = Vec::new();
+        let mut leaves = Vec::new();
+        for m in memberships.iter().filter(|m| f.room_allowed(&m.room_id)) {
+            let changed = since.is_none_or(|s| m.stream > s);
+            let plan = |after, upto, full_state| Plan {
+                room_id: &m.room_id,
+                after,
+                upto,
+                full_state,
+                membership: &m.membership,
+                membership_changed: changed,
+                member_stream: m.stream,
+            };
+            match (m.membership.as_str(), since) {
+                ("join", None) => plans.push(plan(None, now.events, true)),
+                ("join", Some(s)) if changed => {
+                    // A profile change keeps the room incremental; a new join starts it afresh.
+                    if self.membership_at(&m.room_id, ctx.user, s).await?.as_deref() == Some("join") {
+                        plans.push(plan(Some(s), now.events, ctx.opts.full_state));
+                    } else {
+                        plans.push(plan(None, now.events, true));
+                    }
+                }
+                ("join", Some(s)) if ctx.opts.full_state => plans.push(plan(Some(s), now.events, true)),
+                ("join", Some(_)) => unchanged.push(m),
+                ("invite", _) if changed => invites.push(m),
+                ("knock", _) if changed => knocks.push(m),
+                ("leave" | "ban", _) if m.forgotten => {}
+                ("leave" | "ban", None) if f.include_leave => leaves.push(plan(None, m.stream, true)),
+                ("leave" | "ban", Some(s)) if changed => leaves.push(plan(Some(s), m.stream, ctx.opts.full_state)),
+                _ => {}
+            }
+        }
+
+        // Ephemeral events and account data of joined rooms.
+        let joined: Vec<&str> = memberships
+            .iter()
+            .filter(|m| m.membership == "join" && f.room_allowed(&m.room_id))
+            .map(|m| m.room_id.as_str())
+            .collect();
+        let typing = if filter::allows(&f.ephemeral, "m.typing", None) {
+            self.typing.changed_since(joined.iter().copied(), ctx.since.map(|s| s.typing))
+        } else {
+            HashMap::new()
+        };
+        let receipt_rows = match ctx.since {
+            _ if !filter::allows(&f.ephemeral, "m.receipt", None) => Vec::new(),
+            Some(s) if s.receipts >= now.receipts => Vec::new(),
+            s => self.db.receipts_since(&joined, ctx.user.as_str(), s.map_or(0, |s| s.receipts), now.receipts).await?,
+        };
+        let receipts = by_room(receipt_rows, |r| &r.room_id);
+        let room_data = by_room(room_data, |r| &r.room_id);
+
+        if let Some(s) = since {
+            let candidates: Vec<&str> = unchanged.iter().map(|m| m.room_id.as_str()).collect();
+            let with_events: HashSet<String> = if s < now.events {
+                self.db.rooms_with_events(&candidates, s, now.events).await?.into_iter().collect()
+            } else {
+                HashSet::new()
+            };
+            for m in unchanged {
+                let r = m.room_id.as_str();
+                if with_events.contains(r)
+                    || typing.contains_key(r)
+                    || receipts.contains_key(r)
+                    || room_data.contains_key(r)
+                {
+                    plans.push(Plan {
+                        room_id: r,
+                        after: Some(s),
+                        upto: now.events,
+                        full_state: false,
+                        membership: "join",
+                        membership_changed: false,
+                        member_stream: m.stream,
+                    });
+                }
+            }
+        }
+
+        let mut out = Map::new();
+        let mut join = Map::new();
+        for plan in plans {
+            let room = plan.room_id;
+            if let Some(v) =
+                self.joined_room(ctx, &plan, typing.get(room), receipts.get(room), room_data.get(room)).await?
+            {
+                join.insert(room.to_owned(), v);
+            }
+        }
+        if !join.is_empty() {
+            out.insert("join".into(), Value::Object(join));
+        }
+        let mut invite = Map::new();
+        for m in invites {
+            let state = self.stripped_state(m, "invite_room_state").await?;
+            invite.insert(m.room_id.clone(), json!({ "invite_state": events_obj(state) }));
+        }
+        if !invite.is_empty() {
+            out.insert("invite".into(), Value::Object(invite));
+        }
+        let mut knock = Map::new();
+        for m in knocks {
+            let state = self.stripped_state(m, "knock_room_state").await?;
+            knock.insert(m.room_id.clone(), json!({ "knock_state": events_obj(state) }));
+        }
+        if !knock.is_empty() {
+            out.insert("knock".into(), Value::Object(knock));
+        }
+        let mut leave = Map::new();
+        for plan in leaves {
+            let v = self.left_room(ctx, &plan, room_data.get(plan.room_id)).await?;
+            leave.insert(plan.room_id.to_owned(), v);
+        }
+        if !leave.is_empty() {
+            out.insert("leave".into(), Value::Object(leave));
+        }
+        Ok(out)
+    }
+
+    /// One joined room, or None when an incremental sync has nothing to say about it.
+    async fn joined_room(
+        &self,
+        ctx: &Ctx<'_>,
+        plan: &Plan<'_>,
+        typing: Option<&Vec<String>>,
+        receipts: Option<&Vec<ReceiptRow>>,
+        account_data: Option<&Vec<AccountDataRow>>,
+    ) -> Result<Option<Value>> {
+        let tl = self.timeline(ctx, plan).await?;
+        // A full-state room carries its summary; lazy-loading then also sends the heroes.
+        let mut summary = if plan.full_state { Some(self.summary(plan.room_id, ctx.user).await?) } else { None };
+        let heroes = summary.as_ref().map(|(_, h)| h.as_slice()).unwrap_or_default();
+        let state = self.room_state(ctx, plan, &tl, heroes).await?;
+
+        let mut ephemeral = Vec::new();
+        if let Some(users) = typing {
+            ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+        }
+        if let Some(rows) = receipts.filter(|r| !r.is_empty()) {
+            ephemeral.push(receipts::receipt_event(rows));
+        }
+        let account_data = account_data_events(ctx, account_data);
+        if !plan.full_state
+            && !plan.membership_changed
+            && tl.events.is_empty()
+            && state.is_empty()
+            && ephemeral.is_empty()
+            && account_data.is_empty()
+        {
+            return Ok(None);
+        }
+        let is_member = |e: &StoredEvent| e.pdu.fields.kind == TimelineEventType::RoomMember;
+        if summary.is_none() && (plan.membership_changed || tl.events.iter().chain(&state).any(is_member)) {
+            summary = Some(self.summary(plan.room_id, ctx.user).await?);
+        }
+        let notifications =
+            self.db.unread_count(plan.room_id, ctx.user.as_str(), plan.member_stream, plan.upto, UNREAD_CAP).await?;
+
+        let viewer = Some((ctx.user, ctx.device.as_str()));
+        let state_key = if ctx.opts.use_state_after { "state_after" } else { "state" };
+        let mut room = json!({
+            "timeline": {
+                "events": self.rooms.client_events(&tl.events, viewer).await?,
+                "limited": tl.limited,
+                "prev_batch": tl.prev_batch,
+            },
+            state_key: events_obj(self.rooms.client_events(&state, viewer).await?),
+            "ephemeral": events_obj(ephemeral),
+            "account_data": events_obj(account_data),
+            "unread_notifications": { "notification_count": notifications, "highlight_count": 0 },
+        });
+        room["summary"] = summary.map(|(s, _)| s).unwrap_or_else(|| json!({}));
+        Ok(Some(room))
+    }
+
+    /// One left (or banned) room: the timeline up to the leave, and state.
+    async fn left_room(
+        &self,
+        ctx: &Ctx<'_>,
+        plan: &Plan<'_>,
+        account_data: Option<&Vec<AccountDataRow>>,
+    ) -> Result<Value> {
+        let tl = self.timeline(ctx, plan).await?;
+        let state = self.room_state(ctx, plan, &tl, &[]).await?;
+        let viewer = Some((ctx.user, ctx.device.as_str()));
+        let state_key = if ctx.opts.use_state_after { "state_after" } else { "state" };
+        Ok(json!({
+            "timeline": {
+                "events": self.rooms.client_events(&tl.events, viewer).await?,
+                "limited": tl.limited,
+                "prev_batch": tl.prev_batch,
+            },
+            state_key: events_obj(self.rooms.client_events(&state, viewer).await?),
+            "account_data": events_obj(account_data_events(ctx, account_data)),
+        }))
+    }
+
+    /// The last `limit` visible, matching events of `(after, upto]`, oldest first.
+    async fn timeline(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<Timeline> {
+        let filter = &ctx.opts.filter.timeline;
+        let limit = ctx.opts.filter.timeline_limit();
+        let batch = (2 * limit as i64 + 1).clamp(20, 1000);
+        let floor = plan.after.unwrap_or(0);
+        let mut cursor = plan.upto;
+        let mut vis = Visibility { user: ctx.user, membership: plan.membership, by_group: HashMap::new() };
+        let mut events = Vec::new();
+        let mut limited = false;
+        let mut skipped = false;
+        let mut oldest_scanned = None;
+        let tail = format!(
+            "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 AND stream_ordering > $2 \
+             AND stream_ordering <= $3 ORDER BY stream_ordering DESC LIMIT {batch}"
+        );
+        'scan: for _ in 0..MAX_SCAN_BATCHES {
+            if cursor <= floor {
+                break;
+            }
+            let binds = [BindValue::Str(plan.room_id), BindValue::Int(floor), BindValue::Int(cursor)];
+            let rows = self.db.query_events(&tail, &binds).await?;
+            let exhausted = (rows.len() as i64) < batch;
+            for ev in rows {
+                cursor = ev.stream - 1;
+                oldest_scanned = Some(TopoToken::of(&ev));
+                if !filter.matches(&ev) || !vis.check(&self.rooms, &ev).await? {
+                    skipped = true;
+                    continue;
+                }
+                if events.len() == limit {
+                    limited = true;
+                    break 'scan;
+                }
+                events.push(ev);
+            }
+            if exhausted {
+                cursor = floor;
+            }
+        }
+        // The scan stopped before the start of the window: there may be more.
+        limited |= cursor > floor;
+        events.reverse();
+        let prev_batch = match (events.first(), oldest_scanned) {
+            (Some(first), _) => TopoToken::of(first).to_token(),
+            (None, Some(oldest)) if limited => oldest.to_token(),
+            _ => SyncToken { events: plan.upto, ..ctx.now }.to_token(),
+        };
+        Ok(Timeline { events, limited, prev_batch, skipped })
+    }
+
+    /// The state events of a room's sync entry (see the module doc).
+    async fn room_state(
+        &self,
+        ctx: &Ctx<'_>,
+        plan: &Plan<'_>,
+        tl: &Timeline,
+        heroes: &[String],
+    ) -> Result<Vec<StoredEvent>> {
+        let after_state = ctx.opts.use_state_after;
+        let lazy = ctx.opts.filter.lazy_load_members();
+        let base_pos = if plan.full_state { None } else { plan.after };
+        // A timeline holding every event of the window starts at the token's state.
+        if base_pos.is_some() && !after_state && !lazy && !tl.limited && !tl.skipped {
+            return Ok(Vec::new());
+        }
+        let at = if after_state {
+            tl.events.last().map_or(plan.upto, |e| e.stream)
+        } else {
+            tl.events.first().map_or(plan.upto, |e| e.stream - 1)
+        };
+        let target = self.state_at_stream(plan.room_id, at).await?;
+        let base = match base_pos {
+            Some(p) => Some(self.state_at_stream(plan.room_id, p).await?),
+            None => None,
+        };
+        let in_timeline: HashSet<&str> =
+            if after_state { HashSet::new() } else { tl.events.iter().map(|e| e.pdu.event_id.as_str()).collect() };
+        let senders: HashSet<&str> = tl.events.iter().map(|e| e.pdu.fields.sender.as_str()).collect();
+        let mut ids = Vec::new();
+        for ((kind, key), id) in target.iter() {
+            if in_timeline.contains(id.as_str()) {
+                continue;
+            }
+            let changed = base.as_ref().is_none_or(|b| b.get(&(kind.clone(), key.clone())) != Some(id));
+            let wanted = if !lazy || kind != "m.room.member" {
+                changed
+            } else if plan.full_state {
+                key == ctx.user.as_str() || senders.contains(key.as_str()) || heroes.iter().any(|h| h == key)
+            } else {
+                changed || senders.contains(key.as_str())
+            };
+            if wanted {
+                ids.push(id.clone());
+            }
+        }
+        let mut events = self.db.get_events(&ids).await?;
+        events.retain(|e| ctx.opts.filter.state.matches(e));
+        events.sort_by_key(|e| e.stream);
+        Ok(events)
+    }
+
+    /// The state after the last event of a room at or before `pos`.
+    async fn state_at_stream(&self, room_id: &str, pos: i64) -> Result<Arc<StateIds>> {
+        match self.db.state_group_at_stream(room_id, pos).await? {
+            Some(g) => self.rooms.state_at_group(g).await,
+            None => Ok(Arc::new(StateIds::new())),
+        }
+    }
+
+    /// The user's membership in a room as of stream position `pos`.
+    async fn membership_at(&self, room_id: &str, user: &UserId, pos: i64) -> Result<Option<String>> {
+        let state = self.state_at_stream(room_id, pos).await?;
+        let Some(id) = state.get(&("m.room.member".to_owned(), user.to_string())) else { return Ok(None) };
+        Ok(self.db.get_event(id).await?.and_then(|e| e.pdu.content()["membership"].as_str().map(str::to_owned)))
+    }
+
+    /// The room summary and its heroes.
+    async fn summary(&self, room_id: &str, user: &UserId) -> Result<(Value, Vec<String>)> {
+        let (joined, invited) = self.db.member_counts(room_id).await?;
+        let mut heroes = self.db.members_in_order(room_id, user.as_str(), &["join", "invite"], 5).await?;
+        if heroes.is_empty() {
+            heroes = self.db.members_in_order(room_id, user.as_str(), &["leave", "ban"], 5).await?;
+        }
+        let summary = json!({
+            "m.heroes": heroes,
+            "m.joined_member_count": joined,
+            "m.invited_member_count": invited,
+        });
+        Ok((summary, heroes))
+    }
+
+    /// Stripped state for an invite or knock: what the membership event carries in `unsigned`
+    /// (invites from other servers), else the room's current state, plus the membership event.
+    async fn stripped_state(&self, m: &MembershipRow, unsigned_key: &str) -> Result<Vec<Value>> {
+        let member = self.db.get_event(&m.event_id).await?;
+        let carried = member
+            .as_ref()
+            .and_then(|e| e.unsigned.as_ref())
+            .and_then(|u| u.get(unsigned_key))
+            .and_then(Value::as_array)
+            .cloned();
+        let mut events = match carried {
+            Some(list) => list,
+            None => {
+                let current = self.db.current_state_ids(&m.room_id).await?;
+                let ids: Vec<String> = current
+                    .iter()
+                    .filter(|((t, k), _)| k.is_empty() && STRIPPED_STATE_TYPES.contains(&t.as_str()))
+                    .map(|(_, id)| id.clone())
+                    .collect();
+                self.db.get_events(&ids).await?.iter().map(stripped).collect()
+            }
+        };
+        if let Some(ev) = &member {
+            let mut own = stripped(ev);
+            own["event_id"] = json!(ev.pdu.event_id);
+            own["origin_server_ts"] = json!(ev.pdu.fields.origin_server_ts);
+            events.push(own);
+        }
+        Ok(events)
+    }
+}
