@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("MYELIN_BENCH_CACHE", Path.home() / ".cache" / "myelin-bench"))
+CACHE = Path(os.environ.get("MYELINBENCH_CACHE", Path.home() / ".cache" / "myelin-bench"))
 VENV = CACHE / "synapse-venv"
 SYNAPSE_SPEC = "matrix-synapse==1.163.*"
 PG = dict(host="127.0.0.1", port=5432, user="root")
@@ -93,15 +93,13 @@ def synapse_version(py: Path) -> str:
 
 
 def target_dir() -> Path:
-    d = os.environ.get("CARGO_TARGET_DIR")
-    if not d:
-        d = str(Path.home() / ".cache" / "myelin-target")
-        os.environ["CARGO_TARGET_DIR"] = d
-    return Path(d)
+    """Cargo's target directory for this workspace (honours CARGO_TARGET_DIR and .cargo/config)."""
+    r = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=REPO,
+                       capture_output=True, text=True, check=True)
+    return Path(json.loads(r.stdout)["target_directory"])
 
 
 def build(profile: str) -> tuple[Path, Path]:
-    target_dir()
     cmd = ["cargo", "build", "-p", "myelin", "-p", "myelin-bench"]
     if profile == "release":
         cmd.insert(2, "--release")
@@ -186,7 +184,9 @@ class Server:
     def start(self, timeout=120):
         self.logfile = open(self.dir / "server.log", "wb")
         log(f"starting {self.name} on {self.url}")
-        self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdout=self.logfile,
+        # Myelin reads MYELIN_<KEY> variables as configuration: the servers get none of the caller's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MYELIN_")}
+        self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdout=self.logfile, env=env,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -514,8 +514,8 @@ def machine_info() -> dict:
 
 
 def git_rev() -> str:
-    if os.environ.get("MYELIN_BENCH_COMMIT"):  # a run from an exported tree (git archive)
-        return os.environ["MYELIN_BENCH_COMMIT"]
+    if os.environ.get("MYELINBENCH_COMMIT"):  # a run from an exported tree (git archive)
+        return os.environ["MYELINBENCH_COMMIT"]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True).stdout.strip()
