@@ -385,13 +385,6 @@ impl Db {
         Ok(row.map(presence_from))
     }
 
-    /// Same, inside a write transaction.
-    pub async fn get_presence_tx(&self, tx: &mut WriteTx, user_id: &str) -> Result<Option<PresenceRow>> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {PRESENCE_COLUMNS} FROM presence p WHERE p.user_id = $1"));
-        let row: Option<PresenceTuple> = sqlx::query_as(sql).bind(user_id).fetch_optional(&mut *tx.tx).await?;
-        Ok(row.map(presence_from))
-    }
-
     /// Writes a user's presence row.
     pub async fn upsert_presence(&self, tx: &mut WriteTx, p: &PresenceRow) -> Result<()> {
         sqlx::query(
@@ -546,7 +539,18 @@ impl Db {
         Ok(())
     }
 
-    /// Device ids of a user (for `*` to-device recipients), or whether one device exists.
+    /// Deletes messages waiting for devices that no longer exist.
+    pub async fn delete_orphan_to_device(&self) -> Result<u64> {
+        let res = sqlx::query(
+            "DELETE FROM to_device_messages WHERE NOT EXISTS (SELECT 1 FROM devices d \
+             WHERE d.user_id = to_device_messages.user_id AND d.device_id = to_device_messages.device_id)",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected())
+    }
+
+    /// Device ids of a user (for `*` to-device recipients).
     pub async fn device_ids(&self, user_id: &str) -> Result<Vec<String>> {
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id")

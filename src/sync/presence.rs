@@ -247,8 +247,8 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// Marks local users offline who stopped syncing, and forgets old to-device transaction
-    /// ids; runs every [`SWEEP_EVERY`] for as long as the server runs.
+    /// Marks local users offline who stopped syncing, forgets old to-device transaction ids and
+    /// drops messages for deleted devices; runs every [`SWEEP_EVERY`] while the server runs.
     pub async fn run_presence_sweeper(&self) {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -274,6 +274,7 @@ impl SyncEngine {
         }
         self.presence.lock().retain(|_, s| s.syncing > 0 || now - s.written_ms < OFFLINE_AFTER.as_millis() as i64);
         self.db.prune_to_device_txns(now - TO_DEVICE_TXN_TTL_MS).await?;
+        self.db.delete_orphan_to_device().await?;
         Ok(())
     }
 }

@@ -147,3 +147,18 @@ pub async fn read_all(c: &Client, room: &str, mut token: String, total: usize, l
     }
     seen
 }
+
+/// Long-polls from `token` until a response satisfies `pred` (other updates, such as presence,
+/// may come first); panics after `secs` seconds. Returns that response and the `since` it was
+/// requested with.
+pub async fn sync_until(c: &Client, mut token: String, secs: u64, pred: impl Fn(&Value) -> bool) -> (Value, String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let body = sync(c, Some(&token), None, 5_000).await;
+        if pred(&body) {
+            return (body, token);
+        }
+        assert!(Instant::now() < deadline, "no matching sync response within {secs} s; last: {body}");
+        token = next_batch(&body);
+    }
+}
