@@ -799,7 +799,7 @@ an inline filter (timeline limit 100, lazy-loaded members, no presence or accoun
 - **fanout**: N members (100, then 1,000) of one room each long-poll `/sync` (30 s timeout) from a token
   taken after all joins; one more member sends 50 messages 100 ms apart (each send waits for the previous
   answer). Delivery latency is from the start of a send to the moment a recipient has read the sync answer
-  carrying it. Per recipient it counts messages lost (not seen within 30 s of the last send), duplicated,
+  carrying it. Per recipient it counts messages lost (not seen within 60 s of the last send), duplicated,
   and out of order (seen after a later message).
 - **idle_syncers**: N distinct users (1,000, then 10,000) each hold one `/sync?since=…&timeout=180000` on
   its own connection. The server's VmRSS (`/proc/PID/status`) is read before, and after the server holds

@@ -74,7 +74,7 @@ impl Sizes {
             join_users: 200,
             fed_rooms: 10,
             fed_msgs: 50,
-            grace_secs: 30,
+            grace_secs: 60,
         }
     }
 
