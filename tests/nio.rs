@@ -47,3 +47,23 @@ async fn nio_two_clients_share_one_room_order() {
     assert_eq!(sent.len(), 6);
     assert_eq!(step(&out, "history")["event_ids"].as_array().unwrap(), &sent);
 }
+
+#[tokio::test]
+async fn nio_long_poll_sync_sees_other_clients_message() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let url = server.url();
+    let (ok, out, stderr) = run_nio_script("scenarios.py", &[&url, "sync"]).await;
+    assert!(ok, "nio scenario failed:\n{stderr}\noutput: {out:?}\nserver log:\n{}", server.log());
+    let room = step(&out, "joined")["room_id"].as_str().unwrap().to_owned();
+    let message = step(&out, "message");
+    eprintln!("nio long-poll woke {} ms after the send", message["wake_ms"]);
+    // What nio saw is what the server stored.
+    let event_id = message["event_id"].as_str().unwrap();
+    let token = message["access_token"].as_str().unwrap();
+    let path = format!("/_matrix/client/v3/rooms/{room}/event/{event_id}");
+    let (status, event) = common::send(server.request(reqwest::Method::GET, &path).bearer_auth(token)).await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["content"]["body"], "wake up, bob");
+    assert_eq!(step(&out, "typing")["users"].as_array().unwrap().len(), 1);
+    assert!(step(&out, "timeout")["waited_ms"].as_f64().unwrap() >= 1400.0);
+}

@@ -16,6 +16,7 @@ import asyncio
 import json
 import secrets
 import sys
+import time
 import traceback
 
 from nio import (
@@ -28,8 +29,10 @@ from nio import (
     RoomCreateResponse,
     RoomMessagesResponse,
     RoomSendResponse,
+    SyncResponse,
     WhoamiResponse,
 )
+from nio.events.ephemeral import TypingNoticeEvent
 
 PASSWORD = "nio-smoke-password"
 
@@ -150,6 +153,84 @@ async def rooms(url):
         check(seen[0] == seen[1], f"clients disagree on order: {seen}")
         check(seen[0] == sent, f"history order {seen[0]} differs from send order {sent}")
         emit("history", event_ids=seen[0])
+    finally:
+        for c in clients:
+            await c.close()
+
+
+@scenario
+async def sync(url):
+    """Bob follows a room through long-poll /sync while Alice writes: the invite, the joined room
+    with its state, a message that ends a waiting long-poll, typing, and an empty answer at the
+    timeout. nio validates every sync response against its schema."""
+    names = ["nio_s_a_" + secrets.token_hex(3), "nio_s_b_" + secrets.token_hex(3)]
+    clients = [AsyncClient(url, n) for n in names]
+    try:
+        for c, n in zip(clients, names):
+            expect(await c.register(n, PASSWORD), RegisterResponse, f"register {n}")
+        alice, bob = clients
+        room_id = expect(
+            await alice.room_create(name="nio sync", invite=[bob.user_id]), RoomCreateResponse, "room_create"
+        ).room_id
+
+        first = expect(await bob.sync(timeout=0, full_state=True), SyncResponse, "initial sync")
+        check(room_id in first.rooms.invite, f"invite missing from initial sync: {first.rooms.invite}")
+        expect(await bob.join(room_id), JoinResponse, "join")
+        joined = expect(await bob.sync(timeout=10000), SyncResponse, "sync after join")
+        check(room_id in joined.rooms.join, f"joined room missing: {joined.rooms}")
+        check(bob.rooms[room_id].name == "nio sync", f"room name from state: {bob.rooms[room_id].name}")
+        check(alice.user_id in bob.rooms[room_id].users, "alice missing from the member list")
+        emit("joined", room_id=room_id, next_batch=bob.next_batch)
+
+        # A long-poll that a message from Alice ends.
+        start = time.monotonic()
+        poll = asyncio.create_task(bob.sync(timeout=30000))
+        await asyncio.sleep(1.0)
+        check(not poll.done(), f"the long-poll returned before anything happened: {poll}")
+        sent_at = time.monotonic()
+        sent = expect(
+            await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "wake up, bob"}),
+            RoomSendResponse,
+            "room_send",
+        )
+        # Presence or the membership may come first; keep syncing until the message arrives.
+        got = None
+        resp = expect(await poll, SyncResponse, "long-poll")
+        while got is None:
+            events = resp.rooms.join.get(room_id)
+            for e in events.timeline.events if events else []:
+                if getattr(e, "body", None) == "wake up, bob":
+                    got = e
+            if got is None:
+                check(time.monotonic() - start < 30, "the message did not arrive")
+                resp = expect(await bob.sync(timeout=30000), SyncResponse, "long-poll (again)")
+        wake_ms = (time.monotonic() - sent_at) * 1000
+        check(got.event_id == sent.event_id, f"{got.event_id} != {sent.event_id}")
+        check(wake_ms < 10000, f"the long-poll took {wake_ms:.0f} ms after the send")
+        emit("message", event_id=got.event_id, wake_ms=round(wake_ms, 1), access_token=bob.access_token)
+
+        # Typing reaches Bob's long-poll as an ephemeral event.
+        await alice.room_typing(room_id, True, timeout=10000)
+        typing = None
+        while typing is None:
+            resp = expect(await bob.sync(timeout=10000), SyncResponse, "sync for typing")
+            room = resp.rooms.join.get(room_id)
+            for e in room.ephemeral if room else []:
+                if isinstance(e, TypingNoticeEvent):
+                    typing = e
+            check(time.monotonic() - start < 60, "no typing notification")
+        check(typing.users == [alice.user_id], f"typing users {typing.users}")
+        emit("typing", users=typing.users)
+
+        # Nothing more happens: the long-poll ends empty at its timeout.
+        await alice.room_typing(room_id, False)
+        expect(await bob.sync(timeout=10000), SyncResponse, "sync for typing stop")
+        t0 = time.monotonic()
+        quiet = expect(await bob.sync(timeout=1500), SyncResponse, "quiet sync")
+        waited = time.monotonic() - t0
+        check(waited >= 1.4, f"returned after {waited:.2f} s, before the timeout")
+        check(not quiet.rooms.join, f"a quiet long-poll returned room updates: {quiet.rooms.join}")
+        emit("timeout", waited_ms=round(waited * 1000, 1))
     finally:
         for c in clients:
             await c.close()
