@@ -7,6 +7,7 @@ pub mod e2ee;
 pub mod error;
 pub mod media;
 pub mod notifier;
+pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod signing;

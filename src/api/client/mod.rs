@@ -11,6 +11,7 @@ mod media;
 pub mod message;
 mod presence;
 mod profile;
+mod push;
 mod receipt;
 mod relations;
 mod room;
@@ -73,6 +74,15 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(profile::get)
         .ruma(profile::get_field)
         .ruma(profile::set_field)
+        .ruma(push::all)
+        .ruma(push::global)
+        .ruma(push::get)
+        .ruma(push::set)
+        .ruma(push::delete)
+        .ruma(push::get_enabled)
+        .ruma(push::set_enabled)
+        .ruma(push::get_actions)
+        .ruma(push::set_actions)
         .ruma(relations::relations)
         .ruma(relations::relations_by_type)
         .ruma(relations::relations_by_type_and_event_type)

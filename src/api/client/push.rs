@@ -1,0 +1,111 @@
+//! Push rules (`/pushrules`).
+
+use axum::Json;
+use axum::extract::State;
+use ruma::api::client::push::PushRule;
+use ruma::api::client::push::{
+    delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
+    get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+};
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::api::extract::Ruma;
+use crate::error::{Error, Result};
+use crate::push;
+
+fn not_found() -> Error {
+    Error::not_found("Unknown push rule")
+}
+
+/// `GET /_matrix/client/v3/pushrules/`
+pub async fn all(State(state): State<AppState>, req: Ruma<get_pushrules_all::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    Ok(Json(json!({ "global": push::ruleset(&state.sync, &s.user_id).await? })))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/`
+pub async fn global(
+    State(state): State<AppState>,
+    req: Ruma<get_pushrules_global_scope::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    Ok(Json(serde_json::to_value(push::ruleset(&state.sync, &s.user_id).await?)?))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
+pub async fn get(State(state): State<AppState>, req: Ruma<get_pushrule::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let rule = rules.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
+    Ok(Json(serde_json::to_value(PushRule::from(rule.to_owned()))?))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
+pub async fn set(State(state): State<AppState>, req: Ruma<set_pushrule::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let mut rules = push::ruleset(&state.sync, &s.user_id).await?;
+    rules
+        .insert(req.body.rule.clone(), req.body.after.as_deref(), req.body.before.as_deref())
+        .map_err(|e| Error::invalid_param(e.to_string()))?;
+    push::save(&state.sync, &s.user_id, &rules).await?;
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
+pub async fn delete(State(state): State<AppState>, req: Ruma<delete_pushrule::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let mut rules = push::ruleset(&state.sync, &s.user_id).await?;
+    rules.remove(req.body.kind.clone(), &req.body.rule_id).map_err(|e| match e {
+        ruma::push::RemovePushRuleError::NotFound => not_found(),
+        other => Error::invalid_param(other.to_string()),
+    })?;
+    push::save(&state.sync, &s.user_id, &rules).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
+pub async fn get_enabled(
+    State(state): State<AppState>,
+    req: Ruma<get_pushrule_enabled::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let rule = rules.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
+    Ok(Json(json!({ "enabled": rule.enabled() })))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
+pub async fn set_enabled(
+    State(state): State<AppState>,
+    req: Ruma<set_pushrule_enabled::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let mut rules = push::ruleset(&state.sync, &s.user_id).await?;
+    rules.set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled).map_err(|_| not_found())?;
+    push::save(&state.sync, &s.user_id, &rules).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
+pub async fn get_actions(
+    State(state): State<AppState>,
+    req: Ruma<get_pushrule_actions::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let rule = rules.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
+    Ok(Json(json!({ "actions": rule.actions() })))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
+pub async fn set_actions(
+    State(state): State<AppState>,
+    req: Ruma<set_pushrule_actions::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let mut rules = push::ruleset(&state.sync, &s.user_id).await?;
+    rules.set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone()).map_err(|_| not_found())?;
+    push::save(&state.sync, &s.user_id, &rules).await?;
+    Ok(Json(json!({})))
+}

@@ -1,0 +1,29 @@
+//! Push rules: each user's ruleset, stored as the `m.push_rules` account data (so that `/sync`
+//! delivers it like any account data), starting from ruma's server-default rules.
+
+use ruma::UserId;
+use ruma::push::Ruleset;
+use serde_json::json;
+
+use crate::error::Result;
+use crate::sync::SyncEngine;
+
+/// The account data type holding push rules.
+pub const PUSH_RULES: &str = "m.push_rules";
+
+/// The user's ruleset; the server default is stored on first use so that `/sync` carries it.
+pub async fn ruleset(sync: &SyncEngine, user: &UserId) -> Result<Ruleset> {
+    if let Some(stored) = sync.account_data(user, None, PUSH_RULES).await?
+        && let Ok(rules) = serde_json::from_value::<Ruleset>(stored["global"].clone())
+    {
+        return Ok(rules);
+    }
+    let rules = Ruleset::server_default(user);
+    save(sync, user, &rules).await?;
+    Ok(rules)
+}
+
+/// Stores the user's ruleset (and wakes their `/sync`).
+pub async fn save(sync: &SyncEngine, user: &UserId, rules: &Ruleset) -> Result<()> {
+    sync.set_account_data(user, None, PUSH_RULES, &json!({ "global": rules })).await
+}
