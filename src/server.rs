@@ -35,7 +35,9 @@ impl Server {
         let config = Arc::new(config);
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
         let keys = Arc::new(SigningKeys::load_or_create(&config.data_dir.join("signing.key"))?);
-        let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+        let db =
+            Db::connect(&config.database.url, config.database.max_connections, &config.database.sqlite_synchronous)
+                .await?;
         let notifier = Arc::new(Notifier::default());
         let rooms = Rooms::new(db.clone(), config.clone(), keys.clone(), notifier.clone());
         let media = Arc::new(Media::new(db.clone(), config.clone())?);

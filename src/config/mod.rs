@@ -69,6 +69,9 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Largest number of pooled connections.
     pub max_connections: u32,
+    /// SQLite only: `full` (default; every commit is on disk before the answer) or `normal`
+    /// (WAL commits survive a process crash but not a power loss, and cost no fsync each).
+    pub sqlite_synchronous: String,
 }
 
 /// Registration policy.
@@ -210,7 +213,7 @@ impl Default for ListenConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: String::new(), max_connections: 16 }
+        Self { url: String::new(), max_connections: 16, sqlite_synchronous: "full".into() }
     }
 }
 
@@ -321,6 +324,9 @@ impl Config {
         let url = &self.database.url;
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             bail!("configuration key `database.url`: must start with sqlite:// or postgres://, got {url:?}");
+        }
+        if !matches!(self.database.sqlite_synchronous.as_str(), "full" | "normal") {
+            bail!("configuration key `database.sqlite_synchronous`: must be \"full\" or \"normal\"");
         }
         if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty() {
             bail!("configuration key `registration.tokens`: mode is \"token\" but no tokens are listed");

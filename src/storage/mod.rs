@@ -109,7 +109,7 @@ fn migrator(backend: Backend) -> Migrator {
 
 impl Db {
     /// Connects, applies SQLite pragmas and runs pending migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, max_connections: u32, sqlite_synchronous: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let url = match backend {
@@ -129,13 +129,14 @@ impl Db {
         let mut pool_options =
             AnyPoolOptions::new().max_connections(max_connections.max(2)).acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
-            pool_options = pool_options.after_connect(|conn, _| {
+            let pragmas: &'static str = if sqlite_synchronous == "normal" {
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
+            } else {
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
+            };
+            pool_options = pool_options.after_connect(move |conn, _| {
                 Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                    )
-                    .await?;
+                    conn.execute(pragmas).await?;
                     Ok(())
                 })
             });
