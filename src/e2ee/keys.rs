@@ -156,44 +156,98 @@ impl E2ee {
     }
 
     /// `POST /keys/query`: keys of the users in `device_keys` (`{user: [device, ...]}`).
-    /// Remote users are answered from the federation cache where it has them and reported in
-    /// `failures` otherwise.
-    pub async fn query_keys(&self, requester: &str, device_keys: &Map<String, Value>) -> Result<Value> {
-        let mut devices_out = Map::new();
-        let mut master = Map::new();
-        let mut self_signing = Map::new();
-        let mut user_signing = Map::new();
-        let mut failures = Map::new();
-        for (user, wanted) in device_keys {
-            let wanted: Vec<String> = wanted
-                .as_array()
-                .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default();
+    /// Remote users are asked from their server (one request per server, with `timeout`); when
+    /// that fails the cache of their device list answers if it is fresh, else the server is
+    /// reported in `failures`.
+    pub async fn query_keys(
+        &self,
+        requester: &str,
+        device_keys: &Map<String, Value>,
+        timeout: std::time::Duration,
+    ) -> Result<Value> {
+        let mut out = QueryOut::default();
+        let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+        for (user, wanted_json) in device_keys {
+            let wanted = device_list(wanted_json);
             if !self.is_local(user) {
-                failures.insert(
-                    server_of(user).to_owned(),
-                    json!({ "status": 503, "message": "Federation key queries are not available" }),
-                );
+                remote.entry(server_of(user).to_owned()).or_default().insert(user.clone(), wanted_json.clone());
                 continue;
             }
             let keys = self.local_keys(Some(requester), user, &wanted).await?;
-            devices_out.insert(user.clone(), Value::Object(keys.devices.into_iter().collect()));
-            if let Some(k) = keys.master {
-                master.insert(user.clone(), k);
-            }
-            if let Some(k) = keys.self_signing {
-                self_signing.insert(user.clone(), k);
-            }
+            out.devices.insert(user.clone(), Value::Object(keys.devices.into_iter().collect()));
+            out.put_cross(user, keys.master, keys.self_signing);
             if let Some(k) = keys.user_signing {
-                user_signing.insert(user.clone(), k);
+                out.user_signing.insert(user.clone(), k);
+            }
+        }
+        let asked = remote.into_iter().map(|(server, users)| async move {
+            let answer = match self.remote() {
+                Some(r) => {
+                    let body = json!({ "device_keys": users, "timeout": timeout.as_millis() as u64 });
+                    match tokio::time::timeout(timeout, r.query(&server, &body)).await {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => Err(e.message),
+                        Err(_) => Err("timed out".to_owned()),
+                    }
+                }
+                None => Err("Federation is not available".to_owned()),
+            };
+            (server, users, answer)
+        });
+        for (server, users, answer) in futures::future::join_all(asked).await {
+            match answer {
+                Ok(v) => {
+                    for (user, wanted) in &users {
+                        // Only what the server may speak for: its own users.
+                        let mut devices = v["device_keys"][user].as_object().cloned().unwrap_or_default();
+                        let wanted = device_list(wanted);
+                        devices.retain(|d, k| {
+                            (wanted.is_empty() || wanted.contains(d))
+                                && k["user_id"] == json!(user)
+                                && k["device_id"] == json!(d)
+                        });
+                        out.devices.insert(user.clone(), Value::Object(devices));
+                        let own = |k: &Value| k.is_object() && k["user_id"] == json!(user);
+                        let master = Some(v["master_keys"][user].clone()).filter(own);
+                        let ssk = Some(v["self_signing_keys"][user].clone()).filter(own);
+                        out.put_cross(user, master, ssk);
+                    }
+                }
+                Err(message) => {
+                    let mut all_cached = true;
+                    for (user, wanted) in &users {
+                        match self.cached_remote_keys(user, &device_list(wanted)).await? {
+                            Some((devices, master, ssk)) => {
+                                out.devices.insert(user.clone(), Value::Object(devices));
+                                out.put_cross(user, master, ssk);
+                            }
+                            None => all_cached = false,
+                        }
+                    }
+                    if !all_cached {
+                        out.failures.insert(server, json!({ "status": 503, "message": message }));
+                    }
+                }
+            }
+        }
+        // The requester's own user-signing signatures on remote master keys.
+        for (user, master) in out.master.iter_mut() {
+            if self.is_local(user) {
+                continue;
+            }
+            let Some((_, public)) = cross_signing_public_key(master) else { continue };
+            for s in self.db.e2e_signatures_on(user).await? {
+                if s.signer_user_id == requester && s.target_key_id == public {
+                    add_signature(master, &s.signer_user_id, &s.signer_key_id, &s.signature);
+                }
             }
         }
         Ok(json!({
-            "device_keys": devices_out,
-            "master_keys": master,
-            "self_signing_keys": self_signing,
-            "user_signing_keys": user_signing,
-            "failures": failures,
+            "device_keys": out.devices,
+            "master_keys": out.master,
+            "self_signing_keys": out.self_signing,
+            "user_signing_keys": out.user_signing,
+            "failures": out.failures,
         }))
     }
 
@@ -228,16 +282,14 @@ impl E2ee {
         Ok(out)
     }
 
-    /// `POST /keys/claim`: `one_time_keys` is `{user: {device: algorithm}}`.
-    pub async fn claim_keys(&self, one_time_keys: &Map<String, Value>) -> Result<Value> {
+    /// `POST /keys/claim`: `one_time_keys` is `{user: {device: algorithm}}`. Remote users'
+    /// keys are claimed from their servers (one request per server, with `timeout`).
+    pub async fn claim_keys(&self, one_time_keys: &Map<String, Value>, timeout: std::time::Duration) -> Result<Value> {
         let mut wanted = Vec::new();
-        let mut failures = Map::new();
+        let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
         for (user, devices) in one_time_keys {
             if !self.is_local(user) {
-                failures.insert(
-                    server_of(user).to_owned(),
-                    json!({ "status": 503, "message": "Federation key claims are not available" }),
-                );
+                remote.entry(server_of(user).to_owned()).or_default().insert(user.clone(), devices.clone());
                 continue;
             }
             for (device, alg) in devices.as_object().into_iter().flatten() {
@@ -246,9 +298,64 @@ impl E2ee {
                 }
             }
         }
-        let claimed = self.claim_local(&wanted).await?;
+        let mut claimed = self.claim_local(&wanted).await?;
+        let mut failures = Map::new();
+        let asked = remote.into_iter().map(|(server, users)| async move {
+            let answer = match self.remote() {
+                Some(r) => {
+                    let body = json!({ "one_time_keys": users, "timeout": timeout.as_millis() as u64 });
+                    match tokio::time::timeout(timeout, r.claim(&server, &body)).await {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => Err(e.message),
+                        Err(_) => Err("timed out".to_owned()),
+                    }
+                }
+                None => Err("Federation is not available".to_owned()),
+            };
+            (server, users, answer)
+        });
+        for (server, users, answer) in futures::future::join_all(asked).await {
+            match answer {
+                Ok(v) => {
+                    for user in users.keys() {
+                        if let Some(keys) = v["one_time_keys"].get(user).filter(|k| k.is_object()) {
+                            claimed.insert(user.clone(), keys.clone());
+                        }
+                    }
+                }
+                Err(message) => {
+                    failures.insert(server, json!({ "status": 503, "message": message }));
+                }
+            }
+        }
         Ok(json!({ "one_time_keys": claimed, "failures": failures }))
     }
+}
+
+/// Accumulates a `/keys/query` answer.
+#[derive(Default)]
+struct QueryOut {
+    devices: Map<String, Value>,
+    master: Map<String, Value>,
+    self_signing: Map<String, Value>,
+    user_signing: Map<String, Value>,
+    failures: Map<String, Value>,
+}
+
+impl QueryOut {
+    fn put_cross(&mut self, user: &str, master: Option<Value>, self_signing: Option<Value>) {
+        if let Some(k) = master {
+            self.master.insert(user.to_owned(), k);
+        }
+        if let Some(k) = self_signing {
+            self.self_signing.insert(user.to_owned(), k);
+        }
+    }
+}
+
+/// The device ids of a `/keys/query` entry (empty: all devices).
+fn device_list(wanted: &Value) -> Vec<String> {
+    wanted.as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_owned)).collect()).unwrap_or_default()
 }
 
 /// What [`E2ee::local_keys`] returns.

@@ -24,10 +24,11 @@
 pub mod backup;
 pub mod cross_signing;
 pub mod device_lists;
+pub mod federation;
 pub mod keys;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use ruma::OwnedServerName;
@@ -39,19 +40,43 @@ use crate::notifier::Notifier;
 use crate::storage::Db;
 use crate::storage::e2ee::server_of;
 
+/// How the engine reaches other servers' key endpoints (implemented by the federation client;
+/// absent when federation is off, and then remote users are answered from the cache or reported
+/// in `failures`).
+#[async_trait::async_trait]
+pub trait RemoteKeys: Send + Sync {
+    /// `POST /_matrix/federation/v1/user/keys/query` on `server`.
+    async fn query(&self, server: &str, body: &Value) -> Result<Value>;
+    /// `POST /_matrix/federation/v1/user/keys/claim` on `server`.
+    async fn claim(&self, server: &str, body: &Value) -> Result<Value>;
+    /// `GET /_matrix/federation/v1/user/devices/{userId}` on `server`.
+    async fn user_devices(&self, server: &str, user_id: &str) -> Result<Value>;
+}
+
 /// The end-to-end encryption engine; cheap to share behind an `Arc`.
 pub struct E2ee {
     db: Db,
     server_name: OwnedServerName,
     notifier: Arc<Notifier>,
     outbox_wakeup: Arc<Notify>,
+    remote: OnceLock<Arc<dyn RemoteKeys>>,
 }
 
 impl E2ee {
     /// Creates the engine. `outbox_wakeup` is the room engine's federation-outbox signal (the
     /// EDUs this engine queues go through the same outbox).
     pub fn new(db: Db, server_name: OwnedServerName, notifier: Arc<Notifier>, outbox_wakeup: Arc<Notify>) -> Self {
-        Self { db, server_name, notifier, outbox_wakeup }
+        Self { db, server_name, notifier, outbox_wakeup, remote: OnceLock::new() }
+    }
+
+    /// Connects the engine to other servers (called once at start-up when federation is on).
+    pub fn set_remote(&self, remote: Arc<dyn RemoteKeys>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The transport to other servers, if any.
+    pub fn remote(&self) -> Option<&Arc<dyn RemoteKeys>> {
+        self.remote.get()
     }
 
     /// The database handle.

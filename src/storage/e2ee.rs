@@ -352,8 +352,8 @@ impl Db {
 
     // ---- the device-list stream --------------------------------------------------------
 
-    /// Records that `user_id`'s device `device_id` (None: cross-signing keys) changed; returns
-    /// the stream position. Queues an `m.device_list_update` EDU for every remote server that
+    /// Records that local `user_id`'s device `device_id` (None: cross-signing keys) changed;
+    /// returns the stream position. Queues an `m.device_list_update` EDU for every remote server that
     /// shares a room with a local user (`deleted` says whether the device is gone).
     pub async fn e2e_record_device_change(
         &self,
@@ -369,16 +369,7 @@ impl Db {
         .fetch_optional(&mut *tx.tx)
         .await?;
         let prev = prev.and_then(|p| p.0);
-        let stream_id = Db::next_stream_position(tx, DEVICE_LISTS_STREAM).await?;
-        sqlx::query(
-            "INSERT INTO device_list_changes (stream_id, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(stream_id)
-        .bind(user_id)
-        .bind(device_id)
-        .bind(now_ms())
-        .execute(&mut *tx.tx)
-        .await?;
+        let stream_id = self.e2e_insert_change(tx, user_id, device_id).await?;
         if let Some(device_id) = device_id {
             let servers = self.e2e_remote_servers_sharing(tx, user_id).await?;
             if !servers.is_empty() {
@@ -402,7 +393,19 @@ impl Db {
                         if let Some(name) = name {
                             content["device_display_name"] = json!(name);
                         }
-                        if let Some(keys) = keys.and_then(|k| serde_json::from_str::<Value>(&k).ok()) {
+                        if let Some(mut keys) = keys.and_then(|k| serde_json::from_str::<Value>(&k).ok()) {
+                            // With the user's own later signatures (self-signing key on the device).
+                            let sigs: Vec<(String, String)> = sqlx::query_as(
+                                "SELECT signer_key_id, signature FROM e2e_signatures WHERE target_user_id = $1 \
+                                 AND target_key_id = $2 AND signer_user_id = $1",
+                            )
+                            .bind(user_id)
+                            .bind(device_id)
+                            .fetch_all(&mut *tx.tx)
+                            .await?;
+                            for (key_id, sig) in sigs {
+                                crate::e2ee::add_signature(&mut keys, user_id, &key_id, &sig);
+                            }
                             content["keys"] = keys;
                         }
                     }
@@ -413,6 +416,22 @@ impl Db {
                 }
             }
         }
+        Ok(stream_id)
+    }
+
+    /// Adds one row to the device-list stream (no EDU): for remote users' changes learnt over
+    /// federation, and as the first step of [`Db::e2e_record_device_change`].
+    pub async fn e2e_insert_change(&self, tx: &mut WriteTx, user_id: &str, device_id: Option<&str>) -> SqlResult<i64> {
+        let stream_id = Db::next_stream_position(tx, DEVICE_LISTS_STREAM).await?;
+        sqlx::query(
+            "INSERT INTO device_list_changes (stream_id, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(stream_id)
+        .bind(user_id)
+        .bind(device_id)
+        .bind(now_ms())
+        .execute(&mut *tx.tx)
+        .await?;
         Ok(stream_id)
     }
 

@@ -13,6 +13,13 @@ use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::Result;
 
+/// How long to wait for other servers: the client's `timeout` (default 10 s), within 1..30 s.
+fn remote_timeout(timeout: Option<std::time::Duration>) -> std::time::Duration {
+    timeout
+        .unwrap_or(std::time::Duration::from_secs(10))
+        .clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30))
+}
+
 fn body_object(json: &Option<Value>) -> Map<String, Value> {
     json.as_ref().and_then(Value::as_object).cloned().unwrap_or_default()
 }
@@ -29,14 +36,16 @@ pub async fn upload(State(state): State<AppState>, req: Ruma<upload_keys::v3::Re
 pub async fn query(State(state): State<AppState>, req: Ruma<get_keys::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     let wanted = body_object(&req.json).get("device_keys").and_then(Value::as_object).cloned().unwrap_or_default();
-    Ok(Json(state.e2ee.query_keys(s.user_id.as_str(), &wanted).await?))
+    let timeout = remote_timeout(req.body.timeout);
+    Ok(Json(state.e2ee.query_keys(s.user_id.as_str(), &wanted, timeout).await?))
 }
 
 /// `POST /_matrix/client/v3/keys/claim`
 pub async fn claim(State(state): State<AppState>, req: Ruma<claim_keys::v3::Request>) -> Result<Json<Value>> {
     req.session()?;
     let wanted = body_object(&req.json).get("one_time_keys").and_then(Value::as_object).cloned().unwrap_or_default();
-    Ok(Json(state.e2ee.claim_keys(&wanted).await?))
+    let timeout = remote_timeout(req.body.timeout);
+    Ok(Json(state.e2ee.claim_keys(&wanted, timeout).await?))
 }
 
 /// `GET /_matrix/client/v3/keys/changes`
