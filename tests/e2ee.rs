@@ -5,6 +5,7 @@
 
 #[macro_use]
 mod common;
+mod sync_util;
 
 use std::collections::BTreeSet;
 
@@ -669,4 +670,201 @@ both_backends!(key_backup_versions_and_keys, |server| async move {
     let (_, body) =
         alice.post("/_matrix/client/v3/room_keys/version", &json!({ "algorithm": algorithm, "auth_data": {} })).await;
     assert_ne!(body["version"], v2.as_str());
+});
+
+// ---- /sync: device lists, key counts, to-device --------------------------------------------
+
+fn users_in(body: &Value, field: &str) -> BTreeSet<String> {
+    body["device_lists"][field].as_array().into_iter().flatten().map(|u| u.as_str().unwrap().to_owned()).collect()
+}
+
+both_backends!(sync_device_lists_and_key_counts, |server| async move {
+    use sync_util::{next_batch, sync};
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = create_room(&alice).await;
+    join(&alice, &bob, &room).await;
+
+    let first = sync(&alice, None, None, 0).await;
+    assert_eq!(first["device_one_time_keys_count"]["signed_curve25519"], 0, "{first}");
+    let t1 = next_batch(&first);
+
+    // A long-polling sync of Alice wakes when Bob uploads keys, and names Bob.
+    let waiting = {
+        let (alice, t1) = (alice.clone(), t1.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let body = sync(&alice, Some(&t1), None, 20_000).await;
+            (body, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let ed = SigningKey::new(Some(&bob.device_id));
+    let (status, _) =
+        bob.post("/_matrix/client/v3/keys/upload", &json!({ "device_keys": device_keys(&bob, &ed) })).await;
+    assert_eq!(status, 200);
+    // Carol shares no room: her keys must not show up for Alice.
+    let ed = SigningKey::new(Some(&carol.device_id));
+    let (status, _) =
+        carol.post("/_matrix/client/v3/keys/upload", &json!({ "device_keys": device_keys(&carol, &ed) })).await;
+    assert_eq!(status, 200);
+    let (woken, elapsed) = waiting.await.unwrap();
+    assert!(elapsed < std::time::Duration::from_secs(15), "the key upload did not wake the sync ({elapsed:?})");
+    assert!(users_in(&woken, "changed").contains(&bob.user_id), "{woken}");
+    let t2 = next_batch(&woken);
+    let body = sync(&alice, Some(&t1), None, 0).await;
+    assert!(users_in(&body, "changed").contains(&bob.user_id), "{body}");
+    assert!(!users_in(&body, "changed").contains(&carol.user_id), "{body}");
+
+    // /keys/changes with real sync tokens: the range names Bob; an empty range names nobody.
+    let t3 = next_batch(&body);
+    let (status, ch) = alice.get(&format!("/_matrix/client/v3/keys/changes?from={t1}&to={t3}")).await;
+    assert_eq!(status, 200, "{ch}");
+    assert!(ch["changed"].as_array().unwrap().contains(&json!(bob.user_id)), "{ch}");
+    assert!(!ch["changed"].as_array().unwrap().contains(&json!(carol.user_id)), "{ch}");
+    let (_, ch) = alice.get(&format!("/_matrix/client/v3/keys/changes?from={t3}&to={t3}")).await;
+    assert_eq!(ch, json!({ "changed": [], "left": [] }));
+    let _ = t2;
+
+    // Alice's own key counts and fallback key types.
+    upload_otks(&alice, 0..3).await;
+    let (status, _) = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            &json!({ "fallback_keys": { "signed_curve25519:FB": { "key": "fb", "fallback": true } } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body = sync(&alice, Some(&t3), None, 0).await;
+    assert_eq!(body["device_one_time_keys_count"]["signed_curve25519"], 3, "{body}");
+    assert_eq!(body["device_unused_fallback_key_types"], json!(["signed_curve25519"]), "{body}");
+    for _ in 0..4 {
+        claim(&bob, &alice.user_id, &alice.device_id).await;
+    }
+    let t4 = next_batch(&body);
+    let body = sync(&alice, Some(&t4), None, 0).await;
+    assert_eq!(body["device_one_time_keys_count"]["signed_curve25519"], 0, "{body}");
+    assert_eq!(body["device_unused_fallback_key_types"], json!([]), "the fallback key was used: {body}");
+    let t5 = next_batch(&body);
+
+    // Carol joins: she is new to Alice, so she is in `changed` (her devices must be fetched).
+    join(&alice, &carol, &room).await;
+    let body = sync(&alice, Some(&t5), None, 0).await;
+    assert!(users_in(&body, "changed").contains(&carol.user_id), "{body}");
+    let t6 = next_batch(&body);
+
+    // Bob leaves: he is in `left`, and his later changes are no longer reported to Alice.
+    let (status, _) = bob.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), &json!({})).await;
+    assert_eq!(status, 200);
+    let body = sync(&alice, Some(&t6), None, 0).await;
+    assert!(users_in(&body, "left").contains(&bob.user_id), "{body}");
+    let t7 = next_batch(&body);
+    let _second = server.login("bob", common::PASSWORD).await;
+    let body = sync(&alice, Some(&t7), None, 0).await;
+    assert!(!users_in(&body, "changed").contains(&bob.user_id), "{body}");
+    // Carol, who still shares the room, logging in a new device is reported.
+    let t8 = next_batch(&body);
+    let _carol2 = server.login("carol", common::PASSWORD).await;
+    let body = sync(&alice, Some(&t8), None, 0).await;
+    assert!(users_in(&body, "changed").contains(&carol.user_id), "{body}");
+});
+
+both_backends!(to_device_reaches_every_addressed_device, |server| async move {
+    use sync_util::{next_batch, sync};
+    let alice1 = server.register("alice").await;
+    let alice2 = server.login("alice", common::PASSWORD).await;
+    let bob = server.register("bob").await;
+    let mut tokens = Vec::new();
+    for c in [&alice1, &alice2] {
+        tokens.push(next_batch(&sync(c, None, None, 0).await));
+    }
+    let send = |txn: &str, messages: Value| {
+        let bob = bob.clone();
+        let path = format!("/_matrix/client/v3/sendToDevice/m.room.encrypted/{txn}");
+        async move {
+            let (status, body) = bob.put(&path, &json!({ "messages": messages })).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    send("t1", json!({ &alice1.user_id: { "*": { "ciphertext": "to all" } } })).await;
+    send("t2", json!({ &alice1.user_id: { &alice1.device_id: { "ciphertext": "to one" } } })).await;
+    // A retried transaction is not delivered twice.
+    send("t2", json!({ &alice1.user_id: { &alice1.device_id: { "ciphertext": "to one" } } })).await;
+
+    let received = |body: &Value| -> Vec<String> {
+        body["to_device"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                assert_eq!(e["sender"], json!(bob.user_id), "{e}");
+                assert_eq!(e["type"], "m.room.encrypted", "{e}");
+                e["content"]["ciphertext"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let b1 = sync(&alice1, Some(&tokens[0]), None, 0).await;
+    assert_eq!(received(&b1), vec!["to all", "to one"], "{b1}");
+    let b2 = sync(&alice2, Some(&tokens[1]), None, 0).await;
+    assert_eq!(received(&b2), vec!["to all"], "{b2}");
+    // Delivered messages are not delivered again once the client moves on.
+    let again = sync(&alice1, Some(&next_batch(&b1)), None, 0).await;
+    assert!(received(&again).is_empty(), "{again}");
+});
+
+// ---- a real client: matrix-nio with Olm/Megolm --------------------------------------------
+
+/// The step named `step` in a script's output (the last one when repeated).
+fn nio_steps<'a>(out: &'a [Value], step: &str) -> Vec<&'a Value> {
+    out.iter().filter(|v| v["step"] == step).collect()
+}
+
+both_backends!(nio_encrypted_round_trip, |server| async move {
+    let url = server.url();
+    let (ok, out, stderr) = common::run_nio_script("e2ee.py", &[&url]).await;
+    assert!(ok, "nio e2ee scenario failed:\n{stderr}\noutput: {out:?}\nserver log:\n{}", server.log());
+
+    let uploads = nio_steps(&out, "keys_upload");
+    assert_eq!(uploads.len(), 2, "{out:?}");
+    let room = nio_steps(&out, "room")[0];
+    let room_id = room["room_id"].as_str().unwrap();
+    let token = room["access_token"].as_str().unwrap();
+    let sent = nio_steps(&out, "sent");
+    let decrypted = nio_steps(&out, "decrypted");
+    assert_eq!(sent.len(), 2, "{out:?}");
+    assert_eq!(decrypted.len(), 2, "both directions decrypted: {out:?}");
+
+    let get = |path: String| {
+        let req = server.request(reqwest::Method::GET, &path).bearer_auth(token);
+        common::send(req)
+    };
+    for (s, d) in sent.iter().zip(&decrypted) {
+        assert_eq!(s["event_id"], d["event_id"]);
+        // What the server stored is ciphertext: m.room.encrypted with Megolm, no plaintext.
+        let (status, ev) =
+            get(format!("/_matrix/client/v3/rooms/{room_id}/event/{}", s["event_id"].as_str().unwrap())).await;
+        assert_eq!(status, 200, "{ev}");
+        assert_eq!(ev["type"], "m.room.encrypted", "{ev}");
+        assert_eq!(ev["content"]["algorithm"], "m.megolm.v1.aes-sha2", "{ev}");
+        let body = d["body"].as_str().unwrap();
+        assert!(!ev.to_string().contains(body), "plaintext reached the server: {ev}");
+    }
+
+    // The server serves each device's identity key exactly as the client holds it.
+    let users: Vec<&str> = uploads.iter().map(|u| u["user_id"].as_str().unwrap()).collect();
+    let wanted: serde_json::Map<String, Value> = users.iter().map(|u| (u.to_string(), json!([]))).collect();
+    let (status, keys) = common::send(
+        server
+            .request(reqwest::Method::POST, "/_matrix/client/v3/keys/query")
+            .bearer_auth(token)
+            .json(&json!({ "device_keys": wanted })),
+    )
+    .await;
+    assert_eq!(status, 200, "{keys}");
+    for u in &uploads {
+        let (user, device) = (u["user_id"].as_str().unwrap(), u["device_id"].as_str().unwrap());
+        let served = &keys["device_keys"][user][device]["keys"][format!("ed25519:{device}")];
+        assert_eq!(served, &u["ed25519"], "{keys}");
+    }
 });

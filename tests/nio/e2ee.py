@@ -131,7 +131,7 @@ async def run(url_a, url_b):
         await sync(bob)
         check(alice.rooms[room_id].encrypted, "Alice's client does not see the room as encrypted")
         check(bob.rooms[room_id].encrypted, "Bob's client does not see the room as encrypted")
-        emit("room", room_id=room_id)
+        emit("room", room_id=room_id, access_token=alice.access_token)
 
         # Alice -> Bob.
         secret = "the owl flies at midnight " + secrets.token_hex(4)
