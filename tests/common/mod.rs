@@ -640,7 +640,7 @@ impl Client {
 
 /// Path of a Python interpreter in a virtualenv that has matrix-nio, created on first use.
 ///
-/// The venv lives at `$HOME/.cache/myelin-venv` (override with `NIO_VENV`) and is shared by
+/// The venv lives at `$HOME/.cache/myelin-venv-<requirements hash>` (override with `NIO_VENV`) and is shared by
 /// all test processes and by `.ci/run`; `tests/nio/setup-venv.sh` creates it under a file lock
 /// and pins the versions in `tests/nio/requirements.txt`.
 pub fn nio_python() -> PathBuf {

@@ -3,12 +3,14 @@
 # path of its python on stdout. Safe to run concurrently: test processes and .ci/run share one
 # venv under a file lock, and a venv is rebuilt only when requirements.txt changes.
 #
-# NIO_VENV overrides the location (default $HOME/.cache/myelin-venv).
+# NIO_VENV overrides the location (default $HOME/.cache/myelin-venv-<requirements hash>: checkouts
+# with different requirements, e.g. several worktrees on one machine, each get their own venv
+# instead of rebuilding a shared one under each other's running tests).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-venv="${NIO_VENV:-$HOME/.cache/myelin-venv}"
 requirements="$here/requirements.txt"
+venv="${NIO_VENV:-$HOME/.cache/myelin-venv-$(sha256sum "$requirements" | cut -c1-12)}"
 mkdir -p "$(dirname "$venv")"
 
 exec 9>"$venv.lock"
