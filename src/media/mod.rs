@@ -13,6 +13,7 @@
 //! Everything served comes from this server's store: media of other servers is fetched over
 //! federation (`remote`) and cached here before being served.
 
+pub mod multipart;
 pub mod preview;
 pub mod store;
 pub mod thumbnail;
