@@ -493,6 +493,26 @@ def run_bench(bench: Path, server: Server, scenarios: list[str], smoke: bool, ex
                 results.append(rec)
 
 
+def server_errors(server_dir: Path, limit: int = 3) -> list[str]:
+    """The first distinct ERROR lines of a server's logs, without timestamps and colours."""
+    import re
+    out: list[str] = []
+    for name in ("server.log", "homeserver.log"):
+        f = server_dir / name
+        if not f.exists():
+            continue
+        for line in f.read_text(errors="replace").splitlines():
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            if "ERROR" not in line or "on_failure" in line:
+                continue
+            msg = re.sub(r"^\S+Z\s+|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - ", "", line).strip()[:300]
+            if msg not in out:
+                out.append(msg)
+            if len(out) >= limit:
+                return out
+    return out
+
+
 def machine_info() -> dict:
     cpu = "?"
     try:
@@ -722,6 +742,8 @@ def write_report(path: Path, results: list[dict], meta: dict, servers: list[str]
       f"wall time {meta['wall_min']:.1f} min.")
     for label, note in meta.get("server_notes", {}).items():
         w(f"- {label}: {note}")
+    for note in meta.get("notes", []):
+        w(f"- {note}")
     w("")
     w("## Targets\n")
     w(TARGETS_MD)
@@ -853,6 +875,7 @@ def main():
     ap.add_argument("--report-only", metavar="RESULTS_JSONL", help="only rewrite the report from saved results")
     ap.add_argument("--fed-pairs", help="comma-separated federation pairs: "
                     + ",".join(p for p, _, _ in FED_PAIRS) + " (default: all whose servers are in the run)")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's run section (repeatable)")
     ap.add_argument("--bench-arg", action="append", default=[], help="extra argument for myelin-bench (repeatable)")
     args = ap.parse_args()
 
@@ -873,6 +896,13 @@ def main():
         lines = Path(args.report_only).read_text().splitlines()
         results = [json.loads(x) for x in lines if x.startswith("{") and not x.startswith('{"meta"')]
         meta = next(json.loads(x)["meta"] for x in lines if x.startswith('{"meta"'))
+        meta["notes"] = meta.get("notes", []) + args.note
+        for label in meta["servers"]:
+            if label not in meta["server_notes"] and any(
+                    r.get("label") == label and r.get("status") == "error" for r in results):
+                errs = server_errors(workdir / label)
+                if errs:
+                    meta["server_notes"][label] = "first errors in its log: " + " | ".join(f"`{e}`" for e in errs)
         write_report(output, results, meta, meta["servers"])
         return 0
 
@@ -881,7 +911,8 @@ def main():
     log(f"open-files limit {nofile}")
     meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
             "load_before": loadavg(), "commit": git_rev(), "profile": profile, "smoke": args.smoke,
-            "servers": servers, "synapse_version": None, "pg_version": None, "server_notes": {}}
+            "servers": servers, "synapse_version": None, "pg_version": None, "server_notes": {},
+            "notes": args.note}
 
     myelin_bin, bench_bin = (target_dir() / ("release" if profile == "release" else "debug") / b
                              for b in ("myelin", "myelin-bench"))
@@ -938,6 +969,10 @@ def main():
                                     "error": f"server did not run: {e}"})
         finally:
             server.stop()
+        if any(r["label"] == name and r.get("status") == "error" for r in results):
+            errs = server_errors(server.dir)
+            if errs:
+                meta["server_notes"][name] = "first errors in its log: " + " | ".join(f"`{e}`" for e in errs)
         log(f"{name}: {(time.time() - t0) / 60:.1f} min, load {loadavg()}")
 
     if "federation" in scenarios:
