@@ -600,3 +600,46 @@ both_backends!(relations_threads_timestamps_upgrade, |server| async move {
         "M_FORBIDDEN",
     );
 });
+
+both_backends!(space_hierarchy, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let space = create_room(
+        &alice,
+        json!({ "preset": "public_chat", "name": "Space", "creation_content": { "type": "m.space" } }),
+    )
+    .await;
+    let public_child = create_room(&alice, json!({ "preset": "public_chat", "name": "Public child" })).await;
+    let private_child = create_room(&alice, json!({ "preset": "private_chat", "name": "Private child" })).await;
+    let grandchild = create_room(&alice, json!({ "preset": "public_chat", "name": "Grandchild" })).await;
+    let server_name = server.server_name();
+    for (parent, child, suggested) in
+        [(&space, &public_child, true), (&space, &private_child, false), (&public_child, &grandchild, false)]
+    {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.space.child/{}", enc(parent), enc(child));
+        ok(&alice.put(&path, &json!({ "via": [server_name], "suggested": suggested })).await);
+    }
+    let h = |c: Client, q: &'static str| {
+        let space = space.clone();
+        async move { c.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy{q}", enc(&space))).await }
+    };
+    let all = h(alice.clone(), "").await;
+    let names: Vec<&str> = ok(&all)["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["Space", "Public child", "Private child", "Grandchild"]);
+    assert_eq!(all.1["rooms"][0]["room_type"], "m.space");
+    assert_eq!(all.1["rooms"][0]["children_state"].as_array().unwrap().len(), 2);
+    // Bob may not preview the invite-only child.
+    let bobs = h(bob.clone(), "").await;
+    let names: Vec<&str> = ok(&bobs)["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["Space", "Public child", "Grandchild"]);
+    let shallow = h(alice.clone(), "?max_depth=1&suggested_only=true").await;
+    let names: Vec<&str> =
+        ok(&shallow)["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["Space", "Public child"]);
+    let page = h(alice.clone(), "?limit=2").await;
+    assert_eq!(ok(&page)["rooms"].as_array().unwrap().len(), 2);
+    let next = page.1["next_batch"].as_str().unwrap().to_owned();
+    let rest = alice.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy?limit=2&from={next}", enc(&space))).await;
+    assert_eq!(ok(&rest)["rooms"].as_array().unwrap().len(), 2);
+    assert!(rest.1.get("next_batch").is_none());
+});

@@ -16,6 +16,7 @@ pub mod pdu;
 pub mod read;
 pub mod relations;
 pub mod state;
+pub mod summary;
 pub mod version;
 pub mod writer;
 

@@ -116,28 +116,7 @@ async fn public_rooms_chunk(
     let mut chunk = Vec::new();
     for room in state.rooms.db().public_rooms().await? {
         let Ok(room_id) = RoomId::parse(&room) else { continue };
-        let current = state.rooms.current_state(&room_id).await?;
-        let get = |t: &str| current.get(&(t.to_owned(), String::new())).map(|p| p.content()).unwrap_or(Value::Null);
-        let joined =
-            current.iter().filter(|((t, _), p)| t == "m.room.member" && p.content()["membership"] == "join").count();
-        let mut entry = json!({
-            "room_id": room_id,
-            "num_joined_members": joined,
-            "world_readable": get("m.room.history_visibility")["history_visibility"] == "world_readable",
-            "guest_can_join": get("m.room.guest_access")["guest_access"] == "can_join",
-            "join_rule": get("m.room.join_rules")["join_rule"].as_str().unwrap_or("invite"),
-        });
-        for (key, t, field) in [
-            ("name", "m.room.name", "name"),
-            ("topic", "m.room.topic", "topic"),
-            ("canonical_alias", "m.room.canonical_alias", "alias"),
-            ("avatar_url", "m.room.avatar", "url"),
-            ("room_type", "m.room.create", "type"),
-        ] {
-            if let Some(v) = get(t)[field].as_str() {
-                entry[key] = json!(v);
-            }
-        }
+        let entry = state.rooms.summary(&room_id).await?;
         if let Some(term) = search {
             let term = term.to_lowercase();
             let hay = format!("{} {} {}", entry["name"], entry["topic"], entry["canonical_alias"]).to_lowercase();

@@ -89,6 +89,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(relations::threads)
         .ruma(relations::timestamp_to_event)
         .ruma(relations::upgrade)
+        .ruma(relations::hierarchy)
         .ruma(media::create)
         .ruma(media::config)
         .ruma(media::config_legacy)

@@ -7,6 +7,7 @@ use ruma::api::client::relations::{
     get_relating_events, get_relating_events_with_rel_type, get_relating_events_with_rel_type_and_event_type,
 };
 use ruma::api::client::room::{get_event_by_timestamp, upgrade_room};
+use ruma::api::client::space::get_hierarchy;
 use ruma::api::client::threads::get_threads;
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
@@ -162,4 +163,22 @@ pub async fn upgrade(State(state): State<AppState>, req: Ruma<upgrade_room::v3::
     let b = &req.body;
     let new_room = state.rooms.upgrade(&b.room_id, &s.user_id, b.new_version.as_str(), &b.additional_creators).await?;
     Ok(Json(json!({ "replacement_room": new_room })))
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/hierarchy`
+pub async fn hierarchy(State(state): State<AppState>, req: Ruma<get_hierarchy::v1::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let b = &req.body;
+    let from = match b.from.as_deref() {
+        Some(f) => f.parse::<usize>().map_err(|_| Error::invalid_param("Invalid from token"))?,
+        None => 0,
+    };
+    let limit = b.limit.map(u64::from).unwrap_or(50).clamp(1, 500) as usize;
+    let max_depth = b.max_depth.map(|d| u64::from(d) as usize);
+    let (rooms, next) = state.rooms.hierarchy(&b.room_id, &s.user_id, b.suggested_only, max_depth, limit, from).await?;
+    let mut res = json!({ "rooms": rooms });
+    if let Some(n) = next {
+        res["next_batch"] = json!(n);
+    }
+    Ok(Json(res))
 }

@@ -1,0 +1,154 @@
+//! Room summaries (the public room directory's chunk) and the space hierarchy.
+
+use std::collections::{HashSet, VecDeque};
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use super::Rooms;
+use crate::error::{Error, Result};
+
+/// Largest number of rooms one hierarchy request walks.
+const HIERARCHY_WALK_LIMIT: usize = 1000;
+
+impl Rooms {
+    /// The summary of a room from its current state (the `PublicRoomsChunk` shape).
+    pub async fn summary(&self, room_id: &RoomId) -> Result<Value> {
+        let current = self.current_state(room_id).await?;
+        let get = |t: &str| current.get(&(t.to_owned(), String::new())).map(|p| p.content()).unwrap_or(Value::Null);
+        let joined =
+            current.iter().filter(|((t, _), p)| t == "m.room.member" && p.content()["membership"] == "join").count();
+        let mut entry = json!({
+            "room_id": room_id,
+            "num_joined_members": joined,
+            "world_readable": get("m.room.history_visibility")["history_visibility"] == "world_readable",
+            "guest_can_join": get("m.room.guest_access")["guest_access"] == "can_join",
+            "join_rule": get("m.room.join_rules")["join_rule"].as_str().unwrap_or("invite"),
+        });
+        for (key, t, field) in [
+            ("name", "m.room.name", "name"),
+            ("topic", "m.room.topic", "topic"),
+            ("canonical_alias", "m.room.canonical_alias", "alias"),
+            ("avatar_url", "m.room.avatar", "url"),
+            ("room_type", "m.room.create", "type"),
+        ] {
+            if let Some(v) = get(t)[field].as_str() {
+                entry[key] = json!(v);
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Whether `user` may see a room's summary in a hierarchy: members and invitees, anyone for
+    /// public, knockable or world-readable rooms, and members of a room that a restricted join
+    /// rule allows.
+    async fn may_preview(&self, room_id: &RoomId, user: &UserId, summary: &Value) -> Result<bool> {
+        if matches!(self.membership_of(room_id, user).await?.as_deref(), Some("join") | Some("invite")) {
+            return Ok(true);
+        }
+        if summary["world_readable"] == true {
+            return Ok(true);
+        }
+        match summary["join_rule"].as_str() {
+            Some("public") | Some("knock") => Ok(true),
+            Some("restricted") | Some("knock_restricted") => {
+                let rules = self.current_state_event(room_id, "m.room.join_rules", "").await?;
+                for allow in
+                    rules.map(|p| p.content()["allow"].clone()).and_then(|a| a.as_array().cloned()).unwrap_or_default()
+                {
+                    if let Some(r) = allow["room_id"].as_str().and_then(|r| RoomId::parse(r).ok())
+                        && self.membership_of(&r, user).await?.as_deref() == Some("join")
+                    {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The rooms of a space, breadth first from `root`, as the user may see them. `from` is the
+    /// number of rooms already returned (the pagination token).
+    pub async fn hierarchy(
+        &self,
+        root: &RoomId,
+        user: &UserId,
+        suggested_only: bool,
+        max_depth: Option<usize>,
+        limit: usize,
+        from: usize,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        if !self.exists(root).await? {
+            return Err(Error::not_found("Unknown room"));
+        }
+        let root_summary = self.summary(root).await?;
+        if !self.may_preview(root, user, &root_summary).await? {
+            return Err(Error::forbidden("You cannot see this space"));
+        }
+        let mut queue: VecDeque<(OwnedRoomId, usize)> = VecDeque::from([(root.to_owned(), 0)]);
+        let mut seen: HashSet<OwnedRoomId> = HashSet::new();
+        let mut visible = Vec::new();
+        while let Some((room_id, depth)) = queue.pop_front() {
+            if !seen.insert(room_id.clone()) || seen.len() > HIERARCHY_WALK_LIMIT {
+                continue;
+            }
+            // Rooms this server does not hold (other servers' rooms) are not walked yet.
+            if !self.exists(&room_id).await? {
+                continue;
+            }
+            let mut summary = self.summary(&room_id).await?;
+            if !self.may_preview(&room_id, user, &summary).await? {
+                continue;
+            }
+            let state = self.current_state(&room_id).await?;
+            let mut children: Vec<(Option<String>, u64, String, Value)> = Vec::new();
+            for ((t, key), pdu) in &state {
+                if t != "m.space.child" {
+                    continue;
+                }
+                let content = pdu.content();
+                // A child event without `via` is a removed child.
+                if content["via"].as_array().is_none_or(|v| v.is_empty()) {
+                    continue;
+                }
+                if suggested_only && content["suggested"] != true {
+                    continue;
+                }
+                // Spec "Ordering of children": valid `order` strings first, then by timestamp.
+                let order = content["order"]
+                    .as_str()
+                    .filter(|o| o.len() <= 50 && o.chars().all(|c| (' '..='~').contains(&c)))
+                    .map(str::to_owned);
+                let ts = u64::from(pdu.fields.origin_server_ts.get());
+                let event = json!({
+                    "type": "m.space.child",
+                    "state_key": key,
+                    "content": content,
+                    "sender": pdu.fields.sender,
+                    "origin_server_ts": pdu.fields.origin_server_ts,
+                });
+                children.push((order, ts, key.clone(), event));
+            }
+            children.sort_by(|a, b| match (&a.0, &b.0) {
+                (Some(x), Some(y)) => x.cmp(y).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => a.1.cmp(&b.1).then(a.2.cmp(&b.2)),
+            });
+            let mut children_state = Vec::new();
+            for (_, _, key, event) in children {
+                children_state.push(event);
+                if max_depth.is_none_or(|m| depth < m)
+                    && let Ok(child) = RoomId::parse(&key)
+                {
+                    queue.push_back((child, depth + 1));
+                }
+            }
+            summary["children_state"] = Value::Array(children_state);
+            visible.push(summary);
+        }
+        let next = (visible.len() > from + limit).then(|| (from + limit).to_string());
+        Ok((visible.into_iter().skip(from).take(limit).collect(), next))
+    }
+}
