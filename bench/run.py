@@ -672,37 +672,38 @@ def ratio_rows(results, pairs):
         return g(r, *path), "ok"
 
     relative = [
-        ("send latency p50 ≤ 1/20", "send_latency", "", ("latency", "p50_ms"), "lower", 20),
-        ("throughput ≥ 30×", "send_throughput", "", ("msgs_per_s",), "higher", 30),
-        ("history pagination ≥ 10× faster", "history", "paginate", ("paginate_ms",), "lower", 10),
-        ("initial sync ≥ 10× faster", "history", "initial_sync", ("sync", "p50_ms"), "lower", 10),
-        ("join storm ≥ 10× faster", "join_storm", "", ("total_ms",), "lower", 10),
+        ("send latency p50 ≤ 1/20", "send_latency", "", ("latency", "p50_ms"), "lower", 20, " ms"),
+        ("throughput ≥ 30×", "send_throughput", "", ("msgs_per_s",), "higher", 30, " msg/s"),
+        ("history pagination ≥ 10× faster", "history", "paginate", ("paginate_ms",), "lower", 10, " ms"),
+        ("initial sync ≥ 10× faster", "history", "initial_sync", ("sync", "p50_ms"), "lower", 10, " ms"),
+        ("join storm ≥ 10× faster", "join_storm", "", ("total_ms",), "lower", 10, " ms"),
     ]
     for my, syn in pairs:
-        for title, sc, case, path, better, want in relative:
+        for title, sc, case, path, better, want, unit in relative:
             m, ms_ = val(my, sc, case, path)
             s, ss = val(syn, sc, case, path)
             if m is None or s is None or m == 0:
                 why = f"Myelin {ms_.replace('_', ' ')}" if m is None else f"Synapse {ss.replace('_', ' ')}"
-                rows.append((title, f"{my} vs {syn}", fmt_num(m), fmt_num(s), "–", f"not measurable ({why})"))
+                rows.append((title, f"{my} vs {syn}", fmt_num(m, unit), fmt_num(s, unit), "–",
+                             f"not measurable ({why})"))
                 continue
             ratio = s / m if better == "lower" else m / s
             verdict = "met" if ratio >= want else "missed"
-            rows.append((title, f"{my} vs {syn}", fmt_num(m), fmt_num(s), f"{ratio:.2f}×", verdict))
+            rows.append((title, f"{my} vs {syn}", fmt_num(m, unit), fmt_num(s, unit), f"{ratio:.2f}×", verdict))
     absolute = [
-        ("fan-out p99 ≤ 50 ms at 100", "fanout", "100", ("delivery", "p99_ms"), 50.0),
-        ("fan-out p99 ≤ 250 ms at 1,000", "fanout", "1000", ("delivery", "p99_ms"), 250.0),
-        ("≤ 8 KiB per idle /sync at 10,000", "idle_syncers", "10000", ("rss_per_waiter_kib",), 8.0),
+        ("fan-out p99 ≤ 50 ms at 100", "fanout", "100", ("delivery", "p99_ms"), 50.0, " ms"),
+        ("fan-out p99 ≤ 250 ms at 1,000", "fanout", "1000", ("delivery", "p99_ms"), 250.0, " ms"),
+        ("≤ 8 KiB per idle /sync at 10,000", "idle_syncers", "10000", ("rss_per_waiter_kib",), 8.0, " KiB"),
     ]
-    for title, sc, case, path, limit in absolute:
+    for title, sc, case, path, limit, unit in absolute:
         for my, syn in pairs:
             v, st = val(my, sc, case, path)
             sv, _ = val(syn, sc, case, path)
             if v is None:
-                rows.append((title, f"{my} ({syn} for reference)", "–", fmt_num(sv), "–",
+                rows.append((title, f"{my} ({syn} for reference)", "–", fmt_num(sv, unit), "–",
                              f"not measurable (Myelin {st.replace('_', ' ')})"))
                 continue
-            rows.append((title, f"{my} ({syn} for reference)", fmt_num(v), fmt_num(sv), "–",
+            rows.append((title, f"{my} ({syn} for reference)", fmt_num(v, unit), fmt_num(sv, unit), "–",
                          "met" if v <= limit else "missed"))
     labels = []
     for my, syn in pairs:
@@ -873,9 +874,14 @@ def main():
     ap.add_argument("--output", help="report path (default: docs/benchmarks.md for a full run, "
                                      "$HOME/.cache/myelin-bench/run/report.md otherwise)")
     ap.add_argument("--report-only", metavar="RESULTS_JSONL", help="only rewrite the report from saved results")
+    ap.add_argument("--replace", action="append", default=[], metavar="RESULTS_JSONL",
+                    help="with --report-only: results of a later run that replace the same server's results "
+                         "(the replaced lines stay in the raw results, relabelled)")
     ap.add_argument("--fed-pairs", help="comma-separated federation pairs: "
                     + ",".join(p for p, _, _ in FED_PAIRS) + " (default: all whose servers are in the run)")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's run section (repeatable)")
+    ap.add_argument("--server-bench-arg", action="append", default=[], metavar="SERVER=ARG",
+                    help="extra myelin-bench argument for one server, e.g. myelin-sqlite=--setup-concurrency=1")
     ap.add_argument("--bench-arg", action="append", default=[], help="extra argument for myelin-bench (repeatable)")
     args = ap.parse_args()
 
@@ -897,6 +903,14 @@ def main():
         results = [json.loads(x) for x in lines if x.startswith("{") and not x.startswith('{"meta"')]
         meta = next(json.loads(x)["meta"] for x in lines if x.startswith('{"meta"'))
         meta["notes"] = meta.get("notes", []) + args.note
+        for extra in args.replace:
+            new = [json.loads(x) for x in Path(extra).read_text().splitlines()
+                   if x.startswith("{") and not x.startswith('{"meta"')]
+            labels = {r["label"] for r in new}
+            for r in results:
+                if r.get("label") in labels:
+                    r["label"] += " (main run, replaced)"
+            results += new
         for label in meta["servers"]:
             if label not in meta["server_notes"] and any(
                     r.get("label") == label and r.get("status") == "error" for r in results):
@@ -960,7 +974,9 @@ def main():
         try:
             server.prepare()
             server.start()
-            run_bench(bench_bin, server, per_server, args.smoke, args.bench_arg, results, out_jsonl)
+            extra = args.bench_arg + [a.split("=", 1)[1] for a in args.server_bench_arg
+                                      if a.split("=", 1)[0] == name]
+            run_bench(bench_bin, server, per_server, args.smoke, extra, results, out_jsonl)
         except Exception as e:  # noqa: BLE001
             log(f"{name}: {e}")
             for s in scenarios:
