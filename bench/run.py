@@ -871,6 +871,7 @@ def main():
     ap.add_argument("--scenarios", default="all", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     ap.add_argument("--profile", choices=["release", "dev"], help="cargo profile (default: release; dev for --smoke)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--bin-dir", help="take myelin and myelin-bench from this directory (no build)")
     ap.add_argument("--output", help="report path (default: docs/benchmarks.md for a full run, "
                                      "$HOME/.cache/myelin-bench/run/report.md otherwise)")
     ap.add_argument("--report-only", metavar="RESULTS_JSONL", help="only rewrite the report from saved results")
@@ -930,13 +931,15 @@ def main():
 
     myelin_bin, bench_bin = (target_dir() / ("release" if profile == "release" else "debug") / b
                              for b in ("myelin", "myelin-bench"))
-    if not args.no_build:
+    if args.bin_dir:
+        myelin_bin, bench_bin = Path(args.bin_dir) / "myelin", Path(args.bin_dir) / "myelin-bench"
+    elif not args.no_build:
         myelin_bin, bench_bin = build(profile)
     # Pin the binaries: the target directory is shared, and another build may replace them mid-run.
     (workdir / "bin").mkdir(parents=True, exist_ok=True)
     pinned = []
     for b in (myelin_bin, bench_bin):
-        if b.exists():
+        if b.exists() and b.resolve() != (workdir / "bin" / b.name).resolve():
             shutil.copy2(b, workdir / "bin" / b.name)
             pinned.append(workdir / "bin" / b.name)
         else:
