@@ -45,6 +45,10 @@ fn invalid_state(e: Error) -> Error {
 impl Rooms {
     /// Creates a room and returns its id once every initial event is committed.
     pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
+        crate::storage::Db::while_holding_write_lock(self.create_room_locked(creator, req)).await
+    }
+
+    async fn create_room_locked(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
         let version = super::version::parse(req.room_version.as_deref().unwrap_or(&self.config.rooms.default_version))?;
         let alias = match &req.alias_localpart {
             Some(local) => {
@@ -177,7 +181,7 @@ impl Rooms {
         }
         events.extend(invites);
 
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_event_write().await?;
         tx.defer_rows();
         crate::storage::Db::reserve_stream_positions(&mut tx, "events", events.len() as i64).await?;
         let mut appended: Vec<Appended> = Vec::new();

@@ -47,7 +47,7 @@ pub fn spawn(rooms: Weak<Rooms>, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             let Some(rooms) = rooms.upgrade() else { return };
-            rooms.write_batch(jobs).await;
+            crate::storage::Db::while_holding_write_lock(rooms.write_batch(jobs)).await;
         }
     });
 }
@@ -99,7 +99,7 @@ impl Rooms {
         &self,
         jobs: &[Job],
     ) -> Result<(Vec<Outcome>, HashMap<String, RoomCtx>, HashMap<String, Vec<Appended>>)> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_event_write().await?;
         tx.defer_rows();
         // Reserve the batch's stream positions first: one statement, and it takes the counter
         // row's lock before any room row, so batches of different processes on one PostgreSQL

@@ -40,8 +40,16 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// SQLite: connections for reads made while holding the writer lock (see [`Db::pool`]).
+    holder_pool: AnyPool,
     backend: Backend,
     write_lock: Option<Arc<Mutex<()>>>,
+    event_lock: Arc<Mutex<()>>,
+}
+
+tokio::task_local! {
+    /// Set while a task holds SQLite's writer lock (see [`Db::while_holding_write_lock`]).
+    static HOLDS_WRITE_LOCK: ();
 }
 
 /// A write transaction. On SQLite it also holds the in-process writer lock until it ends.
@@ -49,6 +57,7 @@ pub struct WriteTx {
     /// The open transaction; commit with [`WriteTx::commit`].
     pub tx: Transaction<'static, Any>,
     _guard: Option<OwnedMutexGuard<()>>,
+    _event_guard: Option<OwnedMutexGuard<()>>,
     /// Counter positions reserved for this transaction: name → (next, last).
     reserved: std::collections::HashMap<&'static str, (i64, i64)>,
     /// Event rows buffered for multi-row writes at commit (see [`WriteTx::defer_rows`]).
@@ -142,17 +151,37 @@ impl Db {
             });
         }
         let pool = pool_options
-            .connect_with(options)
+            .clone()
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("connecting to the {backend:?} database"))?;
         migrator(backend).run(&pool).await.context("running database migrations")?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Self { pool, backend, write_lock })
+        let holder_pool = match backend {
+            Backend::Sqlite => pool_options
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .with_context(|| "connecting to the SQLite database")?,
+            Backend::Postgres => pool.clone(),
+        };
+        Ok(Self { pool, holder_pool, backend, write_lock, event_lock: Arc::new(Mutex::new(())) })
     }
 
     /// The pool, for reads and single-statement writes.
+    ///
+    /// On SQLite, single-statement writes hold a pooled connection while they wait for the write
+    /// lock. If many of them wait, the lock's holder could find no free connection for its own
+    /// reads and the two would block each other until `busy_timeout`. Tasks that hold the lock
+    /// run under [`Db::while_holding_write_lock`] and read from a reserved pool instead.
     pub fn pool(&self) -> &AnyPool {
-        &self.pool
+        if HOLDS_WRITE_LOCK.try_with(|_| ()).is_ok() { &self.holder_pool } else { &self.pool }
+    }
+
+    /// Runs `f` (which holds, or will take, a write transaction) with its pool reads served
+    /// from the reserved connections.
+    pub async fn while_holding_write_lock<F: std::future::Future>(f: F) -> F::Output {
+        HOLDS_WRITE_LOCK.scope((), f).await
     }
 
     /// Which engine this is.
@@ -166,8 +195,26 @@ impl Db {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        let tx = self.pool.begin().await?;
-        Ok(WriteTx { tx, _guard: guard, reserved: Default::default(), pending: Default::default() })
+        // SQLite: take the write lock at BEGIN. A deferred transaction that reads first and
+        // writes later fails at once with SQLITE_BUSY_SNAPSHOT (517) if a single-statement
+        // write through the pool committed in between; an immediate one makes those writes
+        // wait for it (busy_timeout) instead.
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx { tx, _guard: guard, _event_guard: None, reserved: Default::default(), pending: Default::default() })
+    }
+
+    /// Opens a write transaction that will append events (and so take the event counter's row
+    /// lock). Such transactions are serialised in-process *before* they take a connection: a
+    /// transaction waiting for the counter row would otherwise hold a pooled connection, and
+    /// enough of them could leave the row's holder without one for its reads (PostgreSQL).
+    pub async fn begin_event_write(&self) -> Result<WriteTx, sqlx::Error> {
+        let event_guard = self.event_lock.clone().lock_owned().await;
+        let mut tx = self.begin_write().await?;
+        tx._event_guard = Some(event_guard);
+        Ok(tx)
     }
 
     /// Allocates the next position of a counter inside `tx` (from the positions reserved by
@@ -227,6 +274,7 @@ impl Db {
     /// Closes the pool, flushing SQLite's WAL.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.holder_pool.close().await;
     }
 }
 
