@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod federation;
 pub mod media;
 pub mod notifier;
 pub mod push;

@@ -44,6 +44,8 @@ impl Server {
         let e2ee = Arc::new(E2ee::new(db.clone(), config.server_name(), notifier.clone(), rooms.outbox_wakeup.clone()));
         let sync = Arc::new(SyncEngine::new(db.clone(), rooms.clone(), notifier.clone(), e2ee.clone()));
         sync.spawn_tasks();
+        let federation = Arc::new(crate::federation::Federation::new(db.clone(), config.clone(), keys.clone())?);
+        rooms.set_federation(federation.clone());
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
@@ -52,6 +54,7 @@ impl Server {
             media,
             e2ee,
             sync,
+            federation,
             config,
         };
         Ok(Self { state, db, keys })
@@ -61,6 +64,9 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         let config = self.state.config.clone();
         let app = crate::api::router(self.state.clone());
+        if config.federation.enabled {
+            crate::federation::sender::spawn(self.state.federation.clone(), self.state.rooms.clone());
+        }
         let listener = tokio::net::TcpListener::bind(config.listen.client)
             .await
             .with_context(|| format!("binding listen.client {}", config.listen.client))?;

@@ -32,6 +32,8 @@ pub enum AuthMode {
     Optional,
     /// An access token is required.
     Required,
+    /// A server's `X-Matrix` signature is required (federation endpoints).
+    Server,
 }
 
 /// Maps ruma's authentication scheme types to how we authenticate.
@@ -57,6 +59,9 @@ impl AuthRequirement for AppserviceToken {
 impl AuthRequirement for AppserviceTokenOptional {
     const MODE: AuthMode = AuthMode::Optional;
 }
+impl AuthRequirement for ruma::api::federation::authentication::ServerSignatures {
+    const MODE: AuthMode = AuthMode::Server;
+}
 
 /// A parsed ruma request and who sent it.
 pub struct Ruma<T> {
@@ -68,12 +73,19 @@ pub struct Ruma<T> {
     pub ip: IpAddr,
     /// The raw JSON body, for endpoints that must see fields ruma does not model.
     pub json: Option<serde_json::Value>,
+    /// The verified origin server of a federation request (`X-Matrix`).
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl<T> Ruma<T> {
     /// The session of an endpoint whose auth scheme requires a token.
     pub fn session(&self) -> Result<&Session> {
         self.session.as_ref().ok_or_else(Error::missing_token)
+    }
+
+    /// The verified origin of a federation request.
+    pub fn origin(&self) -> Result<&ruma::ServerName> {
+        self.origin.as_deref().ok_or_else(|| Error::unauthorized("Missing X-Matrix authorization"))
     }
 }
 
@@ -125,9 +137,10 @@ where
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
 
-        let token = access_token(&parts)?;
-        let session = match (<T::Authentication as AuthRequirement>::MODE, token) {
-            (AuthMode::None, _) | (AuthMode::Optional, None) => None,
+        let mode = <T::Authentication as AuthRequirement>::MODE;
+        let token = if mode == AuthMode::Server { None } else { access_token(&parts)? };
+        let session = match (mode, token) {
+            (AuthMode::None | AuthMode::Server, _) | (AuthMode::Optional, None) => None,
             (AuthMode::Required, None) => return Err(Error::missing_token()),
             (_, Some(token)) => Some(state.accounts.authenticate(&token, Some(&ip.to_string())).await?),
         };
@@ -142,6 +155,10 @@ where
 
         let bytes =
             axum::body::to_bytes(body, MAX_JSON_BODY).await.map_err(|_| Error::too_large("Request body too large"))?;
+        let origin = match mode {
+            AuthMode::Server => Some(state.federation.verify_request(&parts, &bytes).await?),
+            _ => None,
+        };
         let json = if has_json_body(&parts.method) && !bytes.iter().all(u8::is_ascii_whitespace) {
             Some(
                 serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -172,7 +189,7 @@ where
                 other => Error::bad_json(other.to_string()),
             }
         })?;
-        Ok(Ruma { body, session, ip, json })
+        Ok(Ruma { body, session, ip, json, origin })
     }
 }
 

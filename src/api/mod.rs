@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod extract;
+pub mod federation;
 pub mod ratelimit;
 
 use std::future::Future;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub e2ee: Arc<E2ee>,
     /// `/sync` and the streams it carries (typing, receipts, account data, presence, to-device).
     pub sync: Arc<SyncEngine>,
+    /// Server-to-server transport (keys, signed requests).
+    pub federation: Arc<crate::federation::Federation>,
 }
 
 /// A handler taking one ruma request; registered on every path ruma knows for the endpoint.
@@ -96,7 +99,11 @@ impl RouterExt for Router<AppState> {
 
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
-    client::routes(Router::new())
+    let mut routes = client::routes(Router::new());
+    if state.config.federation.enabled {
+        routes = federation::routes(routes);
+    }
+    routes
         .fallback(|| async { Error::unrecognized(http::StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { Error::unrecognized(http::StatusCode::METHOD_NOT_ALLOWED) })
         .layer(axum::middleware::from_fn(cors))

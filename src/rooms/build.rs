@@ -320,7 +320,7 @@ impl Rooms {
     }
 
     /// Rewrites the target's stored JSON to its redacted form.
-    async fn apply_redaction(
+    pub(crate) async fn apply_redaction(
         &self,
         tx: &mut WriteTx,
         ctx: &RoomCtx,

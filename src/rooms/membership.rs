@@ -31,8 +31,29 @@ impl Rooms {
 
     /// Joins a local room. Restricted rooms are joined through a local member with invite power.
     pub async fn join(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<OwnedEventId> {
+        self.join_with_servers(room_id, user, reason, &[]).await
+    }
+
+    /// Joins a room; a room this server is not in is joined over federation through `servers`
+    /// (or the room id's server, or the inviting server).
+    pub async fn join_with_servers(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+        servers: &[ruma::OwnedServerName],
+    ) -> Result<OwnedEventId> {
         if !self.exists(room_id).await? {
-            return Err(Error::not_found("No known servers to join this room through"));
+            if self.federation().is_none() {
+                return Err(Error::not_found("No known servers to join this room through"));
+            }
+            self.join_remote(room_id, user, servers, reason).await?;
+            let (_, event_id, _) = self
+                .db
+                .membership(room_id.as_str(), user.as_str())
+                .await?
+                .ok_or_else(|| Error::internal("membership missing after remote join"))?;
+            return OwnedEventId::try_from(event_id).map_err(Error::internal);
         }
         let mut ev = self.with_profile(user, Self::member_event(user, "join", reason)).await?;
         // Joining again with an unchanged profile changes nothing; like Synapse, answer with the
@@ -91,6 +112,13 @@ impl Rooms {
 
     /// Leaves (or rejects an invite, or withdraws a knock).
     pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
+        if !self.exists(room_id).await?
+            && self.federation().is_some()
+            && self.membership_of(room_id, user).await?.as_deref() == Some("invite")
+        {
+            // An invite to a room on another server: reject it there.
+            return self.leave_remote(room_id, user).await;
+        }
         if !self.exists(room_id).await? {
             return Err(Error::not_found("Unknown room"));
         }
@@ -112,10 +140,11 @@ impl Rooms {
         reason: Option<&str>,
         is_direct: bool,
     ) -> Result<()> {
-        if target.server_name() != self.server_name {
-            return Err(Error::forbidden("Inviting users on other servers is not supported yet"));
+        let remote = target.server_name() != self.server_name;
+        if remote && self.federation().is_none() {
+            return Err(Error::forbidden("Federation is disabled: cannot invite users on other servers"));
         }
-        if self.db.get_user(target.as_str()).await?.is_none() {
+        if !remote && self.db.get_user(target.as_str()).await?.is_none() {
             return Err(Error::not_found(format!("User {target} does not exist")));
         }
         self.require_joined(room_id, sender).await?;
@@ -127,6 +156,9 @@ impl Rooms {
         let mut ev = self.with_profile(target, Self::member_event(target, "invite", reason)).await?;
         if is_direct {
             ev.content["is_direct"] = Value::Bool(true);
+        }
+        if remote {
+            return self.invite_remote(room_id, sender, target, ev.content).await;
         }
         self.send(room_id, Origin { user_id: sender, txn: None }, ev).await?;
         Ok(())

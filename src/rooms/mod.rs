@@ -15,6 +15,7 @@ pub mod membership;
 pub mod pdu;
 pub mod read;
 pub mod relations;
+pub mod remote;
 pub mod state;
 pub mod summary;
 pub mod version;
@@ -47,6 +48,8 @@ pub struct Rooms {
     pub outbox_wakeup: Arc<Notify>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     writer: tokio::sync::mpsc::Sender<writer::Job>,
+    /// Federation transport, set once at start-up (see [`Rooms::set_federation`]).
+    federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
 }
 
 /// Who sends a client event, and with which transaction id.
@@ -75,8 +78,20 @@ impl Rooms {
                 outbox_wakeup: Arc::new(Notify::new()),
                 locks: Mutex::new(HashMap::new()),
                 writer: tx,
+                federation: std::sync::OnceLock::new(),
             }
         })
+    }
+
+    /// Connects the engine to the federation transport (joins, invites and fetches through
+    /// other servers need it).
+    pub fn set_federation(&self, federation: Arc<crate::federation::Federation>) {
+        let _ = self.federation.set(federation);
+    }
+
+    /// The federation transport, if federation is enabled.
+    pub fn federation(&self) -> Option<&Arc<crate::federation::Federation>> {
+        self.federation.get().filter(|f| f.enabled())
     }
 
     /// The database handle.

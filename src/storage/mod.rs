@@ -110,8 +110,12 @@ fn migrator(backend: Backend) -> Migrator {
     // Embedded so that the single binary carries its schema; listed by hand because sqlx's
     // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
     let list = match backend {
-        Backend::Sqlite => migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 5 "media", 6 "e2ee"),
-        Backend::Postgres => migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 5 "media", 6 "e2ee"),
+        Backend::Sqlite => {
+            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee")
+        }
+        Backend::Postgres => {
+            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee")
+        }
     };
     Migrator::with_migrations(list)
 }

@@ -67,14 +67,46 @@ pub async fn resolve_room(state: &AppState, id: &RoomOrAliasId) -> Result<OwnedR
     }
 }
 
+/// Resolves a room id or alias, asking the alias's server over federation for remote aliases;
+/// also returns servers to join through.
+pub async fn resolve_room_with_servers(
+    state: &AppState,
+    id: &RoomOrAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    if let Ok(alias) = <&RoomAliasId>::try_from(id)
+        && *alias.server_name() != *state.config.server_name()
+        && let Some(fed) = state.rooms.federation()
+    {
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            url::form_urlencoded::byte_serialize(alias.as_str().as_bytes()).collect::<String>()
+        );
+        let answer = fed.request(alias.server_name(), http::Method::GET, &path, None).await?;
+        let room_id = answer["room_id"]
+            .as_str()
+            .and_then(|r| RoomId::parse(r).ok())
+            .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
+        let mut servers: Vec<ruma::OwnedServerName> = answer["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().and_then(|s| ruma::ServerName::parse(s).ok()))
+            .collect();
+        servers.push(alias.server_name().to_owned());
+        return Ok((room_id, servers));
+    }
+    Ok((resolve_room(state, id).await?, Vec::new()))
+}
+
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
 pub async fn join_by_id_or_alias(
     State(state): State<AppState>,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<Json<Value>> {
     let s = req.session()?;
-    let room_id = resolve_room(&state, &req.body.room_id_or_alias).await?;
-    state.rooms.join(&room_id, &s.user_id, req.body.reason.as_deref()).await?;
+    let (room_id, mut servers) = resolve_room_with_servers(&state, &req.body.room_id_or_alias).await?;
+    servers.extend(req.body.via.iter().cloned());
+    state.rooms.join_with_servers(&room_id, &s.user_id, req.body.reason.as_deref(), &servers).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

@@ -1,0 +1,467 @@
+//! Server-server API handlers (`/_matrix/federation/*`, `/_matrix/key/*`).
+//!
+//! Thin: every request signed with `X-Matrix` is verified by the extractor (`Ruma<T>` with
+//! ruma's `ServerSignatures` scheme, origin in `req.origin`); the room logic is in
+//! `rooms::remote`, keys and transport in `federation`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use ruma::api::federation::authorization::get_event_authorization;
+use ruma::api::federation::backfill::get_backfill;
+use ruma::api::federation::directory::{get_public_rooms, get_public_rooms_filtered};
+use ruma::api::federation::discovery::{
+    get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
+};
+use ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
+use ruma::api::federation::membership::{
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
+use ruma::api::federation::query::{get_profile_information, get_room_information};
+use ruma::api::federation::transactions::send_transaction_message;
+use ruma::{RoomId, ServerName};
+use serde_json::{Value, json};
+
+use super::extract::Ruma;
+use super::{AppState, RouterExt};
+use crate::error::{Error, Result};
+use crate::storage::now_ms;
+
+/// Adds the federation routes.
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .ruma(server_keys)
+        .ruma(notary_get)
+        .ruma(notary_post)
+        .ruma(version)
+        .ruma(send_transaction)
+        .ruma(make_join)
+        .ruma(send_join)
+        .ruma(make_leave)
+        .ruma(send_leave)
+        .ruma(invite)
+        .ruma(event)
+        .ruma(state)
+        .ruma(state_ids)
+        .ruma(event_auth)
+        .ruma(missing_events)
+        .ruma(backfill)
+        .ruma(query_directory)
+        .ruma(query_profile)
+        .ruma(public_rooms)
+        .ruma(public_rooms_filtered)
+}
+
+/// `GET /_matrix/key/v2/server`
+pub async fn server_keys(
+    State(state): State<AppState>,
+    _req: Ruma<get_server_keys::v2::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(state.federation.own_keys_json()?))
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}`
+pub async fn notary_get(
+    State(state): State<AppState>,
+    req: Ruma<get_remote_server_keys::v2::Request>,
+) -> Result<Json<Value>> {
+    let keys = state.federation.notary_keys(req.body.server_name.as_str()).await?;
+    Ok(Json(json!({ "server_keys": keys })))
+}
+
+/// `POST /_matrix/key/v2/query`
+pub async fn notary_post(
+    State(state): State<AppState>,
+    req: Ruma<get_remote_server_keys_batch::v2::Request>,
+) -> Result<Json<Value>> {
+    let mut out = Vec::new();
+    for server in req.body.server_keys.keys() {
+        out.extend(state.federation.notary_keys(server.as_str()).await?);
+    }
+    Ok(Json(json!({ "server_keys": out })))
+}
+
+/// `GET /_matrix/federation/v1/version`
+pub async fn version(_: State<AppState>, _req: Ruma<get_server_version::v1::Request>) -> Result<Json<Value>> {
+    Ok(Json(json!({ "server": { "name": "myelin", "version": env!("CARGO_PKG_VERSION") } })))
+}
+
+/// `PUT /_matrix/federation/v1/send/{txnId}`: deduplicated on (origin, txnId).
+pub async fn send_transaction(
+    State(state): State<AppState>,
+    req: Ruma<send_transaction_message::v1::Request>,
+) -> Result<Json<Value>> {
+    let origin = req.origin()?.to_owned();
+    let txn_id = req.body.transaction_id.to_string();
+    let db = state.rooms.db();
+    let seen: Option<(String,)> =
+        sqlx::query_as("SELECT response FROM federation_txns_in WHERE origin = $1 AND txn_id = $2")
+            .bind(origin.as_str())
+            .bind(&txn_id)
+            .fetch_optional(db.pool())
+            .await?;
+    if let Some((response,)) = seen {
+        return Ok(Json(serde_json::from_str(&response)?));
+    }
+    let body = req.json.clone().unwrap_or(Value::Null);
+    if body["pdus"].as_array().map_or(0, Vec::len) > 50 || body["edus"].as_array().map_or(0, Vec::len) > 100 {
+        return Err(Error::bad_json("Too many PDUs or EDUs in one transaction"));
+    }
+    // Group by room: one room's PDUs in order, rooms in parallel.
+    let mut by_room: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut results = serde_json::Map::new();
+    for pdu in body["pdus"].as_array().cloned().unwrap_or_default() {
+        match pdu["room_id"].as_str() {
+            Some(r) => by_room.entry(r.to_owned()).or_default().push(pdu),
+            None => tracing::info!(%origin, "PDU without room_id ignored"),
+        }
+    }
+    let rooms = state.rooms.clone();
+    let tasks = by_room.into_iter().map(|(room, pdus)| {
+        let rooms = rooms.clone();
+        let origin = origin.clone();
+        async move {
+            let mut out = Vec::new();
+            let Ok(room_id) = RoomId::parse(&room) else { return out };
+            for pdu in pdus {
+                match rooms.handle_incoming_pdu(&origin, &room_id, pdu.clone()).await {
+                    Ok(id) => out.push((id.to_string(), json!({}))),
+                    Err(e) => {
+                        let id = event_id_of(&rooms, &room_id, &pdu).await.unwrap_or_else(|| "unknown".into());
+                        tracing::info!(%origin, event_id = %id, error = %e.message, "incoming PDU not accepted");
+                        out.push((id, json!({ "error": e.message })));
+                    }
+                }
+            }
+            out
+        }
+    });
+    for room_results in futures::future::join_all(tasks).await {
+        for (id, r) in room_results {
+            results.insert(id, r);
+        }
+    }
+    for edu in body["edus"].as_array().cloned().unwrap_or_default() {
+        handle_edu(&state, &origin, &edu).await;
+    }
+    let response = json!({ "pdus": results });
+    sqlx::query(
+        "INSERT INTO federation_txns_in (origin, txn_id, response, created_ts) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (origin, txn_id) DO NOTHING",
+    )
+    .bind(origin.as_str())
+    .bind(&txn_id)
+    .bind(response.to_string())
+    .bind(now_ms())
+    .execute(db.pool())
+    .await?;
+    Ok(Json(response))
+}
+
+async fn event_id_of(rooms: &crate::rooms::Rooms, room_id: &RoomId, pdu: &Value) -> Option<String> {
+    let (_, rules) = rooms.room_rules(room_id).await.ok()?;
+    let object: ruma::CanonicalJsonObject = serde_json::from_value(pdu.clone()).ok()?;
+    ruma::signatures::reference_hash(&object, &rules).ok().map(|h| format!("${h}"))
+}
+
+/// EDUs: typing, receipts, presence, to-device. The sync module owns them.
+// TODO(sync): hand m.typing / m.receipt / m.presence / m.direct_to_device to the sync module's
+// pub functions once its branch is on main; until then they are accepted and logged.
+async fn handle_edu(_state: &AppState, origin: &ServerName, edu: &Value) {
+    tracing::debug!(%origin, edu_type = %edu["edu_type"], "EDU received (not handled yet)");
+}
+
+fn versions_of(req_json_query: &[ruma::RoomVersionId]) -> Vec<String> {
+    if req_json_query.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        req_json_query.iter().map(|v| v.to_string()).collect()
+    }
+}
+
+/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
+pub async fn make_join(
+    State(state): State<AppState>,
+    req: Ruma<prepare_join_event::v1::Request>,
+) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let versions = versions_of(&req.body.ver);
+    Ok(Json(state.rooms.make_membership(origin, &req.body.room_id, &req.body.user_id, "join", &versions).await?))
+}
+
+/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
+pub async fn send_join(
+    State(state): State<AppState>,
+    req: Ruma<create_join_event::v2::Request>,
+) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let body = req.json.clone().unwrap_or(Value::Null);
+    Ok(Json(state.rooms.send_membership(origin, &req.body.room_id, req.body.event_id.as_str(), "join", body).await?))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`
+pub async fn make_leave(
+    State(state): State<AppState>,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let all: Vec<String> = crate::rooms::version::SUPPORTED_ROOM_VERSIONS.iter().map(|v| v.to_string()).collect();
+    Ok(Json(state.rooms.make_membership(origin, &req.body.room_id, &req.body.user_id, "leave", &all).await?))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`
+pub async fn send_leave(
+    State(state): State<AppState>,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let body = req.json.clone().unwrap_or(Value::Null);
+    Ok(Json(state.rooms.send_membership(origin, &req.body.room_id, req.body.event_id.as_str(), "leave", body).await?))
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`
+pub async fn invite(State(state): State<AppState>, req: Ruma<create_invite::v2::Request>) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let body = req.json.clone().unwrap_or(Value::Null);
+    Ok(Json(state.rooms.receive_invite(origin, &req.body.room_id, req.body.event_id.as_str(), &body).await?))
+}
+
+/// The origin must have a member in the room (or the room be world-readable) to read it.
+async fn require_participant(state: &AppState, room_id: &RoomId, origin: &ServerName) -> Result<()> {
+    if !state.rooms.exists(room_id).await? {
+        return Err(Error::not_found("Unknown room"));
+    }
+    state.rooms.require_server_allowed(room_id, origin).await?;
+    let suffix = format!(":{origin}");
+    let in_room = state
+        .rooms
+        .db()
+        .all_memberships(room_id.as_str())
+        .await?
+        .into_iter()
+        .any(|(u, m)| u.ends_with(&suffix) && (m == "join" || m == "invite" || m == "leave" || m == "ban"));
+    if in_room { Ok(()) } else { Err(Error::forbidden(format!("{origin} is not in room {room_id}"))) }
+}
+
+/// `GET /_matrix/federation/v1/event/{eventId}`
+pub async fn event(State(state): State<AppState>, req: Ruma<get_event::v1::Request>) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let ev = state
+        .rooms
+        .db()
+        .get_event(req.body.event_id.as_str())
+        .await?
+        .filter(|e| !e.pdu.rejected)
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    require_participant(&state, &ev.pdu.room_id, origin).await?;
+    Ok(Json(json!({
+        "origin": state.config.server_name,
+        "origin_server_ts": now_ms(),
+        "pdus": [ev.pdu.federation_json()],
+    })))
+}
+
+async fn state_at(state: &AppState, room_id: &RoomId, event_id: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let ev = state
+        .rooms
+        .db()
+        .get_event(event_id)
+        .await?
+        .filter(|e| e.pdu.room_id == room_id && !e.pdu.rejected)
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let before = state.rooms.state_before_event(&ev.pdu).await?;
+    let ids: Vec<String> = before.values().cloned().collect();
+    let chain: Vec<String> = state.rooms.auth_chain(&ids).await?.into_iter().map(|p| p.event_id.to_string()).collect();
+    Ok((ids, chain))
+}
+
+/// `GET /_matrix/federation/v1/state_ids/{roomId}`
+pub async fn state_ids(
+    State(state): State<AppState>,
+    req: Ruma<get_room_state_ids::v1::Request>,
+) -> Result<Json<Value>> {
+    require_participant(&state, &req.body.room_id, req.origin()?).await?;
+    let (ids, chain) = state_at(&state, &req.body.room_id, req.body.event_id.as_str()).await?;
+    Ok(Json(json!({ "pdu_ids": ids, "auth_chain_ids": chain })))
+}
+
+/// `GET /_matrix/federation/v1/state/{roomId}`
+pub async fn state(State(state): State<AppState>, req: Ruma<get_room_state::v1::Request>) -> Result<Json<Value>> {
+    require_participant(&state, &req.body.room_id, req.origin()?).await?;
+    let (ids, chain) = state_at(&state, &req.body.room_id, req.body.event_id.as_str()).await?;
+    let db = state.rooms.db();
+    let pdus: Vec<Value> = db.get_events(&ids).await?.into_iter().map(|e| e.pdu.federation_json()).collect();
+    let auth: Vec<Value> = db.get_events(&chain).await?.into_iter().map(|e| e.pdu.federation_json()).collect();
+    Ok(Json(json!({ "pdus": pdus, "auth_chain": auth })))
+}
+
+/// `GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}`
+pub async fn event_auth(
+    State(state): State<AppState>,
+    req: Ruma<get_event_authorization::v1::Request>,
+) -> Result<Json<Value>> {
+    require_participant(&state, &req.body.room_id, req.origin()?).await?;
+    let chain = state.rooms.auth_chain(&[req.body.event_id.to_string()]).await?;
+    Ok(Json(json!({ "auth_chain": chain.iter().map(|p| p.federation_json()).collect::<Vec<_>>() })))
+}
+
+/// Walks prev_events backwards from `from`, stopping at `stop`, up to `limit` events.
+async fn walk_back(
+    state: &AppState,
+    room_id: &RoomId,
+    from: Vec<String>,
+    stop: &HashSet<String>,
+    limit: usize,
+    include_from: bool,
+) -> Result<Vec<Value>> {
+    let db = state.rooms.db();
+    let mut seen: HashSet<String> = stop.clone();
+    let mut frontier: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    if include_from {
+        frontier = from;
+    } else {
+        for ev in db.get_events(&from).await? {
+            frontier.extend(ev.pdu.fields.prev_events.iter().map(|e| e.to_string()));
+        }
+    }
+    while !frontier.is_empty() && out.len() < limit {
+        let ids: Vec<String> = frontier.drain(..).filter(|id| seen.insert(id.clone())).collect();
+        let mut evs = db.get_events(&ids).await?;
+        evs.sort_by_key(|e| std::cmp::Reverse(e.topo));
+        for ev in evs {
+            if ev.pdu.room_id != room_id || ev.pdu.rejected {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            frontier.extend(ev.pdu.fields.prev_events.iter().map(|e| e.to_string()));
+            out.push((ev.topo, ev.pdu.federation_json()));
+        }
+    }
+    out.sort_by_key(|e| e.0);
+    Ok(out.into_iter().map(|e| e.1).collect())
+}
+
+/// `POST /_matrix/federation/v1/get_missing_events/{roomId}`
+pub async fn missing_events(
+    State(state): State<AppState>,
+    req: Ruma<get_missing_events::v1::Request>,
+) -> Result<Json<Value>> {
+    require_participant(&state, &req.body.room_id, req.origin()?).await?;
+    let limit = u64::from(req.body.limit).min(100) as usize;
+    let stop: HashSet<String> = req.body.earliest_events.iter().map(|e| e.to_string()).collect();
+    let latest: Vec<String> = req.body.latest_events.iter().map(|e| e.to_string()).collect();
+    let events = walk_back(&state, &req.body.room_id, latest, &stop, limit, false).await?;
+    Ok(Json(json!({ "events": events })))
+}
+
+/// `GET /_matrix/federation/v1/backfill/{roomId}`
+pub async fn backfill(State(state): State<AppState>, req: Ruma<get_backfill::v1::Request>) -> Result<Json<Value>> {
+    require_participant(&state, &req.body.room_id, req.origin()?).await?;
+    let limit = u64::from(req.body.limit).min(100) as usize;
+    let from: Vec<String> = req.body.v.iter().map(|e| e.to_string()).collect();
+    let pdus = walk_back(&state, &req.body.room_id, from, &HashSet::new(), limit, true).await?;
+    Ok(Json(json!({ "origin": state.config.server_name, "origin_server_ts": now_ms(), "pdus": pdus })))
+}
+
+/// `GET /_matrix/federation/v1/query/directory`
+pub async fn query_directory(
+    State(state): State<AppState>,
+    req: Ruma<get_room_information::v1::Request>,
+) -> Result<Json<Value>> {
+    let alias = req.body.room_alias.as_str();
+    let (room_id, _) = state
+        .rooms
+        .db()
+        .get_alias(alias)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
+    let mut servers = vec![state.config.server_name.clone()];
+    servers.extend(state.rooms.remote_destinations(&room_id).await?);
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+/// `GET /_matrix/federation/v1/query/profile`
+pub async fn query_profile(
+    State(state): State<AppState>,
+    req: Ruma<get_profile_information::v1::Request>,
+) -> Result<Json<Value>> {
+    let user = &req.body.user_id;
+    if *user.server_name() != *state.config.server_name() {
+        return Err(Error::not_found("User is not on this server"));
+    }
+    let profile =
+        state.rooms.db().get_user(user.as_str()).await?.ok_or_else(|| Error::not_found("Profile not found"))?;
+    let mut out = json!({});
+    let field = req.body.field.as_ref().map(|f| f.as_str().to_owned());
+    if field.as_deref().is_none_or(|f| f == "displayname")
+        && let Some(d) = profile.displayname
+    {
+        out["displayname"] = json!(d);
+    }
+    if field.as_deref().is_none_or(|f| f == "avatar_url")
+        && let Some(a) = profile.avatar_url
+    {
+        out["avatar_url"] = json!(a);
+    }
+    Ok(Json(out))
+}
+
+async fn public_rooms_chunk(state: &AppState) -> Result<Value> {
+    let mut chunk = Vec::new();
+    for room in state.rooms.db().public_rooms().await? {
+        let Ok(room_id) = RoomId::parse(&room) else { continue };
+        let text = |t: &'static str, k: &'static str| {
+            let rooms = state.rooms.clone();
+            let room_id = room_id.clone();
+            async move {
+                rooms
+                    .current_state_event(&room_id, t, "")
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|p| p.content()[k].as_str().map(str::to_owned))
+            }
+        };
+        let joined = state.rooms.db().members_with(&room, "join").await?.len();
+        let mut entry = json!({
+            "room_id": room,
+            "num_joined_members": joined,
+            "world_readable": text("m.room.history_visibility", "history_visibility").await.as_deref() == Some("world_readable"),
+            "guest_can_join": text("m.room.guest_access", "guest_access").await.as_deref() == Some("can_join"),
+            "join_rule": text("m.room.join_rules", "join_rule").await.unwrap_or_else(|| "public".into()),
+        });
+        if let Some(n) = text("m.room.name", "name").await {
+            entry["name"] = json!(n);
+        }
+        if let Some(t) = text("m.room.topic", "topic").await {
+            entry["topic"] = json!(t);
+        }
+        if let Some(a) = text("m.room.canonical_alias", "alias").await {
+            entry["canonical_alias"] = json!(a);
+        }
+        chunk.push(entry);
+    }
+    let total = chunk.len();
+    Ok(json!({ "chunk": chunk, "total_room_count_estimate": total }))
+}
+
+/// `GET /_matrix/federation/v1/publicRooms`
+pub async fn public_rooms(
+    State(state): State<AppState>,
+    _req: Ruma<get_public_rooms::v1::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(public_rooms_chunk(&state).await?))
+}
+
+/// `POST /_matrix/federation/v1/publicRooms`
+pub async fn public_rooms_filtered(
+    State(state): State<AppState>,
+    _req: Ruma<get_public_rooms_filtered::v1::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(public_rooms_chunk(&state).await?))
+}

@@ -1,0 +1,222 @@
+//! The durable outbound sender: one task per destination drains `federation_outbox`.
+//!
+//! A task packs at most 50 PDUs and 100 EDUs into a transaction and writes it to
+//! `federation_txns_out` *before* the first attempt; it then repeats exactly that body, with
+//! exactly that transaction id, until the destination answers 200, waiting a capped exponential
+//! backoff (`federation.retry_min_ms`..`retry_max_ms`) between attempts. Only then are the
+//! transaction and its outbox rows deleted, in one database transaction. Since the receiver
+//! deduplicates on `(origin, txn_id)`, a crash between the peer's 200 and our delete causes a
+//! repeat that the peer answers from its record: every event arrives exactly once. A restart
+//! resumes from the tables.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ruma::ServerName;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::Federation;
+use crate::error::{Error, Result};
+use crate::rooms::Rooms;
+use crate::storage::now_ms;
+
+/// Most PDUs in one transaction (spec limit).
+pub const MAX_PDUS: usize = 50;
+/// Most EDUs in one transaction (spec limit).
+pub const MAX_EDUS: usize = 100;
+
+/// A transaction persisted before its first attempt.
+struct PendingTxn {
+    txn_id: String,
+    body: String,
+    outbox_ids: Vec<i64>,
+}
+
+/// Starts the sender: a supervisor that wakes on `rooms.outbox_wakeup` (and every 30 s) and
+/// keeps one task per destination with queued rows.
+pub fn spawn(fed: Arc<Federation>, rooms: Arc<Rooms>) {
+    tokio::spawn(async move {
+        let tasks: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
+        let wakeup = rooms.outbox_wakeup.clone();
+        loop {
+            let notified = wakeup.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match destinations(&fed).await {
+                Ok(dests) => {
+                    for dest in dests {
+                        let notify = {
+                            let mut map = tasks.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(n) = map.get(&dest) {
+                                n.clone()
+                            } else {
+                                let n = Arc::new(Notify::new());
+                                map.insert(dest.clone(), n.clone());
+                                tokio::spawn(destination_task(fed.clone(), dest.clone(), n.clone()));
+                                n
+                            }
+                        };
+                        notify.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.message, "federation sender: listing destinations failed"),
+            }
+            tokio::select! {
+                _ = &mut notified => {},
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {},
+            }
+        }
+    });
+}
+
+async fn destinations(fed: &Federation) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT destination FROM federation_outbox UNION SELECT destination FROM federation_txns_out",
+    )
+    .fetch_all(fed.db.pool())
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>) {
+    let min = Duration::from_millis(fed.config.federation.retry_min_ms.max(1));
+    let max = Duration::from_millis(fed.config.federation.retry_max_ms.max(fed.config.federation.retry_min_ms));
+    let Ok(server) = ServerName::parse(&dest) else {
+        tracing::warn!(destination = %dest, "invalid destination in outbox; dropping its rows");
+        let _ = sqlx::query("DELETE FROM federation_outbox WHERE destination = $1")
+            .bind(&dest)
+            .execute(fed.db.pool())
+            .await;
+        return;
+    };
+    loop {
+        let txn = match next_transaction(&fed, &dest).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                wake.notified().await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(destination = %dest, error = %e.message, "federation sender: packing failed");
+                tokio::time::sleep(min).await;
+                continue;
+            }
+        };
+        let body: Value = serde_json::from_str(&txn.body).unwrap_or(Value::Null);
+        let path = format!("/_matrix/federation/v1/send/{}", txn.txn_id);
+        let mut delay = min;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match fed.request(&server, http::Method::PUT, &path, Some(&body)).await {
+                Ok(answer) => {
+                    if let Some(results) = answer["pdus"].as_object() {
+                        for (id, r) in results {
+                            if let Some(err) = r.get("error") {
+                                tracing::info!(destination = %dest, event_id = %id, error = %err, "peer rejected PDU");
+                            }
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(destination = %dest, txn = %txn.txn_id, attempts, retry_in_ms = delay.as_millis() as u64,
+                        error = %e.message, "federation transaction failed; will retry");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max);
+                }
+            }
+        }
+        if let Err(e) = complete(&fed, &dest, &txn).await {
+            tracing::warn!(destination = %dest, error = %e.message, "federation sender: completing transaction failed");
+            tokio::time::sleep(min).await;
+        }
+    }
+}
+
+/// The transaction in flight for `dest`, or a new one packed from the outbox and persisted.
+async fn next_transaction(fed: &Federation, dest: &str) -> Result<Option<PendingTxn>> {
+    let pending: Option<(String, String, String)> =
+        sqlx::query_as("SELECT txn_id, body, outbox_ids FROM federation_txns_out WHERE destination = $1")
+            .bind(dest)
+            .fetch_optional(fed.db.pool())
+            .await?;
+    if let Some((txn_id, body, ids)) = pending {
+        return Ok(Some(PendingTxn { txn_id, body, outbox_ids: serde_json::from_str(&ids).unwrap_or_default() }));
+    }
+    let limit = (MAX_PDUS + MAX_EDUS) as i64;
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, kind, payload FROM federation_outbox WHERE destination = $1 ORDER BY id LIMIT $2")
+            .bind(dest)
+            .bind(limit)
+            .fetch_all(fed.db.pool())
+            .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut pdus = Vec::new();
+    let mut edus = Vec::new();
+    let mut ids = Vec::new();
+    for (id, kind, payload) in rows {
+        match kind.as_str() {
+            "pdu" if pdus.len() < MAX_PDUS => {
+                match fed.db.get_event(&payload).await? {
+                    Some(ev) => pdus.push(ev.pdu.federation_json()),
+                    None => tracing::warn!(event_id = %payload, "queued PDU not found; skipping"),
+                }
+                ids.push(id);
+            }
+            "edu" if edus.len() < MAX_EDUS => {
+                match serde_json::from_str::<Value>(&payload) {
+                    Ok(v) => edus.push(v),
+                    Err(e) => tracing::warn!(error = %e, "queued EDU is not JSON; skipping"),
+                }
+                ids.push(id);
+            }
+            "pdu" | "edu" => {}
+            other => {
+                tracing::warn!(kind = other, "unknown outbox kind; skipping");
+                ids.push(id);
+            }
+        }
+    }
+    let first = ids.first().copied().unwrap_or(0);
+    let txn_id = format!("{}_{}", now_ms(), first);
+    let body = json!({
+        "origin": fed.server_name.as_str(),
+        "origin_server_ts": now_ms(),
+        "pdus": pdus,
+        "edus": edus,
+    })
+    .to_string();
+    let mut tx = fed.db.begin_write().await?;
+    sqlx::query(
+        "INSERT INTO federation_txns_out (destination, txn_id, body, outbox_ids, created_ts) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(dest)
+    .bind(&txn_id)
+    .bind(&body)
+    .bind(serde_json::to_string(&ids)?)
+    .bind(now_ms())
+    .execute(&mut *tx.tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(PendingTxn { txn_id, body, outbox_ids: ids }))
+}
+
+/// Deletes a delivered transaction and its outbox rows.
+async fn complete(fed: &Federation, dest: &str, txn: &PendingTxn) -> Result<()> {
+    let mut tx = fed.db.begin_write().await?;
+    for id in &txn.outbox_ids {
+        sqlx::query("DELETE FROM federation_outbox WHERE id = $1").bind(id).execute(&mut *tx.tx).await?;
+    }
+    sqlx::query("DELETE FROM federation_txns_out WHERE destination = $1 AND txn_id = $2")
+        .bind(dest)
+        .bind(&txn.txn_id)
+        .execute(&mut *tx.tx)
+        .await?;
+    tx.commit().await.map_err(Error::from)?;
+    Ok(())
+}
