@@ -147,6 +147,9 @@ pub async fn send_transaction(
         handle_edu(&state, &origin, &edu).await;
     }
     let response = json!({ "pdus": results });
+    // Through the writer lock: on SQLite a write outside it could make a concurrent writer's
+    // transaction fail with SQLITE_BUSY.
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "INSERT INTO federation_txns_in (origin, txn_id, response, created_ts) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (origin, txn_id) DO NOTHING",
@@ -155,8 +158,9 @@ pub async fn send_transaction(
     .bind(&txn_id)
     .bind(response.to_string())
     .bind(now_ms())
-    .execute(db.pool())
+    .execute(&mut *tx.tx)
     .await?;
+    tx.commit().await?;
     Ok(Json(response))
 }
 

@@ -85,10 +85,13 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
     let max = Duration::from_millis(fed.config.federation.retry_max_ms.max(fed.config.federation.retry_min_ms));
     let Ok(server) = ServerName::parse(&dest) else {
         tracing::warn!(destination = %dest, "invalid destination in outbox; dropping its rows");
-        let _ = sqlx::query("DELETE FROM federation_outbox WHERE destination = $1")
-            .bind(&dest)
-            .execute(fed.db.pool())
-            .await;
+        if let Ok(mut tx) = fed.db.begin_write().await {
+            let _ = sqlx::query("DELETE FROM federation_outbox WHERE destination = $1")
+                .bind(&dest)
+                .execute(&mut *tx.tx)
+                .await;
+            let _ = tx.commit().await;
+        }
         return;
     };
     loop {

@@ -43,11 +43,23 @@ impl Rooms {
         reason: Option<&str>,
         servers: &[ruma::OwnedServerName],
     ) -> Result<OwnedEventId> {
-        if !self.exists(room_id).await? {
+        let exists = self.exists(room_id).await?;
+        // A room we know but in which no local user is joined any more: our copy is stale, so
+        // join through a resident server as for an unknown room.
+        let stale = exists && self.federation().is_some() && !self.local_server_joined(room_id).await?;
+        if !exists || stale {
             if self.federation().is_none() {
                 return Err(Error::not_found("No known servers to join this room through"));
             }
-            self.join_remote(room_id, user, servers, reason).await?;
+            let mut servers = servers.to_vec();
+            if stale {
+                for s in self.remote_destinations(room_id.as_str()).await? {
+                    if let Ok(s) = ruma::ServerName::parse(&s) {
+                        servers.push(s);
+                    }
+                }
+            }
+            self.join_remote(room_id, user, &servers, reason).await?;
             let (_, event_id, _) = self
                 .db
                 .membership(room_id.as_str(), user.as_str())
@@ -67,6 +79,12 @@ impl Rooms {
             ev.content["join_authorised_via_users_server"] = json!(via);
         }
         self.send(room_id, Origin { user_id: user, txn: None }, ev).await
+    }
+
+    /// Whether any local user is joined (this server participates in the room).
+    pub async fn local_server_joined(&self, room_id: &RoomId) -> Result<bool> {
+        let suffix = format!(":{}", self.server_name);
+        Ok(self.db.members_with(room_id.as_str(), "join").await?.iter().any(|u| u.ends_with(&suffix)))
     }
 
     /// For restricted join rules: a local joined user with invite power, if the joiner is in

@@ -1,0 +1,369 @@
+//! Three Myelin servers federating over HTTPS on loopback (certificates from the test CA).
+//! Each test uses its own 127.0.N.* addresses so that the tests can run in parallel.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Waits until `client` sees `body` in the room's timeline; returns how long that took.
+async fn wait_for_message(client: &Client, room: &str, body: &str) -> Duration {
+    let body = body.to_owned();
+    wait_until(T, &format!("{body} on {}", client.user_id), || {
+        let body = body.clone();
+        async move { client.messages(room).await.contains(&body) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn join_messages_both_ways_same_order_and_membership_changes() {
+    let a = FedServer::start("127.0.1.11").await;
+    let b = FedServer::start("127.0.1.12").await;
+    let c = FedServer::start("127.0.1.13").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = c.register("carol").await;
+    let room_id = alice.create_public_room().await;
+    let room = room_id.as_str();
+
+    let start = Instant::now();
+    let (s, body) = bob.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "bob's join over federation: {body}");
+    let join_latency = start.elapsed();
+    report(&format!("join latency (remote /join over federation, 2 servers): {} ms", join_latency.as_millis()));
+    let (s, body) = carol.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "carol's join over federation: {body}");
+
+    // Every server learns every join.
+    for client in [&alice, &bob, &carol] {
+        for user in [&bob.user_id, &carol.user_id] {
+            let user = user.clone();
+            wait_until(T, &format!("{user} joined, seen by {}", client.user_id), || {
+                let user = user.clone();
+                async move { client.membership(room, &user).await.as_deref() == Some("join") }
+            })
+            .await;
+        }
+    }
+
+    // Causally ordered messages: each is sent after the previous one arrived at the sender.
+    let mut latencies = Vec::new();
+    let people = [&alice, &bob, &carol];
+    for i in 0..30 {
+        let sender = people[i % 3];
+        let receiver = people[(i + 1) % 3];
+        let text = format!("m{i} from {}", sender.user_id);
+        let sent = Instant::now();
+        sender.say(room, &text).await;
+        wait_for_message(receiver, room, &text).await;
+        latencies.push(sent.elapsed());
+        let third = people[(i + 2) % 3];
+        wait_for_message(third, room, &text).await;
+    }
+    report(&format!(
+        "cross-server message latency (send -> visible via /messages on another server, n={}): p50 {:.0} ms, p99 {:.0} ms",
+        latencies.len(),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0)
+    ));
+    let expected: Vec<String> = (0..30).map(|i| format!("m{i} from {}", people[i % 3].user_id)).collect();
+    for client in people {
+        assert_eq!(client.messages(room).await, expected, "order on {}", client.user_id);
+    }
+    let ids_a = alice.event_ids(room).await;
+    let ids_b = bob.event_ids(room).await;
+    let tail = |v: &Vec<String>| v[v.len() - 30..].to_vec();
+    assert_eq!(tail(&ids_a), tail(&ids_b), "same event order on A and B");
+
+    // Kick carol, ban her, bob leaves: every server agrees.
+    let (s, b1) =
+        alice.post(&format!("/_matrix/client/v3/rooms/{}/kick", enc(room)), json!({ "user_id": carol.user_id })).await;
+    assert_eq!(s, 200, "kick: {b1}");
+    for client in [&alice, &bob] {
+        wait_until(T, "carol kicked", || async {
+            client.membership(room, &carol.user_id).await.as_deref() == Some("leave")
+        })
+        .await;
+    }
+    let (s, b1) =
+        alice.post(&format!("/_matrix/client/v3/rooms/{}/ban", enc(room)), json!({ "user_id": carol.user_id })).await;
+    assert_eq!(s, 200, "ban: {b1}");
+    wait_until(T, "carol banned on B", || async {
+        bob.membership(room, &carol.user_id).await.as_deref() == Some("ban")
+    })
+    .await;
+    let (s, _) = carol.join_via(room, &a.name()).await;
+    assert_ne!(s, 200, "a banned user cannot rejoin");
+    let (s, b1) = bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(room)), json!({})).await;
+    assert_eq!(s, 200, "leave: {b1}");
+    wait_until(T, "bob left on A", || async { alice.membership(room, &bob.user_id).await.as_deref() == Some("leave") })
+        .await;
+    drop((a, b, c));
+}
+
+/// Both servers send at the same time: the DAG forks, later events merge the forks, and both
+/// servers end with the same timeline and the same state.
+#[tokio::test]
+async fn concurrent_sends_merge_forks_to_same_state() {
+    let a = FedServer::start("127.0.2.11").await;
+    let b = FedServer::start("127.0.2.12").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = &alice.create_public_room().await;
+    let (s, body) = bob.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "join: {body}");
+    wait_until(T, "bob joined on A", || async {
+        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+
+    let n = 15;
+    let (ra, rb) = tokio::join!(
+        async {
+            for i in 0..n {
+                alice.say(room, &format!("a{i}")).await;
+            }
+            // A concurrent state change on one side.
+            let (s, b) = alice
+                .put(
+                    &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(room)),
+                    json!({ "topic": "forked" }),
+                )
+                .await;
+            assert_eq!(s, 200, "topic: {b}");
+        },
+        async {
+            for i in 0..n {
+                bob.say(room, &format!("b{i}")).await;
+            }
+        }
+    );
+    let _ = (ra, rb);
+    // One more message from each side merges the forks.
+    alice.say(room, "merge-a").await;
+    bob.say(room, "merge-b").await;
+    for client in [&alice, &bob] {
+        wait_until(T, "all messages on both servers", || async {
+            let m = client.messages(room).await;
+            m.len() == 2 * n + 2 && m.contains(&"merge-a".to_owned()) && m.contains(&"merge-b".to_owned())
+        })
+        .await;
+    }
+    wait_until(T, "same state on A and B", || async { alice.state(room).await == bob.state(room).await }).await;
+    let mut ma = alice.messages(room).await;
+    let mut mb = bob.messages(room).await;
+    // Causal order holds within each sender's messages on both servers.
+    for m in [&ma, &mb] {
+        let a_only: Vec<&String> = m.iter().filter(|x| x.starts_with('a')).collect();
+        let expected: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
+        assert_eq!(a_only, expected.iter().collect::<Vec<_>>());
+    }
+    ma.sort();
+    mb.sort();
+    assert_eq!(ma, mb, "same set of messages");
+    let topic = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(room))).await;
+    let topic_b = bob.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(room))).await;
+    assert_eq!(topic.1["topic"], "forked");
+    assert_eq!(topic_b.1["topic"], "forked");
+}
+
+/// A peer stopped while messages are sent receives every message exactly once when it
+/// returns; the time from its restart to having everything is reported.
+#[tokio::test]
+async fn stopped_peer_gets_every_event_exactly_once() {
+    let a = FedServer::start("127.0.3.11").await;
+    let mut b = FedServer::start("127.0.3.12").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = &alice.create_public_room().await;
+    let (s, body) = bob.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "join: {body}");
+    wait_until(T, "bob joined on A", || async {
+        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    alice.say(room, "before").await;
+    wait_for_message(&bob, room, "before").await;
+
+    b.stop();
+    let n = 60; // more than one transaction (50 PDUs)
+    for i in 0..n {
+        alice.say(room, &format!("while down {i}")).await;
+    }
+    // Let A's sender fail a few times so that its backoff grows to the cap.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    b.start_again().await;
+    let restarted = Instant::now();
+    let expected: Vec<String> =
+        std::iter::once("before".to_owned()).chain((0..n).map(|i| format!("while down {i}"))).collect();
+    wait_until(Duration::from_secs(60), "all messages after restart", || async {
+        bob.messages(room).await.len() >= n + 1
+    })
+    .await;
+    report(&format!(
+        "recovery: peer restarted -> all {n} queued messages visible: {} ms (retry_max_ms = 2000)",
+        restarted.elapsed().as_millis()
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bob.messages(room).await, expected, "every message exactly once, in order");
+}
+
+/// Myelin killed with SIGKILL after committing events but before delivering them: after the
+/// restart the queue is delivered, and nothing is duplicated.
+#[tokio::test]
+async fn sigkill_between_commit_and_delivery_delivers_once() {
+    let mut a = FedServer::start("127.0.5.11").await;
+    let mut b = FedServer::start("127.0.5.12").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = &alice.create_public_room().await;
+    let (s, body) = bob.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "join: {body}");
+    wait_until(T, "bob joined on A", || async {
+        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    // B is down, so A commits but cannot deliver; then A dies hard.
+    b.stop();
+    for i in 0..10 {
+        alice.say(room, &format!("queued {i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill9();
+    b.start_again().await;
+    a.start_again().await;
+    let expected: Vec<String> = (0..10).map(|i| format!("queued {i}")).collect();
+    wait_until(Duration::from_secs(60), "queued messages delivered", || async { bob.messages(room).await.len() >= 10 })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bob.messages(room).await, expected);
+}
+
+/// Acts as server B (with B's own signing key) towards A: unsigned transactions get 401;
+/// an event with a bad signature, one with a bad content hash and one that violates the auth
+/// rules are rejected (or redacted) and never served to clients.
+#[tokio::test]
+async fn forged_events_are_rejected() {
+    use base64::Engine;
+    use ruma::CanonicalJsonObject;
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    use ruma::signatures::Ed25519KeyPair;
+
+    let a = FedServer::start("127.0.4.11").await;
+    let b = FedServer::start("127.0.4.12").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = &alice.create_public_room().await;
+    let (s, body) = bob.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "join: {body}");
+    wait_until(T, "bob joined on A", || async {
+        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    alice.say(room, "hello").await;
+    wait_for_message(&bob, room, "hello").await;
+
+    // B's key, read from its data directory.
+    let text = std::fs::read_to_string(b.data_dir().join("signing.key")).expect("B's signing key");
+    let parts: Vec<&str> = text.lines().next().expect("key line").split_whitespace().collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(parts[2]).expect("base64");
+    let b_key = Ed25519KeyPair::from_der(&der, parts[1].to_owned()).expect("key");
+    let fake_key = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "fake".into()).expect("key");
+    let origin = ruma::ServerName::parse(b.name()).expect("name");
+    let dest = ruma::ServerName::parse(a.name()).expect("name");
+    let rules = ruma::RoomVersionId::V12.rules().expect("v12");
+
+    let https = {
+        init_crypto();
+        let pem = std::fs::read(ca().pem()).expect("ca");
+        reqwest::Client::builder()
+            .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("pem"))
+            .build()
+            .expect("client")
+    };
+    let put_txn = |body: serde_json::Value, sign: bool| {
+        let https = https.clone();
+        let (origin, dest) = (origin.clone(), dest.clone());
+        let b_key = &b_key;
+        async move {
+            let path = format!("/_matrix/federation/v1/send/forged{}", rand::random::<u32>());
+            let bytes = serde_json::to_vec(&body).expect("json");
+            let mut req = https.put(format!("https://{dest}{path}")).header("content-type", "application/json");
+            if sign {
+                let r = http::Request::builder().method("PUT").uri(&path).body(bytes.as_slice()).expect("req");
+                let x = XMatrix::sign_http_request(&r, XMatrixSigningInput::new(origin, dest.clone(), b_key))
+                    .expect("sign");
+                req = req.header("authorization", http::HeaderValue::from(&x));
+            }
+            send(req.body(bytes)).await
+        }
+    };
+
+    // Unsigned: 401 M_UNAUTHORIZED.
+    let (s, body) = put_txn(json!({ "origin": b.name(), "origin_server_ts": 0, "pdus": [] }), false).await;
+    assert_eq!(s, 401, "unsigned transaction: {body}");
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED");
+
+    // Events built on A's current state.
+    let state = alice.state(room).await;
+    let find =
+        |t: &str, k: &str| state.iter().find(|e| e.0 == t && e.1 == k).map(|e| e.2.clone()).expect("state event");
+    let pl = find("m.room.power_levels", "");
+    let bob_member = find("m.room.member", &bob.user_id);
+    let prev = alice.event_ids(room).await.last().cloned().expect("latest event");
+    let make = |kind: &str, state_key: Option<&str>, content: serde_json::Value, key: &Ed25519KeyPair| {
+        let mut ev = json!({
+            "type": kind,
+            "room_id": room,
+            "sender": bob.user_id,
+            "content": content,
+            "origin_server_ts": 1_700_000_000_000u64,
+            "depth": 1000,
+            "prev_events": [prev],
+            "auth_events": [pl, bob_member],
+        });
+        if let Some(k) = state_key {
+            ev["state_key"] = json!(k);
+        }
+        let mut obj: CanonicalJsonObject = serde_json::from_value(ev).expect("canonical");
+        ruma::signatures::hash_and_sign_event(origin.as_str(), key, &mut obj, &rules.redaction).expect("sign event");
+        let id = format!("${}", ruma::signatures::reference_hash(&obj, &rules).expect("hash"));
+        (id, serde_json::to_value(&obj).expect("json"))
+    };
+    let (bad_sig_id, bad_sig) =
+        make("m.room.message", None, json!({ "msgtype": "m.text", "body": "forged signature" }), &fake_key);
+    let (bad_hash_id, mut bad_hash) =
+        make("m.room.message", None, json!({ "msgtype": "m.text", "body": "original" }), &b_key);
+    bad_hash["content"]["body"] = json!("tampered content");
+    let (bad_auth_id, bad_auth) =
+        make("m.room.power_levels", Some(""), json!({ "users": { bob.user_id.clone(): 100 } }), &b_key);
+    let (s, body) =
+        put_txn(json!({ "origin": b.name(), "origin_server_ts": 0, "pdus": [bad_sig, bad_hash, bad_auth] }), true)
+            .await;
+    assert_eq!(s, 200, "signed transaction: {body}");
+    assert!(body["pdus"][&bad_sig_id]["error"].is_string(), "bad signature must be rejected: {body}");
+    assert!(body["pdus"][&bad_auth_id]["error"].is_string(), "auth-violating event must be rejected: {body}");
+    // The bad hash is accepted in its redacted form: no content reaches clients.
+    let messages = alice.messages(room).await;
+    assert!(
+        !messages.iter().any(|m| m.contains("forged") || m.contains("tampered") || m.contains("original")),
+        "{messages:?}"
+    );
+    let (s, _) = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(&bad_sig_id))).await;
+    assert_eq!(s, 404, "an event with a bad signature is not served");
+    let (s, _) = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(&bad_auth_id))).await;
+    assert_eq!(s, 404, "an auth-violating event is not served");
+    let (s, ev) = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(&bad_hash_id))).await;
+    if s == 200 {
+        assert!(ev["content"]["body"].is_null(), "a bad-hash event is served redacted only: {ev}");
+    }
+    assert_eq!(find("m.room.power_levels", ""), {
+        let st = alice.state(room).await;
+        st.iter().find(|e| e.0 == "m.room.power_levels").map(|e| e.2.clone()).expect("pl")
+    });
+}
