@@ -46,6 +46,9 @@ impl Server {
         sync.spawn_tasks();
         let federation = Arc::new(crate::federation::Federation::new(db.clone(), config.clone(), keys.clone())?);
         rooms.set_federation(federation.clone());
+        if config.federation.enabled {
+            e2ee.set_remote(Arc::new(crate::federation::FederationKeys(federation.clone())));
+        }
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limiter: Arc::new(RateLimiter::new(&config.rate_limits)),

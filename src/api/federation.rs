@@ -11,11 +11,13 @@ use axum::Router;
 use axum::extract::State;
 use ruma::api::federation::authorization::get_event_authorization;
 use ruma::api::federation::backfill::get_backfill;
+use ruma::api::federation::device::get_devices;
 use ruma::api::federation::directory::{get_public_rooms, get_public_rooms_filtered};
 use ruma::api::federation::discovery::{
     get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
 };
 use ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
+use ruma::api::federation::keys::{claim_keys, get_keys};
 use ruma::api::federation::membership::{
     create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
 };
@@ -52,6 +54,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(query_profile)
         .ruma(public_rooms)
         .ruma(public_rooms_filtered)
+        .ruma(user_devices)
+        .ruma(keys_query)
+        .ruma(keys_claim)
 }
 
 /// `GET /_matrix/key/v2/server`
@@ -170,11 +175,125 @@ async fn event_id_of(rooms: &crate::rooms::Rooms, room_id: &RoomId, pdu: &Value)
     ruma::signatures::reference_hash(&object, &rules).ok().map(|h| format!("${h}"))
 }
 
-/// EDUs: typing, receipts, presence, to-device. The sync module owns them.
-// TODO(sync): hand m.typing / m.receipt / m.presence / m.direct_to_device to the sync module's
-// pub functions once its branch is on main; until then they are accepted and logged.
-async fn handle_edu(_state: &AppState, origin: &ServerName, edu: &Value) {
-    tracing::debug!(%origin, edu_type = %edu["edu_type"], "EDU received (not handled yet)");
+/// EDUs go to the engines that own them (sync: typing, receipts, presence, to-device; e2ee:
+/// device lists, signing keys). Only users of the origin server may be the subject of an EDU.
+async fn handle_edu(state: &AppState, origin: &ServerName, edu: &Value) {
+    let kind = edu["edu_type"].as_str().unwrap_or("");
+    let content = &edu["content"];
+    if let Err(e) = handle_edu_inner(state, origin, kind, content).await {
+        tracing::info!(%origin, edu_type = kind, error = %e.message, "EDU not applied");
+    }
+}
+
+fn user_of(origin: &ServerName, v: &Value) -> Option<ruma::OwnedUserId> {
+    let user = ruma::UserId::parse(v.as_str()?).ok()?;
+    (user.server_name() == origin).then_some(user)
+}
+
+async fn handle_edu_inner(state: &AppState, origin: &ServerName, kind: &str, content: &Value) -> Result<()> {
+    use crate::sync::receipts::{NewReceipt, ReceiptOrigin};
+    use crate::sync::typing::TypingOrigin;
+    match kind {
+        "m.typing" => {
+            let (Some(room), Some(user)) =
+                (content["room_id"].as_str().and_then(|r| RoomId::parse(r).ok()), user_of(origin, &content["user_id"]))
+            else {
+                return Err(Error::bad_json("m.typing needs room_id and a user of the origin"));
+            };
+            state.rooms.require_server_allowed(&room, origin).await?;
+            let typing = content["typing"].as_bool().unwrap_or(false);
+            state.sync.set_typing(&room, &user, typing, None, TypingOrigin::Remote).await?;
+        }
+        "m.receipt" => {
+            for (room, by_type) in content.as_object().into_iter().flatten() {
+                let Ok(room_id) = RoomId::parse(room) else { continue };
+                if !state.rooms.server_allowed(&room_id, origin).await? {
+                    continue;
+                }
+                for (receipt_type, by_user) in by_type.as_object().into_iter().flatten() {
+                    for (user, data) in by_user.as_object().into_iter().flatten() {
+                        let Some(user_id) = user_of(origin, &Value::String(user.clone())) else { continue };
+                        let ts = data["data"]["ts"].as_i64().unwrap_or_else(now_ms);
+                        let thread = data["data"]["thread_id"].as_str();
+                        for ev in data["event_ids"].as_array().into_iter().flatten() {
+                            let Some(event_id) = ev.as_str().and_then(|e| ruma::EventId::parse(e).ok()) else {
+                                continue;
+                            };
+                            let receipt = NewReceipt {
+                                room_id: &room_id,
+                                user_id: &user_id,
+                                receipt_type,
+                                event_id: &event_id,
+                                thread_id: thread,
+                                ts,
+                            };
+                            state.sync.store_receipt(receipt, ReceiptOrigin::Remote).await?;
+                        }
+                    }
+                }
+            }
+        }
+        "m.presence" => {
+            for p in content["push"].as_array().into_iter().flatten() {
+                let Some(user) = user_of(origin, &p["user_id"]) else { continue };
+                state
+                    .sync
+                    .receive_remote_presence(
+                        &user,
+                        p["presence"].as_str().unwrap_or("offline"),
+                        p["status_msg"].as_str(),
+                        p["last_active_ago"].as_i64(),
+                        p["currently_active"].as_bool().unwrap_or(false),
+                    )
+                    .await?;
+            }
+        }
+        "m.direct_to_device" => {
+            let Some(sender) = user_of(origin, &content["sender"]) else {
+                return Err(Error::bad_json("to-device sender is not a user of the origin"));
+            };
+            state
+                .sync
+                .receive_remote_to_device(
+                    origin.as_str(),
+                    &sender,
+                    content["type"].as_str().unwrap_or(""),
+                    content["message_id"].as_str().unwrap_or(""),
+                    &content["messages"],
+                )
+                .await?;
+        }
+        "m.device_list_update" => {
+            state.e2ee.apply_device_list_update(origin.as_str(), content).await?;
+        }
+        "m.signing_key_update" => {
+            state.e2ee.apply_signing_key_update(origin.as_str(), content).await?;
+        }
+        other => tracing::debug!(%origin, edu_type = other, "EDU type not handled"),
+    }
+    Ok(())
+}
+
+/// `GET /_matrix/federation/v1/user/devices/{userId}`
+pub async fn user_devices(State(state): State<AppState>, req: Ruma<get_devices::v1::Request>) -> Result<Json<Value>> {
+    req.origin()?;
+    Ok(Json(state.e2ee.federation_user_devices(req.body.user_id.as_str()).await?))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/query`
+pub async fn keys_query(State(state): State<AppState>, req: Ruma<get_keys::v1::Request>) -> Result<Json<Value>> {
+    req.origin()?;
+    let body = req.json.clone().unwrap_or(Value::Null);
+    let keys = body["device_keys"].as_object().cloned().unwrap_or_default();
+    Ok(Json(state.e2ee.federation_query(&keys).await?))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/claim`
+pub async fn keys_claim(State(state): State<AppState>, req: Ruma<claim_keys::v1::Request>) -> Result<Json<Value>> {
+    req.origin()?;
+    let body = req.json.clone().unwrap_or(Value::Null);
+    let keys = body["one_time_keys"].as_object().cloned().unwrap_or_default();
+    Ok(Json(state.e2ee.federation_claim(&keys).await?))
 }
 
 fn versions_of(req_json_query: &[ruma::RoomVersionId]) -> Vec<String> {

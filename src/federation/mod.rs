@@ -136,3 +136,26 @@ impl Federation {
         Ok(header.origin)
     }
 }
+
+/// The e2ee engine's view of other servers' key endpoints, over this transport.
+pub struct FederationKeys(pub Arc<Federation>);
+
+#[async_trait::async_trait]
+impl crate::e2ee::RemoteKeys for FederationKeys {
+    async fn query(&self, server: &str, body: &Value) -> Result<Value> {
+        let server = ServerName::parse(server).map_err(|e| Error::invalid_param(e.to_string()))?;
+        self.0.request(&server, http::Method::POST, "/_matrix/federation/v1/user/keys/query", Some(body)).await
+    }
+    async fn claim(&self, server: &str, body: &Value) -> Result<Value> {
+        let server = ServerName::parse(server).map_err(|e| Error::invalid_param(e.to_string()))?;
+        self.0.request(&server, http::Method::POST, "/_matrix/federation/v1/user/keys/claim", Some(body)).await
+    }
+    async fn user_devices(&self, server: &str, user_id: &str) -> Result<Value> {
+        let server = ServerName::parse(server).map_err(|e| Error::invalid_param(e.to_string()))?;
+        let path = format!(
+            "/_matrix/federation/v1/user/devices/{}",
+            url::form_urlencoded::byte_serialize(user_id.as_bytes()).collect::<String>()
+        );
+        self.0.request(&server, http::Method::GET, &path, None).await
+    }
+}
