@@ -320,6 +320,11 @@ fn url_escape(s: &str) -> String {
 }
 
 impl Client {
+    /// A client for an existing session on any homeserver (e.g. Synapse).
+    pub fn new(base: String, token: String, user_id: String) -> Self {
+        Self { base, token, user_id, http: http() }
+    }
+
     /// GET.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         send(self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token)).await

@@ -1,0 +1,348 @@
+//! Interop with a real Synapse (1.163): a Myelin user joins a room hosted on Synapse, a Synapse
+//! user joins a room hosted on Myelin, and messages go both ways in the same order on both.
+//!
+//! The test creates (and caches) a virtualenv at `$HOME/.cache/myelin-synapse-venv` with
+//! `pip install matrix-synapse==1.163.*`. Synapse listens on 127.0.0.12:8448 (HTTPS with a
+//! certificate from the test CA, server name `127.0.0.12:8448`), Myelin on 127.0.0.11:8448.
+//! Set `SKIP_SYNAPSE_TESTS=1` to skip it where PyPI is unreachable.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(60);
+const SYNAPSE_IP: &str = "127.0.0.12";
+const MYELIN_IP: &str = "127.0.0.11";
+
+fn venv() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache/myelin-synapse-venv")
+}
+
+/// Creates the virtualenv with Synapse unless it already imports.
+fn ensure_synapse() -> PathBuf {
+    let venv = venv();
+    let python = venv.join("bin/python");
+    let ok = |py: &PathBuf| {
+        Command::new(py)
+            .args(["-c", "import synapse, sys; sys.exit(0 if synapse.__version__.startswith('1.163') else 1)"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if python.exists() && ok(&python) {
+        return python;
+    }
+    let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
+    assert!(status.success(), "creating the Synapse virtualenv failed");
+    let pip = venv.join("bin/pip");
+    let status = Command::new(&pip).args(["install", "--quiet", "--upgrade", "pip"]).status().expect("pip");
+    assert!(status.success(), "upgrading pip failed");
+    let status = Command::new(&pip).args(["install", "--quiet", "matrix-synapse==1.163.*"]).status().expect("pip");
+    assert!(status.success(), "pip install matrix-synapse failed");
+    assert!(ok(&python), "Synapse 1.163 does not import after installation");
+    python
+}
+
+struct Synapse {
+    dir: PathBuf,
+    child: Option<Child>,
+    client_port: u16,
+}
+
+impl Synapse {
+    fn url(&self) -> String {
+        format!("http://{SYNAPSE_IP}:{}", self.client_port)
+    }
+    fn name(&self) -> String {
+        format!("{SYNAPSE_IP}:8448")
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("homeserver.log")).unwrap_or_default()
+    }
+
+    async fn start() -> Self {
+        let python = ensure_synapse();
+        let ca = ca();
+        let (cert, key) = ca.issue(SYNAPSE_IP);
+        let dir = tempfile::Builder::new().prefix("myelin-synapse-").tempdir().expect("tempdir").keep();
+        let client_port = free_port(SYNAPSE_IP);
+        let d = dir.display().to_string();
+        let rc = "{per_second: 1000, burst_count: 1000}";
+        let config = format!(
+            r#"
+server_name: "{SYNAPSE_IP}:8448"
+pid_file: "{d}/homeserver.pid"
+listeners:
+  - port: 8448
+    bind_addresses: ["{SYNAPSE_IP}"]
+    type: http
+    tls: true
+    x_forwarded: false
+    resources:
+      - names: [client, federation]
+        compress: false
+  - port: {client_port}
+    bind_addresses: ["{SYNAPSE_IP}"]
+    type: http
+    tls: false
+    x_forwarded: false
+    resources:
+      - names: [client]
+        compress: false
+tls_certificate_path: "{cert}"
+tls_private_key_path: "{key}"
+federation_custom_ca_list: ["{ca}"]
+federation_verify_certificates: true
+database:
+  name: sqlite3
+  args:
+    database: "{d}/homeserver.db"
+log_config: "{d}/log.yaml"
+media_store_path: "{d}/media"
+signing_key_path: "{d}/signing.key"
+report_stats: false
+enable_registration: true
+enable_registration_without_verification: true
+registration_shared_secret: "shared-secret-for-tests"
+macaroon_secret_key: "macaroon-secret-for-tests"
+form_secret: "form-secret-for-tests"
+trusted_key_servers: []
+suppress_key_server_warning: true
+ip_range_blacklist:
+  - "10.0.0.0/8"
+  - "172.16.0.0/12"
+  - "192.168.0.0/16"
+  - "100.64.0.0/10"
+  - "169.254.0.0/16"
+  - "fe80::/10"
+  - "fc00::/7"
+federation:
+  destination_min_retry_interval: 200
+  destination_retry_multiplier: 2
+  destination_max_retry_interval: 2000
+rc_message: {rc}
+rc_registration: {rc}
+rc_joins:
+  local: {rc}
+  remote: {rc}
+rc_joins_per_room: {rc}
+rc_invites:
+  per_room: {rc}
+  per_user: {rc}
+  per_issuer: {rc}
+rc_login:
+  address: {rc}
+  account: {rc}
+  failed_attempts: {rc}
+rc_federation:
+  window_size: 1000
+  sleep_limit: 1000
+  sleep_delay: 1
+  reject_limit: 10000
+  concurrent: 100
+presence:
+  enabled: true
+"#,
+            cert = cert.display(),
+            key = key.display(),
+            ca = ca.pem().display(),
+        );
+        std::fs::write(dir.join("homeserver.yaml"), config).expect("homeserver.yaml");
+        std::fs::write(
+            dir.join("log.yaml"),
+            format!(
+                r#"
+version: 1
+formatters:
+  precise:
+    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s'
+handlers:
+  file:
+    class: logging.FileHandler
+    formatter: precise
+    filename: "{d}/homeserver.log"
+    filters: [context]
+filters:
+  context:
+    (): synapse.logging.context.LoggingContextFilter
+    request: ""
+loggers:
+  synapse.storage.SQL:
+    level: WARNING
+root:
+  level: INFO
+  handlers: [file]
+disable_existing_loggers: false
+"#
+            ),
+        )
+        .expect("log.yaml");
+        let status = Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(dir.join("homeserver.yaml"))
+            .arg("--generate-keys")
+            .current_dir(&dir)
+            .status()
+            .expect("generating Synapse keys");
+        assert!(status.success(), "synapse --generate-keys failed");
+        let child = Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(dir.join("homeserver.yaml"))
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("stdout.log")).expect("stdout"))
+            .stderr(std::fs::File::create(dir.join("stderr.log")).expect("stderr"))
+            .spawn()
+            .expect("starting Synapse");
+        let mut s = Self { dir, child: Some(child), client_port };
+        let http = http();
+        let start = Instant::now();
+        loop {
+            if let Some(st) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "Synapse exited with {st}:\n{}\n{}",
+                    std::fs::read_to_string(s.dir.join("stderr.log")).unwrap_or_default(),
+                    s.log()
+                );
+            }
+            if let Ok(r) = http.get(format!("{}/_matrix/client/versions", s.url())).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "Synapse did not start:\n{}", s.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        s
+    }
+
+    async fn register(&self, local: &str) -> Client {
+        let http = http();
+        let url = format!("{}/_matrix/client/v3/register", self.url());
+        let (s, b) = send(http.post(&url).json(&json!({ "username": local, "password": PASSWORD }))).await;
+        let session = if s == 401 { b["session"].as_str().map(str::to_owned) } else { None };
+        let (s, b) = send(http.post(&url).json(&json!({
+            "username": local,
+            "password": PASSWORD,
+            "auth": { "type": "m.login.dummy", "session": session },
+        })))
+        .await;
+        assert_eq!(s, 200, "Synapse register {local}: {b}");
+        Client::new(
+            self.url(),
+            b["access_token"].as_str().expect("token").to_owned(),
+            b["user_id"].as_str().expect("user").to_owned(),
+        )
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("Synapse kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+async fn wait_message(c: &Client, room: &str, body: &str) -> Duration {
+    let body = body.to_owned();
+    wait_until(T, &format!("{body} on {}", c.user_id), || {
+        let body = body.clone();
+        async move { c.messages(room).await.contains(&body) }
+    })
+    .await
+}
+
+/// Alternating causally ordered messages; both sides must show the same sequence.
+async fn converse(x: &Client, y: &Client, room: &str, tag: &str, n: usize) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..n {
+        let (from, to) = if i % 2 == 0 { (x, y) } else { (y, x) };
+        let text = format!("{tag} {i} from {}", from.user_id);
+        let t = Instant::now();
+        from.say(room, &text).await;
+        wait_message(to, room, &text).await;
+        latencies.push(t.elapsed());
+        expected.push(text);
+    }
+    for c in [x, y] {
+        let got: Vec<String> = c.messages(room).await.into_iter().filter(|m| m.starts_with(tag)).collect();
+        assert_eq!(got, expected, "order of {tag} messages on {}", c.user_id);
+    }
+    latencies
+}
+
+#[tokio::test]
+async fn synapse_interop_joins_and_messages_both_ways() {
+    if std::env::var_os("SKIP_SYNAPSE_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("SKIP_SYNAPSE_TESTS=1: skipping the Synapse interop test");
+        return;
+    }
+    let synapse = Synapse::start().await;
+    let myelin = FedServer::start(MYELIN_IP).await;
+    let sam = synapse.register("sam").await;
+    let alice = myelin.register("alice").await;
+
+    // 1. A Myelin user joins a room hosted on Synapse.
+    let (s, b) =
+        sam.post("/_matrix/client/v3/createRoom", json!({ "preset": "public_chat", "name": "on synapse" })).await;
+    assert_eq!(s, 200, "Synapse createRoom: {b}");
+    let room_s = b["room_id"].as_str().expect("room").to_owned();
+    let t = Instant::now();
+    let (s, b) = alice.join_via(&room_s, &synapse.name()).await;
+    assert_eq!(s, 200, "Myelin user joining a Synapse room: {b}\nsynapse log tail:\n{}", tail(&synapse.log()));
+    report(&format!("join latency (Myelin user -> room on Synapse): {} ms", t.elapsed().as_millis()));
+    wait_until(T, "alice joined, seen by Synapse", || async {
+        sam.membership(&room_s, &alice.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    let lat1 = converse(&sam, &alice, &room_s, "s-room", 10).await;
+
+    // 2. A Synapse user joins a room hosted on Myelin.
+    let room_m = alice.create_public_room().await;
+    let t = Instant::now();
+    let (s, b) = sam.join_via(&room_m, &myelin.name()).await;
+    assert_eq!(s, 200, "Synapse user joining a Myelin room: {b}\nmyelin log tail:\n{}", tail(&myelin.log()));
+    report(&format!("join latency (Synapse user -> room on Myelin): {} ms", t.elapsed().as_millis()));
+    wait_until(T, "sam joined, seen by Myelin", || async {
+        alice.membership(&room_m, &sam.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    let lat2 = converse(&alice, &sam, &room_m, "m-room", 10).await;
+    let all: Vec<Duration> = lat1.into_iter().chain(lat2).collect();
+    report(&format!(
+        "Myelin<->Synapse message latency (n={}): p50 {:.0} ms, p99 {:.0} ms",
+        all.len(),
+        percentile(&all, 50.0),
+        percentile(&all, 99.0)
+    ));
+    let _: Value = json!(null);
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
