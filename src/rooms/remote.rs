@@ -603,10 +603,7 @@ impl Rooms {
             self.resolve_states_with(rules, vec![current.clone(), state_after.clone()], Some(pdu)).await?
         };
         let stream = Db::next_stream_position(&mut tx, "events").await?;
-        let before_base = match before_group {
-            Some((g, c)) => Some((g, c, state_before)),
-            None => None,
-        };
+        let before_base = before_group.map(|(g, c)| (g, c, state_before));
         let (group_after, chain_after) = self.write_group(&mut tx, room_id, before_base, &state_after).await?;
         let (cur_group, cur_chain) = if new_current == state_after {
             (group_after, chain_after)
@@ -916,7 +913,7 @@ impl Rooms {
             self.db.set_membership(&mut tx, room_id.as_str(), target.as_str(), "invite", event_id, stream).await?;
         }
         tx.commit().await?;
-        self.notifier.wake([target.as_str()].into_iter());
+        self.notifier.wake([target.as_str()]);
         Ok(json!({ "event": signed.federation_json() }))
     }
 
@@ -1215,7 +1212,7 @@ impl Rooms {
         let stream = Db::next_stream_position(&mut tx, "events").await?;
         self.db.set_membership(&mut tx, room_id.as_str(), user.as_str(), "leave", &ev_id, stream).await?;
         tx.commit().await?;
-        self.notifier.wake([user.as_str()].into_iter());
+        self.notifier.wake([user.as_str()]);
         Ok(())
     }
 
