@@ -367,3 +367,69 @@ async fn forged_events_are_rejected() {
         st.iter().find(|e| e.0 == "m.room.power_levels").map(|e| e.2.clone()).expect("pl")
     });
 }
+
+/// Polls `/sync` until some response satisfies `found`.
+async fn sync_until(client: &Client, what: &str, found: impl Fn(&serde_json::Value) -> bool) {
+    let start = Instant::now();
+    let mut since: Option<String> = None;
+    loop {
+        let path = match &since {
+            Some(s) => format!("/_matrix/client/v3/sync?timeout=1000&since={}", enc(s)),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let (s, body) = client.get(&path).await;
+        assert_eq!(s, 200, "sync: {body}");
+        if found(&body) {
+            return;
+        }
+        since = body["next_batch"].as_str().map(str::to_owned);
+        assert!(start.elapsed() < T, "timed out waiting for {what} on {}", client.user_id);
+    }
+}
+
+/// Typing notifications and read receipts cross servers as EDUs.
+#[tokio::test]
+async fn typing_and_receipts_across_servers() {
+    let a = FedServer::start("127.0.6.11").await;
+    let b = FedServer::start("127.0.6.12").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = &alice.create_public_room().await;
+    let (s, body) = bob.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "join: {body}");
+    wait_until(T, "bob joined on A", || async {
+        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+
+    let (s, body) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(room), enc(&alice.user_id)),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await;
+    assert_eq!(s, 200, "typing: {body}");
+    let alice_id = alice.user_id.clone();
+    sync_until(&bob, "alice typing", |b| {
+        b["rooms"]["join"][room]["ephemeral"]["events"].as_array().into_iter().flatten().any(|e| {
+            e["type"] == "m.typing"
+                && e["content"]["user_ids"].as_array().into_iter().flatten().any(|u| u == alice_id.as_str())
+        })
+    })
+    .await;
+
+    let event_id = alice.say(room, "read me").await;
+    wait_for_message(&bob, room, "read me").await;
+    let (s, body) =
+        bob.post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(room), enc(&event_id)), json!({})).await;
+    assert_eq!(s, 200, "receipt: {body}");
+    let bob_id = bob.user_id.clone();
+    sync_until(&alice, "bob's receipt", |b| {
+        b["rooms"]["join"][room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.receipt" && !e["content"][&event_id]["m.read"][&bob_id].is_null())
+    })
+    .await;
+}

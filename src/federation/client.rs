@@ -103,10 +103,11 @@ fn bad_gateway(msg: impl Into<String>) -> Error {
 fn host_port(authority: &str) -> (String, Option<u16>) {
     // IPv6 literals are bracketed: `[::1]:8448`.
     if let Some(rest) = authority.strip_prefix('[')
-        && let Some((ip, after)) = rest.split_once(']') {
-            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (ip.to_owned(), port);
-        }
+        && let Some((ip, after)) = rest.split_once(']')
+    {
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (ip.to_owned(), port);
+    }
     match authority.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => (h.to_owned(), p.parse().ok()),
         _ => (authority.to_owned(), None),
