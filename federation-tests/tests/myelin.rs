@@ -368,25 +368,6 @@ async fn forged_events_are_rejected() {
     });
 }
 
-/// Polls `/sync` until some response satisfies `found`.
-async fn sync_until(client: &Client, what: &str, found: impl Fn(&serde_json::Value) -> bool) {
-    let start = Instant::now();
-    let mut since: Option<String> = None;
-    loop {
-        let path = match &since {
-            Some(s) => format!("/_matrix/client/v3/sync?timeout=1000&since={}", enc(s)),
-            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
-        };
-        let (s, body) = client.get(&path).await;
-        assert_eq!(s, 200, "sync: {body}");
-        if found(&body) {
-            return;
-        }
-        since = body["next_batch"].as_str().map(str::to_owned);
-        assert!(start.elapsed() < T, "timed out waiting for {what} on {}", client.user_id);
-    }
-}
-
 /// Typing notifications and read receipts cross servers as EDUs.
 #[tokio::test]
 async fn typing_and_receipts_across_servers() {
@@ -410,13 +391,7 @@ async fn typing_and_receipts_across_servers() {
         .await;
     assert_eq!(s, 200, "typing: {body}");
     let alice_id = alice.user_id.clone();
-    sync_until(&bob, "alice typing", |b| {
-        b["rooms"]["join"][room]["ephemeral"]["events"].as_array().into_iter().flatten().any(|e| {
-            e["type"] == "m.typing"
-                && e["content"]["user_ids"].as_array().into_iter().flatten().any(|u| u == alice_id.as_str())
-        })
-    })
-    .await;
+    sync_until(&bob, T, "alice typing", |b| sees_typing(b, room, &alice_id)).await;
 
     let event_id = alice.say(room, "read me").await;
     wait_for_message(&bob, room, "read me").await;
@@ -424,12 +399,5 @@ async fn typing_and_receipts_across_servers() {
         bob.post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(room), enc(&event_id)), json!({})).await;
     assert_eq!(s, 200, "receipt: {body}");
     let bob_id = bob.user_id.clone();
-    sync_until(&alice, "bob's receipt", |b| {
-        b["rooms"]["join"][room]["ephemeral"]["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e["type"] == "m.receipt" && !e["content"][&event_id]["m.read"][&bob_id].is_null())
-    })
-    .await;
+    sync_until(&alice, T, "bob's receipt", |b| sees_receipt(b, room, &event_id, &bob_id)).await;
 }

@@ -339,6 +339,29 @@ async fn synapse_interop_joins_and_messages_both_ways() {
         percentile(&all, 50.0),
         percentile(&all, 99.0)
     ));
+
+    // Typing and receipts both ways (in the Myelin-hosted room).
+    for (from, to) in [(&alice, &sam), (&sam, &alice)] {
+        let (s, b) = from
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room_m), enc(&from.user_id)),
+                json!({ "typing": true, "timeout": 30000 }),
+            )
+            .await;
+        assert_eq!(s, 200, "typing: {b}");
+        sync_until(to, T, &format!("{} typing", from.user_id), |b| sees_typing(b, &room_m, &from.user_id)).await;
+        let text = format!("receipt target from {}", to.user_id);
+        let event_id = to.say(&room_m, &text).await;
+        wait_message(from, &room_m, &text).await;
+        let (s, b) = from
+            .post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room_m), enc(&event_id)), json!({}))
+            .await;
+        assert_eq!(s, 200, "receipt: {b}");
+        sync_until(to, T, &format!("{}'s receipt", from.user_id), |b| {
+            sees_receipt(b, &room_m, &event_id, &from.user_id)
+        })
+        .await;
+    }
     let _: Value = json!(null);
 }
 

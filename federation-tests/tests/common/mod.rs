@@ -461,3 +461,38 @@ pub fn report(line: &str) {
         let _ = writeln!(f, "{line}");
     }
 }
+
+/// Polls `/sync` until some response satisfies `found`.
+pub async fn sync_until(client: &Client, timeout: Duration, what: &str, found: impl Fn(&Value) -> bool) {
+    let start = Instant::now();
+    let mut since: Option<String> = None;
+    loop {
+        let path = match &since {
+            Some(s) => format!("/_matrix/client/v3/sync?timeout=1000&since={}", enc(s)),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let (s, body) = client.get(&path).await;
+        assert_eq!(s, 200, "sync: {body}");
+        if found(&body) {
+            return;
+        }
+        since = body["next_batch"].as_str().map(str::to_owned);
+        assert!(start.elapsed() < timeout, "timed out waiting for {what} on {}", client.user_id);
+    }
+}
+
+/// Whether a sync response shows `user` typing in `room`.
+pub fn sees_typing(sync: &Value, room: &str, user: &str) -> bool {
+    sync["rooms"]["join"][room]["ephemeral"]["events"].as_array().into_iter().flatten().any(|e| {
+        e["type"] == "m.typing" && e["content"]["user_ids"].as_array().into_iter().flatten().any(|u| u == user)
+    })
+}
+
+/// Whether a sync response shows `user`'s read receipt for `event_id` in `room`.
+pub fn sees_receipt(sync: &Value, room: &str, event_id: &str, user: &str) -> bool {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["type"] == "m.receipt" && !e["content"][event_id]["m.read"][user].is_null())
+}
