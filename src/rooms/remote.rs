@@ -560,10 +560,35 @@ impl Rooms {
         Ok((self.db.insert_state_group(tx, room_id, None, 0, state).await?, 0))
     }
 
+    /// Persists an accepted remote event; its reads while holding the write transaction use the
+    /// connections reserved for lock holders (see `Db::while_holding_write_lock`).
+    #[allow(clippy::too_many_arguments)]
+    async fn persist_remote(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        state_before: &StateIds,
+        before_group: Option<(i64, i64)>,
+        forward_except: Option<&ServerName>,
+    ) -> Result<()> {
+        Db::while_holding_write_lock(self.persist_remote_locked(
+            origin,
+            version,
+            rules,
+            pdu,
+            state_before,
+            before_group,
+            forward_except,
+        ))
+        .await
+    }
+
     /// Persists an accepted remote event: state groups, extremities, current state (resolved
     /// with the other forks), memberships; then wakes local members.
     #[allow(clippy::too_many_arguments)]
-    async fn persist_remote(
+    async fn persist_remote_locked(
         &self,
         origin: &ServerName,
         version: &RoomVersionId,
@@ -581,7 +606,7 @@ impl Rooms {
         // Read the room's current state and extremities inside the write transaction, after
         // taking the locks in the writer's order (event counter, then room row): local events
         // are appended by the writer task without the room lock.
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_event_write().await?;
         Db::reserve_stream_positions(&mut tx, "events", 1).await?;
         let (_, current_group) =
             self.db.lock_room(&mut tx, room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -900,7 +925,7 @@ impl Rooms {
             .map_err(Error::internal)?;
         let signed = Pdu::from_json(pdu.event_id.clone(), Some(room_id.to_owned()), object)?;
         let invite_state = body["invite_room_state"].clone();
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_event_write().await?;
         if self.db.get_event(event_id).await?.is_none() {
             let stream = Db::next_stream_position(&mut tx, "events").await?;
             let unsigned = json!({ "invite_room_state": invite_state, "room_version": version.as_str() });
@@ -1060,7 +1085,7 @@ impl Rooms {
 
         let mut state_after = state.clone();
         state_after.insert(("m.room.member".to_owned(), user.to_string()), join.event_id.to_string());
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_event_write().await?;
         Db::reserve_stream_positions(&mut tx, "events", 1).await?;
         let known = self.db.get_room(room_id.as_str()).await?.is_some();
         if !known {
@@ -1160,7 +1185,7 @@ impl Rooms {
         if signed.event_id != pdu.event_id {
             return Err(Error::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", "invite answered with another event"));
         }
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_event_write().await?;
         Db::reserve_stream_positions(&mut tx, "events", 1).await?;
         let mut ctx = self.load_ctx(&mut tx, room_id).await?;
         let appended = self.persist_local(&mut tx, &mut ctx, signed, None).await?;
@@ -1208,7 +1233,7 @@ impl Rooms {
         if let Err(e) = result {
             tracing::info!(%room_id, error = %e.message, "remote leave failed; rejecting the invite locally");
         }
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_event_write().await?;
         let stream = Db::next_stream_position(&mut tx, "events").await?;
         self.db.set_membership(&mut tx, room_id.as_str(), user.as_str(), "leave", &ev_id, stream).await?;
         tx.commit().await?;
