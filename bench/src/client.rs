@@ -107,6 +107,8 @@ impl Hs {
         timeout: Duration,
     ) -> Result<Value> {
         let url = format!("{}{}", self.base, path);
+        // Errors name the path without its query (sync tokens and filters are long).
+        let path = path.split('?').next().unwrap_or(path);
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -143,7 +145,7 @@ impl Hs {
             }
             return Err(ApiError {
                 method: method.to_string(),
-                path: path.split('?').next().unwrap_or(path).to_string(),
+                path: path.to_string(),
                 status,
                 errcode,
                 error: body["error"]

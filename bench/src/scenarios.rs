@@ -509,11 +509,13 @@ pub async fn fanout(ctx: &Ctx, members: usize) -> Result<Value> {
     let users = ctx.pooled_users(members).await?;
     ctx.join_all(&users, &room).await?;
     let tokens = ctx.initial_tokens(&users).await?;
+    let fresh = ctx.hs.fresh_pool()?;
     let marker = ctx.stem("fanout");
     let mut v = delivery(
         &sender,
         &room,
-        users.into_iter().zip(tokens).collect(),
+        // Their own connection pool: its connections close when the scenario ends.
+        users.iter().map(|u| u.on(&fresh)).zip(tokens).collect(),
         s.fanout_msgs,
         Duration::from_millis(s.fanout_interval_ms),
         Duration::from_secs(s.grace_secs),
@@ -541,7 +543,18 @@ pub async fn idle_syncers(ctx: &Ctx, waiters: usize) -> Result<Value> {
         eprintln!("  {waiters} initial syncs in {:.1} s", t.elapsed().as_secs_f64());
     }
     let pool: Vec<(User, String)> = users.into_iter().zip(tokens).collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let connections of earlier cases close: the server's fd count must be steady for 3 s.
+    let settle = Instant::now();
+    let mut steady = Instant::now();
+    let mut last = fd_count(pid).unwrap_or(0);
+    while steady.elapsed() < Duration::from_secs(3) && settle.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = fd_count(pid).unwrap_or(0);
+        if now != last {
+            steady = Instant::now();
+            last = now;
+        }
+    }
     let rss0 = rss_bytes(pid).ok_or_else(|| anyhow!("cannot read /proc/{pid}/status"))?;
     let fds0 = fd_count(pid).unwrap_or(0);
 
@@ -579,14 +592,14 @@ pub async fn idle_syncers(ctx: &Ctx, waiters: usize) -> Result<Value> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Wait until the server holds every connection (or the count stops growing for 5 s), then
+    // Wait until the server holds every connection (or the count stops changing for 20 s), then
     // until its RSS settles.
     let want = fds0 + waiters * 99 / 100;
     let mut fds = fd_count(pid).unwrap_or(0);
     let mut last_change = Instant::now();
     while fds < fds0 + waiters
-        && started.elapsed() < Duration::from_secs(150)
-        && last_change.elapsed() < Duration::from_secs(5)
+        && started.elapsed() < Duration::from_secs(180)
+        && last_change.elapsed() < Duration::from_secs(20)
     {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let now = fd_count(pid).unwrap_or(0);
