@@ -876,8 +876,8 @@ def main():
                                      "$HOME/.cache/myelin-bench/run/report.md otherwise)")
     ap.add_argument("--report-only", metavar="RESULTS_JSONL", help="only rewrite the report from saved results")
     ap.add_argument("--replace", action="append", default=[], metavar="RESULTS_JSONL",
-                    help="with --report-only: results of a later run that replace the same server's results "
-                         "(the replaced lines stay in the raw results, relabelled)")
+                    help="with --report-only: results of a later run that replace the lines of the same server, "
+                         "scenario and case (the replaced lines stay in the raw results, relabelled)")
     ap.add_argument("--fed-pairs", help="comma-separated federation pairs: "
                     + ",".join(p for p, _, _ in FED_PAIRS) + " (default: all whose servers are in the run)")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's run section (repeatable)")
@@ -907,10 +907,10 @@ def main():
         for extra in args.replace:
             new = [json.loads(x) for x in Path(extra).read_text().splitlines()
                    if x.startswith("{") and not x.startswith('{"meta"')]
-            labels = {r["label"] for r in new}
+            keys = {(r["label"], r["scenario"], str(r.get("case", ""))) for r in new}
             for r in results:
-                if r.get("label") in labels:
-                    r["label"] += " (main run, replaced)"
+                if (r.get("label"), r.get("scenario"), str(r.get("case", ""))) in keys:
+                    r["label"] += " (replaced)"
             results += new
         for label in meta["servers"]:
             if label not in meta["server_notes"] and any(
