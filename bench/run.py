@@ -787,7 +787,13 @@ def write_report(path: Path, results: list[dict], meta: dict, servers: list[str]
             if r and r.get("status") == "not_available":
                 notes.append(f"{s}: not available — {r.get('reason')}")
             elif r and r.get("status") == "error":
-                notes.append(f"{s}: error — {str(r.get('error'))[:400]}")
+                import re
+                err = re.sub(r"\?[^ )\"]*", "", str(r.get("error")))  # no sync tokens and filters
+                notes.append(f"{s}: error — {err[:600]}")
+            elif r and r.get("all_held") is False:
+                notes.append(f"{s}: the server held only {r.get('connections_held')} of {r.get('waiters')} "
+                             f"long-polls (the others failed to connect: {r.get('sync_errors')} errors); "
+                             "the per-waiter figure is over the held ones")
         if notes:
             w("")
             for n in notes:
