@@ -264,7 +264,7 @@ async fn handle_edu_inner(state: &AppState, origin: &ServerName, kind: &str, con
                 .await?;
         }
         "m.device_list_update" => {
-            state.e2ee.apply_device_list_update(origin.as_str(), content).await?;
+            state.e2ee.receive_device_list_update(origin.as_str(), content).await?;
         }
         "m.signing_key_update" => {
             state.e2ee.apply_signing_key_update(origin.as_str(), content).await?;

@@ -237,3 +237,28 @@ impl E2ee {
         Ok(Some((devices, master, ssk)))
     }
 }
+
+impl E2ee {
+    /// Fetches remote `user`'s whole device list with `user/devices` and replaces the cache
+    /// (after a `prev_id` gap). Without federation this does nothing.
+    pub async fn resync_remote(&self, user: &str) -> Result<()> {
+        let Some(remote) = self.remote() else { return Ok(()) };
+        let server = server_of(user).to_owned();
+        let answer = remote.user_devices(&server, user).await?;
+        self.apply_user_devices(&server, user, &answer).await
+    }
+
+    /// Applies an `m.device_list_update` EDU and, on a gap, resyncs the user's list in the
+    /// background, so the sending server's transaction is not held up by a request back to it.
+    pub async fn receive_device_list_update(self: &std::sync::Arc<Self>, origin: &str, content: &Value) -> Result<()> {
+        if self.apply_device_list_update(origin, content).await? == DeviceListUpdate::Resync {
+            let (engine, user) = (self.clone(), content["user_id"].as_str().unwrap_or_default().to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = engine.resync_remote(&user).await {
+                    tracing::info!(%user, error = %e, "device list resync failed; the list stays stale");
+                }
+            });
+        }
+        Ok(())
+    }
+}

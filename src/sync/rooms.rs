@@ -401,7 +401,16 @@ impl SyncEngine {
         } else {
             tl.events.first().map_or(plan.upto, |e| e.stream - 1)
         };
-        let target = self.state_at_stream(plan.room_id, at).await?;
+        let mut target = self.state_at_stream(plan.room_id, at).await?;
+        // A room joined over federation has no event of ours before the join (the state it was
+        // joined with is stored as outliers): the state before the first timeline event is then
+        // the state after it, less the event itself, which the timeline already carries.
+        if target.is_empty()
+            && !after_state
+            && let Some(group) = tl.events.first().and_then(|first| first.state_group)
+        {
+            target = self.rooms.state_at_group(group).await?;
+        }
         let base = match base_pos {
             Some(p) => Some(self.state_at_stream(plan.room_id, p).await?),
             None => None,

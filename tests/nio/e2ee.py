@@ -31,6 +31,7 @@ from nio import (
     MegolmEvent,
     RegisterResponse,
     RoomCreateResponse,
+    RoomInviteResponse,
     RoomMessageText,
     RoomSendResponse,
     SyncResponse,
@@ -114,7 +115,6 @@ async def run(url_a, url_b):
         created = expect(
             await alice.room_create(
                 name="encrypted",
-                invite=[bob.user_id],
                 initial_state=[{
                     "type": "m.room.encryption",
                     "state_key": "",
@@ -125,6 +125,8 @@ async def run(url_a, url_b):
             "room_create",
         )
         room_id = created.room_id
+        # Invited separately: an invite of a remote user is its own federation request.
+        expect(await alice.room_invite(room_id, bob.user_id), RoomInviteResponse, "invite")
         await sync(bob)
         expect(await bob.join(room_id), JoinResponse, "join")
         await sync(alice)
