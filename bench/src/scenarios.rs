@@ -260,8 +260,8 @@ pub async fn send_throughput(ctx: &Ctx) -> Result<Value> {
     let s = &ctx.sizes;
     let users = ctx.register_many(&ctx.hs, "tp", s.tp_senders).await?;
     let mut rooms = Vec::new();
-    for r in 0..s.tp_rooms {
-        rooms.push(users[r].create_public_room(&format!("throughput {r}")).await?);
+    for (r, user) in users.iter().take(s.tp_rooms).enumerate() {
+        rooms.push(user.create_public_room(&format!("throughput {r}")).await?);
     }
     // Sender i writes in room i % rooms; the first s.tp_rooms senders created them.
     let joins: Vec<(User, String)> =
