@@ -49,6 +49,7 @@ impl Server {
         if config.federation.enabled {
             e2ee.set_remote(Arc::new(crate::federation::FederationKeys(federation.clone())));
         }
+        media.set_federation(federation.clone());
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limiter: Arc::new(RateLimiter::new(&config.rate_limits)),

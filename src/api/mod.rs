@@ -6,6 +6,7 @@
 pub mod client;
 pub mod extract;
 pub mod federation;
+pub mod federation_media;
 pub mod ratelimit;
 
 use std::future::Future;
@@ -102,6 +103,7 @@ pub fn router(state: AppState) -> Router {
     let mut routes = client::routes(Router::new());
     if state.config.federation.enabled {
         routes = federation::routes(routes);
+        routes = federation_media::routes(routes);
     }
     routes
         .fallback(|| async { Error::unrecognized(http::StatusCode::NOT_FOUND) })

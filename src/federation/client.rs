@@ -291,6 +291,58 @@ impl FedClient {
         Ok((status, value))
     }
 
+    /// Sends a signed GET and returns the status, headers and raw body of the answer,
+    /// for endpoints that do not answer JSON (media). Bodies over `limit` bytes are an error.
+    pub async fn get_raw(
+        &self,
+        origin: &ServerName,
+        key: &Ed25519KeyPair,
+        destination: &ServerName,
+        path_and_query: &str,
+        limit: usize,
+    ) -> Result<(http::StatusCode, http::HeaderMap, bytes::Bytes)> {
+        let resolved = self.resolve(destination.as_str()).await?;
+        let signing = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(path_and_query)
+            .body(&[][..])
+            .map_err(Error::internal)?;
+        let xmatrix = XMatrix::sign_http_request(
+            &signing,
+            XMatrixSigningInput::new(origin.to_owned(), destination.to_owned(), key),
+        )
+        .map_err(Error::internal)?;
+        let res = self
+            .http
+            .get(format!("{}{}", resolved.base, path_and_query))
+            .header(http::header::AUTHORIZATION, http::HeaderValue::from(&xmatrix))
+            .send()
+            .await
+            .map_err(|e| bad_gateway(format!("{destination}: {e}")))?;
+        let status = res.status();
+        let headers = res.headers().clone();
+        if res.content_length().is_some_and(|l| l > limit as u64) {
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                "M_TOO_LARGE",
+                format!("{destination}: answer too large"),
+            ));
+        }
+        let mut res = res;
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| bad_gateway(format!("{destination}: {e}")))? {
+            if out.len() + chunk.len() > limit {
+                return Err(Error::new(
+                    http::StatusCode::BAD_GATEWAY,
+                    "M_TOO_LARGE",
+                    format!("{destination}: answer too large"),
+                ));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, out.freeze()))
+    }
+
     /// Unsigned GET (key server).
     pub async fn get_unsigned(&self, destination: &str, path: &str) -> Result<(http::StatusCode, Value)> {
         let resolved = self.resolve(destination).await?;

@@ -104,6 +104,23 @@ impl Federation {
         Err(Error::new(status, code, format!("{destination}: {errcode}: {message}")))
     }
 
+    /// Sends a signed GET whose answer is not JSON (media); returns status, headers and at
+    /// most `limit` bytes of body.
+    pub async fn get_raw(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        limit: usize,
+    ) -> Result<(http::StatusCode, http::HeaderMap, bytes::Bytes)> {
+        if !self.enabled() {
+            return Err(Error::forbidden("Federation is disabled on this server"));
+        }
+        if destination == self.server_name {
+            return Err(Error::internal("federation request to ourselves"));
+        }
+        self.client.get_raw(&self.server_name, &self.keys.current, destination, path_and_query, limit).await
+    }
+
     /// Verifies the `X-Matrix` signature of an inbound request; returns the origin.
     pub async fn verify_request(&self, parts: &http::request::Parts, body: &[u8]) -> Result<OwnedServerName> {
         if !self.enabled() {

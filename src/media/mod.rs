@@ -11,14 +11,17 @@
 //! guard and store the page's image as local media.
 //!
 //! Everything served comes from this server's store: media of other servers is fetched over
-//! federation (`remote`) and cached here before being served.
+//! federation (`/_matrix/federation/v1/media/…`, multipart answers parsed by [`multipart`]),
+//! cached for good, then served like local media; their thumbnails are asked of their server
+//! (or, failing that, made here from the original).
 
 pub mod multipart;
 pub mod preview;
 pub mod store;
 pub mod thumbnail;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +32,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::federation::Federation;
 use crate::storage::media::{ContentRef, MediaRow, ThumbnailKey};
 use crate::storage::{Db, now_ms};
 use store::{FileStore, Stored};
@@ -46,6 +50,13 @@ pub const MAX_THUMBNAIL_SOURCE_BYTES: u64 = 64 * 1024 * 1024;
 const PREVIEW_CACHE_MS: i64 = 3600 * 1000;
 /// Largest image a URL preview stores.
 const MAX_PREVIEW_IMAGE_BYTES: usize = 10 * 1024 * 1024;
+/// Largest thumbnail accepted from another server.
+const MAX_REMOTE_THUMBNAIL_BYTES: usize = 10 * 1024 * 1024;
+/// Room for the multipart framing around remote media.
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+/// Longest a remote server is asked to wait for a pending upload (federation requests time out
+/// after a minute).
+const MAX_REMOTE_WAIT: Duration = Duration::from_secs(50);
 
 /// The media repository handle.
 pub struct Media {
@@ -58,6 +69,13 @@ pub struct Media {
     /// Woken when an async upload completes, for downloads waiting on it.
     uploaded: Notify,
     fetcher: preview::Fetcher,
+    /// Fetches `Location` answers of remote servers (as guarded as URL previews, with private
+    /// addresses allowed only where federation allows them).
+    location_fetcher: preview::Fetcher,
+    /// Set at start-up when federation is configured; remote media needs it.
+    federation: OnceLock<Arc<Federation>>,
+    /// One fetch per remote media item at a time: concurrent requests wait for the first.
+    remote_fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Stored content ready to be served.
@@ -124,6 +142,11 @@ impl Media {
             .map_err(|e| anyhow::anyhow!("opening media.dir {}: {e}", config.media.dir.display()))?;
         let allowlist =
             config.media.url_preview_ip_allowlist.iter().filter_map(|r| preview::IpRange::parse(r)).collect();
+        let location_allowlist = if config.federation.allow_private_addresses {
+            ["0.0.0.0/0", "::/0"].iter().filter_map(|r| preview::IpRange::parse(r)).collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             server_name: config.server_name(),
             db,
@@ -132,7 +155,22 @@ impl Media {
             thumbnailers: Semaphore::new(2),
             uploaded: Notify::new(),
             fetcher: preview::Fetcher::new(allowlist),
+            location_fetcher: preview::Fetcher::new(location_allowlist),
+            federation: OnceLock::new(),
+            remote_fetches: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Connects the federation transport, through which media of other servers is fetched.
+    pub fn set_federation(&self, federation: Arc<Federation>) {
+        let _ = self.federation.set(federation);
+    }
+
+    fn federation(&self) -> Result<&Arc<Federation>> {
+        self.federation
+            .get()
+            .filter(|f| f.enabled())
+            .ok_or_else(|| Error::not_found("Remote media is not available: federation is disabled"))
     }
 
     /// The largest upload accepted, in bytes.
@@ -321,21 +359,163 @@ impl Media {
         self.store.open_file(&content.sha256).await.map_err(io_error)
     }
 
-    /// Media of other servers. Fetching it needs the federation client, which this server
-    /// does not have yet, so only media already cached (none, for now) can be served.
-    async fn remote_content(&self, server: &ServerName, media_id: &str, _timeout: Duration) -> Result<Content> {
-        match self.db.get_media(server.as_str(), media_id).await?.as_ref().and_then(content_of) {
-            Some(content) => Ok(content),
-            None => Err(Error::not_found("Remote media is not available")),
+    /// Media of other servers: from the cache, else fetched over federation (one fetch per
+    /// item at a time) and cached for good.
+    async fn remote_content(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Content> {
+        if let Some(content) = self.db.get_media(server.as_str(), media_id).await?.as_ref().and_then(content_of) {
+            return Ok(content);
+        }
+        if !valid_media_id(media_id) {
+            return Err(Error::not_found("Media not found"));
+        }
+        let federation = self.federation()?.clone();
+        let lock = self.fetch_lock(&format!("{server}/{media_id}"));
+        let _guard = lock.lock().await;
+        // Fetched by another request while this one waited.
+        if let Some(content) = self.db.get_media(server.as_str(), media_id).await?.as_ref().and_then(content_of) {
+            return Ok(content);
+        }
+        let timeout_ms = timeout.min(MAX_REMOTE_WAIT).as_millis();
+        let limit = self.max_upload_bytes() as usize + MULTIPART_OVERHEAD;
+        let path = format!("/_matrix/federation/v1/media/download/{media_id}?timeout_ms={timeout_ms}");
+        let (status, headers, body) = federation.get_raw(server, &path, limit).await?;
+        let (content_type, disposition, bytes) = if status.is_success() {
+            self.media_part(&headers, &body, limit).await?
+        } else if is_unrecognized(status, &body) {
+            // A server without the federation media endpoints (before spec v1.11): the legacy
+            // download, asking it not to fetch from elsewhere.
+            let path =
+                format!("/_matrix/media/v3/download/{server}/{media_id}?allow_remote=false&timeout_ms={timeout_ms}");
+            let (status, headers, body) = federation.get_raw(server, &path, limit).await?;
+            if !status.is_success() {
+                return Err(remote_error(server, status, &body));
+            }
+            let header = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok()).map(str::to_owned);
+            (header(http::header::CONTENT_TYPE), header(http::header::CONTENT_DISPOSITION), body)
+        } else {
+            return Err(remote_error(server, status, &body));
+        };
+        if bytes.len() as u64 > self.max_upload_bytes() {
+            return Err(Error::new(http::StatusCode::BAD_GATEWAY, "M_TOO_LARGE", "Remote media is too large"));
+        }
+        let stored = self.store.put(&bytes).await.map_err(io_error)?;
+        let content_type = sanitize_content_type(content_type.as_deref());
+        let filename = disposition
+            .and_then(|d| d.parse::<ruma::http_headers::ContentDisposition>().ok())
+            .and_then(|d| d.filename)
+            .filter(|f| f.len() <= 255 && !f.chars().any(char::is_control));
+        let content = ContentRef {
+            content_type: content_type.as_deref(),
+            filename: filename.as_deref(),
+            size: stored.size as i64,
+            sha256: &stored.sha256,
+        };
+        self.db.insert_media(server.as_str(), media_id, None, &content).await?;
+        self.db
+            .get_media(server.as_str(), media_id)
+            .await?
+            .as_ref()
+            .and_then(content_of)
+            .ok_or_else(|| Error::internal("cached remote media vanished"))
+    }
+
+    fn fetch_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.remote_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget locks nobody holds, so the map does not grow with every item ever fetched.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Content type, disposition and bytes of a federation media answer (multipart, whose
+    /// second part is the bytes or a `Location` to fetch them from).
+    async fn media_part(
+        &self,
+        headers: &http::HeaderMap,
+        body: &Bytes,
+        limit: usize,
+    ) -> Result<(Option<String>, Option<String>, Bytes)> {
+        let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let part = multipart::parse(content_type, body)
+            .ok_or_else(|| Error::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", "Malformed remote media answer"))?;
+        match part.location {
+            Some(location) => {
+                let fetched = self.location_fetcher.fetch(&location, limit, false).await?;
+                let content_type = Some(fetched.content_type).filter(|c| !c.is_empty());
+                Ok((content_type, fetched.content_disposition, fetched.body))
+            }
+            None => Ok((part.content_type, part.content_disposition, part.body)),
         }
     }
 
-    /// A thumbnail of `mxc://server/media_id` as the spec's size rules choose it.
+    /// A thumbnail of `mxc://server/media_id` as the spec's size rules choose it. Thumbnails of
+    /// remote media come from their server (cached), or are made here from the original when
+    /// that server cannot make them.
     pub async fn thumbnail(&self, server: &ServerName, media_id: &str, req: ThumbnailRequest) -> Result<Content> {
         if req.width == 0 || req.height == 0 {
             return Err(Error::invalid_param("width and height must be positive"));
         }
+        if !self.is_local(server) {
+            match self.remote_thumbnail(server, media_id, req).await {
+                Ok(content) => return Ok(content),
+                Err(e) if e.errcode == "M_NOT_FOUND" || e.errcode == "M_NOT_YET_UPLOADED" => return Err(e),
+                Err(e) => tracing::debug!(%server, media_id, error = %e, "remote thumbnail failed; making one here"),
+            }
+        }
         let original = self.content(server, media_id, req.timeout).await?;
+        self.generate_thumbnail(server, media_id, original, req).await
+    }
+
+    /// A thumbnail fetched from the media's own server, checked to be an image we would serve.
+    async fn remote_thumbnail(&self, server: &ServerName, media_id: &str, req: ThumbnailRequest) -> Result<Content> {
+        if !valid_media_id(media_id) {
+            return Err(Error::not_found("Media not found"));
+        }
+        // Keyed by what was asked for: the remote server chose the size.
+        let key = ThumbnailKey {
+            origin: server.as_str(),
+            media_id,
+            width: req.width as i64,
+            height: req.height as i64,
+            method: req.method.as_str(),
+            animated: req.animated,
+        };
+        if let Some(t) = self.db.get_thumbnail(&key).await? {
+            return Ok(Content { content_type: t.content_type, filename: None, size: t.size as u64, sha256: t.sha256 });
+        }
+        let federation = self.federation()?.clone();
+        let path = format!(
+            "/_matrix/federation/v1/media/thumbnail/{media_id}?width={}&height={}&method={}&animated={}&timeout_ms={}",
+            req.width,
+            req.height,
+            req.method.as_str(),
+            req.animated,
+            req.timeout.min(MAX_REMOTE_WAIT).as_millis()
+        );
+        let limit = MAX_REMOTE_THUMBNAIL_BYTES + MULTIPART_OVERHEAD;
+        let (status, headers, body) = federation.get_raw(server, &path, limit).await?;
+        if !status.is_success() {
+            return Err(remote_error(server, status, &body));
+        }
+        let (_, _, bytes) = self.media_part(&headers, &body, limit).await?;
+        // Thumbnails are served inline: only an image of a format we can read qualifies, and
+        // its type comes from its bytes, not from what the remote server claims.
+        let info = thumbnail::inspect(&bytes).map_err(|_| {
+            Error::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", "The remote thumbnail is not an image")
+        })?;
+        let content_type = info.format.to_mime_type();
+        let stored = self.store.put(&bytes).await.map_err(io_error)?;
+        self.db.insert_thumbnail(&key, content_type, stored.size as i64, &stored.sha256).await?;
+        Ok(Content { content_type: content_type.to_owned(), filename: None, size: stored.size, sha256: stored.sha256 })
+    }
+
+    /// Generates (or reuses) a thumbnail of `original` here.
+    async fn generate_thumbnail(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        original: Content,
+        req: ThumbnailRequest,
+    ) -> Result<Content> {
         if original.size > MAX_THUMBNAIL_SOURCE_BYTES {
             return Err(Error::too_large("Content is too large to thumbnail"));
         }
@@ -349,12 +529,15 @@ impl Media {
             }
             Plan::Resize { width, height } => (width, height),
         };
+        // Locally made thumbnails are keyed by the size produced (remote ones by the size asked
+        // for, `remote_thumbnail`); a method name is added so the two never collide.
+        let method = format!("{}-local", req.method.as_str());
         let key = ThumbnailKey {
             origin: server.as_str(),
             media_id,
             width: width as i64,
             height: height as i64,
-            method: req.method.as_str(),
+            method: if self.is_local(server) { req.method.as_str() } else { &method },
             animated,
         };
         if let Some(t) = self.db.get_thumbnail(&key).await? {
@@ -449,6 +632,39 @@ impl Media {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "storing a preview image"),
         }
+    }
+}
+
+/// Media ids are `[A-Za-z0-9_-]+` (spec); anything else is never sent to another server.
+fn valid_media_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether a remote answer means "this endpoint does not exist" (`404 M_UNRECOGNIZED`, or a
+/// bare 404/405 without an errcode from servers that predate it).
+fn is_unrecognized(status: http::StatusCode, body: &[u8]) -> bool {
+    let errcode = serde_json::from_slice::<Value>(body).ok().and_then(|v| v["errcode"].as_str().map(str::to_owned));
+    match errcode.as_deref() {
+        Some("M_UNRECOGNIZED") => true,
+        Some(_) => false,
+        None => matches!(status.as_u16(), 404 | 405),
+    }
+}
+
+/// The error to give our client for a remote server's refusal.
+fn remote_error(server: &ServerName, status: http::StatusCode, body: &[u8]) -> Error {
+    let value = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    match (status.as_u16(), value["errcode"].as_str()) {
+        (404, _) => Error::not_found("Remote media not found"),
+        (504, Some("M_NOT_YET_UPLOADED")) => not_yet_uploaded(),
+        (_, Some("M_TOO_LARGE")) => {
+            Error::new(http::StatusCode::BAD_GATEWAY, "M_TOO_LARGE", "Remote media is too large")
+        }
+        _ => Error::new(
+            http::StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            format!("{server} answered {} to the media request", status.as_u16()),
+        ),
     }
 }
 

@@ -131,6 +131,8 @@ pub struct Fetched {
     pub url: url::Url,
     /// Its `Content-Type`, lower-cased, without parameters.
     pub content_type: String,
+    /// Its `Content-Disposition`, if any.
+    pub content_disposition: Option<String>,
     /// The body, at most the limit passed to [`Fetcher::fetch`] (HTML is cut there).
     pub body: Bytes,
 }
@@ -229,8 +231,10 @@ impl Fetcher {
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
                 .unwrap_or_default();
+            let content_disposition =
+                res.headers().get(http::header::CONTENT_DISPOSITION).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let body = read_limited(res, limit, truncate).await?;
-            return Ok(Fetched { url, content_type, body });
+            return Ok(Fetched { url, content_type, content_disposition, body });
         }
         Err(bad_gateway("Too many redirects"))
     }

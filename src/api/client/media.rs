@@ -271,25 +271,36 @@ pub async fn download_as(
     serve(&state, content, Some(&b.filename), false).await
 }
 
+/// The thumbnail parameters of a client or federation request.
+pub(crate) fn thumbnail_request(
+    method: Option<&RumaMethod>,
+    width: ruma::UInt,
+    height: ruma::UInt,
+    animated: Option<bool>,
+    timeout: std::time::Duration,
+) -> Result<ThumbnailRequest> {
+    let method = match method {
+        None | Some(RumaMethod::Scale) => Method::Scale,
+        Some(RumaMethod::Crop) => Method::Crop,
+        Some(other) => return Err(Error::invalid_param(format!("Unknown thumbnail method {}", other.as_str()))),
+    };
+    let to_u32 = |v: ruma::UInt| u32::try_from(u64::from(v)).map_err(|_| Error::invalid_param("Size out of range"));
+    Ok(ThumbnailRequest {
+        width: to_u32(width)?,
+        height: to_u32(height)?,
+        method,
+        animated: animated == Some(true),
+        timeout,
+    })
+}
+
 /// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`
 pub async fn thumbnail(
     State(state): State<AppState>,
     req: Ruma<get_content_thumbnail::v1::Request>,
 ) -> Result<Response> {
     let b = &req.body;
-    let method = match &b.method {
-        None | Some(RumaMethod::Scale) => Method::Scale,
-        Some(RumaMethod::Crop) => Method::Crop,
-        Some(other) => return Err(Error::invalid_param(format!("Unknown thumbnail method {}", other.as_str()))),
-    };
-    let to_u32 = |v: ruma::UInt| u32::try_from(u64::from(v)).map_err(|_| Error::invalid_param("Size out of range"));
-    let request = ThumbnailRequest {
-        width: to_u32(b.width)?,
-        height: to_u32(b.height)?,
-        method,
-        animated: b.animated == Some(true),
-        timeout: b.timeout_ms,
-    };
+    let request = thumbnail_request(b.method.as_ref(), b.width, b.height, b.animated, b.timeout_ms)?;
     let content = state.media.thumbnail(&b.server_name, &b.media_id, request).await?;
     let ext = content.content_type.strip_prefix("image/").unwrap_or("bin").to_owned();
     serve(&state, content, Some(&format!("thumbnail.{ext}")), true).await

@@ -7,7 +7,7 @@ mod device;
 mod directory;
 mod discovery;
 mod keys;
-mod media;
+pub(crate) mod media;
 pub mod message;
 mod presence;
 mod profile;
