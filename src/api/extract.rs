@@ -145,7 +145,9 @@ where
             (_, Some(token)) => Some(state.accounts.authenticate(&token, Some(&ip.to_string())).await?),
         };
 
-        if T::RATE_LIMITED {
+        // Reads are not limited: ruma marks media downloads and thumbnails rate-limited, and a
+        // client opening a media-heavy room fetches dozens at once (Synapse limits only writes).
+        if T::RATE_LIMITED && parts.method != http::Method::GET {
             let key = match &session {
                 Some(s) => s.user_id.to_string(),
                 None => ip.to_string(),
