@@ -63,13 +63,24 @@ impl E2ee {
     }
 
     /// Users to report to `user_id` for the range `(from, to]`.
-    pub async fn device_list_delta(&self, user_id: &str, from: Positions, to: Positions) -> Result<DeviceListDelta> {
+    /// `members_moved`: whether a membership may have changed in `(from.events, to.events]` in
+    /// a room of the user (false skips the membership queries).
+    pub async fn device_list_delta(
+        &self,
+        user_id: &str,
+        from: Positions,
+        to: Positions,
+        members_moved: bool,
+    ) -> Result<DeviceListDelta> {
         let mut changed: BTreeSet<String> = BTreeSet::new();
         if to.device_lists > from.device_lists {
             changed.extend(self.db.e2e_changed_sharing(user_id, from.device_lists, to.device_lists).await?);
         }
         let mut left = BTreeSet::new();
-        if to.events > from.events {
+        if to.events > from.events
+            && members_moved
+            && self.db.e2e_memberships_moved(user_id, from.events, to.events).await?
+        {
             changed.extend(self.db.e2e_newly_sharing(user_id, from.events, to.events).await?);
             let maybe_left = self.db.e2e_maybe_left(user_id, from.events, to.events).await?;
             if !maybe_left.is_empty() {
@@ -95,6 +106,7 @@ impl E2ee {
             user_id,
             Positions { events: from_events, device_lists: from_lists.unwrap_or(0) },
             Positions { events: to_events, device_lists: to_lists },
+            true,
         )
         .await
     }

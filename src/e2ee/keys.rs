@@ -25,10 +25,33 @@ fn otk_conflict(full: &str) -> Error {
     Error::invalid_param(format!("One time key {full} already exists with different content"))
 }
 
+/// How long a device's key counts are remembered (see [`E2ee::key_counts`]).
+pub const COUNTS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Remembered key counts: `(user, device)` → (when read, (one-time key counts, fallback types)),
+/// and a generation that every upload or claim moves.
+#[derive(Default)]
+pub struct CountsMemoInner {
+    generation: u64,
+    #[allow(clippy::type_complexity)]
+    devices: std::collections::HashMap<(String, String), (std::time::Instant, (BTreeMap<String, i64>, Vec<String>))>,
+}
+
+/// [`CountsMemoInner`] behind a lock.
+#[derive(Default)]
+pub struct CountsMemo(std::sync::Mutex<CountsMemoInner>);
+
+impl CountsMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CountsMemoInner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl E2ee {
     /// `POST /keys/upload` for `user_id`'s device `device_id`: stores device keys, one-time
     /// keys and fallback keys from the request body; returns the one-time key counts.
     pub async fn upload_keys(&self, user_id: &str, device_id: &str, body: &Value) -> Result<BTreeMap<String, i64>> {
+        self.counts_changed();
         let device_keys = body.get("device_keys").filter(|v| !v.is_null());
         if let Some(keys) = device_keys {
             if !keys.is_object() {
@@ -87,6 +110,7 @@ impl E2ee {
             self.db.e2e_record_device_change(&mut tx, user_id, Some(device_id), false).await?;
         }
         tx.commit().await?;
+        self.counts_changed();
         if changed {
             self.keys_changed(user_id).await;
         }
@@ -98,6 +122,43 @@ impl E2ee {
         let mut counts = self.db.e2e_otk_counts(user_id, device_id).await?;
         counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
         Ok(counts)
+    }
+
+    /// Both of the above in one query, which every `/sync` answer carries. A thousand woken
+    /// long-polls would ask a thousand times per message, so answers are remembered for
+    /// [`COUNTS_TTL`]; this process forgets them whenever it uploads or claims keys, and a
+    /// change made through another process shows within the TTL (the counts only tell a client
+    /// when to upload more keys).
+    pub async fn key_counts(&self, user_id: &str, device_id: &str) -> Result<(BTreeMap<String, i64>, Vec<String>)> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        let now = std::time::Instant::now();
+        let generation = {
+            let memo = self.counts.lock();
+            if let Some((at, counts)) = memo.devices.get(&key)
+                && now.duration_since(*at) < COUNTS_TTL
+            {
+                return Ok(counts.clone());
+            }
+            memo.generation
+        };
+        let (mut counts, fallback) = self.db.e2e_key_counts(user_id, device_id).await?;
+        counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
+        let mut memo = self.counts.lock();
+        // An upload or claim while this read ran may have changed the counts: do not keep them.
+        if memo.generation == generation {
+            if memo.devices.len() >= 1024 && memo.devices.len().is_power_of_two() {
+                memo.devices.retain(|_, (at, _)| now.duration_since(*at) < COUNTS_TTL);
+            }
+            memo.devices.insert(key, (now, (counts.clone(), fallback.clone())));
+        }
+        Ok((counts, fallback))
+    }
+
+    /// Forgets remembered key counts (keys were uploaded or claimed).
+    fn counts_changed(&self) {
+        let mut memo = self.counts.lock();
+        memo.generation += 1;
+        memo.devices.clear();
     }
 
     /// Algorithms of the device's fallback keys that have not been claimed yet
@@ -259,6 +320,7 @@ impl E2ee {
         if wanted.is_empty() {
             return Ok(out);
         }
+        self.counts_changed();
         let mut tx = self.db.begin_write().await?;
         for (user, device, alg) in wanted {
             let claimed = match self.db.e2e_claim_otk(&mut tx, user, device, alg).await? {
@@ -279,6 +341,7 @@ impl E2ee {
             }
         }
         tx.commit().await?;
+        self.counts_changed();
         Ok(out)
     }
 

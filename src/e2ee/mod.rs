@@ -60,13 +60,15 @@ pub struct E2ee {
     notifier: Arc<Notifier>,
     outbox_wakeup: Arc<Notify>,
     remote: OnceLock<Arc<dyn RemoteKeys>>,
+    /// Key counts of devices as read recently (see `E2ee::key_counts`).
+    pub(crate) counts: keys::CountsMemo,
 }
 
 impl E2ee {
     /// Creates the engine. `outbox_wakeup` is the room engine's federation-outbox signal (the
     /// EDUs this engine queues go through the same outbox).
     pub fn new(db: Db, server_name: OwnedServerName, notifier: Arc<Notifier>, outbox_wakeup: Arc<Notify>) -> Self {
-        Self { db, server_name, notifier, outbox_wakeup, remote: OnceLock::new() }
+        Self { db, server_name, notifier, outbox_wakeup, remote: OnceLock::new(), counts: Default::default() }
     }
 
     /// Connects the engine to other servers (called once at start-up when federation is on).

@@ -2,6 +2,12 @@
 
 use super::{Db, now_ms};
 
+/// How long a resolved access token is remembered (see [`Db::find_token`]).
+pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Resolved tokens: hash → (when read, (user, device, is_admin)).
+pub type TokenCache = std::collections::HashMap<String, (std::time::Instant, (String, String, bool))>;
+
 /// A stored user row.
 #[derive(Debug, Clone)]
 pub struct UserRow {
@@ -108,7 +114,9 @@ impl Db {
         self.e2e_devices_removed(&mut tx, user_id, &devices).await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
-        tx.commit().await
+        tx.commit().await?;
+        self.forget_tokens_of(user_id);
+        Ok(())
     }
 
     /// Updates display name and avatar in the users table.
@@ -173,11 +181,41 @@ impl Db {
             .bind(now)
             .execute(&mut *tx.tx)
             .await?;
-        tx.commit().await
+        tx.commit().await?;
+        self.forget_tokens_of(user_id);
+        Ok(())
     }
 
     /// Resolves a token hash to `(user_id, device_id, is_admin)` of a live account.
+    ///
+    /// Every request asks this, and a woken long-poll is followed by the next one at once, so
+    /// answers are remembered for [`TOKEN_CACHE_TTL`]. This process forgets a user's entries
+    /// when it deletes their tokens (logout, device deletion, deactivation, new login on the
+    /// device); a token revoked through *another* process stops working here within the TTL.
     pub async fn find_token(&self, token_hash: &str) -> Result<Option<(String, String, bool)>, sqlx::Error> {
+        let now = std::time::Instant::now();
+        if let Some((at, hit)) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token_hash)
+            && now.duration_since(*at) < TOKEN_CACHE_TTL
+        {
+            return Ok(Some(hit.clone()));
+        }
+        let found = self.find_token_uncached(token_hash).await?;
+        if let Some(hit) = &found {
+            let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= 1024 && cache.len().is_power_of_two() {
+                cache.retain(|_, (at, _)| now.duration_since(*at) < TOKEN_CACHE_TTL);
+            }
+            cache.insert(token_hash.to_owned(), (now, hit.clone()));
+        }
+        Ok(found)
+    }
+
+    /// Forgets the remembered tokens of a user (their tokens are being deleted).
+    fn forget_tokens_of(&self, user_id: &str) {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, (u, _, _))| u != user_id);
+    }
+
+    async fn find_token_uncached(&self, token_hash: &str) -> Result<Option<(String, String, bool)>, sqlx::Error> {
         let row: Option<(String, String, i64)> = sqlx::query_as(
             "SELECT t.user_id, t.device_id, u.is_admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id \
              WHERE t.token_hash = $1 AND u.deactivated = 0",
@@ -205,7 +243,9 @@ impl Db {
                 .execute(&mut *tx.tx)
                 .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        self.forget_tokens_of(user_id);
+        Ok(())
     }
 
     /// Lists a user's devices.

@@ -135,6 +135,35 @@ impl Db {
         Ok(rows.into_iter().collect())
     }
 
+    /// Unclaimed one-time keys per algorithm and the unused fallback key algorithms of a device,
+    /// in one statement.
+    pub async fn e2e_key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> SqlResult<(BTreeMap<String, i64>, Vec<String>)> {
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT 0, algorithm, COUNT(*) FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 \
+             GROUP BY algorithm \
+             UNION ALL SELECT 1, algorithm, 0 FROM e2e_fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_all(self.pool())
+        .await?;
+        let mut counts = BTreeMap::new();
+        let mut fallback = Vec::new();
+        for (kind, algorithm, n) in rows {
+            if kind == 0 {
+                counts.insert(algorithm, n);
+            } else {
+                fallback.push(algorithm);
+            }
+        }
+        fallback.sort();
+        Ok((counts, fallback))
+    }
+
     /// The stored JSON of one one-time key, inside a write transaction.
     pub async fn e2e_otk(
         &self,
@@ -512,6 +541,22 @@ impl Db {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Whether any membership changed in `(from, to]` in a room where `me` has a membership: if
+    /// not, nobody began or stopped sharing a room with `me` then (the cheap question a woken
+    /// `/sync` asks before the joins below).
+    pub async fn e2e_memberships_moved(&self, me: &str, from: i64, to: i64) -> SqlResult<bool> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM room_memberships b WHERE b.stream_ordering > $2 AND b.stream_ordering <= $3 \
+             AND EXISTS (SELECT 1 FROM room_memberships a WHERE a.room_id = b.room_id AND a.user_id = $1) LIMIT 1",
+        )
+        .bind(me)
+        .bind(from)
+        .bind(to)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Users who began to share a joined room with `me` in the event-stream range `(from, to]`:

@@ -45,6 +45,8 @@ pub struct Db {
     backend: Backend,
     write_lock: Option<Arc<Mutex<()>>>,
     event_lock: Arc<Mutex<()>>,
+    /// Recently resolved access tokens (see `Db::find_token`).
+    pub(crate) tokens: Arc<std::sync::Mutex<accounts::TokenCache>>,
 }
 
 tokio::task_local! {
@@ -111,10 +113,10 @@ fn migrator(backend: Backend) -> Migrator {
     // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
     let list = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee")
+            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee")
+            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed")
         }
     };
     Migrator::with_migrations(list)
@@ -169,7 +171,14 @@ impl Db {
                 .with_context(|| "connecting to the SQLite database")?,
             Backend::Postgres => pool.clone(),
         };
-        Ok(Self { pool, holder_pool, backend, write_lock, event_lock: Arc::new(Mutex::new(())) })
+        Ok(Self {
+            pool,
+            holder_pool,
+            backend,
+            write_lock,
+            event_lock: Arc::new(Mutex::new(())),
+            tokens: Default::default(),
+        })
     }
 
     /// The pool, for reads and single-statement writes.

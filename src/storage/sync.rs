@@ -178,6 +178,14 @@ impl Db {
             .collect())
     }
 
+    /// Every `(room, user, stream)` membership whose latest change is after stream `from`.
+    pub async fn membership_changes_after(&self, from: i64) -> Result<Vec<(String, String, i64)>> {
+        Ok(sqlx::query_as("SELECT room_id, user_id, stream_ordering FROM room_memberships WHERE stream_ordering > $1")
+            .bind(from)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
     /// Of `rooms`, those with timeline events in `(since, upto]`.
     pub async fn rooms_with_events(&self, rooms: &[&str], since: i64, upto: i64) -> Result<Vec<String>> {
         let mut out = Vec::new();

@@ -4,15 +4,14 @@
 //! of sync tokens (`SyncToken::device_lists`); the E2EE engine wakes the affected users' `/sync`
 //! after each change. Key counts alone never end a long-poll ([`E2eeSync::is_empty`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
-use ruma::{DeviceId, UserId};
 use serde_json::{Map, Value, json};
 
-use super::SyncEngine;
-use super::token::SyncToken;
+use super::{Ctx, SyncEngine};
 use crate::e2ee::device_lists::Positions;
 use crate::error::Result;
+use crate::storage::sync::MembershipRow;
 
 /// E2EE data of one sync response.
 #[derive(Debug, Clone, Default)]
@@ -48,36 +47,36 @@ impl E2eeSync {
 }
 
 impl SyncEngine {
-    /// The current position of the device list stream.
-    pub async fn device_lists_position(&self) -> Result<i64> {
-        self.e2ee.device_lists_position().await
-    }
-
-    /// The E2EE part of a sync of `device` for `(since, now]` (`since` None: initial sync).
-    pub async fn e2ee_sync(
-        &self,
-        user_id: &UserId,
-        device_id: &DeviceId,
-        since: Option<SyncToken>,
-        now: SyncToken,
-    ) -> Result<E2eeSync> {
+    /// The E2EE part of a sync for `(since, now]` (`since` None: initial sync).
+    pub async fn e2ee_sync(&self, ctx: &Ctx<'_>, memberships: &[MembershipRow]) -> Result<E2eeSync> {
+        let (user_id, device_id, now) = (ctx.user.as_str(), ctx.device.as_str(), ctx.now);
         let mut out = E2eeSync::default();
-        if let Some(s) = since {
+        if let Some(s) = ctx.since {
+            // Whether anyone joined or left one of the user's rooms: the log answers for recent
+            // tokens, the database for older ones.
+            let members_moved = if s.events >= now.events {
+                false
+            } else if ctx.view.covers(s.events) && ctx.view.end == now.events {
+                let rooms: HashSet<&str> = memberships.iter().map(|m| m.room_id.as_str()).collect();
+                ctx.view.members_moved_in(&rooms, s.events)
+            } else {
+                true
+            };
             let delta = self
                 .e2ee
                 .device_list_delta(
-                    user_id.as_str(),
+                    user_id,
                     Positions { events: s.events, device_lists: s.device_lists },
                     Positions { events: now.events, device_lists: now.device_lists },
+                    members_moved,
                 )
                 .await?;
             out.changed = delta.changed;
             out.left = delta.left;
         }
-        let counts = self.e2ee.one_time_key_counts(user_id.as_str(), device_id.as_str()).await?;
+        let (counts, fallback) = self.e2ee.key_counts(user_id, device_id).await?;
         out.one_time_keys_count = Some(counts.into_iter().map(|(k, n)| (k, n.max(0) as u64)).collect());
-        out.unused_fallback_key_types =
-            Some(self.e2ee.unused_fallback_key_types(user_id.as_str(), device_id.as_str()).await?);
+        out.unused_fallback_key_types = Some(fallback);
         Ok(out)
     }
 }

@@ -27,6 +27,7 @@ pub mod e2ee;
 pub mod filter;
 pub mod presence;
 pub mod receipts;
+pub mod recent;
 pub mod rooms;
 pub mod to_device;
 pub mod token;
@@ -45,10 +46,33 @@ use crate::e2ee::E2ee;
 use crate::error::{Error, Result};
 use crate::notifier::Notifier;
 use crate::rooms::Rooms;
+use crate::storage::e2ee::DEVICE_LISTS_STREAM;
 use crate::storage::sync::streams;
 use crate::storage::{Db, now_ms};
 use filter::SyncFilter;
 use token::SyncToken;
+
+/// Entries of the per-device and per-room memos below (then a memo starts afresh).
+const REMEMBERED_LIMIT: usize = 200_000;
+
+/// What a room summary is made of, as of one state of the room.
+#[derive(Debug)]
+struct Summary {
+    joined: i64,
+    invited: i64,
+    /// The first six joined or invited members (the heroes, once the syncing user is left out).
+    first: Vec<String>,
+}
+
+/// An unread count as of `upto`, valid while the receipts stream and the member's membership
+/// stay where they were.
+#[derive(Debug, Clone, Copy)]
+struct Unread {
+    upto: i64,
+    receipts: i64,
+    member_stream: i64,
+    count: i64,
+}
 
 /// Longest long-poll a client may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
@@ -64,6 +88,20 @@ pub struct SyncEngine {
     presence: presence::PresenceTracker,
     /// Parsed filters shared by the requests that use them (a long-poll holds one `Arc`).
     filters: Mutex<HashMap<(String, String), Weak<SyncFilter>>>,
+    /// The to-device position each `(user, device)` acknowledged last (see `ack_to_device`).
+    acked: Mutex<HashMap<(String, String), i64>>,
+    /// Member counts and first members per room, at a state group (see `rooms::summary`).
+    summaries: Mutex<HashMap<String, (i64, Arc<Summary>)>>,
+    /// State group of a room at a committed stream position (see `rooms::group_at`).
+    groups: Mutex<HashMap<(String, i64), Option<i64>>>,
+    /// Unread counts per `(user, room)` as of a position (see `rooms::unread_count`).
+    unread: Mutex<HashMap<(String, String), Unread>>,
+    /// Recent events and membership changes, shared by the long-polls that wake together.
+    pub recent: recent::Recent,
+    /// One stream-position read at a time; see `current_token`.
+    token_read: tokio::sync::Mutex<()>,
+    /// The last stream positions read and when that read began.
+    last_token: Mutex<Option<(Instant, SyncToken)>>,
     /// Set at shutdown: long-polls answer at once instead of holding the shutdown up.
     stopping: AtomicBool,
     stop: tokio::sync::Notify,
@@ -119,12 +157,15 @@ pub struct Ctx<'a> {
     pub now: SyncToken,
     /// Wall clock, for `last_active_ago`.
     pub now_ms: i64,
+    /// The recent-events log, complete up to `now.events`.
+    pub view: &'a recent::View,
 }
 
 impl SyncEngine {
     /// Creates the engine.
     pub fn new(db: Db, rooms: Arc<Rooms>, notifier: Arc<Notifier>, e2ee: Arc<E2ee>) -> Self {
         Self {
+            recent: recent::Recent::new(db.clone()),
             db,
             rooms,
             notifier,
@@ -132,6 +173,12 @@ impl SyncEngine {
             typing: typing::Typing::default(),
             presence: presence::PresenceTracker::default(),
             filters: Mutex::new(HashMap::new()),
+            acked: Mutex::new(HashMap::new()),
+            unread: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
+            summaries: Mutex::new(HashMap::new()),
+            token_read: tokio::sync::Mutex::new(()),
+            last_token: Mutex::new(None),
             stopping: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
         }
@@ -231,8 +278,7 @@ impl SyncEngine {
         let since = opts.since.as_deref().map(SyncToken::parse).transpose()?;
         let _syncing = self.presence_on_sync(user_id, &opts.set_presence).await?;
         if let Some(s) = since {
-            // The client got everything up to `since`: its to-device messages can go.
-            self.db.ack_to_device(user_id.as_str(), device_id.as_str(), s.to_device).await?;
+            self.ack_to_device(user_id, device_id, s.to_device).await?;
         }
         let stop = self.stop.notified();
         tokio::pin!(stop);
@@ -246,14 +292,22 @@ impl SyncEngine {
             let notified = wakeup.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            // Boxed, so that the waiting future does not also reserve the computation's space.
-            let res = Box::pin(self.compute(user_id, device_id, since, &opts)).await?;
-            if !may_wait || !res.empty {
-                return Ok(res.into_json());
-            }
-            // Nothing for this client up to `res.next`; continue from there.
-            let next = res.next;
-            drop(res);
+            let now = self.current_token().await?;
+            let next = match since {
+                // No stream moved since the client's token: nothing can be new (a commit after
+                // the read above wakes `notified`), so wait without computing. This is what
+                // most long-polls do right after the previous answer.
+                Some(s) if may_wait && now.at_least(s) == s => s,
+                _ => {
+                    // Boxed, so that the waiting future does not also reserve the computation's space.
+                    let res = Box::pin(self.compute(user_id, device_id, since, &opts, now)).await?;
+                    if !may_wait || !res.empty {
+                        return Ok(res.into_json());
+                    }
+                    // Nothing for this client up to `res.next`; continue from there.
+                    res.next
+                }
+            };
             since = Some(next);
             tokio::select! {
                 woken = tokio::time::timeout_at(deadline, notified) => {
@@ -266,9 +320,46 @@ impl SyncEngine {
         }
     }
 
-    /// Reads the position of every stream.
+    /// The client got everything up to `upto`: its to-device messages can go. Each device's
+    /// acknowledged position is remembered, so the long-polls that follow one another with the
+    /// same position cost no query.
+    async fn ack_to_device(&self, user_id: &UserId, device_id: &DeviceId, upto: i64) -> Result<()> {
+        let key = (user_id.to_string(), device_id.to_string());
+        if self.acked.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|&a| a >= upto) {
+            return Ok(());
+        }
+        self.db.ack_to_device(user_id.as_str(), device_id.as_str(), upto).await?;
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        if acked.len() >= REMEMBERED_LIMIT {
+            acked.clear();
+        }
+        let a = acked.entry(key).or_insert(upto);
+        *a = (*a).max(upto);
+        Ok(())
+    }
+
+    /// The position of every stream. Long-polls woken by one commit all ask at once: a read
+    /// that *began* after a caller asked reflects every commit before the question, so callers
+    /// share it, and a thousand wake-ups cost one or two reads.
     async fn current_token(&self) -> Result<SyncToken> {
+        let asked = Instant::now();
+        let _one = self.token_read.lock().await;
+        let shared = *self.last_token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((began, token)) = shared
+            && began > asked
+        {
+            return Ok(SyncToken { typing: self.typing.current(), ..token });
+        }
+        let began = Instant::now();
+        let token = self.read_token().await?;
+        *self.last_token.lock().unwrap_or_else(|e| e.into_inner()) = Some((began, token));
+        Ok(token)
+    }
+
+    /// Reads the position of every stream from the database.
+    async fn read_token(&self) -> Result<SyncToken> {
         let typing = self.typing.current();
+        // One statement for every stream: a woken long-poll starts with this read.
         let p = self
             .db
             .stream_positions(&[
@@ -277,6 +368,7 @@ impl SyncEngine {
                 streams::ACCOUNT_DATA,
                 streams::TO_DEVICE,
                 streams::PRESENCE,
+                DEVICE_LISTS_STREAM,
             ])
             .await?;
         let at = |n: &str| p.get(n).copied().unwrap_or(0);
@@ -287,7 +379,7 @@ impl SyncEngine {
             account_data: at(streams::ACCOUNT_DATA),
             to_device: at(streams::TO_DEVICE),
             presence: at(streams::PRESENCE),
-            device_lists: self.device_lists_position().await?,
+            device_lists: at(DEVICE_LISTS_STREAM),
         })
     }
 
@@ -298,27 +390,24 @@ impl SyncEngine {
         device: &DeviceId,
         since: Option<SyncToken>,
         opts: &SyncOptions,
+        now: SyncToken,
     ) -> Result<SyncResponse> {
-        let mut now = self.current_token().await?;
-        let memberships = self.db.user_memberships(user.as_str()).await?;
+        let mut now = now;
+        let mut view = self.recent.view(now.events).await?;
+        let memberships = self.recent.memberships(user.as_str(), &view).await?;
         // See the module doc: every position up to the newest membership row is visible.
-        if let Some(max) = memberships.iter().map(|m| m.stream).max() {
-            now.events = now.events.max(max);
+        if let Some(max) = memberships.iter().map(|m| m.stream).max()
+            && max > view.end
+        {
+            view = self.recent.view(max).await?;
         }
+        now.events = now.events.max(view.end);
         // A token from the client never moves backwards (e.g. the typing serial of another
         // process): ranges past `now` are empty, and the client keeps its positions.
         if let Some(s) = since {
-            now = SyncToken {
-                events: now.events.max(s.events),
-                typing: now.typing.max(s.typing),
-                receipts: now.receipts.max(s.receipts),
-                account_data: now.account_data.max(s.account_data),
-                to_device: now.to_device.max(s.to_device),
-                presence: now.presence.max(s.presence),
-                device_lists: now.device_lists.max(s.device_lists),
-            };
+            now = now.at_least(s);
         }
-        let ctx = Ctx { user, device, opts, since, now, now_ms: now_ms() };
+        let ctx = Ctx { user, device, opts, since, now, now_ms: now_ms(), view: &view };
         let mut body = Map::new();
 
         let account_data = match since {
@@ -382,7 +471,7 @@ impl SyncEngine {
             }
         }
 
-        let e2ee = self.e2ee_sync(user, device, since, now).await?;
+        let e2ee = self.e2ee_sync(&ctx, &memberships).await?;
         empty &= e2ee.is_empty();
         e2ee.write_into(&mut body);
 

@@ -97,12 +97,36 @@ impl Visibility<'_> {
     }
 }
 
+/// The event types unread counts count (as `Db::unread_count`).
+fn counts_as_unread(ev: &StoredEvent) -> bool {
+    matches!(ev.pdu.fields.kind.to_string().as_str(), "m.room.message" | "m.room.encrypted" | "m.sticker")
+}
+
 fn stripped(ev: &StoredEvent) -> Value {
     json!({
         "type": ev.pdu.fields.kind.to_string(),
         "state_key": ev.pdu.fields.state_key,
         "sender": ev.pdu.fields.sender,
         "content": ev.pdu.content(),
+    })
+}
+
+/// Every entry of `target` with whether it differs from `base` (all differ without a base),
+/// walking both sorted maps side by side.
+fn diff<'a>(
+    target: &'a StateIds,
+    base: Option<&'a StateIds>,
+) -> impl Iterator<Item = (&'a (String, String), &'a String, bool)> + 'a {
+    let mut base = base.map(|b| b.iter().peekable());
+    target.iter().map(move |(k, id)| {
+        let changed = match base.as_mut() {
+            None => true,
+            Some(b) => {
+                while b.next_if(|(bk, _)| *bk < k).is_some() {}
+                b.peek().is_none_or(|(bk, bid)| *bk != k || *bid != id)
+            }
+        };
+        (k, id, changed)
     })
 }
 
@@ -187,10 +211,12 @@ impl SyncEngine {
 
         if let Some(s) = since {
             let candidates: Vec<&str> = unchanged.iter().map(|m| m.room_id.as_str()).collect();
-            let with_events: HashSet<String> = if s < now.events {
-                self.db.rooms_with_events(&candidates, s, now.events).await?.into_iter().collect()
-            } else {
+            let with_events: HashSet<String> = if s >= now.events {
                 HashSet::new()
+            } else if ctx.view.covers(s) && ctx.view.end == now.events {
+                ctx.view.rooms_with_events(&candidates, s)
+            } else {
+                self.db.rooms_with_events(&candidates, s, now.events).await?.into_iter().collect()
             };
             for m in unchanged {
                 let r = m.room_id.as_str();
@@ -263,7 +289,7 @@ impl SyncEngine {
     ) -> Result<Option<Value>> {
         let tl = self.timeline(ctx, plan).await?;
         // A full-state room carries its summary; lazy-loading then also sends the heroes.
-        let mut summary = if plan.full_state { Some(self.summary(plan.room_id, ctx.user).await?) } else { None };
+        let mut summary = if plan.full_state { Some(self.summary(ctx, plan).await?) } else { None };
         let heroes = summary.as_ref().map(|(_, h)| h.as_slice()).unwrap_or_default();
         let state = self.room_state(ctx, plan, &tl, heroes).await?;
 
@@ -286,10 +312,9 @@ impl SyncEngine {
         }
         let is_member = |e: &StoredEvent| e.pdu.fields.kind == TimelineEventType::RoomMember;
         if summary.is_none() && (plan.membership_changed || tl.events.iter().chain(&state).any(is_member)) {
-            summary = Some(self.summary(plan.room_id, ctx.user).await?);
+            summary = Some(self.summary(ctx, plan).await?);
         }
-        let notifications =
-            self.db.unread_count(plan.room_id, ctx.user.as_str(), plan.member_stream, plan.upto, UNREAD_CAP).await?;
+        let notifications = self.unread_count(ctx, plan).await?;
 
         let viewer = Some((ctx.user, ctx.device.as_str()));
         let state_key = if ctx.opts.use_state_after { "state_after" } else { "state" };
@@ -306,6 +331,45 @@ impl SyncEngine {
         });
         room["summary"] = summary.map(|(s, _)| s).unwrap_or_else(|| json!({}));
         Ok(Some(room))
+    }
+
+    /// Messages from others after the user's read receipt (or their joining), up to the plan's
+    /// end. A count remembered from an earlier sync is carried forward with the log's events
+    /// when no receipt (of anyone: the receipts stream) and not the user's membership moved
+    /// since; otherwise it is counted in the database.
+    async fn unread_count(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<i64> {
+        let key = (ctx.user.to_string(), plan.room_id.to_owned());
+        let known = self.unread.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+        let counted = match known {
+            Some(u)
+                if u.receipts == ctx.now.receipts
+                    && u.member_stream == plan.member_stream
+                    && u.upto <= plan.upto
+                    && ctx.view.covers(u.upto)
+                    && plan.upto <= ctx.view.end =>
+            {
+                let user = ctx.user.as_str();
+                let added = ctx.view.count(plan.room_id, u.upto, plan.upto, |e| {
+                    e.pdu.fields.sender.as_str() != user && counts_as_unread(e)
+                }) as i64;
+                (u.count + added).min(UNREAD_CAP)
+            }
+            _ => {
+                self.db.unread_count(plan.room_id, ctx.user.as_str(), plan.member_stream, plan.upto, UNREAD_CAP).await?
+            }
+        };
+        let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        if unread.len() >= super::REMEMBERED_LIMIT {
+            unread.clear();
+        }
+        let entry = super::Unread {
+            upto: plan.upto,
+            receipts: ctx.now.receipts,
+            member_stream: plan.member_stream,
+            count: counted,
+        };
+        unread.insert(key, entry);
+        Ok(counted)
     }
 
     /// One left (or banned) room: the timeline up to the leave, and state.
@@ -350,8 +414,12 @@ impl SyncEngine {
             if cursor <= floor {
                 break;
             }
-            let binds = [BindValue::Str(plan.room_id), BindValue::Int(floor), BindValue::Int(cursor)];
-            let rows = self.db.query_events(&tail, &binds).await?;
+            let rows = if ctx.view.covers(floor) && cursor <= ctx.view.end {
+                ctx.view.window(plan.room_id, floor, cursor, batch as usize)
+            } else {
+                let binds = [BindValue::Str(plan.room_id), BindValue::Int(floor), BindValue::Int(cursor)];
+                self.db.query_events(&tail, &binds).await?
+            };
             let exhausted = (rows.len() as i64) < batch;
             for ev in rows {
                 cursor = ev.stream - 1;
@@ -401,44 +469,85 @@ impl SyncEngine {
         } else {
             tl.events.first().map_or(plan.upto, |e| e.stream - 1)
         };
-        let mut target = self.state_at_stream(plan.room_id, at).await?;
+        let mut target_group = self.group_at(ctx, plan.room_id, at).await?;
         // A room joined over federation has no event of ours before the join (the state it was
         // joined with is stored as outliers): the state before the first timeline event is then
         // the state after it, less the event itself, which the timeline already carries.
-        if target.is_empty()
-            && !after_state
-            && let Some(group) = tl.events.first().and_then(|first| first.state_group)
-        {
-            target = self.rooms.state_at_group(group).await?;
+        if target_group.is_none() && !after_state {
+            target_group = tl.events.first().and_then(|first| first.state_group);
         }
-        let base = match base_pos {
-            Some(p) => Some(self.state_at_stream(plan.room_id, p).await?),
+        let target = match target_group {
+            Some(g) => self.rooms.state_at_group(g).await?,
+            None => Arc::new(StateIds::new()),
+        };
+        let base_group = match base_pos {
+            Some(p) => Some(self.group_at(ctx, plan.room_id, p).await?),
             None => None,
         };
         let in_timeline: HashSet<&str> =
             if after_state { HashSet::new() } else { tl.events.iter().map(|e| e.pdu.event_id.as_str()).collect() };
         let senders: HashSet<&str> = tl.events.iter().map(|e| e.pdu.fields.sender.as_str()).collect();
         let mut ids = Vec::new();
-        for ((kind, key), id) in target.iter() {
-            if in_timeline.contains(id.as_str()) {
-                continue;
+        if base_group.is_some() && base_group == Some(target_group) {
+            // The state did not change in the gap (the common case: messages only). Nothing to
+            // send but, when lazy-loading, the timeline senders' member events.
+            if lazy {
+                for sender in &senders {
+                    if let Some(id) = target.get(&("m.room.member".to_owned(), (*sender).to_owned()))
+                        && !in_timeline.contains(id.as_str())
+                    {
+                        ids.push(id.clone());
+                    }
+                }
             }
-            let changed = base.as_ref().is_none_or(|b| b.get(&(kind.clone(), key.clone())) != Some(id));
-            let wanted = if !lazy || kind != "m.room.member" {
-                changed
-            } else if plan.full_state {
-                key == ctx.user.as_str() || senders.contains(key.as_str()) || heroes.iter().any(|h| h == key)
-            } else {
-                changed || senders.contains(key.as_str())
+        } else {
+            let base = match base_group.flatten() {
+                Some(g) => Some(self.rooms.state_at_group(g).await?),
+                None if base_pos.is_some() => Some(Arc::new(StateIds::new())),
+                None => None,
             };
-            if wanted {
-                ids.push(id.clone());
+            for ((kind, key), id, changed) in diff(&target, base.as_deref()) {
+                if in_timeline.contains(id.as_str()) {
+                    continue;
+                }
+                let wanted = if !lazy || kind != "m.room.member" {
+                    changed
+                } else if plan.full_state {
+                    key == ctx.user.as_str() || senders.contains(key.as_str()) || heroes.iter().any(|h| h == key)
+                } else {
+                    changed || senders.contains(key.as_str())
+                };
+                if wanted {
+                    ids.push(id.clone());
+                }
             }
         }
-        let mut events = self.db.get_events(&ids).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut events = self.recent.events(&ids).await?;
         events.retain(|e| ctx.opts.filter.state.matches(e));
         events.sort_by_key(|e| e.stream);
         Ok(events)
+    }
+
+    /// The state group after the last event of a room at or before `pos`. Answers for committed
+    /// positions never change, so the woken long-polls of one room share them.
+    async fn group_at(&self, ctx: &Ctx<'_>, room_id: &str, pos: i64) -> Result<Option<i64>> {
+        let key = (room_id.to_owned(), pos);
+        if let Some(g) = self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(*g);
+        }
+        let group = self.db.state_group_at_stream(room_id, pos).await?;
+        // Only positions known to be committed: a client's token may name a future one.
+        if pos <= ctx.view.end {
+            let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+            if groups.len() >= super::REMEMBERED_LIMIT {
+                groups.clear();
+            }
+            groups.insert(key, group);
+        }
+        Ok(group)
     }
 
     /// The state after the last event of a room at or before `pos`.
@@ -456,12 +565,38 @@ impl SyncEngine {
         Ok(self.db.get_event(id).await?.and_then(|e| e.pdu.content()["membership"].as_str().map(str::to_owned)))
     }
 
-    /// The room summary and its heroes.
-    async fn summary(&self, room_id: &str, user: &UserId) -> Result<(Value, Vec<String>)> {
-        let (joined, invited) = self.db.member_counts(room_id).await?;
-        let mut heroes = self.db.members_in_order(room_id, user.as_str(), &["join", "invite"], 5).await?;
+    /// The room summary and its heroes. Member counts and the first members change only with
+    /// the room's state, so they are remembered per state group of the room's last event.
+    async fn summary(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<(Value, Vec<String>)> {
+        let (room_id, user) = (plan.room_id, ctx.user.as_str());
+        // Only at the room's newest event does its state match the membership table read here.
+        let group = match self.group_at(ctx, room_id, ctx.view.end).await? {
+            Some(g) if plan.upto == ctx.now.events => Some(g),
+            _ => None,
+        };
+        let known = group.and_then(|g| {
+            self.summaries.lock().unwrap_or_else(|e| e.into_inner()).get(room_id).filter(|s| s.0 == g).cloned()
+        });
+        let (joined, invited, first) = match known {
+            Some((_, s)) => (s.joined, s.invited, s.first.clone()),
+            None => {
+                let (joined, invited) = self.db.member_counts(room_id).await?;
+                // One more than shown: the syncing user is left out below.
+                let first = self.db.members_in_order(room_id, "", &["join", "invite"], 6).await?;
+                if let Some(g) = group {
+                    let mut memo = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
+                    if memo.len() >= super::REMEMBERED_LIMIT {
+                        memo.clear();
+                    }
+                    let entry = Arc::new(super::Summary { joined, invited, first: first.clone() });
+                    memo.insert(room_id.to_owned(), (g, entry));
+                }
+                (joined, invited, first)
+            }
+        };
+        let mut heroes: Vec<String> = first.into_iter().filter(|u| u != user).take(5).collect();
         if heroes.is_empty() {
-            heroes = self.db.members_in_order(room_id, user.as_str(), &["leave", "ban"], 5).await?;
+            heroes = self.db.members_in_order(room_id, user, &["leave", "ban"], 5).await?;
         }
         let summary = json!({
             "m.heroes": heroes,

@@ -27,6 +27,19 @@ pub struct SyncToken {
 }
 
 impl SyncToken {
+    /// Every position at least as far as in `other` (a client's token never moves backwards).
+    pub fn at_least(self, other: SyncToken) -> Self {
+        SyncToken {
+            events: self.events.max(other.events),
+            typing: self.typing.max(other.typing),
+            receipts: self.receipts.max(other.receipts),
+            account_data: self.account_data.max(other.account_data),
+            to_device: self.to_device.max(other.to_device),
+            presence: self.presence.max(other.presence),
+            device_lists: self.device_lists.max(other.device_lists),
+        }
+    }
+
     /// Parses a token; any malformed part is `M_INVALID_PARAM`.
     pub fn parse(token: &str) -> Result<Self> {
         let bad = || Error::invalid_param("Invalid sync token");

@@ -128,6 +128,7 @@ pub async fn leave(State(state): State<AppState>, req: Ruma<leave_room::v3::Requ
 pub async fn forget(State(state): State<AppState>, req: Ruma<forget_room::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     state.rooms.forget(&req.body.room_id, &s.user_id).await?;
+    state.sync.recent.forget_user(s.user_id.as_str());
     Ok(Json(json!({})))
 }
 
