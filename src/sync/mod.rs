@@ -55,6 +55,15 @@ use token::SyncToken;
 /// Entries of the per-device and per-room memos below (then a memo starts afresh).
 const REMEMBERED_LIMIT: usize = 200_000;
 
+/// Shared stream-position reads (see `SyncEngine::current_token`).
+#[derive(Default)]
+struct TokenReads {
+    /// The last positions read and when that read began.
+    last: Option<(Instant, SyncToken)>,
+    /// A read is under way.
+    reading: bool,
+}
+
 /// What a room summary is made of, as of one state of the room.
 #[derive(Debug)]
 struct Summary {
@@ -98,10 +107,10 @@ pub struct SyncEngine {
     unread: Mutex<HashMap<(String, String), Unread>>,
     /// Recent events and membership changes, shared by the long-polls that wake together.
     pub recent: recent::Recent,
-    /// One stream-position read at a time; see `current_token`.
-    token_read: tokio::sync::Mutex<()>,
-    /// The last stream positions read and when that read began.
-    last_token: Mutex<Option<(Instant, SyncToken)>>,
+    /// Wakes the callers waiting for a stream-position read under way (see `current_token`).
+    token_read: tokio::sync::Notify,
+    /// The last stream positions read, when that read began, and whether one is under way.
+    last_token: Mutex<TokenReads>,
     /// Set at shutdown: long-polls answer at once instead of holding the shutdown up.
     stopping: AtomicBool,
     stop: tokio::sync::Notify,
@@ -177,8 +186,8 @@ impl SyncEngine {
             unread: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             summaries: Mutex::new(HashMap::new()),
-            token_read: tokio::sync::Mutex::new(()),
-            last_token: Mutex::new(None),
+            token_read: tokio::sync::Notify::new(),
+            last_token: Mutex::new(TokenReads::default()),
             stopping: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
         }
@@ -343,16 +352,37 @@ impl SyncEngine {
     /// share it, and a thousand wake-ups cost one or two reads.
     async fn current_token(&self) -> Result<SyncToken> {
         let asked = Instant::now();
-        let _one = self.token_read.lock().await;
-        let shared = *self.last_token.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((began, token)) = shared
-            && began > asked
-        {
-            return Ok(SyncToken { typing: self.typing.current(), ..token });
+        loop {
+            let notified = self.token_read.notified();
+            tokio::pin!(notified);
+            {
+                let mut reads = self.last_token.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((began, token)) = reads.last
+                    && began > asked
+                {
+                    return Ok(SyncToken { typing: self.typing.current(), ..token });
+                }
+                if !reads.reading {
+                    reads.reading = true;
+                    break;
+                }
+                // Someone is reading: wait for their answer (registered before the lock goes).
+                notified.as_mut().enable();
+            }
+            notified.await;
         }
+        // This caller reads; the guard lets the waiters go even if this future is dropped.
+        struct Reading<'a>(&'a SyncEngine);
+        impl Drop for Reading<'_> {
+            fn drop(&mut self) {
+                self.0.last_token.lock().unwrap_or_else(|e| e.into_inner()).reading = false;
+                self.0.token_read.notify_waiters();
+            }
+        }
+        let _reading = Reading(self);
         let began = Instant::now();
         let token = self.read_token().await?;
-        *self.last_token.lock().unwrap_or_else(|e| e.into_inner()) = Some((began, token));
+        self.last_token.lock().unwrap_or_else(|e| e.into_inner()).last = Some((began, token));
         Ok(token)
     }
 

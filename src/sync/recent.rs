@@ -110,8 +110,9 @@ impl View {
 pub struct Recent {
     db: Db,
     current: RwLock<Arc<Log>>,
-    /// Held by the one reader that refreshes; the others wait and then use its result.
-    refresh: tokio::sync::Mutex<()>,
+    /// Whether a reader is refreshing; the others wait for `refreshed` and then use its result.
+    refreshing: Mutex<bool>,
+    refreshed: tokio::sync::Notify,
     memberships: Mutex<HashMap<String, (i64, Memberships)>>,
     /// Older events read by syncs (state events above all: the member events that lazy-loading
     /// sends again and again); entries are dropped when the log brings their redaction.
@@ -131,7 +132,8 @@ impl Recent {
         Self {
             db,
             current: RwLock::new(Arc::new(Log::default())),
-            refresh: tokio::sync::Mutex::new(()),
+            refreshing: Mutex::new(false),
+            refreshed: tokio::sync::Notify::new(),
             memberships: Mutex::new(HashMap::new()),
             events: Mutex::new(EventMemo::default()),
         }
@@ -151,11 +153,33 @@ impl Recent {
         if let Some(v) = Self::view_of(self.snapshot()).filter(|v| v.end >= upto) {
             return Ok(v);
         }
-        let _one = self.refresh.lock().await;
-        let log = self.snapshot();
-        if let Some(v) = Self::view_of(log.clone()).filter(|v| v.end >= upto) {
-            return Ok(v);
+        loop {
+            let refreshed = self.refreshed.notified();
+            tokio::pin!(refreshed);
+            {
+                let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(v) = Self::view_of(self.snapshot()).filter(|v| v.end >= upto) {
+                    return Ok(v);
+                }
+                if !*refreshing {
+                    *refreshing = true;
+                    break;
+                }
+                // Registered before the lock goes, so the refresher's wake-up is not missed.
+                refreshed.as_mut().enable();
+            }
+            refreshed.await;
         }
+        // This reader refreshes; the guard lets the others go even if this future is dropped.
+        struct Refreshing<'a>(&'a Recent);
+        impl Drop for Refreshing<'_> {
+            fn drop(&mut self) {
+                *self.0.refreshing.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                self.0.refreshed.notify_waiters();
+            }
+        }
+        let _refreshing = Refreshing(self);
+        let log = self.snapshot();
         let next = Arc::new(self.extend(&log, upto).await?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
         Ok(Self::view_of(next).expect("a refreshed log has a range"))
