@@ -840,7 +840,9 @@ an inline filter (timeline limit 100, lazy-loaded members, no presence or accoun
   latency, and every message checked present once, in order.
 - **history / initial_sync**: a user creates 50 rooms with 20 messages each, then runs an unfiltered
   initial `/sync` five times; first (cold) and p50 (the target is judged on the p50, which includes
-  whatever the server caches after the first).
+  whatever the server caches after the first). Each repeat asks with a different `timeout` (0–4 ms;
+  an initial sync never waits): Synapse keeps every sync answer for two minutes keyed on the request's
+  parameters, so identical repeats would measure its replay of the first answer, not an initial sync.
 - Note on **idle_syncers**: figures can be negative at small sizes when the allocator hands back memory freed by
   the previous case; the 10,000 case is the one the target names.
 - **join_storm**: 200 registered users `POST /join/{roomId}` one public room all at once; time until the

@@ -115,6 +115,17 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self> {
+        // Boxed: the handler's future holds its extractor's state for as long as it lives.
+        Box::pin(Self::extract(req, state)).await
+    }
+}
+
+impl<T> Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthRequirement,
+{
+    async fn extract(req: Request, state: &AppState) -> Result<Self> {
         let (mut parts, body) = req.into_parts();
         let declared = parts
             .headers
@@ -142,7 +153,9 @@ where
         let session = match (mode, token) {
             (AuthMode::None | AuthMode::Server, _) | (AuthMode::Optional, None) => None,
             (AuthMode::Required, None) => return Err(Error::missing_token()),
-            (_, Some(token)) => Some(state.accounts.authenticate(&token, Some(&ip.to_string())).await?),
+            // Boxed, like the other awaits below: a handler's future is as large as its largest
+            // state, and a waiting long-poll keeps the whole of it (see `SyncEngine::sync`).
+            (_, Some(token)) => Some(Box::pin(state.accounts.authenticate(&token, Some(&ip.to_string()))).await?),
         };
 
         // Reads are not limited: ruma marks media downloads and thumbnails rate-limited, and a
@@ -155,10 +168,11 @@ where
             state.limiter.check(&key)?;
         }
 
-        let bytes =
-            axum::body::to_bytes(body, MAX_JSON_BODY).await.map_err(|_| Error::too_large("Request body too large"))?;
+        let bytes = Box::pin(axum::body::to_bytes(body, MAX_JSON_BODY))
+            .await
+            .map_err(|_| Error::too_large("Request body too large"))?;
         let origin = match mode {
-            AuthMode::Server => Some(state.federation.verify_request(&parts, &bytes).await?),
+            AuthMode::Server => Some(Box::pin(state.federation.verify_request(&parts, &bytes)).await?),
             _ => None,
         };
         let json = if has_json_body(&parts.method) && !bytes.iter().all(u8::is_ascii_whitespace) {

@@ -285,9 +285,12 @@ impl SyncEngine {
     /// wake-up or the timeout (only for incremental syncs without `full_state`).
     pub async fn sync(&self, user_id: &UserId, device_id: &DeviceId, opts: SyncOptions) -> Result<Value> {
         let since = opts.since.as_deref().map(SyncToken::parse).transpose()?;
-        let _syncing = self.presence_on_sync(user_id, &opts.set_presence).await?;
+        // Every await that touches the database is boxed: the request's future is as large as
+        // its largest state, and a long-poll keeps it for as long as it waits, so only the
+        // small waiting state below should be inline.
+        let _syncing = Box::pin(self.presence_on_sync(user_id, &opts.set_presence)).await?;
         if let Some(s) = since {
-            self.ack_to_device(user_id, device_id, s.to_device).await?;
+            Box::pin(self.ack_to_device(user_id, device_id, s.to_device)).await?;
         }
         let stop = self.stop.notified();
         tokio::pin!(stop);
@@ -301,7 +304,7 @@ impl SyncEngine {
             let notified = wakeup.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let now = self.current_token().await?;
+            let now = Box::pin(self.current_token()).await?;
             let next = match since {
                 // No stream moved since the client's token: nothing can be new (a commit after
                 // the read above wakes `notified`), so wait without computing. This is what

@@ -20,6 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use ruma::UserId;
 use ruma::events::TimelineEventType;
 use serde_json::{Map, Value, json};
@@ -45,6 +46,10 @@ pub const STRIPPED_STATE_TYPES: &[&str] = &[
 /// How many batches of events a timeline scan reads before it gives up looking for visible
 /// events and reports the timeline as limited (the client pages on with `/messages`).
 const MAX_SCAN_BATCHES: usize = 5;
+/// One joined room being computed: its id and its entry, if any.
+type RoomComputation<'a> = futures::future::BoxFuture<'a, Result<(&'a str, Option<Value>)>>;
+/// Joined rooms computed concurrently in one sync.
+const ROOMS_AT_ONCE: usize = 8;
 /// Unread counts stop at this number.
 const UNREAD_CAP: i64 = 1000;
 
@@ -240,14 +245,24 @@ impl SyncEngine {
 
         let mut out = Map::new();
         let mut join = Map::new();
-        for plan in plans {
-            let room = plan.room_id;
-            if let Some(v) =
-                self.joined_room(ctx, &plan, typing.get(room), receipts.get(room), room_data.get(room)).await?
-            {
+        // Several rooms at a time: their database reads overlap (an initial sync of a user in
+        // many rooms is mostly waiting for them); answers keep the plans' order.
+        let (typing, receipts, room_data) = (&typing, &receipts, &room_data);
+        let computations: Vec<RoomComputation<'_>> = plans
+            .iter()
+            .map(|plan| {
+                let room = plan.room_id;
+                let f = self.joined_room(ctx, plan, typing.get(room), receipts.get(room), room_data.get(room));
+                Box::pin(async move { Ok((room, f.await?)) }) as futures::future::BoxFuture<'_, _>
+            })
+            .collect();
+        let mut rooms = futures::stream::iter(computations).buffered(ROOMS_AT_ONCE);
+        while let Some((room, v)) = rooms.try_next().await? {
+            if let Some(v) = v {
                 join.insert(room.to_owned(), v);
             }
         }
+        drop(rooms);
         if !join.is_empty() {
             out.insert("join".into(), Value::Object(join));
         }

@@ -9,6 +9,7 @@ use ruma::api::client::sync::sync_events;
 use ruma::api::client::sync::sync_events::v3::Filter;
 use serde_json::{Value, json};
 
+use crate::accounts::Session;
 use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
@@ -16,7 +17,25 @@ use crate::sync::SyncOptions;
 use crate::sync::presence::STATES;
 
 /// `GET /_matrix/client/v3/sync`
-pub async fn sync(State(state): State<AppState>, req: Ruma<sync_events::v3::Request>) -> Result<Json<Value>> {
+///
+/// Not an `async fn`: a long-poll keeps its future for as long as it waits, and an `async fn`
+/// keeps its arguments (the parsed request, filter definition included) in it. The request is
+/// taken apart first, and the future holds only what the wait needs.
+pub fn sync(
+    State(state): State<AppState>,
+    req: Ruma<sync_events::v3::Request>,
+) -> impl Future<Output = Result<Json<Value>>> {
+    let parsed = parse_sync(req);
+    async move {
+        let (session, filter, mut opts) = parsed?;
+        opts.filter = Box::pin(state.sync.resolve_filter(&session.user_id, filter.as_deref())).await?;
+        Ok(Json(state.sync.sync(&session.user_id, &session.device_id, opts).await?))
+    }
+}
+
+/// The session, the filter (an id or JSON) and the options of a `/sync` request; the options'
+/// filter is filled in once resolved.
+fn parse_sync(req: Ruma<sync_events::v3::Request>) -> Result<(Session, Option<String>, SyncOptions)> {
     let session = req.session.ok_or_else(Error::missing_token)?;
     let b = req.body;
     let filter = match b.filter {
@@ -25,20 +44,19 @@ pub async fn sync(State(state): State<AppState>, req: Ruma<sync_events::v3::Requ
         Some(Filter::FilterDefinition(def)) => Some(serde_json::to_string(&def)?),
         Some(other) => Some(serde_json::to_string(&other)?),
     };
-    let filter = state.sync.resolve_filter(&session.user_id, filter.as_deref()).await?;
     let set_presence = b.set_presence.as_str();
     if !STATES.contains(&set_presence) {
         return Err(Error::invalid_param(format!("Unknown set_presence value {set_presence}")));
     }
     let opts = SyncOptions {
         since: b.since,
-        filter,
+        filter: Default::default(),
         full_state: b.full_state,
         use_state_after: b.use_state_after,
         set_presence: set_presence.to_owned(),
         timeout: b.timeout.unwrap_or(Duration::ZERO),
     };
-    Ok(Json(state.sync.sync(&session.user_id, &session.device_id, opts).await?))
+    Ok((session, filter, opts))
 }
 
 fn require_self(session_user: &ruma::UserId, path_user: &ruma::UserId, what: &str) -> Result<()> {
