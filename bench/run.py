@@ -342,7 +342,8 @@ disable_existing_loggers: false
             "enable_registration_without_verification": True,
             "trusted_key_servers": [],
             "suppress_key_server_warning": True,
-            # Presence would wake every long-poll whenever a user syncs; Myelin has none.
+            # Presence off for Synapse (its presence handler is a known cost at this scale);
+            # Myelin keeps presence on, which can only make its own figures worse.
             "presence": {"enabled": False},
             **rc,
         }
