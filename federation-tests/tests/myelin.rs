@@ -399,3 +399,139 @@ async fn typing_and_receipts_across_servers() {
     let bob_id = bob.user_id.clone();
     sync_until(&alice, T, "bob's receipt", |b| sees_receipt(b, room, &event_id, &bob_id)).await;
 }
+
+/// Pages `/messages` backwards from `from` with `limit` until the start of the room; returns
+/// the events oldest first.
+async fn page_back(client: &Client, room: &str, from: &str, limit: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut from = from.to_owned();
+    for _ in 0..1000 {
+        let (s, b) = client
+            .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}&from={}", enc(room), enc(&from)))
+            .await;
+        assert_eq!(s, 200, "messages: {b}");
+        out.extend(b["chunk"].as_array().cloned().unwrap_or_default());
+        match b["end"].as_str() {
+            Some(end) => from = end.to_owned(),
+            None => {
+                out.reverse();
+                return out;
+            }
+        }
+    }
+    panic!("pagination did not end");
+}
+
+fn ids_of(events: &[serde_json::Value]) -> Vec<String> {
+    events.iter().map(|e| e["event_id"].as_str().expect("event_id").to_owned()).collect()
+}
+
+/// B joins a room with 120 messages of history on A; its user pages back with `/messages` to
+/// the room's creation: B backfills from A, shows every event once, in A's order, and `/sync`
+/// does not present the history as new events.
+#[tokio::test]
+async fn backfill_on_messages_reaches_room_creation() {
+    let a = FedServer::start("127.0.7.11").await;
+    let b = FedServer::start("127.0.7.12").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = &alice.create_public_room().await;
+    let n = 120;
+    for i in 0..n {
+        alice.say(room, &format!("history {i}")).await;
+    }
+    let (s, body) = bob.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "join: {body}");
+    wait_until(T, "bob joined on A", || async {
+        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+
+    // Bob's first sync: the room with a short timeline (his join) and a token to page back from.
+    let (s, first) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(s, 200, "sync: {first}");
+    let since = first["next_batch"].as_str().expect("next_batch").to_owned();
+    let joined = &first["rooms"]["join"][room];
+    let sync_timeline: Vec<serde_json::Value> = joined["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !sync_timeline.iter().any(|e| e["type"] == "m.room.message"),
+        "history is not in the join's timeline yet: {sync_timeline:?}"
+    );
+    let prev_batch = joined["timeline"]["prev_batch"].as_str().expect("prev_batch").to_owned();
+
+    let started = Instant::now();
+    let history = page_back(&bob, room, &prev_batch, 25).await;
+    let took = started.elapsed();
+    let mut bob_ids = ids_of(&history);
+    bob_ids.extend(ids_of(&sync_timeline));
+    report(&format!(
+        "backfill: {} events paged back over federation in pages of 25 in {} ms",
+        history.len(),
+        took.as_millis()
+    ));
+
+    let alice_ids = ids_of(&alice.timeline(room).await);
+    let unique: std::collections::HashSet<&String> = bob_ids.iter().collect();
+    assert_eq!(unique.len(), bob_ids.len(), "no event twice");
+    assert_eq!(bob_ids, alice_ids, "B shows A's history in A's order");
+    let bodies: Vec<String> = history
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(bodies, (0..n).map(|i| format!("history {i}")).collect::<Vec<_>>());
+    assert_eq!(history.first().expect("events")["type"], "m.room.create", "paged back to the creation");
+
+    // Paging again is served from B's copy, with the same answer.
+    let again = page_back(&bob, room, &prev_batch, 50).await;
+    assert_eq!(ids_of(&again), ids_of(&history));
+
+    // /sync: the backfilled history never shows up as new; a new message does, alone.
+    alice.say(room, "after backfill").await;
+    let mut since = since;
+    let mut seen_new = false;
+    let deadline = Instant::now() + T;
+    while !seen_new {
+        assert!(Instant::now() < deadline, "new message not synced");
+        let (s, body) = bob.get(&format!("/_matrix/client/v3/sync?timeout=1000&since={}", enc(&since))).await;
+        assert_eq!(s, 200, "sync: {body}");
+        for e in body["rooms"]["join"][room]["timeline"]["events"].as_array().into_iter().flatten() {
+            let text = e["content"]["body"].as_str().unwrap_or("");
+            assert!(!text.starts_with("history"), "backfilled event synced as new: {e}");
+            if text == "after backfill" {
+                seen_new = true;
+            }
+        }
+        since = body["next_batch"].as_str().expect("next_batch").to_owned();
+    }
+    // An initial sync shows the room's latest events, not the history.
+    let (_, fresh) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    let tl = fresh["rooms"]["join"][room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(!tl.iter().any(|e| e["content"]["body"].as_str().unwrap_or("").starts_with("history")), "{tl:?}");
+
+    // History visibility still applies to backfilled events: in a `joined` room, what was said
+    // before bob joined stays hidden from him, though B now holds it.
+    let (s, body) = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({ "preset": "public_chat", "initial_state": [
+                { "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } }
+            ] }),
+        )
+        .await;
+    assert_eq!(s, 200, "createRoom: {body}");
+    let private = body["room_id"].as_str().expect("room_id").to_owned();
+    for i in 0..5 {
+        alice.say(&private, &format!("before bob {i}")).await;
+    }
+    let (s, body) = bob.join_via(&private, &a.name()).await;
+    assert_eq!(s, 200, "join: {body}");
+    alice.say(&private, "after bob").await;
+    wait_for_message(&bob, &private, "after bob").await;
+    let seen = bob.timeline(&private).await;
+    let (_, all_b) = bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&private))).await;
+    assert!(all_b["end"].is_null(), "one page holds everything bob may see");
+    let bodies: Vec<&str> = seen.iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["after bob"], "history before the join is hidden: {seen:?}");
+    assert!(seen.iter().any(|e| e["state_key"] == bob.user_id.as_str()), "bob sees his own join");
+}

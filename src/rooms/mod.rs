@@ -7,6 +7,7 @@
 //! stream positions come from the database. Readers (timeline, state, members) apply history
 //! visibility here, so API layers cannot forget it.
 
+pub mod backfill;
 pub mod build;
 pub mod cache;
 pub mod create;
@@ -50,6 +51,8 @@ pub struct Rooms {
     writer: tokio::sync::mpsc::Sender<writer::Job>,
     /// Federation transport, set once at start-up (see [`Rooms::set_federation`]).
     federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
+    /// Retry delays of history gaps that could not be backfilled.
+    backfill_backoff: backfill::BackfillBackoff,
 }
 
 /// Who sends a client event, and with which transaction id.
@@ -79,6 +82,7 @@ impl Rooms {
                 locks: Mutex::new(HashMap::new()),
                 writer: tx,
                 federation: std::sync::OnceLock::new(),
+                backfill_backoff: backfill::BackfillBackoff::default(),
             }
         })
     }

@@ -80,6 +80,9 @@ impl PowerLevels {
     }
 }
 
+/// Backfill rounds one backward page may start (each asks for up to 100 events).
+const MAX_BACKFILL_ROUNDS: usize = 10;
+
 /// A page of the timeline.
 pub struct Page {
     /// Events in the requested direction.
@@ -238,7 +241,9 @@ impl Rooms {
     }
 
     /// Pages the timeline from `from` (exclusive) in `dir`, up to `to` (exclusive), returning at
-    /// most `limit` visible events.
+    /// most `limit` visible events. Going backwards into history this server does not hold
+    /// (the events before it joined, or a hole), it backfills from other servers first (see
+    /// [`super::backfill`]) and pages again.
     #[allow(clippy::too_many_arguments)]
     pub async fn messages(
         &self,
@@ -250,6 +255,45 @@ impl Rooms {
         limit: usize,
         filter: &(dyn Fn(&StoredEvent) -> bool + Sync),
     ) -> Result<Page> {
+        let mut rounds = 0;
+        loop {
+            let (page, mut scanned) = self.messages_page(room_id, user_id, from, to, dir, limit, filter).await?;
+            if dir == Dir::Forward
+                || self.federation().is_none()
+                || rounds == MAX_BACKFILL_ROUNDS
+                || (rounds > 0 && page.events.len() >= limit)
+            {
+                return Ok(page);
+            }
+            if page.events.len() < limit
+                && let Some(f) = from
+            {
+                // A short page reached the oldest events we hold before `from`; the events at
+                // `from` itself (e.g. our join, where a sync's `prev_batch` points) were not
+                // scanned but may have the gap behind them.
+                scanned.extend(self.events_from(room_id, f).await?);
+            }
+            let gaps = self.backfill_gaps(&scanned).await?;
+            if gaps.is_empty() || !self.backfill(room_id, &gaps).await {
+                return Ok(page);
+            }
+            rounds += 1;
+        }
+    }
+
+    /// One pass of [`Rooms::messages`] over what we hold; also returns the ids of the events
+    /// it scanned (visible or not), whose gaps a backfill would fill.
+    #[allow(clippy::too_many_arguments)]
+    async fn messages_page(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        from: Option<TopoToken>,
+        to: Option<TopoToken>,
+        dir: Dir,
+        limit: usize,
+        filter: &(dyn Fn(&StoredEvent) -> bool + Sync),
+    ) -> Result<(Page, Vec<String>)> {
         let membership = self.membership_of(room_id, user_id).await?;
         if membership.is_none() {
             // Without any membership only world-readable rooms can be read.
@@ -270,6 +314,7 @@ impl Rooms {
             _ => None,
         };
         let mut out = Vec::new();
+        let mut scanned = Vec::new();
         let mut cursor = from;
         let batch = (limit * 2).clamp(20, 500) as i64;
         loop {
@@ -292,26 +337,41 @@ impl Rooms {
             for ev in rows {
                 let pos = TopoToken::of(&ev);
                 cursor = Some(pos);
+                scanned.push(ev.pdu.event_id.to_string());
                 let past_to = to.is_some_and(|t| match dir {
                     Dir::Forward => pos >= t,
                     Dir::Backward => pos <= t,
                 });
                 let past_cap = cap.is_some_and(|c| pos > c);
                 if past_to || (dir == Dir::Forward && past_cap) {
-                    return Ok(Page { events: out, end: None });
+                    return Ok((Page { events: out, end: None }, scanned));
                 }
                 if past_cap || !filter(&ev) || !self.can_see(user_id, &ev, membership.as_deref()).await? {
                     continue;
                 }
                 out.push(ev);
                 if out.len() >= limit {
-                    return Ok(Page { events: out, end: cursor.map(TopoToken::to_token) });
+                    return Ok((Page { events: out, end: cursor.map(TopoToken::to_token) }, scanned));
                 }
             }
             if exhausted {
-                return Ok(Page { events: out, end: None });
+                return Ok((Page { events: out, end: None }, scanned));
             }
         }
+    }
+
+    /// Ids of the first timeline events at or after a position.
+    async fn events_from(&self, room_id: &RoomId, from: TopoToken) -> Result<Vec<String>> {
+        let rows = self
+            .db
+            .query_events(
+                "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 AND (topological_ordering > $2 \
+                 OR (topological_ordering = $2 AND stream_ordering >= $3)) \
+                 ORDER BY topological_ordering, stream_ordering LIMIT 20",
+                &[BindValue::Str(room_id.as_str()), BindValue::Int(from.depth), BindValue::Int(from.stream)],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|e| e.pdu.event_id.to_string()).collect())
     }
 
     /// The latest topological position of a room (for `/messages` without `from`).

@@ -160,22 +160,7 @@ impl Rooms {
             return Ok(Processed { pdu: existing.pdu, state_before });
         }
         // Auth against the event's own auth events.
-        self.ensure_auth_events(origin, rules, &pdu).await?;
-        let mut auth_ids: Vec<String> = pdu.fields.auth_events.iter().map(|e| e.to_string()).collect();
-        if let Some(create) = self.db.current_state_event_id(room_id.as_str(), "m.room.create", "").await? {
-            auth_ids.push(create);
-        }
-        let auth: HashMap<String, Pdu> =
-            self.db.get_events(&auth_ids).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e.pdu)).collect();
-        if let Err(e) =
-            ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
-                auth.get(id.as_str()).filter(|p| !p.rejected).cloned()
-            })
-        {
-            tracing::info!(event_id = %pdu.event_id, error = %e, "rejecting event: fails auth against its auth events");
-            self.persist_rejected(&pdu).await?;
-            return Err(Error::forbidden(format!("Event fails auth: {e}")));
-        }
+        self.check_auth_events(origin, rules, &pdu).await?;
 
         // The state before the event.
         let mut prev_groups = self.prev_groups(&pdu).await?;
@@ -224,8 +209,35 @@ impl Rooms {
         Ok(Processed { pdu, state_before })
     }
 
+    /// Fetches the auth events of `pdu` if needed and checks it against them (the state
+    /// independent auth rules); an event failing them is stored as rejected.
+    pub(super) async fn check_auth_events(
+        &self,
+        origin: &ServerName,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+    ) -> Result<()> {
+        self.ensure_auth_events(origin, rules, pdu).await?;
+        let mut auth_ids: Vec<String> = pdu.fields.auth_events.iter().map(|e| e.to_string()).collect();
+        if let Some(create) = self.db.current_state_event_id(pdu.room_id.as_str(), "m.room.create", "").await? {
+            auth_ids.push(create);
+        }
+        let auth: HashMap<String, Pdu> =
+            self.db.get_events(&auth_ids).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e.pdu)).collect();
+        if let Err(e) =
+            ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+                auth.get(id.as_str()).filter(|p| !p.rejected).cloned()
+            })
+        {
+            tracing::info!(event_id = %pdu.event_id, error = %e, "rejecting event: fails auth against its auth events");
+            self.persist_rejected(pdu).await?;
+            return Err(Error::forbidden(format!("Event fails auth: {e}")));
+        }
+        Ok(())
+    }
+
     /// State groups of all prev events, or None if one is missing or has no state.
-    async fn prev_groups(&self, pdu: &Pdu) -> Result<Option<Vec<i64>>> {
+    pub(super) async fn prev_groups(&self, pdu: &Pdu) -> Result<Option<Vec<i64>>> {
         let ids: Vec<String> = pdu.fields.prev_events.iter().map(|e| e.to_string()).collect();
         let evs = self.db.get_events(&ids).await?;
         let mut groups = Vec::new();
@@ -297,7 +309,12 @@ impl Rooms {
 
     /// The state before `pdu` as the origin reports it (`state_ids` + `event`), for gaps that
     /// `get_missing_events` could not close.
-    async fn fetch_state_before(&self, origin: &ServerName, rules: &RoomVersionRules, pdu: &Pdu) -> Result<StateIds> {
+    pub(super) async fn fetch_state_before(
+        &self,
+        origin: &ServerName,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+    ) -> Result<StateIds> {
         let fed = self.fed()?;
         let path = format!(
             "/_matrix/federation/v1/state_ids/{}?event_id={}",
@@ -351,7 +368,12 @@ impl Rooms {
     }
 
     /// Makes sure every auth event of `pdu` is stored, fetching the auth chain from `origin`.
-    async fn ensure_auth_events(&self, origin: &ServerName, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
+    pub(super) async fn ensure_auth_events(
+        &self,
+        origin: &ServerName,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+    ) -> Result<()> {
         let ids: Vec<String> = pdu.fields.auth_events.iter().map(|e| e.to_string()).collect();
         let have = self.db.get_events(&ids).await?;
         if have.len() == ids.len() {
@@ -397,7 +419,7 @@ impl Rooms {
         Ok(())
     }
 
-    async fn persist_rejected(&self, pdu: &Pdu) -> Result<()> {
+    pub(super) async fn persist_rejected(&self, pdu: &Pdu) -> Result<()> {
         if self.db.get_event(pdu.event_id.as_str()).await?.is_some() {
             return Ok(());
         }
@@ -536,7 +558,7 @@ impl Rooms {
     }
 
     /// Writes the state group for `state`, as a delta on `base` when possible.
-    async fn write_group(
+    pub(super) async fn write_group(
         &self,
         tx: &mut WriteTx,
         room_id: &str,

@@ -183,6 +183,60 @@ impl Db {
         Ok(out)
     }
 
+    /// Gaps behind the given events: `(prev event, event)` pairs whose prev event is neither in
+    /// the timeline nor known to be rejected (missing, or only held as an outlier).
+    pub async fn missing_prevs(&self, event_ids: &[String]) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for chunk in event_ids.chunks(200) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT g.prev_event_id, g.event_id FROM event_edges g WHERE g.event_id IN ({}) \
+                 AND NOT EXISTS (SELECT 1 FROM events p WHERE p.event_id = g.prev_event_id \
+                 AND (p.outlier = 0 OR p.rejected = 1))",
+                placeholders.join(",")
+            ));
+            let mut q = sqlx::query_as::<_, (String, String)>(sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            out.extend(q.fetch_all(self.pool()).await?);
+        }
+        Ok(out)
+    }
+
+    /// Turns an outlier into a historical timeline event (backfill): its position, the state
+    /// group after it and its server-computed unsigned data.
+    pub async fn promote_outlier(
+        &self,
+        tx: &mut WriteTx,
+        event_id: &str,
+        stream: i64,
+        state_group: i64,
+        unsigned: Option<&Value>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE events SET outlier = 0, stream_ordering = $1, state_group = $2, unsigned_json = $3 \
+             WHERE event_id = $4 AND outlier = 1",
+        )
+        .bind(stream)
+        .bind(state_group)
+        .bind(unsigned.map(|u| u.to_string()))
+        .bind(event_id)
+        .execute(&mut *tx.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Redaction events of a room's timeline, for redactions that arrived before their
+    /// (backfilled) targets.
+    pub async fn redactions_in_room(&self, room_id: &str) -> Result<Vec<StoredEvent>> {
+        self.query_events(
+            "WHERE room_id = $1 AND event_type = 'm.room.redaction' AND outlier = 0 AND rejected = 0",
+            &[BindValue::Str(room_id)],
+        )
+        .await
+    }
+
     /// Runs an event query with a custom WHERE/ORDER tail and binds, for timeline readers.
     pub async fn query_events(&self, tail: &str, binds: &[BindValue<'_>]) -> Result<Vec<StoredEvent>> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events {tail}"));
