@@ -535,3 +535,88 @@ async fn backfill_on_messages_reaches_room_creation() {
     assert_eq!(bodies, vec!["after bob"], "history before the join is hidden: {seen:?}");
     assert!(seen.iter().any(|e| e["state_key"] == bob.user_id.as_str()), "bob sees his own join");
 }
+
+/// B's user knocks on a room of A (`/knock` with `via`): make_knock, send_knock, the knock
+/// shown under `rooms.knock` with the room's stripped state; rescinding it goes through A;
+/// A's member sees the knock and accepts it with an invite, and B's user joins.
+#[tokio::test]
+async fn knock_over_federation_then_invite_and_join() {
+    let a = FedServer::start("127.0.8.11").await;
+    let b = FedServer::start("127.0.8.12").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let (s, body) = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({ "preset": "private_chat", "name": "knock here", "initial_state": [
+                { "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }
+            ] }),
+        )
+        .await;
+    assert_eq!(s, 200, "createRoom: {body}");
+    let room = body["room_id"].as_str().expect("room_id").to_owned();
+    let room = room.as_str();
+    let knock = |reason: &'static str| {
+        let bob = bob.clone();
+        let via = a.name();
+        async move {
+            bob.post(&format!("/_matrix/client/v3/knock/{}?via={}", enc(room), enc(&via)), json!({ "reason": reason }))
+                .await
+        }
+    };
+
+    // A public room is not open to knocks: A refuses, and B passes the refusal on.
+    let public = alice.create_public_room().await;
+    let (s, body) =
+        bob.post(&format!("/_matrix/client/v3/knock/{}?via={}", enc(&public), enc(&a.name())), json!({})).await;
+    assert_eq!(s, 403, "knocking on a public room: {body}");
+
+    let started = Instant::now();
+    let (s, body) = knock("let me in").await;
+    assert_eq!(s, 200, "knock: {body}");
+    assert_eq!(body["room_id"], room);
+    report(&format!("knock round trip (remote /knock: make_knock + send_knock): {} ms", started.elapsed().as_millis()));
+    assert_eq!(alice.membership(room, &bob.user_id).await.as_deref(), Some("knock"), "A holds the knock");
+    let (s, sync) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(s, 200, "sync: {sync}");
+    let knock_state = sync["rooms"]["knock"][room]["knock_state"]["events"].as_array().cloned().unwrap_or_default();
+    let has = |t: &str| knock_state.iter().any(|e| e["type"] == t);
+    assert!(has("m.room.create") && has("m.room.join_rules") && has("m.room.name"), "stripped state: {sync}");
+    assert!(
+        knock_state.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.user_id.as_str()
+            && e["content"]["membership"] == "knock"),
+        "the knock itself: {knock_state:?}"
+    );
+    let name = knock_state.iter().find(|e| e["type"] == "m.room.name").expect("name");
+    assert_eq!(name["content"]["name"], "knock here");
+
+    // Rescind through A, then knock again.
+    let (s, body) = bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(room)), json!({})).await;
+    assert_eq!(s, 200, "rescinding the knock: {body}");
+    assert_eq!(alice.membership(room, &bob.user_id).await.as_deref(), Some("leave"), "A saw the knock rescinded");
+    let (s, body) = knock("second try").await;
+    assert_eq!(s, 200, "knock again: {body}");
+
+    // Alice sees the knock in her sync, accepts it with an invite; bob joins.
+    let bob_id = bob.user_id.clone();
+    sync_until(&alice, T, "bob's knock", |s| {
+        s["rooms"]["join"][room]["timeline"]["events"].as_array().into_iter().flatten().any(|e| {
+            e["type"] == "m.room.member" && e["state_key"] == bob_id.as_str() && e["content"]["membership"] == "knock"
+        })
+    })
+    .await;
+    let (s, body) =
+        alice.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), json!({ "user_id": bob.user_id })).await;
+    assert_eq!(s, 200, "invite: {body}");
+    let rid = room.to_owned();
+    sync_until(&bob, T, "the invite", |s| !s["rooms"]["invite"][&rid].is_null()).await;
+    let (s, body) = bob.post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({})).await;
+    assert_eq!(s, 200, "join after the invite: {body}");
+    wait_until(T, "bob joined on A", || async {
+        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    alice.say(room, "welcome").await;
+    wait_for_message(&bob, room, "welcome").await;
+}

@@ -19,7 +19,8 @@ use ruma::api::federation::discovery::{
 use ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
 use ruma::api::federation::keys::{claim_keys, get_keys};
 use ruma::api::federation::membership::{
-    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+    prepare_leave_event,
 };
 use ruma::api::federation::query::{get_profile_information, get_room_information};
 use ruma::api::federation::transactions::send_transaction_message;
@@ -43,6 +44,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(send_join)
         .ruma(make_leave)
         .ruma(send_leave)
+        .ruma(make_knock)
+        .ruma(send_knock)
         .ruma(invite)
         .ruma(event)
         .ruma(state)
@@ -342,6 +345,26 @@ pub async fn send_leave(
     let origin = req.origin()?;
     let body = req.json.clone().unwrap_or(Value::Null);
     Ok(Json(state.rooms.send_membership(origin, &req.body.room_id, req.body.event_id.as_str(), "leave", body).await?))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
+pub async fn make_knock(
+    State(state): State<AppState>,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let versions = versions_of(&req.body.ver);
+    Ok(Json(state.rooms.make_membership(origin, &req.body.room_id, &req.body.user_id, "knock", &versions).await?))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
+pub async fn send_knock(
+    State(state): State<AppState>,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let body = req.json.clone().unwrap_or(Value::Null);
+    Ok(Json(state.rooms.send_membership(origin, &req.body.room_id, req.body.event_id.as_str(), "knock", body).await?))
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`

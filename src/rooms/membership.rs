@@ -130,11 +130,11 @@ impl Rooms {
 
     /// Leaves (or rejects an invite, or withdraws a knock).
     pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
-        if !self.exists(room_id).await?
-            && self.federation().is_some()
-            && self.membership_of(room_id, user).await?.as_deref() == Some("invite")
+        if self.federation().is_some()
+            && matches!(self.membership_of(room_id, user).await?.as_deref(), Some("invite") | Some("knock"))
+            && (!self.exists(room_id).await? || !self.local_server_joined(room_id).await?)
         {
-            // An invite to a room on another server: reject it there.
+            // An invite to (or a knock on) a room on another server: reject (rescind) it there.
             return self.leave_remote(room_id, user).await;
         }
         if !self.exists(room_id).await? {
@@ -210,9 +210,20 @@ impl Rooms {
         Ok(())
     }
 
-    /// Knocks on a local room.
-    pub async fn knock(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
-        if !self.exists(room_id).await? {
+    /// Knocks on a room; a room this server is not in is knocked on over federation through
+    /// `servers` (or the room id's server).
+    pub async fn knock(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+        servers: &[ruma::OwnedServerName],
+    ) -> Result<()> {
+        let exists = self.exists(room_id).await?;
+        if self.federation().is_some() && (!exists || !self.local_server_joined(room_id).await?) {
+            return self.knock_remote(room_id, user, servers, reason).await;
+        }
+        if !exists {
             return Err(Error::not_found("No known servers to knock through"));
         }
         let ev = self.with_profile(user, Self::member_event(user, "knock", reason)).await?;

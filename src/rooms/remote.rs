@@ -806,7 +806,7 @@ impl Rooms {
         }
         self.require_server_allowed(room_id, origin).await?;
         let (version, rules) = self.room_rules(room_id).await?;
-        if membership == "join" && !versions.iter().any(|v| v == version.as_str()) {
+        if membership != "leave" && !versions.iter().any(|v| v == version.as_str()) {
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
                 "M_INCOMPATIBLE_ROOM_VERSION",
@@ -892,6 +892,9 @@ impl Rooms {
             let _guard = self.room_lock(room_id.as_str()).await;
             self.process_pdu(origin, &version, &rules, pdu, true, Some(origin)).await?
         };
+        if membership == "knock" {
+            return Ok(json!({ "knock_room_state": self.knock_room_state(room_id).await? }));
+        }
         if membership != "join" {
             return Ok(json!({}));
         }
@@ -914,6 +917,18 @@ impl Rooms {
             "members_omitted": false,
             "servers_in_room": servers,
         }))
+    }
+
+    /// The state shown to a knocking server (spec: `knock_room_state`): the current state
+    /// events of the stripped-state types, as PDUs, the create event first.
+    async fn knock_room_state(&self, room_id: &RoomId) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for t in crate::sync::rooms::STRIPPED_STATE_TYPES {
+            if let Some(p) = self.current_state_event(room_id, t, "").await? {
+                out.push(p.federation_json());
+            }
+        }
+        Ok(out)
     }
 
     /// Inbound v2 `invite`: countersigns an invite for a local user and records it.
@@ -1022,46 +1037,7 @@ impl Rooms {
             ver_query()
         );
         let template = fed.request(server, http::Method::GET, &path, None).await?;
-        let version = super::version::parse(template["room_version"].as_str().unwrap_or("1"))?;
-        let rules = super::version::rules(&version)?;
-        let mut event = template["event"].clone();
-        if !event.is_object() {
-            return Err(Error::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", "make_join returned no event"));
-        }
-        let mut content = event["content"].clone();
-        if !content.is_object() {
-            content = json!({});
-        }
-        content["membership"] = json!("join");
-        if let Some(p) = self.db.get_user(user.as_str()).await? {
-            if let Some(d) = p.displayname {
-                content["displayname"] = json!(d);
-            }
-            if let Some(a) = p.avatar_url {
-                content["avatar_url"] = json!(a);
-            }
-        }
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
-        event["content"] = content;
-        event["origin_server_ts"] = json!(now_ms());
-        event["sender"] = json!(user);
-        event["state_key"] = json!(user);
-        let mut object: CanonicalJsonObject =
-            serde_json::from_value(event).map_err(|e| Error::bad_json(e.to_string()))?;
-        for k in ["event_id", "hashes", "signatures", "unsigned"] {
-            object.remove(k);
-        }
-        ruma::signatures::hash_and_sign_event(
-            self.server_name.as_str(),
-            &self.keys.current,
-            &mut object,
-            &rules.redaction,
-        )
-        .map_err(Error::internal)?;
-        let hash = ruma::signatures::reference_hash(&object, &rules).map_err(Error::internal)?;
-        let event_id = format!("${hash}");
+        let (version, rules, object, event_id) = self.sign_membership_template(&template, user, "join", reason).await?;
         let path =
             format!("/_matrix/federation/v2/send_join/{}/{}?omit_members=false", enc(room_id.as_str()), enc(&event_id));
         let body = serde_json::to_value(&object)?;
@@ -1159,6 +1135,153 @@ impl Rooms {
         Ok(())
     }
 
+    /// Fills in a `make_join` / `make_knock` template for a local user (membership, profile,
+    /// reason, timestamp) and hashes and signs it: `(version, rules, event, event id)`.
+    async fn sign_membership_template(
+        &self,
+        template: &Value,
+        user: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<(RoomVersionId, RoomVersionRules, CanonicalJsonObject, String)> {
+        let version = super::version::parse(template["room_version"].as_str().unwrap_or("1"))?;
+        let rules = super::version::rules(&version)?;
+        let mut event = template["event"].clone();
+        if !event.is_object() {
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                format!("make_{membership} returned no event"),
+            ));
+        }
+        let mut content = event["content"].clone();
+        if !content.is_object() {
+            content = json!({});
+        }
+        content["membership"] = json!(membership);
+        if let Some(p) = self.db.get_user(user.as_str()).await? {
+            if let Some(d) = p.displayname {
+                content["displayname"] = json!(d);
+            }
+            if let Some(a) = p.avatar_url {
+                content["avatar_url"] = json!(a);
+            }
+        }
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        event["content"] = content;
+        event["origin_server_ts"] = json!(now_ms());
+        event["sender"] = json!(user);
+        event["state_key"] = json!(user);
+        let mut object: CanonicalJsonObject =
+            serde_json::from_value(event).map_err(|e| Error::bad_json(e.to_string()))?;
+        for k in ["event_id", "hashes", "signatures", "unsigned"] {
+            object.remove(k);
+        }
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &self.keys.current,
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(Error::internal)?;
+        let hash = ruma::signatures::reference_hash(&object, &rules).map_err(Error::internal)?;
+        Ok((version, rules, object, format!("${hash}")))
+    }
+
+    /// Knocks on a room this server is not in, through one of `servers` (make_knock +
+    /// send_knock). The knock is kept as an outlier with the room's stripped state, which
+    /// `/sync` shows under `rooms.knock`.
+    pub async fn knock_remote(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        servers: &[OwnedServerName],
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let fed = self.fed()?.clone();
+        let mut candidates: Vec<OwnedServerName> =
+            servers.iter().filter(|s| **s != self.server_name).cloned().collect();
+        if let Some(s) = room_id.server_name()
+            && s != self.server_name
+        {
+            candidates.push(s.to_owned());
+        }
+        let mut seen = HashSet::new();
+        candidates.retain(|s| seen.insert(s.clone()));
+        let mut last_err = Error::not_found("No known servers to knock through");
+        for server in candidates {
+            match self.knock_via(&fed, &server, room_id, user, reason).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(%room_id, %server, error = %e.message, "remote knock failed");
+                    last_err = e;
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    async fn knock_via(
+        &self,
+        fed: &Federation,
+        server: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let path = format!(
+            "/_matrix/federation/v1/make_knock/{}/{}?{}",
+            enc(room_id.as_str()),
+            enc(user.as_str()),
+            ver_query()
+        );
+        let template = fed.request(server, http::Method::GET, &path, None).await?;
+        let (version, rules, object, event_id) =
+            self.sign_membership_template(&template, user, "knock", reason).await?;
+        let path = format!("/_matrix/federation/v1/send_knock/{}/{}", enc(room_id.as_str()), enc(&event_id));
+        let body = serde_json::to_value(&object)?;
+        let answer = fed.request(server, http::Method::PUT, &path, Some(&body)).await?;
+        // The room's stripped state, from events whose signatures check out (spec: "SHOULD be
+        // removed" otherwise); older servers sent stripped events, which cannot be checked.
+        let mut stripped = Vec::new();
+        for v in answer["knock_room_state"].as_array().cloned().unwrap_or_default() {
+            match self.verify_pdu(&rules, v, Some(room_id)).await {
+                Ok(p) if p.fields.state_key.is_some() => stripped.push(json!({
+                    "type": p.fields.kind.to_string(),
+                    "state_key": p.fields.state_key,
+                    "sender": p.fields.sender,
+                    "content": p.content(),
+                })),
+                Ok(_) => {}
+                Err(e) => tracing::info!(%server, error = %e.message, "knock_room_state event dropped"),
+            }
+        }
+        let knock =
+            Pdu::from_json(EventId::parse(&event_id).map_err(Error::internal)?, Some(room_id.to_owned()), object)?;
+        let unsigned = json!({
+            "knock_room_state": stripped,
+            "room_version": version.as_str(),
+            "knock_via": server.as_str(),
+        });
+        let mut tx = self.db.begin_event_write().await?;
+        let stream = Db::next_stream_position(&mut tx, "events").await?;
+        if self.db.get_event(&event_id).await?.is_none() {
+            self.db
+                .insert_event(
+                    &mut tx,
+                    NewEventRow { pdu: &knock, stream, unsigned: Some(&unsigned), outlier: true, state_group: None },
+                )
+                .await?;
+        }
+        self.db.set_membership(&mut tx, room_id.as_str(), user.as_str(), "knock", &event_id, stream).await?;
+        tx.commit().await?;
+        self.notifier.wake([user.as_str()]);
+        tracing::info!(%room_id, %user, via = %server, "knocked on remote room");
+        Ok(())
+    }
+
     /// Invites a user of another server (v2 invite API), then persists the countersigned event.
     pub async fn invite_remote(
         &self,
@@ -1225,7 +1348,13 @@ impl Rooms {
             .await?
             .ok_or_else(|| Error::not_found("Not invited to this room"))?;
         let invite = self.db.get_event(&ev_id).await?.ok_or_else(|| Error::not_found("Invite not found"))?;
-        let server = invite.pdu.fields.sender.server_name().to_owned();
+        // An invite names its sender's server; our own knock, the server it went through.
+        let mut server = invite.pdu.fields.sender.server_name().to_owned();
+        if server == self.server_name
+            && let Some(via) = invite.unsigned.as_ref().and_then(|u| u["knock_via"].as_str())
+        {
+            server = ServerName::parse(via).map_err(Error::internal)?;
+        }
         let result: Result<()> = async {
             let path = format!("/_matrix/federation/v1/make_leave/{}/{}", enc(room_id.as_str()), enc(user.as_str()));
             let template = fed.request(&server, http::Method::GET, &path, None).await?;

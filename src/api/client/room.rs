@@ -171,8 +171,9 @@ pub async fn unban(State(state): State<AppState>, req: Ruma<unban_user::v3::Requ
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`
 pub async fn knock(State(state): State<AppState>, req: Ruma<knock_room::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    let room_id = resolve_room(&state, &req.body.room_id_or_alias).await?;
-    state.rooms.knock(&room_id, &s.user_id, req.body.reason.as_deref()).await?;
+    let (room_id, mut servers) = resolve_room_with_servers(&state, &req.body.room_id_or_alias).await?;
+    servers.extend(req.body.via.iter().cloned());
+    state.rooms.knock(&room_id, &s.user_id, req.body.reason.as_deref(), &servers).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
