@@ -620,3 +620,103 @@ async fn knock_over_federation_then_invite_and_join() {
     alice.say(room, "welcome").await;
     wait_for_message(&bob, room, "welcome").await;
 }
+
+/// A room on A restricted to the members of another room: B's user (a member of the allowed
+/// room) joins through A, which names its own user in `join_authorised_via_users_server` and
+/// signs the join; a user in no allowed room is refused. C's user joins through the list
+/// `[B, A]`: B is in the allowed room but has no user who may invite (level 50), so it answers
+/// `M_UNABLE_TO_GRANT_JOIN` and C goes on to A.
+#[tokio::test]
+async fn restricted_join_through_resident_server() {
+    let a = FedServer::start("127.0.9.11").await;
+    let b = FedServer::start("127.0.9.12").await;
+    let c = FedServer::start("127.0.9.13").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let dave = b.register("dave").await;
+    let carol = c.register("carol").await;
+    let allowed = alice.create_public_room().await;
+    let (s, body) = bob.join_via(&allowed, &a.name()).await;
+    assert_eq!(s, 200, "bob joins the allowed room: {body}");
+    let (s, body) = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({ "preset": "private_chat", "name": "members of the allowed room",
+                "power_level_content_override": { "invite": 50 },
+                "initial_state": [
+                { "type": "m.room.join_rules", "state_key": "", "content": {
+                    "join_rule": "restricted",
+                    "allow": [{ "type": "m.room_membership", "room_id": allowed }],
+                } }
+            ] }),
+        )
+        .await;
+    assert_eq!(s, 200, "createRoom: {body}");
+    let room = body["room_id"].as_str().expect("room_id").to_owned();
+    let room = room.as_str();
+
+    // Dave is in no allowed room: A refuses.
+    let (s, body) = dave.join_via(room, &a.name()).await;
+    assert_eq!(s, 403, "a user in no allowed room: {body}");
+
+    let started = Instant::now();
+    let (s, body) = bob.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "bob's restricted join through A: {body}");
+    report(&format!("restricted join through a resident server: {} ms", started.elapsed().as_millis()));
+    let (s, join) =
+        alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(room), enc(&bob.user_id))).await;
+    assert_eq!(s, 200, "bob's member event on A: {join}");
+    assert_eq!(join["membership"], "join");
+    assert_eq!(join["join_authorised_via_users_server"], alice.user_id.as_str(), "authorised by A's user");
+    bob.say(room, "in through A").await;
+    wait_until(T, "bob's message on A", || async { alice.messages(room).await.contains(&"in through A".to_owned()) })
+        .await;
+
+    // Carol joins the allowed room, then the restricted room through [B, A].
+    let (s, body) = carol.join_via(&allowed, &a.name()).await;
+    assert_eq!(s, 200, "carol joins the allowed room: {body}");
+    wait_until(T, "carol in the allowed room, seen by B", || async {
+        bob.membership(&allowed, &carol.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    let (s, body) = carol.join_via(room, &b.name()).await;
+    assert_eq!(s, 400, "B cannot grant the join: {body}");
+    assert_eq!(body["errcode"], "M_UNABLE_TO_GRANT_JOIN", "{body}");
+    let (s, body) = carol
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}&via={}", enc(room), enc(&b.name()), enc(&a.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "carol's join through [B, A]: {body}");
+    for client in [&alice, &bob] {
+        wait_until(T, "carol joined", || async {
+            client.membership(room, &carol.user_id).await.as_deref() == Some("join")
+        })
+        .await;
+    }
+
+    // Dave, now in the allowed room, joins without naming a server: B is in the room but none
+    // of its users may authorise, so B goes through a resident server that can (A).
+    let (s, body) = dave.join_via(&allowed, &a.name()).await;
+    assert_eq!(s, 200, "dave joins the allowed room: {body}");
+    wait_until(T, "dave in the allowed room, seen by A", || async {
+        alice.membership(&allowed, &dave.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    let (s, body) = dave.post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({})).await;
+    assert_eq!(s, 200, "dave's join through A: {body}");
+    wait_until(T, "dave joined on A", || async {
+        alice.membership(room, &dave.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    dave.say(room, "dave here").await;
+    bob.say(room, "bob again").await;
+    for client in [&alice, &carol] {
+        wait_until(T, "dave's and bob's messages", || async {
+            let m = client.messages(room).await;
+            m.contains(&"dave here".to_owned()) && m.contains(&"bob again".to_owned())
+        })
+        .await;
+    }
+}

@@ -99,6 +99,8 @@ impl Federation {
             "M_NOT_FOUND" => "M_NOT_FOUND",
             "M_UNSUPPORTED_ROOM_VERSION" => "M_UNSUPPORTED_ROOM_VERSION",
             "M_INCOMPATIBLE_ROOM_VERSION" => "M_INCOMPATIBLE_ROOM_VERSION",
+            "M_UNABLE_TO_AUTHORISE_JOIN" => "M_UNABLE_TO_AUTHORISE_JOIN",
+            "M_UNABLE_TO_GRANT_JOIN" => "M_UNABLE_TO_GRANT_JOIN",
             _ => "M_UNKNOWN",
         };
         Err(Error::new(status, code, format!("{destination}: {errcode}: {message}")))

@@ -8,6 +8,26 @@ use super::build::NewEvent;
 use super::{Origin, Rooms};
 use crate::error::{Error, Result};
 
+/// The standing of a join under a room's restricted join rule (see
+/// [`Rooms::restricted_join_check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestrictedJoin {
+    /// The join rule is not `restricted` / `knock_restricted`.
+    NotRestricted,
+    /// The user is joined or invited: no authorisation needed.
+    AlreadyMember,
+    /// The user is in an allowed room; this local user (joined, with invite power) authorises.
+    Authorised(String),
+    /// The user is in an allowed room, but no local user may authorise the join.
+    NoLocalAuthoriser,
+    /// The user is in none of the allowed rooms that we know (`knows_allowed_room`: whether we
+    /// participate in any of them at all).
+    NotAllowed {
+        /// Whether this server participates in any allowed room.
+        knows_allowed_room: bool,
+    },
+}
+
 impl Rooms {
     fn member_event(target: &UserId, membership: &str, reason: Option<&str>) -> NewEvent {
         let mut content = json!({ "membership": membership });
@@ -47,12 +67,21 @@ impl Rooms {
         // A room we know but in which no local user is joined any more: our copy is stale, so
         // join through a resident server as for an unknown room.
         let stale = exists && self.federation().is_some() && !self.local_server_joined(room_id).await?;
-        if !exists || stale {
+        // A restricted room where none of our users may authorise the join, or whose allowed
+        // rooms we are not in: a resident server that can must (spec: "Restricted rooms").
+        let needs_authoriser = exists
+            && !stale
+            && self.federation().is_some()
+            && matches!(
+                self.restricted_join_check(room_id, user).await?,
+                RestrictedJoin::NoLocalAuthoriser | RestrictedJoin::NotAllowed { knows_allowed_room: false }
+            );
+        if !exists || stale || needs_authoriser {
             if self.federation().is_none() {
                 return Err(Error::not_found("No known servers to join this room through"));
             }
             let mut servers = servers.to_vec();
-            if stale {
+            if stale || needs_authoriser {
                 for s in self.remote_destinations(room_id.as_str()).await? {
                     if let Ok(s) = ruma::ServerName::parse(&s) {
                         servers.push(s);
@@ -90,29 +119,44 @@ impl Rooms {
     /// For restricted join rules: a local joined user with invite power, if the joiner is in
     /// one of the allowed rooms and not already invited or joined.
     async fn restricted_join_authoriser(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
-        let Some(rules) = self.current_state_event(room_id, "m.room.join_rules", "").await? else { return Ok(None) };
+        Ok(match self.restricted_join_check(room_id, user).await? {
+            RestrictedJoin::Authorised(via) => Some(via),
+            _ => None,
+        })
+    }
+
+    /// How a `restricted` / `knock_restricted` room's allow rules stand for `user`, as far as
+    /// this server knows (spec: "Restricted rooms"): whether the user is in an allowed room
+    /// (one we participate in), and which local user could authorise the join.
+    pub(crate) async fn restricted_join_check(&self, room_id: &RoomId, user: &UserId) -> Result<RestrictedJoin> {
+        let Some(rules) = self.current_state_event(room_id, "m.room.join_rules", "").await? else {
+            return Ok(RestrictedJoin::NotRestricted);
+        };
         let content = rules.content();
         let rule = content["join_rule"].as_str().unwrap_or("");
         if rule != "restricted" && rule != "knock_restricted" {
-            return Ok(None);
+            return Ok(RestrictedJoin::NotRestricted);
         }
         if matches!(self.membership_of(room_id, user).await?.as_deref(), Some("join") | Some("invite")) {
-            return Ok(None);
+            return Ok(RestrictedJoin::AlreadyMember);
         }
         let mut in_allowed_room = false;
+        let mut knows_allowed_room = false;
         for a in content["allow"].as_array().cloned().unwrap_or_default() {
             if a["type"] != "m.room_membership" {
                 continue;
             }
-            if let Some(r) = a["room_id"].as_str().and_then(|r| RoomId::parse(r).ok())
-                && self.membership_of(&r, user).await?.as_deref() == Some("join")
-            {
+            let Some(r) = a["room_id"].as_str().and_then(|r| RoomId::parse(r).ok()) else { continue };
+            if self.exists(&r).await? && self.local_server_joined(&r).await? {
+                knows_allowed_room = true;
+            }
+            if self.membership_of(&r, user).await?.as_deref() == Some("join") {
                 in_allowed_room = true;
                 break;
             }
         }
         if !in_allowed_room {
-            return Ok(None);
+            return Ok(RestrictedJoin::NotAllowed { knows_allowed_room });
         }
         let pl = self.power_levels(room_id).await?;
         let invite = pl.level("invite", 0);
@@ -122,10 +166,10 @@ impl Rooms {
                 && let Ok(uid) = UserId::parse(&member)
                 && pl.user_level(&uid) >= invite
             {
-                return Ok(Some(member));
+                return Ok(RestrictedJoin::Authorised(member));
             }
         }
-        Ok(None)
+        Ok(RestrictedJoin::NoLocalAuthoriser)
     }
 
     /// Leaves (or rejects an invite, or withdraws a knock).

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use super::Rooms;
 use super::build::{Appended, RoomCtx};
+use super::membership::RestrictedJoin;
 use super::pdu::{MAX_PDU_BYTES, Pdu};
 use super::state::MAX_CHAIN;
 use crate::error::{Error, Result};
@@ -815,10 +816,25 @@ impl Rooms {
             .with("room_version", json!(version.as_str())));
         }
         let mut content = json!({ "membership": membership });
-        if membership == "join"
-            && let Some(via) = self.restricted_join_authoriser_for(room_id, user_id).await?
-        {
-            content["join_authorised_via_users_server"] = json!(via);
+        if membership == "join" {
+            match self.restricted_join_check(room_id, user_id).await? {
+                RestrictedJoin::Authorised(via) => content["join_authorised_via_users_server"] = json!(via),
+                RestrictedJoin::NoLocalAuthoriser => {
+                    return Err(Error::new(
+                        http::StatusCode::BAD_REQUEST,
+                        "M_UNABLE_TO_GRANT_JOIN",
+                        "No user of this server can authorise the join; try another server",
+                    ));
+                }
+                RestrictedJoin::NotAllowed { knows_allowed_room: false } => {
+                    return Err(Error::new(
+                        http::StatusCode::BAD_REQUEST,
+                        "M_UNABLE_TO_AUTHORISE_JOIN",
+                        "This server cannot check the room's join conditions",
+                    ));
+                }
+                _ => {}
+            }
         }
         let state = self.db.current_state_ids(room_id.as_str()).await?;
         let raw = serde_json::value::to_raw_value(&content)?;
@@ -876,6 +892,8 @@ impl Rooms {
         }
         self.require_server_allowed(room_id, origin).await?;
         let (version, rules) = self.room_rules(room_id).await?;
+        let body =
+            if membership == "join" { self.countersign_restricted_join(room_id, &rules, body).await? } else { body };
         let pdu = self.verify_pdu(&rules, body, Some(room_id)).await?;
         if pdu.event_id.as_str() != event_id {
             return Err(Error::bad_json("Event id does not match the event"));
@@ -1392,14 +1410,36 @@ impl Rooms {
         Ok(())
     }
 
-    async fn restricted_join_authoriser_for(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
-        let Some(rules) = self.current_state_event(room_id, "m.room.join_rules", "").await? else { return Ok(None) };
-        let rule = rules.content()["join_rule"].as_str().unwrap_or("").to_owned();
-        if rule != "restricted" && rule != "knock_restricted" {
-            return Ok(None);
+    /// A restricted join authorised by one of our users (`join_authorised_via_users_server`):
+    /// checked again (the joiner is in an allowed room, the named user is ours) and signed by
+    /// this server, as the auth rules of room versions 8+ require.
+    async fn countersign_restricted_join(
+        &self,
+        room_id: &RoomId,
+        rules: &RoomVersionRules,
+        body: Value,
+    ) -> Result<Value> {
+        let Some(via) = body["content"]["join_authorised_via_users_server"].as_str() else { return Ok(body) };
+        let via = UserId::parse(via).map_err(|e| Error::bad_json(format!("join_authorised_via_users_server: {e}")))?;
+        if via.server_name() != self.server_name || !rules.authorization.restricted_join_rule {
+            return Ok(body);
         }
-        let _ = user;
-        Ok(None)
+        let joiner = body["state_key"]
+            .as_str()
+            .and_then(|u| UserId::parse(u).ok())
+            .ok_or_else(|| Error::bad_json("Not a membership event"))?;
+        match self.restricted_join_check(room_id, &joiner).await? {
+            RestrictedJoin::Authorised(_) | RestrictedJoin::AlreadyMember => {}
+            _ => return Err(Error::forbidden("The join does not meet the room's join conditions")),
+        }
+        if self.membership_of(room_id, &via).await?.as_deref() != Some("join") {
+            return Err(Error::forbidden(format!("{via} cannot authorise joins to this room")));
+        }
+        let mut object: CanonicalJsonObject =
+            serde_json::from_value(body).map_err(|e| Error::bad_json(format!("Event is not canonical JSON: {e}")))?;
+        ruma::signatures::sign_event(self.server_name.as_str(), &self.keys.current, &mut object, &rules.redaction)
+            .map_err(Error::internal)?;
+        Ok(serde_json::to_value(&object)?)
     }
 }
 
