@@ -391,6 +391,48 @@ async fn synapse_interop_joins_and_messages_both_ways() {
     let expected: Vec<String> = (0..n).map(|i| format!("old {i}")).collect();
     assert_eq!(bodies, expected.iter().map(String::as_str).collect::<Vec<_>>());
 
+    // 4. Knocking across: a Myelin user knocks on a Synapse room (make_knock / send_knock on
+    // Synapse), sees it under rooms.knock with the room's stripped state, is invited by the
+    // Synapse user and joins.
+    let (s, b) = sam
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({ "preset": "private_chat", "name": "knock on synapse", "initial_state": [
+                { "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }
+            ] }),
+        )
+        .await;
+    assert_eq!(s, 200, "Synapse createRoom: {b}");
+    let room_k = b["room_id"].as_str().expect("room").to_owned();
+    let t = Instant::now();
+    let (s, b) =
+        alice.post(&format!("/_matrix/client/v3/knock/{}?via={}", enc(&room_k), enc(&synapse.name())), json!({})).await;
+    assert_eq!(s, 200, "knock on a Synapse room: {b}\nmyelin log tail:\n{}", tail(&myelin.log()));
+    report(&format!("knock round trip (Myelin user -> room on Synapse): {} ms", t.elapsed().as_millis()));
+    let (s, sync) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(s, 200, "sync: {sync}");
+    let knock_state = sync["rooms"]["knock"][&room_k]["knock_state"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        knock_state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "knock on synapse"),
+        "stripped state from Synapse: {knock_state:?}"
+    );
+    wait_until(T, "the knock, seen by Synapse", || async {
+        sam.membership(&room_k, &alice.user_id).await.as_deref() == Some("knock")
+    })
+    .await;
+    let (s, b) = sam
+        .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_k)), json!({ "user_id": alice.user_id }))
+        .await;
+    assert_eq!(s, 200, "Synapse invite after the knock: {b}");
+    let rk = room_k.clone();
+    sync_until(&alice, T, "the invite from Synapse", |s| !s["rooms"]["invite"][&rk].is_null()).await;
+    let (s, b) = alice.post(&format!("/_matrix/client/v3/join/{}", enc(&room_k)), json!({})).await;
+    assert_eq!(s, 200, "join after the invite: {b}");
+    wait_until(T, "alice joined, seen by Synapse", || async {
+        sam.membership(&room_k, &alice.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+
     // Typing and receipts both ways (in the Myelin-hosted room).
     for (from, to) in [(&alice, &sam), (&sam, &alice)] {
         let (s, b) = from
