@@ -75,7 +75,8 @@ impl Rooms {
             && matches!(
                 self.restricted_join_check(room_id, user).await?,
                 RestrictedJoin::NoLocalAuthoriser | RestrictedJoin::NotAllowed { knows_allowed_room: false }
-            );
+            )
+            && !self.remote_destinations(room_id.as_str()).await?.is_empty();
         if !exists || stale || needs_authoriser {
             if self.federation().is_none() {
                 return Err(Error::not_found("No known servers to join this room through"));
