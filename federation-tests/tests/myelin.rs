@@ -534,6 +534,39 @@ async fn backfill_on_messages_reaches_room_creation() {
     let bodies: Vec<&str> = seen.iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(bodies, vec!["after bob"], "history before the join is hidden: {seen:?}");
     assert!(seen.iter().any(|e| e["state_key"] == bob.user_id.as_str()), "bob sees his own join");
+    // A serves that history to B redacted: B never held the words.
+    let latest = alice.event_ids(&private).await.last().cloned().expect("latest");
+    let (s, answer) =
+        signed_get(&b, &a, &format!("/_matrix/federation/v1/backfill/{}?v={}&limit=50", enc(&private), enc(&latest)))
+            .await;
+    assert_eq!(s, 200, "backfill as B: {answer}");
+    let pdus = answer["pdus"].as_array().cloned().unwrap_or_default();
+    let messages: Vec<&serde_json::Value> = pdus.iter().filter(|p| p["type"] == "m.room.message").collect();
+    assert_eq!(messages.len(), 6, "{answer}");
+    let served: Vec<&str> = messages.iter().filter_map(|p| p["content"]["body"].as_str()).collect();
+    assert_eq!(served, vec!["after bob"], "only what B's users could see is served whole");
+}
+
+/// A signed GET from server `from` to server `to` (with `from`'s signing key).
+async fn signed_get(from: &FedServer, to: &FedServer, path: &str) -> (u16, serde_json::Value) {
+    use base64::Engine;
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    use ruma::signatures::Ed25519KeyPair;
+    let text = std::fs::read_to_string(from.data_dir().join("signing.key")).expect("signing key");
+    let parts: Vec<&str> = text.lines().next().expect("key line").split_whitespace().collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(parts[2]).expect("base64");
+    let key = Ed25519KeyPair::from_der(&der, parts[1].to_owned()).expect("key");
+    let origin = ruma::ServerName::parse(from.name()).expect("name");
+    let dest = ruma::ServerName::parse(to.name()).expect("name");
+    init_crypto();
+    let pem = std::fs::read(ca().pem()).expect("ca");
+    let https = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let r = http::Request::builder().method("GET").uri(path).body(&[][..]).expect("req");
+    let x = XMatrix::sign_http_request(&r, XMatrixSigningInput::new(origin, dest.clone(), &key)).expect("sign");
+    send(https.get(format!("https://{dest}{path}")).header("authorization", http::HeaderValue::from(&x))).await
 }
 
 /// B's user knocks on a room of A (`/knock` with `via`): make_knock, send_knock, the knock

@@ -405,7 +405,7 @@ pub async fn event(State(state): State<AppState>, req: Ruma<get_event::v1::Reque
     Ok(Json(json!({
         "origin": state.config.server_name,
         "origin_server_ts": now_ms(),
-        "pdus": [ev.pdu.federation_json()],
+        "pdus": [state.rooms.federation_json_for(origin, &ev).await?],
     })))
 }
 
@@ -453,9 +453,11 @@ pub async fn event_auth(
     Ok(Json(json!({ "auth_chain": chain.iter().map(|p| p.federation_json()).collect::<Vec<_>>() })))
 }
 
-/// Walks prev_events backwards from `from`, stopping at `stop`, up to `limit` events.
+/// Walks prev_events backwards from `from`, stopping at `stop`, up to `limit` events; events
+/// `origin` may not see under history visibility are served redacted.
 async fn walk_back(
     state: &AppState,
+    origin: &ServerName,
     room_id: &RoomId,
     from: Vec<String>,
     stop: &HashSet<String>,
@@ -485,7 +487,7 @@ async fn walk_back(
                 break;
             }
             frontier.extend(ev.pdu.fields.prev_events.iter().map(|e| e.to_string()));
-            out.push((ev.topo, ev.pdu.federation_json()));
+            out.push((ev.topo, state.rooms.federation_json_for(origin, &ev).await?));
         }
     }
     out.sort_by_key(|e| e.0);
@@ -497,20 +499,22 @@ pub async fn missing_events(
     State(state): State<AppState>,
     req: Ruma<get_missing_events::v1::Request>,
 ) -> Result<Json<Value>> {
-    require_participant(&state, &req.body.room_id, req.origin()?).await?;
+    let origin = req.origin()?;
+    require_participant(&state, &req.body.room_id, origin).await?;
     let limit = u64::from(req.body.limit).min(100) as usize;
     let stop: HashSet<String> = req.body.earliest_events.iter().map(|e| e.to_string()).collect();
     let latest: Vec<String> = req.body.latest_events.iter().map(|e| e.to_string()).collect();
-    let events = walk_back(&state, &req.body.room_id, latest, &stop, limit, false).await?;
+    let events = walk_back(&state, origin, &req.body.room_id, latest, &stop, limit, false).await?;
     Ok(Json(json!({ "events": events })))
 }
 
 /// `GET /_matrix/federation/v1/backfill/{roomId}`
 pub async fn backfill(State(state): State<AppState>, req: Ruma<get_backfill::v1::Request>) -> Result<Json<Value>> {
-    require_participant(&state, &req.body.room_id, req.origin()?).await?;
+    let origin = req.origin()?;
+    require_participant(&state, &req.body.room_id, origin).await?;
     let limit = u64::from(req.body.limit).min(100) as usize;
     let from: Vec<String> = req.body.v.iter().map(|e| e.to_string()).collect();
-    let pdus = walk_back(&state, &req.body.room_id, from, &HashSet::new(), limit, true).await?;
+    let pdus = walk_back(&state, origin, &req.body.room_id, from, &HashSet::new(), limit, true).await?;
     Ok(Json(json!({ "origin": state.config.server_name, "origin_server_ts": now_ms(), "pdus": pdus })))
 }
 

@@ -208,6 +208,48 @@ impl Rooms {
         })
     }
 
+    /// Whether another server may see an event (history visibility applied to servers, as
+    /// Synapse does for events it serves over federation): `world_readable` and `shared`
+    /// events, and `invited` / `joined` events when one of the server's users was invited or
+    /// joined (joined) at the event. Events without state (outliers: auth chains) are visible.
+    pub async fn server_can_see(&self, server: &ruma::ServerName, ev: &StoredEvent) -> Result<bool> {
+        let Some(group) = ev.state_group else { return Ok(true) };
+        let state = self.state_at_group(group).await?;
+        let hv_id = state.get(&("m.room.history_visibility".to_owned(), String::new()));
+        let hv = match hv_id {
+            Some(id) => self
+                .cached_pdus(std::slice::from_ref(id))
+                .await?
+                .remove(id)
+                .and_then(|p| p.content()["history_visibility"].as_str().map(str::to_owned)),
+            None => None,
+        };
+        let allowed: &[&str] = match hv.as_deref().unwrap_or("shared") {
+            "world_readable" | "shared" => return Ok(true),
+            "invited" => &["invite", "join"],
+            _ => &["join"],
+        };
+        let suffix = format!(":{server}");
+        let ids: Vec<String> = state
+            .iter()
+            .filter(|((t, k), _)| t == "m.room.member" && k.ends_with(&suffix))
+            .map(|(_, id)| id.clone())
+            .collect();
+        let pdus = self.cached_pdus(&ids).await?;
+        Ok(pdus.values().any(|p| p.content()["membership"].as_str().is_some_and(|m| allowed.contains(&m))))
+    }
+
+    /// An event as served to `server`: whole, or redacted when the server may not see it.
+    pub async fn federation_json_for(&self, server: &ruma::ServerName, ev: &StoredEvent) -> Result<Value> {
+        if self.server_can_see(server, ev).await? {
+            return Ok(ev.pdu.federation_json());
+        }
+        let (_, rules) = self.room_rules(&ev.pdu.room_id).await?;
+        let redacted =
+            ruma::canonical_json::redact((*ev.pdu.json).clone(), &rules.redaction, None).map_err(Error::internal)?;
+        Ok(serde_json::to_value(&redacted)?)
+    }
+
     /// PDUs by id through the PDU cache (state events read on every visibility check).
     pub async fn cached_pdus(&self, ids: &[String]) -> Result<HashMap<String, Pdu>> {
         let mut out = HashMap::new();
