@@ -631,6 +631,33 @@ async fn knock_over_federation_then_invite_and_join() {
     let (s, body) = knock("second try").await;
     assert_eq!(s, 200, "knock again: {body}");
 
+    // Alice rejects it (a kick): B, with no member in the room, is told, and bob's sync shows
+    // the room as left. Then a third knock.
+    let (s, since) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(s, 200, "sync: {since}");
+    let since = since["next_batch"].as_str().expect("next_batch").to_owned();
+    let (s, body) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(room)),
+            json!({ "user_id": bob.user_id, "reason": "not now" }),
+        )
+        .await;
+    assert_eq!(s, 200, "rejecting the knock: {body}");
+    let rid = room.to_owned();
+    let deadline = Instant::now() + T;
+    let mut since = since;
+    loop {
+        assert!(Instant::now() < deadline, "the rejection did not reach bob");
+        let (s, body) = bob.get(&format!("/_matrix/client/v3/sync?timeout=1000&since={}", enc(&since))).await;
+        assert_eq!(s, 200, "sync: {body}");
+        if !body["rooms"]["leave"][&rid].is_null() {
+            break;
+        }
+        since = body["next_batch"].as_str().expect("next_batch").to_owned();
+    }
+    let (s, body) = knock("third try").await;
+    assert_eq!(s, 200, "knock after the rejection: {body}");
+
     // Alice sees the knock in her sync, accepts it with an invite; bob joins.
     let bob_id = bob.user_id.clone();
     sync_until(&alice, T, "bob's knock", |s| {

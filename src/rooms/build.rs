@@ -315,8 +315,31 @@ impl Rooms {
         for destination in &members.remote_servers {
             db.insert_outbox(tx, destination, "pdu", pdu.event_id.as_str()).await?;
         }
+        // A remote user's knock rejected or invite revoked: their server, which may have no
+        // member in the room, hears of it too.
+        if let Some(server) = Self::answered_server(&pdu, unsigned.as_ref())
+            && server != self.server_name.as_str()
+            && !members.remote_servers.contains(&server)
+        {
+            crate::storage::Db::reserve_stream_positions(tx, "federation_outbox", 1).await?;
+            db.insert_outbox(tx, &server, "pdu", pdu.event_id.as_str()).await?;
+        }
         ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
         Ok(Appended { pdu, stream })
+    }
+
+    /// The server of a user whose knock or invite this member event answers (leave or ban).
+    fn answered_server(pdu: &Pdu, unsigned: Option<&Value>) -> Option<String> {
+        if pdu.fields.kind != TimelineEventType::RoomMember {
+            return None;
+        }
+        let now = pdu.content()["membership"].as_str().map(str::to_owned)?;
+        let before = unsigned.and_then(|u| u["prev_content"]["membership"].as_str())?;
+        if (now != "leave" && now != "ban") || (before != "knock" && before != "invite") {
+            return None;
+        }
+        let target = pdu.fields.state_key.as_deref()?;
+        target.split_once(':').map(|(_, server)| server.to_owned())
     }
 
     /// Rewrites the target's stored JSON to its redacted form.

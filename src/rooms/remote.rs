@@ -126,6 +126,9 @@ impl Rooms {
         room_id: &RoomId,
         value: Value,
     ) -> Result<OwnedEventId> {
+        if self.db.get_room(room_id.as_str()).await?.is_none() {
+            return self.receive_membership_outside_room(origin, room_id, value).await;
+        }
         let (version, rules) = self.room_rules(room_id).await?;
         let pdu = self.verify_pdu(&rules, value, Some(room_id)).await?;
         let event_id = pdu.event_id.clone();
@@ -137,6 +140,70 @@ impl Rooms {
         let _guard = self.room_lock(room_id.as_str()).await;
         self.process_pdu(origin, &version, &rules, pdu, true, None).await?;
         Ok(event_id)
+    }
+
+    /// A PDU for a room we are not in: only the resident's answer to a local user's knock or
+    /// invite (a kick: knock rejected, invite revoked; or a ban) is taken. It must be a
+    /// `leave` / `ban` of that user, signed by the origin, and name the knock or invite among
+    /// its auth events; the user's membership becomes it (an outlier, like the invite).
+    async fn receive_membership_outside_room(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        value: Value,
+    ) -> Result<OwnedEventId> {
+        let unknown = || Error::not_found("Unknown room");
+        let target = value["state_key"].as_str().and_then(|u| UserId::parse(u).ok()).ok_or_else(unknown)?;
+        if value["type"] != "m.room.member" || target.server_name() != self.server_name {
+            return Err(unknown());
+        }
+        let Some((membership, current_id, _)) = self.db.membership(room_id.as_str(), target.as_str()).await? else {
+            return Err(unknown());
+        };
+        if membership != "knock" && membership != "invite" {
+            return Err(unknown());
+        }
+        let current = self.db.get_event(&current_id).await?.ok_or_else(unknown)?;
+        let version = current
+            .unsigned
+            .as_ref()
+            .and_then(|u| u["room_version"].as_str())
+            .map(super::version::parse)
+            .transpose()?
+            .ok_or_else(unknown)?;
+        let rules = super::version::rules(&version)?;
+        let pdu = self.verify_pdu(&rules, value, Some(room_id)).await?;
+        let new_membership = pdu.content()["membership"].as_str().unwrap_or("").to_owned();
+        if (new_membership != "leave" && new_membership != "ban")
+            || pdu.fields.sender.server_name() != origin
+            || !pdu.fields.auth_events.iter().any(|e| e.as_str() == current_id)
+        {
+            return Err(Error::forbidden("Not an answer to this server's knock or invite"));
+        }
+        let mut tx = self.db.begin_event_write().await?;
+        if self.db.get_event(pdu.event_id.as_str()).await?.is_none() {
+            let stream = Db::next_stream_position(&mut tx, "events").await?;
+            self.db
+                .insert_event(
+                    &mut tx,
+                    NewEventRow { pdu: &pdu, stream, unsigned: None, outlier: true, state_group: None },
+                )
+                .await?;
+            self.db
+                .set_membership(
+                    &mut tx,
+                    room_id.as_str(),
+                    target.as_str(),
+                    &new_membership,
+                    pdu.event_id.as_str(),
+                    stream,
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        self.notifier.wake([target.as_str()]);
+        tracing::info!(%room_id, user = %target, membership = %new_membership, "{membership} answered by {origin}");
+        Ok(pdu.event_id)
     }
 
     /// The checks and persistence of one verified PDU; the caller holds the room lock.
