@@ -167,9 +167,15 @@ async fn keys_and_device_lists_across_servers() {
     // Server a now holds Bob's device list (user/devices resync on the first update, then the
     // EDUs): with server b down, Alice's query is answered from it.
     let expected = BTreeSet::from([bob_device.clone(), bob2_device.clone()]);
-    wait_until(T, "a's cache of bob's devices", || {
+    // The signing-key EDU travels on its own: wait for it too before b goes away.
+    wait_until(T, "a's cache of bob's devices and cross-signing keys", || {
         let (alice, user, expected) = (alice.clone(), bob.user_id.clone(), expected.clone());
-        async move { device_ids(&query(&alice, &user).await, &user) == expected }
+        async move {
+            let q = query(&alice, &user).await;
+            device_ids(&q, &user) == expected
+                && q["master_keys"][&user].is_object()
+                && q["self_signing_keys"][&user].is_object()
+        }
     })
     .await;
     b.stop();
