@@ -124,7 +124,8 @@ impl E2ee {
         Ok(counts)
     }
 
-    /// Both of the above in one query, which every `/sync` answer carries. A thousand woken
+    /// The one-time key counts (as above) and the algorithms of fallback keys not claimed yet,
+    /// in one query: every `/sync` answer carries both. A thousand woken
     /// long-polls would ask a thousand times per message, so answers are remembered for
     /// [`COUNTS_TTL`]; this process forgets them whenever it uploads or claims keys, and a
     /// change made through another process shows within the TTL (the counts only tell a client
@@ -159,12 +160,6 @@ impl E2ee {
         let mut memo = self.counts.lock();
         memo.generation += 1;
         memo.devices.clear();
-    }
-
-    /// Algorithms of the device's fallback keys that have not been claimed yet
-    /// (`device_unused_fallback_key_types` in `/sync`).
-    pub async fn unused_fallback_key_types(&self, user_id: &str, device_id: &str) -> Result<Vec<String>> {
-        Ok(self.db.e2e_unused_fallback_types(user_id, device_id).await?)
     }
 
     /// The keys of local `user_id` as `requester` sees them: `(device_keys, master,

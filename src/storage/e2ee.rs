@@ -298,18 +298,6 @@ impl Db {
         Ok(())
     }
 
-    /// Algorithms for which the device has a fallback key that was not claimed yet.
-    pub async fn e2e_unused_fallback_types(&self, user_id: &str, device_id: &str) -> SqlResult<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT algorithm FROM e2e_fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
-    }
-
     // ---- cross-signing -----------------------------------------------------------------
 
     /// A user's cross-signing key of `key_type` (`master`, `self_signing`, `user_signing`).
