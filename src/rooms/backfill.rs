@@ -251,21 +251,9 @@ impl Rooms {
         promote: bool,
     ) -> Result<()> {
         self.check_auth_events(origin, rules, pdu).await?;
-        let (state_before, before_group) = match self.prev_groups(pdu).await? {
-            Some(groups) if groups.len() == 1 => {
-                let (state, chain) = self.state_cache.load(&self.db, groups[0]).await?;
-                ((*state).clone(), Some((groups[0], chain)))
-            }
-            Some(groups) => {
-                let mut states = Vec::new();
-                for g in groups {
-                    states.push((*self.state_at_group(g).await?).clone());
-                }
-                (self.resolve_states(rules, states).await?, None)
-            }
-            // The oldest events of a batch: their prev events are further back.
-            None => (self.fetch_state_before(origin, rules, pdu).await?, None),
-        };
+        // The oldest events of a batch have no known prev events: their state is fetched.
+        let prev_groups = self.prev_groups(pdu).await?;
+        let (state_before, before_group) = self.state_before(origin, rules, pdu, prev_groups).await?;
         let by_key = self.state_pdus(&state_before).await?;
         if let Err(e) = ruma::state_res::check_state_dependent_auth_rules(
             &rules.authorization,

@@ -236,20 +236,7 @@ impl Rooms {
             self.fetch_missing_prevs(origin, version, rules, &pdu).await;
             prev_groups = self.prev_groups(&pdu).await?;
         }
-        let (state_before, before_group) = match prev_groups {
-            Some(groups) if groups.len() == 1 => {
-                let (state, chain) = self.state_cache.load(&self.db, groups[0]).await?;
-                ((*state).clone(), Some((groups[0], chain)))
-            }
-            Some(groups) => {
-                let mut states = Vec::new();
-                for g in groups {
-                    states.push((*self.state_at_group(g).await?).clone());
-                }
-                (self.resolve_states(rules, states).await?, None)
-            }
-            None => (self.fetch_state_before(origin, rules, &pdu).await?, None),
-        };
+        let (state_before, before_group) = self.state_before(origin, rules, &pdu, prev_groups).await?;
         let pdus = self.state_pdus(&state_before).await?;
         let by_key: HashMap<(String, String), Pdu> = pdus;
         if let Err(e) = ruma::state_res::check_state_dependent_auth_rules(
@@ -302,6 +289,33 @@ impl Rooms {
             return Err(Error::forbidden(format!("Event fails auth: {e}")));
         }
         Ok(())
+    }
+
+    /// The state before `pdu` from the state groups after its prev events (`prev_groups`): one
+    /// group's state as is (with the group and its delta-chain length, for storing the state
+    /// after as a delta), several resolved together, none (prev events unknown) fetched from
+    /// `origin`.
+    pub(super) async fn state_before(
+        &self,
+        origin: &ServerName,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        prev_groups: Option<Vec<i64>>,
+    ) -> Result<(StateIds, Option<(i64, i64)>)> {
+        Ok(match prev_groups {
+            Some(groups) if groups.len() == 1 => {
+                let (state, chain) = self.state_cache.load(&self.db, groups[0]).await?;
+                ((*state).clone(), Some((groups[0], chain)))
+            }
+            Some(groups) => {
+                let mut states = Vec::new();
+                for g in groups {
+                    states.push((*self.state_at_group(g).await?).clone());
+                }
+                (self.resolve_states(rules, states).await?, None)
+            }
+            None => (self.fetch_state_before(origin, rules, pdu).await?, None),
+        })
     }
 
     /// State groups of all prev events, or None if one is missing or has no state.
