@@ -25,6 +25,7 @@
 pub mod account_data;
 pub mod e2ee;
 pub mod filter;
+pub mod memo;
 pub mod presence;
 pub mod receipts;
 pub mod recent;
@@ -50,10 +51,8 @@ use crate::storage::e2ee::DEVICE_LISTS_STREAM;
 use crate::storage::sync::streams;
 use crate::storage::{Db, now_ms};
 use filter::SyncFilter;
+use memo::Memo;
 use token::SyncToken;
-
-/// Entries of the per-device and per-room memos below (then a memo starts afresh).
-const REMEMBERED_LIMIT: usize = 200_000;
 
 /// Shared stream-position reads (see `SyncEngine::current_token`).
 #[derive(Default)]
@@ -98,13 +97,13 @@ pub struct SyncEngine {
     /// Parsed filters shared by the requests that use them (a long-poll holds one `Arc`).
     filters: Mutex<HashMap<(String, String), Weak<SyncFilter>>>,
     /// The to-device position each `(user, device)` acknowledged last (see `ack_to_device`).
-    acked: Mutex<HashMap<(String, String), i64>>,
+    acked: Memo<(String, String), i64>,
     /// Member counts and first members per room, at a state group (see `rooms::summary`).
-    summaries: Mutex<HashMap<String, (i64, Arc<Summary>)>>,
+    summaries: Memo<String, (i64, Arc<Summary>)>,
     /// State group of a room at a committed stream position (see `rooms::group_at`).
-    groups: Mutex<HashMap<(String, i64), Option<i64>>>,
+    groups: Memo<(String, i64), Option<i64>>,
     /// Unread counts per `(user, room)` as of a position (see `rooms::unread_count`).
-    unread: Mutex<HashMap<(String, String), Unread>>,
+    unread: Memo<(String, String), Unread>,
     /// Recent events and membership changes, shared by the long-polls that wake together.
     pub recent: recent::Recent,
     /// Wakes the callers waiting for a stream-position read under way (see `current_token`).
@@ -182,10 +181,10 @@ impl SyncEngine {
             typing: typing::Typing::default(),
             presence: presence::PresenceTracker::default(),
             filters: Mutex::new(HashMap::new()),
-            acked: Mutex::new(HashMap::new()),
-            unread: Mutex::new(HashMap::new()),
-            groups: Mutex::new(HashMap::new()),
-            summaries: Mutex::new(HashMap::new()),
+            acked: Memo::default(),
+            unread: Memo::default(),
+            groups: Memo::default(),
+            summaries: Memo::default(),
             token_read: tokio::sync::Notify::new(),
             last_token: Mutex::new(TokenReads::default()),
             stopping: AtomicBool::new(false),
@@ -337,16 +336,11 @@ impl SyncEngine {
     /// same position cost no query.
     async fn ack_to_device(&self, user_id: &UserId, device_id: &DeviceId, upto: i64) -> Result<()> {
         let key = (user_id.to_string(), device_id.to_string());
-        if self.acked.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|&a| a >= upto) {
+        if self.acked.get(&key).is_some_and(|a| a >= upto) {
             return Ok(());
         }
         self.db.ack_to_device(user_id.as_str(), device_id.as_str(), upto).await?;
-        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
-        if acked.len() >= REMEMBERED_LIMIT {
-            acked.clear();
-        }
-        let a = acked.entry(key).or_insert(upto);
-        *a = (*a).max(upto);
+        self.acked.update(key, |a| a.map_or(upto, |&a| a.max(upto)));
         Ok(())
     }
 

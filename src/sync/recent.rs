@@ -23,6 +23,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::memo::Memo;
 use crate::error::Result;
 use crate::storage::Db;
 use crate::storage::rooms::{BindValue, StoredEvent};
@@ -32,8 +33,6 @@ use crate::storage::sync::MembershipRow;
 const MAX_EVENTS: usize = 4096;
 /// A refresh that would read more positions than this starts the log afresh instead.
 const MAX_GAP: i64 = 2048;
-/// Users whose memberships are remembered (then the map starts afresh).
-const MAX_USERS: usize = 200_000;
 
 /// A user's membership rows.
 pub type Memberships = Arc<Vec<MembershipRow>>;
@@ -113,7 +112,7 @@ pub struct Recent {
     /// Whether a reader is refreshing; the others wait for `refreshed` and then use its result.
     refreshing: Mutex<bool>,
     refreshed: tokio::sync::Notify,
-    memberships: Mutex<HashMap<String, (i64, Memberships)>>,
+    memberships: Memo<String, (i64, Memberships)>,
     /// Older events read by syncs (state events above all: the member events that lazy-loading
     /// sends again and again); entries are dropped when the log brings their redaction.
     events: Mutex<EventMemo>,
@@ -134,7 +133,7 @@ impl Recent {
             current: RwLock::new(Arc::new(Log::default())),
             refreshing: Mutex::new(false),
             refreshed: tokio::sync::Notify::new(),
-            memberships: Mutex::new(HashMap::new()),
+            memberships: Memo::default(),
             events: Mutex::new(EventMemo::default()),
         }
     }
@@ -244,7 +243,7 @@ impl Recent {
     /// since they were read, else read from the database (then a row may be newer than the
     /// view, when its change committed meanwhile; the caller extends the view to it).
     pub async fn memberships(&self, user: &str, view: &View) -> Result<Memberships> {
-        let known = self.memberships.lock().unwrap_or_else(|e| e.into_inner()).get(user).cloned();
+        let known = self.memberships.get(user);
         if let Some((as_of, rows)) = known
             && view.covers(as_of)
             && as_of <= view.end
@@ -255,11 +254,7 @@ impl Recent {
         let rows = Arc::new(self.db.user_memberships(user).await?);
         // Rows newer than the view are not remembered: the next reader re-reads them.
         if rows.iter().all(|r| r.stream <= view.end) {
-            let mut map = self.memberships.lock().unwrap_or_else(|e| e.into_inner());
-            if map.len() >= MAX_USERS {
-                map.clear();
-            }
-            map.insert(user.to_owned(), (view.end, rows.clone()));
+            self.memberships.insert(user.to_owned(), (view.end, rows.clone()));
         }
         Ok(rows)
     }
@@ -299,6 +294,6 @@ impl Recent {
     /// Forgets a user's remembered memberships (after a change that moves no stream position,
     /// such as forgetting a room).
     pub fn forget_user(&self, user: &str) {
-        self.memberships.lock().unwrap_or_else(|e| e.into_inner()).remove(user);
+        self.memberships.remove(user);
     }
 }

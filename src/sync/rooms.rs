@@ -354,7 +354,7 @@ impl SyncEngine {
     /// since; otherwise it is counted in the database.
     async fn unread_count(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<i64> {
         let key = (ctx.user.to_string(), plan.room_id.to_owned());
-        let known = self.unread.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+        let known = self.unread.get(&key);
         let counted = match known {
             Some(u)
                 if u.receipts == ctx.now.receipts
@@ -373,17 +373,13 @@ impl SyncEngine {
                 self.db.unread_count(plan.room_id, ctx.user.as_str(), plan.member_stream, plan.upto, UNREAD_CAP).await?
             }
         };
-        let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-        if unread.len() >= super::REMEMBERED_LIMIT {
-            unread.clear();
-        }
         let entry = super::Unread {
             upto: plan.upto,
             receipts: ctx.now.receipts,
             member_stream: plan.member_stream,
             count: counted,
         };
-        unread.insert(key, entry);
+        self.unread.insert(key, entry);
         Ok(counted)
     }
 
@@ -550,17 +546,13 @@ impl SyncEngine {
     /// positions never change, so the woken long-polls of one room share them.
     async fn group_at(&self, ctx: &Ctx<'_>, room_id: &str, pos: i64) -> Result<Option<i64>> {
         let key = (room_id.to_owned(), pos);
-        if let Some(g) = self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(*g);
+        if let Some(g) = self.groups.get(&key) {
+            return Ok(g);
         }
         let group = self.db.state_group_at_stream(room_id, pos).await?;
         // Only positions known to be committed: a client's token may name a future one.
         if pos <= ctx.view.end {
-            let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-            if groups.len() >= super::REMEMBERED_LIMIT {
-                groups.clear();
-            }
-            groups.insert(key, group);
+            self.groups.insert(key, group);
         }
         Ok(group)
     }
@@ -589,9 +581,7 @@ impl SyncEngine {
             Some(g) if plan.upto == ctx.now.events => Some(g),
             _ => None,
         };
-        let known = group.and_then(|g| {
-            self.summaries.lock().unwrap_or_else(|e| e.into_inner()).get(room_id).filter(|s| s.0 == g).cloned()
-        });
+        let known = group.and_then(|g| self.summaries.get(room_id).filter(|s| s.0 == g));
         let (joined, invited, first) = match known {
             Some((_, s)) => (s.joined, s.invited, s.first.clone()),
             None => {
@@ -599,12 +589,8 @@ impl SyncEngine {
                 // One more than shown: the syncing user is left out below.
                 let first = self.db.members_in_order(room_id, "", &["join", "invite"], 6).await?;
                 if let Some(g) = group {
-                    let mut memo = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
-                    if memo.len() >= super::REMEMBERED_LIMIT {
-                        memo.clear();
-                    }
                     let entry = Arc::new(super::Summary { joined, invited, first: first.clone() });
-                    memo.insert(room_id.to_owned(), (g, entry));
+                    self.summaries.insert(room_id.to_owned(), (g, entry));
                 }
                 (joined, invited, first)
             }

@@ -1,0 +1,63 @@
+//! A bounded map for the sync engine's memos: remembered answers that stay true under an
+//! invariant each memo states where it is used. When the map reaches its bound it starts
+//! afresh: forgetting is always safe, a forgotten answer is read again.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+
+/// Entries a memo holds before it starts afresh.
+pub const LIMIT: usize = 200_000;
+
+/// See the module doc.
+pub struct Memo<K, V> {
+    map: Mutex<HashMap<K, V>>,
+}
+
+impl<K: Eq + Hash, V: Clone> Default for Memo<K, V> {
+    fn default() -> Self {
+        Self { map: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> Memo<K, V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The remembered value, if any.
+    pub fn get<Q: Eq + Hash + ?Sized>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        self.lock().get(key).cloned()
+    }
+
+    /// Remembers a value.
+    pub fn insert(&self, key: K, value: V) {
+        let mut map = self.lock();
+        if map.len() >= LIMIT {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+
+    /// Remembers `f` of the value remembered so far (under one lock).
+    pub fn update(&self, key: K, f: impl FnOnce(Option<&V>) -> V) {
+        let mut map = self.lock();
+        let value = f(map.get(&key));
+        if map.len() >= LIMIT {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+
+    /// Forgets a value.
+    pub fn remove<Q: Eq + Hash + ?Sized>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
+        self.lock().remove(key);
+    }
+}
