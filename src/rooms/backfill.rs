@@ -73,13 +73,22 @@ impl BackfillBackoff {
 }
 
 impl Rooms {
-    /// The gaps behind `scanned` timeline events that are worth a backfill now: `(gap, child)`.
-    pub(super) async fn backfill_gaps(&self, scanned: &[String]) -> Result<Vec<(String, String)>> {
+    /// The gaps behind scanned timeline events that are worth a backfill now: `(gap, child)`.
+    /// `scanned` holds the `(prev event, event)` edges of the events a page scanned; a prev
+    /// event that was itself scanned is held, so only the edges leaving the scanned run (most
+    /// often one: behind the oldest event) are looked up.
+    pub(super) async fn backfill_gaps(&self, scanned: &[(String, String)]) -> Result<Vec<(String, String)>> {
         if self.federation().is_none() || scanned.is_empty() {
             return Ok(Vec::new());
         }
+        let seen: HashSet<&str> = scanned.iter().map(|(_, child)| child.as_str()).collect();
+        let leaving: Vec<(String, String)> =
+            scanned.iter().filter(|(prev, _)| !seen.contains(prev.as_str())).cloned().collect();
+        if leaving.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = Instant::now();
-        let mut gaps = self.db.missing_prevs(scanned).await?;
+        let mut gaps = self.db.missing_prevs(&leaving).await?;
         gaps.retain(|(gap, _)| self.backfill_backoff.ready(gap, now));
         Ok(gaps)
     }
@@ -319,7 +328,7 @@ impl Rooms {
             room_id: Some(pdu.room_id.clone()),
             version: version.clone(),
             rules: rules.clone(),
-            state: StateIds::new(),
+            state: Arc::new(StateIds::new()),
             state_group: None,
             chain_length: 0,
             extremities: Vec::new(),

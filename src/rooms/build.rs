@@ -50,8 +50,9 @@ pub struct RoomCtx {
     pub version: RoomVersionId,
     /// Its rules.
     pub rules: RoomVersionRules,
-    /// Current state.
-    pub state: StateIds,
+    /// Current state, shared with the state cache until an event of this batch changes it (a
+    /// batch of messages into a room with thousands of members copies nothing).
+    pub state: Arc<StateIds>,
     /// Group of the current state.
     pub state_group: Option<i64>,
     /// Delta chain length of that group.
@@ -83,31 +84,42 @@ fn to_canonical(value: Value) -> Result<CanonicalJsonValue> {
 impl Rooms {
     /// Loads the writer's view of a room inside `tx` (locks the room row on PostgreSQL).
     pub async fn load_ctx(&self, tx: &mut WriteTx, room_id: &RoomId) -> Result<RoomCtx> {
-        let (version, group) =
-            self.db.lock_room(tx, room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
-        let rules = super::version::rules(&version)?;
-        let (state, chain_length) = match group {
-            Some(g) => {
-                let (s, len) = self.state_cache.load(&self.db, g).await?;
-                ((*s).clone(), len)
-            }
-            None => (StateIds::new(), 0),
-        };
-        let ext = self.db.extremities(tx, room_id.as_str()).await?;
-        let depth = ext.iter().map(|e| e.1).max().unwrap_or(0);
-        Ok(RoomCtx {
-            room_id: Some(room_id.to_owned()),
-            version,
-            rules,
-            state,
-            state_group: group,
-            chain_length,
-            extremities: ext.into_iter().map(|e| e.0).take(20).collect(),
-            depth,
-            written: HashMap::new(),
-            is_new: false,
-        })
+        let mut ctxs = self.load_ctxs(tx, &[room_id]).await?;
+        ctxs.remove(room_id.as_str()).ok_or_else(|| Error::not_found("Unknown room"))
+    }
+
+    /// The contexts of several rooms, read (and locked) with two statements for all of them: an
+    /// event writer's batch spans many rooms. Rooms that do not exist are absent.
+    pub async fn load_ctxs(&self, tx: &mut WriteTx, room_ids: &[&RoomId]) -> Result<HashMap<String, RoomCtx>> {
+        let ids: Vec<&str> = room_ids.iter().map(|r| r.as_str()).collect();
+        let rows = self.db.lock_rooms(tx, &ids).await?;
+        let mut extremities = self.db.extremities_of(tx, &ids).await?;
+        let mut out = HashMap::new();
+        for room_id in room_ids {
+            let Some((version, group)) = rows.get(room_id.as_str()) else { continue };
+            let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
+            let rules = super::version::rules(&version)?;
+            let (state, chain_length) = match *group {
+                Some(g) => self.state_cache.load(&self.db, g).await?,
+                None => (Arc::new(StateIds::new()), 0),
+            };
+            let ext = extremities.remove(room_id.as_str()).unwrap_or_default();
+            let depth = ext.iter().map(|e| e.1).max().unwrap_or(0);
+            let ctx = RoomCtx {
+                room_id: Some((*room_id).to_owned()),
+                version,
+                rules,
+                state,
+                state_group: *group,
+                chain_length,
+                extremities: ext.into_iter().map(|e| e.0).take(20).collect(),
+                depth,
+                written: HashMap::new(),
+                is_new: false,
+            };
+            out.insert(room_id.as_str().to_owned(), ctx);
+        }
+        Ok(out)
     }
 
     /// A context for a room that does not exist yet.
@@ -126,7 +138,7 @@ impl Rooms {
             room_id,
             version,
             rules,
-            state: StateIds::new(),
+            state: Arc::new(StateIds::new()),
             state_group: None,
             chain_length: 0,
             extremities: Vec::new(),
@@ -268,12 +280,12 @@ impl Rooms {
                     "prev_sender": prev.fields.sender,
                 }));
             }
-            ctx.state.insert(slot.clone(), pdu.event_id.to_string());
+            Arc::make_mut(&mut ctx.state).insert(slot.clone(), pdu.event_id.to_string());
             let (prev_group, chain, entries) = match ctx.state_group {
                 Some(g) if ctx.chain_length < MAX_CHAIN => {
                     (Some(g), ctx.chain_length + 1, StateIds::from([(slot.clone(), pdu.event_id.to_string())]))
                 }
-                _ => (None, 0, ctx.state.clone()),
+                _ => (None, 0, (*ctx.state).clone()),
             };
             let group = db.insert_state_group(tx, room_id.as_str(), prev_group, chain, &entries).await?;
             ctx.state_group = Some(group);
@@ -417,7 +429,7 @@ impl Rooms {
     /// After commit: cache new state and wake local members' `/sync`.
     pub async fn after_commit(&self, ctx: &RoomCtx, appended: &[Appended]) {
         if let Some(group) = ctx.state_group {
-            self.state_cache.insert(group, Arc::new(ctx.state.clone()), ctx.chain_length);
+            self.state_cache.insert(group, ctx.state.clone(), ctx.chain_length);
         }
         let Some(room_id) = &ctx.room_id else { return };
         let suffix = format!(":{}", self.server_name);

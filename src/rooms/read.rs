@@ -323,8 +323,8 @@ impl Rooms {
         }
     }
 
-    /// One pass of [`Rooms::messages`] over what we hold; also returns the ids of the events
-    /// it scanned (visible or not), whose gaps a backfill would fill.
+    /// One pass of [`Rooms::messages`] over what we hold; also returns the `(prev event, event)`
+    /// edges of the events it scanned (visible or not), whose gaps a backfill would fill.
     #[allow(clippy::too_many_arguments)]
     async fn messages_page(
         &self,
@@ -335,7 +335,7 @@ impl Rooms {
         dir: Dir,
         limit: usize,
         filter: &(dyn Fn(&StoredEvent) -> bool + Sync),
-    ) -> Result<(Page, Vec<String>)> {
+    ) -> Result<(Page, Vec<(String, String)>)> {
         let membership = self.membership_of(room_id, user_id).await?;
         if membership.is_none() {
             // Without any membership only world-readable rooms can be read.
@@ -358,7 +358,10 @@ impl Rooms {
         let mut out = Vec::new();
         let mut scanned = Vec::new();
         let mut cursor = from;
-        let batch = (limit * 2).clamp(20, 500) as i64;
+        let batch = (limit + 1).clamp(20, 500) as i64;
+        // Visibility depends on the state at the event, shared by runs of events; only a user's
+        // own membership events are judged one by one (see `can_see`).
+        let mut visible_at: HashMap<i64, bool> = HashMap::new();
         loop {
             let (cmp, order) = match dir {
                 Dir::Forward => (">", "ASC"),
@@ -367,9 +370,10 @@ impl Rooms {
             let mut binds = vec![BindValue::Str(room_id.as_str())];
             let mut tail = String::from("WHERE room_id = $1 AND outlier = 0 AND rejected = 0");
             if let Some(c) = cursor {
-                tail.push_str(&format!(
-                    " AND (topological_ordering {cmp} $2 OR (topological_ordering = $2 AND stream_ordering {cmp} $3))"
-                ));
+                // A row value, not `topo < $2 OR (topo = $2 AND stream < $3)`: PostgreSQL turns
+                // only the row value into an index range, where the OR form scans every newer
+                // row of the room again on each page.
+                tail.push_str(&format!(" AND (topological_ordering, stream_ordering) {cmp} ($2, $3)"));
                 binds.push(BindValue::Int(c.depth));
                 binds.push(BindValue::Int(c.stream));
             }
@@ -379,7 +383,7 @@ impl Rooms {
             for ev in rows {
                 let pos = TopoToken::of(&ev);
                 cursor = Some(pos);
-                scanned.push(ev.pdu.event_id.to_string());
+                push_edges(&mut scanned, &ev);
                 let past_to = to.is_some_and(|t| match dir {
                     Dir::Forward => pos >= t,
                     Dir::Backward => pos <= t,
@@ -388,7 +392,23 @@ impl Rooms {
                 if past_to || (dir == Dir::Forward && past_cap) {
                     return Ok((Page { events: out, end: None }, scanned));
                 }
-                if past_cap || !filter(&ev) || !self.can_see(user_id, &ev, membership.as_deref()).await? {
+                if past_cap || !filter(&ev) {
+                    continue;
+                }
+                let own_member = ev.pdu.fields.state_key.as_deref() == Some(user_id.as_str())
+                    && ev.pdu.fields.kind.to_string() == "m.room.member";
+                let visible = match (ev.state_group, own_member) {
+                    (Some(g), false) => match visible_at.get(&g) {
+                        Some(v) => *v,
+                        None => {
+                            let v = self.can_see(user_id, &ev, membership.as_deref()).await?;
+                            visible_at.insert(g, v);
+                            v
+                        }
+                    },
+                    _ => self.can_see(user_id, &ev, membership.as_deref()).await?,
+                };
+                if !visible {
                     continue;
                 }
                 out.push(ev);
@@ -402,8 +422,8 @@ impl Rooms {
         }
     }
 
-    /// Ids of the first timeline events at or after a position.
-    async fn events_from(&self, room_id: &RoomId, from: TopoToken) -> Result<Vec<String>> {
+    /// The `(prev event, event)` edges of the first timeline events at or after a position.
+    async fn events_from(&self, room_id: &RoomId, from: TopoToken) -> Result<Vec<(String, String)>> {
         let rows = self
             .db
             .query_events(
@@ -413,7 +433,11 @@ impl Rooms {
                 &[BindValue::Str(room_id.as_str()), BindValue::Int(from.depth), BindValue::Int(from.stream)],
             )
             .await?;
-        Ok(rows.into_iter().map(|e| e.pdu.event_id.to_string()).collect())
+        let mut edges = Vec::new();
+        for ev in &rows {
+            push_edges(&mut edges, ev);
+        }
+        Ok(edges)
     }
 
     /// The latest topological position of a room (for `/messages` without `from`).
@@ -449,14 +473,40 @@ impl Rooms {
     /// Client JSON for several events; the sending device's transaction ids are looked up in one
     /// query rather than one per event.
     pub async fn client_events(&self, evs: &[StoredEvent], viewer: Option<(&UserId, &str)>) -> Result<Vec<Value>> {
+        Ok(self.client_event_lists(&[evs], viewer).await?.pop().expect("one list in, one out"))
+    }
+
+    /// Client JSON for several lists of events (a sync room's timeline and state), with one
+    /// transaction-id query for all of them.
+    pub async fn client_event_lists(
+        &self,
+        lists: &[&[StoredEvent]],
+        viewer: Option<(&UserId, &str)>,
+    ) -> Result<Vec<Vec<Value>>> {
         let mut txns: HashMap<String, String> = HashMap::new();
         if let Some((user, device)) = viewer {
-            let own: Vec<String> =
-                evs.iter().filter(|e| e.pdu.fields.sender == user).map(|e| e.pdu.event_id.to_string()).collect();
+            let own: Vec<String> = lists
+                .iter()
+                .flat_map(|l| l.iter())
+                .filter(|e| e.pdu.fields.sender == user)
+                .map(|e| e.pdu.event_id.to_string())
+                .collect();
             if !own.is_empty() {
                 txns = self.db.txns_of_events(user.as_str(), device, &own).await?;
             }
         }
+        let mut out = Vec::with_capacity(lists.len());
+        for evs in lists {
+            out.push(self.render_client_events(evs, &mut txns).await?);
+        }
+        Ok(out)
+    }
+
+    async fn render_client_events(
+        &self,
+        evs: &[StoredEvent],
+        txns: &mut HashMap<String, String>,
+    ) -> Result<Vec<Value>> {
         let now = crate::storage::now_ms();
         let mut out = Vec::with_capacity(evs.len());
         for ev in evs {
@@ -473,4 +523,10 @@ impl Rooms {
         }
         Ok(out)
     }
+}
+
+/// Appends an event's `(prev event, event)` edges.
+fn push_edges(edges: &mut Vec<(String, String)>, ev: &StoredEvent) {
+    let id = ev.pdu.event_id.as_str();
+    edges.extend(ev.pdu.fields.prev_events.iter().map(|p| (p.to_string(), id.to_owned())));
 }

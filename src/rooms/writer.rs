@@ -108,25 +108,34 @@ impl Rooms {
         let mut ctxs: HashMap<String, RoomCtx> = HashMap::new();
         let mut appended: HashMap<String, Vec<Appended>> = HashMap::new();
         let mut outcomes = Vec::with_capacity(jobs.len());
+        // Every job's txn id in one read; ids written by this batch are added as it goes, so a
+        // retry that lands in the same batch as its original gets the original's event.
+        let keys: Vec<(&str, &str, &str)> = jobs
+            .iter()
+            .filter_map(|j| j.txn.as_ref().map(|(d, t)| (j.user_id.as_str(), d.as_str(), t.as_str())))
+            .collect();
+        let mut sent = self.db.get_txns_tx(&mut tx, &keys).await?;
+        let mut rooms: Vec<&ruma::RoomId> = jobs.iter().map(|j| &*j.room_id).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let mut loaded = self.load_ctxs(&mut tx, &rooms).await?;
         for job in jobs {
             let user = job.user_id.as_str();
-            if let Some((device, txn_id)) = &job.txn
-                && let Some(id) = self.db.get_txn_tx(&mut tx, user, device, txn_id).await?
-            {
-                outcomes.push(Outcome::Existing(OwnedEventId::try_from(id).map_err(Error::internal)?));
+            let key = job.txn.as_ref().map(|(d, t)| (user.to_owned(), d.clone(), t.clone()));
+            if let Some(id) = key.as_ref().and_then(|k| sent.get(k)) {
+                outcomes.push(Outcome::Existing(OwnedEventId::try_from(id.as_str()).map_err(Error::internal)?));
                 continue;
             }
             let room = job.room_id.as_str().to_owned();
             if !ctxs.contains_key(&room) {
-                match self.load_ctx(&mut tx, &job.room_id).await {
-                    Ok(ctx) => {
+                match loaded.remove(&room) {
+                    Some(ctx) => {
                         ctxs.insert(room.clone(), ctx);
                     }
-                    Err(e) if !is_fatal(&e) => {
-                        outcomes.push(Outcome::Refused(e));
+                    None => {
+                        outcomes.push(Outcome::Refused(Error::not_found("Unknown room")));
                         continue;
                     }
-                    Err(e) => return Err(e),
                 }
             }
             let ctx = ctxs.get_mut(&room).expect("inserted above");
@@ -147,6 +156,9 @@ impl Rooms {
             };
             let txn = job.txn.as_ref().map(|(d, t)| (user, d.as_str(), t.as_str()));
             let a = self.persist_local(&mut tx, ctx, pdu, txn).await?;
+            if let Some(k) = key {
+                sent.insert(k, a.pdu.event_id.to_string());
+            }
             let list = appended.entry(room.clone()).or_default();
             list.push(a);
             outcomes.push(Outcome::New(room, list.len() - 1));

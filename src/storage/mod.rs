@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod e2ee;
 pub mod media;
+mod nodelay;
 pub mod rooms;
 pub mod sync;
 
@@ -47,6 +48,59 @@ pub struct Db {
     event_lock: Arc<Mutex<()>>,
     /// Recently resolved access tokens (see `Db::find_token`).
     pub(crate) tokens: Arc<std::sync::Mutex<accounts::TokenCache>>,
+    /// PostgreSQL: events written since the table's statistics were last refreshed.
+    growth: Option<Arc<Growth>>,
+}
+
+/// Keeps PostgreSQL's statistics of `events` current while the table grows fast.
+///
+/// Autovacuum analyzes a table at most once a minute (`autovacuum_naptime`) and only after a
+/// tenth of it changed, so a room that gained thousands of events since is planned as if it
+/// were nearly empty. `/messages` then reads every older event of the room and sorts them on
+/// each page instead of reading 100 rows off the index (measured at 5,000 events: 5.3 ms
+/// against 0.2 ms per page), which makes paging a long history quadratic. Each process analyzes
+/// the table itself once it has written a tenth of it (at least [`Growth::MIN_ROWS`] events).
+struct Growth {
+    written: std::sync::atomic::AtomicU64,
+    next_at: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl Growth {
+    /// Fewest written events between two refreshes.
+    const MIN_ROWS: u64 = 2_000;
+
+    fn new() -> Self {
+        Self {
+            written: Default::default(),
+            next_at: std::sync::atomic::AtomicU64::new(Self::MIN_ROWS),
+            running: Default::default(),
+        }
+    }
+
+    /// Counts committed event rows; starts a refresh when enough were written.
+    fn note(self: &Arc<Self>, rows: u64, pool: &AnyPool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let written = self.written.fetch_add(rows, Relaxed) + rows;
+        if written < self.next_at.load(Relaxed) || self.running.swap(true, Relaxed) {
+            return;
+        }
+        let (growth, pool) = (self.clone(), pool.clone());
+        tokio::spawn(async move {
+            growth.written.store(0, Relaxed);
+            let refreshed = async {
+                pool.execute("ANALYZE events").await?;
+                sqlx::query_scalar::<_, i64>("SELECT CAST(reltuples AS BIGINT) FROM pg_class WHERE relname = 'events'")
+                    .fetch_one(&pool)
+                    .await
+            };
+            match refreshed.await {
+                Ok(rows) => growth.next_at.store((rows.max(0) as u64 / 10).max(Self::MIN_ROWS), Relaxed),
+                Err(e) => tracing::warn!(error = %e, "refreshing the statistics of events failed"),
+            }
+            growth.running.store(false, Relaxed);
+        });
+    }
 }
 
 tokio::task_local! {
@@ -64,13 +118,22 @@ pub struct WriteTx {
     reserved: std::collections::HashMap<&'static str, (i64, i64)>,
     /// Event rows buffered for multi-row writes at commit (see [`WriteTx::defer_rows`]).
     pub pending: rooms::PendingRows,
+    /// Event rows written in this transaction, and where to count them once committed.
+    events_written: u64,
+    growth: Option<(Arc<Growth>, AnyPool)>,
 }
 
 impl WriteTx {
     /// Writes buffered rows, commits, then releases the writer lock.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         rooms::flush_pending(&mut self).await?;
-        self.tx.commit().await
+        self.tx.commit().await?;
+        if let Some((growth, pool)) = &self.growth
+            && self.events_written > 0
+        {
+            growth.note(self.events_written, pool);
+        }
+        Ok(())
     }
 
     /// Buffers event, edge, txn-id, outbox and extremity rows until commit, where each table
@@ -156,6 +219,16 @@ impl Db {
                 })
             });
         }
+        if backend == Backend::Postgres {
+            let peers = Arc::new(nodelay::database_peers(&url).await);
+            pool_options = pool_options.after_connect(move |_, _| {
+                let peers = peers.clone();
+                Box::pin(async move {
+                    nodelay::set_on_connections_to(&peers);
+                    Ok(())
+                })
+            });
+        }
         let pool = pool_options
             .clone()
             .connect_with(options.clone())
@@ -178,6 +251,7 @@ impl Db {
             write_lock,
             event_lock: Arc::new(Mutex::new(())),
             tokens: Default::default(),
+            growth: (backend == Backend::Postgres).then(|| Arc::new(Growth::new())),
         })
     }
 
@@ -216,7 +290,15 @@ impl Db {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(WriteTx { tx, _guard: guard, _event_guard: None, reserved: Default::default(), pending: Default::default() })
+        Ok(WriteTx {
+            tx,
+            _guard: guard,
+            _event_guard: None,
+            reserved: Default::default(),
+            pending: Default::default(),
+            events_written: 0,
+            growth: self.growth.clone().map(|g| (g, self.pool.clone())),
+        })
     }
 
     /// Opens a write transaction that will append events (and so take the event counter's row

@@ -618,20 +618,14 @@ impl Db {
         Ok((count("join"), count("invite")))
     }
 
-    /// Up to `limit` users other than `me` with one of `memberships`, in the order they got it.
-    pub async fn members_in_order(
-        &self,
-        room_id: &str,
-        me: &str,
-        memberships: &[&str],
-        limit: i64,
-    ) -> Result<Vec<String>> {
+    /// Up to `limit` users with one of `memberships`, in the order they got it.
+    pub async fn members_in_order(&self, room_id: &str, memberships: &[&str], limit: i64) -> Result<Vec<String>> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT user_id FROM room_memberships WHERE room_id = $1 AND user_id <> $2 AND membership IN ({}) \
+            "SELECT user_id FROM room_memberships WHERE room_id = $1 AND membership IN ({}) \
              ORDER BY stream_ordering, user_id LIMIT {limit}",
-            placeholders(3, memberships.len())
+            placeholders(2, memberships.len())
         ));
-        let mut q = sqlx::query_as::<_, (String,)>(sql).bind(room_id).bind(me);
+        let mut q = sqlx::query_as::<_, (String,)>(sql).bind(room_id);
         for m in memberships {
             q = q.bind(*m);
         }

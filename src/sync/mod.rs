@@ -70,6 +70,9 @@ struct Summary {
     invited: i64,
     /// The first six joined or invited members (the heroes, once the syncing user is left out).
     first: Vec<String>,
+    /// When `first` has at most one member (who may be the syncing user): the first six who
+    /// left or were banned, the heroes of a room its user is alone in.
+    former: Vec<String>,
 }
 
 /// An unread count as of `upto`, valid while the receipts stream and the member's membership

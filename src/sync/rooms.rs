@@ -333,13 +333,15 @@ impl SyncEngine {
 
         let viewer = Some((ctx.user, ctx.device.as_str()));
         let state_key = if ctx.opts.use_state_after { "state_after" } else { "state" };
+        let mut lists = self.rooms.client_event_lists(&[&tl.events, &state], viewer).await?;
+        let (state_json, timeline_json) = (lists.pop().unwrap_or_default(), lists.pop().unwrap_or_default());
         let mut room = json!({
             "timeline": {
-                "events": self.rooms.client_events(&tl.events, viewer).await?,
+                "events": timeline_json,
                 "limited": tl.limited,
                 "prev_batch": tl.prev_batch,
             },
-            state_key: events_obj(self.rooms.client_events(&state, viewer).await?),
+            state_key: events_obj(state_json),
             "ephemeral": events_obj(ephemeral),
             "account_data": events_obj(account_data),
             "unread_notifications": { "notification_count": notifications, "highlight_count": 0 },
@@ -582,22 +584,28 @@ impl SyncEngine {
             _ => None,
         };
         let known = group.and_then(|g| self.summaries.get(room_id).filter(|s| s.0 == g));
-        let (joined, invited, first) = match known {
-            Some((_, s)) => (s.joined, s.invited, s.first.clone()),
+        let s = match known {
+            Some((_, s)) => s,
             None => {
                 let (joined, invited) = self.db.member_counts(room_id).await?;
                 // One more than shown: the syncing user is left out below.
-                let first = self.db.members_in_order(room_id, "", &["join", "invite"], 6).await?;
+                let first = self.db.members_in_order(room_id, &["join", "invite"], 6).await?;
+                let former = if first.len() <= 1 {
+                    self.db.members_in_order(room_id, &["leave", "ban"], 6).await?
+                } else {
+                    Vec::new()
+                };
+                let entry = Arc::new(super::Summary { joined, invited, first, former });
                 if let Some(g) = group {
-                    let entry = Arc::new(super::Summary { joined, invited, first: first.clone() });
-                    self.summaries.insert(room_id.to_owned(), (g, entry));
+                    self.summaries.insert(room_id.to_owned(), (g, entry.clone()));
                 }
-                (joined, invited, first)
+                entry
             }
         };
-        let mut heroes: Vec<String> = first.into_iter().filter(|u| u != user).take(5).collect();
+        let (joined, invited) = (s.joined, s.invited);
+        let mut heroes: Vec<String> = s.first.iter().filter(|u| *u != user).take(5).cloned().collect();
         if heroes.is_empty() {
-            heroes = self.db.members_in_order(room_id, user, &["leave", "ban"], 5).await?;
+            heroes = s.former.iter().filter(|u| *u != user).take(5).cloned().collect();
         }
         let summary = json!({
             "m.heroes": heroes,
