@@ -373,7 +373,7 @@ impl Rooms {
         if target_pdu.room_id != redaction.room_id {
             return Ok(());
         }
-        let redacted = ruma::canonical_json::redact((*target_pdu.json).clone(), &ctx.rules.redaction, None)
+        let redacted = ruma::canonical_json::redact(target_pdu.json().clone(), &ctx.rules.redaction, None)
             .map_err(Error::internal)?;
         self.caches.evict_pdu(target.as_str());
         self.db

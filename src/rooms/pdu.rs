@@ -1,6 +1,6 @@
 //! The PDU: a room event as servers exchange it, and its client-facing form.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ruma::events::TimelineEventType;
 use ruma::{
@@ -55,13 +55,35 @@ pub struct Pdu {
     pub fields: PduFields,
     /// `redacts` of a redaction, from the top level or (v11+) the content.
     pub redacts_target: Option<OwnedEventId>,
-    /// The full canonical JSON (without `event_id`).
-    pub json: Arc<CanonicalJsonObject>,
+    /// The full canonical JSON (without `event_id`); see [`Pdu::json`].
+    json: Arc<LazyJson>,
     /// Whether the event failed authorization.
     pub rejected: bool,
 }
 
+/// A PDU's canonical JSON, parsed when first asked for. Events read from the database to be shown
+/// to clients need only their [`PduFields`]; building the whole object tree (signatures, hashes,
+/// auth events) for each of them, and dropping it again, was a tenth of an initial sync's CPU
+/// time. Signing, redacting and serving to other servers parse it on demand.
+#[derive(Debug)]
+struct LazyJson {
+    raw: Option<Box<str>>,
+    parsed: OnceLock<CanonicalJsonObject>,
+}
+
 impl Pdu {
+    /// The full canonical JSON (without `event_id`).
+    pub fn json(&self) -> &CanonicalJsonObject {
+        self.json.parsed.get_or_init(|| {
+            let raw = self.json.raw.as_deref().unwrap_or("{}");
+            serde_json::from_str(raw).unwrap_or_else(|e| {
+                // Stored events were canonical JSON when written; this would be a corrupt row.
+                tracing::error!(event_id = %self.event_id, error = %e, "stored PDU is not canonical JSON");
+                CanonicalJsonObject::new()
+            })
+        })
+    }
+
     /// Builds a PDU from its canonical JSON and known id.
     pub fn from_json(event_id: OwnedEventId, room_id: Option<OwnedRoomId>, json: CanonicalJsonObject) -> Result<Self> {
         let value = serde_json::to_value(&json)?;
@@ -75,6 +97,15 @@ impl Pdu {
         room_id: Option<OwnedRoomId>,
         fields: PduFields,
         json: CanonicalJsonObject,
+    ) -> Result<Self> {
+        Self::with_json(event_id, room_id, fields, LazyJson { raw: None, parsed: OnceLock::from(json) })
+    }
+
+    fn with_json(
+        event_id: OwnedEventId,
+        room_id: Option<OwnedRoomId>,
+        fields: PduFields,
+        json: LazyJson,
     ) -> Result<Self> {
         let room_id = match (room_id, &fields.room_id) {
             (_, Some(r)) => r.clone(),
@@ -100,13 +131,12 @@ impl Pdu {
 
     /// Parses the stored text form (two direct parses; this runs for every event read).
     pub fn from_stored(event_id: &str, room_id: &str, json: &str, rejected: bool) -> Result<Self> {
-        let object: CanonicalJsonObject = serde_json::from_str(json)?;
         let fields: PduFields = serde_json::from_str(json).map_err(Error::internal)?;
-        let mut pdu = Self::from_parts(
+        let mut pdu = Self::with_json(
             EventId::parse(event_id).map_err(Error::internal)?,
             Some(RoomId::parse(room_id).map_err(Error::internal)?),
             fields,
-            object,
+            LazyJson { raw: Some(json.into()), parsed: OnceLock::new() },
         )?;
         pdu.rejected = rejected;
         Ok(pdu)
@@ -122,9 +152,17 @@ impl Pdu {
         serde_json::from_str(self.fields.content.get()).unwrap_or(Value::Object(Default::default()))
     }
 
+    /// The canonical JSON as text (as read from the database, when it was).
+    pub fn json_string(&self) -> Result<String> {
+        match &self.json.raw {
+            Some(raw) => Ok(raw.to_string()),
+            None => Ok(serde_json::to_string(self.json())?),
+        }
+    }
+
     /// The PDU as sent over federation (with `event_id` only for... never: v3+ ids are derived).
     pub fn federation_json(&self) -> Value {
-        serde_json::to_value(&*self.json).unwrap_or(Value::Null)
+        serde_json::to_value(self.json()).unwrap_or(Value::Null)
     }
 
     /// The client-server API form ("ClientEvent"), with server-computed `unsigned` data.

@@ -246,7 +246,7 @@ impl Rooms {
         }
         let (_, rules) = self.room_rules(&ev.pdu.room_id).await?;
         let redacted =
-            ruma::canonical_json::redact((*ev.pdu.json).clone(), &rules.redaction, None).map_err(Error::internal)?;
+            ruma::canonical_json::redact(ev.pdu.json().clone(), &rules.redaction, None).map_err(Error::internal)?;
         Ok(serde_json::to_value(&redacted)?)
     }
 
@@ -359,9 +359,7 @@ impl Rooms {
         let mut scanned = Vec::new();
         let mut cursor = from;
         let batch = (limit + 1).clamp(20, 500) as i64;
-        // Visibility depends on the state at the event, shared by runs of events; only a user's
-        // own membership events are judged one by one (see `can_see`).
-        let mut visible_at: HashMap<i64, bool> = HashMap::new();
+        let mut visibility = VisibilityMemo::new(user_id, membership.as_deref());
         loop {
             let (cmp, order) = match dir {
                 Dir::Forward => (">", "ASC"),
@@ -395,19 +393,7 @@ impl Rooms {
                 if past_cap || !filter(&ev) {
                     continue;
                 }
-                let own_member = ev.pdu.fields.state_key.as_deref() == Some(user_id.as_str())
-                    && ev.pdu.fields.kind.to_string() == "m.room.member";
-                let visible = match (ev.state_group, own_member) {
-                    (Some(g), false) => match visible_at.get(&g) {
-                        Some(v) => *v,
-                        None => {
-                            let v = self.can_see(user_id, &ev, membership.as_deref()).await?;
-                            visible_at.insert(g, v);
-                            v
-                        }
-                    },
-                    _ => self.can_see(user_id, &ev, membership.as_deref()).await?,
-                };
+                let visible = visibility.check(self, &ev).await?;
                 if !visible {
                     continue;
                 }
@@ -471,48 +457,21 @@ impl Rooms {
     }
 
     /// Client JSON for several events; the sending device's transaction ids are looked up in one
-    /// query rather than one per event.
+    /// query rather than one per event, and only for events that can have one.
     pub async fn client_events(&self, evs: &[StoredEvent], viewer: Option<(&UserId, &str)>) -> Result<Vec<Value>> {
-        Ok(self.client_event_lists(&[evs], viewer).await?.pop().expect("one list in, one out"))
-    }
-
-    /// Client JSON for several lists of events (a sync room's timeline and state), with one
-    /// transaction-id query for all of them.
-    pub async fn client_event_lists(
-        &self,
-        lists: &[&[StoredEvent]],
-        viewer: Option<(&UserId, &str)>,
-    ) -> Result<Vec<Vec<Value>>> {
-        let mut txns: HashMap<String, String> = HashMap::new();
+        let mut txns = HashMap::new();
         if let Some((user, device)) = viewer {
-            let own: Vec<String> = lists
-                .iter()
-                .flat_map(|l| l.iter())
-                .filter(|e| e.pdu.fields.sender == user)
-                .map(|e| e.pdu.event_id.to_string())
-                .collect();
-            if !own.is_empty() {
-                txns = self.db.txns_of_events(user.as_str(), device, &own).await?;
+            let ask: Vec<String> = may_have_txn(evs, user).map(str::to_owned).collect();
+            if !ask.is_empty() {
+                txns = self.db.txns_of_events(user.as_str(), device, &ask).await?;
             }
         }
-        let mut out = Vec::with_capacity(lists.len());
-        for evs in lists {
-            out.push(self.render_client_events(evs, &mut txns).await?);
-        }
-        Ok(out)
-    }
-
-    async fn render_client_events(
-        &self,
-        evs: &[StoredEvent],
-        txns: &mut HashMap<String, String>,
-    ) -> Result<Vec<Value>> {
         let now = crate::storage::now_ms();
         let mut out = Vec::with_capacity(evs.len());
         for ev in evs {
             let mut unsigned = ev.unsigned.clone().unwrap_or_else(|| Value::Object(Default::default()));
-            if let Some(txn) = txns.remove(ev.pdu.event_id.as_str()) {
-                unsigned["transaction_id"] = Value::String(txn);
+            if let Some(txn) = txns.get(ev.pdu.event_id.as_str()) {
+                unsigned["transaction_id"] = Value::String(txn.clone());
             }
             if let Some(by) = &ev.redacted_by
                 && let Some(redaction) = self.db.get_event(by).await?
@@ -529,4 +488,43 @@ impl Rooms {
 fn push_edges(edges: &mut Vec<(String, String)>, ev: &StoredEvent) {
     let id = ev.pdu.event_id.as_str();
     edges.extend(ev.pdu.fields.prev_events.iter().map(|p| (p.to_string(), id.to_owned())));
+}
+
+/// Ids of the events in `evs` that can carry `user`'s transaction id: theirs and without a state
+/// key (txn ids come only with `/send` and `/redact`; state events are sent without one).
+fn may_have_txn<'a>(evs: &'a [StoredEvent], user: &'a UserId) -> impl Iterator<Item = &'a str> + 'a {
+    evs.iter()
+        .filter(move |e| e.pdu.fields.sender == user && e.pdu.fields.state_key.is_none())
+        .map(|e| e.pdu.event_id.as_str())
+}
+
+/// History visibility of a run of events for one user, remembered per state group: it depends
+/// only on the state after the event, except for the user's own membership events, which are
+/// judged one by one (see [`Rooms::can_see`]).
+pub struct VisibilityMemo<'a> {
+    user: &'a UserId,
+    membership: Option<&'a str>,
+    by_group: HashMap<i64, bool>,
+}
+
+impl<'a> VisibilityMemo<'a> {
+    /// For `user`, whose current membership in the room is `membership`.
+    pub fn new(user: &'a UserId, membership: Option<&'a str>) -> Self {
+        Self { user, membership, by_group: HashMap::new() }
+    }
+
+    /// Whether the user may see `ev`.
+    pub async fn check(&mut self, rooms: &Rooms, ev: &StoredEvent) -> Result<bool> {
+        let own = ev.pdu.fields.kind == ruma::events::TimelineEventType::RoomMember
+            && ev.pdu.fields.state_key.as_deref() == Some(self.user.as_str());
+        let group = ev.state_group.filter(|_| !own);
+        if let Some(v) = group.and_then(|g| self.by_group.get(&g)) {
+            return Ok(*v);
+        }
+        let v = rooms.can_see(self.user, ev, self.membership).await?;
+        if let Some(g) = group {
+            self.by_group.insert(g, v);
+        }
+        Ok(v)
+    }
 }

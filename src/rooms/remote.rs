@@ -1056,7 +1056,7 @@ impl Rooms {
         if self.db.get_user(target.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
-        let mut object = (*pdu.json).clone();
+        let mut object = pdu.json().clone();
         ruma::signatures::sign_event(self.server_name.as_str(), &self.keys.current, &mut object, &rules.redaction)
             .map_err(Error::internal)?;
         let signed = Pdu::from_json(pdu.event_id.clone(), Some(room_id.to_owned()), object)?;

@@ -52,14 +52,16 @@ pub struct Db {
     growth: Option<Arc<Growth>>,
 }
 
-/// Keeps PostgreSQL's statistics of `events` current while the table grows fast.
+/// Keeps PostgreSQL's statistics of the tables that grow with every event current.
 ///
 /// Autovacuum analyzes a table at most once a minute (`autovacuum_naptime`) and only after a
-/// tenth of it changed, so a room that gained thousands of events since is planned as if it
-/// were nearly empty. `/messages` then reads every older event of the room and sorts them on
-/// each page instead of reading 100 rows off the index (measured at 5,000 events: 5.3 ms
-/// against 0.2 ms per page), which makes paging a long history quadratic. Each process analyzes
-/// the table itself once it has written a tenth of it (at least [`Growth::MIN_ROWS`] events).
+/// tenth of it changed, and not at all where it is switched off (as on our CI machines). A
+/// room that gained thousands of events since is then planned as if it were nearly empty:
+/// `/messages` reads every older event of the room and sorts them on each page instead of
+/// reading 100 rows off the index (measured at 5,000 events: 5.3 ms against 0.2 ms per page),
+/// which makes paging a long history quadratic, and txn-id lookups scan `client_txns` whole.
+/// Each process analyzes those tables itself once it has written a tenth of `events` (at
+/// least [`Growth::MIN_ROWS`] events).
 struct Growth {
     written: std::sync::atomic::AtomicU64,
     next_at: std::sync::atomic::AtomicU64,
@@ -68,7 +70,7 @@ struct Growth {
 
 impl Growth {
     /// Fewest written events between two refreshes.
-    const MIN_ROWS: u64 = 2_000;
+    const MIN_ROWS: u64 = 1_000;
 
     fn new() -> Self {
         Self {
@@ -89,14 +91,18 @@ impl Growth {
         tokio::spawn(async move {
             growth.written.store(0, Relaxed);
             let refreshed = async {
-                pool.execute("ANALYZE events").await?;
+                pool.execute(
+                    "ANALYZE events, event_edges, client_txns, forward_extremities, room_memberships, \
+                     current_state, state_groups, state_group_entries",
+                )
+                .await?;
                 sqlx::query_scalar::<_, i64>("SELECT CAST(reltuples AS BIGINT) FROM pg_class WHERE relname = 'events'")
                     .fetch_one(&pool)
                     .await
             };
             match refreshed.await {
                 Ok(rows) => growth.next_at.store((rows.max(0) as u64 / 10).max(Self::MIN_ROWS), Relaxed),
-                Err(e) => tracing::warn!(error = %e, "refreshing the statistics of events failed"),
+                Err(e) => tracing::warn!(error = %e, "refreshing table statistics failed"),
             }
             growth.running.store(false, Relaxed);
         });

@@ -158,7 +158,7 @@ impl Db {
             state_key: pdu.fields.state_key.clone(),
             sender: pdu.fields.sender.to_string(),
             ts: i64::from(pdu.fields.origin_server_ts.get()),
-            json: serde_json::to_string(&*pdu.json)?,
+            json: pdu.json_string()?,
             unsigned: row.unsigned.map(|u| u.to_string()),
             rejected: pdu.rejected as i64,
             outlier: row.outlier as i64,

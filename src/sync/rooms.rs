@@ -28,8 +28,7 @@ use serde_json::{Map, Value, json};
 use super::token::SyncToken;
 use super::{Ctx, SyncEngine, filter, receipts};
 use crate::error::Result;
-use crate::rooms::Rooms;
-use crate::rooms::read::TopoToken;
+use crate::rooms::read::{TopoToken, VisibilityMemo};
 use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
 use crate::storage::sync::{AccountDataRow, MembershipRow, ReceiptRow, by_room};
 
@@ -76,30 +75,6 @@ struct Timeline {
     prev_batch: String,
     /// Some event of the window was left out (filter or visibility).
     skipped: bool,
-}
-
-/// History visibility per event, remembered per state group for one room and user (it depends
-/// only on the state after the event, except for the user's own membership events).
-struct Visibility<'a> {
-    user: &'a UserId,
-    membership: &'a str,
-    by_group: HashMap<i64, bool>,
-}
-
-impl Visibility<'_> {
-    async fn check(&mut self, rooms: &Rooms, ev: &StoredEvent) -> Result<bool> {
-        let own = ev.pdu.fields.kind == TimelineEventType::RoomMember
-            && ev.pdu.fields.state_key.as_deref() == Some(self.user.as_str());
-        let group = ev.state_group.filter(|_| !own);
-        if let Some(v) = group.and_then(|g| self.by_group.get(&g)) {
-            return Ok(*v);
-        }
-        let v = rooms.can_see(self.user, ev, Some(self.membership)).await?;
-        if let Some(g) = group {
-            self.by_group.insert(g, v);
-        }
-        Ok(v)
-    }
 }
 
 /// The event types unread counts count (as `Db::unread_count`).
@@ -333,15 +308,13 @@ impl SyncEngine {
 
         let viewer = Some((ctx.user, ctx.device.as_str()));
         let state_key = if ctx.opts.use_state_after { "state_after" } else { "state" };
-        let mut lists = self.rooms.client_event_lists(&[&tl.events, &state], viewer).await?;
-        let (state_json, timeline_json) = (lists.pop().unwrap_or_default(), lists.pop().unwrap_or_default());
         let mut room = json!({
             "timeline": {
-                "events": timeline_json,
+                "events": self.rooms.client_events(&tl.events, viewer).await?,
                 "limited": tl.limited,
                 "prev_batch": tl.prev_batch,
             },
-            state_key: events_obj(state_json),
+            state_key: events_obj(self.rooms.client_events(&state, viewer).await?),
             "ephemeral": events_obj(ephemeral),
             "account_data": events_obj(account_data),
             "unread_notifications": { "notification_count": notifications, "highlight_count": 0 },
@@ -414,7 +387,7 @@ impl SyncEngine {
         let batch = (2 * limit as i64 + 1).clamp(20, 1000);
         let floor = plan.after.unwrap_or(0);
         let mut cursor = plan.upto;
-        let mut vis = Visibility { user: ctx.user, membership: plan.membership, by_group: HashMap::new() };
+        let mut vis = VisibilityMemo::new(ctx.user, Some(plan.membership));
         let mut events = Vec::new();
         let mut limited = false;
         let mut skipped = false;
