@@ -43,6 +43,21 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
         map.insert(key, value);
     }
 
+    /// The remembered value, or `f()` remembered now (under one lock, so concurrent callers
+    /// get the same value).
+    pub fn get_or_insert_with(&self, key: K, f: impl FnOnce() -> V) -> V {
+        let mut map = self.lock();
+        if let Some(v) = map.get(&key) {
+            return v.clone();
+        }
+        if map.len() >= LIMIT {
+            map.clear();
+        }
+        let value = f();
+        map.insert(key, value.clone());
+        value
+    }
+
     /// Remembers `f` of the value remembered so far (under one lock).
     pub fn update(&self, key: K, f: impl FnOnce(Option<&V>) -> V) {
         let mut map = self.lock();

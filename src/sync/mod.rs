@@ -104,7 +104,7 @@ pub struct SyncEngine {
     /// Member counts and first members per room, at a state group (see `rooms::summary`).
     summaries: Memo<String, (i64, Arc<Summary>)>,
     /// State group of a room at a committed stream position (see `rooms::group_at`).
-    groups: Memo<(String, i64), Option<i64>>,
+    groups: Memo<(String, i64), Arc<tokio::sync::OnceCell<Option<i64>>>>,
     /// Unread counts per `(user, room)` as of a position (see `rooms::unread_count`).
     unread: Memo<(String, String), Unread>,
     /// Recent events and membership changes, shared by the long-polls that wake together.

@@ -518,18 +518,15 @@ impl SyncEngine {
     }
 
     /// The state group after the last event of a room at or before `pos`. Answers for committed
-    /// positions never change, so the woken long-polls of one room share them.
+    /// positions never change, so the woken long-polls of one room share them: the first asks
+    /// the database while the others (a thousand, after a message to a big room) wait for it.
     async fn group_at(&self, ctx: &Ctx<'_>, room_id: &str, pos: i64) -> Result<Option<i64>> {
-        let key = (room_id.to_owned(), pos);
-        if let Some(g) = self.groups.get(&key) {
-            return Ok(g);
-        }
-        let group = self.db.state_group_at_stream(room_id, pos).await?;
         // Only positions known to be committed: a client's token may name a future one.
-        if pos <= ctx.view.end {
-            self.groups.insert(key, group);
+        if pos > ctx.view.end {
+            return self.db.state_group_at_stream(room_id, pos).await;
         }
-        Ok(group)
+        let cell = self.groups.get_or_insert_with((room_id.to_owned(), pos), Default::default);
+        cell.get_or_try_init(|| self.db.state_group_at_stream(room_id, pos)).await.copied()
     }
 
     /// The state after the last event of a room at or before `pos`.
