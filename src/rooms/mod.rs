@@ -135,12 +135,8 @@ impl Rooms {
     /// Sends one event into a room, idempotently per `(device, txn_id)`; returns its id after
     /// the commit. The event is appended by the writer task (see [`writer`]).
     pub async fn send(&self, room_id: &RoomId, origin: Origin<'_>, ev: NewEvent) -> Result<OwnedEventId> {
-        let user = origin.user_id.as_str();
-        if let Some((device, txn_id)) = origin.txn
-            && let Some(id) = self.db.get_txn(user, device, txn_id).await?
-        {
-            return OwnedEventId::try_from(id).map_err(Error::internal);
-        }
+        // A retried txn id is answered by the writer, which reads every txn id of its batch in
+        // one statement: checking here first would cost each new event a query of its own.
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = writer::Job {
             room_id: room_id.to_owned(),

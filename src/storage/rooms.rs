@@ -508,18 +508,6 @@ impl Db {
         Ok(row.map(|r| r.0))
     }
 
-    /// Looks up a client transaction id.
-    pub async fn get_txn(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT event_id FROM client_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
-                .bind(user_id)
-                .bind(device_id)
-                .bind(txn_id)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(row.map(|r| r.0))
-    }
-
     /// The events already sent with any of these `(user, device, txn id)` keys, read inside the
     /// write transaction in one statement per 200 keys (the event writer asks for a whole batch
     /// at once: one round trip instead of one per event).
