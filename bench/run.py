@@ -46,11 +46,19 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(preferred: int) -> int:
+    """A port free now and not handed out before in this run: servers are prepared before any
+    of them listens, so two could otherwise get the same port."""
     for port in [preferred] + list(range(preferred + 10, preferred + 500, 7)):
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
+                _handed_out.add(port)
                 return port
             except OSError:
                 continue
