@@ -102,6 +102,23 @@ async fn wait_changed(c: &Client, since: &str, user: &str) -> String {
     }
 }
 
+/// Waits until `user`'s device list stops changing on `c`'s server: no change for 1.5 s. Each
+/// applied device-list EDU and each background resync (after a `prev_id` gap) is a change, so
+/// afterwards the server's cache holds what the remote server last sent.
+async fn wait_quiet(c: &Client, since: &str, user: &str) {
+    let mut token = since.to_owned();
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let b = sync(c, Some(&token), 1500).await;
+        let changed = b["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+        token = b["next_batch"].as_str().unwrap().to_owned();
+        if !changed.contains(&json!(user)) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{user}'s device list kept changing for {}", c.user_id);
+    }
+}
+
 #[tokio::test]
 async fn keys_and_device_lists_across_servers() {
     let a = FedServer::start("127.0.16.11").await;
@@ -162,7 +179,10 @@ async fn keys_and_device_lists_across_servers() {
     bob2.token = login["access_token"].as_str().unwrap().to_owned();
     let bob2_device = login["device_id"].as_str().unwrap().to_owned();
     upload_keys(&bob2, &bob2_device, 1).await;
-    wait_changed(&alice, &t2, &bob.user_id).await;
+    let t3 = wait_changed(&alice, &t2, &bob.user_id).await;
+    // The login and the key upload are two EDUs, and a gap in their `prev_id`s makes server a
+    // resync in the background: all of it must be done before b goes away.
+    wait_quiet(&alice, &t3, &bob.user_id).await;
 
     // Server a now holds Bob's device list (user/devices resync on the first update, then the
     // EDUs): with server b down, Alice's query is answered from it.
