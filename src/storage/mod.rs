@@ -43,6 +43,11 @@ pub struct Db {
     pool: AnyPool,
     /// SQLite: connections for reads made while holding the writer lock (see [`Db::pool`]).
     holder_pool: AnyPool,
+    /// SQLite: the one connection write transactions use. SQLite drops a connection's page
+    /// cache whenever another connection committed; with every batch on the same connection,
+    /// the writer keeps its cache from one commit to the next instead of reading the pages it
+    /// writes to again.
+    write_pool: AnyPool,
     backend: Backend,
     write_lock: Option<Arc<Mutex<()>>>,
     event_lock: Arc<Mutex<()>>,
@@ -242,17 +247,27 @@ impl Db {
             .with_context(|| format!("connecting to the {backend:?} database"))?;
         migrator(backend).run(&pool).await.context("running database migrations")?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let holder_pool = match backend {
-            Backend::Sqlite => pool_options
-                .max_connections(4)
-                .connect_with(options)
-                .await
-                .with_context(|| "connecting to the SQLite database")?,
-            Backend::Postgres => pool.clone(),
+        let (holder_pool, write_pool) = match backend {
+            Backend::Sqlite => (
+                pool_options
+                    .clone()
+                    .max_connections(4)
+                    .connect_with(options.clone())
+                    .await
+                    .with_context(|| "connecting to the SQLite database")?,
+                // Write transactions are serialised by `write_lock`: one connection is enough.
+                pool_options
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await
+                    .with_context(|| "connecting to the SQLite database")?,
+            ),
+            Backend::Postgres => (pool.clone(), pool.clone()),
         };
         Ok(Self {
             pool,
             holder_pool,
+            write_pool,
             backend,
             write_lock,
             event_lock: Arc::new(Mutex::new(())),
@@ -293,7 +308,7 @@ impl Db {
         // write through the pool committed in between; an immediate one makes those writes
         // wait for it (busy_timeout) instead.
         let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => self.write_pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(WriteTx {
@@ -376,6 +391,7 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
         self.holder_pool.close().await;
+        self.write_pool.close().await;
     }
 }
 
