@@ -68,6 +68,7 @@ pub struct Db {
 /// Each process analyzes those tables itself once it has written a tenth of `events` (at
 /// least [`Growth::MIN_ROWS`] events).
 struct Growth {
+    pool: AnyPool,
     written: std::sync::atomic::AtomicU64,
     next_at: std::sync::atomic::AtomicU64,
     running: std::sync::atomic::AtomicBool,
@@ -77,8 +78,9 @@ impl Growth {
     /// Fewest written events between two refreshes.
     const MIN_ROWS: u64 = 1_000;
 
-    fn new() -> Self {
+    fn new(pool: AnyPool) -> Self {
         Self {
+            pool,
             written: Default::default(),
             next_at: std::sync::atomic::AtomicU64::new(Self::MIN_ROWS),
             running: Default::default(),
@@ -86,15 +88,16 @@ impl Growth {
     }
 
     /// Counts committed event rows; starts a refresh when enough were written.
-    fn note(self: &Arc<Self>, rows: u64, pool: &AnyPool) {
+    fn note(self: &Arc<Self>, rows: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         let written = self.written.fetch_add(rows, Relaxed) + rows;
         if written < self.next_at.load(Relaxed) || self.running.swap(true, Relaxed) {
             return;
         }
-        let (growth, pool) = (self.clone(), pool.clone());
+        let growth = self.clone();
         tokio::spawn(async move {
             growth.written.store(0, Relaxed);
+            let pool = &growth.pool;
             let refreshed = async {
                 pool.execute(
                     "ANALYZE events, event_edges, client_txns, forward_extremities, room_memberships, \
@@ -102,7 +105,7 @@ impl Growth {
                 )
                 .await?;
                 sqlx::query_scalar::<_, i64>("SELECT CAST(reltuples AS BIGINT) FROM pg_class WHERE relname = 'events'")
-                    .fetch_one(&pool)
+                    .fetch_one(pool)
                     .await
             };
             match refreshed.await {
@@ -131,7 +134,7 @@ pub struct WriteTx {
     pub pending: rooms::PendingRows,
     /// Event rows written in this transaction, and where to count them once committed.
     events_written: u64,
-    growth: Option<(Arc<Growth>, AnyPool)>,
+    growth: Option<Arc<Growth>>,
 }
 
 impl WriteTx {
@@ -139,10 +142,10 @@ impl WriteTx {
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         rooms::flush_pending(&mut self).await?;
         self.tx.commit().await?;
-        if let Some((growth, pool)) = &self.growth
+        if let Some(growth) = &self.growth
             && self.events_written > 0
         {
-            growth.note(self.events_written, pool);
+            growth.note(self.events_written);
         }
         Ok(())
     }
@@ -180,6 +183,11 @@ macro_rules! migrations {
             ),
         )*]
     };
+}
+
+/// `$first, $first+1, ...` for `n` values (an `IN (...)` list).
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
 }
 
 fn migrator(backend: Backend) -> Migrator {
@@ -264,6 +272,7 @@ impl Db {
             ),
             Backend::Postgres => (pool.clone(), pool.clone()),
         };
+        let growth = (backend == Backend::Postgres).then(|| Arc::new(Growth::new(pool.clone())));
         Ok(Self {
             pool,
             holder_pool,
@@ -272,7 +281,7 @@ impl Db {
             write_lock,
             event_lock: Arc::new(Mutex::new(())),
             tokens: Default::default(),
-            growth: (backend == Backend::Postgres).then(|| Arc::new(Growth::new())),
+            growth,
         })
     }
 
@@ -318,7 +327,7 @@ impl Db {
             reserved: Default::default(),
             pending: Default::default(),
             events_written: 0,
-            growth: self.growth.clone().map(|g| (g, self.pool.clone())),
+            growth: self.growth.clone(),
         })
     }
 

@@ -106,11 +106,10 @@ impl Db {
         let lock = if self.backend() == super::Backend::Postgres { " FOR UPDATE" } else { "" };
         let mut out = HashMap::new();
         for chunk in room_ids.chunks(200) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT room_id, room_version, current_state_group FROM rooms WHERE room_id IN ({}) \
                  ORDER BY room_id{lock}",
-                placeholders.join(",")
+                super::placeholders(1, chunk.len())
             ));
             let mut q = sqlx::query_as::<_, (String, String, Option<i64>)>(sql);
             for id in chunk {
@@ -190,10 +189,9 @@ impl Db {
     pub async fn get_events(&self, event_ids: &[String]) -> Result<Vec<StoredEvent>> {
         let mut out = Vec::with_capacity(event_ids.len());
         for chunk in event_ids.chunks(200) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
-                placeholders.join(",")
+                super::placeholders(1, chunk.len())
             ));
             let mut q = sqlx::query_as::<_, EventTuple>(sql);
             for id in chunk {
@@ -214,10 +212,9 @@ impl Db {
         prevs.dedup();
         let mut held = std::collections::HashSet::new();
         for chunk in prevs.chunks(200) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT event_id FROM events WHERE event_id IN ({}) AND (outlier = 0 OR rejected = 1)",
-                placeholders.join(",")
+                super::placeholders(1, chunk.len())
             ));
             let mut q = sqlx::query_scalar::<_, String>(sql);
             for id in chunk {
@@ -287,12 +284,11 @@ impl Db {
     ) -> Result<HashMap<String, Vec<(String, i64)>>> {
         let mut out: HashMap<String, Vec<(String, i64)>> = HashMap::new();
         for chunk in room_ids.chunks(200) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT f.room_id, f.event_id, e.topological_ordering FROM forward_extremities f \
                  JOIN events e ON e.event_id = f.event_id WHERE f.room_id IN ({}) \
                  ORDER BY e.topological_ordering DESC, e.stream_ordering DESC",
-                placeholders.join(",")
+                super::placeholders(1, chunk.len())
             ));
             let mut q = sqlx::query_as::<_, (String, String, i64)>(sql);
             for id in chunk {
@@ -580,10 +576,9 @@ impl Db {
             // device_id = $2` in the query, SQLite (without statistics) walks every txn id of the
             // device through the primary key instead of looking the events up in
             // `client_txns_event`, 0.5 ms per query for a device that sent 1,000 events.
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT event_id, txn_id, user_id, device_id FROM client_txns WHERE event_id IN ({})",
-                placeholders.join(",")
+                super::placeholders(1, chunk.len())
             ));
             let mut q = sqlx::query_as::<_, (String, String, String, String)>(sql);
             for id in chunk {
@@ -785,19 +780,28 @@ async fn write_events(tx: &mut WriteTx, rows: &[PendingEvent]) -> Result<(), sql
     Ok(())
 }
 
-async fn write_edges(tx: &mut WriteTx, rows: &[(String, String)]) -> Result<(), sqlx::Error> {
+/// Two-column rows into `table_and_columns` (`"t (a, b)"`), ignoring existing ones.
+async fn insert_pairs<A: AsRef<str>, B: AsRef<str>>(
+    tx: &mut WriteTx,
+    table_and_columns: &str,
+    rows: &[(A, B)],
+) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let sql = sqlx::AssertSqlSafe(format!(
-            "INSERT INTO event_edges (event_id, prev_event_id) VALUES {} ON CONFLICT DO NOTHING",
+            "INSERT INTO {table_and_columns} VALUES {} ON CONFLICT DO NOTHING",
             values_clause(chunk.len(), 2)
         ));
         let mut q = sqlx::query(sql);
-        for (e, p) in chunk {
-            q = q.bind(e.as_str()).bind(p.as_str());
+        for (a, b) in chunk {
+            q = q.bind(a.as_ref()).bind(b.as_ref());
         }
         q.execute(&mut *tx.tx).await?;
     }
     Ok(())
+}
+
+async fn write_edges(tx: &mut WriteTx, rows: &[(String, String)]) -> Result<(), sqlx::Error> {
+    insert_pairs(tx, "event_edges (event_id, prev_event_id)", rows).await
 }
 
 async fn write_txns(tx: &mut WriteTx, rows: &[(String, String, String, String)]) -> Result<(), sqlx::Error> {
@@ -854,11 +858,10 @@ pub(super) async fn flush_pending(tx: &mut WriteTx) -> Result<(), sqlx::Error> {
     }
     for rooms in gone.chunks(200) {
         let events: Vec<&str> = rooms.iter().flat_map(|(_, g)| g.iter().copied()).collect();
-        let room_list = (1..=rooms.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-        let event_list =
-            (rooms.len() + 1..=rooms.len() + events.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
         let sql = sqlx::AssertSqlSafe(format!(
-            "DELETE FROM forward_extremities WHERE room_id IN ({room_list}) AND event_id IN ({event_list})"
+            "DELETE FROM forward_extremities WHERE room_id IN ({}) AND event_id IN ({})",
+            super::placeholders(1, rooms.len()),
+            super::placeholders(rooms.len() + 1, events.len())
         ));
         let mut q = sqlx::query(sql);
         for (room, _) in rooms {
@@ -869,17 +872,7 @@ pub(super) async fn flush_pending(tx: &mut WriteTx) -> Result<(), sqlx::Error> {
         }
         q.execute(&mut *tx.tx).await?;
     }
-    for chunk in new.chunks(ROWS_PER_STATEMENT) {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "INSERT INTO forward_extremities (room_id, event_id) VALUES {} ON CONFLICT DO NOTHING",
-            values_clause(chunk.len(), 2)
-        ));
-        let mut q = sqlx::query(sql);
-        for (room_id, e) in chunk {
-            q = q.bind(*room_id).bind(*e);
-        }
-        q.execute(&mut *tx.tx).await?;
-    }
+    insert_pairs(tx, "forward_extremities (room_id, event_id)", &new).await?;
     tx.pending.enabled = true;
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::{Db, WriteTx, now_ms};
+use super::{Db, WriteTx, now_ms, placeholders};
 use crate::error::Result;
 
 /// Counter names of the streams; each is one `stream_counters` row.
@@ -119,11 +119,6 @@ fn presence_from(t: PresenceTuple) -> PresenceRow {
 
 const PRESENCE_COLUMNS: &str =
     "p.user_id, p.state, p.status_msg, p.last_active_ts, p.last_sync_ts, p.currently_active, p.stream_id";
-
-/// `$first, $first+1, ...` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
-}
 
 /// Room lists are bound in chunks so that no statement exceeds the backends' bind limits.
 const ROOM_CHUNK: usize = 500;
