@@ -89,19 +89,10 @@ impl Pdu {
         let value = serde_json::to_value(&json)?;
         let fields: PduFields =
             serde_json::from_value(value).map_err(|e| Error::bad_json(format!("Invalid PDU: {e}")))?;
-        Self::from_parts(event_id, room_id, fields, json)
+        Self::from_parts(event_id, room_id, fields, LazyJson { raw: None, parsed: OnceLock::from(json) })
     }
 
     fn from_parts(
-        event_id: OwnedEventId,
-        room_id: Option<OwnedRoomId>,
-        fields: PduFields,
-        json: CanonicalJsonObject,
-    ) -> Result<Self> {
-        Self::with_json(event_id, room_id, fields, LazyJson { raw: None, parsed: OnceLock::from(json) })
-    }
-
-    fn with_json(
         event_id: OwnedEventId,
         room_id: Option<OwnedRoomId>,
         fields: PduFields,
@@ -132,7 +123,7 @@ impl Pdu {
     /// Parses the stored text form (two direct parses; this runs for every event read).
     pub fn from_stored(event_id: &str, room_id: &str, json: &str, rejected: bool) -> Result<Self> {
         let fields: PduFields = serde_json::from_str(json).map_err(Error::internal)?;
-        let mut pdu = Self::with_json(
+        let mut pdu = Self::from_parts(
             EventId::parse(event_id).map_err(Error::internal)?,
             Some(RoomId::parse(room_id).map_err(Error::internal)?),
             fields,

@@ -105,7 +105,6 @@ impl Rooms {
         // row's lock before any room row, so batches of different processes on one PostgreSQL
         // lock rows in one order and cannot deadlock.
         crate::storage::Db::reserve_stream_positions(&mut tx, "events", jobs.len() as i64).await?;
-        let mut ctxs: HashMap<String, RoomCtx> = HashMap::new();
         let mut appended: HashMap<String, Vec<Appended>> = HashMap::new();
         let mut outcomes = Vec::with_capacity(jobs.len());
         // Every job's txn id in one read; ids written by this batch are added as it goes, so a
@@ -118,7 +117,7 @@ impl Rooms {
         let mut rooms: Vec<&ruma::RoomId> = jobs.iter().map(|j| &*j.room_id).collect();
         rooms.sort_unstable();
         rooms.dedup();
-        let mut loaded = self.load_ctxs(&mut tx, &rooms).await?;
+        let mut ctxs = self.load_ctxs(&mut tx, &rooms).await?;
         for job in jobs {
             let user = job.user_id.as_str();
             let key = job.txn.as_ref().map(|(d, t)| (user.to_owned(), d.clone(), t.clone()));
@@ -127,18 +126,10 @@ impl Rooms {
                 continue;
             }
             let room = job.room_id.as_str().to_owned();
-            if !ctxs.contains_key(&room) {
-                match loaded.remove(&room) {
-                    Some(ctx) => {
-                        ctxs.insert(room.clone(), ctx);
-                    }
-                    None => {
-                        outcomes.push(Outcome::Refused(Error::not_found("Unknown room")));
-                        continue;
-                    }
-                }
-            }
-            let ctx = ctxs.get_mut(&room).expect("inserted above");
+            let Some(ctx) = ctxs.get_mut(&room) else {
+                outcomes.push(Outcome::Refused(Error::not_found("Unknown room")));
+                continue;
+            };
             let built = async {
                 if let Some(target) = &job.ev.redacts {
                     self.check_redaction_allowed(ctx, &job.user_id, target).await?;

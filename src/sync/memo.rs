@@ -26,6 +26,14 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Inserts into the locked map, starting afresh at the bound.
+    fn put(map: &mut HashMap<K, V>, key: K, value: V) {
+        if map.len() >= LIMIT {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+
     /// The remembered value, if any.
     pub fn get<Q: Eq + Hash + ?Sized>(&self, key: &Q) -> Option<V>
     where
@@ -36,11 +44,7 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
 
     /// Remembers a value.
     pub fn insert(&self, key: K, value: V) {
-        let mut map = self.lock();
-        if map.len() >= LIMIT {
-            map.clear();
-        }
-        map.insert(key, value);
+        Self::put(&mut self.lock(), key, value);
     }
 
     /// The remembered value, or `f()` remembered now (under one lock, so concurrent callers
@@ -50,11 +54,8 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
         if let Some(v) = map.get(&key) {
             return v.clone();
         }
-        if map.len() >= LIMIT {
-            map.clear();
-        }
         let value = f();
-        map.insert(key, value.clone());
+        Self::put(&mut map, key, value.clone());
         value
     }
 
@@ -62,10 +63,7 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
     pub fn update(&self, key: K, f: impl FnOnce(Option<&V>) -> V) {
         let mut map = self.lock();
         let value = f(map.get(&key));
-        if map.len() >= LIMIT {
-            map.clear();
-        }
-        map.insert(key, value);
+        Self::put(&mut map, key, value);
     }
 
     /// Forgets a value.
