@@ -84,14 +84,21 @@ async fn sync(c: &Client, since: Option<&str>, timeout_ms: u64) -> Value {
 }
 
 /// Syncs from `since` until `user` is in `device_lists.changed`; returns the last token.
+/// One incremental sync of `c` from `token`, waiting up to `timeout_ms`: the next token and
+/// whether `user` is in `device_lists.changed`.
+async fn sync_changed(c: &Client, token: &str, user: &str, timeout_ms: u64) -> (String, bool) {
+    let b = sync(c, Some(token), timeout_ms).await;
+    let changed = b["device_lists"]["changed"].as_array().is_some_and(|a| a.contains(&json!(user)));
+    (b["next_batch"].as_str().unwrap().to_owned(), changed)
+}
+
 async fn wait_changed(c: &Client, since: &str, user: &str) -> String {
     let mut token = since.to_owned();
     let deadline = std::time::Instant::now() + T;
     loop {
-        let b = sync(c, Some(&token), 5000).await;
-        let changed = b["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
-        token = b["next_batch"].as_str().unwrap().to_owned();
-        if changed.contains(&json!(user)) {
+        let (next, changed) = sync_changed(c, &token, user, 5000).await;
+        token = next;
+        if changed {
             return token;
         }
         assert!(
@@ -109,10 +116,9 @@ async fn wait_quiet(c: &Client, since: &str, user: &str) {
     let mut token = since.to_owned();
     let deadline = std::time::Instant::now() + T;
     loop {
-        let b = sync(c, Some(&token), 1500).await;
-        let changed = b["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
-        token = b["next_batch"].as_str().unwrap().to_owned();
-        if !changed.contains(&json!(user)) {
+        let (next, changed) = sync_changed(c, &token, user, 1500).await;
+        token = next;
+        if !changed {
             return;
         }
         assert!(std::time::Instant::now() < deadline, "{user}'s device list kept changing for {}", c.user_id);
