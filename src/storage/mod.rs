@@ -135,6 +135,7 @@ pub struct WriteTx {
     /// Event rows written in this transaction, and where to count them once committed.
     events_written: u64,
     growth: Option<Arc<Growth>>,
+    backend: Backend,
 }
 
 impl WriteTx {
@@ -328,6 +329,7 @@ impl Db {
             pending: Default::default(),
             events_written: 0,
             growth: self.growth.clone(),
+            backend: self.backend,
         })
     }
 
