@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use std::future::IntoFuture;
-
 use anyhow::Context;
 
 use crate::accounts::Accounts;
@@ -18,6 +16,8 @@ use crate::rooms::Rooms;
 use crate::signing::SigningKeys;
 use crate::storage::Db;
 use crate::sync::SyncEngine;
+
+mod listener;
 
 /// Everything a running server holds.
 pub struct Server {
@@ -100,15 +100,13 @@ impl Server {
                 sync.begin_shutdown();
             }
         };
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(signal)
-            .into_future();
+        let serve = listener::serve(listener, app, signal);
         let grace = async {
             stopping.notified().await;
             tokio::time::sleep(std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS)).await;
         };
         tokio::select! {
-            res = serve => res.context("serving HTTP")?,
+            () = serve => {}
             _ = grace => tracing::warn!("requests still running after {SHUTDOWN_GRACE_SECS} s; stopping anyway"),
         }
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
