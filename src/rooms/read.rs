@@ -459,13 +459,27 @@ impl Rooms {
     /// Client JSON for several events; the sending device's transaction ids are looked up in one
     /// query rather than one per event, and only for events that can have one.
     pub async fn client_events(&self, evs: &[StoredEvent], viewer: Option<(&UserId, &str)>) -> Result<Vec<Value>> {
-        let mut txns = HashMap::new();
-        if let Some((user, device)) = viewer {
-            let ask: Vec<String> = may_have_txn(evs, user).map(str::to_owned).collect();
-            if !ask.is_empty() {
-                txns = self.db.txns_of_events(user.as_str(), device, &ask).await?;
-            }
+        let txns = self.txn_ids(&evs.iter().collect::<Vec<_>>(), viewer).await?;
+        self.client_events_with(evs, &txns).await
+    }
+
+    /// The viewing device's transaction ids of `evs`: event id → txn id (one query; none when
+    /// no event can carry one). Sync asks once for the events of all its rooms.
+    pub async fn txn_ids(
+        &self,
+        evs: &[&StoredEvent],
+        viewer: Option<(&UserId, &str)>,
+    ) -> Result<HashMap<String, String>> {
+        let Some((user, device)) = viewer else { return Ok(HashMap::new()) };
+        let ask = may_have_txn(evs.iter().copied(), user);
+        if ask.is_empty() {
+            return Ok(HashMap::new());
         }
+        self.db.txns_of_events(user.as_str(), device, &ask).await
+    }
+
+    /// Client JSON for events whose transaction ids were looked up with [`Rooms::txn_ids`].
+    pub async fn client_events_with(&self, evs: &[StoredEvent], txns: &HashMap<String, String>) -> Result<Vec<Value>> {
         let now = crate::storage::now_ms();
         let mut out = Vec::with_capacity(evs.len());
         for ev in evs {
@@ -492,10 +506,10 @@ fn push_edges(edges: &mut Vec<(String, String)>, ev: &StoredEvent) {
 
 /// Ids of the events in `evs` that can carry `user`'s transaction id: theirs and without a state
 /// key (txn ids come only with `/send` and `/redact`; state events are sent without one).
-fn may_have_txn<'a>(evs: &'a [StoredEvent], user: &'a UserId) -> impl Iterator<Item = &'a str> + 'a {
-    evs.iter()
-        .filter(move |e| e.pdu.fields.sender == user && e.pdu.fields.state_key.is_none())
-        .map(|e| e.pdu.event_id.as_str())
+fn may_have_txn<'a>(evs: impl Iterator<Item = &'a StoredEvent>, user: &UserId) -> Vec<String> {
+    evs.filter(|e| e.pdu.fields.sender == user && e.pdu.fields.state_key.is_none())
+        .map(|e| e.pdu.event_id.to_string())
+        .collect()
 }
 
 /// History visibility of a run of events for one user, remembered per state group: it depends

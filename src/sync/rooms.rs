@@ -46,7 +46,7 @@ pub const STRIPPED_STATE_TYPES: &[&str] = &[
 /// events and reports the timeline as limited (the client pages on with `/messages`).
 const MAX_SCAN_BATCHES: usize = 5;
 /// One joined room being computed: its id and its entry, if any.
-type RoomComputation<'a> = futures::future::BoxFuture<'a, Result<(&'a str, Option<Value>)>>;
+type RoomComputation<'a> = futures::future::BoxFuture<'a, Result<(&'a str, Option<RoomEntry>)>>;
 /// Joined rooms computed concurrently in one sync.
 const ROOMS_AT_ONCE: usize = 8;
 /// Unread counts stop at this number.
@@ -67,6 +67,15 @@ struct Plan<'a> {
     membership_changed: bool,
     /// Stream position of the user's current membership.
     member_stream: i64,
+}
+
+/// A room's entry whose timeline and state events are not rendered yet: the transaction ids of
+/// the syncing device's events are looked up for all rooms in one query (one per room was half
+/// the queries of an initial sync), then every room is rendered.
+struct RoomEntry {
+    entry: Value,
+    timeline: Vec<StoredEvent>,
+    state: Vec<StoredEvent>,
 }
 
 struct Timeline {
@@ -232,12 +241,24 @@ impl SyncEngine {
             })
             .collect();
         let mut rooms = futures::stream::iter(computations).buffered(ROOMS_AT_ONCE);
+        let mut entries = Vec::new();
         while let Some((room, v)) = rooms.try_next().await? {
-            if let Some(v) = v {
-                join.insert(room.to_owned(), v);
-            }
+            entries.extend(v.map(|v| (room, v)));
         }
         drop(rooms);
+        let mut lefts = Vec::new();
+        for plan in leaves {
+            lefts.push((plan.room_id, self.left_room(ctx, &plan, room_data.get(plan.room_id)).await?));
+        }
+        let viewer = Some((ctx.user, ctx.device.as_str()));
+        let all_events: Vec<&StoredEvent> =
+            entries.iter().chain(&lefts).flat_map(|(_, e)| e.timeline.iter().chain(&e.state)).collect();
+        let txns = self.rooms.txn_ids(&all_events, viewer).await?;
+        drop(all_events);
+        let state_key = if ctx.opts.use_state_after { "state_after" } else { "state" };
+        for (room, e) in entries {
+            join.insert(room.to_owned(), self.render(e, &txns, state_key).await?);
+        }
         if !join.is_empty() {
             out.insert("join".into(), Value::Object(join));
         }
@@ -258,14 +279,21 @@ impl SyncEngine {
             out.insert("knock".into(), Value::Object(knock));
         }
         let mut leave = Map::new();
-        for plan in leaves {
-            let v = self.left_room(ctx, &plan, room_data.get(plan.room_id)).await?;
-            leave.insert(plan.room_id.to_owned(), v);
+        for (room, e) in lefts {
+            leave.insert(room.to_owned(), self.render(e, &txns, state_key).await?);
         }
         if !leave.is_empty() {
             out.insert("leave".into(), Value::Object(leave));
         }
         Ok(out)
+    }
+
+    /// A room's entry with its events in client form.
+    async fn render(&self, e: RoomEntry, txns: &HashMap<String, String>, state_key: &str) -> Result<Value> {
+        let mut entry = e.entry;
+        entry["timeline"]["events"] = Value::Array(self.rooms.client_events_with(&e.timeline, txns).await?);
+        entry[state_key] = events_obj(self.rooms.client_events_with(&e.state, txns).await?);
+        Ok(entry)
     }
 
     /// One joined room, or None when an incremental sync has nothing to say about it.
@@ -276,7 +304,7 @@ impl SyncEngine {
         typing: Option<&Vec<String>>,
         receipts: Option<&Vec<ReceiptRow>>,
         account_data: Option<&Vec<AccountDataRow>>,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<RoomEntry>> {
         let tl = self.timeline(ctx, plan).await?;
         // A full-state room carries its summary; lazy-loading then also sends the heroes.
         let mut summary = if plan.full_state { Some(self.summary(ctx, plan).await?) } else { None };
@@ -306,21 +334,14 @@ impl SyncEngine {
         }
         let notifications = self.unread_count(ctx, plan).await?;
 
-        let viewer = Some((ctx.user, ctx.device.as_str()));
-        let state_key = if ctx.opts.use_state_after { "state_after" } else { "state" };
         let mut room = json!({
-            "timeline": {
-                "events": self.rooms.client_events(&tl.events, viewer).await?,
-                "limited": tl.limited,
-                "prev_batch": tl.prev_batch,
-            },
-            state_key: events_obj(self.rooms.client_events(&state, viewer).await?),
+            "timeline": { "limited": tl.limited, "prev_batch": tl.prev_batch },
             "ephemeral": events_obj(ephemeral),
             "account_data": events_obj(account_data),
             "unread_notifications": { "notification_count": notifications, "highlight_count": 0 },
         });
         room["summary"] = summary.map(|(s, _)| s).unwrap_or_else(|| json!({}));
-        Ok(Some(room))
+        Ok(Some(RoomEntry { entry: room, timeline: tl.events, state }))
     }
 
     /// Messages from others after the user's read receipt (or their joining), up to the plan's
@@ -364,27 +385,23 @@ impl SyncEngine {
         ctx: &Ctx<'_>,
         plan: &Plan<'_>,
         account_data: Option<&Vec<AccountDataRow>>,
-    ) -> Result<Value> {
+    ) -> Result<RoomEntry> {
         let tl = self.timeline(ctx, plan).await?;
         let state = self.room_state(ctx, plan, &tl, &[]).await?;
-        let viewer = Some((ctx.user, ctx.device.as_str()));
-        let state_key = if ctx.opts.use_state_after { "state_after" } else { "state" };
-        Ok(json!({
-            "timeline": {
-                "events": self.rooms.client_events(&tl.events, viewer).await?,
-                "limited": tl.limited,
-                "prev_batch": tl.prev_batch,
-            },
-            state_key: events_obj(self.rooms.client_events(&state, viewer).await?),
+        let entry = json!({
+            "timeline": { "limited": tl.limited, "prev_batch": tl.prev_batch },
             "account_data": events_obj(account_data_events(ctx, account_data)),
-        }))
+        });
+        Ok(RoomEntry { entry, timeline: tl.events, state })
     }
 
     /// The last `limit` visible, matching events of `(after, upto]`, oldest first.
     async fn timeline(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<Timeline> {
         let filter = &ctx.opts.filter.timeline;
         let limit = ctx.opts.filter.timeline_limit();
-        let batch = (2 * limit as i64 + 1).clamp(20, 1000);
+        // The first batch is just enough for a full timeline and the `limited` flag, which is what
+        // it nearly always turns out to be; later ones are larger, for filtered or hidden events.
+        let mut batch = limit as i64 + 1;
         let floor = plan.after.unwrap_or(0);
         let mut cursor = plan.upto;
         let mut vis = VisibilityMemo::new(ctx.user, Some(plan.membership));
@@ -392,18 +409,21 @@ impl SyncEngine {
         let mut limited = false;
         let mut skipped = false;
         let mut oldest_scanned = None;
-        let tail = format!(
-            "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 AND stream_ordering > $2 \
-             AND stream_ordering <= $3 ORDER BY stream_ordering DESC LIMIT {batch}"
-        );
-        'scan: for _ in 0..MAX_SCAN_BATCHES {
+        'scan: for round in 0..MAX_SCAN_BATCHES {
             if cursor <= floor {
                 break;
+            }
+            if round > 0 {
+                batch = (2 * limit as i64 + 1).clamp(20, 1000);
             }
             let rows = if ctx.view.covers(floor) && cursor <= ctx.view.end {
                 ctx.view.window(plan.room_id, floor, cursor, batch as usize)
             } else {
                 let binds = [BindValue::Str(plan.room_id), BindValue::Int(floor), BindValue::Int(cursor)];
+                let tail = format!(
+                    "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 AND stream_ordering > $2 \
+                     AND stream_ordering <= $3 ORDER BY stream_ordering DESC LIMIT {batch}"
+                );
                 self.db.query_events(&tail, &binds).await?
             };
             let exhausted = (rows.len() as i64) < batch;
