@@ -416,8 +416,14 @@ impl SyncEngine {
             if round > 0 {
                 batch = (2 * limit as i64 + 1).clamp(20, 1000);
             }
-            let rows = if ctx.view.covers(floor) && cursor <= ctx.view.end {
-                ctx.view.window(plan.room_id, floor, cursor, batch as usize)
+            // The recent-events log answers when it covers the whole window, and also when it
+            // holds a full batch of the room's newest events: nothing older is then needed (an
+            // initial sync of rooms with recent activity reads no timeline from the database).
+            let from_log = (cursor <= ctx.view.end)
+                .then(|| ctx.view.window(plan.room_id, floor.max(ctx.view.start), cursor, batch as usize))
+                .filter(|rows| ctx.view.covers(floor) || rows.len() as i64 == batch);
+            let rows = if let Some(rows) = from_log {
+                rows
             } else {
                 let binds = [BindValue::Str(plan.room_id), BindValue::Int(floor), BindValue::Int(cursor)];
                 let tail = format!(
