@@ -227,10 +227,17 @@ impl Db {
         let mut pool_options =
             AnyPoolOptions::new().max_connections(max_connections.max(2)).acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
+            // `wal_autocheckpoint`: a commit that takes the WAL past this many pages copies them
+            // into the database file before it returns. Each event dirties a leaf page in every
+            // index keyed by an event id (random keys), so a batch of 25 messages writes ~250 pages:
+            // with SQLite's default of 1,000, every fourth batch paid for a checkpoint. At 10,000
+            // (a 40 MB WAL), the pages that every batch rewrites (table tails, per-room indexes,
+            // counters) are copied once per checkpoint rather than once per four batches: send
+            // throughput 4,050-4,140 -> 5,168 msg/s, 4,000 pages gave 4,768-4,840.
             let pragmas: &'static str = if sqlite_synchronous == "normal" {
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA wal_autocheckpoint = 10000;"
             } else {
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA wal_autocheckpoint = 10000;"
             };
             pool_options = pool_options.after_connect(move |conn, _| {
                 Box::pin(async move {
