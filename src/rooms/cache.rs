@@ -1,4 +1,5 @@
-//! Caches on the send path: PDUs used for authorisation, and each room's members by state group.
+//! Caches on the send path: PDUs used for authorisation, and each room's members by state group;
+//! and the transaction ids of events this process wrote.
 //!
 //! Both are pure caches. PDUs are immutable except for redaction, which evicts the entry. A room's
 //! membership only changes together with its state group (member events are state), so a cached
@@ -11,6 +12,10 @@ use super::pdu::Pdu;
 
 const PDU_LIMIT: usize = 20_000;
 const ROOM_LIMIT: usize = 10_000;
+const TXN_LIMIT: usize = 50_000;
+
+/// Who sent an event with which transaction id: `(user, device, txn id)`.
+pub type TxnOf = (String, String, String);
 
 /// Local members to wake and remote servers to send to, for one state of a room.
 #[derive(Debug, Default)]
@@ -26,6 +31,9 @@ pub struct RoomMembers {
 pub struct Caches {
     pdus: Mutex<HashMap<String, Pdu>>,
     members: Mutex<HashMap<String, (i64, Arc<RoomMembers>)>>,
+    /// Filled by the writer after commit. A transaction id never changes once written, so an
+    /// entry is never stale; an event not found here is looked up in the database.
+    txns: Mutex<HashMap<String, TxnOf>>,
 }
 
 impl Caches {
@@ -46,6 +54,22 @@ impl Caches {
     /// Forgets a PDU (after its redaction).
     pub fn evict_pdu(&self, event_id: &str) {
         self.pdus.lock().unwrap_or_else(|e| e.into_inner()).remove(event_id);
+    }
+
+    /// The transaction id of an event this process wrote, if remembered.
+    pub fn txn(&self, event_id: &str) -> Option<TxnOf> {
+        self.txns.lock().unwrap_or_else(|e| e.into_inner()).get(event_id).cloned()
+    }
+
+    /// Remembers the transaction ids of committed events.
+    pub fn put_txns(&self, entries: impl IntoIterator<Item = (String, TxnOf)>) {
+        let mut txns = self.txns.lock().unwrap_or_else(|e| e.into_inner());
+        for (event_id, txn) in entries {
+            if txns.len() >= TXN_LIMIT {
+                txns.clear();
+            }
+            txns.insert(event_id, txn);
+        }
     }
 
     /// Members of a room at a state group, if cached.

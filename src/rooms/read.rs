@@ -471,11 +471,24 @@ impl Rooms {
         viewer: Option<(&UserId, &str)>,
     ) -> Result<HashMap<String, String>> {
         let Some((user, device)) = viewer else { return Ok(HashMap::new()) };
-        let ask = may_have_txn(evs.iter().copied(), user);
-        if ask.is_empty() {
-            return Ok(HashMap::new());
+        // Events this process wrote are answered from memory (a `/messages` page otherwise
+        // spends a third of its database time here); the others from the database.
+        let mut found = HashMap::new();
+        let mut ask = Vec::new();
+        for id in may_have_txn(evs.iter().copied(), user) {
+            match self.caches.txn(&id) {
+                Some((u, d, t)) => {
+                    if u == user.as_str() && d == device {
+                        found.insert(id, t);
+                    }
+                }
+                None => ask.push(id),
+            }
         }
-        self.db.txns_of_events(user.as_str(), device, &ask).await
+        if !ask.is_empty() {
+            found.extend(self.db.txns_of_events(user.as_str(), device, &ask).await?);
+        }
+        Ok(found)
     }
 
     /// Client JSON for events whose transaction ids were looked up with [`Rooms::txn_ids`].

@@ -76,6 +76,13 @@ impl Rooms {
                         self.after_commit(ctx, list).await;
                     }
                 }
+                self.caches.put_txns(jobs.iter().zip(&outcomes).filter_map(|(job, outcome)| match outcome {
+                    Outcome::New(room, i) => job.txn.as_ref().map(|(device, txn)| {
+                        let id = appended[room][*i].pdu.event_id.to_string();
+                        (id, (job.user_id.to_string(), device.clone(), txn.clone()))
+                    }),
+                    _ => None,
+                }));
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let result = match outcome {
                         Outcome::New(room, i) => Ok(appended[&room][i].pdu.event_id.clone()),
