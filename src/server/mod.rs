@@ -17,6 +17,7 @@ use crate::signing::SigningKeys;
 use crate::storage::Db;
 use crate::sync::SyncEngine;
 
+mod http1;
 mod listener;
 
 /// Everything a running server holds.

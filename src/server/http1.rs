@@ -1,0 +1,769 @@
+//! HTTP/1.1 for the client-API listener: reads request heads, hands each request to the router,
+//! writes the response, and keeps the connection for the next request.
+//!
+//! Hand-written, around `httparse` (the parser hyper itself uses), for memory: hyper's server
+//! gives every connection a read buffer of at least 8 KiB for the connection's whole life, and
+//! the parsed request's headers point into it, so a `/sync` long-poll keeps a page of it
+//! resident while it waits. With 10,000 waiting `/sync` requests that buffer alone was 4 KiB of
+//! the 10 KiB each one cost (heaptrack). Here a connection holds no buffer while a request is
+//! in flight or while it is idle: the head is read into a buffer that is dropped once parsed;
+//! the URI and header values share one exact-size copy of the head.
+//!
+//! What it does, as RFC 9112 asks of a server:
+//! - request bodies framed by `Content-Length` or `Transfer-Encoding: chunked` (anything else
+//!   with a transfer coding is refused), streamed to the handler through a small channel, with
+//!   `Expect: 100-continue` answered before the body is read;
+//! - responses framed by `Content-Length` when the size is known, chunked otherwise (close-
+//!   delimited for HTTP/1.0), no body for `HEAD`, 1xx, 204 and 304;
+//! - persistent connections and pipelining (the next request's bytes wait in the buffer);
+//!   `Connection: close`, and HTTP/1.0 without `keep-alive`, end the connection;
+//! - a handler is dropped when its client goes away (a long-poll stops waiting at once);
+//! - limits: 64 KiB of head, 100 headers, 30 s to send a head once begun, 300 s idle between
+//!   requests, 60 s between two reads of a body. Malformed requests get a Matrix JSON error.
+//!
+//! Upgrades, HTTP/2 and TLS are not spoken here: clients reach this port over plain HTTP/1.1,
+//! or through a reverse proxy that speaks HTTP/2 and TLS to them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Most bytes of a request line and headers.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a request (as hyper).
+const MAX_HEADERS: usize = 100;
+/// Time to finish sending a head once its first byte has arrived.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a connection may sit idle between requests: longer than clients keep idle connections
+/// in their pools (reqwest 90 s, Synapse 120 s), so that the client is the one that closes and
+/// never sends a request on a connection the server is closing.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest pause while a request body is being sent.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest piece of a request body read from the socket at once.
+const BODY_CHUNK: usize = 64 * 1024;
+/// Response bytes gathered before they are written.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// First allocation for reading a head; large enough for a browser's request.
+const HEAD_BUFFER: usize = 2048;
+
+/// Serves requests on one accepted connection until the client closes it, an error ends it,
+/// or `shutdown` is cancelled (a request in flight is answered first).
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: CancellationToken) {
+    // Responses go out in one or a few writes; Nagle's algorithm would only delay the last.
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn { stream, buf: Vec::new() };
+    let after = loop {
+        let head = match read_head(&mut conn, &shutdown).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break After::Close,
+            Err(refusal) => {
+                let _ = write_refusal(&mut conn, refusal).await;
+                break After::Linger;
+            }
+        };
+        match serve_request(&mut conn, head, &app, peer, &shutdown).await {
+            After::KeepAlive => {}
+            after => break after,
+        }
+        // An idle connection keeps no buffer (unless a pipelined request is already in it).
+        if conn.buf.is_empty() {
+            conn.buf = Vec::new();
+        }
+    };
+    match after {
+        After::Gone | After::KeepAlive => {}
+        After::Close => {
+            let _ = conn.stream.shutdown().await;
+        }
+        After::Linger => linger(conn).await,
+    }
+}
+
+/// What becomes of a connection after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// It carries the next request.
+    KeepAlive,
+    /// It is closed.
+    Close,
+    /// It is closed, but the client may still be sending a request body nobody read.
+    Linger,
+    /// The client has gone.
+    Gone,
+}
+
+/// Closes a connection whose client may still be sending: the write side first, then what
+/// arrives is read and discarded for a while. Closing with unread bytes would make the kernel
+/// reset the connection, and the client could lose the response it has not read yet.
+async fn linger(mut conn: Conn) {
+    if conn.stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    let _ = timeout(LINGER_TIME, async {
+        while let Ok(n @ 1..) = conn.stream.read(&mut sink).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Most bytes discarded by [`linger`].
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// Longest wait in [`linger`].
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// The socket and the bytes read from it but not yet used.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    /// Reads what the socket has into `buf`; `Ok(0)` at end of stream. Memory is taken only once
+    /// bytes are there to read, so a connection waiting to read holds none.
+    async fn fill(&mut self) -> io::Result<usize> {
+        loop {
+            self.stream.readable().await?;
+            if self.buf.capacity() - self.buf.len() < 512 {
+                self.buf.reserve(self.buf.len().max(HEAD_BUFFER));
+            }
+            match self.stream.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
+}
+
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+struct Head {
+    parts: http::request::Parts,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// A request refused before it reached the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    status: StatusCode,
+    errcode: &'static str,
+    error: &'static str,
+}
+
+impl Refusal {
+    const fn bad(error: &'static str) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, errcode: "M_UNKNOWN", error }
+    }
+}
+
+const HEAD_TOO_LARGE: Refusal = Refusal {
+    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    errcode: "M_UNKNOWN",
+    error: "Request headers too large",
+};
+
+/// Waits for the next request head. `Ok(None)`: the connection should close quietly (the
+/// client closed it or stayed idle too long, or the server is stopping between requests).
+async fn read_head(conn: &mut Conn, shutdown: &CancellationToken) -> Result<Option<Head>, Refusal> {
+    let mut deadline = Instant::now() + IDLE_TIMEOUT;
+    let mut begun = false;
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some((head, len)) = parse_head(&conn.buf)? {
+                conn.buf.drain(..len);
+                return Ok(Some(head));
+            }
+            if conn.buf.len() >= MAX_HEAD {
+                return Err(HEAD_TOO_LARGE);
+            }
+            if !begun {
+                begun = true;
+                deadline = Instant::now() + HEADER_TIMEOUT;
+            }
+        }
+        tokio::select! {
+            read = conn.fill() => match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            },
+            () = sleep_until(deadline) => {
+                return if begun {
+                    Err(Refusal { status: StatusCode::REQUEST_TIMEOUT, errcode: "M_UNKNOWN", error: "Request head not received in time" })
+                } else {
+                    Ok(None)
+                };
+            }
+            () = shutdown.cancelled(), if !begun => return Ok(None),
+        }
+    }
+}
+
+/// Parses a complete head at the start of `buf`, returning it and its length in bytes, or
+/// `None` if more bytes are needed.
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HEAD_TOO_LARGE),
+        Err(_) => return Err(Refusal::bad("Malformed HTTP request")),
+    };
+    if len > MAX_HEAD {
+        return Err(HEAD_TOO_LARGE);
+    }
+    // One copy of the head that the URI and header values point into; `buf` can then go.
+    let shared = Bytes::copy_from_slice(&buf[..len]);
+    let slice_of = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        shared.slice(start..start + part.len())
+    };
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Refusal::bad("Malformed HTTP method"))?;
+    let uri = Uri::from_maybe_shared(slice_of(req.path.unwrap_or_default().as_bytes()))
+        .map_err(|_| Refusal::bad("Malformed request target"))?;
+    let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::bad("Malformed header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(slice_of(h.value)).map_err(|_| Refusal::bad("Malformed header value"))?;
+        map.append(name, value);
+    }
+    let framing = framing(&map, version)?;
+    let keep_alive = match version {
+        Version::HTTP_10 => has_token(&map, header::CONNECTION, "keep-alive"),
+        _ => !has_token(&map, header::CONNECTION, "close"),
+    };
+    let expect_continue = version == Version::HTTP_11
+        && map.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = map;
+    Ok(Some((Head { parts, framing, keep_alive, expect_continue }, len)))
+}
+
+/// The body framing of a request (RFC 9112 section 6.3). A message with both
+/// `Transfer-Encoding` and `Content-Length`, or with differing lengths, is refused: those are
+/// the ambiguities request smuggling is made of.
+fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Refusal> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 || headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(Refusal::bad("Ambiguous request body framing"));
+        }
+        let mut codings = Vec::new();
+        for value in headers.get_all(header::TRANSFER_ENCODING) {
+            let value = value.to_str().map_err(|_| Refusal::bad("Malformed Transfer-Encoding"))?;
+            codings.extend(value.split(',').map(str::trim).filter(|c| !c.is_empty()));
+        }
+        return match codings.as_slice() {
+            [only] if only.eq_ignore_ascii_case("chunked") => Ok(Framing::Chunked),
+            [.., last] if last.eq_ignore_ascii_case("chunked") => Err(Refusal {
+                status: StatusCode::NOT_IMPLEMENTED,
+                errcode: "M_UNKNOWN",
+                error: "Unsupported transfer coding",
+            }),
+            _ => Err(Refusal::bad("Request body framing is not chunked")),
+        };
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let value = value.to_str().map_err(|_| Refusal::bad("Malformed Content-Length"))?;
+        for item in value.split(',').map(str::trim) {
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Refusal::bad("Malformed Content-Length"));
+            }
+            let n: u64 = item.parse().map_err(|_| Refusal::bad("Malformed Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Refusal::bad("Conflicting Content-Length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        None | Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+    })
+}
+
+/// Whether a comma-separated header such as `Connection` holds `token`.
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Runs one request through the router and writes its response.
+async fn serve_request(
+    conn: &mut Conn,
+    head: Head,
+    app: &Router,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> After {
+    let Head { parts, framing, keep_alive, expect_continue } = head;
+    let head_only = parts.method == Method::HEAD;
+    let version = parts.version;
+    if expect_continue
+        && framing != Framing::Empty
+        && conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+    {
+        return After::Gone;
+    }
+    let (sender, body) = match framing {
+        Framing::Empty => (None, Body::empty()),
+        Framing::Length(n) => {
+            let (tx, rx) = mpsc::channel(2);
+            (Some(tx), Body::new(IncomingBody { rx, remaining: Some(n) }))
+        }
+        Framing::Chunked => {
+            let (tx, rx) = mpsc::channel(2);
+            (Some(tx), Body::new(IncomingBody { rx, remaining: None }))
+        }
+    };
+    let mut req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(ConnectInfo(peer));
+    let handler = app.clone().oneshot(req);
+
+    let mut body_read = framing == Framing::Empty;
+    let response = {
+        let reader = read_body_then_watch(conn, framing, sender, &mut body_read);
+        tokio::select! {
+            response = handler => match response {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            // The client went away: dropping the handler cancels it.
+            () = reader => return After::Gone,
+        }
+    };
+    // A body the handler left unread would be taken for the next request; the connection ends.
+    let keep_alive = keep_alive && body_read && !shutdown.is_cancelled();
+    match write_response(conn, response, head_only, version, keep_alive).await {
+        Ok(true) => After::KeepAlive,
+        Ok(false) if body_read => After::Close,
+        Ok(false) => After::Linger,
+        Err(_) => After::Gone,
+    }
+}
+
+/// Feeds the request body to the handler, then watches the idle socket so that a client that
+/// closes its connection is noticed. Completes only when the client has gone.
+async fn read_body_then_watch(
+    conn: &mut Conn,
+    framing: Framing,
+    sender: Option<mpsc::Sender<io::Result<Bytes>>>,
+    body_read: &mut bool,
+) {
+    if let Some(tx) = sender {
+        match read_body(conn, framing, &tx).await {
+            Ok(()) => *body_read = true,
+            Err(BodyError::Gone) => return,
+            // The handler answers without the rest; the connection then ends.
+            Err(BodyError::Unwanted) => return std::future::pending().await,
+            Err(BodyError::Bad(e)) => {
+                let _ = tx.send(Err(e)).await;
+                return std::future::pending().await;
+            }
+        }
+        // Dropping the sender ends the body.
+    }
+    loop {
+        // Bytes of a pipelined request are kept, up to the size of one head; beyond that the
+        // socket is left alone until the response is written.
+        if conn.buf.len() >= MAX_HEAD {
+            return std::future::pending().await;
+        }
+        match conn.fill().await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Why a request body could not be delivered whole.
+#[derive(Debug)]
+enum BodyError {
+    /// The client closed the connection.
+    Gone,
+    /// The handler dropped the body before its end.
+    Unwanted,
+    /// The body is malformed or the client stalled; the handler gets this error.
+    Bad(io::Error),
+}
+
+fn bad_body(msg: &'static str) -> BodyError {
+    BodyError::Bad(io::Error::new(io::ErrorKind::InvalidData, msg))
+}
+
+/// Reads the body of the current request from the connection into `tx`.
+async fn read_body(conn: &mut Conn, framing: Framing, tx: &mpsc::Sender<io::Result<Bytes>>) -> Result<(), BodyError> {
+    match framing {
+        Framing::Empty => Ok(()),
+        Framing::Length(n) => read_exact_body(conn, n, tx).await,
+        Framing::Chunked => read_chunked_body(conn, tx).await,
+    }
+}
+
+/// Passes on `n` bytes, first those already buffered, then straight from the socket.
+async fn read_exact_body(conn: &mut Conn, mut n: u64, tx: &mpsc::Sender<io::Result<Bytes>>) -> Result<(), BodyError> {
+    while n > 0 {
+        let chunk = if conn.buf.is_empty() {
+            let mut chunk = BytesMut::with_capacity(n.min(BODY_CHUNK as u64) as usize);
+            match timeout(BODY_READ_TIMEOUT, conn.stream.read_buf(&mut chunk)).await {
+                Err(_) => return Err(bad_body("request body stalled")),
+                Ok(Ok(0) | Err(_)) => return Err(BodyError::Gone),
+                Ok(Ok(_)) => chunk.freeze(),
+            }
+        } else {
+            let take = conn.buf.len().min(n.min(BODY_CHUNK as u64) as usize);
+            Bytes::from(conn.buf.drain(..take).collect::<Vec<u8>>())
+        };
+        n -= chunk.len() as u64;
+        tx.send(Ok(chunk)).await.map_err(|_| BodyError::Unwanted)?;
+    }
+    Ok(())
+}
+
+/// Longest chunk-size line (with extensions) or trailer line accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Decodes a chunked body: size lines (extensions ignored), data, and trailers (discarded).
+async fn read_chunked_body(conn: &mut Conn, tx: &mpsc::Sender<io::Result<Bytes>>) -> Result<(), BodyError> {
+    loop {
+        let line = read_line(conn).await?;
+        let size = line.split(|&b| b == b';').next().unwrap_or_default();
+        let size = std::str::from_utf8(size).map_err(|_| bad_body("malformed chunk size"))?.trim_matches([' ', '\t']);
+        if size.is_empty() || size.len() > 16 {
+            return Err(bad_body("malformed chunk size"));
+        }
+        let size = u64::from_str_radix(size, 16).map_err(|_| bad_body("malformed chunk size"))?;
+        if size == 0 {
+            // Trailer fields up to the empty line.
+            while !read_line(conn).await?.is_empty() {}
+            return Ok(());
+        }
+        read_exact_body(conn, size, tx).await?;
+        if !read_line(conn).await?.is_empty() {
+            return Err(bad_body("chunk data longer than its size"));
+        }
+    }
+}
+
+/// Reads one CRLF- (or LF-) terminated line, without its terminator.
+async fn read_line(conn: &mut Conn) -> Result<Vec<u8>, BodyError> {
+    loop {
+        if let Some(end) = conn.buf.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = conn.buf.drain(..=end).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(line);
+        }
+        if conn.buf.len() > MAX_CHUNK_LINE {
+            return Err(bad_body("chunk line too long"));
+        }
+        match timeout(BODY_READ_TIMEOUT, conn.fill()).await {
+            Err(_) => return Err(bad_body("request body stalled")),
+            Ok(Ok(0) | Err(_)) => return Err(BodyError::Gone),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A request body arriving from the connection task.
+struct IncomingBody {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    /// Bytes still to come, when the length was declared.
+    remaining: Option<u64>,
+}
+
+impl http_body::Body for IncomingBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        if self.remaining == Some(0) {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                if let Some(n) = &mut self.remaining {
+                    *n = n.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => match self.remaining {
+                Some(_) => Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into()))),
+                None => Poll::Ready(None),
+            },
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// How the response body is delimited on the wire.
+enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Writes `response`; returns whether the connection may carry another request.
+async fn write_response(
+    conn: &mut Conn,
+    response: Response<Body>,
+    head_only: bool,
+    version: Version,
+    mut keep_alive: bool,
+) -> io::Result<bool> {
+    let (mut parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let headers = &mut parts.headers;
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    headers.remove(header::TRANSFER_ENCODING);
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let out = if bodiless {
+        if status != StatusCode::NOT_MODIFIED {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        Out::None
+    } else if let Some(n) = declared {
+        Out::Length(n)
+    } else if head_only {
+        // The router has already set the length of a `HEAD` answer when it knew it.
+        Out::None
+    } else if let Some(n) = body.size_hint().exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        Out::Length(n)
+    } else if version == Version::HTTP_11 {
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        Out::Chunked
+    } else {
+        keep_alive = false;
+        Out::UntilClose
+    };
+    if has_token(headers, header::CONNECTION, "close") {
+        keep_alive = false;
+    }
+    if !keep_alive && !headers.contains_key(header::CONNECTION) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    } else if keep_alive && version == Version::HTTP_10 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    }
+    if !headers.contains_key(header::DATE) {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        headers.insert(header::DATE, HeaderValue::from_str(&date).unwrap_or(HeaderValue::from_static("")));
+    }
+
+    let mut buf = Vec::with_capacity(256 + body.size_hint().exact().map_or(0, |n| n.min(WRITE_BUFFER as u64) as usize));
+    buf.extend_from_slice(b"HTTP/1.1 ");
+    buf.extend_from_slice(status.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    for (name, value) in headers.iter() {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+
+    if head_only || matches!(out, Out::None) {
+        conn.stream.write_all(&buf).await?;
+        return Ok(keep_alive);
+    }
+    let mut left = match out {
+        Out::Length(n) => n,
+        _ => u64::MAX,
+    };
+    while let Some(frame) = body.frame().await {
+        let Ok(mut data) = frame.map_err(|e| io::Error::other(e.to_string()))?.into_data() else {
+            continue; // trailers are not sent
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if let Out::Length(_) = out {
+            if data.len() as u64 > left {
+                // More than the declared length: what was declared is sent, and the connection
+                // ends so that the excess cannot be taken for another response.
+                data.truncate(left as usize);
+                keep_alive = false;
+            }
+            left -= data.len() as u64;
+        }
+        if let Out::Chunked = out {
+            buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if buf.len() + data.len() > WRITE_BUFFER {
+            conn.stream.write_all(&buf).await?;
+            buf.clear();
+            if data.len() >= WRITE_BUFFER / 4 {
+                conn.stream.write_all_buf(&mut data).await?;
+            }
+        }
+        if data.has_remaining() {
+            buf.extend_from_slice(&data);
+        }
+        if let Out::Chunked = out {
+            buf.extend_from_slice(b"\r\n");
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    match out {
+        Out::Chunked => buf.extend_from_slice(b"0\r\n\r\n"),
+        // Fewer bytes than declared: the client can only tell from the connection closing.
+        Out::Length(_) if left > 0 => keep_alive = false,
+        _ => {}
+    }
+    conn.stream.write_all(&buf).await?;
+    Ok(keep_alive && !matches!(out, Out::UntilClose))
+}
+
+/// Answers a request refused before routing, as a Matrix error, and closes the connection.
+async fn write_refusal(conn: &mut Conn, refusal: Refusal) -> io::Result<()> {
+    let body = serde_json::json!({ "errcode": refusal.errcode, "error": refusal.error }).to_string();
+    let response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n{body}",
+        refusal.status.as_str(),
+        refusal.status.canonical_reason().unwrap_or("Error"),
+        body.len(),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    );
+    conn.stream.write_all(response.as_bytes()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<(Head, usize)>, Refusal> {
+        parse_head(text.as_bytes())
+    }
+
+    #[test]
+    fn parses_a_get_and_keeps_what_follows() {
+        let text =
+            "GET /_matrix/client/v3/sync?timeout=30000 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\n\r\nGET /next";
+        let (head, len) = parse(text).unwrap().unwrap();
+        assert_eq!(&text[len..], "GET /next");
+        assert_eq!(head.parts.method, Method::GET);
+        assert_eq!(head.parts.uri.path(), "/_matrix/client/v3/sync");
+        assert_eq!(head.parts.uri.query(), Some("timeout=30000"));
+        assert_eq!(head.parts.headers["authorization"], "Bearer x");
+        assert_eq!(head.framing, Framing::Empty);
+        assert!(head.keep_alive);
+        assert!(!head.expect_continue);
+    }
+
+    #[test]
+    fn a_partial_head_needs_more() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing_of = |headers: &str| {
+            parse(&format!("POST / HTTP/1.1\r\n{headers}\r\n")).map(|h| h.map(|(h, _)| h.framing).unwrap())
+        };
+        assert_eq!(framing_of("Content-Length: 12\r\n"), Ok(Framing::Length(12)));
+        assert_eq!(framing_of("Content-Length: 0\r\n"), Ok(Framing::Empty));
+        assert_eq!(framing_of("Content-Length: 5\r\nContent-Length: 5\r\n"), Ok(Framing::Length(5)));
+        assert_eq!(framing_of("Transfer-Encoding: Chunked\r\n"), Ok(Framing::Chunked));
+        assert_eq!(framing_of(""), Ok(Framing::Empty));
+        for bad in [
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+            "Content-Length: -1\r\n",
+            "Content-Length: +5\r\n",
+            "Content-Length: 99999999999999999999999\r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "Transfer-Encoding: gzip\r\n",
+        ] {
+            assert_eq!(framing_of(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        assert_eq!(framing_of("Transfer-Encoding: gzip, chunked\r\n").unwrap_err().status, StatusCode::NOT_IMPLEMENTED);
+    }
+
+    #[test]
+    fn persistence_depends_on_version_and_connection() {
+        let keep = |text: &str| parse(text).unwrap().unwrap().0.keep_alive;
+        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn malformed_and_oversized_heads_are_refused() {
+        assert_eq!(parse("GET / HTTP/1.1\r\nBad Header\r\n\r\n").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(parse("G\0T / HTTP/1.1\r\n\r\n").unwrap_err().status, StatusCode::BAD_REQUEST);
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err().status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn expect_continue_is_recognised() {
+        let (head, _) = parse("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        assert!(head.expect_continue);
+    }
+}

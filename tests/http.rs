@@ -1,0 +1,325 @@
+//! The HTTP/1.1 layer of the client listener, spoken to over raw sockets: persistent
+//! connections and pipelining, request bodies by length and chunked, `Expect: 100-continue`,
+//! `HEAD`, HTTP/1.0, refusals of malformed requests, and a long-poll whose client hangs up.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, TestServer};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const VERSIONS: &str = "/_matrix/client/versions";
+
+/// One response read off a raw connection.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A raw client connection with a read buffer that keeps bytes of later responses.
+struct Raw {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn open(server: &TestServer) -> Self {
+        let addr = server.url().trim_start_matches("http://").to_owned();
+        Self { sock: TcpStream::connect(addr).await.expect("connect"), buf: Vec::new() }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads more bytes; false at end of stream.
+    async fn more(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(30), self.sock.read(&mut chunk))
+            .await
+            .expect("no answer within 30 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Whether the server closed the connection (after any bytes already sent).
+    async fn closed(&mut self) -> bool {
+        while self.more().await {}
+        true
+    }
+
+    /// Reads one response; `head_only` for the answer to a HEAD request.
+    async fn answer(&mut self, head_only: bool) -> Answer {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(
+                self.more().await,
+                "connection closed before a full head: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        };
+        let head = String::from_utf8(self.buf.drain(..end).collect()).unwrap();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+        let mut answer = Answer { status, head, body: Vec::new() };
+        if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+            return answer;
+        }
+        if let Some(len) = answer.header("content-length") {
+            let len: usize = len.parse().unwrap();
+            while self.buf.len() < len {
+                assert!(self.more().await, "connection closed mid-body");
+            }
+            answer.body = self.buf.drain(..len).collect();
+        } else if answer.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.more().await, "connection closed mid-body");
+                };
+                let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap(), 16).unwrap();
+                self.buf.drain(..line_end + 2);
+                while self.buf.len() < size + 2 {
+                    assert!(self.more().await, "connection closed mid-body");
+                }
+                answer.body.extend(self.buf.drain(..size));
+                self.buf.drain(..2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            self.closed().await;
+            answer.body = std::mem::take(&mut self.buf);
+        }
+        answer
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+#[tokio::test]
+async fn one_connection_serves_many_requests_including_pipelined_ones() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut raw = Raw::open(&server).await;
+    raw.send(get(VERSIONS).as_bytes()).await;
+    let first = raw.answer(false).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert!(first.json()["versions"].is_array());
+    assert!(first.header("date").is_some(), "{}", first.head);
+    // Three requests in one write, answered in order on the same connection.
+    let pipelined = format!("{}{}{}", get(VERSIONS), get("/_matrix/client/v3/nowhere"), get(VERSIONS));
+    raw.send(pipelined.as_bytes()).await;
+    assert_eq!(raw.answer(false).await.status, 200);
+    let missing = raw.answer(false).await;
+    assert_eq!((missing.status, missing.json()["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
+    assert_eq!(raw.answer(false).await.status, 200);
+    // `Connection: close` is honoured after the answer.
+    raw.send(format!("GET {VERSIONS} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let last = raw.answer(false).await;
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(raw.closed().await && raw.buf.is_empty());
+}
+
+#[tokio::test]
+async fn head_and_http_1_0() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut raw = Raw::open(&server).await;
+    raw.send(format!("HEAD {VERSIONS} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await;
+    let head = raw.answer(true).await;
+    assert_eq!(head.status, 200);
+    let length: usize = head.header("content-length").expect("HEAD carries the length").parse().unwrap();
+    // No body followed: the next answer on the connection starts right away.
+    raw.send(get(VERSIONS).as_bytes()).await;
+    let full = raw.answer(false).await;
+    assert_eq!(full.body.len(), length);
+
+    // HTTP/1.0 without keep-alive: one answer, then the server closes.
+    let mut raw = Raw::open(&server).await;
+    raw.send(format!("GET {VERSIONS} HTTP/1.0\r\n\r\n").as_bytes()).await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.json()["versions"].is_array());
+    assert!(raw.closed().await);
+    // With keep-alive it stays open.
+    let mut raw = Raw::open(&server).await;
+    raw.send(format!("GET {VERSIONS} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes()).await;
+    assert_eq!(raw.answer(false).await.header("connection"), Some("keep-alive"));
+    raw.send(format!("GET {VERSIONS} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes()).await;
+    assert_eq!(raw.answer(false).await.status, 200);
+}
+
+#[tokio::test]
+async fn request_bodies_by_length_chunked_and_after_100_continue() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let register = |user: &str| {
+        json!({ "username": user, "password": "a long enough password", "auth": { "type": "m.login.dummy" } })
+            .to_string()
+    };
+    let mut raw = Raw::open(&server).await;
+
+    // Chunked, in three chunks with an extension and a trailer.
+    let body = register("chunky");
+    let (a, b) = body.split_at(10);
+    let (b, c) = b.split_at(7);
+    let chunked = format!(
+        "POST /_matrix/client/v3/register HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n{:X}\r\n{c}\r\n0\r\nX-Trailer: t\r\n\r\n",
+        a.len(),
+        b.len(),
+        c.len()
+    );
+    raw.send(chunked.as_bytes()).await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.json()["user_id"].as_str().unwrap().starts_with("@chunky:"));
+
+    // Expect: 100-continue: the interim answer comes before the body is sent.
+    let body = register("patient");
+    raw.send(
+        format!(
+            "POST /_matrix/client/v3/register HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+             Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let interim = raw.answer(false).await;
+    assert_eq!(interim.status, 100, "{interim:?}");
+    // The body in two writes, with a pause between them.
+    let (a, b) = body.split_at(5);
+    raw.send(a.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    raw.send(b.as_bytes()).await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.json()["user_id"].as_str().unwrap().starts_with("@patient:"));
+
+    // The same connection still works.
+    raw.send(get(VERSIONS).as_bytes()).await;
+    assert_eq!(raw.answer(false).await.status, 200);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_matrix_errors_and_a_closed_connection() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let cases: Vec<(String, u16)> = vec![
+        ("GARBAGE\r\n\r\n".to_owned(), 400),
+        (format!("GET {VERSIONS} HTTP/1.1\r\nNo colon here\r\n\r\n"), 400),
+        (format!("POST {VERSIONS} HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"), 400),
+        (format!("POST {VERSIONS} HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), 400),
+        (format!("POST {VERSIONS} HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), 501),
+        (format!("GET {VERSIONS} HTTP/1.1\r\n{}\r\n", "X-Many: v\r\n".repeat(101)), 431),
+        (format!("GET {VERSIONS} HTTP/1.1\r\nX-Big: {}\r\n\r\n", "v".repeat(70 * 1024)), 431),
+    ];
+    for (request, status) in cases {
+        let mut raw = Raw::open(&server).await;
+        raw.send(request.as_bytes()).await;
+        let answer = raw.answer(false).await;
+        assert_eq!(answer.status, status, "{}: {answer:?}", request.lines().next().unwrap());
+        let body = answer.json();
+        assert!(body["errcode"].is_string() && body["error"].is_string(), "{body}");
+        assert!(raw.closed().await);
+    }
+
+    // A malformed chunked body reaches the handler as an error; the connection then ends.
+    let mut raw = Raw::open(&server).await;
+    raw.send(b"POST /_matrix/client/v3/register HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .await;
+    let answer = raw.answer(false).await;
+    assert!((400..500).contains(&answer.status), "{answer:?}");
+    assert!(raw.closed().await);
+
+    // The server is unharmed.
+    let mut raw = Raw::open(&server).await;
+    raw.send(get(VERSIONS).as_bytes()).await;
+    assert_eq!(raw.answer(false).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_long_poll_whose_client_hangs_up_is_dropped() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let alice = server.register("alice").await;
+    let (status, body) = alice.get("/_matrix/client/v3/sync").await;
+    assert_eq!(status, 200, "{body}");
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let sync = format!(
+        "GET /_matrix/client/v3/sync?since={since}&timeout=60000 HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\r\n",
+        alice.access_token
+    );
+    // Many long-polls that hang up at once: each must end on the server, which stays responsive
+    // and keeps no file descriptor for them.
+    let pid = server.pid().expect("pid");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let before = fds();
+    let mut polls = Vec::new();
+    for _ in 0..50 {
+        let mut raw = Raw::open(&server).await;
+        raw.send(sync.as_bytes()).await;
+        polls.push(raw);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fds() >= before + 50, "the server holds the long-polls");
+    drop(polls);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // (A few more descriptors may be database connections the syncs opened.)
+    while fds() > before + 10 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fds() <= before + 10, "connections of hung-up long-polls were not closed: {} > {before}", fds());
+
+    // A held long-poll still answers when a message arrives.
+    let (status, room) = alice.post("/_matrix/client/v3/createRoom", &json!({})).await;
+    assert_eq!(status, 200, "{room}");
+    let mut raw = Raw::open(&server).await;
+    let (_, body) = alice.get("/_matrix/client/v3/sync").await;
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    raw.send(
+        format!(
+            "GET /_matrix/client/v3/sync?since={since}&timeout=30000 HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\r\n",
+            alice.access_token
+        )
+        .as_bytes(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let room_id = room["room_id"].as_str().unwrap();
+    let (status, body) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1"),
+            &json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 200);
+    let events = &answer.json()["rooms"]["join"][room_id]["timeline"]["events"];
+    assert!(events.as_array().is_some_and(|e| e.iter().any(|e| e["content"]["body"] == "hi")), "{events}");
+}
