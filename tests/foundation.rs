@@ -733,6 +733,10 @@ both_backends!(cors, |server| async move {
         .unwrap();
     assert_eq!(res.status(), 200);
     check(&res);
+    // Any OPTIONS succeeds, on paths no route knows too.
+    let res = server.request(Method::OPTIONS, "/no/such/path").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    check(&res);
     // On successes and on errors alike.
     for path in ["/_matrix/client/versions", WHOAMI, "/no/such/path"] {
         let res = server.request(Method::GET, path).header("origin", "https://app.element.io").send().await.unwrap();

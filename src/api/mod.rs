@@ -13,12 +13,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use ruma::api::IncomingRequest;
 use ruma::api::path_builder::PathBuilder;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
@@ -99,36 +99,43 @@ impl RouterExt for Router<AppState> {
 }
 
 /// The complete application router.
+///
+/// CORS is done without a middleware of its own: every response gets the headers from one layer
+/// stack (applied once, since each `Router::layer` call boxes every route's future again, and a
+/// waiting long-poll keeps those boxes), and any `OPTIONS` request, a browser's preflight, is
+/// answered by the fallbacks, since no endpoint has an `OPTIONS` route. Matrix clients expect
+/// every `OPTIONS` request to succeed, as on Synapse; tower-http's `CorsLayer` would pass
+/// non-preflight ones through to routing and get 405.
 pub fn router(state: AppState) -> Router {
     let mut routes = client::routes(Router::new());
     if state.config.federation.enabled {
         routes = federation::routes(routes);
         routes = federation_media::routes(routes);
     }
+    let cors = |name: &'static str, value: &'static str| {
+        SetResponseHeaderLayer::overriding(http::HeaderName::from_static(name), http::HeaderValue::from_static(value))
+    };
     routes
-        .fallback(|| async { Error::unrecognized(http::StatusCode::NOT_FOUND) })
-        .method_not_allowed_fallback(|| async { Error::unrecognized(http::StatusCode::METHOD_NOT_ALLOWED) })
-        .layer(axum::middleware::from_fn(cors))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .fallback(|method: http::Method| async move { unrouted(&method, http::StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|method: http::Method| async move {
+            unrouted(&method, http::StatusCode::METHOD_NOT_ALLOWED)
+        })
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(tower_http::trace::TraceLayer::new_for_http())
+                .layer(cors("access-control-allow-origin", "*"))
+                .layer(cors("access-control-allow-methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS"))
+                .layer(cors("access-control-allow-headers", "X-Requested-With, Content-Type, Authorization, Date")),
+        )
         .with_state(state)
 }
 
-const CORS_HEADERS: [(&str, &str); 3] = [
-    ("access-control-allow-origin", "*"),
-    ("access-control-allow-methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS"),
-    ("access-control-allow-headers", "X-Requested-With, Content-Type, Authorization, Date"),
-];
-
-/// Answers every OPTIONS request (browser preflight) and adds CORS headers to every response.
-///
-/// Hand-written because tower-http's `CorsLayer` lets non-preflight OPTIONS through to routing,
-/// where they would get 405; Matrix clients expect any OPTIONS to succeed, as Synapse does.
-async fn cors(req: Request, next: Next) -> Response {
-    let mut res =
-        if req.method() == http::Method::OPTIONS { http::StatusCode::OK.into_response() } else { next.run(req).await };
-    let headers = res.headers_mut();
-    for (name, value) in CORS_HEADERS {
-        headers.insert(name, http::HeaderValue::from_static(value));
+/// The answer to a request no route takes: `OPTIONS` (a CORS preflight) succeeds, anything else
+/// is `M_UNRECOGNIZED` with `status`.
+fn unrouted(method: &http::Method, status: http::StatusCode) -> Response {
+    if method == http::Method::OPTIONS {
+        http::StatusCode::OK.into_response()
+    } else {
+        Error::unrecognized(status).into_response()
     }
-    res
 }

@@ -70,15 +70,23 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Router, 
     let _ = stream.set_nodelay(true);
     let mut conn = Conn { stream, buf: Vec::new() };
     let after = loop {
-        let head = match read_head(&mut conn, &shutdown).await {
-            Ok(Some(head)) => head,
-            Ok(None) => break After::Close,
-            Err(refusal) => {
-                let _ = write_refusal(&mut conn, refusal).await;
-                break After::Linger;
-            }
+        // Boxed, as is writing a response: a connection task is as large as its largest state,
+        // and a waiting request should keep only what the wait needs.
+        // The head is used up inside this block, so that no space is kept for it (an `async fn`
+        // keeps a local until its scope ends, even once it has been moved away).
+        let (handler, request) = {
+            let head = match Box::pin(read_head(&mut conn, &shutdown)).await {
+                Ok(Some(head)) => head,
+                Ok(None) => break After::Close,
+                Err(refusal) => {
+                    let _ = Box::pin(write_refusal(&mut conn, refusal)).await;
+                    break After::Linger;
+                }
+            };
+            start(head, &app, peer)
         };
-        match serve_request(&mut conn, head, &app, peer, &shutdown).await {
+        let handler = std::pin::pin!(handler);
+        match serve_request(&mut conn, handler, request, &shutdown).await {
             After::KeepAlive => {}
             after => break after,
         }
@@ -92,7 +100,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Router, 
         After::Close => {
             let _ = conn.stream.shutdown().await;
         }
-        After::Linger => linger(conn).await,
+        After::Linger => Box::pin(linger(conn)).await,
     }
 }
 
@@ -146,14 +154,28 @@ impl Conn {
     async fn fill(&mut self) -> io::Result<usize> {
         loop {
             self.stream.readable().await?;
-            if self.buf.capacity() - self.buf.len() < 512 {
-                self.buf.reserve(self.buf.len().max(HEAD_BUFFER));
-            }
-            match self.stream.try_read_buf(&mut self.buf) {
+            match self.try_fill() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return result,
             }
         }
+    }
+
+    /// One non-blocking read into `buf`. An empty buffer is first read into from the stack: a
+    /// socket reports itself readable until a read finds nothing, so the first wait after a
+    /// request was read wakes at once, and an allocation made for that read would be kept by
+    /// the whole wait of a long-poll.
+    fn try_fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() == 0 {
+            let mut first = [0u8; HEAD_BUFFER];
+            let n = self.stream.try_read(&mut first)?;
+            self.buf.extend_from_slice(&first[..n]);
+            return Ok(n);
+        }
+        if self.buf.capacity() - self.buf.len() < 512 {
+            self.buf.reserve(self.buf.len().max(HEAD_BUFFER));
+        }
+        self.stream.try_read_buf(&mut self.buf)
     }
 }
 
@@ -203,6 +225,11 @@ async fn read_head(conn: &mut Conn, shutdown: &CancellationToken) -> Result<Opti
         if !conn.buf.is_empty() {
             if let Some((head, len)) = parse_head(&conn.buf)? {
                 conn.buf.drain(..len);
+                // The buffer is not kept while the request runs, unless it holds the start of
+                // a body or a pipelined request.
+                if conn.buf.is_empty() {
+                    conn.buf = Vec::new();
+                }
                 return Ok(Some(head));
             }
             if conn.buf.len() >= MAX_HEAD {
@@ -331,38 +358,66 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Runs one request through the router and writes its response.
+/// The router's future for one request.
+type Handler = tower::util::Oneshot<Router, Request<Body>>;
+
+/// What the connection must remember of a request while the router handles it.
+struct InFlight {
+    framing: Framing,
+    /// Where the body goes, if there is one.
+    sender: Option<mpsc::Sender<io::Result<Bytes>>>,
+    keep_alive: bool,
+    expect_continue: bool,
+    head_only: bool,
+    version: Version,
+}
+
+/// Turns a head into the request the router gets (its body fed through a channel) and starts
+/// the router's future; nothing is awaited yet.
+fn start(head: Head, app: &Router, peer: SocketAddr) -> (Handler, InFlight) {
+    let Head { parts, framing, keep_alive, expect_continue } = head;
+    let in_flight = |sender| InFlight {
+        framing,
+        sender,
+        keep_alive,
+        expect_continue,
+        head_only: parts.method == Method::HEAD,
+        version: parts.version,
+    };
+    let (in_flight, body) = match framing {
+        Framing::Empty => (in_flight(None), Body::empty()),
+        Framing::Length(_) | Framing::Chunked => {
+            let (tx, rx) = mpsc::channel(2);
+            let remaining = match framing {
+                Framing::Length(n) => Some(n),
+                _ => None,
+            };
+            (in_flight(Some(tx)), Body::new(IncomingBody { rx, remaining }))
+        }
+    };
+    let mut req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(ConnectInfo(peer));
+    (app.clone().oneshot(req), in_flight)
+}
+
+/// Drives a request's handler, feeding it the body, and writes its response.
+///
+/// The handler is pinned by the caller and passed by reference, and the head is taken apart
+/// before this future starts: what a waiting request keeps is only this future's state, so it
+/// holds nothing that the wait does not need.
 async fn serve_request(
     conn: &mut Conn,
-    head: Head,
-    app: &Router,
-    peer: SocketAddr,
+    handler: Pin<&mut Handler>,
+    request: InFlight,
     shutdown: &CancellationToken,
 ) -> After {
-    let Head { parts, framing, keep_alive, expect_continue } = head;
-    let head_only = parts.method == Method::HEAD;
-    let version = parts.version;
+    let InFlight { framing, sender, keep_alive, expect_continue, head_only, version } = request;
     if expect_continue
         && framing != Framing::Empty
         && conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
     {
         return After::Gone;
     }
-    let (sender, body) = match framing {
-        Framing::Empty => (None, Body::empty()),
-        Framing::Length(n) => {
-            let (tx, rx) = mpsc::channel(2);
-            (Some(tx), Body::new(IncomingBody { rx, remaining: Some(n) }))
-        }
-        Framing::Chunked => {
-            let (tx, rx) = mpsc::channel(2);
-            (Some(tx), Body::new(IncomingBody { rx, remaining: None }))
-        }
-    };
-    let mut req = Request::from_parts(parts, body);
-    req.extensions_mut().insert(ConnectInfo(peer));
-    let handler = app.clone().oneshot(req);
-
     let mut body_read = framing == Framing::Empty;
     let response = {
         let reader = read_body_then_watch(conn, framing, sender, &mut body_read);
@@ -371,13 +426,13 @@ async fn serve_request(
                 Ok(response) => response,
                 Err(never) => match never {},
             },
-            // The client went away: dropping the handler cancels it.
+            // The client went away: the caller drops the handler, which cancels it.
             () = reader => return After::Gone,
         }
     };
     // A body the handler left unread would be taken for the next request; the connection ends.
     let keep_alive = keep_alive && body_read && !shutdown.is_cancelled();
-    match write_response(conn, response, head_only, version, keep_alive).await {
+    match Box::pin(write_response(conn, response, head_only, version, keep_alive)).await {
         Ok(true) => After::KeepAlive,
         Ok(false) if body_read => After::Close,
         Ok(false) => After::Linger,
@@ -394,7 +449,8 @@ async fn read_body_then_watch(
     body_read: &mut bool,
 ) {
     if let Some(tx) = sender {
-        match read_body(conn, framing, &tx).await {
+        // Boxed: only requests with a body need its state, not every waiting one.
+        match Box::pin(read_body(conn, framing, &tx)).await {
             Ok(()) => *body_read = true,
             Err(BodyError::Gone) => return,
             // The handler answers without the rest; the connection then ends.
@@ -404,7 +460,10 @@ async fn read_body_then_watch(
                 return std::future::pending().await;
             }
         }
-        // Dropping the sender ends the body.
+        // Dropping the sender ends the body; a buffer the body emptied is not kept.
+        if conn.buf.is_empty() {
+            conn.buf = Vec::new();
+        }
     }
     loop {
         // Bytes of a pipelined request are kept, up to the size of one head; beyond that the
@@ -765,5 +824,41 @@ mod tests {
     fn expect_continue_is_recognised() {
         let (head, _) = parse("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
         assert!(head.expect_continue);
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    #[tokio::test]
+    async fn print_sizes() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let app = axum::Router::new();
+        let fut = super::serve_connection(s, addr, app.clone(), Default::default());
+        eprintln!("serve_connection future: {}", std::mem::size_of_val(&fut));
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut conn = super::Conn { stream: s, buf: Vec::new() };
+        let (head, _) = super::parse_head(b"GET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let tok = Default::default();
+        {
+            let (h, r) = super::start(head, &app, addr);
+            let h = std::pin::pin!(h);
+            let f = super::serve_request(&mut conn, h, r, &tok);
+            eprintln!("serve_request future: {}", std::mem::size_of_val(&f));
+        }
+        let mut b = false;
+        {
+            let f = super::read_body_then_watch(&mut conn, super::Framing::Empty, None, &mut b);
+            eprintln!("read_body_then_watch future: {}", std::mem::size_of_val(&f));
+        }
+        {
+            let tx = tokio::sync::mpsc::channel(1).0;
+            let f = super::read_body(&mut conn, super::Framing::Empty, &tx);
+            eprintln!("read_body future: {}", std::mem::size_of_val(&f));
+        }
+        let req = http::Request::new(axum::body::Body::empty());
+        use tower::ServiceExt;
+        let f2 = app.oneshot(req);
+        eprintln!("oneshot future: {}", std::mem::size_of_val(&f2));
     }
 }
