@@ -826,39 +826,3 @@ mod tests {
         assert!(head.expect_continue);
     }
 }
-#[cfg(test)]
-mod size_probe {
-    #[tokio::test]
-    async fn print_sizes() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let app = axum::Router::new();
-        let fut = super::serve_connection(s, addr, app.clone(), Default::default());
-        eprintln!("serve_connection future: {}", std::mem::size_of_val(&fut));
-        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut conn = super::Conn { stream: s, buf: Vec::new() };
-        let (head, _) = super::parse_head(b"GET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
-        let tok = Default::default();
-        {
-            let (h, r) = super::start(head, &app, addr);
-            let h = std::pin::pin!(h);
-            let f = super::serve_request(&mut conn, h, r, &tok);
-            eprintln!("serve_request future: {}", std::mem::size_of_val(&f));
-        }
-        let mut b = false;
-        {
-            let f = super::read_body_then_watch(&mut conn, super::Framing::Empty, None, &mut b);
-            eprintln!("read_body_then_watch future: {}", std::mem::size_of_val(&f));
-        }
-        {
-            let tx = tokio::sync::mpsc::channel(1).0;
-            let f = super::read_body(&mut conn, super::Framing::Empty, &tx);
-            eprintln!("read_body future: {}", std::mem::size_of_val(&f));
-        }
-        let req = http::Request::new(axum::body::Body::empty());
-        use tower::ServiceExt;
-        let f2 = app.oneshot(req);
-        eprintln!("oneshot future: {}", std::mem::size_of_val(&f2));
-    }
-}
