@@ -33,6 +33,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::{Body as _, Frame, SizeHint};
@@ -70,10 +71,10 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Router, 
     let _ = stream.set_nodelay(true);
     let mut conn = Conn { stream, buf: Vec::new() };
     let after = loop {
-        // Boxed, as is writing a response: a connection task is as large as its largest state,
-        // and a waiting request should keep only what the wait needs.
-        // The head is used up inside this block, so that no space is kept for it (an `async fn`
-        // keeps a local until its scope ends, even once it has been moved away).
+        // A connection task is as large as its largest state, and a waiting request should keep
+        // only what the wait needs: reading the head is boxed (as is writing a response), and
+        // the head is used up inside this block (an `async fn` keeps a local until its scope
+        // ends, even once it has been moved away).
         let (handler, request) = {
             let head = match Box::pin(read_head(&mut conn, &shutdown)).await {
                 Ok(Some(head)) => head,
@@ -91,9 +92,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Router, 
             after => break after,
         }
         // An idle connection keeps no buffer (unless a pipelined request is already in it).
-        if conn.buf.is_empty() {
-            conn.buf = Vec::new();
-        }
+        conn.release_empty_buffer();
     };
     match after {
         After::Gone | After::KeepAlive => {}
@@ -149,6 +148,14 @@ struct Conn {
 }
 
 impl Conn {
+    /// Drops the buffer once everything in it has been used, so that a connection that waits
+    /// (for a response or for its next request) keeps no memory for reading.
+    fn release_empty_buffer(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+
     /// Reads what the socket has into `buf`; `Ok(0)` at end of stream. Memory is taken only once
     /// bytes are there to read, so a connection waiting to read holds none.
     async fn fill(&mut self) -> io::Result<usize> {
@@ -225,11 +232,9 @@ async fn read_head(conn: &mut Conn, shutdown: &CancellationToken) -> Result<Opti
         if !conn.buf.is_empty() {
             if let Some((head, len)) = parse_head(&conn.buf)? {
                 conn.buf.drain(..len);
-                // The buffer is not kept while the request runs, unless it holds the start of
-                // a body or a pipelined request.
-                if conn.buf.is_empty() {
-                    conn.buf = Vec::new();
-                }
+                // Not kept while the request runs, unless it holds the start of a body or a
+                // pipelined request.
+                conn.release_empty_buffer();
                 return Ok(Some(head));
             }
             if conn.buf.len() >= MAX_HEAD {
@@ -460,10 +465,8 @@ async fn read_body_then_watch(
                 return std::future::pending().await;
             }
         }
-        // Dropping the sender ends the body; a buffer the body emptied is not kept.
-        if conn.buf.is_empty() {
-            conn.buf = Vec::new();
-        }
+        // Dropping the sender ends the body.
+        conn.release_empty_buffer();
     }
     loop {
         // Bytes of a pipelined request are kept, up to the size of one head; beyond that the
@@ -733,20 +736,13 @@ async fn write_response(
         _ => {}
     }
     conn.stream.write_all(&buf).await?;
-    Ok(keep_alive && !matches!(out, Out::UntilClose))
+    Ok(keep_alive)
 }
 
 /// Answers a request refused before routing, as a Matrix error, and closes the connection.
 async fn write_refusal(conn: &mut Conn, refusal: Refusal) -> io::Result<()> {
-    let body = serde_json::json!({ "errcode": refusal.errcode, "error": refusal.error }).to_string();
-    let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n{body}",
-        refusal.status.as_str(),
-        refusal.status.canonical_reason().unwrap_or("Error"),
-        body.len(),
-        httpdate::fmt_http_date(std::time::SystemTime::now()),
-    );
-    conn.stream.write_all(response.as_bytes()).await
+    let response = crate::error::Error::new(refusal.status, refusal.errcode, refusal.error).into_response();
+    write_response(conn, response, false, Version::HTTP_11, false).await.map(drop)
 }
 
 #[cfg(test)]

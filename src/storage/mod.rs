@@ -205,6 +205,19 @@ fn migrator(backend: Backend) -> Migrator {
     Migrator::with_migrations(list)
 }
 
+/// Has every new connection of a pool run `statements` (SQLite pragmas), replacing what an
+/// earlier `after_connect` set.
+fn run_on_connect<const N: usize>(options: AnyPoolOptions, statements: [&'static str; N]) -> AnyPoolOptions {
+    options.after_connect(move |conn, _| {
+        Box::pin(async move {
+            for statement in statements {
+                conn.execute(statement).await?;
+            }
+            Ok(())
+        })
+    })
+}
+
 impl Db {
     /// Connects, applies SQLite pragmas and runs pending migrations.
     pub async fn connect(url: &str, max_connections: u32, sqlite_synchronous: &str) -> anyhow::Result<Self> {
@@ -247,14 +260,7 @@ impl Db {
         let synchronous: &'static str =
             if sqlite_synchronous == "normal" { "PRAGMA synchronous = NORMAL;" } else { "PRAGMA synchronous = FULL;" };
         if backend == Backend::Sqlite {
-            pool_options = pool_options.after_connect(move |conn, _| {
-                Box::pin(async move {
-                    conn.execute(PRAGMAS).await?;
-                    conn.execute(synchronous).await?;
-                    conn.execute(READER_CACHE).await?;
-                    Ok(())
-                })
-            });
+            pool_options = run_on_connect(pool_options, [PRAGMAS, synchronous, READER_CACHE]);
         }
         if backend == Backend::Postgres {
             let peers = Arc::new(nodelay::database_peers(&url).await);
@@ -284,14 +290,7 @@ impl Db {
                 // Write transactions are serialised by `write_lock`: one connection is enough.
                 // Its page cache stays valid across transactions (the changes are its own), so
                 // it keeps SQLite's default size.
-                pool_options
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            conn.execute(PRAGMAS).await?;
-                            conn.execute(synchronous).await?;
-                            Ok(())
-                        })
-                    })
+                run_on_connect(pool_options, [PRAGMAS, synchronous])
                     .max_connections(1)
                     .connect_with(options)
                     .await
