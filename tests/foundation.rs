@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Client, PASSWORD, Resp, TestServer, send, set_config};
+use common::{Backend, Client, PASSWORD, Resp, TestServer, raw, send, set_config};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -597,59 +597,6 @@ both_backends!(access_token_query_parameter, |server| async move {
     assert!(!token_works(&server, &alice.access_token).await);
 });
 
-/// Sends a hand-written HTTP/1.1 request and reads the answer, tolerating the server closing
-/// the connection before the whole body was written (which it may do on 413).
-async fn raw_http(server: &TestServer, head: &str, body: Vec<u8>) -> Resp {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = server.url().trim_start_matches("http://").to_owned();
-    let stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    let (mut reader, mut writer) = stream.into_split();
-    writer.write_all(head.as_bytes()).await.expect("write head");
-    let sender = tokio::spawn(async move {
-        // Errors are expected once the server has answered and closed.
-        let _ = writer.write_all(&body).await;
-        let _ = writer.flush().await;
-        writer
-    });
-    let mut response = Vec::new();
-    let mut buf = [0u8; 8192];
-    let read = async {
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    response.extend_from_slice(&buf[..n]);
-                    if complete_response(&response) {
-                        break;
-                    }
-                }
-                Err(e) if response.is_empty() => panic!("reading response: {e}"),
-                Err(_) => break,
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read).await.expect("no response within 30 s");
-    sender.abort();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status: u16 =
-        head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line: {head}"));
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn complete_response(bytes: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(bytes);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
-        })
-        .is_some_and(|len| body.len() >= len)
-}
-
 both_backends!(too_large, |server| async move {
     const MIB: usize = 1024 * 1024;
     let server = &server;
@@ -658,22 +605,15 @@ both_backends!(too_large, |server| async move {
         "POST {LOGIN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         9 * MIB
     );
-    let resp = raw_http(server, &head, Vec::new()).await;
+    let resp = raw::request(server, &head, Vec::new()).await.resp();
     assert_error(&resp, 413, "M_TOO_LARGE");
 
     // Streamed without a length: refused once the limit is crossed.
-    let mut body = Vec::new();
-    let chunk = vec![b' '; MIB];
-    for _ in 0..9 {
-        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        body.extend_from_slice(&chunk);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(b"0\r\n\r\n");
+    let body = raw::chunked(&vec![vec![b' '; MIB]; 9]);
     let head = format!(
         "POST {LOGIN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     );
-    let resp = raw_http(server, &head, body).await;
+    let resp = raw::request(server, &head, body).await.resp();
     assert_error(&resp, 413, "M_TOO_LARGE");
 
     // Just under the limit is read and processed normally.

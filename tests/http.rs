@@ -7,117 +7,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::Raw;
 use common::{Backend, TestServer};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use serde_json::json;
 
 const VERSIONS: &str = "/_matrix/client/versions";
-
-/// One response read off a raw connection.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// A raw client connection with a read buffer that keeps bytes of later responses.
-struct Raw {
-    sock: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn open(server: &TestServer) -> Self {
-        let addr = server.url().trim_start_matches("http://").to_owned();
-        Self { sock: TcpStream::connect(addr).await.expect("connect"), buf: Vec::new() }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).await.expect("write");
-    }
-
-    /// Reads more bytes; false at end of stream.
-    async fn more(&mut self) -> bool {
-        let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout(Duration::from_secs(30), self.sock.read(&mut chunk))
-            .await
-            .expect("no answer within 30 s")
-            .unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    /// Whether the server closed the connection (after any bytes already sent).
-    async fn closed(&mut self) -> bool {
-        while self.more().await {}
-        true
-    }
-
-    /// Reads one response; `head_only` for the answer to a HEAD request.
-    async fn answer(&mut self, head_only: bool) -> Answer {
-        let end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            assert!(
-                self.more().await,
-                "connection closed before a full head: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
-        };
-        let head = String::from_utf8(self.buf.drain(..end).collect()).unwrap();
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
-        let mut answer = Answer { status, head, body: Vec::new() };
-        if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
-            return answer;
-        }
-        if let Some(len) = answer.header("content-length") {
-            let len: usize = len.parse().unwrap();
-            while self.buf.len() < len {
-                assert!(self.more().await, "connection closed mid-body");
-            }
-            answer.body = self.buf.drain(..len).collect();
-        } else if answer.header("transfer-encoding") == Some("chunked") {
-            loop {
-                let line_end = loop {
-                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                        break i;
-                    }
-                    assert!(self.more().await, "connection closed mid-body");
-                };
-                let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap(), 16).unwrap();
-                self.buf.drain(..line_end + 2);
-                while self.buf.len() < size + 2 {
-                    assert!(self.more().await, "connection closed mid-body");
-                }
-                answer.body.extend(self.buf.drain(..size));
-                self.buf.drain(..2);
-                if size == 0 {
-                    break;
-                }
-            }
-        } else {
-            self.closed().await;
-            answer.body = std::mem::take(&mut self.buf);
-        }
-        answer
-    }
-}
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -144,7 +38,7 @@ async fn one_connection_serves_many_requests_including_pipelined_ones() {
     let last = raw.answer(false).await;
     assert_eq!(last.status, 200);
     assert_eq!(last.header("connection"), Some("close"));
-    assert!(raw.closed().await && raw.buf.is_empty());
+    assert!(raw.closed().await && raw.unread().is_empty());
 }
 
 #[tokio::test]
@@ -225,6 +119,20 @@ async fn request_bodies_by_length_chunked_and_after_100_continue() {
     // The same connection still works.
     raw.send(get(VERSIONS).as_bytes()).await;
     assert_eq!(raw.answer(false).await.status, 200);
+
+    // A request refused without its body (no access token) gets its final answer and no
+    // `100 Continue`: the client never has to send the body. The connection then ends, since
+    // the unsent body cannot be told apart from a next request.
+    let mut raw = Raw::open(&server).await;
+    raw.send(
+        b"POST /_matrix/client/v3/createRoom HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+          Expect: 100-continue\r\nContent-Length: 1000\r\n\r\n",
+    )
+    .await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(answer.json()["errcode"], "M_MISSING_TOKEN");
+    assert_eq!(answer.header("connection"), Some("close"));
 }
 
 #[tokio::test]

@@ -12,7 +12,8 @@
 //! What it does, as RFC 9112 asks of a server:
 //! - request bodies framed by `Content-Length` or `Transfer-Encoding: chunked` (anything else
 //!   with a transfer coding is refused), streamed to the handler through a small channel, with
-//!   `Expect: 100-continue` answered before the body is read;
+//!   `Expect: 100-continue` answered when the handler first asks for the body (one that answers
+//!   without it, say 401 or 413, spares the client sending it);
 //! - responses framed by `Content-Length` when the size is known, chunked otherwise (close-
 //!   delimited for HTTP/1.0), no body for `HEAD`, 1xx, 204 and 304;
 //! - persistent connections and pipelining (the next request's bytes wait in the buffer);
@@ -40,7 +41,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -69,7 +70,7 @@ const HEAD_BUFFER: usize = 2048;
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: CancellationToken) {
     // Responses go out in one or a few writes; Nagle's algorithm would only delay the last.
     let _ = stream.set_nodelay(true);
-    let mut conn = Conn { stream, buf: Vec::new() };
+    let mut conn = Conn { stream, buf: Vec::new(), interim: b"" };
     let after = loop {
         // A connection task is as large as its largest state, and a waiting request should keep
         // only what the wait needs: reading the head is boxed (as is writing a response), and
@@ -145,9 +146,25 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The unwritten rest of an interim `100 Continue`. It is written while the handler runs
+    /// and may be cut off by the handler's answer; the answer first finishes it, so the two
+    /// never interleave.
+    interim: &'static [u8],
 }
 
 impl Conn {
+    /// Writes what is left of an interim response.
+    async fn finish_interim(&mut self) -> io::Result<()> {
+        while !self.interim.is_empty() {
+            let n = self.stream.write(self.interim).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.interim = &self.interim[n..];
+        }
+        Ok(())
+    }
+
     /// Drops the buffer once everything in it has been used, so that a connection that waits
     /// (for a response or for its next request) keeps no memory for reading.
     fn release_empty_buffer(&mut self) {
@@ -372,7 +389,9 @@ struct InFlight {
     /// Where the body goes, if there is one.
     sender: Option<mpsc::Sender<io::Result<Bytes>>>,
     keep_alive: bool,
-    expect_continue: bool,
+    /// With `Expect: 100-continue`: resolves when the handler first polls the body (an error
+    /// when it dropped the body unread).
+    continue_when: Option<oneshot::Receiver<()>>,
     head_only: bool,
     version: Version,
 }
@@ -381,23 +400,24 @@ struct InFlight {
 /// the router's future; nothing is awaited yet.
 fn start(head: Head, app: &Router, peer: SocketAddr) -> (Handler, InFlight) {
     let Head { parts, framing, keep_alive, expect_continue } = head;
-    let in_flight = |sender| InFlight {
+    let in_flight = |sender, continue_when| InFlight {
         framing,
         sender,
         keep_alive,
-        expect_continue,
+        continue_when,
         head_only: parts.method == Method::HEAD,
         version: parts.version,
     };
     let (in_flight, body) = match framing {
-        Framing::Empty => (in_flight(None), Body::empty()),
+        Framing::Empty => (in_flight(None, None), Body::empty()),
         Framing::Length(_) | Framing::Chunked => {
             let (tx, rx) = mpsc::channel(2);
             let remaining = match framing {
                 Framing::Length(n) => Some(n),
                 _ => None,
             };
-            (in_flight(Some(tx)), Body::new(IncomingBody { rx, remaining }))
+            let (wanted, continue_when) = expect_continue.then(oneshot::channel).unzip();
+            (in_flight(Some(tx), continue_when), Body::new(IncomingBody { rx, remaining, wanted }))
         }
     };
     let mut req = Request::from_parts(parts, body);
@@ -416,16 +436,10 @@ async fn serve_request(
     request: InFlight,
     shutdown: &CancellationToken,
 ) -> After {
-    let InFlight { framing, sender, keep_alive, expect_continue, head_only, version } = request;
-    if expect_continue
-        && framing != Framing::Empty
-        && conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
-    {
-        return After::Gone;
-    }
+    let InFlight { framing, sender, keep_alive, continue_when, head_only, version } = request;
     let mut body_read = framing == Framing::Empty;
     let response = {
-        let reader = read_body_then_watch(conn, framing, sender, &mut body_read);
+        let reader = read_body_then_watch(conn, framing, sender, continue_when, &mut body_read);
         tokio::select! {
             response = handler => match response {
                 Ok(response) => response,
@@ -445,14 +459,26 @@ async fn serve_request(
     }
 }
 
-/// Feeds the request body to the handler, then watches the idle socket so that a client that
-/// closes its connection is noticed. Completes only when the client has gone.
+/// Feeds the request body to the handler (first sending `100 Continue` when the client waits
+/// for it and the handler asks for the body), then watches the idle socket so that a client
+/// that closes its connection is noticed. Completes only when the client has gone.
 async fn read_body_then_watch(
     conn: &mut Conn,
     framing: Framing,
     sender: Option<mpsc::Sender<io::Result<Bytes>>>,
+    continue_when: Option<oneshot::Receiver<()>>,
     body_read: &mut bool,
 ) {
+    if let Some(wanted) = continue_when {
+        if wanted.await.is_err() {
+            // The handler answers without the body, which the client has not sent.
+            return std::future::pending().await;
+        }
+        conn.interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        if conn.finish_interim().await.is_err() {
+            return;
+        }
+    }
     if let Some(tx) = sender {
         // Boxed: only requests with a body need its state, not every waiting one.
         match Box::pin(read_body(conn, framing, &tx)).await {
@@ -577,6 +603,8 @@ struct IncomingBody {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     /// Bytes still to come, when the length was declared.
     remaining: Option<u64>,
+    /// Told on the first poll, when the client waits for `100 Continue` before sending.
+    wanted: Option<oneshot::Sender<()>>,
 }
 
 impl http_body::Body for IncomingBody {
@@ -586,6 +614,9 @@ impl http_body::Body for IncomingBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         if self.remaining == Some(0) {
             return Poll::Ready(None);
+        }
+        if let Some(wanted) = self.wanted.take() {
+            let _ = wanted.send(());
         }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(data))) => {
@@ -631,6 +662,7 @@ async fn write_response(
     version: Version,
     mut keep_alive: bool,
 ) -> io::Result<bool> {
+    conn.finish_interim().await?;
     let (mut parts, mut body) = response.into_parts();
     let status = parts.status;
     let headers = &mut parts.headers;

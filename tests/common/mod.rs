@@ -48,6 +48,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod raw;
+
 /// Default PostgreSQL server for the tests (CI: trust auth on loopback).
 pub const DEFAULT_PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
 
