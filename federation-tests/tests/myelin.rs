@@ -780,3 +780,44 @@ async fn restricted_join_through_resident_server() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn remote_profiles_and_the_user_directory_across_servers() {
+    let a = FedServer::start("127.0.10.11").await;
+    let b = FedServer::start("127.0.10.12").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let profile = |user: &str| format!("/_matrix/client/v3/profile/{}", enc(user));
+    let (s, body) =
+        bob.put(&format!("{}/displayname", profile(&bob.user_id)), json!({ "displayname": "Bob Remote" })).await;
+    assert_eq!(s, 200, "{body}");
+
+    // Alice's server asks Bob's for his profile, whole and by field.
+    let (s, body) = alice.get(&profile(&bob.user_id)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["displayname"], "Bob Remote");
+    let (s, body) = alice.get(&format!("{}/displayname", profile(&bob.user_id))).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body, json!({ "displayname": "Bob Remote" }));
+    // A user Bob's server does not have.
+    let ghost = format!("@ghost:{}", b.name());
+    let (s, body) = alice.get(&profile(&ghost)).await;
+    assert_eq!((s, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+
+    // Once Bob has joined Alice's room, Alice finds him in her directory under the name of his
+    // member event.
+    let room = &alice.create_public_room().await;
+    let (s, body) = bob.join_via(room, &a.name()).await;
+    assert_eq!(s, 200, "join: {body}");
+    wait_until(T, "bob joined on A", || async {
+        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    let (s, body) = alice.post("/_matrix/client/v3/user_directory/search", json!({ "search_term": "bob rem" })).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["results"], json!([{ "user_id": bob.user_id, "display_name": "Bob Remote" }]), "{body}");
+    // And the two share exactly that room.
+    let (s, body) = alice.get(&format!("/_matrix/client/v1/mutual_rooms?user_id={}", enc(&bob.user_id))).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["joined"], json!([room]));
+}

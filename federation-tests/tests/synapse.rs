@@ -305,6 +305,18 @@ async fn synapse_interop_joins_and_messages_both_ways() {
     let myelin = FedServer::start(MYELIN_IP).await;
     let sam = synapse.register("sam").await;
     let alice = myelin.register("alice").await;
+    for (user, name) in [(&sam, "Sam Synapse"), (&alice, "Alice Myelin")] {
+        let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&user.user_id));
+        let (s, b) = user.put(&path, json!({ "displayname": name })).await;
+        assert_eq!(s, 200, "set displayname: {b}");
+    }
+    // Profiles across: each server asks the other's over federation (query/profile).
+    let (s, b) = alice.get(&format!("/_matrix/client/v3/profile/{}", enc(&sam.user_id))).await;
+    assert_eq!(s, 200, "Myelin asking Synapse for a profile: {b}");
+    assert_eq!(b["displayname"], "Sam Synapse");
+    let (s, b) = sam.get(&format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.user_id))).await;
+    assert_eq!(s, 200, "Synapse asking Myelin for a profile: {b}");
+    assert_eq!(b["displayname"], "Alice Myelin");
 
     // 1. A Myelin user joins a room hosted on Synapse.
     let (s, b) =
@@ -332,6 +344,10 @@ async fn synapse_interop_joins_and_messages_both_ways() {
     })
     .await;
     let lat2 = converse(&alice, &sam, &room_m, "m-room", 10).await;
+    // The Synapse user is in Alice's directory now, under the name of his member event.
+    let (s, b) = alice.post("/_matrix/client/v3/user_directory/search", json!({ "search_term": "sam syn" })).await;
+    assert_eq!(s, 200, "user directory: {b}");
+    assert_eq!(b["results"], json!([{ "user_id": sam.user_id, "display_name": "Sam Synapse" }]));
     let all: Vec<Duration> = lat1.into_iter().chain(lat2).collect();
     report(&format!(
         "Myelin<->Synapse message latency (n={}): p50 {:.0} ms, p99 {:.0} ms",

@@ -19,6 +19,7 @@ pub mod relations;
 pub mod remote;
 pub mod state;
 pub mod summary;
+pub mod user_directory;
 pub mod version;
 pub mod writer;
 

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use ruma::api::client::account::{change_password, deactivate, get_username_availability, register, whoami};
+use ruma::api::client::account::{change_password, deactivate, get_3pids, get_username_availability, register, whoami};
 use serde_json::{Value, json};
 
 use crate::accounts::random_alpha;
@@ -103,4 +103,14 @@ pub async fn deactivate(State(state): State<AppState>, req: Ruma<deactivate::v3:
     state.e2ee.keys_changed(s.user_id.as_str()).await;
     tracing::info!(user_id = %s.user_id, "deactivated");
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
+}
+
+/// `GET /_matrix/client/v3/account/3pid`
+///
+/// This server does not bind e-mail addresses or phone numbers to accounts (the endpoints that
+/// add them answer `M_UNRECOGNIZED`), so every account has none. Clients read this list on
+/// their settings screens and treat an error as a failure to load them.
+pub async fn threepids(State(_): State<AppState>, req: Ruma<get_3pids::v3::Request>) -> Result<Json<Value>> {
+    req.session()?;
+    Ok(Json(json!({ "threepids": [] })))
 }

@@ -1,11 +1,13 @@
-//! Room aliases and the public room directory.
+//! Room aliases, the public room directory and the user directory.
 
 use axum::Json;
 use axum::extract::State;
 use ruma::RoomId;
 use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
 use ruma::api::client::directory::{get_public_rooms, get_room_visibility, set_room_visibility};
+use ruma::api::client::membership::get_mutual_rooms;
 use ruma::api::client::room::aliases;
+use ruma::api::client::user_directory::search_users;
 use serde_json::{Value, json};
 
 use crate::api::AppState;
@@ -193,4 +195,60 @@ pub fn extra_routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
     router
         .route("/_matrix/client/v3/publicRooms", axum::routing::post(public_rooms_filtered))
         .route("/_matrix/client/r0/publicRooms", axum::routing::post(public_rooms_filtered))
+}
+
+/// `POST /_matrix/client/v3/user_directory/search`
+pub async fn search_users_handler(
+    State(state): State<AppState>,
+    req: Ruma<search_users::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let limit = usize::try_from(u64::from(req.body.limit)).unwrap_or(usize::MAX);
+    let (found, limited) = state.rooms.search_users(&s.user_id, &req.body.search_term, limit).await?;
+    let results: Vec<Value> = found
+        .into_iter()
+        .map(|u| {
+            let mut user = json!({ "user_id": u.user_id });
+            if let Some(name) = u.display_name {
+                user["display_name"] = json!(name);
+            }
+            if let Some(avatar) = u.avatar_url {
+                user["avatar_url"] = json!(avatar);
+            }
+            user
+        })
+        .collect();
+    Ok(Json(json!({ "results": results, "limited": limited })))
+}
+
+/// Rooms per page of `/mutual_rooms`.
+const MUTUAL_ROOMS_PAGE: i64 = 100;
+
+/// `GET /_matrix/client/v1/mutual_rooms`
+pub async fn mutual_rooms(
+    State(state): State<AppState>,
+    req: Ruma<get_mutual_rooms::v1::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let other = &req.body.user_id;
+    if *other == s.user_id {
+        return Err(Error::invalid_param("user_id is your own user id"));
+    }
+    // The token is the last room id of the previous page.
+    let after = match req.body.from.as_deref() {
+        Some(from) => Some(RoomId::parse(from).map_err(|_| Error::invalid_param("Invalid from token"))?),
+        None => None,
+    };
+    let (joined, count) = state
+        .rooms
+        .db()
+        .mutual_rooms(s.user_id.as_str(), other.as_str(), after.as_ref().map(|r| r.as_str()), MUTUAL_ROOMS_PAGE + 1)
+        .await?;
+    let more = joined.len() as i64 > MUTUAL_ROOMS_PAGE;
+    let joined: Vec<String> = joined.into_iter().take(MUTUAL_ROOMS_PAGE as usize).collect();
+    let mut out = json!({ "joined": joined, "count": count });
+    if more && let Some(last) = joined.last() {
+        out["next_batch"] = json!(last);
+    }
+    Ok(Json(out))
 }

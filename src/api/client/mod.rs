@@ -14,6 +14,7 @@ mod profile;
 mod push;
 mod receipt;
 mod relations;
+mod report;
 mod room;
 mod session;
 mod sync;
@@ -38,6 +39,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(account::whoami)
         .ruma(account::change_password)
         .ruma(account::deactivate)
+        .ruma(account::threepids)
         .ruma(device::list)
         .ruma(device::get)
         .ruma(device::update)
@@ -71,6 +73,12 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(directory::get_visibility)
         .ruma(directory::set_visibility)
         .ruma(directory::public_rooms)
+        .ruma(directory::search_users_handler)
+        .ruma(directory::mutual_rooms)
+        .ruma(report::event)
+        .ruma(report::room)
+        .ruma(report::user)
+        .ruma(profile::delete_field)
         .ruma(profile::get)
         .ruma(profile::get_field)
         .ruma(profile::set_field)

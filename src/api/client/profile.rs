@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use ruma::api::client::profile::{get_profile, get_profile_field, set_profile_field};
+use ruma::api::client::profile::{delete_profile_field, get_profile, get_profile_field, set_profile_field};
 use serde_json::{Value, json};
 
 use crate::api::AppState;
@@ -22,7 +22,12 @@ fn field_of(name: &str) -> Result<ProfileField> {
     }
 }
 
+/// The public profile of a user: from the database for local users, asked of the user's server
+/// over federation for remote ones (not cached: clients ask rarely, and the answer may change).
 async fn profile_json(state: &AppState, user_id: &ruma::UserId) -> Result<Value> {
+    if *user_id.server_name() != *state.config.server_name() {
+        return remote_profile(state, user_id).await;
+    }
     let user = state.accounts.db().get_user(user_id.as_str()).await?.filter(|u| !u.deactivated);
     let Some(user) = user else { return Err(Error::not_found("Profile was not found")) };
     let mut out = json!({});
@@ -31,6 +36,28 @@ async fn profile_json(state: &AppState, user_id: &ruma::UserId) -> Result<Value>
     }
     if let Some(a) = user.avatar_url {
         out["avatar_url"] = json!(a);
+    }
+    Ok(out)
+}
+
+async fn remote_profile(state: &AppState, user_id: &ruma::UserId) -> Result<Value> {
+    let Some(fed) = state.rooms.federation() else {
+        return Err(Error::not_found("Profile was not found"));
+    };
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        url::form_urlencoded::byte_serialize(user_id.as_str().as_bytes()).collect::<String>()
+    );
+    let answer = fed
+        .request(user_id.server_name(), http::Method::GET, &path, None)
+        .await
+        .map_err(|e| if e.errcode == "M_NOT_FOUND" { Error::not_found("Profile was not found") } else { e })?;
+    // Only the two fields this server knows, and only as strings: the answer is untrusted.
+    let mut out = json!({});
+    for key in ["displayname", "avatar_url"] {
+        if let Some(v) = answer.get(key).and_then(Value::as_str).filter(|v| v.len() <= 1024) {
+            out[key] = json!(v);
+        }
     }
     Ok(out)
 }
@@ -73,6 +100,21 @@ pub async fn set_field(
         _ => return Err(Error::bad_json(format!("{name} must be a string"))),
     };
     state.accounts.db().set_profile_field(s.user_id.as_str(), field, value.as_deref()).await?;
+    state.rooms.propagate_profile(&s.user_id).await?;
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /_matrix/client/v3/profile/{userId}/{field}`
+pub async fn delete_field(
+    State(state): State<AppState>,
+    req: Ruma<delete_profile_field::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    if req.body.user_id != s.user_id {
+        return Err(Error::forbidden("Cannot change another user's profile"));
+    }
+    let field = field_of(req.body.field.as_str())?;
+    state.accounts.db().set_profile_field(s.user_id.as_str(), field, None).await?;
     state.rooms.propagate_profile(&s.user_id).await?;
     Ok(Json(json!({})))
 }
