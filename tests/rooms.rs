@@ -678,3 +678,123 @@ both_backends!(concurrent_writes_of_every_kind_succeed, |server| async move {
     let msgs = all_messages(&owner, &room, "f", 100).await;
     assert_eq!(bodies(&msgs).len(), 24 * 10);
 });
+
+/// Runs a `/search` of room events; returns the `room_events` object.
+async fn search(c: &Client, criteria: Value, next_batch: Option<&str>) -> Value {
+    let path = match next_batch {
+        Some(t) => format!("/_matrix/client/v3/search?next_batch={}", enc(t)),
+        None => "/_matrix/client/v3/search".to_owned(),
+    };
+    let resp = c.post(&path, &json!({ "search_categories": { "room_events": criteria } })).await;
+    ok(&resp)["search_categories"]["room_events"].clone()
+}
+
+fn found_bodies(room_events: &Value) -> Vec<String> {
+    room_events["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["result"]["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+both_backends!(search_finds_words_in_joined_rooms_only, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&alice, json!({ "preset": "public_chat", "name": "Lunch club" })).await;
+    let other = create_room(&bob, json!({})).await;
+    send_ok(&alice, &room, "1", "Lunch at noon?").await;
+    send_ok(&alice, &room, "2", "dinner later").await;
+    send_ok(&alice, &room, "3", "LUNCHBOX forgotten").await;
+    let redacted = send_ok(&alice, &room, "4", "lunch secret").await;
+    ok(&alice.put(&format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(&redacted)), &json!({})).await);
+    send_ok(&bob, &other, "1", "lunch in bob's private room").await;
+
+    // Word prefixes, case-insensitive, newest first; redacted events and rooms Alice is not in
+    // are not searched.
+    let body = json!(["content.body"]);
+    let found = search(&alice, json!({ "search_term": "lunch", "order_by": "recent", "keys": body }), None).await;
+    assert_eq!(found_bodies(&found), vec!["LUNCHBOX forgotten", "Lunch at noon?"]);
+    assert!(found["highlights"].as_array().unwrap().contains(&json!("lunch")));
+    assert!(found["count"].as_i64().unwrap() >= 2);
+    assert!(found.get("next_batch").is_none());
+    assert_eq!(found["results"][0]["result"]["room_id"], room);
+    assert!(found_bodies(&search(&alice, json!({ "search_term": "unch" }), None).await).is_empty());
+    assert_eq!(
+        found_bodies(&search(&alice, json!({ "search_term": "lunch noon" }), None).await),
+        vec!["Lunch at noon?"]
+    );
+    // By rank, the message that is mostly the word comes first.
+    let ranked = search(&alice, json!({ "search_term": "lunch", "keys": body }), None).await;
+    assert_eq!(found_bodies(&ranked), vec!["LUNCHBOX forgotten", "Lunch at noon?"]);
+    assert!(ranked["results"][0]["rank"].as_f64().unwrap() > ranked["results"][1]["rank"].as_f64().unwrap());
+
+    // Room names and topics are searched too by default, and only them when asked.
+    let all = search(&alice, json!({ "search_term": "lunch", "order_by": "recent" }), None).await;
+    assert_eq!(all["results"].as_array().unwrap().len(), 3);
+    assert_eq!(all["results"][2]["result"]["type"], "m.room.name");
+    let names = search(&alice, json!({ "search_term": "club", "keys": ["content.name"] }), None).await;
+    assert_eq!(names["results"][0]["result"]["type"], "m.room.name");
+    assert!(
+        found_bodies(&search(&alice, json!({ "search_term": "lunch", "keys": ["content.name"] }), None).await).len()
+            == 1
+    );
+    assert_error(
+        &alice
+            .post(
+                "/_matrix/client/v3/search",
+                &json!({ "search_categories": { "room_events": { "search_term": "x", "keys": ["content.nope"] } } }),
+            )
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+
+    // Paging with a filter limit of 1: each page one result, then none left.
+    let first = search(
+        &alice,
+        json!({ "search_term": "lunch", "order_by": "recent", "keys": body, "filter": { "limit": 1 } }),
+        None,
+    )
+    .await;
+    assert_eq!(found_bodies(&first), vec!["LUNCHBOX forgotten"]);
+    let token = first["next_batch"].as_str().expect("next_batch").to_owned();
+    let second = search(
+        &alice,
+        json!({ "search_term": "lunch", "order_by": "recent", "keys": body, "filter": { "limit": 1 } }),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(found_bodies(&second), vec!["Lunch at noon?"]);
+    let resp = alice
+        .post(
+            "/_matrix/client/v3/search?next_batch=bogus",
+            &json!({ "search_categories": { "room_events": { "search_term": "x" } } }),
+        )
+        .await;
+    assert_error(&resp, 400, "M_INVALID_PARAM");
+
+    // Context with profiles, and the rooms' state.
+    let with_context = search(
+        &alice,
+        json!({ "search_term": "noon", "event_context": { "before_limit": 1, "after_limit": 1, "include_profile": true }, "include_state": true }),
+        None,
+    )
+    .await;
+    let context = &with_context["results"][0]["context"];
+    assert_eq!(context["events_after"][0]["content"]["body"], "dinner later");
+    assert_eq!(context["events_before"].as_array().unwrap().len(), 1);
+    assert!(context["start"].is_string() && context["end"].is_string());
+    assert!(context["profile_info"].get(&alice.user_id).is_some(), "{context}");
+    assert!(with_context["state"][&room].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+
+    // Bob finds only his own room's message; no category, no results.
+    assert_eq!(
+        found_bodies(&search(&bob, json!({ "search_term": "lunch" }), None).await),
+        vec!["lunch in bob's private room"]
+    );
+    assert_eq!(
+        ok(&bob.post("/_matrix/client/v3/search", &json!({ "search_categories": {} })).await),
+        &json!({ "search_categories": {} })
+    );
+});

@@ -17,6 +17,7 @@ pub mod pdu;
 pub mod read;
 pub mod relations;
 pub mod remote;
+pub mod search;
 pub mod state;
 pub mod summary;
 pub mod user_directory;

@@ -35,7 +35,7 @@ pub struct FoundUser {
 }
 
 /// Lower-cased words of `s`: runs of letters and digits.
-fn words(s: &str) -> Vec<String> {
+pub fn words(s: &str) -> Vec<String> {
     s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
 }
 

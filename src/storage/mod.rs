@@ -189,7 +189,7 @@ macro_rules! migrations {
 }
 
 /// `$first, $first+1, ...` for `n` values (an `IN (...)` list).
-fn placeholders(first: usize, n: usize) -> String {
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
 }
 

@@ -16,6 +16,7 @@ mod receipt;
 mod relations;
 mod report;
 mod room;
+mod search;
 mod session;
 mod sync;
 mod to_device;
@@ -75,6 +76,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(directory::public_rooms)
         .ruma(directory::search_users_handler)
         .ruma(directory::mutual_rooms)
+        .ruma(search::search)
         .ruma(report::event)
         .ruma(report::room)
         .ruma(report::user)
