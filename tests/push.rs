@@ -47,3 +47,137 @@ both_backends!(push_rules_crud_and_sync, |server| async move {
     assert_eq!(alice.delete(base, &json!({})).await.0, 200);
     assert_eq!(alice.get(base).await.0, 404);
 });
+
+/// A push gateway on loopback: records every notification and answers with the status and
+/// body queued for it (200 `{"rejected": []}` once the queue is empty).
+struct Gateway {
+    url: String,
+    received: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<(u16, serde_json::Value)>>>,
+}
+
+impl Gateway {
+    async fn start() -> Self {
+        use axum::routing::post;
+        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
+        let answers: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<(u16, serde_json::Value)>>> =
+            Default::default();
+        let queued = answers.clone();
+        let app = axum::Router::new().route(
+            "/_matrix/push/v1/notify",
+            post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let tx = tx.clone();
+                let queued = queued.clone();
+                async move {
+                    let _ = tx.send(body);
+                    let (status, answer) =
+                        queued.lock().unwrap().pop_front().unwrap_or((200, json!({ "rejected": [] })));
+                    (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(answer))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/_matrix/push/v1/notify", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, received, answers }
+    }
+
+    async fn next(&mut self) -> serde_json::Value {
+        tokio::time::timeout(std::time::Duration::from_secs(20), self.received.recv())
+            .await
+            .expect("no notification within 20 s")
+            .expect("gateway stopped")
+    }
+
+    /// Nothing arrives for a while.
+    async fn quiet(&mut self) {
+        let got = tokio::time::timeout(std::time::Duration::from_millis(1500), self.received.recv()).await;
+        assert!(got.is_err(), "unexpected notification: {got:?}");
+    }
+}
+
+/// Sends a text message; returns its event id.
+async fn send(c: &common::Client, room: &str, txn: &str, text: &str) -> String {
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
+    let (status, body) = c.put(&path, &json!({ "msgtype": "m.text", "body": text })).await;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+both_backends!(
+    pushers_receive_notifications_through_retries,
+    with | c | common::set_config(c, "push.gateway_ip_allowlist", toml::Value::Array(vec!["127.0.0.0/8".into()])),
+    |server| async move {
+        let mut gateway = Gateway::start().await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let pusher = json!({
+            "kind": "http", "app_id": "org.example.app", "pushkey": "key-1", "app_display_name": "Example",
+            "device_display_name": "Phone", "lang": "en", "data": { "url": gateway.url, "extra": "kept" },
+        });
+        let set = "/_matrix/client/v3/pushers/set";
+        let (status, body) = alice.post(set, &pusher).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, listed) = alice.get("/_matrix/client/v3/pushers").await;
+        assert_eq!(status, 200, "{listed}");
+        assert_eq!(listed["pushers"][0]["pushkey"], "key-1");
+        assert_eq!(listed["pushers"][0]["data"]["url"], gateway.url);
+
+        // Bob writes to Alice in a room of two: one notification, with the message.
+        let (status, room) =
+            alice.post("/_matrix/client/v3/createRoom", &json!({ "invite": [bob.user_id], "is_direct": true })).await;
+        assert_eq!(status, 200, "{room}");
+        let room = room["room_id"].as_str().unwrap().to_owned();
+        assert_eq!(bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), &json!({})).await.0, 200);
+        let first = send(&bob, &room, "b1", "hello alice").await;
+        let n = gateway.next().await["notification"].clone();
+        assert_eq!(n["event_id"], first.as_str(), "{n}");
+        assert_eq!(n["room_id"], room.as_str());
+        assert_eq!(n["type"], "m.room.message");
+        assert_eq!(n["sender"], bob.user_id.as_str());
+        assert_eq!(n["content"]["body"], "hello alice");
+        assert_eq!(n["counts"]["unread"], 1);
+        let device = &n["devices"][0];
+        assert_eq!((device["app_id"].as_str(), device["pushkey"].as_str()), (Some("org.example.app"), Some("key-1")));
+        assert_eq!(device["data"], json!({ "extra": "kept" }), "the URL is not sent to the gateway");
+        assert_eq!(device["tweaks"]["sound"], "default", "a room of two is a one-to-one room: {n}");
+
+        // Alice's own messages are not pushed to her.
+        send(&alice, &room, "a1", "my own").await;
+        gateway.quiet().await;
+
+        // The gateway fails once (503): the same notification comes again, then no more.
+        gateway.answers.lock().unwrap().push_back((503, json!({})));
+        let second = send(&bob, &room, "b2", "are you there").await;
+        assert_eq!(gateway.next().await["notification"]["event_id"], second.as_str());
+        assert_eq!(gateway.next().await["notification"]["event_id"], second.as_str(), "retried after the 503");
+        gateway.quiet().await;
+
+        // The gateway rejects the pushkey: the pusher is removed.
+        gateway.answers.lock().unwrap().push_back((200, json!({ "rejected": ["key-1"] })));
+        send(&bob, &room, "b3", "anyone?").await;
+        gateway.next().await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(alice.get("/_matrix/client/v3/pushers").await.1["pushers"], json!([]));
+
+        // Validation, deletion with kind null, and removal on logout.
+        let mut bad = pusher.clone();
+        bad["data"]["url"] = json!("http://127.0.0.1:1/elsewhere");
+        assert_eq!(alice.post(set, &bad).await.1["errcode"], "M_INVALID_PARAM");
+        bad["kind"] = json!("email");
+        assert_eq!(alice.post(set, &bad).await.0, 400);
+        assert_eq!(alice.post(set, &pusher).await.0, 200);
+        let mut delete = pusher.clone();
+        delete["kind"] = serde_json::Value::Null;
+        assert_eq!(alice.post(set, &delete).await.0, 200);
+        assert_eq!(alice.get("/_matrix/client/v3/pushers").await.1["pushers"], json!([]));
+        assert_eq!(alice.post(set, &pusher).await.0, 200);
+        assert_eq!(alice.post("/_matrix/client/v3/logout", &json!({})).await.0, 200);
+        let again = server.login("alice", &alice.password).await;
+        assert_eq!(again.get("/_matrix/client/v3/pushers").await.1["pushers"], json!([]));
+    }
+);

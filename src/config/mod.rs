@@ -33,6 +33,8 @@ pub struct Config {
     pub federation: FederationConfig,
     /// Media repository.
     pub media: MediaConfig,
+    /// Push notifications.
+    pub push: PushConfig,
     /// Rate limiting.
     pub rate_limits: RateLimitConfig,
     /// Rooms.
@@ -128,6 +130,16 @@ pub struct MediaConfig {
     pub url_preview_ip_allowlist: Vec<String>,
 }
 
+/// `[push]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Addresses or CIDR ranges push gateways may be at although they are not public; empty by
+    /// default (a pusher's URL is chosen by the user, so the server must not become a proxy
+    /// into its own network).
+    pub gateway_ip_allowlist: Vec<String>,
+}
+
 /// `[rate_limits]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -198,6 +210,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             federation: FederationConfig::default(),
             media: MediaConfig::default(),
+            push: PushConfig::default(),
             rate_limits: RateLimitConfig::default(),
             rooms: RoomsConfig::default(),
             log: LogConfig::default(),
@@ -356,6 +369,11 @@ impl Config {
         for range in &self.media.url_preview_ip_allowlist {
             if crate::media::preview::IpRange::parse(range).is_none() {
                 bail!("configuration key `media.url_preview_ip_allowlist`: {range:?} is not an address or CIDR range");
+            }
+        }
+        for range in &self.push.gateway_ip_allowlist {
+            if crate::media::preview::IpRange::parse(range).is_none() {
+                bail!("configuration key `push.gateway_ip_allowlist`: {range:?} is not an address or CIDR range");
             }
         }
         if self.rate_limits.per_second <= 0.0 || self.rate_limits.burst == 0 {

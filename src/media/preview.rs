@@ -240,6 +240,42 @@ impl Fetcher {
     }
 }
 
+impl Fetcher {
+    /// POSTs `body` as JSON to `url` (a push gateway), checked like a fetch and without
+    /// following redirects; returns the status and the JSON answer (`Null` if it is not JSON),
+    /// read up to `limit` bytes.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        limit: usize,
+    ) -> Result<(u16, serde_json::Value)> {
+        let url = url::Url::parse(url).map_err(|_| Error::invalid_param("Invalid URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::invalid_param("Only http and https URLs can be reached"));
+        }
+        let pinned = self.check_host(&url).await?;
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(HOP_TIMEOUT)
+            .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION")));
+        if let Some((domain, addrs)) = &pinned {
+            builder = builder.resolve_to_addrs(domain, addrs);
+        }
+        let client = builder.build().map_err(Error::internal)?;
+        let res = client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| bad_gateway(format!("Posting to the URL failed: {}", e.without_url())))?;
+        let status = res.status().as_u16();
+        let bytes = read_limited(res, limit, true).await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+    }
+}
+
 async fn read_limited(mut res: reqwest::Response, limit: usize, truncate: bool) -> Result<Bytes> {
     if !truncate && res.content_length().is_some_and(|l| l > limit as u64) {
         return Err(Error::too_large("The linked content is too large"));

@@ -1,5 +1,9 @@
-//! Push rules: each user's ruleset, stored as the `m.push_rules` account data (so that `/sync`
-//! delivers it like any account data), starting from ruma's server-default rules.
+//! Push rules and push notifications: each user's ruleset, stored as the `m.push_rules` account
+//! data (so that `/sync` delivers it like any account data), starting from ruma's server-default
+//! rules; pushers (`pushers.rs`) and the sender that posts to push gateways (`sender.rs`).
+
+pub mod pushers;
+pub mod sender;
 
 use ruma::UserId;
 use ruma::push::Ruleset;

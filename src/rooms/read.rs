@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ruma::room_version_rules::RoomVersionRules;
-use ruma::{RoomId, UserId};
+use ruma::power_levels::NotificationPowerLevels;
+use ruma::push::PushConditionPowerLevelsCtx;
+use ruma::room_version_rules::{AuthorizationRules, RoomPowerLevelsRules, RoomVersionRules};
+use ruma::{Int, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 
 use super::Rooms;
@@ -17,11 +19,12 @@ use crate::error::{Error, Result};
 use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
 
 /// Power levels as clients and the server read them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PowerLevels {
     content: Value,
     creators: Vec<String>,
     privileged_creators: bool,
+    authorization: AuthorizationRules,
 }
 
 fn as_int(v: &Value) -> Option<i64> {
@@ -44,7 +47,41 @@ impl PowerLevels {
             content: pl.map(Pdu::content).unwrap_or(Value::Null),
             creators,
             privileged_creators: rules.authorization.explicitly_privilege_room_creators,
+            authorization: rules.authorization.clone(),
         }
+    }
+
+    /// The power levels as push rule conditions need them (`sender_notification_permission`).
+    pub fn push_ctx(&self) -> PushConditionPowerLevelsCtx {
+        let int = |v: i64| Int::new(v).unwrap_or(Int::MAX);
+        let users = if self.content.is_null() {
+            // Without a power levels event the creator has 100.
+            self.creators
+                .first()
+                .and_then(|c| UserId::parse(c.as_str()).ok())
+                .map(|c| (c, int(100)))
+                .into_iter()
+                .collect()
+        } else {
+            self.content["users"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(u, l)| Some((UserId::parse(u.as_str()).ok()?, int(as_int(l)?))))
+                .collect()
+        };
+        let mut notifications = NotificationPowerLevels::new();
+        if let Some(room) = as_int(&self.content["notifications"]["room"]) {
+            notifications.room = int(room);
+        }
+        let creators = self.creators.iter().filter_map(|c| OwnedUserId::try_from(c.as_str()).ok());
+        let rules = RoomPowerLevelsRules::new(&self.authorization, creators);
+        PushConditionPowerLevelsCtx::new(
+            users,
+            int(as_int(&self.content["users_default"]).unwrap_or(0)),
+            notifications,
+            rules,
+        )
     }
 
     /// The level of a user (`i64::MAX` for v12 creators).

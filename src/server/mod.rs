@@ -72,6 +72,14 @@ impl Server {
         if config.federation.enabled {
             crate::federation::sender::spawn(self.state.federation.clone(), self.state.rooms.clone());
         }
+        let gateways = config.push.gateway_ip_allowlist.iter().filter_map(|r| crate::media::preview::IpRange::parse(r));
+        crate::push::sender::PushSender::new(
+            self.db.clone(),
+            self.state.rooms.clone(),
+            self.state.sync.clone(),
+            crate::media::preview::Fetcher::new(gateways.collect()),
+        )
+        .spawn();
         let listener = tokio::net::TcpListener::bind(config.listen.client)
             .await
             .with_context(|| format!("binding listen.client {}", config.listen.client))?;

@@ -226,7 +226,7 @@ impl Db {
         Ok(row.map(|(u, d, a)| (u, d, a != 0)))
     }
 
-    /// Deletes devices (and their tokens) of a user.
+    /// Deletes devices (and their tokens and pushers) of a user.
     pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<(), sqlx::Error> {
         let mut tx = self.begin_write().await?;
         // Their end-to-end keys go with them, and each deletion is a device-list change.
@@ -238,6 +238,12 @@ impl Db {
                 .execute(&mut *tx.tx)
                 .await?;
             sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx.tx)
+                .await?;
+            // The device's pushers stop with it (spec: pushers of a logged-out device go).
+            sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
                 .execute(&mut *tx.tx)

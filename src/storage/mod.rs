@@ -14,6 +14,7 @@ pub mod accounts;
 pub mod e2ee;
 pub mod media;
 mod nodelay;
+pub mod push;
 pub mod reports;
 pub mod rooms;
 pub mod sync;
@@ -198,10 +199,10 @@ fn migrator(backend: Backend) -> Migrator {
     // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
     let list = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports")
+            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports")
+            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers")
         }
     };
     Migrator::with_migrations(list)

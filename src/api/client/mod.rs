@@ -88,6 +88,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(push::global)
         .ruma(push::get)
         .ruma(push::set)
+        .ruma(push::pushers)
+        .ruma(push::set_pusher)
         .ruma(push::delete)
         .ruma(push::get_enabled)
         .ruma(push::set_enabled)

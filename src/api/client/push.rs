@@ -1,11 +1,11 @@
-//! Push rules (`/pushrules`).
+//! Push rules (`/pushrules`) and pushers (`/pushers`).
 
 use axum::Json;
 use axum::extract::State;
 use ruma::api::client::push::PushRule;
 use ruma::api::client::push::{
-    delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
-    get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+    delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
+    get_pushrules_global_scope, set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
 };
 use serde_json::{Value, json};
 
@@ -107,5 +107,19 @@ pub async fn set_actions(
     let mut rules = push::ruleset(&state.sync, &s.user_id).await?;
     rules.set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone()).map_err(|_| not_found())?;
     push::save(&state.sync, &s.user_id, &rules).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/pushers`
+pub async fn pushers(State(state): State<AppState>, req: Ruma<get_pushers::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    Ok(Json(push::pushers::list(state.rooms.db(), &s.user_id).await?))
+}
+
+/// `POST /_matrix/client/v3/pushers/set`
+pub async fn set_pusher(State(state): State<AppState>, req: Ruma<set_pusher::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let body = req.json.clone().unwrap_or(Value::Null);
+    push::pushers::set(state.rooms.db(), &s.user_id, s.device_id.as_str(), &body).await?;
     Ok(Json(json!({})))
 }

@@ -1,0 +1,314 @@
+//! The push sender: a background task that follows the event stream for every pusher, evaluates
+//! the user's push rules on each event of their joined rooms, and posts a notification to the
+//! pusher's gateway (push gateway API v1) for those whose actions say `notify`.
+//!
+//! Each pusher's position (`pushers.last_stream`) is in the database and moves only past events
+//! that were handled (pushed, or found not to need a push), so a restart neither repeats nor
+//! skips notifications, short of a crash between a gateway's answer and the position's update.
+//! A gateway that fails (unreachable, 5xx, 429) is retried with doubling delays from 2 s to
+//! 10 min, without holding up other pushers; pushkeys the gateway rejects are deleted. Accepting
+//! events never waits for any of this: the task wakes after commits (`rooms.outbox_wakeup`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ruma::push::{Action, HighlightTweakValue, PushConditionRoomCtx, Ruleset, Tweak};
+use ruma::serde::Raw;
+use ruma::{OwnedRoomId, UInt, UserId};
+use serde_json::{Value, json};
+
+use crate::error::Result;
+use crate::media::preview::Fetcher;
+use crate::rooms::Rooms;
+use crate::storage::Db;
+use crate::storage::push::PusherRow;
+use crate::storage::rooms::{BindValue, StoredEvent};
+use crate::storage::sync::streams;
+use crate::sync::SyncEngine;
+
+/// Events read per pusher per round.
+const BATCH: i64 = 100;
+/// Largest gateway answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+const MIN_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(600);
+/// Rooms counted for the badge (`counts.unread`) at most.
+const MAX_BADGE_ROOMS: usize = 200;
+
+/// What the sender needs.
+pub struct PushSender {
+    db: Db,
+    rooms: Arc<Rooms>,
+    sync: Arc<SyncEngine>,
+    fetcher: Fetcher,
+}
+
+/// Why a pusher stopped this round.
+enum Stop {
+    /// Try again after a delay (the gateway failed).
+    Retry(String),
+}
+
+impl PushSender {
+    /// The sender; `fetcher` reaches gateways (see `[push] gateway_ip_allowlist`).
+    pub fn new(db: Db, rooms: Arc<Rooms>, sync: Arc<SyncEngine>, fetcher: Fetcher) -> Self {
+        Self { db, rooms, sync, fetcher }
+    }
+
+    /// Runs the sender for the life of the process.
+    pub fn spawn(self) {
+        tokio::spawn(async move {
+            let wakeup = self.rooms.outbox_wakeup.clone();
+            // Pushers waiting to retry: key -> (when, current delay).
+            let mut backoff: HashMap<(String, String, String), (Instant, Duration)> = HashMap::new();
+            loop {
+                let notified = wakeup.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Err(e) = self.round(&mut backoff).await {
+                    tracing::warn!(error = %e.message, "push sender: round failed");
+                }
+                let next_retry = backoff.values().map(|(at, _)| *at).min();
+                let sleep = next_retry
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(Duration::from_secs(30))
+                    .min(Duration::from_secs(30));
+                tokio::select! {
+                    _ = &mut notified => {},
+                    _ = tokio::time::sleep(sleep) => {},
+                }
+            }
+        });
+    }
+
+    /// Brings every pusher that is behind (and not waiting to retry) up to date.
+    async fn round(&self, backoff: &mut HashMap<(String, String, String), (Instant, Duration)>) -> Result<()> {
+        loop {
+            let now = self.db.current_stream_position(streams::EVENTS).await?;
+            let pushers = self.db.pushers_behind(now).await?;
+            let mut progressed = false;
+            for p in pushers {
+                let key = (p.user_id.clone(), p.app_id.clone(), p.pushkey.clone());
+                if backoff.get(&key).is_some_and(|(at, _)| *at > Instant::now()) {
+                    continue;
+                }
+                match self.catch_up(&p, now).await {
+                    Ok(moved) => {
+                        backoff.remove(&key);
+                        progressed |= moved;
+                    }
+                    Err(Stop::Retry(why)) => {
+                        let delay = backoff.get(&key).map_or(MIN_RETRY, |(_, d)| (*d * 2).min(MAX_RETRY));
+                        tracing::warn!(user = %p.user_id, app_id = %p.app_id, error = %why, retry_in = ?delay, "push gateway failed");
+                        backoff.insert(key, (Instant::now() + delay, delay));
+                    }
+                }
+            }
+            // A pusher that read a full batch may have more; others are done until woken.
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles the pusher's next batch of events up to `now`; whether it read a full batch.
+    async fn catch_up(&self, p: &PusherRow, now: i64) -> std::result::Result<bool, Stop> {
+        let retry = |e: crate::error::Error| Stop::Retry(e.message);
+        let user = UserId::parse(p.user_id.as_str()).map_err(|e| Stop::Retry(e.to_string()))?;
+        // The user's joined rooms, each from the position they joined at.
+        let joined: HashMap<String, i64> = self
+            .db
+            .user_memberships(user.as_str())
+            .await
+            .map_err(retry)?
+            .into_iter()
+            .filter(|m| m.membership == "join")
+            .map(|m| (m.room_id, m.stream))
+            .collect();
+        let events = if joined.is_empty() {
+            Vec::new()
+        } else {
+            self.events_after(&joined, p.last_stream, now).await.map_err(retry)?
+        };
+        let full = events.len() as i64 == BATCH;
+        let mut ruleset = None;
+        let mut position = p.last_stream;
+        for ev in &events {
+            let newer_than_join = joined.get(ev.pdu.room_id.as_str()).is_some_and(|&j| ev.stream > j);
+            if newer_than_join && ev.pdu.fields.sender != user {
+                if ruleset.is_none() {
+                    ruleset = Some(crate::push::ruleset(&self.sync, &user).await.map_err(retry)?);
+                }
+                let rules = ruleset.as_ref().expect("set above");
+                let actions = self.actions(rules, &user, ev).await.map_err(retry)?;
+                if actions.iter().any(Action::should_notify)
+                    && let Err(stop) = self.push(p, &user, ev, &actions).await
+                {
+                    self.advance(p, position).await?;
+                    return Err(stop);
+                }
+            }
+            position = ev.stream;
+        }
+        let upto = if full { position } else { now };
+        self.advance(p, upto).await?;
+        Ok(full)
+    }
+
+    async fn advance(&self, p: &PusherRow, upto: i64) -> std::result::Result<(), Stop> {
+        if upto > p.last_stream {
+            self.db
+                .advance_pusher(&p.user_id, &p.app_id, &p.pushkey, upto)
+                .await
+                .map_err(|e| Stop::Retry(e.message))?;
+        }
+        Ok(())
+    }
+
+    /// Timeline events of `rooms` in `(after, upto]`, oldest first, at most a batch.
+    async fn events_after(&self, rooms: &HashMap<String, i64>, after: i64, upto: i64) -> Result<Vec<StoredEvent>> {
+        let mut binds: Vec<BindValue<'_>> = vec![BindValue::Int(after), BindValue::Int(upto)];
+        binds.extend(rooms.keys().map(|r| BindValue::Str(r)));
+        let tail = format!(
+            "WHERE stream_ordering > $1 AND stream_ordering <= $2 AND outlier = 0 AND rejected = 0 \
+             AND room_id IN ({}) ORDER BY stream_ordering LIMIT {BATCH}",
+            crate::storage::placeholders(3, rooms.len())
+        );
+        self.db.query_events(&tail, &binds).await
+    }
+
+    /// The actions of the user's push rules for `ev`.
+    async fn actions(&self, rules: &Ruleset, user: &UserId, ev: &StoredEvent) -> Result<Vec<Action>> {
+        let room_id: OwnedRoomId = ev.pdu.room_id.clone();
+        let members = self.db.members_with(room_id.as_str(), "join").await?;
+        let name = self
+            .rooms
+            .current_state_event(&room_id, "m.room.member", user.as_str())
+            .await?
+            .and_then(|m| m.content()["displayname"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| user.localpart().to_owned());
+        let power = self.rooms.power_levels(&room_id).await?;
+        let ctx = PushConditionRoomCtx::new(
+            room_id,
+            UInt::try_from(members.len()).unwrap_or(UInt::MAX),
+            user.to_owned(),
+            name,
+        )
+        .with_power_levels(power.push_ctx());
+        let json = ev.pdu.client_json(None, crate::storage::now_ms());
+        let raw: Raw<ruma::events::AnySyncTimelineEvent> =
+            Raw::from_json(serde_json::value::to_raw_value(&json).map_err(crate::error::Error::internal)?);
+        Ok(rules.get_actions(&raw, &ctx).await.to_vec())
+    }
+
+    /// Posts one notification to the pusher's gateway.
+    async fn push(
+        &self,
+        p: &PusherRow,
+        user: &UserId,
+        ev: &StoredEvent,
+        actions: &[Action],
+    ) -> std::result::Result<(), Stop> {
+        let retry = |e: crate::error::Error| Stop::Retry(e.message);
+        let mut data: Value = serde_json::from_str(&p.data).unwrap_or_else(|_| json!({}));
+        let url = data.get("url").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
+        if let Some(d) = data.as_object_mut() {
+            d.remove("url");
+        }
+        let mut tweaks = serde_json::Map::new();
+        for a in actions {
+            if let Action::SetTweak(t) = a {
+                match t {
+                    Tweak::Sound(s) => {
+                        tweaks.insert("sound".into(), json!(s));
+                    }
+                    Tweak::Highlight(h) => {
+                        tweaks.insert("highlight".into(), json!(matches!(h, HighlightTweakValue::Yes)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let high = ev.pdu.fields.kind.to_string() == "m.room.encrypted" || !tweaks.is_empty();
+        let unread = self.badge(user).await.map_err(retry)?;
+        let mut notification = json!({
+            "event_id": ev.pdu.event_id,
+            "room_id": ev.pdu.room_id,
+            "prio": if high { "high" } else { "low" },
+            "counts": { "unread": unread },
+            "devices": [{
+                "app_id": p.app_id,
+                "pushkey": p.pushkey,
+                "pushkey_ts": p.created_ts / 1000,
+                "data": data,
+                "tweaks": tweaks,
+            }],
+        });
+        if !event_id_only {
+            let room_id = &ev.pdu.room_id;
+            let sender = ev.pdu.fields.sender.as_str();
+            notification["type"] = json!(ev.pdu.fields.kind.to_string());
+            notification["sender"] = json!(sender);
+            notification["content"] = ev.pdu.content();
+            let state = |t: &'static str, k: String| {
+                let rooms = self.rooms.clone();
+                let room_id = room_id.clone();
+                async move { rooms.current_state_event(&room_id, t, &k).await.ok().flatten().map(|e| e.content()) }
+            };
+            if let Some(name) = state("m.room.member", sender.to_owned())
+                .await
+                .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+            {
+                notification["sender_display_name"] = json!(name);
+            }
+            if let Some(name) =
+                state("m.room.name", String::new()).await.and_then(|c| c["name"].as_str().map(str::to_owned))
+            {
+                notification["room_name"] = json!(name);
+            }
+            if let Some(alias) = state("m.room.canonical_alias", String::new())
+                .await
+                .and_then(|c| c["alias"].as_str().map(str::to_owned))
+            {
+                notification["room_alias"] = json!(alias);
+            }
+            if ev.pdu.fields.state_key.as_deref() == Some(user.as_str()) {
+                notification["user_is_target"] = json!(true);
+            }
+        }
+        let body = json!({ "notification": notification });
+        let (status, answer) = self.fetcher.post_json(&url, &body, MAX_ANSWER).await.map_err(retry)?;
+        match status {
+            200..=299 => {
+                let rejected = answer["rejected"].as_array().cloned().unwrap_or_default();
+                if rejected.iter().any(|k| k.as_str() == Some(p.pushkey.as_str())) {
+                    tracing::info!(user = %p.user_id, app_id = %p.app_id, "push gateway rejected the pushkey; pusher removed");
+                    self.db.delete_pushkey(&p.app_id, &p.pushkey).await.map_err(retry)?;
+                }
+                Ok(())
+            }
+            429 | 500..=599 => Err(Stop::Retry(format!("gateway answered {status}"))),
+            // Anything else will not get better by repeating this notification.
+            _ => {
+                tracing::warn!(user = %p.user_id, app_id = %p.app_id, status, "push gateway refused a notification");
+                Ok(())
+            }
+        }
+    }
+
+    /// `counts.unread`: how many of the user's rooms have unread messages (Synapse's default,
+    /// `group_unread_count_by_room`).
+    async fn badge(&self, user: &UserId) -> Result<i64> {
+        let now = self.db.current_stream_position(streams::EVENTS).await?;
+        let mut rooms = 0;
+        let joined = self.db.user_memberships(user.as_str()).await?;
+        for m in joined.iter().filter(|m| m.membership == "join").take(MAX_BADGE_ROOMS) {
+            if self.db.unread_count(&m.room_id, user.as_str(), m.stream, now, 1).await? > 0 {
+                rooms += 1;
+            }
+        }
+        Ok(rooms)
+    }
+}
