@@ -157,6 +157,20 @@ both_backends!(
         assert_eq!(gateway.next().await["notification"]["event_id"], second.as_str(), "retried after the 503");
         gateway.quiet().await;
 
+        // An invite is pushed to the invited user, and nothing else of a room she is not in.
+        let (status, other) = bob.post("/_matrix/client/v3/createRoom", &json!({ "invite": [alice.user_id] })).await;
+        assert_eq!(status, 200, "{other}");
+        let n = gateway.next().await["notification"].clone();
+        assert_eq!(
+            (n["type"].as_str(), n["room_id"].as_str()),
+            (Some("m.room.member"), other["room_id"].as_str()),
+            "{n}"
+        );
+        assert_eq!(n["user_is_target"], true);
+        assert_eq!(n["content"]["membership"], "invite");
+        send(&bob, other["room_id"].as_str().unwrap(), "b9", "before you join").await;
+        gateway.quiet().await;
+
         // The gateway rejects the pushkey: the pusher is removed.
         gateway.answers.lock().unwrap().push_back((200, json!({ "rejected": ["key-1"] })));
         send(&bob, &room, "b3", "anyone?").await;

@@ -9,7 +9,7 @@
 //! 10 min, without holding up other pushers; pushkeys the gateway rejects are deleted. Accepting
 //! events never waits for any of this: the task wakes after commits (`rooms.outbox_wakeup`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,11 @@ const MIN_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(600);
 /// Rooms counted for the badge (`counts.unread`) at most.
 const MAX_BADGE_ROOMS: usize = 200;
+/// How long the sender sleeps through commits after finding no pushers.
+const IDLE_RECHECK: Duration = Duration::from_secs(3);
+
+/// Per room: joined member count and power levels, for push rule conditions.
+type RoomMemo = HashMap<OwnedRoomId, (UInt, ruma::push::PushConditionPowerLevelsCtx)>;
 
 /// What the sender needs.
 pub struct PushSender {
@@ -62,14 +67,21 @@ impl PushSender {
             let wakeup = self.rooms.outbox_wakeup.clone();
             // Pushers waiting to retry: key -> (when, current delay).
             let mut backoff: HashMap<(String, String, String), (Instant, Duration)> = HashMap::new();
+            // While no user has a pusher, commits do not wake the sender (it looks again every
+            // few seconds): a server without pushers pays nothing per message.
+            let mut none_until: Option<Instant> = None;
             loop {
                 let notified = wakeup.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if let Err(e) = self.round(&mut backoff).await {
-                    tracing::warn!(error = %e.message, "push sender: round failed");
+                if none_until.is_none_or(|t| Instant::now() >= t) {
+                    match self.round(&mut backoff).await {
+                        Ok(true) => none_until = None,
+                        Ok(false) => none_until = Some(Instant::now() + IDLE_RECHECK),
+                        Err(e) => tracing::warn!(error = %e.message, "push sender: round failed"),
+                    }
                 }
-                let next_retry = backoff.values().map(|(at, _)| *at).min();
+                let next_retry = backoff.values().map(|(at, _)| *at).chain(none_until).min();
                 let sleep = next_retry
                     .map(|at| at.saturating_duration_since(Instant::now()))
                     .unwrap_or(Duration::from_secs(30))
@@ -82,18 +94,25 @@ impl PushSender {
         });
     }
 
-    /// Brings every pusher that is behind (and not waiting to retry) up to date.
-    async fn round(&self, backoff: &mut HashMap<(String, String, String), (Instant, Duration)>) -> Result<()> {
+    /// Brings every pusher that is behind (and not waiting to retry) up to date; false when
+    /// there are no pushers at all.
+    async fn round(&self, backoff: &mut HashMap<(String, String, String), (Instant, Duration)>) -> Result<bool> {
+        if !self.db.any_pushers().await? {
+            return Ok(false);
+        }
         loop {
             let now = self.db.current_stream_position(streams::EVENTS).await?;
             let pushers = self.db.pushers_behind(now).await?;
+            // Room facts shared by the pushers of one round (a message in a room of a thousand
+            // members with pushers is evaluated a thousand times).
+            let mut memo = RoomMemo::new();
             let mut progressed = false;
             for p in pushers {
                 let key = (p.user_id.clone(), p.app_id.clone(), p.pushkey.clone());
                 if backoff.get(&key).is_some_and(|(at, _)| *at > Instant::now()) {
                     continue;
                 }
-                match self.catch_up(&p, now).await {
+                match self.catch_up(&p, now, &mut memo).await {
                     Ok(moved) => {
                         backoff.remove(&key);
                         progressed |= moved;
@@ -107,41 +126,49 @@ impl PushSender {
             }
             // A pusher that read a full batch may have more; others are done until woken.
             if !progressed {
-                return Ok(());
+                return Ok(true);
             }
         }
     }
 
     /// Handles the pusher's next batch of events up to `now`; whether it read a full batch.
-    async fn catch_up(&self, p: &PusherRow, now: i64) -> std::result::Result<bool, Stop> {
+    async fn catch_up(&self, p: &PusherRow, now: i64, memo: &mut RoomMemo) -> std::result::Result<bool, Stop> {
         let retry = |e: crate::error::Error| Stop::Retry(e.message);
         let user = UserId::parse(p.user_id.as_str()).map_err(|e| Stop::Retry(e.to_string()))?;
-        // The user's joined rooms, each from the position they joined at.
-        let joined: HashMap<String, i64> = self
-            .db
-            .user_memberships(user.as_str())
-            .await
-            .map_err(retry)?
-            .into_iter()
-            .filter(|m| m.membership == "join")
-            .map(|m| (m.room_id, m.stream))
-            .collect();
-        let events = if joined.is_empty() {
+        // The user's joined rooms, each after the position they joined at, and the rooms they
+        // are invited to, for the invite itself (`.m.rule.invite_for_me`).
+        let mut rooms: HashMap<String, i64> = HashMap::new();
+        let mut invited = HashSet::new();
+        for m in self.db.user_memberships(user.as_str()).await.map_err(retry)? {
+            match m.membership.as_str() {
+                "join" => {
+                    rooms.insert(m.room_id, m.stream);
+                }
+                "invite" => {
+                    rooms.insert(m.room_id.clone(), m.stream - 1);
+                    invited.insert(m.room_id);
+                }
+                _ => {}
+            }
+        }
+        let events = if rooms.is_empty() {
             Vec::new()
         } else {
-            self.events_after(&joined, p.last_stream, now).await.map_err(retry)?
+            self.events_after(&rooms, p.last_stream, now).await.map_err(retry)?
         };
         let full = events.len() as i64 == BATCH;
         let mut ruleset = None;
         let mut position = p.last_stream;
         for ev in &events {
-            let newer_than_join = joined.get(ev.pdu.room_id.as_str()).is_some_and(|&j| ev.stream > j);
-            if newer_than_join && ev.pdu.fields.sender != user {
+            let room = ev.pdu.room_id.as_str();
+            let for_user = rooms.get(room).is_some_and(|&from| ev.stream > from)
+                && (!invited.contains(room) || ev.pdu.fields.state_key.as_deref() == Some(user.as_str()));
+            if for_user && ev.pdu.fields.sender != user {
                 if ruleset.is_none() {
                     ruleset = Some(crate::push::ruleset(&self.sync, &user).await.map_err(retry)?);
                 }
                 let rules = ruleset.as_ref().expect("set above");
-                let actions = self.actions(rules, &user, ev).await.map_err(retry)?;
+                let actions = self.actions(rules, &user, ev, memo).await.map_err(retry)?;
                 if actions.iter().any(Action::should_notify)
                     && let Err(stop) = self.push(p, &user, ev, &actions).await
                 {
@@ -179,23 +206,27 @@ impl PushSender {
     }
 
     /// The actions of the user's push rules for `ev`.
-    async fn actions(&self, rules: &Ruleset, user: &UserId, ev: &StoredEvent) -> Result<Vec<Action>> {
+    async fn actions(
+        &self,
+        rules: &Ruleset,
+        user: &UserId,
+        ev: &StoredEvent,
+        memo: &mut RoomMemo,
+    ) -> Result<Vec<Action>> {
         let room_id: OwnedRoomId = ev.pdu.room_id.clone();
-        let members = self.db.members_with(room_id.as_str(), "join").await?;
+        if !memo.contains_key(&room_id) {
+            let members = self.db.members_with(room_id.as_str(), "join").await?.len();
+            let power = self.rooms.power_levels(&room_id).await?.push_ctx();
+            memo.insert(room_id.clone(), (UInt::try_from(members).unwrap_or(UInt::MAX), power));
+        }
+        let (members, power) = memo.get(&room_id).cloned().expect("inserted above");
         let name = self
             .rooms
             .current_state_event(&room_id, "m.room.member", user.as_str())
             .await?
             .and_then(|m| m.content()["displayname"].as_str().map(str::to_owned))
             .unwrap_or_else(|| user.localpart().to_owned());
-        let power = self.rooms.power_levels(&room_id).await?;
-        let ctx = PushConditionRoomCtx::new(
-            room_id,
-            UInt::try_from(members.len()).unwrap_or(UInt::MAX),
-            user.to_owned(),
-            name,
-        )
-        .with_power_levels(power.push_ctx());
+        let ctx = PushConditionRoomCtx::new(room_id, members, user.to_owned(), name).with_power_levels(power);
         let json = ev.pdu.client_json(None, crate::storage::now_ms());
         let raw: Raw<ruma::events::AnySyncTimelineEvent> =
             Raw::from_json(serde_json::value::to_raw_value(&json).map_err(crate::error::Error::internal)?);

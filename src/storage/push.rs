@@ -120,6 +120,12 @@ impl Db {
         Ok(rows.into_iter().map(row).collect())
     }
 
+    /// Whether any user has a pusher.
+    pub async fn any_pushers(&self) -> Result<bool> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM pushers LIMIT 1").fetch_optional(self.pool()).await?;
+        Ok(row.is_some())
+    }
+
     /// Every pusher that has not yet considered events up to `upto`.
     pub async fn pushers_behind(&self, upto: i64) -> Result<Vec<PusherRow>> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM pushers WHERE last_stream < $1"));
