@@ -798,3 +798,48 @@ both_backends!(search_finds_words_in_joined_rooms_only, |server| async move {
         &json!({ "search_categories": {} })
     );
 });
+
+both_backends!(room_summary_for_members_and_open_rooms, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let public = create_room(
+        &alice,
+        json!({ "preset": "public_chat", "name": "Open", "topic": "all welcome", "room_alias_name": "open" }),
+    )
+    .await;
+    let path = |id: &str| format!("/_matrix/client/v1/room_summary/{}", enc(id));
+    // Anyone, even without an access token, by id or alias.
+    let summary = ok(&bob.get(&path(&public)).await).clone();
+    assert_eq!(summary["room_id"], public.as_str());
+    assert_eq!(summary["name"], "Open");
+    assert_eq!(summary["topic"], "all welcome");
+    assert_eq!(summary["join_rule"], "public");
+    assert_eq!(summary["num_joined_members"], 1);
+    assert!(summary["room_version"].is_string());
+    assert!(summary.get("membership").is_none(), "bob has no membership: {summary}");
+    let alias = format!("#open:{}", server.server_name());
+    assert_eq!(ok(&server.get(&path(&alias)).await)["room_id"], public.as_str());
+
+    // A private, encrypted room: its members see it, with their membership; others do not.
+    let private = create_room(
+        &alice,
+        json!({ "preset": "private_chat", "initial_state": [
+            { "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } }
+        ] }),
+    )
+    .await;
+    let mine = ok(&alice.get(&path(&private)).await).clone();
+    assert_eq!(mine["membership"], "join");
+    assert_eq!(mine["encryption"], "m.megolm.v1.aes-sha2");
+    assert_eq!(mine["join_rule"], "invite");
+    assert_error(&bob.get(&path(&private)).await, 404, "M_NOT_FOUND");
+    assert_error(&server.get(&path(&private)).await, 404, "M_NOT_FOUND");
+    // Invited, Bob may look.
+    ok(&alice
+        .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&private)), &json!({ "user_id": bob.user_id }))
+        .await);
+    assert_eq!(ok(&bob.get(&path(&private)).await)["membership"], "invite");
+    // Unknown rooms and aliases.
+    assert_error(&bob.get(&path("!unknown:nowhere.example")).await, 404, "M_NOT_FOUND");
+    assert_error(&bob.get(&path(&format!("#nope:{}", server.server_name()))).await, 404, "M_NOT_FOUND");
+});

@@ -1,4 +1,4 @@
-//! Room summaries (the public room directory's chunk) and the space hierarchy.
+//! Room summaries (the public room directory's chunk, `/room_summary`) and the space hierarchy.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -66,6 +66,49 @@ impl Rooms {
             }
             _ => Ok(false),
         }
+    }
+
+    /// `GET /room_summary`: the summary of a room this server holds, with its version,
+    /// encryption and (for restricted rooms) the rooms that allow joining, and the user's
+    /// membership; None when the room is unknown here or `user` may not preview it. Without a
+    /// user (unauthenticated) only rooms anyone may join or knock on, or read, are shown (spec).
+    pub async fn room_summary(&self, room_id: &RoomId, user: Option<&UserId>) -> Result<Option<Value>> {
+        let Some((version, _)) = self.db.get_room(room_id.as_str()).await? else { return Ok(None) };
+        let mut summary = self.summary(room_id).await?;
+        let open = summary["world_readable"] == true
+            || matches!(summary["join_rule"].as_str(), Some("public" | "knock" | "knock_restricted"));
+        let membership = match user {
+            Some(u) => self.membership_of(room_id, u).await?,
+            None => None,
+        };
+        let allowed = match (user, membership.as_deref()) {
+            _ if open => true,
+            (Some(_), Some("join" | "invite" | "knock")) => true,
+            (Some(u), _) => self.may_preview(room_id, u, &summary).await?,
+            (None, _) => false,
+        };
+        if !allowed {
+            return Ok(None);
+        }
+        summary["room_version"] = json!(version);
+        if let Some(alg) = self
+            .current_state_event(room_id, "m.room.encryption", "")
+            .await?
+            .and_then(|e| e.content()["algorithm"].as_str().map(str::to_owned))
+        {
+            summary["encryption"] = json!(alg);
+        }
+        if matches!(summary["join_rule"].as_str(), Some("restricted" | "knock_restricted")) {
+            let rules = self.current_state_event(room_id, "m.room.join_rules", "").await?;
+            let allow =
+                rules.map(|p| p.content()["allow"].clone()).and_then(|a| a.as_array().cloned()).unwrap_or_default();
+            let rooms: Vec<&str> = allow.iter().filter_map(|a| a["room_id"].as_str()).collect();
+            summary["allowed_room_ids"] = json!(rooms);
+        }
+        if let Some(m) = membership {
+            summary["membership"] = json!(m);
+        }
+        Ok(Some(summary))
     }
 
     /// The rooms of a space, breadth first from `root`, as the user may see them. `from` is the

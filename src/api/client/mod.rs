@@ -77,6 +77,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(directory::search_users_handler)
         .ruma(directory::mutual_rooms)
         .ruma(search::search)
+        .ruma(room::summary)
         .ruma(report::event)
         .ruma(report::room)
         .ruma(report::user)

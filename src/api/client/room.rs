@@ -7,7 +7,7 @@ use ruma::api::client::membership::{
     ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members,
     joined_rooms, kick_user, leave_room, unban_user,
 };
-use ruma::api::client::room::create_room;
+use ruma::api::client::room::{create_room, get_summary};
 use ruma::{OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId};
 use serde_json::{Map, Value, json};
 
@@ -276,4 +276,20 @@ pub async fn joined_members_list(
         }
     }
     Ok(Json(json!({ "joined": joined })))
+}
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}`
+///
+/// Rooms this server holds only: a room it has no member in is not found (asking other servers
+/// over federation, with `via`, is not done yet).
+pub async fn summary(State(state): State<AppState>, req: Ruma<get_summary::v1::Request>) -> Result<Json<Value>> {
+    let user = req.session.as_ref().map(|s| s.user_id.clone());
+    let not_found = || Error::not_found("Room not found");
+    let room_id = match resolve_room_with_servers(&state, &req.body.room_id_or_alias).await {
+        Ok((room_id, _)) => room_id,
+        Err(e) if e.errcode == "M_NOT_FOUND" => return Err(not_found()),
+        Err(e) => return Err(e),
+    };
+    let summary = state.rooms.room_summary(&room_id, user.as_deref()).await?.ok_or_else(not_found)?;
+    Ok(Json(summary))
 }
