@@ -189,6 +189,21 @@ impl Fetcher {
         if self.allowed(ip) { Ok(()) } else { Err(refused("URL resolves to a non-public address")) }
     }
 
+    /// A client for one request to `url`, whose host is checked and pinned to the checked
+    /// addresses (so that a second DNS answer cannot lead elsewhere); it follows no redirects.
+    async fn client_for(&self, url: &url::Url, user_agent: &'static str) -> Result<reqwest::Client> {
+        let pinned = self.check_host(url).await?;
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(HOP_TIMEOUT)
+            .user_agent(user_agent);
+        if let Some((domain, addrs)) = &pinned {
+            builder = builder.resolve_to_addrs(domain, addrs);
+        }
+        builder.build().map_err(Error::internal)
+    }
+
     /// GETs `url`, following up to five redirects, each checked like the first hop. Bodies larger
     /// than `limit` are refused (413) unless `truncate` is set, which cuts them there instead.
     pub async fn fetch(&self, url: &str, limit: usize, truncate: bool) -> Result<Fetched> {
@@ -197,16 +212,7 @@ impl Fetcher {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(Error::invalid_param("Only http and https URLs can be previewed"));
             }
-            let pinned = self.check_host(&url).await?;
-            let mut builder = reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(HOP_TIMEOUT)
-                .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION"), " (URL preview)"));
-            if let Some((domain, addrs)) = &pinned {
-                builder = builder.resolve_to_addrs(domain, addrs);
-            }
-            let client = builder.build().map_err(Error::internal)?;
+            let client = self.client_for(&url, concat!("Myelin/", env!("CARGO_PKG_VERSION"), " (URL preview)")).await?;
             let res = client
                 .get(url.clone())
                 .header(http::header::ACCEPT, "text/html,application/xhtml+xml,image/*;q=0.9,*/*;q=0.5")
@@ -254,16 +260,7 @@ impl Fetcher {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::invalid_param("Only http and https URLs can be reached"));
         }
-        let pinned = self.check_host(&url).await?;
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(HOP_TIMEOUT)
-            .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION")));
-        if let Some((domain, addrs)) = &pinned {
-            builder = builder.resolve_to_addrs(domain, addrs);
-        }
-        let client = builder.build().map_err(Error::internal)?;
+        let client = self.client_for(&url, concat!("Myelin/", env!("CARGO_PKG_VERSION"))).await?;
         let res = client
             .post(url)
             .json(body)

@@ -86,10 +86,6 @@ pub async fn set_field(
     State(state): State<AppState>,
     req: Ruma<set_profile_field::v3::Request>,
 ) -> Result<Json<Value>> {
-    let s = req.session()?;
-    if req.body.user_id != s.user_id {
-        return Err(Error::forbidden("Cannot set another user's profile"));
-    }
     let name = req.body.value.field_name().as_str().to_owned();
     let field = field_of(&name)?;
     let value = req.json.as_ref().and_then(|j| j.get(&name)).cloned().unwrap_or(Value::Null);
@@ -99,8 +95,23 @@ pub async fn set_field(
         Value::Null => None,
         _ => return Err(Error::bad_json(format!("{name} must be a string"))),
     };
-    state.accounts.db().set_profile_field(s.user_id.as_str(), field, value.as_deref()).await?;
-    state.rooms.propagate_profile(&s.user_id).await?;
+    store_field(&state, req.session()?, &req.body.user_id, field, value.as_deref()).await
+}
+
+/// Sets (or with None, removes) a field of the session's own profile and updates the user's
+/// member events.
+async fn store_field(
+    state: &AppState,
+    session: &crate::accounts::Session,
+    user_id: &ruma::UserId,
+    field: ProfileField,
+    value: Option<&str>,
+) -> Result<Json<Value>> {
+    if *user_id != session.user_id {
+        return Err(Error::forbidden("Cannot change another user's profile"));
+    }
+    state.accounts.db().set_profile_field(session.user_id.as_str(), field, value).await?;
+    state.rooms.propagate_profile(&session.user_id).await?;
     Ok(Json(json!({})))
 }
 
@@ -109,12 +120,6 @@ pub async fn delete_field(
     State(state): State<AppState>,
     req: Ruma<delete_profile_field::v3::Request>,
 ) -> Result<Json<Value>> {
-    let s = req.session()?;
-    if req.body.user_id != s.user_id {
-        return Err(Error::forbidden("Cannot change another user's profile"));
-    }
     let field = field_of(req.body.field.as_str())?;
-    state.accounts.db().set_profile_field(s.user_id.as_str(), field, None).await?;
-    state.rooms.propagate_profile(&s.user_id).await?;
-    Ok(Json(json!({})))
+    store_field(&state, req.session()?, &req.body.user_id, field, None).await
 }
