@@ -115,12 +115,7 @@ async fn concurrent_sends_merge_forks_to_same_state() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = &alice.create_public_room().await;
-    let (s, body) = bob.join_via(room, &a.name()).await;
-    assert_eq!(s, 200, "join: {body}");
-    wait_until(T, "bob joined on A", || async {
-        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
-    })
-    .await;
+    bob.join_via_seen_by(room, &a.name(), &alice).await;
 
     let n = 15;
     let (ra, rb) = tokio::join!(
@@ -181,12 +176,7 @@ async fn stopped_peer_gets_every_event_exactly_once() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = &alice.create_public_room().await;
-    let (s, body) = bob.join_via(room, &a.name()).await;
-    assert_eq!(s, 200, "join: {body}");
-    wait_until(T, "bob joined on A", || async {
-        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
-    })
-    .await;
+    bob.join_via_seen_by(room, &a.name(), &alice).await;
     alice.say(room, "before").await;
     wait_for_message(&bob, room, "before").await;
 
@@ -220,12 +210,7 @@ async fn sigkill_between_commit_and_delivery_delivers_once() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = &alice.create_public_room().await;
-    let (s, body) = bob.join_via(room, &a.name()).await;
-    assert_eq!(s, 200, "join: {body}");
-    wait_until(T, "bob joined on A", || async {
-        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
-    })
-    .await;
+    bob.join_via_seen_by(room, &a.name(), &alice).await;
     // B is down, so A commits but cannot deliver; then A dies hard.
     b.stop();
     for i in 0..10 {
@@ -257,12 +242,7 @@ async fn forged_events_are_rejected() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = &alice.create_public_room().await;
-    let (s, body) = bob.join_via(room, &a.name()).await;
-    assert_eq!(s, 200, "join: {body}");
-    wait_until(T, "bob joined on A", || async {
-        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
-    })
-    .await;
+    bob.join_via_seen_by(room, &a.name(), &alice).await;
     alice.say(room, "hello").await;
     wait_for_message(&bob, room, "hello").await;
 
@@ -374,12 +354,7 @@ async fn typing_and_receipts_across_servers() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = &alice.create_public_room().await;
-    let (s, body) = bob.join_via(room, &a.name()).await;
-    assert_eq!(s, 200, "join: {body}");
-    wait_until(T, "bob joined on A", || async {
-        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
-    })
-    .await;
+    bob.join_via_seen_by(room, &a.name(), &alice).await;
 
     let (s, body) = alice
         .put(
@@ -440,12 +415,7 @@ async fn backfill_on_messages_reaches_room_creation() {
     for i in 0..n {
         alice.say(room, &format!("history {i}")).await;
     }
-    let (s, body) = bob.join_via(room, &a.name()).await;
-    assert_eq!(s, 200, "join: {body}");
-    wait_until(T, "bob joined on A", || async {
-        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
-    })
-    .await;
+    bob.join_via_seen_by(room, &a.name(), &alice).await;
 
     // Bob's first sync: the room with a short timeline (his join) and a token to page back from.
     let (s, first) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
@@ -807,12 +777,7 @@ async fn remote_profiles_and_the_user_directory_across_servers() {
     // Once Bob has joined Alice's room, Alice finds him in her directory under the name of his
     // member event.
     let room = &alice.create_public_room().await;
-    let (s, body) = bob.join_via(room, &a.name()).await;
-    assert_eq!(s, 200, "join: {body}");
-    wait_until(T, "bob joined on A", || async {
-        alice.membership(room, &bob.user_id).await.as_deref() == Some("join")
-    })
-    .await;
+    bob.join_via_seen_by(room, &a.name(), &alice).await;
     let (s, body) = alice.post("/_matrix/client/v3/user_directory/search", json!({ "search_term": "bob rem" })).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["results"], json!([{ "user_id": bob.user_id, "display_name": "Bob Remote" }]), "{body}");

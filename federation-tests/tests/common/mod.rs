@@ -381,6 +381,18 @@ impl Client {
         self.post(&format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)), json!({})).await
     }
 
+    /// Joins `room` through `via` (asserting 200), then waits until `host`, a user of the room's
+    /// server, sees the join.
+    pub async fn join_via_seen_by(&self, room: &str, via: &str, host: &Client) {
+        let (s, body) = self.join_via(room, via).await;
+        assert_eq!(s, 200, "{} joining {room} through {via}: {body}", self.user_id);
+        let what = format!("{} joined, seen by {}", self.user_id, host.user_id);
+        wait_until(Duration::from_secs(30), &what, || async {
+            host.membership(room, &self.user_id).await.as_deref() == Some("join")
+        })
+        .await;
+    }
+
     /// Sends a text message; returns its event id.
     pub async fn say(&self, room: &str, body: &str) -> String {
         let txn = format!("t{}", rand::random::<u64>());
