@@ -182,3 +182,30 @@ both_backends!(profile_field_deletion_and_threepids, |server| async move {
     assert_eq!(ok(&alice.get("/_matrix/client/v3/account/3pid").await), &json!({ "threepids": [] }));
     assert_error(&server.get("/_matrix/client/v3/account/3pid").await, 401, "M_MISSING_TOKEN");
 });
+
+both_backends!(
+    openid_tokens_prove_identity_until_they_expire,
+    with | c | common::set_config(c, "federation.enabled", true),
+    |server| async move {
+        let mut server = server;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let path = |user: &str| format!("/_matrix/client/v3/user/{}/openid/request_token", enc(user));
+        let token = ok(&alice.post(&path(&alice.user_id), &json!({})).await).clone();
+        assert_eq!(token["token_type"], "Bearer");
+        assert_eq!(token["matrix_server_name"], server.server_name());
+        assert_eq!(token["expires_in"], 3600);
+        let secret = token["access_token"].as_str().expect("access_token").to_owned();
+        assert_error(&alice.post(&path(&bob.user_id), &json!({})).await, 403, "M_FORBIDDEN");
+
+        // A third party asks who the token belongs to, with no other credential; tokens are
+        // durable across a restart.
+        let userinfo = |t: &str| format!("/_matrix/federation/v1/openid/userinfo?access_token={}", enc(t));
+        assert_eq!(ok(&server.get(&userinfo(&secret)).await), &json!({ "sub": alice.user_id }));
+        server.restart().await;
+        assert_eq!(ok(&server.get(&userinfo(&secret)).await)["sub"], alice.user_id.as_str());
+        assert_error(&server.get(&userinfo("not-a-token")).await, 401, "M_UNKNOWN_TOKEN");
+        // An access token is not an OpenID token.
+        assert_error(&server.get(&userinfo(&alice.access_token)).await, 401, "M_UNKNOWN_TOKEN");
+    }
+);

@@ -79,6 +79,9 @@ pub fn token_hash(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How long an OpenID token is valid (Synapse: one hour).
+pub const OPENID_TOKEN_SECS: u64 = 3600;
+
 /// A random string of `len` characters from `[A-Za-z]`.
 pub fn random_alpha(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -196,6 +199,19 @@ impl Accounts {
             .create_session(user_id.as_str(), device_id.as_str(), display_name, &token_hash(&access_token), ip)
             .await?;
         Ok(IssuedToken { access_token, device_id })
+    }
+
+    /// Issues an OpenID token for `user_id`: a random secret valid for [`OPENID_TOKEN_SECS`].
+    pub async fn request_openid_token(&self, user_id: &UserId) -> Result<String> {
+        let token = random_alpha(32);
+        let expires = crate::storage::now_ms() + OPENID_TOKEN_SECS as i64 * 1000;
+        self.db.insert_openid_token(&token_hash(&token), user_id.as_str(), expires).await?;
+        Ok(token)
+    }
+
+    /// The local user an OpenID token proves, if it is known and unexpired.
+    pub async fn openid_user(&self, token: &str) -> Result<Option<String>> {
+        Ok(self.db.openid_user(&token_hash(token)).await?)
     }
 
     /// Resolves an access token to its session.

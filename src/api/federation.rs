@@ -22,6 +22,7 @@ use ruma::api::federation::membership::{
     create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
     prepare_leave_event,
 };
+use ruma::api::federation::openid::get_openid_userinfo;
 use ruma::api::federation::query::{get_profile_information, get_room_information};
 use ruma::api::federation::transactions::send_transaction_message;
 use ruma::{RoomId, ServerName};
@@ -55,6 +56,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(backfill)
         .ruma(query_directory)
         .ruma(query_profile)
+        .ruma(openid_userinfo)
         .ruma(public_rooms)
         .ruma(public_rooms_filtered)
         .ruma(user_devices)
@@ -533,6 +535,19 @@ pub async fn query_directory(
     let mut servers = vec![state.config.server_name.clone()];
     servers.extend(state.rooms.remote_destinations(&room_id).await?);
     Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+/// `GET /_matrix/federation/v1/openid/userinfo`: who an OpenID token (from `request_token`)
+/// belongs to. Called by third parties (widgets, integration managers, call services) without
+/// server signatures; the token itself is the credential.
+pub async fn openid_userinfo(
+    State(state): State<AppState>,
+    req: Ruma<get_openid_userinfo::v1::Request>,
+) -> Result<Json<Value>> {
+    match state.accounts.openid_user(&req.body.access_token).await? {
+        Some(user) => Ok(Json(json!({ "sub": user }))),
+        None => Err(Error::new(http::StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown or expired OpenID token")),
+    }
 }
 
 /// `GET /_matrix/federation/v1/query/profile`

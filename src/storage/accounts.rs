@@ -355,3 +355,37 @@ pub enum ProfileField {
     /// `avatar_url`
     AvatarUrl,
 }
+
+impl Db {
+    /// Stores an OpenID token (by hash) for `user_id` until `expires_ts`, dropping expired ones.
+    pub async fn insert_openid_token(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+        expires_ts: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM openid_tokens WHERE expires_ts < $1")
+            .bind(super::now_ms())
+            .execute(&mut *tx.tx)
+            .await?;
+        sqlx::query("INSERT INTO openid_tokens (token_hash, user_id, expires_ts) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(expires_ts)
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// The user an unexpired OpenID token (by hash) belongs to.
+    pub async fn openid_user(&self, token_hash: &str) -> Result<Option<String>, sqlx::Error> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT user_id FROM openid_tokens WHERE token_hash = $1 AND expires_ts > $2")
+                .bind(token_hash)
+                .bind(super::now_ms())
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+}

@@ -2,7 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use ruma::api::client::account::{change_password, deactivate, get_3pids, get_username_availability, register, whoami};
+use ruma::api::client::account::{
+    change_password, deactivate, get_3pids, get_username_availability, register, request_openid_token, whoami,
+};
 use serde_json::{Value, json};
 
 use crate::accounts::random_alpha;
@@ -113,4 +115,22 @@ pub async fn deactivate(State(state): State<AppState>, req: Ruma<deactivate::v3:
 pub async fn threepids(State(_): State<AppState>, req: Ruma<get_3pids::v3::Request>) -> Result<Json<Value>> {
     req.session()?;
     Ok(Json(json!({ "threepids": [] })))
+}
+
+/// `POST /_matrix/client/v3/user/{userId}/openid/request_token`
+pub async fn openid_token(
+    State(state): State<AppState>,
+    req: Ruma<request_openid_token::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    if req.body.user_id != s.user_id {
+        return Err(Error::forbidden("Cannot request an OpenID token for another user"));
+    }
+    let token = state.accounts.request_openid_token(&s.user_id).await?;
+    Ok(Json(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "matrix_server_name": state.config.server_name(),
+        "expires_in": crate::accounts::OPENID_TOKEN_SECS,
+    })))
 }

@@ -41,6 +41,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(account::change_password)
         .ruma(account::deactivate)
         .ruma(account::threepids)
+        .ruma(account::openid_token)
         .ruma(device::list)
         .ruma(device::get)
         .ruma(device::update)
