@@ -786,3 +786,51 @@ async fn remote_profiles_and_the_user_directory_across_servers() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["joined"], json!([room]));
 }
+
+#[tokio::test]
+async fn space_hierarchy_over_federation() {
+    let a = FedServer::start("127.0.11.11").await;
+    let b = FedServer::start("127.0.11.12").await;
+    let alice = a.register("alice").await;
+    b.register("bob").await;
+    let create = |body: serde_json::Value| {
+        let alice = &alice;
+        async move {
+            let (s, r) = alice.post("/_matrix/client/v3/createRoom", body).await;
+            assert_eq!(s, 200, "createRoom: {r}");
+            r["room_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let space =
+        create(json!({ "preset": "public_chat", "name": "Space", "creation_content": { "type": "m.space" } })).await;
+    let open = create(json!({ "preset": "public_chat", "name": "Open room" })).await;
+    let closed = create(json!({ "preset": "private_chat", "name": "Closed room" })).await;
+    for (child, suggested) in [(&open, true), (&closed, false)] {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.space.child/{}", enc(&space), enc(child));
+        let (s, r) = alice.put(&path, json!({ "via": [a.name()], "suggested": suggested })).await;
+        assert_eq!(s, 200, "space child: {r}");
+    }
+
+    // B's server asks A's: the space, its two child events, the open child's summary, and the
+    // closed child as inaccessible.
+    let path = format!("/_matrix/federation/v1/hierarchy/{}", enc(&space));
+    let (s, body) = signed_get(&b, &a, &path).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["room"]["room_id"], space.as_str());
+    assert_eq!(body["room"]["room_type"], "m.space");
+    assert_eq!(body["room"]["children_state"].as_array().map(Vec::len), Some(2), "{body}");
+    assert_eq!(body["children"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["children"][0]["room_id"], open.as_str());
+    assert_eq!(body["children"][0]["name"], "Open room");
+    assert_eq!(body["inaccessible_children"], json!([closed]));
+    // Only suggested children.
+    let (s, body) = signed_get(&b, &a, &format!("{path}?suggested_only=true")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["room"]["children_state"].as_array().map(Vec::len), Some(1), "{body}");
+    // A private room is not shown to a server with no member in it, nor an unknown one.
+    let (s, body) = signed_get(&b, &a, &format!("/_matrix/federation/v1/hierarchy/{}", enc(&closed))).await;
+    assert_eq!((s, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    let unknown = format!("!nope:{}", a.name());
+    let (s, _) = signed_get(&b, &a, &format!("/_matrix/federation/v1/hierarchy/{}", enc(&unknown))).await;
+    assert_eq!(s, 404);
+}

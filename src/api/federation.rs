@@ -24,6 +24,7 @@ use ruma::api::federation::membership::{
 };
 use ruma::api::federation::openid::get_openid_userinfo;
 use ruma::api::federation::query::{get_profile_information, get_room_information};
+use ruma::api::federation::space::get_hierarchy;
 use ruma::api::federation::transactions::send_transaction_message;
 use ruma::{RoomId, ServerName};
 use serde_json::{Value, json};
@@ -57,6 +58,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(query_directory)
         .ruma(query_profile)
         .ruma(openid_userinfo)
+        .ruma(hierarchy)
         .ruma(public_rooms)
         .ruma(public_rooms_filtered)
         .ruma(user_devices)
@@ -547,6 +549,17 @@ pub async fn openid_userinfo(
     match state.accounts.openid_user(&req.body.access_token).await? {
         Some(user) => Ok(Json(json!({ "sub": user }))),
         None => Err(Error::new(http::StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown or expired OpenID token")),
+    }
+}
+
+/// `GET /_matrix/federation/v1/hierarchy/{roomId}`: a space held here and its direct children,
+/// as far as the asking server may see them.
+pub async fn hierarchy(State(state): State<AppState>, req: Ruma<get_hierarchy::v1::Request>) -> Result<Json<Value>> {
+    let origin = req.origin()?.to_owned();
+    let b = &req.body;
+    match state.rooms.hierarchy_for_server(&b.room_id, &origin, b.suggested_only).await? {
+        Some(answer) => Ok(Json(answer)),
+        None => Err(Error::not_found("Unknown room, or not visible to your server")),
     }
 }
 

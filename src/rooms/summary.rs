@@ -90,6 +90,16 @@ impl Rooms {
         if !allowed {
             return Ok(None);
         }
+        self.add_details(room_id, &version, &mut summary).await?;
+        if let Some(m) = membership {
+            summary["membership"] = json!(m);
+        }
+        Ok(Some(summary))
+    }
+
+    /// Adds the room version, the encryption algorithm and, for restricted rooms, the rooms
+    /// whose members may join, to a summary.
+    async fn add_details(&self, room_id: &RoomId, version: &str, summary: &mut Value) -> Result<()> {
         summary["room_version"] = json!(version);
         if let Some(alg) = self
             .current_state_event(room_id, "m.room.encryption", "")
@@ -105,9 +115,88 @@ impl Rooms {
             let rooms: Vec<&str> = allow.iter().filter_map(|a| a["room_id"].as_str()).collect();
             summary["allowed_room_ids"] = json!(rooms);
         }
-        if let Some(m) = membership {
-            summary["membership"] = json!(m);
+        Ok(())
+    }
+
+    /// A space's `m.space.child` events (stripped, as `children_state`) in the spec's order
+    /// ("Ordering of children"), without removed children (no `via`).
+    async fn space_children(&self, room_id: &RoomId, suggested_only: bool) -> Result<Vec<(String, Value)>> {
+        let state = self.current_state(room_id).await?;
+        let mut children: Vec<(Option<String>, u64, String, Value)> = Vec::new();
+        for ((t, key), pdu) in &state {
+            if t != "m.space.child" {
+                continue;
+            }
+            let content = pdu.content();
+            if content["via"].as_array().is_none_or(|v| v.is_empty()) {
+                continue;
+            }
+            if suggested_only && content["suggested"] != true {
+                continue;
+            }
+            // Valid `order` strings first, then by timestamp.
+            let order = content["order"]
+                .as_str()
+                .filter(|o| o.len() <= 50 && o.chars().all(|c| (' '..='~').contains(&c)))
+                .map(str::to_owned);
+            let ts = u64::from(pdu.fields.origin_server_ts.get());
+            let event = json!({
+                "type": "m.space.child",
+                "state_key": key,
+                "content": content,
+                "sender": pdu.fields.sender,
+                "origin_server_ts": pdu.fields.origin_server_ts,
+            });
+            children.push((order, ts, key.clone(), event));
         }
+        children.sort_by(|a, b| match (&a.0, &b.0) {
+            (Some(x), Some(y)) => x.cmp(y).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.1.cmp(&b.1).then(a.2.cmp(&b.2)),
+        });
+        Ok(children.into_iter().map(|(_, _, key, event)| (key, event)).collect())
+    }
+
+    /// `GET /_matrix/federation/v1/hierarchy/{roomId}` for `server`: the space and its direct
+    /// children, as far as that server may see them (rooms anyone may join or knock on, or read,
+    /// restricted rooms with the rooms that allow joining, and rooms it has members in); None
+    /// when the space is unknown here or hidden from it.
+    pub async fn hierarchy_for_server(
+        &self,
+        root: &RoomId,
+        server: &ruma::ServerName,
+        suggested_only: bool,
+    ) -> Result<Option<Value>> {
+        let Some(mut room) = self.server_summary(root, server).await? else { return Ok(None) };
+        let mut children_state = Vec::new();
+        let mut children = Vec::new();
+        let mut inaccessible = Vec::new();
+        for (key, event) in self.space_children(root, suggested_only).await? {
+            children_state.push(event);
+            let Ok(child) = RoomId::parse(&key) else { continue };
+            if !self.exists(&child).await? {
+                continue;
+            }
+            match self.server_summary(&child, server).await? {
+                Some(summary) => children.push(summary),
+                None => inaccessible.push(child),
+            }
+        }
+        room["children_state"] = Value::Array(children_state);
+        Ok(Some(json!({ "room": room, "children": children, "inaccessible_children": inaccessible })))
+    }
+
+    /// A room's summary with its details, if `server` may see it.
+    async fn server_summary(&self, room_id: &RoomId, server: &ruma::ServerName) -> Result<Option<Value>> {
+        let Some((version, _)) = self.db.get_room(room_id.as_str()).await? else { return Ok(None) };
+        let mut summary = self.summary(room_id).await?;
+        let open = summary["world_readable"] == true
+            || matches!(summary["join_rule"].as_str(), Some("public" | "knock" | "knock_restricted" | "restricted"));
+        if !open && !self.remote_destinations(room_id.as_str()).await?.iter().any(|s| s == server.as_str()) {
+            return Ok(None);
+        }
+        self.add_details(room_id, &version, &mut summary).await?;
         Ok(Some(summary))
     }
 
@@ -144,43 +233,9 @@ impl Rooms {
             if !self.may_preview(&room_id, user, &summary).await? {
                 continue;
             }
-            let state = self.current_state(&room_id).await?;
-            let mut children: Vec<(Option<String>, u64, String, Value)> = Vec::new();
-            for ((t, key), pdu) in &state {
-                if t != "m.space.child" {
-                    continue;
-                }
-                let content = pdu.content();
-                // A child event without `via` is a removed child.
-                if content["via"].as_array().is_none_or(|v| v.is_empty()) {
-                    continue;
-                }
-                if suggested_only && content["suggested"] != true {
-                    continue;
-                }
-                // Spec "Ordering of children": valid `order` strings first, then by timestamp.
-                let order = content["order"]
-                    .as_str()
-                    .filter(|o| o.len() <= 50 && o.chars().all(|c| (' '..='~').contains(&c)))
-                    .map(str::to_owned);
-                let ts = u64::from(pdu.fields.origin_server_ts.get());
-                let event = json!({
-                    "type": "m.space.child",
-                    "state_key": key,
-                    "content": content,
-                    "sender": pdu.fields.sender,
-                    "origin_server_ts": pdu.fields.origin_server_ts,
-                });
-                children.push((order, ts, key.clone(), event));
-            }
-            children.sort_by(|a, b| match (&a.0, &b.0) {
-                (Some(x), Some(y)) => x.cmp(y).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => a.1.cmp(&b.1).then(a.2.cmp(&b.2)),
-            });
+            let children = self.space_children(&room_id, suggested_only).await?;
             let mut children_state = Vec::new();
-            for (_, _, key, event) in children {
+            for (key, event) in children {
                 children_state.push(event);
                 if max_depth.is_none_or(|m| depth < m)
                     && let Ok(child) = RoomId::parse(&key)
