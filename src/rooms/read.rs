@@ -120,6 +120,18 @@ impl PowerLevels {
 /// Backfill rounds one backward page may start (each asks for up to 100 events).
 const MAX_BACKFILL_ROUNDS: usize = 10;
 
+/// The events around one event (see [`Rooms::around`]).
+pub struct Around {
+    /// Events before it, nearest first.
+    pub before: Vec<StoredEvent>,
+    /// Events after it, nearest first.
+    pub after: Vec<StoredEvent>,
+    /// Token to page on backwards from the first of `before`.
+    pub start: String,
+    /// Token to page on forwards from the last of `after`.
+    pub end: String,
+}
+
 /// A page of the timeline.
 pub struct Page {
     /// Events in the requested direction.
@@ -317,6 +329,32 @@ impl Rooms {
         } else {
             Err(Error::not_found("Event not found"))
         }
+    }
+
+    /// The events around `ev` that `user` may see and `filter` passes, as `/context` (and the
+    /// context of a search result) shows them: up to `before_n` before it (nearest first) and
+    /// `after_n` after it, with the tokens that page on beyond them.
+    pub async fn around(
+        &self,
+        user: &UserId,
+        ev: &StoredEvent,
+        before_n: usize,
+        after_n: usize,
+        filter: &(dyn Fn(&StoredEvent) -> bool + Sync),
+    ) -> Result<Around> {
+        let room_id: &RoomId = &ev.pdu.room_id;
+        let pos = TopoToken::of(ev);
+        let before = match before_n {
+            0 => Vec::new(),
+            n => self.messages(room_id, user, Some(pos), None, Dir::Backward, n, filter).await?.events,
+        };
+        let after = match after_n {
+            0 => Vec::new(),
+            n => self.messages(room_id, user, Some(pos), None, Dir::Forward, n, filter).await?.events,
+        };
+        let start = before.last().map(TopoToken::of).unwrap_or(pos).to_token();
+        let end = after.last().map(TopoToken::of).unwrap_or(pos).to_token();
+        Ok(Around { before, after, start, end })
     }
 
     /// Pages the timeline from `from` (exclusive) in `dir`, up to `to` (exclusive), returning at

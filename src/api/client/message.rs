@@ -253,29 +253,9 @@ pub async fn context(State(state): State<AppState>, req: Ruma<get_context::v3::R
     let filter_json = serde_json::to_value(&b.filter).unwrap_or(Value::Null);
     let filter = filter_of(&filter_json);
     let limit = (u64::from(b.limit) as usize).min(100);
-    let pos = TopoToken::of(&ev);
     let before_n = limit / 2;
-    let after_n = limit - before_n;
-    let before = if before_n > 0 {
-        state
-            .rooms
-            .messages(&b.room_id, &s.user_id, Some(pos), None, Dir::Backward, before_n, &|e| filter.matches(e))
-            .await?
-            .events
-    } else {
-        Vec::new()
-    };
-    let after = if after_n > 0 {
-        state
-            .rooms
-            .messages(&b.room_id, &s.user_id, Some(pos), None, Dir::Forward, after_n, &|e| filter.matches(e))
-            .await?
-            .events
-    } else {
-        Vec::new()
-    };
-    let start = before.last().map(TopoToken::of).unwrap_or(pos).to_token();
-    let end = after.last().map(TopoToken::of).unwrap_or(pos).to_token();
+    let around = state.rooms.around(&s.user_id, &ev, before_n, limit - before_n, &|e| filter.matches(e)).await?;
+    let (before, after) = (&around.before, &around.after);
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     let state_events: Vec<Value> = if filter.lazy_load_members {
         let mut all = before.clone();
@@ -294,10 +274,10 @@ pub async fn context(State(state): State<AppState>, req: Ruma<get_context::v3::R
     };
     Ok(Json(json!({
         "event": state.rooms.client_event(&ev, viewer).await?,
-        "events_before": state.rooms.client_events(&before, viewer).await?,
-        "events_after": state.rooms.client_events(&after, viewer).await?,
-        "start": start,
-        "end": end,
+        "events_before": state.rooms.client_events(before, viewer).await?,
+        "events_after": state.rooms.client_events(after, viewer).await?,
+        "start": around.start,
+        "end": around.end,
         "state": state_events,
     })))
 }

@@ -13,7 +13,6 @@ use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
 use crate::rooms::filter::EventFilter;
-use crate::rooms::read::{Dir, TopoToken};
 use crate::rooms::search::{SearchKey, SearchQuery};
 use crate::storage::rooms::StoredEvent;
 
@@ -100,25 +99,17 @@ async fn event_context(
     viewer: Option<(&UserId, &str)>,
 ) -> Result<Value> {
     let room_id: &RoomId = &ev.pdu.room_id;
-    let pos = TopoToken::of(ev);
-    let all = |_: &StoredEvent| true;
-    let before = match before_n {
-        0 => Vec::new(),
-        n => state.rooms.messages(room_id, user, Some(pos), None, Dir::Backward, n, &all).await?.events,
-    };
-    let after = match after_n {
-        0 => Vec::new(),
-        n => state.rooms.messages(room_id, user, Some(pos), None, Dir::Forward, n, &all).await?.events,
-    };
+    let around = state.rooms.around(user, ev, before_n, after_n, &|_| true).await?;
+    let (before, after) = (&around.before, &around.after);
     let mut out = json!({
-        "events_before": state.rooms.client_events(&before, viewer).await?,
-        "events_after": state.rooms.client_events(&after, viewer).await?,
-        "start": before.last().map(TopoToken::of).unwrap_or(pos).to_token(),
-        "end": after.last().map(TopoToken::of).unwrap_or(pos).to_token(),
+        "events_before": state.rooms.client_events(before, viewer).await?,
+        "events_after": state.rooms.client_events(after, viewer).await?,
+        "start": around.start,
+        "end": around.end,
     });
     if profiles {
         let mut info: HashMap<String, Value> = HashMap::new();
-        for e in before.iter().chain(&after).chain(std::iter::once(ev)) {
+        for e in before.iter().chain(after).chain(std::iter::once(ev)) {
             let sender = e.pdu.fields.sender.to_string();
             if info.contains_key(&sender) {
                 continue;
