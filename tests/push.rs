@@ -126,6 +126,13 @@ both_backends!(
         assert_eq!(status, 200, "{listed}");
         assert_eq!(listed["pushers"][0]["pushkey"], "key-1");
         assert_eq!(listed["pushers"][0]["data"]["url"], gateway.url);
+        // Setting it again replaces it.
+        let mut renamed = pusher.clone();
+        renamed["device_display_name"] = json!("Tablet");
+        assert_eq!(alice.post(set, &renamed).await.0, 200);
+        let listed = alice.get("/_matrix/client/v3/pushers").await.1;
+        assert_eq!(listed["pushers"].as_array().map(Vec::len), Some(1), "{listed}");
+        assert_eq!(listed["pushers"][0]["device_display_name"], "Tablet");
 
         // Bob writes to Alice in a room of two: one notification, with the message.
         let (status, room) =

@@ -23,7 +23,6 @@ use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
 pub struct PowerLevels {
     content: Value,
     creators: Vec<String>,
-    privileged_creators: bool,
     authorization: AuthorizationRules,
 }
 
@@ -46,7 +45,6 @@ impl PowerLevels {
         Self {
             content: pl.map(Pdu::content).unwrap_or(Value::Null),
             creators,
-            privileged_creators: rules.authorization.explicitly_privilege_room_creators,
             authorization: rules.authorization.clone(),
         }
     }
@@ -86,7 +84,7 @@ impl PowerLevels {
 
     /// The level of a user (`i64::MAX` for v12 creators).
     pub fn user_level(&self, user: &UserId) -> i64 {
-        if self.privileged_creators && self.creators.iter().any(|c| c == user.as_str()) {
+        if self.authorization.explicitly_privilege_room_creators && self.creators.iter().any(|c| c == user.as_str()) {
             return i64::MAX;
         }
         if self.content.is_null() {

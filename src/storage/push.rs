@@ -57,21 +57,13 @@ impl Db {
                 .execute(&mut *tx.tx)
                 .await?;
         }
-        let kept: Option<(i64,)> =
-            sqlx::query_as("SELECT last_stream FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3")
-                .bind(&p.user_id)
-                .bind(&p.app_id)
-                .bind(&p.pushkey)
-                .fetch_optional(&mut *tx.tx)
-                .await?;
-        sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3")
-            .bind(&p.user_id)
-            .bind(&p.app_id)
-            .bind(&p.pushkey)
-            .execute(&mut *tx.tx)
-            .await?;
+        // A replaced pusher keeps `last_stream`; everything else is the new one's.
         let sql = sqlx::AssertSqlSafe(format!(
-            "INSERT INTO pushers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            "INSERT INTO pushers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET kind = excluded.kind, \
+             app_display_name = excluded.app_display_name, device_display_name = excluded.device_display_name, \
+             profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data, \
+             device_id = excluded.device_id, created_ts = excluded.created_ts"
         ));
         sqlx::query(sql)
             .bind(&p.user_id)
@@ -85,22 +77,22 @@ impl Db {
             .bind(&p.data)
             .bind(&p.device_id)
             .bind(now_ms())
-            .bind(kept.map_or(from_stream, |k| k.0))
+            .bind(from_stream)
             .execute(&mut *tx.tx)
             .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Removes the user's pusher `(app_id, pushkey)`; whether there was one.
-    pub async fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3")
+    /// Removes the user's pusher `(app_id, pushkey)`, if there is one.
+    pub async fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<()> {
+        sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3")
             .bind(user_id)
             .bind(app_id)
             .bind(pushkey)
             .execute(self.pool())
             .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(())
     }
 
     /// Removes every pusher with this `(app_id, pushkey)` (the gateway rejected the key).

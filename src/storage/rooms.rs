@@ -261,27 +261,14 @@ impl Db {
     /// Runs an event query with a custom WHERE/ORDER tail and binds, for timeline readers.
     pub async fn query_events(&self, tail: &str, binds: &[BindValue<'_>]) -> Result<Vec<StoredEvent>> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events {tail}"));
-        let mut q = sqlx::query_as::<_, EventTuple>(sql);
-        for b in binds {
-            q = match b {
-                BindValue::Str(s) => q.bind(*s),
-                BindValue::Int(i) => q.bind(*i),
-            };
-        }
+        let q = bind_all(sqlx::query_as::<_, EventTuple>(sql), binds);
         q.fetch_all(self.pool()).await?.into_iter().map(stored_from).collect()
     }
 
     /// How many events `where_` (a WHERE clause over `events`) selects.
     pub async fn count_events(&self, where_: &str, binds: &[BindValue<'_>]) -> Result<i64> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM events {where_}"));
-        let mut q = sqlx::query_as::<_, (i64,)>(sql);
-        for b in binds {
-            q = match b {
-                BindValue::Str(s) => q.bind(*s),
-                BindValue::Int(i) => q.bind(*i),
-            };
-        }
-        Ok(q.fetch_one(self.pool()).await?.0)
+        Ok(bind_all(sqlx::query_as::<_, (i64,)>(sql), binds).fetch_one(self.pool()).await?.0)
     }
 
     /// Forward extremities of a room.
@@ -702,6 +689,20 @@ impl Db {
             .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
+}
+
+/// Binds `binds` to `q` in order.
+fn bind_all<'q, O>(
+    mut q: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>,
+    binds: &[BindValue<'q>],
+) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments> {
+    for b in binds {
+        q = match *b {
+            BindValue::Str(s) => q.bind(s),
+            BindValue::Int(i) => q.bind(i),
+        };
+    }
+    q
 }
 
 /// A bind value for [`Db::query_events`].
