@@ -283,27 +283,16 @@ impl PushSender {
             notification["type"] = json!(ev.pdu.fields.kind.to_string());
             notification["sender"] = json!(sender);
             notification["content"] = ev.pdu.content();
-            let state = |t: &'static str, k: String| {
-                let rooms = self.rooms.clone();
-                let room_id = room_id.clone();
-                async move { rooms.current_state_event(&room_id, t, &k).await.ok().flatten().map(|e| e.content()) }
-            };
-            if let Some(name) = state("m.room.member", sender.to_owned())
-                .await
-                .and_then(|c| c["displayname"].as_str().map(str::to_owned))
-            {
-                notification["sender_display_name"] = json!(name);
-            }
-            if let Some(name) =
-                state("m.room.name", String::new()).await.and_then(|c| c["name"].as_str().map(str::to_owned))
-            {
-                notification["room_name"] = json!(name);
-            }
-            if let Some(alias) = state("m.room.canonical_alias", String::new())
-                .await
-                .and_then(|c| c["alias"].as_str().map(str::to_owned))
-            {
-                notification["room_alias"] = json!(alias);
+            // Best effort: a name that cannot be read is left out of the notification.
+            for (key, kind, state_key, field) in [
+                ("sender_display_name", "m.room.member", sender, "displayname"),
+                ("room_name", "m.room.name", "", "name"),
+                ("room_alias", "m.room.canonical_alias", "", "alias"),
+            ] {
+                let state = self.rooms.current_state_event(room_id, kind, state_key).await.ok().flatten();
+                if let Some(text) = state.and_then(|e| e.content()[field].as_str().map(str::to_owned)) {
+                    notification[key] = json!(text);
+                }
             }
             if ev.pdu.fields.state_key.as_deref() == Some(user.as_str()) {
                 notification["user_is_target"] = json!(true);
