@@ -168,9 +168,7 @@ where
             state.limiter.check(&key)?;
         }
 
-        let bytes = Box::pin(axum::body::to_bytes(body, MAX_JSON_BODY))
-            .await
-            .map_err(|_| Error::too_large("Request body too large"))?;
+        let bytes = Box::pin(axum::body::to_bytes(body, MAX_JSON_BODY)).await.map_err(body_error)?;
         let origin = match mode {
             AuthMode::Server => Some(Box::pin(state.federation.verify_request(&parts, &bytes)).await?),
             _ => None,
@@ -207,6 +205,19 @@ where
         })?;
         Ok(Ruma { body, session, ip, json, origin })
     }
+}
+
+/// The error for a request body that could not be read whole: 413 past the limit, 400 when the
+/// connection layer found its framing malformed (a client that went away never sees either).
+pub fn body_error(e: axum::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return Error::too_large("Request body too large");
+        }
+        source = cause.source();
+    }
+    Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Malformed request body: {e}"))
 }
 
 /// Wraps a ruma response so that handlers can return it directly.
