@@ -9,6 +9,7 @@ pub mod federation;
 pub mod media;
 pub mod notifier;
 pub mod push;
+pub mod ratelimit;
 pub mod rooms;
 pub mod server;
 pub mod signing;

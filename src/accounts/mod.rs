@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ratelimit::RateLimiter;
 use crate::storage::Db;
 
 /// The authenticated caller of a client API request.
@@ -37,6 +38,8 @@ pub struct Accounts {
     config: Arc<Config>,
     /// When each device's last-seen row was last written; throttles those writes.
     seen: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>>,
+    /// Wrong passwords per account, at login and in User-Interactive Auth alike.
+    failed_logins: Arc<RateLimiter>,
 }
 
 /// How often a device's `last_seen_ts` / `last_seen_ip` are written at most.
@@ -118,7 +121,9 @@ pub fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
 impl Accounts {
     /// Creates the account service.
     pub fn new(db: Db, config: Arc<Config>) -> Self {
-        Self { db, config, seen: Default::default() }
+        let limits = &config.rate_limits;
+        let failed_logins = Arc::new(RateLimiter::new(limits.enabled, limits.failed_logins));
+        Self { db, config, seen: Default::default(), failed_logins }
     }
 
     /// The database handle.
@@ -171,7 +176,20 @@ impl Accounts {
     }
 
     /// Verifies a user's password; `M_FORBIDDEN` on any mismatch, without saying which part.
+    ///
+    /// After `rate_limits.failed_logins.burst` wrong passwords for an account, further attempts
+    /// get 429 without a password being checked, until the bucket refills: guessing is slow
+    /// however many addresses the guesser uses.
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        self.failed_logins.peek(user_id.as_str())?;
+        let result = self.verify_user_password(user_id, password).await;
+        if result.as_ref().is_err_and(|e| e.errcode == "M_FORBIDDEN") {
+            self.failed_logins.record(user_id.as_str());
+        }
+        result
+    }
+
+    async fn verify_user_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         let forbidden = || Error::forbidden("Invalid username or password");
         let user = self.db.get_user(user_id.as_str()).await?.ok_or_else(forbidden)?;
         if user.deactivated {

@@ -51,6 +51,10 @@ pub struct ListenConfig {
     pub client: SocketAddr,
     /// Optional HTTPS listener for federation.
     pub federation: Option<SocketAddr>,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client;
+    /// from anyone else the header is ignored, so a client cannot choose its own address for
+    /// the rate limits.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[tls]`
@@ -150,6 +154,27 @@ pub struct RateLimitConfig {
     pub per_second: f64,
     /// Requests allowed in a burst.
     pub burst: u32,
+    /// `[rate_limits.login_address]`: login attempts per client address (Synapse's
+    /// `rc_login.address`: 0.003/s, burst 5).
+    pub login_address: Bucket,
+    /// `[rate_limits.login_account]`: login attempts per account (`rc_login.account`).
+    pub login_account: Bucket,
+    /// `[rate_limits.failed_logins]`: wrong passwords per account, at login and in
+    /// User-Interactive Auth (`rc_login.failed_attempts`: 0.17/s, burst 3).
+    pub failed_logins: Bucket,
+    /// `[rate_limits.registration]`: completed registrations per client address
+    /// (`rc_registration`: 0.17/s, burst 3).
+    pub registration: Bucket,
+}
+
+/// A token bucket: `burst` actions at once, then `per_second` on average.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    /// Sustained rate.
+    pub per_second: f64,
+    /// Actions allowed at once.
+    pub burst: u32,
 }
 
 /// `[rooms]`
@@ -220,7 +245,7 @@ impl Default for Config {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { client: "127.0.0.1:8008".parse().expect("valid address"), federation: None }
+        Self { client: "127.0.0.1:8008".parse().expect("valid address"), federation: None, trusted_proxies: Vec::new() }
     }
 }
 
@@ -261,7 +286,15 @@ impl Default for MediaConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self { enabled: true, per_second: 10.0, burst: 50 }
+        Self {
+            enabled: true,
+            per_second: 10.0,
+            burst: 50,
+            login_address: Bucket { per_second: 0.003, burst: 5 },
+            login_account: Bucket { per_second: 0.003, burst: 5 },
+            failed_logins: Bucket { per_second: 0.17, burst: 3 },
+            registration: Bucket { per_second: 0.17, burst: 3 },
+        }
     }
 }
 
@@ -378,6 +411,22 @@ impl Config {
         }
         if self.rate_limits.per_second <= 0.0 || self.rate_limits.burst == 0 {
             bail!("configuration key `rate_limits`: `per_second` and `burst` must be positive");
+        }
+        let limits = &self.rate_limits;
+        for (name, bucket) in [
+            ("login_address", limits.login_address),
+            ("login_account", limits.login_account),
+            ("failed_logins", limits.failed_logins),
+            ("registration", limits.registration),
+        ] {
+            if bucket.per_second.is_nan() || bucket.per_second <= 0.0 || bucket.burst == 0 {
+                bail!("configuration key `rate_limits.{name}`: `per_second` and `burst` must be positive");
+            }
+        }
+        for proxy in &self.listen.trusted_proxies {
+            if crate::media::preview::IpRange::parse(proxy).is_none() {
+                bail!("configuration key `listen.trusted_proxies`: {proxy:?} is not an address or CIDR range");
+            }
         }
         if !crate::rooms::version::SUPPORTED_ROOM_VERSIONS.contains(&self.rooms.default_version.as_str()) {
             bail!(

@@ -32,9 +32,13 @@ pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Req
         Some(name) => name.to_lowercase(),
         None => random_alpha(12).to_lowercase(),
     };
+    // Only completed registrations count, but a client past the limit learns it at every step.
+    let address = req.ip.to_string();
+    state.limits.registration.peek(&address)?;
     state.accounts.check_available(&localpart).await?;
     state.accounts.check_uia(body.auth.as_ref(), UiaRequest { flows, user_id: None, operation: "register" }).await?;
     let user_id = state.accounts.register(&localpart, body.password.clone(), false).await?;
+    state.limits.registration.record(&address);
     if body.inhibit_login {
         return Ok(Json(json!({ "user_id": user_id })));
     }

@@ -22,6 +22,8 @@ pub async fn login(
     State(state): State<AppState>,
     req: Ruma<login::v3::Request>,
 ) -> Result<RumaResponse<login::v3::Response>> {
+    // Every attempt counts against the address, whatever its outcome (Synapse's rc_login).
+    state.limits.login_address.check(&req.ip.to_string())?;
     let LoginInfo::Password(password) = &req.body.login_info else {
         return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type"));
     };
@@ -32,6 +34,7 @@ pub async fn login(
         (None, None) => return Err(Error::missing_param("Missing identifier")),
     };
     let user_id = state.accounts.local_user_id(&user)?;
+    state.limits.login_account.check(user_id.as_str())?;
     state.accounts.check_password(&user_id, &password.password).await?;
     let issued = state
         .accounts
