@@ -29,9 +29,71 @@ async fn create_room(c: &Client, body: Value) -> String {
     ok(&c.post("/_matrix/client/v3/createRoom", &body).await)["room_id"].as_str().expect("room_id").to_owned()
 }
 
+async fn send(c: &Client, room: &str, txn: &str, content: Value) -> String {
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
+    ok(&c.put(&path, &content).await)["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn say(c: &Client, room: &str, txn: &str, body: &str) -> String {
+    send(c, room, txn, json!({ "msgtype": "m.text", "body": body })).await
+}
+
 async fn join(c: &Client, room: &str) {
     ok(&c.post(&format!("/_matrix/client/v3/join/{}", enc(room)), &json!({})).await);
 }
+
+async fn leave(c: &Client, room: &str) {
+    ok(&c.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(room)), &json!({})).await);
+}
+
+async fn set_visibility(c: &Client, room: &str, visibility: &str) {
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.history_visibility", enc(room));
+    ok(&c.put(&path, &json!({ "history_visibility": visibility })).await);
+}
+
+/// `/search` of message bodies for `term`: (count, bodies found).
+async fn search(c: &Client, term: &str) -> (i64, Vec<String>) {
+    let criteria = json!({ "search_term": term, "keys": ["content.body"], "order_by": "recent" });
+    let resp = c.post("/_matrix/client/v3/search", &json!({ "search_categories": { "room_events": criteria } })).await;
+    let found = &ok(&resp)["search_categories"]["room_events"];
+    let bodies = found["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["result"]["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    (found["count"].as_i64().expect("count"), bodies)
+}
+
+both_backends!(search_count_reveals_nothing_of_invisible_messages, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&alice, json!({ "preset": "public_chat" })).await;
+    set_visibility(&alice, &room, "joined").await;
+    // Sent before Bob joined a `joined`-visibility room: never his to see.
+    say(&alice, &room, "t1", "the vault code is zebra42").await;
+    join(&bob, &room).await;
+    say(&alice, &room, "t2", "welcome bob").await;
+    // Sent while Bob was away.
+    leave(&bob, &room).await;
+    say(&alice, &room, "t3", "launch codes orchid").await;
+    join(&bob, &room).await;
+
+    // Growing a prefix one letter at a time must tell nothing: every probe of an invisible
+    // word counts exactly as a word nobody wrote.
+    for probe in ["z", "ze", "zeb", "zebra", "zebra42", "vault", "code", "l", "la", "launch", "orc", "orchid"] {
+        let (count, bodies) = search(&bob, probe).await;
+        assert_eq!((count, bodies.len()), (0, 0), "probe {probe:?} revealed something: {bodies:?}");
+    }
+    assert_eq!(search(&bob, "qqqq").await, (0, vec![]));
+    // What Bob may see is found and counted.
+    assert_eq!(search(&bob, "welc").await, (1, vec!["welcome bob".to_owned()]));
+    say(&alice, &room, "t4", "orchid again").await;
+    assert_eq!(search(&bob, "orchid").await, (1, vec!["orchid again".to_owned()]));
+    // Alice, there all along, finds all of it.
+    assert_eq!(search(&alice, "orchid").await.0, 2);
+    assert_eq!(search(&alice, "zebra").await.0, 1);
+});
 
 both_backends!(only_members_and_admins_create_aliases, |server| async move {
     let alice = server.register("alice").await;

@@ -265,12 +265,6 @@ impl Db {
         q.fetch_all(self.pool()).await?.into_iter().map(stored_from).collect()
     }
 
-    /// How many events `where_` (a WHERE clause over `events`) selects.
-    pub async fn count_events(&self, where_: &str, binds: &[BindValue<'_>]) -> Result<i64> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM events {where_}"));
-        Ok(bind_all(sqlx::query_as::<_, (i64,)>(sql), binds).fetch_one(self.pool()).await?.0)
-    }
-
     /// Forward extremities of a room.
     pub async fn extremities(&self, tx: &mut WriteTx, room_id: &str) -> Result<Vec<(String, i64)>> {
         Ok(self.extremities_of(tx, &[room_id]).await?.remove(room_id).unwrap_or_default())
