@@ -31,6 +31,26 @@ pub struct StoredEvent {
     pub redacted_by: Option<String>,
 }
 
+/// `(relates_to, event_id, stream_ordering, state_group, sender, event_type, state_key)`.
+type ThreadReplyRow = (String, String, i64, Option<i64>, String, String, Option<String>);
+
+/// One thread reply as [`Db::thread_replies`] lists it.
+#[derive(Debug, Clone)]
+pub struct ThreadReply {
+    /// The thread root it relates to.
+    pub root: String,
+    /// Its event id.
+    pub event_id: String,
+    /// Its stream position.
+    pub stream: i64,
+    /// The state group after it.
+    pub state_group: Option<i64>,
+    /// Its sender.
+    pub sender: String,
+    /// The state key when it is a member event (visibility treats one's own member events apart).
+    pub own_member_of: Option<String>,
+}
+
 /// What [`Db::insert_event`] writes.
 pub struct NewEventRow<'a> {
     /// The PDU.
@@ -265,10 +285,28 @@ impl Db {
         q.fetch_all(self.pool()).await?.into_iter().map(stored_from).collect()
     }
 
-    /// How many events `where_` (a WHERE clause over `events`) selects.
-    pub async fn count_events(&self, where_: &str, binds: &[BindValue<'_>]) -> Result<i64> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM events {where_}"));
-        Ok(bind_all(sqlx::query_as::<_, (i64,)>(sql), binds).fetch_one(self.pool()).await?.0)
+    /// Every accepted thread reply (`rel_type` `m.thread`) of a room, newest first, without its
+    /// JSON: `/threads` judges each one's visibility and needs only what that takes.
+    pub async fn thread_replies(&self, room_id: &str) -> Result<Vec<ThreadReply>> {
+        let rows: Vec<ThreadReplyRow> = sqlx::query_as(
+            "SELECT relates_to, event_id, stream_ordering, state_group, sender, event_type, state_key FROM events \
+             WHERE room_id = $1 AND rel_type = 'm.thread' AND relates_to IS NOT NULL AND rejected = 0 AND outlier = 0 \
+             ORDER BY stream_ordering DESC",
+        )
+        .bind(room_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(root, event_id, stream, state_group, sender, event_type, state_key)| ThreadReply {
+                root,
+                event_id,
+                stream,
+                state_group,
+                sender,
+                own_member_of: (event_type == "m.room.member").then_some(state_key).flatten(),
+            })
+            .collect())
     }
 
     /// Forward extremities of a room.
@@ -432,6 +470,19 @@ impl Db {
     pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<(String, String, i64)>> {
         Ok(sqlx::query_as(
             "SELECT membership, event_id, stream_ordering FROM room_memberships WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// A user's membership as reads see it: like [`Db::membership`], but `None` once the user
+    /// has forgotten the room (a forgotten room reads as one never joined).
+    pub async fn remembered_membership(&self, room_id: &str, user_id: &str) -> Result<Option<(String, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT membership, event_id, stream_ordering FROM room_memberships \
+             WHERE room_id = $1 AND user_id = $2 AND forgotten = 0",
         )
         .bind(room_id)
         .bind(user_id)
