@@ -29,6 +29,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Who may register accounts.
     pub registration: RegistrationConfig,
+    /// Access, refresh and login tokens.
+    pub sessions: SessionsConfig,
     /// Server-to-server settings.
     pub federation: FederationConfig,
     /// Media repository.
@@ -144,6 +146,33 @@ pub struct PushConfig {
     pub gateway_ip_allowlist: Vec<String>,
 }
 
+/// `[sessions]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Lifetime of the access token of a session whose client asked for a refresh token
+    /// (Synapse's `refreshable_access_token_lifetime`: 5 minutes).
+    pub refreshable_access_token_lifetime_ms: u64,
+    /// Lifetime of a refresh token; 0: until used (Synapse's `refresh_token_lifetime`, unset).
+    pub refresh_token_lifetime_ms: u64,
+    /// Whether a logged-in device may get a login token for another (`/login/get_token`,
+    /// after re-entering the password).
+    pub login_via_existing_session: bool,
+    /// Lifetime of such a login token (Synapse: 2 minutes).
+    pub login_token_lifetime_ms: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
+            refresh_token_lifetime_ms: 0,
+            login_via_existing_session: true,
+            login_token_lifetime_ms: 2 * 60 * 1000,
+        }
+    }
+}
+
 /// `[rate_limits]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -233,6 +262,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
             registration: RegistrationConfig::default(),
+            sessions: SessionsConfig::default(),
             federation: FederationConfig::default(),
             media: MediaConfig::default(),
             push: PushConfig::default(),
@@ -411,6 +441,9 @@ impl Config {
         }
         if self.rate_limits.per_second <= 0.0 || self.rate_limits.burst == 0 {
             bail!("configuration key `rate_limits`: `per_second` and `burst` must be positive");
+        }
+        if self.sessions.refreshable_access_token_lifetime_ms == 0 || self.sessions.login_token_lifetime_ms == 0 {
+            bail!("configuration keys `sessions.*_lifetime_ms`: token lifetimes must be positive");
         }
         let limits = &self.rate_limits;
         for (name, bucket) in [

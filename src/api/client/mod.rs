@@ -35,6 +35,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(session::login)
         .ruma(session::logout)
         .ruma(session::logout_all)
+        .ruma(session::refresh)
+        .ruma(session::get_login_token)
         .ruma(account::register)
         .ruma(account::available)
         .ruma(account::whoami)
