@@ -15,3 +15,4 @@ pub mod server;
 pub mod signing;
 pub mod storage;
 pub mod sync;
+pub mod voip;

@@ -41,6 +41,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Rooms.
     pub rooms: RoomsConfig,
+    /// TURN servers for voice and video calls.
+    pub voip: VoipConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -144,6 +146,36 @@ pub struct PushConfig {
     /// default (a pusher's URL is chosen by the user, so the server must not become a proxy
     /// into its own network).
     pub gateway_ip_allowlist: Vec<String>,
+}
+
+/// `[voip]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoipConfig {
+    /// TURN URIs given to clients, e.g. `turn:turn.example.org:3478?transport=udp`; empty: no
+    /// TURN server (`/voip/turnServer` answers `{}`, as Synapse does).
+    pub turn_uris: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`): clients get
+    /// time-limited credentials made from it (the TURN REST API scheme).
+    pub turn_shared_secret: Option<String>,
+    /// Fixed credentials, when the TURN server has no shared secret.
+    pub turn_username: Option<String>,
+    /// See `turn_username`.
+    pub turn_password: Option<String>,
+    /// How long credentials made from the shared secret are valid (Synapse: one hour).
+    pub turn_user_lifetime_ms: u64,
+}
+
+impl Default for VoipConfig {
+    fn default() -> Self {
+        Self {
+            turn_uris: Vec::new(),
+            turn_shared_secret: None,
+            turn_username: None,
+            turn_password: None,
+            turn_user_lifetime_ms: 3_600_000,
+        }
+    }
 }
 
 /// `[sessions]`
@@ -268,6 +300,7 @@ impl Default for Config {
             push: PushConfig::default(),
             rate_limits: RateLimitConfig::default(),
             rooms: RoomsConfig::default(),
+            voip: VoipConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -444,6 +477,18 @@ impl Config {
         }
         if self.sessions.refreshable_access_token_lifetime_ms == 0 || self.sessions.login_token_lifetime_ms == 0 {
             bail!("configuration keys `sessions.*_lifetime_ms`: token lifetimes must be positive");
+        }
+        let voip = &self.voip;
+        if !voip.turn_uris.is_empty()
+            && voip.turn_shared_secret.is_none()
+            && (voip.turn_username.is_none() || voip.turn_password.is_none())
+        {
+            bail!(
+                "configuration key `voip.turn_uris`: needs `turn_shared_secret`, or `turn_username` and `turn_password`"
+            );
+        }
+        if voip.turn_user_lifetime_ms < 1000 {
+            bail!("configuration key `voip.turn_user_lifetime_ms`: must be at least 1000");
         }
         let limits = &self.rate_limits;
         for (name, bucket) in [

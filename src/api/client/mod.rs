@@ -20,6 +20,7 @@ mod search;
 mod session;
 mod sync;
 mod to_device;
+mod voip;
 
 use axum::Router;
 
@@ -37,6 +38,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(session::logout_all)
         .ruma(session::refresh)
         .ruma(session::get_login_token)
+        .ruma(voip::turn_server)
         .ruma(account::register)
         .ruma(account::available)
         .ruma(account::whoami)
