@@ -19,6 +19,7 @@ mod room;
 mod search;
 mod session;
 mod sync;
+mod threepid;
 mod to_device;
 mod voip;
 
@@ -45,6 +46,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(account::change_password)
         .ruma(account::deactivate)
         .ruma(account::threepids)
+        .ruma(threepid::register_token)
+        .ruma(threepid::password_token)
+        .ruma(threepid::add_token)
         .ruma(account::openid_token)
         .ruma(device::list)
         .ruma(device::get)
