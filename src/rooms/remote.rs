@@ -724,9 +724,15 @@ impl Rooms {
         let old_ext: Vec<String> = self.db.extremities(&mut tx, room_id).await?.into_iter().map(|e| e.0).collect();
         let prevs: HashSet<String> = pdu.fields.prev_events.iter().map(|e| e.to_string()).collect();
         let remaining: Vec<String> = old_ext.iter().filter(|e| !prevs.contains(*e)).cloned().collect();
+        // A late ancestor (an event that a timeline event already names as a prev event) is
+        // not a forward extremity: new local events must not point back at it, and the current
+        // state (the resolution of the extremities' states) does not change.
+        let late = self.db.has_timeline_child(&mut tx, pdu.event_id.as_str()).await?;
         // The new current state: the event's state if it supersedes every extremity, otherwise
         // the resolution of the current state with it.
-        let new_current = if remaining.is_empty() {
+        let new_current = if late {
+            current.clone()
+        } else if remaining.is_empty() {
             state_after.clone()
         } else {
             self.resolve_states_with(rules, vec![current.clone(), state_after.clone()], Some(pdu)).await?
@@ -751,20 +757,36 @@ impl Rooms {
                 "prev_sender": prev.pdu.fields.sender,
             }));
         }
-        self.db
-            .insert_event(
-                &mut tx,
-                NewEventRow {
-                    pdu,
-                    stream,
-                    unsigned: unsigned.as_ref(),
-                    outlier: false,
-                    state_group: Some(group_after),
-                },
-            )
-            .await?;
+        // An event we hold as an outlier (an invite received on `/invite`, an event fetched
+        // for an auth chain or a state, a soft-failed event) enters the timeline in place: its
+        // row keeps the JSON and the server-computed data it had (e.g. `invite_room_state`).
+        if let Some(held) = self.db.get_event(pdu.event_id.as_str()).await? {
+            let mut merged = held.unsigned.unwrap_or_else(|| json!({}));
+            if let (Some(m), Some(Value::Object(new))) = (merged.as_object_mut(), unsigned.clone()) {
+                m.extend(new);
+            }
+            let merged = merged.as_object().is_some_and(|m| !m.is_empty()).then_some(merged);
+            self.db.promote_outlier(&mut tx, pdu.event_id.as_str(), stream, group_after, merged.as_ref()).await?;
+        } else {
+            self.db
+                .insert_event(
+                    &mut tx,
+                    NewEventRow {
+                        pdu,
+                        stream,
+                        unsigned: unsigned.as_ref(),
+                        outlier: false,
+                        state_group: Some(group_after),
+                    },
+                )
+                .await?;
+        }
         let removed: Vec<String> = old_ext.iter().filter(|e| prevs.contains(*e)).cloned().collect();
-        self.db.update_extremities(&mut tx, room_id, &removed, pdu.event_id.as_str()).await?;
+        if late {
+            self.db.remove_extremities(&mut tx, room_id, &removed).await?;
+        } else {
+            self.db.update_extremities(&mut tx, room_id, &removed, pdu.event_id.as_str()).await?;
+        }
         self.apply_current_state(&mut tx, room_id, &current, &new_current, stream, pdu).await?;
         self.db.set_room_state_group(&mut tx, room_id, cur_group).await?;
         let mut ctx = RoomCtx {
@@ -1056,10 +1078,33 @@ impl Rooms {
         if self.db.get_user(target.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
+        // A room we know has its ACL; of a room we do not know we cannot tell (Synapse:
+        // `check_server_matches_acl` on the stored state).
+        let known = self.db.get_room(room_id.as_str()).await?.is_some();
+        if known {
+            self.require_server_allowed(room_id, origin).await?;
+        }
         let mut object = pdu.json().clone();
         ruma::signatures::sign_event(self.server_name.as_str(), &self.keys.current, &mut object, &rules.redaction)
             .map_err(Error::internal)?;
         let signed = Pdu::from_json(pdu.event_id.clone(), Some(room_id.to_owned()), object)?;
+        // In a room this server participates in, the invite enters the timeline and the state
+        // at once, like any PDU: the invited user may join at once, without waiting for the
+        // inviting server's `/send` (which then finds the event held). If that fails (e.g. a
+        // gap the inviting server cannot fill yet), it is held as an outlier and promoted when
+        // it arrives over `/send`.
+        if known && self.local_server_joined(room_id).await? {
+            let (room_version, room_rules) = self.room_rules(room_id).await?;
+            if room_version == version {
+                let _guard = self.room_lock(room_id.as_str()).await;
+                match self.process_pdu(origin, &room_version, &room_rules, signed.clone(), true, None).await {
+                    Ok(_) => return Ok(json!({ "event": signed.federation_json() })),
+                    // Refused by the auth rules: the invite is not valid in this room.
+                    Err(e) if e.status == http::StatusCode::FORBIDDEN => return Err(e),
+                    Err(e) => tracing::info!(%room_id, event_id, error = %e.message, "invite kept as an outlier"),
+                }
+            }
+        }
         let invite_state = body["invite_room_state"].clone();
         let mut tx = self.db.begin_event_write().await?;
         if self.db.get_event(event_id).await?.is_none() {

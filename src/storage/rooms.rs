@@ -245,8 +245,10 @@ impl Db {
         Ok(edges.iter().filter(|(p, _)| !held.contains(p)).cloned().collect())
     }
 
-    /// Turns an outlier into a historical timeline event (backfill): its position, the state
-    /// group after it and its server-computed unsigned data.
+    /// Turns an outlier into a timeline event (received again over `/send`,
+    /// `get_missing_events` or `/backfill`): its position, the state group after it and its
+    /// server-computed unsigned data. A soft-failed event held as rejected that now passes the
+    /// checks loses that mark.
     pub async fn promote_outlier(
         &self,
         tx: &mut WriteTx,
@@ -256,7 +258,7 @@ impl Db {
         unsigned: Option<&Value>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE events SET outlier = 0, stream_ordering = $1, state_group = $2, unsigned_json = $3 \
+            "UPDATE events SET outlier = 0, rejected = 0, stream_ordering = $1, state_group = $2, unsigned_json = $3 \
              WHERE event_id = $4 AND outlier = 1",
         )
         .bind(stream)
@@ -369,6 +371,31 @@ impl Db {
             .bind(added)
             .execute(&mut *tx.tx)
             .await?;
+        Ok(())
+    }
+
+    /// Whether an accepted timeline event names `event_id` among its prev events (so that
+    /// `event_id`, arriving late, is an ancestor and not a forward extremity).
+    pub async fn has_timeline_child(&self, tx: &mut WriteTx, event_id: &str) -> Result<bool> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM event_edges d JOIN events e ON e.event_id = d.event_id \
+             WHERE d.prev_event_id = $1 AND e.outlier = 0 AND e.rejected = 0 LIMIT 1",
+        )
+        .bind(event_id)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Removes forward extremities (not deferred: for writers that do not defer rows).
+    pub async fn remove_extremities(&self, tx: &mut WriteTx, room_id: &str, removed: &[String]) -> Result<()> {
+        for r in removed {
+            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
+                .bind(room_id)
+                .bind(r)
+                .execute(&mut *tx.tx)
+                .await?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,213 @@
+//! Federation that converges with real and hostile peers (issue 16): invites into rooms a
+//! server is already in, outliers promoted when they arrive again, depth and size limits, late
+//! ancestors, refused transactions, and what servers outside a room may read.
+//!
+//! Tests with a scripted peer use the hostile-peer harness (`common::peer`); each test has its
+//! own `127.0.6N.*` addresses.
+
+mod common;
+
+use std::time::Duration;
+
+use common::peer::{Built, EventSpec, Peer};
+use common::*;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(30);
+
+/// 2^53 - 1, the largest integer of canonical JSON.
+const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
+
+async fn private_room(owner: &Client) -> String {
+    let (s, body) =
+        owner.post("/_matrix/client/v3/createRoom", json!({ "preset": "private_chat", "name": "private" })).await;
+    assert_eq!(s, 200, "createRoom: {body}");
+    body["room_id"].as_str().expect("room_id").to_owned()
+}
+
+/// `host` invites `guest`, who sees the invite in `/sync` and joins without naming a server;
+/// `host` then sees the join.
+async fn invite_and_join(host: &Client, guest: &Client, room: &str) {
+    let (s, body) =
+        host.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), json!({ "user_id": guest.user_id })).await;
+    assert_eq!(s, 200, "{} invites {}: {body}", host.user_id, guest.user_id);
+    let rid = room.to_owned();
+    sync_until(guest, T, "the invite", |s| !s["rooms"]["invite"][&rid].is_null()).await;
+    let (s, body) = guest.post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({})).await;
+    assert_eq!(s, 200, "{} joins after the invite: {body}", guest.user_id);
+    wait_until(T, &format!("{} joined, seen by {}", guest.user_id, host.user_id), || async {
+        host.membership(room, &guest.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+}
+
+/// The everyday case of defect 1: B is already in A's private room when a second (and third)
+/// user of B is invited; the invite reaches B on `/invite` and again in a transaction, and
+/// each invited user joins. Both directions, several users each.
+#[tokio::test]
+async fn invites_of_several_users_of_a_member_server_both_directions() {
+    let a = FedServer::start("127.0.60.11").await;
+    let b = FedServer::start("127.0.60.12").await;
+    let alice = a.register("alice").await;
+    let carol = a.register("carol").await;
+    let erin = a.register("erin").await;
+    let bob = b.register("bob").await;
+    let dave = b.register("dave").await;
+    let frank = b.register("frank").await;
+
+    let on_a = private_room(&alice).await;
+    for guest in [&bob, &dave, &frank] {
+        invite_and_join(&alice, guest, &on_a).await;
+    }
+    let on_b = private_room(&bob).await;
+    for guest in [&alice, &carol, &erin] {
+        invite_and_join(&bob, guest, &on_b).await;
+    }
+    for (room, people) in [(&on_a, [&alice, &bob, &dave, &frank]), (&on_b, [&bob, &alice, &carol, &erin])] {
+        let last = people[3].say(room, "everyone here").await;
+        let _ = last;
+        for client in people {
+            wait_until(T, "the last message everywhere", || async {
+                client.messages(room).await.contains(&"everyone here".to_owned())
+            })
+            .await;
+        }
+        wait_until(T, "the same state on A and B", || async {
+            people[0].state(room).await == people[1].state(room).await
+        })
+        .await;
+    }
+}
+
+/// A public room on `a` that `peer` joined as `@mallory`; returns the room id.
+async fn room_with_peer(a: &FedServer, alice: &Client, peer: &Peer) -> String {
+    let room = alice.create_public_room().await;
+    peer.join(a, &room, "mallory").await;
+    let mallory = peer.user_id("mallory");
+    wait_until(T, "mallory joined", || async { alice.membership(&room, &mallory).await.as_deref() == Some("join") })
+        .await;
+    room
+}
+
+/// Whether a `/send` answer accepted the PDU.
+fn accepted(answer: &Value, ev: &Built) -> bool {
+    answer["pdus"][&ev.id].as_object().is_some_and(|r| !r.contains_key("error"))
+}
+
+/// An event fetched as an outlier (through `/event_auth`, as an auth event of another one)
+/// that later arrives in a transaction enters the timeline (defect 1).
+#[tokio::test]
+async fn outlier_fetched_for_auth_is_promoted_when_it_arrives() {
+    let a = FedServer::start("127.0.61.11").await;
+    let peer = Peer::start("127.0.61.12").await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    let mallory = peer.user_id("mallory");
+
+    // Y: mallory's new display name (a state event); X: a message citing Y as auth and prev.
+    let y = peer.build(EventSpec::state(
+        "m.room.member",
+        &mallory,
+        json!({ "membership": "join", "displayname": "Mallory Y" }),
+    ));
+    peer.advance(&y);
+    let x = peer.build(EventSpec::message("cites Y"));
+    peer.advance(&x);
+    let (s, answer) = peer.send_pdus(&a, &[&x]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(accepted(&answer, &x), "X accepted: {answer}");
+    // A holds Y (fetched for X's auth chain) but not in the timeline.
+    let ids = alice.event_ids(&room).await;
+    assert!(ids.contains(&x.id), "X in the timeline");
+
+    let (s, answer) = peer.send_pdus(&a, &[&y]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(accepted(&answer, &y), "Y, held as an outlier, accepted when sent: {answer}");
+    let ids = alice.event_ids(&room).await;
+    assert!(ids.contains(&y.id), "Y promoted into the timeline: {ids:?}");
+    let pos = |id: &str| ids.iter().position(|e| e == id).expect("in timeline");
+    assert!(pos(&y.id) < pos(&x.id), "Y before X (its child)");
+    let (s, member) =
+        alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&mallory))).await;
+    assert_eq!(s, 200, "{member}");
+    assert_eq!(member["displayname"], "Mallory Y");
+    // New local events extend X only (Y is an ancestor).
+    let after = alice.say(&room, "after").await;
+    let (s, ev) = peer.request(&a.name(), "GET", &format!("/_matrix/federation/v1/event/{}", enc(&after)), None).await;
+    assert_eq!(s, 200, "{ev}");
+    assert_eq!(ev["pdus"][0]["prev_events"], json!([x.id]));
+}
+
+/// An event whose child arrived first (its gap filled from the peer's `/state_ids`) arrives
+/// late: it must not become a forward extremity (defect 9).
+#[tokio::test]
+async fn late_ancestor_is_not_a_forward_extremity() {
+    let a = FedServer::start("127.0.64.11").await;
+    let peer = Peer::start("127.0.64.12").await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+
+    let e1 = peer.build(EventSpec::message("e1"));
+    peer.advance(&e1);
+    let e2 = peer.build(EventSpec::message("e2"));
+    peer.advance(&e2);
+    // E2 first: the peer does not fill the gap with get_missing_events, so A takes the state
+    // before E2 from the peer's /state_ids.
+    let (s, answer) = peer.send_pdus(&a, &[&e2]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(accepted(&answer, &e2), "{answer}");
+    let (s, answer) = peer.send_pdus(&a, &[&e1]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(accepted(&answer, &e1), "{answer}");
+    let after = alice.say(&room, "after").await;
+    let (s, ev) = peer.request(&a.name(), "GET", &format!("/_matrix/federation/v1/event/{}", enc(&after)), None).await;
+    assert_eq!(s, 200, "{ev}");
+    assert_eq!(ev["pdus"][0]["prev_events"], json!([e2.id]), "the late E1 is not an extremity: {ev}");
+}
+
+/// `/invite` checks the room's server ACL (defect 12).
+#[tokio::test]
+async fn invite_from_a_server_denied_by_the_acl_is_refused() {
+    let a = FedServer::start("127.0.66.11").await;
+    let peer = Peer::start("127.0.66.12").await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let carol = a.register("carol").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    let version = peer.state().room_version.clone().expect("version");
+    let (peer, a, room) = (&peer, &a, &room);
+    let invite = |target: String| {
+        let ev = peer.build(EventSpec::state("m.room.member", &target, json!({ "membership": "invite" })));
+        let path = format!("/_matrix/federation/v2/invite/{}/{}", enc(room), enc(&ev.id));
+        let body = json!({ "room_version": version, "event": ev.json, "invite_room_state": [] });
+        async move { peer.request(&a.name(), "PUT", &path, Some(body)).await }
+    };
+    // Mallory may invite (level 0).
+    let (s, mut levels) =
+        alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(room))).await;
+    assert_eq!(s, 200, "{levels}");
+    levels["invite"] = json!(0);
+    let (s, body) =
+        alice.put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(room)), levels).await;
+    assert_eq!(s, 200, "{body}");
+    let pl = body["event_id"].as_str().expect("event_id").to_owned();
+    wait_until(T, "the peer has the new power levels", || async {
+        peer.state().state.get(&("m.room.power_levels".to_owned(), String::new())) == Some(&pl)
+    })
+    .await;
+    let (s, body) = invite(bob.user_id.clone()).await;
+    assert_eq!(s, 200, "an invite before the ACL: {body}");
+    let (s, body) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl/", enc(room)),
+            json!({ "allow": ["*"], "deny": [peer.ip], "allow_ip_literals": true }),
+        )
+        .await;
+    assert_eq!(s, 200, "ACL: {body}");
+    let (s, body) = invite(carol.user_id.clone()).await;
+    assert_eq!((s, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "an invite from a denied server: {body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("ACL"), "{body}");
+    let (s, sync) = carol.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(s, 200);
+    assert!(sync["rooms"]["invite"][room.as_str()].is_null(), "no invite recorded: {sync}");
+}
