@@ -138,6 +138,60 @@ async fn outlier_fetched_for_auth_is_promoted_when_it_arrives() {
     assert_eq!(ev["pdus"][0]["prev_events"], json!([x.id]));
 }
 
+/// A peer's event at depth 2^53 - 1 is valid; local events after it keep that depth instead
+/// of failing (defect 10).
+#[tokio::test]
+async fn depth_at_the_canonical_json_limit_does_not_break_local_sends() {
+    let a = FedServer::start("127.0.62.11").await;
+    let peer = Peer::start("127.0.62.12").await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+
+    let deep = peer.build(EventSpec::message("very deep").depth(MAX_SAFE_INT));
+    let (s, answer) = peer.send_pdus(&a, &[&deep]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(accepted(&answer, &deep), "{answer}");
+    let first = alice.say(&room, "after the deep event").await;
+    let second = alice.say(&room, "and another").await;
+    for id in [&first, &second] {
+        let (s, ev) = peer.request(&a.name(), "GET", &format!("/_matrix/federation/v1/event/{}", enc(id)), None).await;
+        assert_eq!(s, 200, "{ev}");
+        assert_eq!(ev["pdus"][0]["depth"], json!(MAX_SAFE_INT), "depth capped: {ev}");
+    }
+    let messages = alice.messages(&room).await;
+    assert_eq!(messages, vec!["very deep", "after the deep event", "and another"]);
+}
+
+/// A PDU of exactly 65,536 bytes is accepted, one of 65,537 refused (defect 10).
+#[tokio::test]
+async fn pdu_size_limit_is_65536_bytes_inclusive() {
+    let a = FedServer::start("127.0.63.11").await;
+    let peer = Peer::start("127.0.63.12").await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+
+    let sized = |target: usize, tag: &str| {
+        let mut pad = target - 1000;
+        loop {
+            let ev = peer.build(EventSpec::message(&format!("{tag}{}", "x".repeat(pad))).depth(100));
+            let object: ruma::CanonicalJsonObject = serde_json::from_value(ev.json.clone()).expect("canonical");
+            let len = serde_json::to_vec(&object).expect("json").len();
+            if len == target {
+                return ev;
+            }
+            pad = pad + target - len;
+        }
+    };
+    let at_limit = sized(65_536, "a");
+    let over = sized(65_537, "b");
+    let (s, answer) = peer.send_pdus(&a, &[&at_limit, &over]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(accepted(&answer, &at_limit), "65,536 bytes accepted: {answer}");
+    assert!(!accepted(&answer, &over), "65,537 bytes refused: {answer}");
+    let ids = alice.event_ids(&room).await;
+    assert!(ids.contains(&at_limit.id) && !ids.contains(&over.id));
+}
+
 /// An event whose child arrived first (its gap filled from the peer's `/state_ids`) arrives
 /// late: it must not become a forward extremity (defect 9).
 #[tokio::test]
