@@ -219,6 +219,27 @@ async fn late_ancestor_is_not_a_forward_extremity() {
     assert_eq!(ev["pdus"][0]["prev_events"], json!([e2.id]), "the late E1 is not an extremity: {ev}");
 }
 
+/// A transaction the peer answers with 400 is not retried and does not hold back later events
+/// (defect 11).
+#[tokio::test]
+async fn refused_transaction_does_not_block_later_events() {
+    let a = FedServer::start("127.0.65.11").await;
+    let peer = Peer::start("127.0.65.12").await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    peer.state().refuse_first_txn = Some(400);
+    alice.say(&room, "refused").await;
+    wait_until(T, "the first transaction refused", || async { peer.state().refused_txn.is_some() }).await;
+    let second = alice.say(&room, "delivered").await;
+    wait_until(T, "the next event delivered", || async { peer.state().events.contains_key(&second) }).await;
+    // retry_min_ms is 200: a retried transaction would have come again by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = peer.state();
+    let refused = st.refused_txn.clone().expect("refused");
+    let attempts = st.txns.iter().filter(|(t, _)| *t == refused).count();
+    assert_eq!(attempts, 1, "the refused transaction is not sent again: {:?}", st.txns);
+}
+
 /// `/invite` checks the room's server ACL (defect 12).
 #[tokio::test]
 async fn invite_from_a_server_denied_by_the_acl_is_refused() {
