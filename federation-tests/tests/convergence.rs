@@ -286,3 +286,71 @@ async fn invite_from_a_server_denied_by_the_acl_is_refused() {
     assert_eq!(s, 200);
     assert!(sync["rooms"]["invite"][room.as_str()].is_null(), "no invite recorded: {sync}");
 }
+
+/// `get_missing_events` returns no event shallower than `min_depth` (defect 12).
+#[tokio::test]
+async fn get_missing_events_honours_min_depth() {
+    let a = FedServer::start("127.0.67.11").await;
+    let peer = Peer::start("127.0.67.12").await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(alice.say(&room, &format!("m{i}")).await);
+    }
+    let mut depth = Vec::new();
+    for id in &ids {
+        let (s, ev) = peer.request(&a.name(), "GET", &format!("/_matrix/federation/v1/event/{}", enc(id)), None).await;
+        assert_eq!(s, 200, "{ev}");
+        depth.push(ev["pdus"][0]["depth"].as_i64().expect("depth"));
+    }
+    let path = format!("/_matrix/federation/v1/get_missing_events/{}", enc(&room));
+    let body = json!({ "earliest_events": [], "latest_events": [ids[4]], "limit": 50, "min_depth": depth[1] });
+    let (s, answer) = peer.request(&a.name(), "POST", &path, Some(body)).await;
+    assert_eq!(s, 200, "{answer}");
+    let events = answer["events"].as_array().cloned().unwrap_or_default();
+    let bodies: Vec<&str> = events.iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["m1", "m2", "m3"], "{answer}");
+    assert!(events.iter().all(|e| e["depth"].as_i64().unwrap_or(0) >= depth[1]), "{answer}");
+}
+
+/// A server none of whose users is in the room any more (its only user was banned) reads
+/// nothing of it over federation (defect 12).
+#[tokio::test]
+async fn departed_server_cannot_read_the_room() {
+    let a = FedServer::start("127.0.68.11").await;
+    let peer = Peer::start("127.0.68.12").await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    let msg = alice.say(&room, "while mallory is here").await;
+    let r = enc(&room);
+    let e = enc(&msg);
+    let reads = [
+        ("GET", format!("/_matrix/federation/v1/event/{e}"), None),
+        ("GET", format!("/_matrix/federation/v1/state/{r}?event_id={e}"), None),
+        ("GET", format!("/_matrix/federation/v1/state_ids/{r}?event_id={e}"), None),
+        ("GET", format!("/_matrix/federation/v1/event_auth/{r}/{e}"), None),
+        ("GET", format!("/_matrix/federation/v1/backfill/{r}?v={e}&limit=10"), None),
+        (
+            "POST",
+            format!("/_matrix/federation/v1/get_missing_events/{r}"),
+            Some(json!({ "earliest_events": [], "latest_events": [msg], "limit": 10 })),
+        ),
+    ];
+    for (method, path, body) in &reads {
+        let (s, answer) = peer.request(&a.name(), method, path, body.clone()).await;
+        assert_eq!(s, 200, "{method} {path} while joined: {answer}");
+    }
+    let mallory = peer.user_id("mallory");
+    let (s, body) =
+        alice.post(&format!("/_matrix/client/v3/rooms/{r}/ban"), json!({ "user_id": mallory, "reason": "go" })).await;
+    assert_eq!(s, 200, "ban: {body}");
+    for (method, path, body) in &reads {
+        let (s, answer) = peer.request(&a.name(), method, path, body.clone()).await;
+        assert_eq!(
+            (s, answer["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{method} {path} after the ban: {answer}"
+        );
+    }
+}
