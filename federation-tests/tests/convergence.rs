@@ -2,8 +2,8 @@
 //! server is already in, outliers promoted when they arrive again, depth and size limits, late
 //! ancestors, refused transactions, and what servers outside a room may read.
 //!
-//! Tests with a scripted peer use the hostile-peer harness (`common::peer`); each test has its
-//! own `127.0.6N.*` addresses.
+//! Tests with a scripted peer use the hostile-peer harness (`common::peer`). Every test runs on
+//! SQLite (servers on its own `127.0.6N.*` addresses) and on PostgreSQL (`127.1.6N.*`).
 
 mod common;
 
@@ -12,6 +12,23 @@ use std::time::Duration;
 use common::peer::{Built, EventSpec, Peer};
 use common::*;
 use serde_json::{Value, json};
+
+/// Runs `$name(backend, net)` on SQLite (servers on `127.0.$net.*`) and on PostgreSQL (on
+/// `127.1.$net.*`): module `$name` holds the two `#[tokio::test]`s.
+macro_rules! both_backends {
+    ($name:ident, $net:literal) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite, concat!("127.0.", $net)).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres, concat!("127.1.", $net)).await
+            }
+        }
+    };
+}
 
 const T: Duration = Duration::from_secs(30);
 
@@ -44,10 +61,9 @@ async fn invite_and_join(host: &Client, guest: &Client, room: &str) {
 /// The everyday case of defect 1: B is already in A's private room when a second (and third)
 /// user of B is invited; the invite reaches B on `/invite` and again in a transaction, and
 /// each invited user joins. Both directions, several users each.
-#[tokio::test]
-async fn invites_of_several_users_of_a_member_server_both_directions() {
-    let a = FedServer::start("127.0.60.11").await;
-    let b = FedServer::start("127.0.60.12").await;
+async fn invites_of_several_users_of_a_member_server_both_directions(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let b = FedServer::start_on(&format!("{net}.12"), backend).await;
     let alice = a.register("alice").await;
     let carol = a.register("carol").await;
     let erin = a.register("erin").await;
@@ -78,6 +94,7 @@ async fn invites_of_several_users_of_a_member_server_both_directions() {
         .await;
     }
 }
+both_backends!(invites_of_several_users_of_a_member_server_both_directions, "60");
 
 /// A public room on `a` that `peer` joined as `@mallory`; returns the room id.
 async fn room_with_peer(a: &FedServer, alice: &Client, peer: &Peer) -> String {
@@ -96,10 +113,9 @@ fn accepted(answer: &Value, ev: &Built) -> bool {
 
 /// An event fetched as an outlier (through `/event_auth`, as an auth event of another one)
 /// that later arrives in a transaction enters the timeline (defect 1).
-#[tokio::test]
-async fn outlier_fetched_for_auth_is_promoted_when_it_arrives() {
-    let a = FedServer::start("127.0.61.11").await;
-    let peer = Peer::start("127.0.61.12").await;
+async fn outlier_fetched_for_auth_is_promoted_when_it_arrives(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
     let alice = a.register("alice").await;
     let room = room_with_peer(&a, &alice, &peer).await;
     let mallory = peer.user_id("mallory");
@@ -137,13 +153,13 @@ async fn outlier_fetched_for_auth_is_promoted_when_it_arrives() {
     assert_eq!(s, 200, "{ev}");
     assert_eq!(ev["pdus"][0]["prev_events"], json!([x.id]));
 }
+both_backends!(outlier_fetched_for_auth_is_promoted_when_it_arrives, "61");
 
 /// A peer's event at depth 2^53 - 1 is valid; local events after it keep that depth instead
 /// of failing (defect 10).
-#[tokio::test]
-async fn depth_at_the_canonical_json_limit_does_not_break_local_sends() {
-    let a = FedServer::start("127.0.62.11").await;
-    let peer = Peer::start("127.0.62.12").await;
+async fn depth_at_the_canonical_json_limit_does_not_break_local_sends(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
     let alice = a.register("alice").await;
     let room = room_with_peer(&a, &alice, &peer).await;
 
@@ -161,12 +177,12 @@ async fn depth_at_the_canonical_json_limit_does_not_break_local_sends() {
     let messages = alice.messages(&room).await;
     assert_eq!(messages, vec!["very deep", "after the deep event", "and another"]);
 }
+both_backends!(depth_at_the_canonical_json_limit_does_not_break_local_sends, "62");
 
 /// A PDU of exactly 65,536 bytes is accepted, one of 65,537 refused (defect 10).
-#[tokio::test]
-async fn pdu_size_limit_is_65536_bytes_inclusive() {
-    let a = FedServer::start("127.0.63.11").await;
-    let peer = Peer::start("127.0.63.12").await;
+async fn pdu_size_limit_is_65536_bytes_inclusive(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
     let alice = a.register("alice").await;
     let room = room_with_peer(&a, &alice, &peer).await;
 
@@ -191,13 +207,13 @@ async fn pdu_size_limit_is_65536_bytes_inclusive() {
     let ids = alice.event_ids(&room).await;
     assert!(ids.contains(&at_limit.id) && !ids.contains(&over.id));
 }
+both_backends!(pdu_size_limit_is_65536_bytes_inclusive, "63");
 
 /// An event whose child arrived first (its gap filled from the peer's `/state_ids`) arrives
 /// late: it must not become a forward extremity (defect 9).
-#[tokio::test]
-async fn late_ancestor_is_not_a_forward_extremity() {
-    let a = FedServer::start("127.0.64.11").await;
-    let peer = Peer::start("127.0.64.12").await;
+async fn late_ancestor_is_not_a_forward_extremity(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
     let alice = a.register("alice").await;
     let room = room_with_peer(&a, &alice, &peer).await;
 
@@ -218,13 +234,13 @@ async fn late_ancestor_is_not_a_forward_extremity() {
     assert_eq!(s, 200, "{ev}");
     assert_eq!(ev["pdus"][0]["prev_events"], json!([e2.id]), "the late E1 is not an extremity: {ev}");
 }
+both_backends!(late_ancestor_is_not_a_forward_extremity, "64");
 
 /// A transaction the peer answers with 400 is not retried and does not hold back later events
 /// (defect 11).
-#[tokio::test]
-async fn refused_transaction_does_not_block_later_events() {
-    let a = FedServer::start("127.0.65.11").await;
-    let peer = Peer::start("127.0.65.12").await;
+async fn refused_transaction_does_not_block_later_events(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
     let alice = a.register("alice").await;
     let room = room_with_peer(&a, &alice, &peer).await;
     peer.state().refuse_first_txn = Some(400);
@@ -239,12 +255,12 @@ async fn refused_transaction_does_not_block_later_events() {
     let attempts = st.txns.iter().filter(|(t, _)| *t == refused).count();
     assert_eq!(attempts, 1, "the refused transaction is not sent again: {:?}", st.txns);
 }
+both_backends!(refused_transaction_does_not_block_later_events, "65");
 
 /// `/invite` checks the room's server ACL (defect 12).
-#[tokio::test]
-async fn invite_from_a_server_denied_by_the_acl_is_refused() {
-    let a = FedServer::start("127.0.66.11").await;
-    let peer = Peer::start("127.0.66.12").await;
+async fn invite_from_a_server_denied_by_the_acl_is_refused(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
     let alice = a.register("alice").await;
     let bob = a.register("bob").await;
     let carol = a.register("carol").await;
@@ -286,12 +302,12 @@ async fn invite_from_a_server_denied_by_the_acl_is_refused() {
     assert_eq!(s, 200);
     assert!(sync["rooms"]["invite"][room.as_str()].is_null(), "no invite recorded: {sync}");
 }
+both_backends!(invite_from_a_server_denied_by_the_acl_is_refused, "66");
 
 /// `get_missing_events` returns no event shallower than `min_depth` (defect 12).
-#[tokio::test]
-async fn get_missing_events_honours_min_depth() {
-    let a = FedServer::start("127.0.67.11").await;
-    let peer = Peer::start("127.0.67.12").await;
+async fn get_missing_events_honours_min_depth(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
     let alice = a.register("alice").await;
     let room = room_with_peer(&a, &alice, &peer).await;
     let mut ids = Vec::new();
@@ -313,13 +329,13 @@ async fn get_missing_events_honours_min_depth() {
     assert_eq!(bodies, vec!["m1", "m2", "m3"], "{answer}");
     assert!(events.iter().all(|e| e["depth"].as_i64().unwrap_or(0) >= depth[1]), "{answer}");
 }
+both_backends!(get_missing_events_honours_min_depth, "67");
 
 /// A server none of whose users is in the room any more (its only user was banned) reads
 /// nothing of it over federation (defect 12).
-#[tokio::test]
-async fn departed_server_cannot_read_the_room() {
-    let a = FedServer::start("127.0.68.11").await;
-    let peer = Peer::start("127.0.68.12").await;
+async fn departed_server_cannot_read_the_room(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
     let alice = a.register("alice").await;
     let room = room_with_peer(&a, &alice, &peer).await;
     let msg = alice.say(&room, "while mallory is here").await;
@@ -354,3 +370,4 @@ async fn departed_server_cannot_read_the_room() {
         );
     }
 }
+both_backends!(departed_server_cannot_read_the_room, "68");
