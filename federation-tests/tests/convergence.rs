@@ -371,3 +371,59 @@ async fn departed_server_cannot_read_the_room(backend: Backend, net: &str) {
     }
 }
 both_backends!(departed_server_cannot_read_the_room, "68");
+
+/// Soft failure (defect 3): events that pass the auth rules against the state before them but
+/// not against the current state (here: sent by a user banned meanwhile) are stored, not
+/// rejected: they are served to servers and later events may cite them as prev and auth
+/// events, but they are neither shown to local clients nor applied to the current state, and
+/// new local events do not extend them.
+async fn soft_failed_events_are_stored_served_and_usable(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    let mallory = peer.user_id("mallory");
+    let mike = peer.user_id("mike");
+    peer.join(&a, &room, "mike").await;
+    wait_until(T, "mike joined", || async { alice.membership(&room, &mike).await.as_deref() == Some("join") }).await;
+
+    // Built on the state before the ban: S (mallory's new name) and M (a message citing S as
+    // auth event and prev event).
+    let s_ev = peer.build(EventSpec::state(
+        "m.room.member",
+        &mallory,
+        json!({ "membership": "join", "displayname": "Mallory S" }),
+    ));
+    peer.advance(&s_ev);
+    let m_ev = peer.build(EventSpec::message("after S"));
+    let (s, body) =
+        alice.post(&format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)), json!({ "user_id": mallory })).await;
+    assert_eq!(s, 200, "ban: {body}");
+    let ban = alice.state(&room).await.into_iter().find(|e| e.0 == "m.room.member" && e.1 == mallory).expect("ban").2;
+    wait_until(T, "the peer has the ban", || async { peer.state().events.contains_key(&ban) }).await;
+
+    let (s, answer) = peer.send_pdus(&a, &[&s_ev, &m_ev]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(accepted(&answer, &s_ev) && accepted(&answer, &m_ev), "soft-failed, not rejected: {answer}");
+    let ids = alice.event_ids(&room).await;
+    assert!(!ids.contains(&s_ev.id) && !ids.contains(&m_ev.id), "not shown to clients: {ids:?}");
+    assert_eq!(alice.membership(&room, &mallory).await.as_deref(), Some("ban"), "not applied to the state");
+    for id in [&s_ev.id, &m_ev.id] {
+        let (s, ev) = peer.request(&a.name(), "GET", &format!("/_matrix/federation/v1/event/{}", enc(id)), None).await;
+        assert_eq!(s, 200, "served to servers: {ev}");
+    }
+
+    // Mike's message cites M as its prev event: accepted, and shown.
+    let n_ev = peer.build(EventSpec::message("from mike").sender(&mike).prev(&[&m_ev.id]));
+    let (s, answer) = peer.send_pdus(&a, &[&n_ev]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(accepted(&answer, &n_ev), "{answer}");
+    assert!(alice.event_ids(&room).await.contains(&n_ev.id), "an event after a soft-failed one is shown");
+    let after = alice.say(&room, "after").await;
+    let (s, ev) = peer.request(&a.name(), "GET", &format!("/_matrix/federation/v1/event/{}", enc(&after)), None).await;
+    assert_eq!(s, 200, "{ev}");
+    let prev = ev["pdus"][0]["prev_events"].as_array().cloned().unwrap_or_default();
+    assert!(prev.contains(&json!(n_ev.id)), "{ev}");
+    assert!(!prev.contains(&json!(s_ev.id)) && !prev.contains(&json!(m_ev.id)), "{ev}");
+}
+both_backends!(soft_failed_events_are_stored_served_and_usable, "69");

@@ -5,7 +5,9 @@
 //! PDU"): format, signatures of the origin and sender servers, content hash (a mismatch means
 //! the redacted form is kept), auth against its own `auth_events`, auth against the state
 //! before it (state resolution over its prev events' states), and a soft-fail check against
-//! the current state. Missing prev events are fetched with `get_missing_events`; when a gap
+//! the current state (a soft-failed event is stored as an outlier with its state group: served
+//! to servers and usable as a prev or auth event, never shown to clients nor applied to the
+//! current state). Missing prev events are fetched with `get_missing_events`; when a gap
 //! remains, the state before the event is taken from the origin's `state_ids`. A room's events
 //! are processed one at a time under `room_lock`; rooms proceed in parallel.
 
@@ -46,6 +48,9 @@ pub struct Processed {
     pub pdu: Pdu,
     /// The state before it.
     pub state_before: StateIds,
+    /// Whether it was soft-failed: stored and served to servers, but not applied to the
+    /// current state, not a forward extremity and not shown to local clients.
+    pub soft_failed: bool,
 }
 
 impl Rooms {
@@ -228,14 +233,18 @@ impl Rooms {
         forward_except: Option<&ServerName>,
     ) -> Result<Processed> {
         let room_id = pdu.room_id.clone();
+        // Known in the timeline, or soft-failed before: not evaluated again (as Synapse, which
+        // deduplicates both), so that a soft-failed event cannot enter the state later by
+        // being sent again.
         if let Some(existing) = self.db.get_event(pdu.event_id.as_str()).await?
-            && !existing.outlier
+            && (!existing.outlier || existing.is_soft_failed())
         {
             if existing.pdu.rejected {
                 return Err(Error::forbidden("Event was rejected"));
             }
+            let soft_failed = existing.is_soft_failed();
             let state_before = self.state_before_event(&existing.pdu).await.unwrap_or_default();
-            return Ok(Processed { pdu: existing.pdu, state_before });
+            return Ok(Processed { pdu: existing.pdu, state_before, soft_failed });
         }
         // Auth against the event's own auth events.
         self.check_auth_events(origin, rules, &pdu).await?;
@@ -267,11 +276,11 @@ impl Rooms {
             |t: &StateEventType, k: &str| current_pdus.get(&(t.to_string(), k.to_owned())).cloned(),
         ) {
             tracing::info!(event_id = %pdu.event_id, error = %e, "soft-failing event against the current state");
-            self.persist_rejected(&pdu).await?;
-            return Err(Error::forbidden(format!("Event soft-failed: {e}")));
+            self.persist_soft_failed(&pdu, &state_before, before_group).await?;
+            return Ok(Processed { pdu, state_before, soft_failed: true });
         }
         self.persist_remote(origin, version, rules, &pdu, &state_before, before_group, forward_except).await?;
-        Ok(Processed { pdu, state_before })
+        Ok(Processed { pdu, state_before, soft_failed: false })
     }
 
     /// Fetches the auth events of `pdu` if needed and checks it against them (the state
@@ -335,9 +344,8 @@ impl Rooms {
         let mut groups = Vec::new();
         for id in &ids {
             match evs.iter().find(|e| e.pdu.event_id.as_str() == id) {
-                Some(e) if !e.outlier && !e.pdu.rejected && e.state_group.is_some() => {
-                    groups.push(e.state_group.unwrap_or_default())
-                }
+                // Timeline events, and soft-failed ones (outliers with a state group).
+                Some(e) if !e.pdu.rejected && e.state_group.is_some() => groups.push(e.state_group.unwrap_or_default()),
                 Some(e) if e.pdu.rejected && !e.outlier && e.state_group.is_none() => {
                     // A rejected prev: use the state before it is not known; skip it.
                 }
@@ -508,6 +516,46 @@ impl Rooms {
                 .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a soft-failed event (spec: "Soft failure"): an outlier, so that no client reads
+    /// it and it is never a forward extremity nor in the current state, but with the state
+    /// group after it, so that it is served to servers and later events may name it among
+    /// their prev events (their state before is computed through it) and auth events. An
+    /// outlier held before (fetched for an auth chain or a state) gets the state group.
+    async fn persist_soft_failed(
+        &self,
+        pdu: &Pdu,
+        state_before: &StateIds,
+        before_group: Option<(i64, i64)>,
+    ) -> Result<()> {
+        let mut state_after = state_before.clone();
+        if let Some(k) = &pdu.fields.state_key {
+            state_after.insert((pdu.fields.kind.to_string(), k.clone()), pdu.event_id.to_string());
+        }
+        let room_id = pdu.room_id.as_str();
+        let (group, chain) = Db::while_holding_write_lock(async {
+            let mut tx = self.db.begin_write().await?;
+            let before_base = before_group.map(|(g, c)| (g, c, state_before));
+            let (group, chain) = self.write_group(&mut tx, room_id, before_base, &state_after).await?;
+            if self.db.get_event(pdu.event_id.as_str()).await?.is_some() {
+                self.db.mark_soft_failed(&mut tx, pdu.event_id.as_str(), group).await?;
+            } else {
+                // Outliers get negative positions so that they never appear in stream ranges.
+                let stream = -Db::next_stream_position(&mut tx, "outliers").await?;
+                self.db
+                    .insert_event(
+                        &mut tx,
+                        NewEventRow { pdu, stream, unsigned: None, outlier: true, state_group: Some(group) },
+                    )
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, Error>((group, chain))
+        })
+        .await?;
+        self.state_cache.insert(group, Arc::new(state_after), chain);
         Ok(())
     }
 
@@ -1023,6 +1071,9 @@ impl Rooms {
             let _guard = self.room_lock(room_id.as_str()).await;
             self.process_pdu(origin, &version, &rules, pdu, true, Some(origin)).await?
         };
+        if processed.soft_failed {
+            return Err(Error::forbidden(format!("The {membership} is not allowed by the room's current state")));
+        }
         if membership == "knock" {
             return Ok(json!({ "knock_room_state": self.knock_room_state(room_id).await? }));
         }
@@ -1108,7 +1159,8 @@ impl Rooms {
             if room_version == version {
                 let _guard = self.room_lock(room_id.as_str()).await;
                 match self.process_pdu(origin, &room_version, &room_rules, signed.clone(), true, None).await {
-                    Ok(_) => return Ok(json!({ "event": signed.federation_json() })),
+                    Ok(p) if !p.soft_failed => return Ok(json!({ "event": signed.federation_json() })),
+                    Ok(_) => return Err(Error::forbidden("The invite is not allowed by the room's current state")),
                     // Refused by the auth rules: the invite is not valid in this room.
                     Err(e) if e.status == http::StatusCode::FORBIDDEN => return Err(e),
                     Err(e) => tracing::info!(%room_id, event_id, error = %e.message, "invite kept as an outlier"),

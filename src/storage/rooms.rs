@@ -70,6 +70,14 @@ const EVENT_COLUMNS: &str = "event_id, room_id, json, rejected, stream_ordering,
 
 type EventTuple = (String, String, String, i64, i64, i64, Option<String>, i64, Option<i64>, Option<String>);
 
+impl StoredEvent {
+    /// Whether the event was soft-failed: the only outliers stored with a state group (see
+    /// `Rooms::persist_soft_failed`).
+    pub fn is_soft_failed(&self) -> bool {
+        self.outlier && self.state_group.is_some() && !self.pdu.rejected
+    }
+}
+
 fn stored_from(t: EventTuple) -> Result<StoredEvent> {
     let pdu = Pdu::from_stored(&t.0, &t.1, &t.2, t.3 != 0)?;
     Ok(StoredEvent {
@@ -225,7 +233,8 @@ impl Db {
     }
 
     /// The `(prev event, event)` edges whose prev event is neither in the timeline nor known to
-    /// be rejected (missing, or only held as an outlier): the gaps behind those events.
+    /// be rejected or soft-failed (missing, or only held as an outlier): the gaps behind those
+    /// events.
     pub async fn missing_prevs(&self, edges: &[(String, String)]) -> Result<Vec<(String, String)>> {
         let mut prevs: Vec<&String> = edges.iter().map(|(p, _)| p).collect();
         prevs.sort_unstable();
@@ -233,7 +242,8 @@ impl Db {
         let mut held = std::collections::HashSet::new();
         for chunk in prevs.chunks(200) {
             let sql = sqlx::AssertSqlSafe(format!(
-                "SELECT event_id FROM events WHERE event_id IN ({}) AND (outlier = 0 OR rejected = 1)",
+                "SELECT event_id FROM events WHERE event_id IN ({}) \
+                 AND (outlier = 0 OR rejected = 1 OR state_group IS NOT NULL)",
                 super::placeholders(1, chunk.len())
             ));
             let mut q = sqlx::query_scalar::<_, String>(sql);
@@ -369,6 +379,17 @@ impl Db {
         sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(room_id)
             .bind(added)
+            .execute(&mut *tx.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that an event held as an outlier was soft-failed: it keeps being an outlier,
+    /// now with the state group after it (and without a rejection mark).
+    pub async fn mark_soft_failed(&self, tx: &mut WriteTx, event_id: &str, state_group: i64) -> Result<()> {
+        sqlx::query("UPDATE events SET rejected = 0, state_group = $1 WHERE event_id = $2 AND outlier = 1")
+            .bind(state_group)
+            .bind(event_id)
             .execute(&mut *tx.tx)
             .await?;
         Ok(())
