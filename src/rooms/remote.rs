@@ -1161,9 +1161,15 @@ impl Rooms {
                 match self.process_pdu(origin, &room_version, &room_rules, signed.clone(), true, None).await {
                     Ok(p) if !p.soft_failed => return Ok(json!({ "event": signed.federation_json() })),
                     Ok(_) => return Err(Error::forbidden("The invite is not allowed by the room's current state")),
-                    // Refused by the auth rules: the invite is not valid in this room.
-                    Err(e) if e.status == http::StatusCode::FORBIDDEN => return Err(e),
-                    Err(e) => tracing::info!(%room_id, event_id, error = %e.message, "invite kept as an outlier"),
+                    Err(e) => {
+                        // Rejected by the auth rules: the invite is not valid in this room. Any
+                        // other failure (an auth chain or state the inviter cannot serve yet,
+                        // as it stores the invite only after our answer) is not the invite's.
+                        if self.db.get_event(event_id).await?.is_some_and(|held| held.pdu.rejected) {
+                            return Err(e);
+                        }
+                        tracing::info!(%room_id, event_id, error = %e.message, "invite kept as an outlier");
+                    }
                 }
             }
         }
