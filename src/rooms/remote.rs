@@ -82,9 +82,9 @@ impl Rooms {
             // ruma-state-res 0.18 refuses PDUs over 65,535 bytes, one fewer than the spec's
             // 65,536 (which Synapse accepts). The size is checked above; its other checks do
             // not read the signatures, so it gets the event without them.
-            let mut unsigned_copy = object.clone();
-            unsigned_copy.remove("signatures");
-            ruma::state_res::check_pdu_format(&unsigned_copy, &rules.event_format).map_err(Error::bad_json)?;
+            let mut without_signatures = object.clone();
+            without_signatures.remove("signatures");
+            ruma::state_res::check_pdu_format(&without_signatures, &rules.event_format).map_err(Error::bad_json)?;
         } else {
             ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(Error::bad_json)?;
         }
@@ -816,8 +816,9 @@ impl Rooms {
             }));
         }
         // An event we hold as an outlier (an invite received on `/invite`, an event fetched
-        // for an auth chain or a state, a soft-failed event) enters the timeline in place: its
-        // row keeps the JSON and the server-computed data it had (e.g. `invite_room_state`).
+        // for an auth chain or a state; not a soft-failed one, which `process_pdu` does not
+        // evaluate again) enters the timeline in place: its row keeps the JSON and the
+        // server-computed data it had (e.g. `invite_room_state`).
         if let Some(held) = self.db.get_event(pdu.event_id.as_str()).await? {
             let mut merged = held.unsigned.unwrap_or_else(|| json!({}));
             if let (Some(m), Some(Value::Object(new))) = (merged.as_object_mut(), unsigned.clone()) {

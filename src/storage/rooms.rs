@@ -257,8 +257,8 @@ impl Db {
 
     /// Turns an outlier into a timeline event (received again over `/send`,
     /// `get_missing_events` or `/backfill`): its position, the state group after it and its
-    /// server-computed unsigned data. A soft-failed event held as rejected that now passes the
-    /// checks loses that mark.
+    /// server-computed unsigned data. An outlier stored as rejected that passes the checks
+    /// when it arrives again loses that mark.
     pub async fn promote_outlier(
         &self,
         tx: &mut WriteTx,
