@@ -35,29 +35,6 @@ const T: Duration = Duration::from_secs(30);
 /// 2^53 - 1, the largest integer of canonical JSON.
 const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
 
-async fn private_room(owner: &Client) -> String {
-    let (s, body) =
-        owner.post("/_matrix/client/v3/createRoom", json!({ "preset": "private_chat", "name": "private" })).await;
-    assert_eq!(s, 200, "createRoom: {body}");
-    body["room_id"].as_str().expect("room_id").to_owned()
-}
-
-/// `host` invites `guest`, who sees the invite in `/sync` and joins without naming a server;
-/// `host` then sees the join.
-async fn invite_and_join(host: &Client, guest: &Client, room: &str) {
-    let (s, body) =
-        host.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), json!({ "user_id": guest.user_id })).await;
-    assert_eq!(s, 200, "{} invites {}: {body}", host.user_id, guest.user_id);
-    let rid = room.to_owned();
-    sync_until(guest, T, "the invite", |s| !s["rooms"]["invite"][&rid].is_null()).await;
-    let (s, body) = guest.post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({})).await;
-    assert_eq!(s, 200, "{} joins after the invite: {body}", guest.user_id);
-    wait_until(T, &format!("{} joined, seen by {}", guest.user_id, host.user_id), || async {
-        host.membership(room, &guest.user_id).await.as_deref() == Some("join")
-    })
-    .await;
-}
-
 /// The everyday case of defect 1: B is already in A's private room when a second (and third)
 /// user of B is invited; the invite reaches B on `/invite` and again in a transaction, and
 /// each invited user joins. Both directions, several users each.
@@ -71,13 +48,13 @@ async fn invites_of_several_users_of_a_member_server_both_directions(backend: Ba
     let dave = b.register("dave").await;
     let frank = b.register("frank").await;
 
-    let on_a = private_room(&alice).await;
+    let on_a = alice.create_private_room().await;
     for guest in [&bob, &dave, &frank] {
-        invite_and_join(&alice, guest, &on_a).await;
+        alice.invite_and_join(guest, &on_a).await;
     }
-    let on_b = private_room(&bob).await;
+    let on_b = bob.create_private_room().await;
     for guest in [&alice, &carol, &erin] {
-        invite_and_join(&bob, guest, &on_b).await;
+        bob.invite_and_join(guest, &on_b).await;
     }
     for (room, people) in [(&on_a, [&alice, &bob, &dave, &frank]), (&on_b, [&bob, &alice, &carol, &erin])] {
         let last = people[3].say(room, "everyone here").await;

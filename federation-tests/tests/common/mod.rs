@@ -445,6 +445,31 @@ impl Client {
         b["room_id"].as_str().expect("room_id").to_owned()
     }
 
+    /// Creates a private room (`private_chat`: invite only); returns its id.
+    pub async fn create_private_room(&self) -> String {
+        let (s, b) =
+            self.post("/_matrix/client/v3/createRoom", json!({ "preset": "private_chat", "name": "private" })).await;
+        assert_eq!(s, 200, "createRoom: {b}");
+        b["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    /// Invites `guest`, who sees the invite in `/sync` and joins without naming a server (as a
+    /// client accepting an invite does); then waits until this user sees the join.
+    pub async fn invite_and_join(&self, guest: &Client, room: &str) {
+        let (s, body) = self
+            .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), json!({ "user_id": guest.user_id }))
+            .await;
+        assert_eq!(s, 200, "{} invites {}: {body}", self.user_id, guest.user_id);
+        let rid = room.to_owned();
+        sync_until(guest, Duration::from_secs(30), "the invite", |s| !s["rooms"]["invite"][&rid].is_null()).await;
+        let (s, body) = guest.post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({})).await;
+        assert_eq!(s, 200, "{} joins after the invite: {body}", guest.user_id);
+        wait_until(Duration::from_secs(30), &format!("{} joined, seen by {}", guest.user_id, self.user_id), || async {
+            self.membership(room, &guest.user_id).await.as_deref() == Some("join")
+        })
+        .await;
+    }
+
     /// Joins through `via`; returns (status, body).
     pub async fn join_via(&self, room: &str, via: &str) -> (u16, Value) {
         self.post(&format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)), json!({})).await
