@@ -132,6 +132,39 @@ async fn outlier_fetched_for_auth_is_promoted_when_it_arrives(backend: Backend, 
 }
 both_backends!(outlier_fetched_for_auth_is_promoted_when_it_arrives, "61");
 
+/// The same, when the outlier comes back through `get_missing_events`: the peer fills the
+/// gap before X, and Y, held as an outlier since A fetched X's auth chain, enters the
+/// timeline (defect 1).
+async fn outlier_is_promoted_when_get_missing_events_brings_it(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    let mallory = peer.user_id("mallory");
+    peer.state().serve_missing_events = true;
+    let y = peer.build(EventSpec::state(
+        "m.room.member",
+        &mallory,
+        json!({ "membership": "join", "displayname": "Mallory Y" }),
+    ));
+    peer.advance(&y);
+    let x = peer.build(EventSpec::message("cites Y"));
+    peer.advance(&x);
+    let (s, answer) = peer.send_pdus(&a, &[&x]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(accepted(&answer, &x), "{answer}");
+    let ids = alice.event_ids(&room).await;
+    assert!(ids.contains(&y.id), "Y, fetched by get_missing_events, in the timeline: {ids:?}");
+    assert!(ids.contains(&x.id), "X in the timeline");
+    let pos = |id: &str| ids.iter().position(|e| e == id).expect("in timeline");
+    assert!(pos(&y.id) < pos(&x.id), "Y before X");
+    let after = alice.say(&room, "after").await;
+    let (s, ev) = peer.request(&a.name(), "GET", &format!("/_matrix/federation/v1/event/{}", enc(&after)), None).await;
+    assert_eq!(s, 200, "{ev}");
+    assert_eq!(ev["pdus"][0]["prev_events"], json!([x.id]), "{ev}");
+}
+both_backends!(outlier_is_promoted_when_get_missing_events_brings_it, "71");
+
 /// A peer's event at depth 2^53 - 1 is valid; local events after it keep that depth instead
 /// of failing (defect 10).
 async fn depth_at_the_canonical_json_limit_does_not_break_local_sends(backend: Backend, net: &str) {
@@ -233,6 +266,28 @@ async fn refused_transaction_does_not_block_later_events(backend: Backend, net: 
     assert_eq!(attempts, 1, "the refused transaction is not sent again: {:?}", st.txns);
 }
 both_backends!(refused_transaction_does_not_block_later_events, "65");
+
+/// A transaction answered with 429 (too many requests) is not dropped: it is sent again, with
+/// the same id, and delivered.
+async fn transaction_answered_429_is_retried(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    {
+        let mut st = peer.state();
+        st.refuse_first_txn = Some(429);
+        st.refuse_attempts = Some(1);
+    }
+    let id = alice.say(&room, "after a 429").await;
+    wait_until(T, "the event delivered on a retry", || async { peer.state().events.contains_key(&id) }).await;
+    let st = peer.state();
+    let refused = st.refused_txn.clone().expect("refused");
+    let attempts: Vec<&Vec<String>> = st.txns.iter().filter(|(t, _)| *t == refused).map(|(_, ids)| ids).collect();
+    assert_eq!(attempts.len(), 2, "one refusal, one retry of the same transaction: {:?}", st.txns);
+    assert_eq!(attempts[0], attempts[1], "the retry carries the same PDUs");
+}
+both_backends!(transaction_answered_429_is_retried, "70");
 
 /// `/invite` checks the room's server ACL (defect 12).
 async fn invite_from_a_server_denied_by_the_acl_is_refused(backend: Backend, net: &str) {

@@ -57,9 +57,12 @@ pub struct PeerState {
     pub latest: Vec<String>,
     /// Every `/send` attempt received: (transaction id, event ids of its PDUs).
     pub txns: Vec<(String, Vec<String>)>,
-    /// When set, the first transaction received (and every retry of it, same id) is answered
-    /// with this status and `M_BAD_JSON`.
+    /// When set, the first transaction received (and every retry of it, same id, up to
+    /// `refuse_attempts`) is answered with this status and an error body (`M_LIMIT_EXCEEDED`
+    /// for 429, `M_BAD_JSON` otherwise).
     pub refuse_first_txn: Option<u16>,
+    /// How many attempts of the refused transaction are refused (`None`: all).
+    pub refuse_attempts: Option<usize>,
     /// The transaction id refused under `refuse_first_txn`.
     pub refused_txn: Option<String>,
     /// Whether `get_missing_events` is answered from the store (true) or with no events.
@@ -429,8 +432,10 @@ async fn receive_txn(State(inner): State<Arc<Inner>>, Path(txn): Path<String>, b
     st.txns.push((txn.clone(), ids.clone()));
     if let Some(status) = st.refuse_first_txn {
         let refused = st.refused_txn.get_or_insert_with(|| txn.clone()).clone();
-        if refused == txn {
-            return error(status, "M_BAD_JSON", "refused by the test peer");
+        let attempts = st.txns.iter().filter(|(t, _)| *t == refused).count();
+        if refused == txn && st.refuse_attempts.is_none_or(|n| attempts <= n) {
+            let errcode = if status == 429 { "M_LIMIT_EXCEEDED" } else { "M_BAD_JSON" };
+            return error(status, errcode, "refused by the test peer");
         }
     }
     for (id, pdu) in ids.iter().zip(&pdus) {
