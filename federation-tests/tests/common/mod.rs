@@ -149,7 +149,8 @@ pub enum Backend {
     /// A SQLite file in the server's data directory.
     Sqlite,
     /// A fresh database on the PostgreSQL server at `PG_TEST_URL` (default
-    /// `postgres://root@127.0.0.1:5432/test`), dropped with the server.
+    /// `postgres://root@127.0.0.1:5432/test`), dropped with the server unless
+    /// `TEST_KEEP_DATA=1`.
     Postgres,
 }
 
@@ -369,12 +370,18 @@ impl Drop for FedServer {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Keep the data and log of a failed test for inspection.
+        // Keep the data and log of a failed test for inspection; a PostgreSQL database only
+        // with `TEST_KEEP_DATA=1` (as the single-server harness), so failures leak none.
+        let keep_db = std::env::var_os("TEST_KEEP_DATA").is_some_and(|v| !v.is_empty() && v != "0");
         if std::thread::panicking() {
-            eprintln!("server {} kept in {} (database {:?})", self.ip, self.dir.display(), self.pg_database);
+            eprintln!("server {} kept in {}", self.ip, self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
-            if let Some(name) = self.pg_database.take() {
+        }
+        if let Some(name) = self.pg_database.take() {
+            if keep_db {
+                eprintln!("keeping PostgreSQL database {name}");
+            } else {
                 drop_pg_database(name);
             }
         }
