@@ -316,7 +316,7 @@ impl Peer {
     /// Builds and signs an event of the peer's room; it is stored (so the peer serves it on
     /// `/event`) but does not move the peer's view on ([`Peer::advance`] does).
     pub fn build(&self, spec: EventSpec) -> Built {
-        let (rules, room_id, event) = {
+        let (rules, event) = {
             let st = self.state();
             let rules = st.rules.clone().expect("the peer has joined a room");
             let room_id = st.room_id.clone().expect("room");
@@ -353,9 +353,8 @@ impl Peer {
             if let Some(k) = &spec.state_key {
                 event["state_key"] = json!(k);
             }
-            (rules, room_id, event)
+            (rules, event)
         };
-        let _ = room_id;
         let built = self.sign(&rules, event);
         self.state().events.insert(built.id.clone(), built.json.clone());
         built
