@@ -459,3 +459,31 @@ async fn soft_failed_events_are_stored_served_and_usable(backend: Backend, net: 
     assert!(!prev.contains(&json!(s_ev.id)) && !prev.contains(&json!(m_ev.id)), "{ev}");
 }
 both_backends!(soft_failed_events_are_stored_served_and_usable, "69");
+
+/// `GET /_matrix/federation/v1/timestamp_to_event`: a server in the room gets the event nearest
+/// a time in either direction; a server with no user in the room gets 403.
+async fn timestamp_to_event_for_member_servers(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let outsider = Peer::start(&format!("{net}.13")).await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    let first = alice.say(&room, "first").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = alice.say(&room, "second").await;
+    let r = enc(&room);
+    let path = |dir: &str| format!("/_matrix/federation/v1/timestamp_to_event/{r}?ts={between}&dir={dir}");
+    let (s, body) = peer.request(&a.name(), "GET", &path("b"), None).await;
+    assert_eq!((s, body["event_id"].as_str()), (200, Some(first.as_str())), "{body}");
+    assert!(body["origin_server_ts"].as_u64().is_some_and(|ts| u128::from(ts) <= between), "{body}");
+    let (s, body) = peer.request(&a.name(), "GET", &path("f"), None).await;
+    assert_eq!((s, body["event_id"].as_str()), (200, Some(second.as_str())), "{body}");
+    let future = format!("/_matrix/federation/v1/timestamp_to_event/{r}?ts={}&dir=f", between + 3_600_000);
+    let (s, body) = peer.request(&a.name(), "GET", &future, None).await;
+    assert_eq!((s, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    let (s, body) = outsider.request(&a.name(), "GET", &path("b"), None).await;
+    assert_eq!((s, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+}
+both_backends!(timestamp_to_event_for_member_servers, "90");

@@ -16,7 +16,9 @@ use ruma::api::federation::directory::{get_public_rooms, get_public_rooms_filter
 use ruma::api::federation::discovery::{
     get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
 };
-use ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
+use ruma::api::federation::event::{
+    get_event, get_event_by_timestamp, get_missing_events, get_room_state, get_room_state_ids,
+};
 use ruma::api::federation::keys::{claim_keys, get_keys};
 use ruma::api::federation::membership::{
     create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
@@ -29,9 +31,10 @@ use ruma::api::federation::transactions::send_transaction_message;
 use ruma::{RoomId, ServerName};
 use serde_json::{Value, json};
 
-use super::extract::Ruma;
+use super::extract::{Ruma, RumaResponse};
 use super::{AppState, RouterExt};
 use crate::error::{Error, Result};
+use crate::rooms::read::Dir;
 use crate::storage::now_ms;
 
 /// Adds the federation routes.
@@ -50,6 +53,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(send_knock)
         .ruma(invite)
         .ruma(event)
+        .ruma(timestamp_to_event)
         .ruma(state)
         .ruma(state_ids)
         .ruma(event_auth)
@@ -397,6 +401,19 @@ async fn require_participant(state: &AppState, room_id: &RoomId, origin: &Server
     let in_room =
         state.rooms.db().members_with(room_id.as_str(), "join").await?.into_iter().any(|u| u.ends_with(&suffix));
     if in_room { Ok(()) } else { Err(Error::forbidden(format!("{origin} is not in room {room_id}"))) }
+}
+
+/// `GET /_matrix/federation/v1/timestamp_to_event/{roomId}`: the event nearest a time, for a
+/// server that is in the room (it jumps to a date in a room whose history it lacks).
+pub async fn timestamp_to_event(
+    State(state): State<AppState>,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
+    let b = &req.body;
+    require_participant(&state, &b.room_id, req.origin()?).await?;
+    let dir = if b.dir == ruma::api::Direction::Forward { Dir::Forward } else { Dir::Backward };
+    let ev = state.rooms.event_at_timestamp_for_server(&b.room_id, i64::from(b.ts.get()), dir).await?;
+    Ok(get_event_by_timestamp::v1::Response::new(ev.pdu.event_id.clone(), ev.pdu.fields.origin_server_ts).into())
 }
 
 /// `GET /_matrix/federation/v1/event/{eventId}`

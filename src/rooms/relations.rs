@@ -177,6 +177,25 @@ impl Rooms {
     /// The event closest to `ts` in direction `dir` that the user may see.
     pub async fn event_at_timestamp(&self, room_id: &RoomId, user: &UserId, ts: i64, dir: Dir) -> Result<StoredEvent> {
         let membership = self.require_read_access(room_id, user).await?.map(|a| a.0);
+        for ev in self.events_near_timestamp(room_id, ts, dir).await? {
+            if self.can_see(user, &ev, membership.as_deref()).await? {
+                return Ok(ev);
+            }
+        }
+        Err(Error::not_found(format!("Unable to find event from {ts} in direction {dir:?}")))
+    }
+
+    /// The timeline event closest to `ts` in direction `dir`, for another server that is in
+    /// the room (`/_matrix/federation/v1/timestamp_to_event`): as Synapse, no per-event
+    /// visibility (a server that is in the room reads its timeline).
+    pub async fn event_at_timestamp_for_server(&self, room_id: &RoomId, ts: i64, dir: Dir) -> Result<StoredEvent> {
+        let found = self.events_near_timestamp(room_id, ts, dir).await?.into_iter().next();
+        found.ok_or_else(|| Error::not_found(format!("Unable to find event from {ts} in direction {dir:?}")))
+    }
+
+    /// Up to 50 timeline events at or after (`Forward`) or at or before (`Backward`) `ts`,
+    /// nearest first.
+    async fn events_near_timestamp(&self, room_id: &RoomId, ts: i64, dir: Dir) -> Result<Vec<StoredEvent>> {
         let tail = match dir {
             Dir::Forward => {
                 "WHERE room_id = $1 AND origin_server_ts >= $2 AND outlier = 0 AND rejected = 0 \
@@ -187,12 +206,7 @@ impl Rooms {
                  ORDER BY origin_server_ts DESC, stream_ordering DESC LIMIT 50"
             }
         };
-        for ev in self.db.query_events(tail, &[BindValue::Str(room_id.as_str()), BindValue::Int(ts)]).await? {
-            if self.can_see(user, &ev, membership.as_deref()).await? {
-                return Ok(ev);
-            }
-        }
-        Err(Error::not_found(format!("Unable to find event from {ts} in direction {dir:?}")))
+        Ok(self.db.query_events(tail, &[BindValue::Str(room_id.as_str()), BindValue::Int(ts)]).await?)
     }
 
     /// Upgrades a room: a new room with the old room's important state, a tombstone in the old
