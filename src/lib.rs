@@ -12,5 +12,6 @@ pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod signing;
+pub mod ssrf;
 pub mod storage;
 pub mod sync;
