@@ -51,6 +51,13 @@ pub struct ListenConfig {
     pub client: SocketAddr,
     /// Optional HTTPS listener for federation.
     pub federation: Option<SocketAddr>,
+    /// Federation listener: seconds a client has to send a request head (HTTP/1.1; the timer
+    /// also runs while a connection waits for its next request).
+    pub federation_header_timeout_secs: u64,
+    /// Federation listener: seconds a connection may go without sending or receiving a byte.
+    pub federation_idle_timeout_secs: u64,
+    /// Federation listener: most connections open at once; more are closed on accept.
+    pub federation_max_connections: usize,
 }
 
 /// `[tls]`
@@ -220,7 +227,13 @@ impl Default for Config {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { client: "127.0.0.1:8008".parse().expect("valid address"), federation: None }
+        Self {
+            client: "127.0.0.1:8008".parse().expect("valid address"),
+            federation: None,
+            federation_header_timeout_secs: 30,
+            federation_idle_timeout_secs: 300,
+            federation_max_connections: 4096,
+        }
     }
 }
 
@@ -346,6 +359,15 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("configuration key `tls`: `cert` and `key` must be given together");
+        }
+        for (key, value) in [
+            ("listen.federation_header_timeout_secs", self.listen.federation_header_timeout_secs),
+            ("listen.federation_idle_timeout_secs", self.listen.federation_idle_timeout_secs),
+            ("listen.federation_max_connections", self.listen.federation_max_connections as u64),
+        ] {
+            if value == 0 {
+                bail!("configuration key `{key}`: must be at least 1");
+            }
         }
         if self.listen.federation.is_some() && self.tls.cert.is_none() {
             bail!(

@@ -150,11 +150,18 @@ pub struct FedServer {
     dir: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
+    /// Extra `MYELIN_*` environment for the process (configuration under test).
+    env: Vec<(String, String)>,
 }
 
 impl FedServer {
     /// Starts a server on `ip` (server name `ip:8448`).
     pub async fn start(ip: &str) -> Self {
+        Self::start_with_env(ip, &[]).await
+    }
+
+    /// Starts a server on `ip` with extra environment, e.g. `MYELIN_LISTEN__…` overrides.
+    pub async fn start_with_env(ip: &str, env: &[(&str, &str)]) -> Self {
         let ca = ca();
         let (cert, key) = ca.issue(ip);
         let dir = tempfile::Builder::new().prefix("myelin-fedtest-").tempdir().expect("tempdir").keep();
@@ -192,7 +199,8 @@ level = "info,sqlx=warn,tower_http=warn"
             ca = ca.pem().display().to_string(),
         );
         std::fs::write(dir.join("myelin.toml"), config).expect("config");
-        let mut s = Self { ip: ip.to_owned(), client_port, dir, child: None, http: http() };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut s = Self { ip: ip.to_owned(), client_port, dir, child: None, http: http(), env };
         s.start_again().await;
         s
     }
@@ -233,6 +241,7 @@ level = "info,sqlx=warn,tower_http=warn"
             }
         }
         cmd.env_remove("RUST_LOG");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .arg("serve")
             .arg("--config")
