@@ -1,6 +1,7 @@
 //! The HTTPS federation listener's limits, spoken to over raw TLS connections: a request head
-//! that is never finished is closed after the head timeout, and connections over the cap are
-//! closed at once (both were unbounded: axum-server turns hyper's head timeout off).
+//! that is never finished is closed after the head timeout, a body that stops coming after the
+//! idle timeout, and connections over the cap are closed at once (all were unbounded:
+//! axum-server turns hyper's head timeout off).
 
 mod common;
 
@@ -64,7 +65,7 @@ async fn half_sent_heads_time_out_and_connections_are_capped() {
         ip,
         &[
             ("MYELIN_LISTEN__FEDERATION_HEADER_TIMEOUT_SECS", "1"),
-            ("MYELIN_LISTEN__FEDERATION_IDLE_TIMEOUT_SECS", "60"),
+            ("MYELIN_LISTEN__FEDERATION_IDLE_TIMEOUT_SECS", "2"),
             ("MYELIN_LISTEN__FEDERATION_MAX_CONNECTIONS", "4"),
         ],
     )
@@ -84,6 +85,23 @@ async fn half_sent_heads_time_out_and_connections_are_capped() {
         assert!(closed && waited < Duration::from_secs(5), "closed={closed} after {waited:?}");
         drop(tls);
         std::thread::sleep(Duration::from_millis(200));
+
+        // A complete head whose body stops coming: no byte for the idle timeout closes it.
+        let mut tls = connect(ip).expect("handshake");
+        tls.write_all(
+            b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"type\":",
+        )
+        .unwrap();
+        let started = Instant::now();
+        let (_, closed) = read_to_close(&mut tls);
+        let waited = started.elapsed();
+        eprintln!("stalled body closed={closed} after {waited:?}");
+        assert!(
+            closed && waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+            "closed={closed} after {waited:?}"
+        );
+        drop(tls);
 
         // Four idle connections fill the cap; a fifth is closed before its handshake.
         let held: Vec<Tls> = (0..4).map(|i| connect(ip).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
