@@ -75,6 +75,23 @@ async fn half_sent_heads_time_out_and_connections_are_capped() {
         let ip = ip_owned.as_str();
         assert_eq!(version_status(ip).expect("a complete request"), 200);
 
+        // The request that used to panic in ruma (login without "type") is a Matrix error on
+        // this listener too, and the connection carries the next request.
+        let mut tls = connect(ip).expect("handshake");
+        let body = r#"{"identifier":{"type":"m.id.user","user":"a"},"password":"x"}"#;
+        let login = format!(
+            "POST /_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(login.as_bytes()).unwrap();
+        tls.write_all(b"GET /_matrix/federation/v1/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let (answers, _) = read_to_close(&mut tls);
+        let answers = String::from_utf8_lossy(&answers);
+        assert!(answers.starts_with("HTTP/1.1 400"), "{answers}");
+        assert!(answers.contains("M_BAD_JSON"), "{answers}");
+        assert!(answers.matches("HTTP/1.1 ").count() == 2 && answers.contains("HTTP/1.1 200"), "{answers}");
+
         // A request head that is never finished, after the TLS handshake.
         let mut tls = connect(ip).expect("handshake");
         tls.write_all(b"GET /_matrix/federation/v1/version HTTP/1.1\r\nHost: x\r\n").unwrap();
