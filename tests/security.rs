@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::raw::Raw;
 use common::{Backend, TestServer};
@@ -96,4 +96,46 @@ async fn login_without_type_is_a_matrix_error_and_the_connection_lives_on() {
     // The server is still up for everyone else, too.
     let (status, body): (u16, Value) = server.get("/_matrix/client/versions").await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// The client listener holds at most `listen.client_max_connections` connections: one more is
+/// closed at once, and there is room again when one ends (it had no cap).
+#[tokio::test]
+async fn client_listener_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CAP: usize = 6;
+    let server =
+        TestServer::start_with(Backend::Sqlite, |c| common::set_config(c, "listen.client_max_connections", CAP as i64))
+            .await;
+    let addr = server.url().trim_start_matches("http://").to_owned();
+    let versions = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: test\r\n\r\n";
+    // Whether a new connection is served: the start of a 200, or a close (EOF or reset).
+    let try_one = |addr: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        if stream.write_all(versions).await.is_err() {
+            return None;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while got.len() < 12 {
+            match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return None,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("neither an answer nor a close within 10 s"),
+            }
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        Some(stream)
+    };
+    // The harness's own HTTP client may keep a pooled connection: fill up the cap with raw
+    // connections, each one served, until one is closed unanswered.
+    let mut held = Vec::new();
+    while let Some(stream) = try_one(addr.clone()).await {
+        held.push(stream);
+        assert!(held.len() <= CAP, "{} connections served with a cap of {CAP}", held.len());
+    }
+    assert!(held.len() + 2 >= CAP, "only {} of {CAP} connections were served", held.len());
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(try_one(addr).await.is_some(), "room again once the others closed");
 }

@@ -49,6 +49,8 @@ pub struct Config {
 pub struct ListenConfig {
     /// Plain HTTP listener for the client API (and federation behind a reverse proxy).
     pub client: SocketAddr,
+    /// Plain HTTP listener: most connections open at once; more are closed on accept.
+    pub client_max_connections: usize,
     /// Optional HTTPS listener for federation.
     pub federation: Option<SocketAddr>,
     /// Federation listener: seconds a client has to send a request head (HTTP/1.1; the timer
@@ -229,6 +231,7 @@ impl Default for ListenConfig {
     fn default() -> Self {
         Self {
             client: "127.0.0.1:8008".parse().expect("valid address"),
+            client_max_connections: 20_000,
             federation: None,
             federation_header_timeout_secs: 30,
             federation_idle_timeout_secs: 300,
@@ -361,6 +364,7 @@ impl Config {
             bail!("configuration key `tls`: `cert` and `key` must be given together");
         }
         for (key, value) in [
+            ("listen.client_max_connections", self.listen.client_max_connections as u64),
             ("listen.federation_header_timeout_secs", self.listen.federation_header_timeout_secs),
             ("listen.federation_idle_timeout_secs", self.listen.federation_idle_timeout_secs),
             ("listen.federation_max_connections", self.listen.federation_max_connections as u64),

@@ -129,7 +129,7 @@ impl Server {
                 sync.begin_shutdown();
             }
         };
-        let serve = listener::serve(listener, app, signal);
+        let serve = listener::serve(listener, app, signal, config.listen.client_max_connections);
         let grace = async {
             stopping.notified().await;
             tokio::time::sleep(std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS)).await;
