@@ -121,6 +121,10 @@ impl FedClient {
         let mut builder = reqwest::Client::builder()
             .dns_resolver(Arc::new(resolver))
             .connect_timeout(Duration::from_secs(10))
+            // Under the 30 s in which a Myelin peer's federation listener closes a connection
+            // waiting for its next request head, so that a request is never sent on a
+            // connection the peer is closing at that moment.
+            .pool_idle_timeout(Duration::from_secs(20))
             .timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("myelin/", env!("CARGO_PKG_VERSION")));
