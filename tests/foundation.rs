@@ -318,7 +318,13 @@ both_backends!(login_failures, |server| async move {
     assert_error(&password_login(&server, login_body("nobody", PASSWORD)).await, 403, "M_FORBIDDEN");
     // A user of another server cannot log in here.
     assert_error(&password_login(&server, login_body("@jack:elsewhere.example", PASSWORD)).await, 403, "M_FORBIDDEN");
-    let (status, resp) = password_login(&server, json!({ "type": "m.login.token", "token": "abc" })).await;
+    // An unknown login token is refused as the spec says; an unknown login type is a bad request.
+    assert_error(
+        &password_login(&server, json!({ "type": "m.login.token", "token": "abc" })).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let (status, resp) = password_login(&server, json!({ "type": "org.example.unknown", "x": 1 })).await;
     assert_eq!(status, 400, "{resp}");
 });
 

@@ -171,6 +171,43 @@ async fn malformed_requests_get_matrix_errors_and_a_closed_connection() {
     assert_eq!(raw.answer(false).await.status, 200);
 }
 
+/// Chunk framing that a proxy could read differently (a line ended by a bare LF, a size with a
+/// sign) is refused, and nothing the body carried takes effect: here a registration that the
+/// same body, framed correctly, performs.
+#[tokio::test]
+async fn ambiguous_chunk_framing_is_refused_and_has_no_effect() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let register = |user: &str| {
+        json!({ "username": user, "password": common::PASSWORD, "auth": { "type": "m.login.dummy" } }).to_string()
+    };
+    let head = "POST /_matrix/client/v3/register HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let available = |user: &'static str| {
+        let server = &server;
+        async move {
+            let (status, body) = server.get(&format!("/_matrix/client/v3/register/available?username={user}")).await;
+            (status, body["available"] == true)
+        }
+    };
+
+    for (user, framing) in [("barelf", "{:x}\n{}\r\n0\r\n\r\n"), ("plus", "+{:x}\r\n{}\r\n0\r\n\r\n")] {
+        let body = register(user);
+        let body = framing.replacen("{:x}", &format!("{:x}", body.len()), 1).replacen("{}", &body, 1);
+        let mut raw = Raw::open(&server).await;
+        raw.send(format!("{head}{body}").as_bytes()).await;
+        let answer = raw.answer(false).await;
+        assert_eq!(answer.status, 400, "{user}: {answer:?}");
+        assert!(raw.closed().await, "{user}");
+        assert_eq!(available(user).await, (200, true), "{user} was registered");
+    }
+
+    // The same request, framed correctly, registers.
+    let body = register("crlf");
+    let mut raw = Raw::open(&server).await;
+    raw.send(format!("{head}{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes()).await;
+    assert_eq!(raw.answer(false).await.status, 200);
+    assert_eq!(available("crlf").await.0, 400, "crlf was not registered");
+}
+
 #[tokio::test]
 async fn a_long_poll_whose_client_hangs_up_is_dropped() {
     let server = TestServer::start(Backend::Sqlite).await;

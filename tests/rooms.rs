@@ -466,10 +466,11 @@ both_backends!(aliases_directory_and_profiles, |server| async move {
     let alias = format!("#extra:{}", server.server_name());
     let a = enc(&alias);
     ok(&alice.put(&format!("/_matrix/client/v3/directory/room/{a}"), &json!({ "room_id": room })).await);
+    // Only members may alias a room (tests/confidentiality.rs has the rest).
     assert_error(
         &bob.put(&format!("/_matrix/client/v3/directory/room/{a}"), &json!({ "room_id": room })).await,
-        409,
-        "M_UNKNOWN",
+        403,
+        "M_FORBIDDEN",
     );
     assert_eq!(ok(&alice.get(&format!("/_matrix/client/v3/rooms/{r}/aliases")).await)["aliases"], json!([alias]));
     // Canonical alias must point at the room.
@@ -488,6 +489,11 @@ both_backends!(aliases_directory_and_profiles, |server| async move {
         .await);
     // Bob joins by alias; he (PL 0) may not delete Alice's alias or publish the room.
     ok(&bob.post(&format!("/_matrix/client/v3/join/{a}"), &json!({})).await);
+    assert_error(
+        &bob.put(&format!("/_matrix/client/v3/directory/room/{a}"), &json!({ "room_id": room })).await,
+        409,
+        "M_UNKNOWN",
+    );
     assert_error(&bob.delete(&format!("/_matrix/client/v3/directory/room/{a}"), &json!({})).await, 403, "M_FORBIDDEN");
     assert_error(
         &bob.put(&format!("/_matrix/client/v3/directory/list/room/{r}"), &json!({ "visibility": "public" })).await,

@@ -49,6 +49,7 @@ fn ensure_synapse() -> PathBuf {
 }
 
 struct Synapse {
+    ip: String,
     dir: PathBuf,
     child: Option<Child>,
     client_port: u16,
@@ -56,30 +57,31 @@ struct Synapse {
 
 impl Synapse {
     fn url(&self) -> String {
-        format!("http://{SYNAPSE_IP}:{}", self.client_port)
+        format!("http://{}:{}", self.ip, self.client_port)
     }
     fn name(&self) -> String {
-        format!("{SYNAPSE_IP}:8448")
+        format!("{}:8448", self.ip)
     }
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("homeserver.log")).unwrap_or_default()
     }
 
-    async fn start() -> Self {
+    /// Starts Synapse on `ip` (server name `ip:8448`).
+    async fn start(ip: &str) -> Self {
         let python = ensure_synapse();
         let ca = ca();
-        let (cert, key) = ca.issue(SYNAPSE_IP);
+        let (cert, key) = ca.issue(ip);
         let dir = tempfile::Builder::new().prefix("myelin-synapse-").tempdir().expect("tempdir").keep();
-        let client_port = free_port(SYNAPSE_IP);
+        let client_port = free_port(ip);
         let d = dir.display().to_string();
         let rc = "{per_second: 1000, burst_count: 1000}";
         let config = format!(
             r#"
-server_name: "{SYNAPSE_IP}:8448"
+server_name: "{ip}:8448"
 pid_file: "{d}/homeserver.pid"
 listeners:
   - port: 8448
-    bind_addresses: ["{SYNAPSE_IP}"]
+    bind_addresses: ["{ip}"]
     type: http
     tls: true
     x_forwarded: false
@@ -87,7 +89,7 @@ listeners:
       - names: [client, federation]
         compress: false
   - port: {client_port}
-    bind_addresses: ["{SYNAPSE_IP}"]
+    bind_addresses: ["{ip}"]
     type: http
     tls: false
     x_forwarded: false
@@ -199,7 +201,7 @@ disable_existing_loggers: false
             .stderr(std::fs::File::create(dir.join("stderr.log")).expect("stderr"))
             .spawn()
             .expect("starting Synapse");
-        let mut s = Self { dir, child: Some(child), client_port };
+        let mut s = Self { ip: ip.to_owned(), dir, child: Some(child), client_port };
         let http = http();
         let start = Instant::now();
         loop {
@@ -301,7 +303,7 @@ async fn synapse_interop_joins_and_messages_both_ways() {
         eprintln!("SKIP_SYNAPSE_TESTS=1: skipping the Synapse interop test");
         return;
     }
-    let synapse = Synapse::start().await;
+    let synapse = Synapse::start(SYNAPSE_IP).await;
     let myelin = FedServer::start(MYELIN_IP).await;
     let sam = synapse.register("sam").await;
     let alice = myelin.register("alice").await;
@@ -508,4 +510,40 @@ async fn synapse_interop_joins_and_messages_both_ways() {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Invites of several users of a server that is already in a private room on the other server,
+/// both directions (issue 16): Synapse invites Myelin users into its room once Myelin is in it
+/// (Myelin takes the invite into the room's state at once, or promotes it when Synapse's
+/// transaction brings it), and Myelin invites Synapse users likewise. Each invited user joins
+/// without naming a server; afterwards both servers report the same state.
+#[tokio::test]
+async fn synapse_invites_of_several_users_both_directions() {
+    if std::env::var_os("SKIP_SYNAPSE_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("SKIP_SYNAPSE_TESTS=1: skipping the Synapse interop test");
+        return;
+    }
+    let synapse = Synapse::start("127.0.0.22").await;
+    let myelin = FedServer::start("127.0.0.21").await;
+    let sam = synapse.register("sam").await;
+    let sue = synapse.register("sue").await;
+    let sid = synapse.register("sid").await;
+    let alice = myelin.register("alice").await;
+    let bob = myelin.register("bob").await;
+    let dave = myelin.register("dave").await;
+
+    let on_synapse = sam.create_private_room().await;
+    for guest in [&alice, &bob, &dave] {
+        sam.invite_and_join(guest, &on_synapse).await;
+    }
+    let on_myelin = alice.create_private_room().await;
+    for guest in [&sam, &sue, &sid] {
+        alice.invite_and_join(guest, &on_myelin).await;
+    }
+    for (room, host, other) in [(&on_synapse, &sam, &alice), (&on_myelin, &alice, &sam)] {
+        host.say(room, "all here").await;
+        wait_message(other, room, "all here").await;
+        wait_until(T, "the same state on both servers", || async { host.state(room).await == other.state(room).await })
+            .await;
+    }
 }

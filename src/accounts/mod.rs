@@ -7,6 +7,7 @@
 //! logins took the process from 78 MiB to 1.6 GiB. Access tokens are 256 random bits; only their SHA-256 is stored, so a
 //! database leak reveals no usable token, and lookups by hash do not compare secrets byte by byte.
 
+pub mod tokens;
 pub mod uia;
 
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ratelimit::RateLimiter;
 use crate::storage::Db;
+use crate::storage::accounts::NewToken;
 
 /// The authenticated caller of a client API request.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct Accounts {
     seen: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>>,
     /// Bounds concurrent argon2 hashes.
     hasher: PasswordHasher,
+    /// Wrong passwords per account, at login and in User-Interactive Auth alike.
+    failed_logins: Arc<RateLimiter>,
 }
 
 /// How often a device's `last_seen_ts` / `last_seen_ip` are written at most.
@@ -53,6 +58,10 @@ pub struct IssuedToken {
     pub access_token: String,
     /// The device it belongs to.
     pub device_id: OwnedDeviceId,
+    /// For a refreshable session: the refresh token.
+    pub refresh_token: Option<String>,
+    /// For a refreshable session: how long the access token lives.
+    pub expires_in: Option<std::time::Duration>,
 }
 
 /// How long a password check waits for a free hashing slot before it is refused with 429.
@@ -138,9 +147,18 @@ pub fn random_alpha(len: usize) -> String {
     (0..len).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
-fn new_access_token() -> String {
+/// A secret token: 256 random bits after a prefix that says what kind of token it is.
+fn new_secret(prefix: &str) -> String {
     let bytes: [u8; 32] = rand::random();
-    format!("myl_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn new_access_token() -> String {
+    new_secret("myl_")
+}
+
+fn new_refresh_token() -> String {
+    new_secret("mylr_")
 }
 
 /// Checks a localpart against the user id grammar of the spec (v1.19: `a-z0-9._=-/+`), plus the
@@ -167,7 +185,9 @@ pub fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
 impl Accounts {
     /// Creates the account service.
     pub fn new(db: Db, config: Arc<Config>) -> Self {
-        Self { db, config, seen: Default::default(), hasher: PasswordHasher::default() }
+        let limits = &config.rate_limits;
+        let failed_logins = Arc::new(RateLimiter::new(limits.enabled, limits.failed_logins));
+        Self { db, config, seen: Default::default(), hasher: PasswordHasher::default(), failed_logins }
     }
 
     /// The database handle.
@@ -220,7 +240,20 @@ impl Accounts {
     }
 
     /// Verifies a user's password; `M_FORBIDDEN` on any mismatch, without saying which part.
+    ///
+    /// After `rate_limits.failed_logins.burst` wrong passwords for an account, further attempts
+    /// get 429 without a password being checked, until the bucket refills: guessing is slow
+    /// however many addresses the guesser uses.
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        self.failed_logins.peek(user_id.as_str())?;
+        let result = self.verify_user_password(user_id, password).await;
+        if result.as_ref().is_err_and(|e| e.errcode == "M_FORBIDDEN") {
+            self.failed_logins.record(user_id.as_str());
+        }
+        result
+    }
+
+    async fn verify_user_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         let forbidden = || Error::forbidden("Invalid username or password");
         let user = self.db.get_user(user_id.as_str()).await?.ok_or_else(forbidden)?;
         if user.deactivated {
@@ -234,20 +267,31 @@ impl Accounts {
         if self.hasher.verify(password.to_owned(), hash).await? { Ok(()) } else { Err(forbidden()) }
     }
 
-    /// Issues an access token for a (new or reused) device.
+    /// Issues an access token for a (new or reused) device; with `refreshable`, one that
+    /// expires after `sessions.refreshable_access_token_lifetime_ms`, and a refresh token.
     pub async fn issue_token(
         &self,
         user_id: &UserId,
         device_id: Option<OwnedDeviceId>,
         display_name: Option<&str>,
         ip: Option<&str>,
+        refreshable: bool,
     ) -> Result<IssuedToken> {
         let device_id = device_id.unwrap_or_else(|| random_alpha(10).into());
         let access_token = new_access_token();
-        self.db
-            .create_session(user_id.as_str(), device_id.as_str(), display_name, &token_hash(&access_token), ip)
-            .await?;
-        Ok(IssuedToken { access_token, device_id })
+        let access_hash = token_hash(&access_token);
+        let (refresh_token, expires_in) = match refreshable {
+            true => (Some(new_refresh_token()), Some(self.access_token_lifetime())),
+            false => (None, None),
+        };
+        let refresh_hash = refresh_token.as_deref().map(token_hash);
+        let token = NewToken {
+            hash: &access_hash,
+            expires_ts: expires_in.map(|d| crate::storage::now_ms() + d.as_millis() as i64),
+            refresh: refresh_hash.as_deref().map(|h| (h, self.refresh_token_expiry())),
+        };
+        self.db.create_session(user_id.as_str(), device_id.as_str(), display_name, token, ip).await?;
+        Ok(IssuedToken { access_token, device_id, refresh_token, expires_in })
     }
 
     /// Issues an OpenID token for `user_id`: a random secret valid for [`OPENID_TOKEN_SECS`].
@@ -265,13 +309,21 @@ impl Accounts {
 
     /// Resolves an access token to its session.
     pub async fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
-        let Some((user_id, device_id, is_admin)) = self.db.find_token(&token_hash(token)).await? else {
+        let Some(owner) = self.db.find_token(&token_hash(token)).await? else {
             return Err(Error::unknown_token(false));
         };
-        if let Some(ip) = ip {
-            self.touch(&user_id, &device_id, ip).await;
+        if owner.expires_ts.is_some_and(|at| at <= crate::storage::now_ms()) {
+            // Soft logout: the client refreshes (or logs in again) and keeps its device.
+            return Err(Error::unknown_token(true));
         }
-        Ok(Session { user_id: UserId::parse(user_id).map_err(Error::internal)?, device_id: device_id.into(), is_admin })
+        if let Some(ip) = ip {
+            self.touch(&owner.user_id, &owner.device_id, ip).await;
+        }
+        Ok(Session {
+            user_id: UserId::parse(owner.user_id).map_err(Error::internal)?,
+            device_id: owner.device_id.into(),
+            is_admin: owner.is_admin,
+        })
     }
 
     /// Records a device's last use, at most once per [`LAST_SEEN_INTERVAL`]: the devices list

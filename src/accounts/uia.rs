@@ -134,6 +134,10 @@ fn uia_response(req: &UiaRequest<'_>, session: &str, completed: &[String], err: 
     let mut body = json!({ "flows": flows, "params": {}, "session": session, "completed": completed });
     let mut status = http::StatusCode::UNAUTHORIZED;
     if let Some(err) = err {
+        // Too many wrong passwords: a plain 429 with `retry_after_ms`, as Synapse answers.
+        if err.status == http::StatusCode::TOO_MANY_REQUESTS {
+            return err;
+        }
         body["errcode"] = json!(err.errcode);
         body["error"] = json!(err.message);
         if err.status == http::StatusCode::BAD_REQUEST {

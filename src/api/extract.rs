@@ -19,6 +19,7 @@ use ruma::api::{IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingR
 use super::AppState;
 use crate::accounts::Session;
 use crate::error::{Error, Result};
+use crate::media::preview::IpRange;
 
 /// Largest JSON request body accepted (media uploads have their own limit).
 pub const MAX_JSON_BODY: usize = 8 * 1024 * 1024;
@@ -103,6 +104,35 @@ pub fn access_token(parts: &http::request::Parts) -> Result<Option<String>> {
     Ok(url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned()))
 }
 
+/// The client's address: the peer's, or, when the peer is one of `trusted_proxies`, the
+/// address that proxy put in `X-Forwarded-For` (the rightmost entry not itself a trusted proxy,
+/// as entries to its left are whatever the client sent).
+pub fn client_ip(parts: &http::request::Parts, trusted_proxies: &[IpRange]) -> IpAddr {
+    let peer =
+        parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let trusted = |ip: IpAddr| trusted_proxies.iter().any(|range| range.contains(ip));
+    if trusted_proxies.is_empty() || !trusted(peer) {
+        return peer;
+    }
+    let forwarded = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    let mut client = peer;
+    for entry in forwarded.iter().rev() {
+        let Ok(ip) = entry.parse::<IpAddr>() else { break };
+        client = ip;
+        if !trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
 fn has_json_body(method: &http::Method) -> bool {
     matches!(*method, http::Method::POST | http::Method::PUT | http::Method::DELETE)
 }
@@ -142,11 +172,7 @@ where
         // Routes registered without a trailing empty parameter (`/state/{type}` for an empty
         // state key, see `api::RumaHandler`) pass it as the empty string.
         path_args.resize(T::_path_parameters().len().max(path_args.len()), String::new());
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let ip = client_ip(&parts, &state.trusted_proxies);
 
         let mode = <T::Authentication as AuthRequirement>::MODE;
         let token = if mode == AuthMode::Server { None } else { access_token(&parts)? };
@@ -165,12 +191,10 @@ where
                 Some(s) => s.user_id.to_string(),
                 None => ip.to_string(),
             };
-            state.limiter.check(&key)?;
+            state.limits.requests.check(&key)?;
         }
 
-        let bytes = Box::pin(axum::body::to_bytes(body, MAX_JSON_BODY))
-            .await
-            .map_err(|_| Error::too_large("Request body too large"))?;
+        let bytes = Box::pin(axum::body::to_bytes(body, MAX_JSON_BODY)).await.map_err(body_error)?;
         let origin = match mode {
             AuthMode::Server => Some(Box::pin(state.federation.verify_request(&parts, &bytes)).await?),
             _ => None,
@@ -225,6 +249,19 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(not a string)")
+}
+
+/// The error for a request body that could not be read whole: 413 past the limit, 400 when the
+/// connection layer found its framing malformed (a client that went away never sees either).
+pub fn body_error(e: axum::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return Error::too_large("Request body too large");
+        }
+        source = cause.source();
+    }
+    Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Malformed request body: {e}"))
 }
 
 /// Wraps a ruma response so that handlers can return it directly.

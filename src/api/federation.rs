@@ -378,20 +378,24 @@ pub async fn invite(State(state): State<AppState>, req: Ruma<create_invite::v2::
     Ok(Json(state.rooms.receive_invite(origin, &req.body.room_id, req.body.event_id.as_str(), &body).await?))
 }
 
-/// The origin must have a member in the room (or the room be world-readable) to read it.
+/// The origin must have a user joined to the room now to read its events, state, auth chains
+/// or history (`/event`, `/state`, `/state_ids`, `/event_auth`, `/backfill`,
+/// `/get_missing_events`); otherwise 403 `M_FORBIDDEN`.
+///
+/// This is Synapse's rule (`is_host_in_room` / `assert_host_in_room`: a joined member in the
+/// current state), not a per-event one: a server all of whose users left or were banned reads
+/// nothing more, also not the events of the time it was in the room, and an invited-only
+/// server reads nothing before it joins. Among what a joined server reads, the events its
+/// users could not see under history visibility are served redacted
+/// (`Rooms::federation_json_for`, Synapse's `filter_events_for_server` with `redact=True`).
 async fn require_participant(state: &AppState, room_id: &RoomId, origin: &ServerName) -> Result<()> {
     if !state.rooms.exists(room_id).await? {
         return Err(Error::not_found("Unknown room"));
     }
     state.rooms.require_server_allowed(room_id, origin).await?;
     let suffix = format!(":{origin}");
-    let in_room = state
-        .rooms
-        .db()
-        .all_memberships(room_id.as_str())
-        .await?
-        .into_iter()
-        .any(|(u, m)| u.ends_with(&suffix) && (m == "join" || m == "invite" || m == "leave" || m == "ban"));
+    let in_room =
+        state.rooms.db().members_with(room_id.as_str(), "join").await?.into_iter().any(|u| u.ends_with(&suffix));
     if in_room { Ok(()) } else { Err(Error::forbidden(format!("{origin} is not in room {room_id}"))) }
 }
 
@@ -457,8 +461,10 @@ pub async fn event_auth(
     Ok(Json(json!({ "auth_chain": chain.iter().map(|p| p.federation_json()).collect::<Vec<_>>() })))
 }
 
-/// Walks prev_events backwards from `from`, stopping at `stop`, up to `limit` events; events
-/// `origin` may not see under history visibility are served redacted.
+/// Walks prev_events backwards from `from`, stopping at `stop` and at events shallower than
+/// `min_depth`, up to `limit` events; events `origin` may not see under history visibility
+/// are served redacted.
+#[allow(clippy::too_many_arguments)]
 async fn walk_back(
     state: &AppState,
     origin: &ServerName,
@@ -466,6 +472,7 @@ async fn walk_back(
     from: Vec<String>,
     stop: &HashSet<String>,
     limit: usize,
+    min_depth: i64,
     include_from: bool,
 ) -> Result<Vec<Value>> {
     let db = state.rooms.db();
@@ -484,7 +491,7 @@ async fn walk_back(
         let mut evs = db.get_events(&ids).await?;
         evs.sort_by_key(|e| std::cmp::Reverse(e.topo));
         for ev in evs {
-            if ev.pdu.room_id != room_id || ev.pdu.rejected {
+            if ev.pdu.room_id != room_id || ev.pdu.rejected || ev.pdu.fields.depth < min_depth {
                 continue;
             }
             if out.len() >= limit {
@@ -508,7 +515,8 @@ pub async fn missing_events(
     let limit = u64::from(req.body.limit).min(100) as usize;
     let stop: HashSet<String> = req.body.earliest_events.iter().map(|e| e.to_string()).collect();
     let latest: Vec<String> = req.body.latest_events.iter().map(|e| e.to_string()).collect();
-    let events = walk_back(&state, origin, &req.body.room_id, latest, &stop, limit, false).await?;
+    let min_depth = i64::try_from(u64::from(req.body.min_depth)).unwrap_or(i64::MAX);
+    let events = walk_back(&state, origin, &req.body.room_id, latest, &stop, limit, min_depth, false).await?;
     Ok(Json(json!({ "events": events })))
 }
 
@@ -518,7 +526,7 @@ pub async fn backfill(State(state): State<AppState>, req: Ruma<get_backfill::v1:
     require_participant(&state, &req.body.room_id, origin).await?;
     let limit = u64::from(req.body.limit).min(100) as usize;
     let from: Vec<String> = req.body.v.iter().map(|e| e.to_string()).collect();
-    let pdus = walk_back(&state, origin, &req.body.room_id, from, &HashSet::new(), limit, true).await?;
+    let pdus = walk_back(&state, origin, &req.body.room_id, from, &HashSet::new(), limit, 0, true).await?;
     Ok(Json(json!({ "origin": state.config.server_name, "origin_server_ts": now_ms(), "pdus": pdus })))
 }
 

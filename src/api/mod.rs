@@ -7,7 +7,6 @@ pub mod client;
 pub mod extract;
 pub mod federation;
 pub mod federation_media;
-pub mod ratelimit;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +28,6 @@ use crate::notifier::Notifier;
 use crate::rooms::Rooms;
 use crate::sync::SyncEngine;
 use extract::{AuthRequirement, Ruma};
-use ratelimit::RateLimiter;
 
 /// The handles every handler may use.
 #[derive(Clone)]
@@ -38,8 +36,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Accounts, devices and tokens.
     pub accounts: Accounts,
-    /// Rate limiter for ruma's rate-limited endpoints.
-    pub limiter: Arc<RateLimiter>,
+    /// Rate limits for requests, logins and registrations.
+    pub limits: Arc<crate::ratelimit::Limits>,
+    /// `listen.trusted_proxies`, parsed: whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<[crate::media::preview::IpRange]>,
     /// The room engine.
     pub rooms: Arc<Rooms>,
     /// Wakes waiting `/sync` requests.

@@ -29,6 +29,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Who may register accounts.
     pub registration: RegistrationConfig,
+    /// Access, refresh and login tokens.
+    pub sessions: SessionsConfig,
     /// Server-to-server settings.
     pub federation: FederationConfig,
     /// Media repository.
@@ -39,6 +41,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Rooms.
     pub rooms: RoomsConfig,
+    /// TURN servers for voice and video calls.
+    pub voip: VoipConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -60,6 +64,10 @@ pub struct ListenConfig {
     pub federation_idle_timeout_secs: u64,
     /// Federation listener: most connections open at once; more are closed on accept.
     pub federation_max_connections: usize,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client;
+    /// from anyone else the header is ignored, so a client cannot choose its own address for
+    /// the rate limits.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[tls]`
@@ -149,6 +157,63 @@ pub struct PushConfig {
     pub gateway_ip_allowlist: Vec<String>,
 }
 
+/// `[voip]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoipConfig {
+    /// TURN URIs given to clients, e.g. `turn:turn.example.org:3478?transport=udp`; empty: no
+    /// TURN server (`/voip/turnServer` answers `{}`, as Synapse does).
+    pub turn_uris: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`): clients get
+    /// time-limited credentials made from it (the TURN REST API scheme).
+    pub turn_shared_secret: Option<String>,
+    /// Fixed credentials, when the TURN server has no shared secret.
+    pub turn_username: Option<String>,
+    /// See `turn_username`.
+    pub turn_password: Option<String>,
+    /// How long credentials made from the shared secret are valid (Synapse: one hour).
+    pub turn_user_lifetime_ms: u64,
+}
+
+impl Default for VoipConfig {
+    fn default() -> Self {
+        Self {
+            turn_uris: Vec::new(),
+            turn_shared_secret: None,
+            turn_username: None,
+            turn_password: None,
+            turn_user_lifetime_ms: 3_600_000,
+        }
+    }
+}
+
+/// `[sessions]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Lifetime of the access token of a session whose client asked for a refresh token
+    /// (Synapse's `refreshable_access_token_lifetime`: 5 minutes).
+    pub refreshable_access_token_lifetime_ms: u64,
+    /// Lifetime of a refresh token; 0: until used (Synapse's `refresh_token_lifetime`, unset).
+    pub refresh_token_lifetime_ms: u64,
+    /// Whether a logged-in device may get a login token for another (`/login/get_token`,
+    /// after re-entering the password).
+    pub login_via_existing_session: bool,
+    /// Lifetime of such a login token (Synapse: 2 minutes).
+    pub login_token_lifetime_ms: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
+            refresh_token_lifetime_ms: 0,
+            login_via_existing_session: true,
+            login_token_lifetime_ms: 2 * 60 * 1000,
+        }
+    }
+}
+
 /// `[rate_limits]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,6 +223,27 @@ pub struct RateLimitConfig {
     /// Sustained requests per second per user (or per IP without a token) on rate-limited endpoints.
     pub per_second: f64,
     /// Requests allowed in a burst.
+    pub burst: u32,
+    /// `[rate_limits.login_address]`: login attempts per client address (Synapse's
+    /// `rc_login.address`: 0.003/s, burst 5).
+    pub login_address: Bucket,
+    /// `[rate_limits.login_account]`: login attempts per account (`rc_login.account`).
+    pub login_account: Bucket,
+    /// `[rate_limits.failed_logins]`: wrong passwords per account, at login and in
+    /// User-Interactive Auth (`rc_login.failed_attempts`: 0.17/s, burst 3).
+    pub failed_logins: Bucket,
+    /// `[rate_limits.registration]`: completed registrations per client address
+    /// (`rc_registration`: 0.17/s, burst 3).
+    pub registration: Bucket,
+}
+
+/// A token bucket: `burst` actions at once, then `per_second` on average.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    /// Sustained rate.
+    pub per_second: f64,
+    /// Actions allowed at once.
     pub burst: u32,
 }
 
@@ -217,11 +303,13 @@ impl Default for Config {
             tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
             registration: RegistrationConfig::default(),
+            sessions: SessionsConfig::default(),
             federation: FederationConfig::default(),
             media: MediaConfig::default(),
             push: PushConfig::default(),
             rate_limits: RateLimitConfig::default(),
             rooms: RoomsConfig::default(),
+            voip: VoipConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -236,6 +324,7 @@ impl Default for ListenConfig {
             federation_header_timeout_secs: 30,
             federation_idle_timeout_secs: 300,
             federation_max_connections: 4096,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -277,7 +366,15 @@ impl Default for MediaConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self { enabled: true, per_second: 10.0, burst: 50 }
+        Self {
+            enabled: true,
+            per_second: 10.0,
+            burst: 50,
+            login_address: Bucket { per_second: 0.003, burst: 5 },
+            login_account: Bucket { per_second: 0.003, burst: 5 },
+            failed_logins: Bucket { per_second: 0.17, burst: 3 },
+            registration: Bucket { per_second: 0.17, burst: 3 },
+        }
     }
 }
 
@@ -404,6 +501,37 @@ impl Config {
         }
         if self.rate_limits.per_second <= 0.0 || self.rate_limits.burst == 0 {
             bail!("configuration key `rate_limits`: `per_second` and `burst` must be positive");
+        }
+        if self.sessions.refreshable_access_token_lifetime_ms == 0 || self.sessions.login_token_lifetime_ms == 0 {
+            bail!("configuration keys `sessions.*_lifetime_ms`: token lifetimes must be positive");
+        }
+        let voip = &self.voip;
+        if !voip.turn_uris.is_empty()
+            && voip.turn_shared_secret.is_none()
+            && (voip.turn_username.is_none() || voip.turn_password.is_none())
+        {
+            bail!(
+                "configuration key `voip.turn_uris`: needs `turn_shared_secret`, or `turn_username` and `turn_password`"
+            );
+        }
+        if voip.turn_user_lifetime_ms < 1000 {
+            bail!("configuration key `voip.turn_user_lifetime_ms`: must be at least 1000");
+        }
+        let limits = &self.rate_limits;
+        for (name, bucket) in [
+            ("login_address", limits.login_address),
+            ("login_account", limits.login_account),
+            ("failed_logins", limits.failed_logins),
+            ("registration", limits.registration),
+        ] {
+            if bucket.per_second.is_nan() || bucket.per_second <= 0.0 || bucket.burst == 0 {
+                bail!("configuration key `rate_limits.{name}`: `per_second` and `burst` must be positive");
+            }
+        }
+        for proxy in &self.listen.trusted_proxies {
+            if crate::media::preview::IpRange::parse(proxy).is_none() {
+                bail!("configuration key `listen.trusted_proxies`: {proxy:?} is not an address or CIDR range");
+            }
         }
         if !crate::rooms::version::SUPPORTED_ROOM_VERSIONS.contains(&self.rooms.default_version.as_str()) {
             bail!(

@@ -2,12 +2,14 @@
 //!
 //! A task packs at most 50 PDUs and 100 EDUs into a transaction and writes it to
 //! `federation_txns_out` *before* the first attempt; it then repeats exactly that body, with
-//! exactly that transaction id, until the destination answers 200, waiting a capped exponential
-//! backoff (`federation.retry_min_ms`..`retry_max_ms`) between attempts. Only then are the
+//! exactly that transaction id, until the destination answers 200 (or refuses it, below),
+//! waiting a capped exponential backoff (`federation.retry_min_ms`..`retry_max_ms`) between
+//! attempts. Only then are the
 //! transaction and its outbox rows deleted, in one database transaction. Since the receiver
 //! deduplicates on `(origin, txn_id)`, a crash between the peer's 200 and our delete causes a
 //! repeat that the peer answers from its record: every event arrives exactly once. A restart
-//! resumes from the tables.
+//! resumes from the tables. A transaction the peer refuses with a 4xx (other than 429) is
+//! dropped instead of retried, so it cannot block what is queued behind it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -124,6 +126,16 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
                     }
                     break;
                 }
+                // The peer refused the transaction itself (4xx other than 429): sending the
+                // same body again would be refused again and hold back everything queued
+                // behind it. Synapse drops such a transaction too (`HttpResponseException`:
+                // no retry of its PDUs, no backoff); later events name the dropped ones as
+                // prev events, so the peer fetches them with `get_missing_events`.
+                Err(e) if refused(&e) => {
+                    tracing::warn!(destination = %dest, txn = %txn.txn_id, status = e.status.as_u16(),
+                        error = %e.message, "federation transaction refused; dropping it");
+                    break;
+                }
                 Err(e) => {
                     tracing::info!(destination = %dest, txn = %txn.txn_id, attempts, retry_in_ms = delay.as_millis() as u64,
                         error = %e.message, "federation transaction failed; will retry");
@@ -137,6 +149,12 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
             tokio::time::sleep(min).await;
         }
     }
+}
+
+/// Whether an answer refuses the transaction for good: a 4xx other than 429 (too many
+/// requests, which asks us to come back later).
+fn refused(e: &Error) -> bool {
+    e.status.is_client_error() && e.status != http::StatusCode::TOO_MANY_REQUESTS
 }
 
 /// The transaction in flight for `dest`, or a new one packed from the outbox and persisted.

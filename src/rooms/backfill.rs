@@ -159,7 +159,7 @@ impl Rooms {
             .get_events(&ids)
             .await?
             .into_iter()
-            .filter(|e| !e.outlier || e.pdu.rejected)
+            .filter(|e| !e.outlier || e.pdu.rejected || e.is_soft_failed())
             .map(|e| e.pdu.event_id.to_string())
             .collect();
         for id in &ids {
@@ -212,9 +212,10 @@ impl Rooms {
             .get_events(&ids)
             .await?
             .into_iter()
-            .map(|e| (e.pdu.event_id.to_string(), e.outlier && !e.pdu.rejected))
+            .map(|e| (e.pdu.event_id.to_string(), e.outlier && !e.pdu.rejected && !e.is_soft_failed()))
             .collect();
-        // New events, and outliers to promote (`true`).
+        // New events, and outliers to promote (`true`); soft-failed events stay out of the
+        // timeline.
         let todo: Vec<(Pdu, bool)> = pdus
             .into_iter()
             .filter_map(|p| match known.get(p.event_id.as_str()) {

@@ -18,6 +18,17 @@ use crate::error::{Error, Result};
 use crate::storage::WriteTx;
 use crate::storage::rooms::{NewEventRow, StateIds};
 
+/// The largest depth we give an event: 2^53 - 1, the largest integer of canonical JSON.
+///
+/// The spec caps depth at 2^63 - 1 ("if the room's depth is already at the limit, the depth
+/// must be set to the limit") and Synapse uses that `MAX_DEPTH`, but an event is hashed and
+/// signed as canonical JSON, whose integers stop at 2^53 - 1 (strictly enforced from room
+/// version 6, and by ruma's `CanonicalJsonValue` in every version): a depth above it cannot be
+/// signed, nor accepted by a server that checks canonical JSON. A peer may legally send an
+/// event of depth 2^53 - 1; our next events then keep that depth instead of failing (their
+/// order among themselves is kept by stream position).
+pub const MAX_DEPTH: i64 = 9_007_199_254_740_991;
+
 /// An event a local user wants to add.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -195,8 +206,10 @@ impl Rooms {
         object.insert("content".into(), to_canonical(content)?);
         object.insert("auth_events".into(), to_canonical(json!(auth_events))?);
         object.insert("prev_events".into(), to_canonical(json!(ctx.extremities))?);
-        object
-            .insert("depth".into(), CanonicalJsonValue::Integer((ctx.depth + 1).try_into().map_err(Error::internal)?));
+        object.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer((ctx.depth + 1).min(MAX_DEPTH).try_into().map_err(Error::internal)?),
+        );
         object.insert(
             "origin_server_ts".into(),
             CanonicalJsonValue::Integer(crate::storage::now_ms().try_into().map_err(Error::internal)?),

@@ -167,6 +167,16 @@ impl TopoToken {
     }
 }
 
+/// A position given by a client token: topological (`t<depth>_<stream>`) or a sync token's
+/// stream position.
+#[derive(Debug, Clone, Copy)]
+pub enum Position {
+    /// In the room's topological order.
+    Topo(TopoToken),
+    /// In the stream order.
+    Stream(i64),
+}
+
 /// Direction of pagination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
@@ -226,9 +236,41 @@ impl Rooms {
         }
     }
 
+    /// The user's membership as history reads see it, `(membership, membership event id)`, or
+    /// 403 `M_FORBIDDEN`. A user without membership, or who forgot the room, reads only
+    /// world-readable rooms, like any stranger: the spec's `/forget` says the user "will no
+    /// longer be able to retrieve history for this room" (Synapse: `check_user_in_room_or_world_readable`
+    /// skips forgotten memberships the same way).
+    pub async fn require_read_access(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<(String, String)>> {
+        if let Some((m, ev, _)) = self.db.remembered_membership(room_id.as_str(), user_id.as_str()).await? {
+            return Ok(Some((m, ev)));
+        }
+        let hv = self.current_state_event(room_id, "m.room.history_visibility", "").await?;
+        if hv.is_some_and(|p| p.content()["history_visibility"] == "world_readable") {
+            return Ok(None);
+        }
+        Err(Error::forbidden(format!("User {user_id} not in room {room_id}")))
+    }
+
     /// Whether `user` may see `ev` under the room's history visibility.
     pub async fn can_see(&self, user_id: &UserId, ev: &StoredEvent, current_membership: Option<&str>) -> Result<bool> {
-        let Some(group) = ev.state_group else { return Ok(false) };
+        // The state after a user's own membership event shows that membership: a user sees the
+        // event that made them leave, and the join that let them in.
+        let own_member_event = ev.pdu.fields.kind.to_string() == "m.room.member"
+            && ev.pdu.fields.state_key.as_deref() == Some(user_id.as_str());
+        self.can_see_at(user_id, ev.state_group, own_member_event, current_membership).await
+    }
+
+    /// [`Rooms::can_see`] for an event known by the state group after it and whether it is the
+    /// user's own member event (readers that do not load the event itself).
+    pub async fn can_see_at(
+        &self,
+        user_id: &UserId,
+        group: Option<i64>,
+        own_member_event: bool,
+        current_membership: Option<&str>,
+    ) -> Result<bool> {
+        let Some(group) = group else { return Ok(false) };
         let state = self.state_at_group(group).await?;
         let hv_id = state.get(&("m.room.history_visibility".to_owned(), String::new()));
         let member_id = state.get(&("m.room.member".to_owned(), user_id.to_string()));
@@ -242,10 +284,6 @@ impl Rooms {
             .unwrap_or_else(|| "shared".to_owned());
         let membership_at =
             member_id.and_then(|id| pdus.get(id)).and_then(|p| p.content()["membership"].as_str().map(str::to_owned));
-        // The state after a user's own membership event shows that membership: a user sees the
-        // event that made them leave, and the join that let them in.
-        let own_member_event = ev.pdu.fields.kind.to_string() == "m.room.member"
-            && ev.pdu.fields.state_key.as_deref() == Some(user_id.as_str());
         Ok(match visibility.as_str() {
             "world_readable" => true,
             _ if membership_at.as_deref() == Some("join") || own_member_event => true,
@@ -253,6 +291,30 @@ impl Rooms {
             "joined" => false,
             _ => current_membership == Some("join"),
         })
+    }
+
+    /// The member events of the senders of `events` as of those events, for lazy-loading
+    /// members in `/messages` and `/context`: for each sender, its member event in the state
+    /// after the first of `events` it sent. The caller has checked that the user may see
+    /// `events`, so this state is theirs to see; the current state is not (a banned user would
+    /// read the display names members chose after the ban). Synapse likewise reads the state
+    /// at the returned events.
+    pub async fn sender_members(&self, events: &[StoredEvent]) -> Result<Vec<Pdu>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut ids = Vec::new();
+        for ev in events {
+            let sender = ev.pdu.fields.sender.as_str();
+            let Some(group) = ev.state_group else { continue };
+            if !seen.insert(sender.to_owned()) {
+                continue;
+            }
+            let state = self.state_at_group(group).await?;
+            if let Some(id) = state.get(&("m.room.member".to_owned(), sender.to_owned())) {
+                ids.push(id.clone());
+            }
+        }
+        let pdus = self.cached_pdus(&ids).await?;
+        Ok(ids.iter().filter_map(|id| pdus.get(id).cloned()).collect())
     }
 
     /// Whether another server may see an event (history visibility applied to servers, as
@@ -316,13 +378,14 @@ impl Rooms {
         Ok(out)
     }
 
-    /// One event, if the user may see it.
+    /// One event, if the user may see it: 403 when the user may not read the room at all
+    /// ([`Rooms::require_read_access`]), 404 when the event is not there or not visible.
     pub async fn event_for(&self, room_id: &RoomId, user_id: &UserId, event_id: &str) -> Result<StoredEvent> {
+        let access = self.require_read_access(room_id, user_id).await?;
         let ev =
             self.db.get_event(event_id).await?.filter(|e| e.pdu.room_id == room_id && !e.pdu.rejected && !e.outlier);
         let Some(ev) = ev else { return Err(Error::not_found("Event not found")) };
-        let membership = self.membership_of(room_id, user_id).await?;
-        if self.can_see(user_id, &ev, membership.as_deref()).await? {
+        if self.can_see(user_id, &ev, access.as_ref().map(|a| a.0.as_str())).await? {
             Ok(ev)
         } else {
             Err(Error::not_found("Event not found"))
@@ -409,22 +472,12 @@ impl Rooms {
         limit: usize,
         filter: &(dyn Fn(&StoredEvent) -> bool + Sync),
     ) -> Result<(Page, Vec<(String, String)>)> {
-        let membership = self.membership_of(room_id, user_id).await?;
-        if membership.is_none() {
-            // Without any membership only world-readable rooms can be read.
-            let hv = self.current_state_event(room_id, "m.room.history_visibility", "").await?;
-            if hv.and_then(|p| p.content()["history_visibility"].as_str().map(str::to_owned)).as_deref()
-                != Some("world_readable")
-            {
-                return Err(Error::forbidden(format!("User {user_id} not in room {room_id}")));
-            }
-        }
+        let access = self.require_read_access(room_id, user_id).await?;
+        let membership = access.as_ref().map(|a| a.0.as_str());
         // A user who left sees history only up to their leave.
-        let cap = match membership.as_deref() {
-            Some("leave") | Some("ban") => {
-                let (_, ev_id, _) =
-                    self.db.membership(room_id.as_str(), user_id.as_str()).await?.expect("membership exists");
-                self.db.get_event(&ev_id).await?.map(|e| TopoToken::of(&e))
+        let cap = match access.as_ref() {
+            Some((m, ev_id)) if m == "leave" || m == "ban" => {
+                self.db.get_event(ev_id).await?.map(|e| TopoToken::of(&e))
             }
             _ => None,
         };
@@ -432,7 +485,7 @@ impl Rooms {
         let mut scanned = Vec::new();
         let mut cursor = from;
         let batch = (limit + 1).clamp(20, 500) as i64;
-        let mut visibility = VisibilityMemo::new(user_id, membership.as_deref());
+        let mut visibility = VisibilityMemo::new(user_id, membership);
         loop {
             let (cmp, order) = match dir {
                 Dir::Forward => (">", "ASC"),
@@ -522,6 +575,25 @@ impl Rooms {
             )
             .await?;
         Ok(rows.first().map(TopoToken::of))
+    }
+
+    /// The last timeline event at or before a position, as `/members?at=` reads the state at it.
+    pub async fn last_event_at(&self, room_id: &RoomId, at: Position) -> Result<Option<StoredEvent>> {
+        let room = BindValue::Str(room_id.as_str());
+        let rows = match at {
+            Position::Topo(t) => {
+                let tail = "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 \
+                            AND (topological_ordering, stream_ordering) <= ($2, $3) \
+                            ORDER BY topological_ordering DESC, stream_ordering DESC LIMIT 1";
+                self.db.query_events(tail, &[room, BindValue::Int(t.depth), BindValue::Int(t.stream)]).await?
+            }
+            Position::Stream(stream) => {
+                let tail = "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 AND stream_ordering <= $2 \
+                            ORDER BY stream_ordering DESC LIMIT 1";
+                self.db.query_events(tail, &[room, BindValue::Int(stream)]).await?
+            }
+        };
+        Ok(rows.into_iter().next())
     }
 
     /// Client JSON for a stored event, with `transaction_id` for the sending device.
@@ -617,12 +689,18 @@ impl<'a> VisibilityMemo<'a> {
     pub async fn check(&mut self, rooms: &Rooms, ev: &StoredEvent) -> Result<bool> {
         let own = ev.pdu.fields.kind == ruma::events::TimelineEventType::RoomMember
             && ev.pdu.fields.state_key.as_deref() == Some(self.user.as_str());
-        let group = ev.state_group.filter(|_| !own);
-        if let Some(v) = group.and_then(|g| self.by_group.get(&g)) {
+        self.check_at(rooms, ev.state_group, own).await
+    }
+
+    /// Whether the user may see the event with state group `group` after it; `own` when it is
+    /// the user's own member event.
+    pub async fn check_at(&mut self, rooms: &Rooms, group: Option<i64>, own: bool) -> Result<bool> {
+        let memo_group = group.filter(|_| !own);
+        if let Some(v) = memo_group.and_then(|g| self.by_group.get(&g)) {
             return Ok(*v);
         }
-        let v = rooms.can_see(self.user, ev, self.membership).await?;
-        if let Some(g) = group {
+        let v = rooms.can_see_at(self.user, group, own, self.membership).await?;
+        if let Some(g) = memo_group {
             self.by_group.insert(g, v);
         }
         Ok(v)

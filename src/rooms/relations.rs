@@ -1,6 +1,8 @@
 //! Relations (annotations, edits, replies, threads), thread listings, timestamp lookup and
 //! room upgrades.
 
+use std::collections::HashMap;
+
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 
@@ -10,6 +12,14 @@ use super::create::CreateRoom;
 use super::read::{Dir, TopoToken};
 use crate::error::{Error, Result};
 use crate::storage::rooms::{BindValue, StoredEvent};
+
+/// What `/threads` tells of one thread, from the replies the user may see.
+struct ThreadSummary {
+    latest: String,
+    latest_stream: i64,
+    count: u64,
+    participated: bool,
+}
 
 /// A page of relations.
 pub struct RelationsPage {
@@ -46,9 +56,9 @@ impl Rooms {
         dir: Dir,
         limit: usize,
     ) -> Result<RelationsPage> {
-        // The parent must be visible to the user.
+        // The parent must be visible to the user (and the room readable: not forgotten).
         self.event_for(room_id, user, parent).await?;
-        let membership = self.membership_of(room_id, user).await?;
+        let membership = self.require_read_access(room_id, user).await?.map(|a| a.0);
         let (cmp, order) = match dir {
             Dir::Forward => (">", "ASC"),
             Dir::Backward => ("<", "DESC"),
@@ -92,7 +102,10 @@ impl Rooms {
         Ok(RelationsPage { events, next })
     }
 
-    /// Thread roots of a room, most recently active first; `from` is a stream position.
+    /// Thread roots of a room the user may see, most recently active first; `from` is a stream
+    /// position. Each root's summary (latest event, count, participation) and its place in the
+    /// order are computed from the replies the user may see only: a departed or banned user
+    /// learns nothing of the replies sent after they left, not even that there were some.
     pub async fn threads(
         &self,
         room_id: &RoomId,
@@ -101,46 +114,59 @@ impl Rooms {
         from: Option<i64>,
         limit: usize,
     ) -> Result<(Vec<(StoredEvent, Value)>, Option<String>)> {
-        let membership = self.membership_of(room_id, user).await?;
-        if membership.is_none() {
-            return Err(Error::forbidden(format!("User {user} not in room {room_id}")));
+        let access = self.require_read_access(room_id, user).await?;
+        let mut vis = super::read::VisibilityMemo::new(user, access.as_ref().map(|a| a.0.as_str()));
+        // Per root, newest first: (latest visible reply, visible count, user participated).
+        let mut summaries: Vec<(String, ThreadSummary)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for reply in self.db.thread_replies(room_id.as_str()).await? {
+            let own = reply.own_member_of.as_deref() == Some(user.as_str());
+            if !vis.check_at(self, reply.state_group, own).await? {
+                continue;
+            }
+            // Replies come newest first, so a root's first visible reply is its latest.
+            let i = *index.entry(reply.root.clone()).or_insert_with(|| {
+                summaries.push((
+                    reply.root.clone(),
+                    ThreadSummary {
+                        latest: reply.event_id.clone(),
+                        latest_stream: reply.stream,
+                        count: 0,
+                        participated: false,
+                    },
+                ));
+                summaries.len() - 1
+            });
+            let summary = &mut summaries[i].1;
+            summary.count += 1;
+            summary.participated |= reply.sender == user.as_str();
         }
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT relates_to, MAX(stream_ordering) AS latest, COUNT(*) FROM events \
-             WHERE room_id = $1 AND rel_type = 'm.thread' AND rejected = 0 AND outlier = 0 \
-             GROUP BY relates_to HAVING MAX(stream_ordering) < $2 ORDER BY latest DESC",
-        )
-        .bind(room_id.as_str())
-        .bind(from.unwrap_or(i64::MAX))
-        .fetch_all(self.db.pool())
-        .await?;
         let mut out = Vec::new();
         let mut next = None;
-        for (root_id, latest, count) in rows {
+        for (root_id, summary) in summaries {
+            if from.is_some_and(|f| summary.latest_stream >= f) {
+                continue;
+            }
             if out.len() >= limit {
-                next = Some(format!("{}", latest + 1));
+                next = Some(format!("{}", summary.latest_stream + 1));
                 break;
             }
-            let Ok(root) = self.event_for(room_id, user, &root_id).await else { continue };
-            let participated: Option<(i64,)> = sqlx::query_as(
-                "SELECT 1 FROM events WHERE relates_to = $1 AND rel_type = 'm.thread' AND sender = $2 LIMIT 1",
-            )
-            .bind(&root_id)
-            .bind(user.as_str())
-            .fetch_optional(self.db.pool())
-            .await?;
-            let participated = participated.is_some() || root.pdu.fields.sender == user;
+            let root = match self.event_for(room_id, user, &root_id).await {
+                Ok(root) => root,
+                Err(e) if e.errcode == "M_NOT_FOUND" => continue,
+                Err(e) => return Err(e),
+            };
+            let participated = summary.participated || root.pdu.fields.sender == user;
             if participated_only && !participated {
                 continue;
             }
-            let latest_ev = self.db.query_events("WHERE stream_ordering = $1", &[BindValue::Int(latest)]).await?;
-            let latest_json = match latest_ev.first() {
-                Some(e) => self.client_event(e, None).await?,
+            let latest_json = match self.db.get_event(&summary.latest).await? {
+                Some(e) => self.client_event(&e, None).await?,
                 None => Value::Null,
             };
             let summary = json!({ "m.thread": {
                 "latest_event": latest_json,
-                "count": count,
+                "count": summary.count,
                 "current_user_participated": participated,
             }});
             out.push((root, summary));
@@ -150,7 +176,7 @@ impl Rooms {
 
     /// The event closest to `ts` in direction `dir` that the user may see.
     pub async fn event_at_timestamp(&self, room_id: &RoomId, user: &UserId, ts: i64, dir: Dir) -> Result<StoredEvent> {
-        let membership = self.membership_of(room_id, user).await?;
+        let membership = self.require_read_access(room_id, user).await?.map(|a| a.0);
         let tail = match dir {
             Dir::Forward => {
                 "WHERE room_id = $1 AND origin_server_ts >= $2 AND outlier = 0 AND rejected = 0 \

@@ -5,7 +5,9 @@
 //! PDU"): format, signatures of the origin and sender servers, content hash (a mismatch means
 //! the redacted form is kept), auth against its own `auth_events`, auth against the state
 //! before it (state resolution over its prev events' states), and a soft-fail check against
-//! the current state. Missing prev events are fetched with `get_missing_events`; when a gap
+//! the current state (a soft-failed event is stored as an outlier with its state group: served
+//! to servers and usable as a prev or auth event, never shown to clients nor applied to the
+//! current state). Missing prev events are fetched with `get_missing_events`; when a gap
 //! remains, the state before the event is taken from the origin's `state_ids`. A room's events
 //! are processed one at a time under `room_lock`; rooms proceed in parallel.
 
@@ -46,6 +48,9 @@ pub struct Processed {
     pub pdu: Pdu,
     /// The state before it.
     pub state_before: StateIds,
+    /// Whether it was soft-failed: stored and served to servers, but not applied to the
+    /// current state, not a forward extremity and not shown to local clients.
+    pub soft_failed: bool,
 }
 
 impl Rooms {
@@ -69,10 +74,20 @@ impl Rooms {
             serde_json::from_value(value).map_err(|e| Error::bad_json(format!("PDU is not canonical JSON: {e}")))?;
         object.remove("unsigned");
         object.remove("event_id");
-        if serde_json::to_vec(&object)?.len() > MAX_PDU_BYTES {
+        let size = serde_json::to_vec(&object)?.len();
+        if size > MAX_PDU_BYTES {
             return Err(Error::too_large("PDU too large"));
         }
-        ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(Error::bad_json)?;
+        if size == MAX_PDU_BYTES {
+            // ruma-state-res 0.18 refuses PDUs over 65,535 bytes, one fewer than the spec's
+            // 65,536 (which Synapse accepts). The size is checked above; its other checks do
+            // not read the signatures, so it gets the event without them.
+            let mut without_signatures = object.clone();
+            without_signatures.remove("signatures");
+            ruma::state_res::check_pdu_format(&without_signatures, &rules.event_format).map_err(Error::bad_json)?;
+        } else {
+            ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(Error::bad_json)?;
+        }
         let servers = ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
             .map_err(|e| Error::forbidden(format!("Signatures: {e}")))?;
         let mut wanted = Vec::new();
@@ -218,14 +233,18 @@ impl Rooms {
         forward_except: Option<&ServerName>,
     ) -> Result<Processed> {
         let room_id = pdu.room_id.clone();
+        // Known in the timeline, or soft-failed before: not evaluated again (as Synapse, which
+        // deduplicates both), so that a soft-failed event cannot enter the state later by
+        // being sent again.
         if let Some(existing) = self.db.get_event(pdu.event_id.as_str()).await?
-            && !existing.outlier
+            && (!existing.outlier || existing.is_soft_failed())
         {
             if existing.pdu.rejected {
                 return Err(Error::forbidden("Event was rejected"));
             }
+            let soft_failed = existing.is_soft_failed();
             let state_before = self.state_before_event(&existing.pdu).await.unwrap_or_default();
-            return Ok(Processed { pdu: existing.pdu, state_before });
+            return Ok(Processed { pdu: existing.pdu, state_before, soft_failed });
         }
         // Auth against the event's own auth events.
         self.check_auth_events(origin, rules, &pdu).await?;
@@ -257,11 +276,11 @@ impl Rooms {
             |t: &StateEventType, k: &str| current_pdus.get(&(t.to_string(), k.to_owned())).cloned(),
         ) {
             tracing::info!(event_id = %pdu.event_id, error = %e, "soft-failing event against the current state");
-            self.persist_rejected(&pdu).await?;
-            return Err(Error::forbidden(format!("Event soft-failed: {e}")));
+            self.persist_soft_failed(&pdu, &state_before, before_group).await?;
+            return Ok(Processed { pdu, state_before, soft_failed: true });
         }
         self.persist_remote(origin, version, rules, &pdu, &state_before, before_group, forward_except).await?;
-        Ok(Processed { pdu, state_before })
+        Ok(Processed { pdu, state_before, soft_failed: false })
     }
 
     /// Fetches the auth events of `pdu` if needed and checks it against them (the state
@@ -325,9 +344,8 @@ impl Rooms {
         let mut groups = Vec::new();
         for id in &ids {
             match evs.iter().find(|e| e.pdu.event_id.as_str() == id) {
-                Some(e) if !e.outlier && !e.pdu.rejected && e.state_group.is_some() => {
-                    groups.push(e.state_group.unwrap_or_default())
-                }
+                // Timeline events, and soft-failed ones (outliers with a state group).
+                Some(e) if !e.pdu.rejected && e.state_group.is_some() => groups.push(e.state_group.unwrap_or_default()),
                 Some(e) if e.pdu.rejected && !e.outlier && e.state_group.is_none() => {
                     // A rejected prev: use the state before it is not known; skip it.
                 }
@@ -498,6 +516,46 @@ impl Rooms {
                 .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a soft-failed event (spec: "Soft failure"): an outlier, so that no client reads
+    /// it and it is never a forward extremity nor in the current state, but with the state
+    /// group after it, so that it is served to servers and later events may name it among
+    /// their prev events (their state before is computed through it) and auth events. An
+    /// outlier held before (fetched for an auth chain or a state) gets the state group.
+    async fn persist_soft_failed(
+        &self,
+        pdu: &Pdu,
+        state_before: &StateIds,
+        before_group: Option<(i64, i64)>,
+    ) -> Result<()> {
+        let mut state_after = state_before.clone();
+        if let Some(k) = &pdu.fields.state_key {
+            state_after.insert((pdu.fields.kind.to_string(), k.clone()), pdu.event_id.to_string());
+        }
+        let room_id = pdu.room_id.as_str();
+        let (group, chain) = Db::while_holding_write_lock(async {
+            let mut tx = self.db.begin_write().await?;
+            let before_base = before_group.map(|(g, c)| (g, c, state_before));
+            let (group, chain) = self.write_group(&mut tx, room_id, before_base, &state_after).await?;
+            if self.db.get_event(pdu.event_id.as_str()).await?.is_some() {
+                self.db.mark_soft_failed(&mut tx, pdu.event_id.as_str(), group).await?;
+            } else {
+                // Outliers get negative positions so that they never appear in stream ranges.
+                let stream = -Db::next_stream_position(&mut tx, "outliers").await?;
+                self.db
+                    .insert_event(
+                        &mut tx,
+                        NewEventRow { pdu, stream, unsigned: None, outlier: true, state_group: Some(group) },
+                    )
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, Error>((group, chain))
+        })
+        .await?;
+        self.state_cache.insert(group, Arc::new(state_after), chain);
         Ok(())
     }
 
@@ -724,9 +782,15 @@ impl Rooms {
         let old_ext: Vec<String> = self.db.extremities(&mut tx, room_id).await?.into_iter().map(|e| e.0).collect();
         let prevs: HashSet<String> = pdu.fields.prev_events.iter().map(|e| e.to_string()).collect();
         let remaining: Vec<String> = old_ext.iter().filter(|e| !prevs.contains(*e)).cloned().collect();
+        // A late ancestor (an event that a timeline event already names as a prev event) is
+        // not a forward extremity: new local events must not point back at it, and the current
+        // state (the resolution of the extremities' states) does not change.
+        let late = self.db.has_timeline_child(&mut tx, pdu.event_id.as_str()).await?;
         // The new current state: the event's state if it supersedes every extremity, otherwise
         // the resolution of the current state with it.
-        let new_current = if remaining.is_empty() {
+        let new_current = if late {
+            current.clone()
+        } else if remaining.is_empty() {
             state_after.clone()
         } else {
             self.resolve_states_with(rules, vec![current.clone(), state_after.clone()], Some(pdu)).await?
@@ -751,20 +815,37 @@ impl Rooms {
                 "prev_sender": prev.pdu.fields.sender,
             }));
         }
-        self.db
-            .insert_event(
-                &mut tx,
-                NewEventRow {
-                    pdu,
-                    stream,
-                    unsigned: unsigned.as_ref(),
-                    outlier: false,
-                    state_group: Some(group_after),
-                },
-            )
-            .await?;
+        // An event we hold as an outlier (an invite received on `/invite`, an event fetched
+        // for an auth chain or a state; not a soft-failed one, which `process_pdu` does not
+        // evaluate again) enters the timeline in place: its row keeps the JSON and the
+        // server-computed data it had (e.g. `invite_room_state`).
+        if let Some(held) = self.db.get_event(pdu.event_id.as_str()).await? {
+            let mut merged = held.unsigned.unwrap_or_else(|| json!({}));
+            if let (Some(m), Some(Value::Object(new))) = (merged.as_object_mut(), unsigned.clone()) {
+                m.extend(new);
+            }
+            let merged = merged.as_object().is_some_and(|m| !m.is_empty()).then_some(merged);
+            self.db.promote_outlier(&mut tx, pdu.event_id.as_str(), stream, group_after, merged.as_ref()).await?;
+        } else {
+            self.db
+                .insert_event(
+                    &mut tx,
+                    NewEventRow {
+                        pdu,
+                        stream,
+                        unsigned: unsigned.as_ref(),
+                        outlier: false,
+                        state_group: Some(group_after),
+                    },
+                )
+                .await?;
+        }
         let removed: Vec<String> = old_ext.iter().filter(|e| prevs.contains(*e)).cloned().collect();
-        self.db.update_extremities(&mut tx, room_id, &removed, pdu.event_id.as_str()).await?;
+        if late {
+            self.db.remove_extremities(&mut tx, room_id, &removed).await?;
+        } else {
+            self.db.update_extremities(&mut tx, room_id, &removed, pdu.event_id.as_str()).await?;
+        }
         self.apply_current_state(&mut tx, room_id, &current, &new_current, stream, pdu).await?;
         self.db.set_room_state_group(&mut tx, room_id, cur_group).await?;
         let mut ctx = RoomCtx {
@@ -930,7 +1011,7 @@ impl Rooms {
         let auth_events: Vec<String> =
             auth_types.iter().filter_map(|(t, k)| state.get(&(t.to_string(), k.clone())).cloned()).collect();
         let ext = self.db.pool_extremities_with_depth(room_id.as_str()).await?;
-        let depth = ext.iter().map(|e| e.1).max().unwrap_or(0) + 1;
+        let depth = (ext.iter().map(|e| e.1).max().unwrap_or(0) + 1).min(super::build::MAX_DEPTH);
         let prev: Vec<String> = ext.into_iter().map(|e| e.0).take(20).collect();
         // Check now that the membership would be allowed, so the joining server gets a clear 403.
         let state_pdus = self.state_pdus(&state).await?;
@@ -991,6 +1072,9 @@ impl Rooms {
             let _guard = self.room_lock(room_id.as_str()).await;
             self.process_pdu(origin, &version, &rules, pdu, true, Some(origin)).await?
         };
+        if processed.soft_failed {
+            return Err(Error::forbidden(format!("The {membership} is not allowed by the room's current state")));
+        }
         if membership == "knock" {
             return Ok(json!({ "knock_room_state": self.knock_room_state(room_id).await? }));
         }
@@ -1056,10 +1140,40 @@ impl Rooms {
         if self.db.get_user(target.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
+        // A room we know has its ACL; of a room we do not know we cannot tell (Synapse:
+        // `check_server_matches_acl` on the stored state).
+        let known = self.db.get_room(room_id.as_str()).await?.is_some();
+        if known {
+            self.require_server_allowed(room_id, origin).await?;
+        }
         let mut object = pdu.json().clone();
         ruma::signatures::sign_event(self.server_name.as_str(), &self.keys.current, &mut object, &rules.redaction)
             .map_err(Error::internal)?;
         let signed = Pdu::from_json(pdu.event_id.clone(), Some(room_id.to_owned()), object)?;
+        // In a room this server participates in, the invite enters the timeline and the state
+        // at once, like any PDU: the invited user may join at once, without waiting for the
+        // inviting server's `/send` (which then finds the event held). If that fails (e.g. a
+        // gap the inviting server cannot fill yet), it is held as an outlier and promoted when
+        // it arrives over `/send`.
+        if known && self.local_server_joined(room_id).await? {
+            let (room_version, room_rules) = self.room_rules(room_id).await?;
+            if room_version == version {
+                let _guard = self.room_lock(room_id.as_str()).await;
+                match self.process_pdu(origin, &room_version, &room_rules, signed.clone(), true, None).await {
+                    Ok(p) if !p.soft_failed => return Ok(json!({ "event": signed.federation_json() })),
+                    Ok(_) => return Err(Error::forbidden("The invite is not allowed by the room's current state")),
+                    Err(e) => {
+                        // Rejected by the auth rules: the invite is not valid in this room. Any
+                        // other failure (an auth chain or state the inviter cannot serve yet,
+                        // as it stores the invite only after our answer) is not the invite's.
+                        if self.db.get_event(event_id).await?.is_some_and(|held| held.pdu.rejected) {
+                            return Err(e);
+                        }
+                        tracing::info!(%room_id, event_id, error = %e.message, "invite kept as an outlier");
+                    }
+                }
+            }
+        }
         let invite_state = body["invite_room_state"].clone();
         let mut tx = self.db.begin_event_write().await?;
         if self.db.get_event(event_id).await?.is_none() {

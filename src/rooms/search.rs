@@ -6,10 +6,16 @@
 //!
 //! No full-text index is kept: the database narrows candidates with `LIKE` on the stored JSON
 //! (every word as a substring), newest first in batches, and the words are then matched on the
-//! searched fields. A request reads at most [`MAX_SCANNED`] candidate rows; when it stops
+//! searched fields. A scan reads at most [`MAX_SCANNED`] candidate rows; when it stops
 //! early it still hands back a `next_batch`, so a client paging on sees everything. `rank`
 //! ordering sorts each page by relevance (the share of the text's words the term matched);
 //! pages follow one another newest first either way.
+//!
+//! `count` is the number of matches the user may see among the newest [`MAX_SCANNED`]
+//! candidates, counted after word matching, the filter and history visibility: a count of the
+//! rows `LIKE` selects would reveal words of messages the user may not see (sent before a
+//! `joined`-visibility join, or while away) one prefix at a time. The first page counts in its
+//! own scan; a later page scans from the newest again to count.
 
 use ruma::UserId;
 
@@ -82,7 +88,8 @@ pub struct SearchPage {
     pub results: Vec<(f64, StoredEvent)>,
     /// Where the next page starts, if there may be more.
     pub next_batch: Option<i64>,
-    /// How many events may match in all (candidates before word matching: an upper bound).
+    /// How many events the user may see match, among the newest [`MAX_SCANNED`] candidates (so
+    /// a lower bound when there are more).
     pub count: i64,
     /// The words to highlight.
     pub highlights: Vec<String>,
@@ -135,47 +142,113 @@ impl Rooms {
             binds.push(BindValue::Str(p));
             where_.push_str(&format!(" AND LOWER(json) LIKE ${}", binds.len()));
         }
-        let count = self.db.count_events(&where_, &binds).await?;
-
-        let mut results = Vec::new();
-        let mut cursor = q.before.unwrap_or(i64::MAX);
-        let mut scanned = 0;
-        let mut exhausted = false;
-        let mut vis = super::read::VisibilityMemo::new(user, Some("join"));
-        'scan: while scanned < MAX_SCANNED {
-            let mut page_binds = binds.clone();
-            page_binds.push(BindValue::Int(cursor));
-            let tail = format!(
-                "{where_} AND stream_ordering < ${} ORDER BY stream_ordering DESC LIMIT {BATCH}",
-                page_binds.len()
-            );
-            let rows = self.db.query_events(&tail, &page_binds).await?;
-            exhausted = (rows.len() as i64) < BATCH;
-            for ev in rows {
-                scanned += 1;
-                cursor = ev.stream;
-                let kind = ev.pdu.fields.kind.to_string();
-                let Some(key) = q.keys.iter().find(|k| k.event_type() == kind) else { continue };
-                let content = ev.pdu.content();
-                let Some(text) = content.get(key.field()).and_then(|v| v.as_str()) else { continue };
-                let Some(rank) = relevance(&terms, text) else { continue };
-                if !q.filter.matches(&ev) || !vis.check(self, &ev).await? {
-                    continue;
-                }
-                results.push((rank, ev));
-                if results.len() == limit {
-                    exhausted = false;
-                    break 'scan;
-                }
+        let scan = |below: i64, keep: usize, stop_when_kept: bool| Scan {
+            rooms: self,
+            user,
+            q,
+            terms: &terms,
+            where_: &where_,
+            binds: &binds,
+            below,
+            keep,
+            stop_when_kept,
+        };
+        // The count is of the events the user may see, never of what the database holds: a
+        // count of rows before history visibility would let a user test words of messages sent
+        // before they joined (or while they were away) one prefix at a time. The first page's
+        // scan counts as it goes; a later page counts from the newest again.
+        let (found, count) = match q.before {
+            None => {
+                let found = scan(i64::MAX, limit, false).run().await?;
+                let count = found.matched;
+                (found, count)
             }
-            if exhausted {
-                break;
+            Some(before) => {
+                let count = scan(i64::MAX, 0, false).run().await?.matched;
+                (scan(before, limit, true).run().await?, count)
             }
-        }
+        };
+        let next_batch = if found.matched > found.kept.len() {
+            found.kept.last().map(|(_, ev)| ev.stream)
+        } else {
+            (!found.exhausted).then_some(found.cursor)
+        };
+        let mut results = found.kept;
         if q.order_by_rank {
             results.sort_by(|(a, _), (b, _)| b.total_cmp(a));
         }
-        Ok(SearchPage { results, next_batch: (!exhausted).then_some(cursor), count, highlights: terms })
+        Ok(SearchPage { results, next_batch, count: count as i64, highlights: terms })
+    }
+}
+
+/// One scan of search candidates, newest first from below a stream position, reading at most
+/// [`MAX_SCANNED`] rows.
+struct Scan<'a> {
+    rooms: &'a Rooms,
+    user: &'a UserId,
+    q: &'a SearchQuery,
+    terms: &'a [String],
+    where_: &'a str,
+    binds: &'a [BindValue<'a>],
+    below: i64,
+    /// Matches to keep (the page).
+    keep: usize,
+    /// Stop once `keep` matches are kept (a later page); otherwise read on to count.
+    stop_when_kept: bool,
+}
+
+/// What a [`Scan`] found.
+struct Found {
+    /// The first `keep` matches, newest first, with their rank.
+    kept: Vec<(f64, StoredEvent)>,
+    /// How many matches the user may see it read in all.
+    matched: usize,
+    /// Whether the candidates ran out (nothing below `cursor`).
+    exhausted: bool,
+    /// The position of the last row read, or of the last match kept when it stopped there.
+    cursor: i64,
+}
+
+impl Scan<'_> {
+    async fn run(self) -> Result<Found> {
+        let mut found = Found { kept: Vec::new(), matched: 0, exhausted: false, cursor: self.below };
+        let mut scanned = 0;
+        let mut vis = super::read::VisibilityMemo::new(self.user, Some("join"));
+        'scan: while scanned < MAX_SCANNED {
+            let mut page_binds = self.binds.to_vec();
+            page_binds.push(BindValue::Int(found.cursor));
+            let tail = format!(
+                "{} AND stream_ordering < ${} ORDER BY stream_ordering DESC LIMIT {BATCH}",
+                self.where_,
+                page_binds.len()
+            );
+            let rows = self.rooms.db.query_events(&tail, &page_binds).await?;
+            found.exhausted = (rows.len() as i64) < BATCH;
+            for ev in rows {
+                scanned += 1;
+                found.cursor = ev.stream;
+                let kind = ev.pdu.fields.kind.to_string();
+                let Some(key) = self.q.keys.iter().find(|k| k.event_type() == kind) else { continue };
+                let content = ev.pdu.content();
+                let Some(text) = content.get(key.field()).and_then(|v| v.as_str()) else { continue };
+                let Some(rank) = relevance(self.terms, text) else { continue };
+                if !self.q.filter.matches(&ev) || !vis.check(self.rooms, &ev).await? {
+                    continue;
+                }
+                found.matched += 1;
+                if found.kept.len() < self.keep {
+                    found.kept.push((rank, ev));
+                    if self.stop_when_kept && found.kept.len() == self.keep {
+                        found.exhausted = false;
+                        break 'scan;
+                    }
+                }
+            }
+            if found.exhausted {
+                break;
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -9,11 +9,13 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::accounts::Accounts;
-use crate::api::{AppState, ratelimit::RateLimiter};
+use crate::api::AppState;
 use crate::config::Config;
 use crate::e2ee::E2ee;
 use crate::media::Media;
+use crate::media::preview::IpRange;
 use crate::notifier::Notifier;
+use crate::ratelimit::Limits;
 use crate::rooms::Rooms;
 use crate::signing::SigningKeys;
 use crate::storage::Db;
@@ -56,7 +58,8 @@ impl Server {
         media.set_federation(federation.clone());
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
-            limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
+            limits: Arc::new(Limits::new(&config.rate_limits)),
+            trusted_proxies: config.listen.trusted_proxies.iter().filter_map(|r| IpRange::parse(r)).collect(),
             rooms,
             notifier,
             media,

@@ -5,8 +5,31 @@ use super::{Db, now_ms};
 /// How long a resolved access token is remembered (see [`Db::find_token`]).
 pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Resolved tokens: hash → (when read, (user, device, is_admin)).
-pub type TokenCache = std::collections::HashMap<String, (std::time::Instant, (String, String, bool))>;
+/// Resolved tokens: hash → (when read, what it resolved to).
+pub type TokenCache = std::collections::HashMap<String, (std::time::Instant, TokenOwner)>;
+
+/// Whose an access token is.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    /// The user.
+    pub user_id: String,
+    /// The device.
+    pub device_id: String,
+    /// Whether the user is a server administrator.
+    pub is_admin: bool,
+    /// When a refreshable token expires (ms); `None` for tokens that never do.
+    pub expires_ts: Option<i64>,
+}
+
+/// A new access token to store for a device, with its refresh token if it is refreshable.
+pub struct NewToken<'a> {
+    /// SHA-256 of the access token.
+    pub hash: &'a str,
+    /// When it expires (ms), if refreshable.
+    pub expires_ts: Option<i64>,
+    /// SHA-256 of the refresh token and when that expires.
+    pub refresh: Option<(&'a str, Option<i64>)>,
+}
 
 /// A stored user row.
 #[derive(Debug, Clone)]
@@ -113,6 +136,7 @@ impl Db {
         let devices: Vec<String> = devices.into_iter().map(|d| d.0).collect();
         self.e2e_devices_removed(&mut tx, user_id, &devices).await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         tx.commit().await?;
         self.forget_tokens_of(user_id);
@@ -142,7 +166,7 @@ impl Db {
         user_id: &str,
         device_id: &str,
         display_name: Option<&str>,
-        token_hash: &str,
+        token: NewToken<'_>,
         ip: Option<&str>,
     ) -> Result<(), sqlx::Error> {
         let now = now_ms();
@@ -169,30 +193,38 @@ impl Db {
             // A new device is a device-list change (end-to-end encryption), in this transaction.
             self.e2e_device_added(&mut tx, user_id, device_id).await?;
         }
-        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
-            .bind(user_id)
-            .bind(device_id)
-            .execute(&mut *tx.tx)
-            .await?;
-        sqlx::query("INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)")
-            .bind(token_hash)
-            .bind(user_id)
-            .bind(device_id)
-            .bind(now)
-            .execute(&mut *tx.tx)
-            .await?;
+        for sql in [
+            "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
+            "DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2",
+        ] {
+            sqlx::query(sql).bind(user_id).bind(device_id).execute(&mut *tx.tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts, expires_ts) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token.hash)
+        .bind(user_id)
+        .bind(device_id)
+        .bind(now)
+        .bind(token.expires_ts)
+        .execute(&mut *tx.tx)
+        .await?;
+        if let Some((refresh_hash, refresh_expires)) = token.refresh {
+            Self::insert_refresh_token(&mut tx, refresh_hash, user_id, device_id, refresh_expires).await?;
+        }
         tx.commit().await?;
         self.forget_tokens_of(user_id);
         Ok(())
     }
 
-    /// Resolves a token hash to `(user_id, device_id, is_admin)` of a live account.
+    /// Resolves a token hash to its owner, if the account is live (expiry is the caller's to check).
     ///
     /// Every request asks this, and a woken long-poll is followed by the next one at once, so
     /// answers are remembered for [`TOKEN_CACHE_TTL`]. This process forgets a user's entries
     /// when it deletes their tokens (logout, device deletion, deactivation, new login on the
     /// device); a token revoked through *another* process stops working here within the TTL.
-    pub async fn find_token(&self, token_hash: &str) -> Result<Option<(String, String, bool)>, sqlx::Error> {
+    pub async fn find_token(&self, token_hash: &str) -> Result<Option<TokenOwner>, sqlx::Error> {
         let now = std::time::Instant::now();
         if let Some((at, hit)) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token_hash)
             && now.duration_since(*at) < TOKEN_CACHE_TTL
@@ -212,18 +244,26 @@ impl Db {
 
     /// Forgets the remembered tokens of a user (their tokens are being deleted).
     fn forget_tokens_of(&self, user_id: &str) {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, (u, _, _))| u != user_id);
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, owner)| owner.user_id != user_id);
     }
 
-    async fn find_token_uncached(&self, token_hash: &str) -> Result<Option<(String, String, bool)>, sqlx::Error> {
-        let row: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT t.user_id, t.device_id, u.is_admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id \
-             WHERE t.token_hash = $1 AND u.deactivated = 0",
+    async fn find_token_uncached(&self, token_hash: &str) -> Result<Option<TokenOwner>, sqlx::Error> {
+        // user, device, is_admin, expires_ts, retires_refresh
+        type Row = (String, String, i64, Option<i64>, Option<String>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT t.user_id, t.device_id, u.is_admin, t.expires_ts, t.retires_refresh FROM access_tokens t \
+             JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = $1 AND u.deactivated = 0",
         )
         .bind(token_hash)
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|(u, d, a)| (u, d, a != 0)))
+        let Some((user_id, device_id, is_admin, expires_ts, retires)) = row else { return Ok(None) };
+        if let Some(retired) = retires {
+            // The first use of an access token from /refresh: the refresh token it came from
+            // has served its purpose (see migration 16).
+            self.retire_refresh_token(token_hash, &retired).await?;
+        }
+        Ok(Some(TokenOwner { user_id, device_id, is_admin: is_admin != 0, expires_ts }))
     }
 
     /// Deletes devices (and their tokens and pushers) of a user.
@@ -233,6 +273,11 @@ impl Db {
         self.e2e_devices_removed(&mut tx, user_id, device_ids).await?;
         for device_id in device_ids {
             sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx.tx)
+                .await?;
+            sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
                 .execute(&mut *tx.tx)

@@ -31,6 +31,26 @@ pub struct StoredEvent {
     pub redacted_by: Option<String>,
 }
 
+/// `(relates_to, event_id, stream_ordering, state_group, sender, event_type, state_key)`.
+type ThreadReplyRow = (String, String, i64, Option<i64>, String, String, Option<String>);
+
+/// One thread reply as [`Db::thread_replies`] lists it.
+#[derive(Debug, Clone)]
+pub struct ThreadReply {
+    /// The thread root it relates to.
+    pub root: String,
+    /// Its event id.
+    pub event_id: String,
+    /// Its stream position.
+    pub stream: i64,
+    /// The state group after it.
+    pub state_group: Option<i64>,
+    /// Its sender.
+    pub sender: String,
+    /// The state key when it is a member event (visibility treats one's own member events apart).
+    pub own_member_of: Option<String>,
+}
+
 /// What [`Db::insert_event`] writes.
 pub struct NewEventRow<'a> {
     /// The PDU.
@@ -49,6 +69,14 @@ const EVENT_COLUMNS: &str = "event_id, room_id, json, rejected, stream_ordering,
      outlier, state_group, redacted_by";
 
 type EventTuple = (String, String, String, i64, i64, i64, Option<String>, i64, Option<i64>, Option<String>);
+
+impl StoredEvent {
+    /// Whether the event was soft-failed: the only outliers stored with a state group (see
+    /// `Rooms::persist_soft_failed`).
+    pub fn is_soft_failed(&self) -> bool {
+        self.outlier && self.state_group.is_some() && !self.pdu.rejected
+    }
+}
 
 fn stored_from(t: EventTuple) -> Result<StoredEvent> {
     let pdu = Pdu::from_stored(&t.0, &t.1, &t.2, t.3 != 0)?;
@@ -205,7 +233,8 @@ impl Db {
     }
 
     /// The `(prev event, event)` edges whose prev event is neither in the timeline nor known to
-    /// be rejected (missing, or only held as an outlier): the gaps behind those events.
+    /// be rejected or soft-failed (missing, or only held as an outlier): the gaps behind those
+    /// events.
     pub async fn missing_prevs(&self, edges: &[(String, String)]) -> Result<Vec<(String, String)>> {
         let mut prevs: Vec<&String> = edges.iter().map(|(p, _)| p).collect();
         prevs.sort_unstable();
@@ -213,7 +242,8 @@ impl Db {
         let mut held = std::collections::HashSet::new();
         for chunk in prevs.chunks(200) {
             let sql = sqlx::AssertSqlSafe(format!(
-                "SELECT event_id FROM events WHERE event_id IN ({}) AND (outlier = 0 OR rejected = 1)",
+                "SELECT event_id FROM events WHERE event_id IN ({}) \
+                 AND (outlier = 0 OR rejected = 1 OR state_group IS NOT NULL)",
                 super::placeholders(1, chunk.len())
             ));
             let mut q = sqlx::query_scalar::<_, String>(sql);
@@ -225,8 +255,10 @@ impl Db {
         Ok(edges.iter().filter(|(p, _)| !held.contains(p)).cloned().collect())
     }
 
-    /// Turns an outlier into a historical timeline event (backfill): its position, the state
-    /// group after it and its server-computed unsigned data.
+    /// Turns an outlier into a timeline event (received again over `/send`,
+    /// `get_missing_events` or `/backfill`): its position, the state group after it and its
+    /// server-computed unsigned data. An outlier stored as rejected that passes the checks
+    /// when it arrives again loses that mark.
     pub async fn promote_outlier(
         &self,
         tx: &mut WriteTx,
@@ -236,7 +268,7 @@ impl Db {
         unsigned: Option<&Value>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE events SET outlier = 0, stream_ordering = $1, state_group = $2, unsigned_json = $3 \
+            "UPDATE events SET outlier = 0, rejected = 0, stream_ordering = $1, state_group = $2, unsigned_json = $3 \
              WHERE event_id = $4 AND outlier = 1",
         )
         .bind(stream)
@@ -265,10 +297,28 @@ impl Db {
         q.fetch_all(self.pool()).await?.into_iter().map(stored_from).collect()
     }
 
-    /// How many events `where_` (a WHERE clause over `events`) selects.
-    pub async fn count_events(&self, where_: &str, binds: &[BindValue<'_>]) -> Result<i64> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM events {where_}"));
-        Ok(bind_all(sqlx::query_as::<_, (i64,)>(sql), binds).fetch_one(self.pool()).await?.0)
+    /// Every accepted thread reply (`rel_type` `m.thread`) of a room, newest first, without its
+    /// JSON: `/threads` judges each one's visibility and needs only what that takes.
+    pub async fn thread_replies(&self, room_id: &str) -> Result<Vec<ThreadReply>> {
+        let rows: Vec<ThreadReplyRow> = sqlx::query_as(
+            "SELECT relates_to, event_id, stream_ordering, state_group, sender, event_type, state_key FROM events \
+             WHERE room_id = $1 AND rel_type = 'm.thread' AND relates_to IS NOT NULL AND rejected = 0 AND outlier = 0 \
+             ORDER BY stream_ordering DESC",
+        )
+        .bind(room_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(root, event_id, stream, state_group, sender, event_type, state_key)| ThreadReply {
+                root,
+                event_id,
+                stream,
+                state_group,
+                sender,
+                own_member_of: (event_type == "m.room.member").then_some(state_key).flatten(),
+            })
+            .collect())
     }
 
     /// Forward extremities of a room.
@@ -331,6 +381,42 @@ impl Db {
             .bind(added)
             .execute(&mut *tx.tx)
             .await?;
+        Ok(())
+    }
+
+    /// Records that an event held as an outlier was soft-failed: it keeps being an outlier,
+    /// now with the state group after it (and without a rejection mark).
+    pub async fn mark_soft_failed(&self, tx: &mut WriteTx, event_id: &str, state_group: i64) -> Result<()> {
+        sqlx::query("UPDATE events SET rejected = 0, state_group = $1 WHERE event_id = $2 AND outlier = 1")
+            .bind(state_group)
+            .bind(event_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether an accepted timeline event names `event_id` among its prev events (so that
+    /// `event_id`, arriving late, is an ancestor and not a forward extremity).
+    pub async fn has_timeline_child(&self, tx: &mut WriteTx, event_id: &str) -> Result<bool> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM event_edges d JOIN events e ON e.event_id = d.event_id \
+             WHERE d.prev_event_id = $1 AND e.outlier = 0 AND e.rejected = 0 LIMIT 1",
+        )
+        .bind(event_id)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Removes forward extremities (not deferred: for writers that do not defer rows).
+    pub async fn remove_extremities(&self, tx: &mut WriteTx, room_id: &str, removed: &[String]) -> Result<()> {
+        for r in removed {
+            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
+                .bind(room_id)
+                .bind(r)
+                .execute(&mut *tx.tx)
+                .await?;
+        }
         Ok(())
     }
 
@@ -432,6 +518,19 @@ impl Db {
     pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<(String, String, i64)>> {
         Ok(sqlx::query_as(
             "SELECT membership, event_id, stream_ordering FROM room_memberships WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// A user's membership as reads see it: like [`Db::membership`], but `None` once the user
+    /// has forgotten the room (a forgotten room reads as one never joined).
+    pub async fn remembered_membership(&self, room_id: &str, user_id: &str) -> Result<Option<(String, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT membership, event_id, stream_ordering FROM room_memberships \
+             WHERE room_id = $1 AND user_id = $2 AND forgotten = 0",
         )
         .bind(room_id)
         .bind(user_id)

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod peer;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -141,6 +143,58 @@ pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).expect("bind").port()
 }
 
+/// The database a test server runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the server's data directory.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server at `PG_TEST_URL` (default
+    /// `postgres://root@127.0.0.1:5432/test`), dropped with the server unless
+    /// `TEST_KEEP_DATA=1`.
+    Postgres,
+}
+
+/// The PostgreSQL URL used to create and drop test databases.
+fn pg_admin_url() -> String {
+    std::env::var("PG_TEST_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+}
+
+/// Creates a fresh PostgreSQL database; returns its name and URL.
+async fn create_pg_database() -> (String, String) {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let name = format!("myelin_fed_{}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL tests need a server at {admin} (set PG_TEST_URL): {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    let _ = conn.close().await;
+    let mut url = url::Url::parse(&admin).expect("PG_TEST_URL is not a URL");
+    url.set_path(&format!("/{name}"));
+    (name, url.to_string())
+}
+
+/// Drops a test database; best effort, from Drop (on a private runtime: the test's cannot be
+/// blocked on).
+fn drop_pg_database(name: String) {
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                .execute(&mut conn)
+                .await
+                .ok()?;
+            conn.close().await.ok()
+        })
+    });
+    let _ = handle.join();
+}
+
 /// A running (or stopped) myelin with federation on `ip:8448`.
 pub struct FedServer {
     /// Its IP address.
@@ -152,19 +206,37 @@ pub struct FedServer {
     http: reqwest::Client,
     /// Extra `MYELIN_*` environment for the process (configuration under test).
     env: Vec<(String, String)>,
+    pg_database: Option<String>,
 }
 
 impl FedServer {
-    /// Starts a server on `ip` (server name `ip:8448`).
+    /// Starts a server on `ip` (server name `ip:8448`) on SQLite.
     pub async fn start(ip: &str) -> Self {
-        Self::start_with_env(ip, &[]).await
+        Self::start_with(ip, Backend::Sqlite, &[]).await
     }
 
-    /// Starts a server on `ip` with extra environment, e.g. `MYELIN_LISTEN__…` overrides.
+    /// Starts a server on `ip` (server name `ip:8448`) on `backend`.
+    pub async fn start_on(ip: &str, backend: Backend) -> Self {
+        Self::start_with(ip, backend, &[]).await
+    }
+
+    /// Starts a server on `ip` on SQLite with extra environment, e.g. `MYELIN_LISTEN__…`
+    /// overrides.
     pub async fn start_with_env(ip: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with(ip, Backend::Sqlite, env).await
+    }
+
+    async fn start_with(ip: &str, backend: Backend, env: &[(&str, &str)]) -> Self {
         let ca = ca();
         let (cert, key) = ca.issue(ip);
         let dir = tempfile::Builder::new().prefix("myelin-fedtest-").tempdir().expect("tempdir").keep();
+        let (pg_database, db) = match backend {
+            Backend::Sqlite => (None, format!("sqlite://{}", dir.join("data/myelin.db").display())),
+            Backend::Postgres => {
+                let (name, url) = create_pg_database().await;
+                (Some(name), url)
+            }
+        };
         let client_port = free_port(ip);
         let config = format!(
             r#"
@@ -195,12 +267,12 @@ level = "info,sqlx=warn,tower_http=warn"
             data = dir.join("data").display().to_string(),
             cert = cert.display().to_string(),
             key = key.display().to_string(),
-            db = format!("sqlite://{}", dir.join("data/myelin.db").display()),
+            db = db,
             ca = ca.pem().display().to_string(),
         );
         std::fs::write(dir.join("myelin.toml"), config).expect("config");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut s = Self { ip: ip.to_owned(), client_port, dir, child: None, http: http(), env };
+        let mut s = Self { ip: ip.to_owned(), client_port, dir, child: None, http: http(), env, pg_database };
         s.start_again().await;
         s
     }
@@ -312,11 +384,20 @@ impl Drop for FedServer {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Keep the data and log of a failed test for inspection.
+        // Keep the data and log of a failed test for inspection; a PostgreSQL database only
+        // with `TEST_KEEP_DATA=1` (as the single-server harness), so failures leak none.
+        let keep_db = std::env::var_os("TEST_KEEP_DATA").is_some_and(|v| !v.is_empty() && v != "0");
         if std::thread::panicking() {
             eprintln!("server {} kept in {}", self.ip, self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        if let Some(name) = self.pg_database.take() {
+            if keep_db {
+                eprintln!("keeping PostgreSQL database {name}");
+            } else {
+                drop_pg_database(name);
+            }
         }
     }
 }
@@ -383,6 +464,31 @@ impl Client {
             self.post("/_matrix/client/v3/createRoom", json!({ "preset": "public_chat", "name": "fed" })).await;
         assert_eq!(s, 200, "createRoom: {b}");
         b["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    /// Creates a private room (`private_chat`: invite only); returns its id.
+    pub async fn create_private_room(&self) -> String {
+        let (s, b) =
+            self.post("/_matrix/client/v3/createRoom", json!({ "preset": "private_chat", "name": "private" })).await;
+        assert_eq!(s, 200, "createRoom: {b}");
+        b["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    /// Invites `guest`, who sees the invite in `/sync` and joins without naming a server (as a
+    /// client accepting an invite does); then waits until this user sees the join.
+    pub async fn invite_and_join(&self, guest: &Client, room: &str) {
+        let (s, body) = self
+            .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), json!({ "user_id": guest.user_id }))
+            .await;
+        assert_eq!(s, 200, "{} invites {}: {body}", self.user_id, guest.user_id);
+        let rid = room.to_owned();
+        sync_until(guest, Duration::from_secs(30), "the invite", |s| !s["rooms"]["invite"][&rid].is_null()).await;
+        let (s, body) = guest.post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({})).await;
+        assert_eq!(s, 200, "{} joins after the invite: {body}", guest.user_id);
+        wait_until(Duration::from_secs(30), &format!("{} joined, seen by {}", guest.user_id, self.user_id), || async {
+            self.membership(room, &guest.user_id).await.as_deref() == Some("join")
+        })
+        .await;
     }
 
     /// Joins through `via`; returns (status, body).

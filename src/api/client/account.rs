@@ -32,9 +32,13 @@ pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Req
         Some(name) => name.to_lowercase(),
         None => random_alpha(12).to_lowercase(),
     };
+    // Only completed registrations count, but a client past the limit learns it at every step.
+    let address = req.ip.to_string();
+    state.limits.registration.peek(&address)?;
     state.accounts.check_available(&localpart).await?;
     state.accounts.check_uia(body.auth.as_ref(), UiaRequest { flows, user_id: None, operation: "register" }).await?;
     let user_id = state.accounts.register(&localpart, body.password.clone(), false).await?;
+    state.limits.registration.record(&address);
     if body.inhibit_login {
         return Ok(Json(json!({ "user_id": user_id })));
     }
@@ -45,14 +49,20 @@ pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Req
             body.device_id.clone(),
             body.initial_device_display_name.as_deref(),
             Some(&req.ip.to_string()),
+            body.refresh_token,
         )
         .await?;
-    Ok(Json(json!({
+    let mut res = json!({
         "user_id": user_id,
         "access_token": issued.access_token,
         "device_id": issued.device_id,
         "home_server": user_id.server_name(),
-    })))
+    });
+    if let (Some(refresh), Some(expires)) = (issued.refresh_token, issued.expires_in) {
+        res["refresh_token"] = json!(refresh);
+        res["expires_in_ms"] = json!(expires.as_millis() as u64);
+    }
+    Ok(Json(res))
 }
 
 /// `GET /_matrix/client/v3/register/available`

@@ -21,6 +21,12 @@ pub async fn put_alias(State(state): State<AppState>, req: Ruma<create_alias::v3
     if alias.server_name() != state.rooms.server_name() {
         return Err(Error::invalid_param("Room alias must be on this server"));
     }
+    // Only members may name a room (as Synapse requires), so that nobody squats the aliases of
+    // rooms they are not in; membership is checked before existence so that the answer does
+    // not tell a stranger which room ids exist. Server admins may alias any room.
+    if !s.is_admin && state.rooms.membership_of(&req.body.room_id, &s.user_id).await?.as_deref() != Some("join") {
+        return Err(Error::forbidden("You must be joined to the room to create an alias for it"));
+    }
     if !state.rooms.exists(&req.body.room_id).await? {
         return Err(Error::not_found("Unknown room"));
     }

@@ -37,7 +37,7 @@ pub async fn capabilities(
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
-            "m.get_login_token": { "enabled": false },
+            "m.get_login_token": { "enabled": state.accounts.login_tokens_enabled() },
         }
     })))
 }

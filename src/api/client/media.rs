@@ -119,9 +119,9 @@ async fn serve(state: &AppState, content: Content, filename: Option<&str>, thumb
 /// applies the rate limit ruma declares for the upload endpoints.
 async fn upload_session(state: &AppState, parts: &http::request::Parts) -> Result<Session> {
     let token = access_token(parts)?.ok_or_else(Error::missing_token)?;
-    let ip = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
-    let session = state.accounts.authenticate(&token, ip.as_deref()).await?;
-    state.limiter.check(session.user_id.as_str())?;
+    let ip = crate::api::extract::client_ip(parts, &state.trusted_proxies).to_string();
+    let session = state.accounts.authenticate(&token, Some(&ip)).await?;
+    state.limits.requests.check(session.user_id.as_str())?;
     Ok(session)
 }
 

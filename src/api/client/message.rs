@@ -183,19 +183,10 @@ async fn parse_from(state: &AppState, room_id: &RoomId, token: &str, dir: Dir) -
     })
 }
 
-/// Member events for the senders of `events` (lazy-loading members).
-async fn lazy_members(state: &AppState, room_id: &RoomId, events: &[StoredEvent]) -> Result<Vec<Value>> {
-    let mut senders: Vec<&str> = events.iter().map(|e| e.pdu.fields.sender.as_str()).collect();
-    senders.sort();
-    senders.dedup();
+/// Member events for the senders of `events` (lazy-loading members), as of those events.
+async fn lazy_members(state: &AppState, events: &[StoredEvent]) -> Result<Vec<Value>> {
     let now = crate::storage::now_ms();
-    let mut out = Vec::new();
-    for sender in senders {
-        if let Some(p) = state.rooms.current_state_event(room_id, "m.room.member", sender).await? {
-            out.push(p.client_json(None, now));
-        }
-    }
-    Ok(out)
+    Ok(state.rooms.sender_members(events).await?.iter().map(|p| p.client_json(None, now)).collect())
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/messages`
@@ -240,7 +231,7 @@ pub async fn messages(
         res["end"] = json!(end);
     }
     if filter.lazy_load_members {
-        res["state"] = json!(lazy_members(&state, &b.room_id, &page.events).await?);
+        res["state"] = json!(lazy_members(&state, &page.events).await?);
     }
     Ok(Json(res))
 }
@@ -258,10 +249,10 @@ pub async fn context(State(state): State<AppState>, req: Ruma<get_context::v3::R
     let (before, after) = (&around.before, &around.after);
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     let state_events: Vec<Value> = if filter.lazy_load_members {
-        let mut all = before.clone();
+        let mut all = vec![ev.clone()];
+        all.extend(before.iter().cloned());
         all.extend(after.iter().cloned());
-        all.push(ev.clone());
-        lazy_members(&state, &b.room_id, &all).await?
+        lazy_members(&state, &all).await?
     } else {
         let now = crate::storage::now_ms();
         match ev.state_group {

@@ -19,7 +19,9 @@ mod room;
 mod search;
 mod session;
 mod sync;
+mod threepid;
 mod to_device;
+mod voip;
 
 use axum::Router;
 
@@ -35,12 +37,18 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(session::login)
         .ruma(session::logout)
         .ruma(session::logout_all)
+        .ruma(session::refresh)
+        .ruma(session::get_login_token)
+        .ruma(voip::turn_server)
         .ruma(account::register)
         .ruma(account::available)
         .ruma(account::whoami)
         .ruma(account::change_password)
         .ruma(account::deactivate)
         .ruma(account::threepids)
+        .ruma(threepid::register_token)
+        .ruma(threepid::password_token)
+        .ruma(threepid::add_token)
         .ruma(account::openid_token)
         .ruma(device::list)
         .ruma(device::get)

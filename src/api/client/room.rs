@@ -15,7 +15,7 @@ use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
 use crate::rooms::create::CreateRoom;
-use crate::rooms::read::TopoToken;
+use crate::rooms::read::{Position, TopoToken};
 
 /// `POST /_matrix/client/v3/createRoom`
 pub async fn create(State(state): State<AppState>, req: Ruma<create_room::v3::Request>) -> Result<Json<Value>> {
@@ -188,16 +188,17 @@ pub async fn joined(State(state): State<AppState>, req: Ruma<joined_rooms::v3::R
 pub async fn members(State(state): State<AppState>, req: Ruma<get_member_events::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     let room_id = &req.body.room_id;
-    let membership = state.rooms.membership_of(room_id, &s.user_id).await?;
-    // Members of a room the user left are shown as of the leave (as Synapse does).
-    let ids = match membership.as_deref() {
-        Some("join") => match &req.body.at {
-            Some(at) => state_ids_at_token(&state, room_id, at).await?,
-            None => state.rooms.db().current_state_ids(room_id.as_str()).await?,
-        },
-        Some("leave") | Some("ban") => {
-            let (_, ev_id, _) =
-                state.rooms.db().membership(room_id.as_str(), s.user_id.as_str()).await?.expect("has membership");
+    // A forgotten room reads as one never joined.
+    let membership = state.rooms.db().remembered_membership(room_id.as_str(), s.user_id.as_str()).await?;
+    let ids = match (membership, &req.body.at) {
+        (Some((m, ..)), Some(at)) if matches!(m.as_str(), "join" | "leave" | "ban") => {
+            // As of the event at `at`, if the user may see it (as Synapse does): a token from
+            // before a `joined`-visibility join or after a leave reveals nothing.
+            state_ids_at_token(&state, room_id, &s.user_id, &m, at).await?
+        }
+        (Some((m, ..)), None) if m == "join" => state.rooms.db().current_state_ids(room_id.as_str()).await?,
+        // Members of a room the user left are shown as of the leave (as Synapse does).
+        (Some((m, ev_id, _)), None) if m == "leave" || m == "ban" => {
             let ev =
                 state.rooms.db().get_event(&ev_id).await?.ok_or_else(|| Error::internal("membership event missing"))?;
             let group = ev.state_group.ok_or_else(|| Error::internal("membership event without state"))?;
@@ -223,31 +224,31 @@ pub async fn members(State(state): State<AppState>, req: Ruma<get_member_events:
     Ok(Json(json!({ "chunk": chunk })))
 }
 
-/// The state at a sync or topological token.
-async fn state_ids_at_token(state: &AppState, room_id: &RoomId, at: &str) -> Result<crate::storage::rooms::StateIds> {
+/// The state at a sync or topological token, as `user` (whose membership is `membership`) may
+/// see it: the state after the last event at or before the token, if the user may see that
+/// event; 403 otherwise.
+async fn state_ids_at_token(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &ruma::UserId,
+    membership: &str,
+    at: &str,
+) -> Result<crate::storage::rooms::StateIds> {
+    // Nothing at or before the token: the room did not exist yet.
     let pos = match TopoToken::parse(at) {
-        Some(t) => Some(t),
-        None => {
-            let stream = crate::api::client::message::stream_of_token(at)
-                .ok_or_else(|| Error::invalid_param("Invalid `at` token"))?;
-            state.rooms.position_at_stream(room_id, stream).await?
-        }
+        Some(t) => Position::Topo(t),
+        None => Position::Stream(
+            crate::api::client::message::stream_of_token(at)
+                .ok_or_else(|| Error::invalid_param("Invalid `at` token"))?,
+        ),
     };
-    let Some(pos) = pos else { return Ok(Default::default()) };
-    let rows = state
-        .rooms
-        .db()
-        .query_events(
-            "WHERE room_id = $1 AND outlier = 0 AND stream_ordering = $2",
-            &[
-                crate::storage::rooms::BindValue::Str(room_id.as_str()),
-                crate::storage::rooms::BindValue::Int(pos.stream),
-            ],
-        )
-        .await?;
-    match rows.first().and_then(|e| e.state_group) {
+    let Some(ev) = state.rooms.last_event_at(room_id, pos).await? else { return Ok(Default::default()) };
+    if !state.rooms.can_see(user, &ev, Some(membership)).await? {
+        return Err(Error::forbidden(format!("User {user} may not see the room's members at {at}")));
+    }
+    match ev.state_group {
         Some(g) => Ok((*state.rooms.state_at_group(g).await?).clone()),
-        None => state.rooms.db().current_state_ids(room_id.as_str()).await,
+        None => Err(Error::internal("timeline event without state")),
     }
 }
 

@@ -3,17 +3,21 @@
 use axum::Json;
 use axum::extract::State;
 use ruma::api::client::session::login::v3::LoginInfo;
-use ruma::api::client::session::{get_login_types, login, logout, logout_all};
+use ruma::api::client::session::{get_login_token, get_login_types, login, logout, logout_all, refresh_token};
 use ruma::api::client::uiaa::UserIdentifier;
 use serde_json::{Value, json};
 
+use crate::accounts::uia::{self, UiaRequest};
 use crate::api::AppState;
 use crate::api::extract::{Ruma, RumaResponse};
 use crate::error::{Error, Result};
 
 /// `GET /_matrix/client/v3/login`
-pub async fn login_types(_: State<AppState>, _: Ruma<get_login_types::v3::Request>) -> Result<Json<Value>> {
-    Ok(Json(json!({ "flows": [{ "type": "m.login.password" }] })))
+pub async fn login_types(State(state): State<AppState>, _: Ruma<get_login_types::v3::Request>) -> Result<Json<Value>> {
+    Ok(Json(json!({ "flows": [
+        { "type": "m.login.password" },
+        { "type": "m.login.token", "get_login_token": state.accounts.login_tokens_enabled() },
+    ]})))
 }
 
 /// `POST /_matrix/client/v3/login`
@@ -22,17 +26,24 @@ pub async fn login(
     State(state): State<AppState>,
     req: Ruma<login::v3::Request>,
 ) -> Result<RumaResponse<login::v3::Response>> {
-    let LoginInfo::Password(password) = &req.body.login_info else {
-        return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type"));
+    // Every attempt counts against the address, whatever its outcome (Synapse's rc_login).
+    state.limits.login_address.check(&req.ip.to_string())?;
+    let user_id = match &req.body.login_info {
+        LoginInfo::Password(password) => {
+            let user = match (&password.identifier, &password.user) {
+                (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
+                (None, Some(user)) => user.clone(),
+                (Some(_), _) => return Err(Error::forbidden("Only m.id.user identifiers are supported")),
+                (None, None) => return Err(Error::missing_param("Missing identifier")),
+            };
+            let user_id = state.accounts.local_user_id(&user)?;
+            state.limits.login_account.check(user_id.as_str())?;
+            state.accounts.check_password(&user_id, &password.password).await?;
+            user_id
+        }
+        LoginInfo::Token(token) => state.accounts.take_login_token(&token.token).await?,
+        _ => return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type")),
     };
-    let user = match (&password.identifier, &password.user) {
-        (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
-        (None, Some(user)) => user.clone(),
-        (Some(_), _) => return Err(Error::forbidden("Only m.id.user identifiers are supported")),
-        (None, None) => return Err(Error::missing_param("Missing identifier")),
-    };
-    let user_id = state.accounts.local_user_id(&user)?;
-    state.accounts.check_password(&user_id, &password.password).await?;
     let issued = state
         .accounts
         .issue_token(
@@ -40,13 +51,50 @@ pub async fn login(
             req.body.device_id.clone(),
             req.body.initial_device_display_name.as_deref(),
             Some(&req.ip.to_string()),
+            req.body.refresh_token,
         )
         .await?;
     state.e2ee.keys_changed(user_id.as_str()).await;
     tracing::info!(%user_id, device_id = %issued.device_id, "login");
     let mut res = login::v3::Response::new(user_id.clone(), issued.access_token, issued.device_id);
     res.home_server = Some(user_id.server_name().to_owned());
+    res.refresh_token = issued.refresh_token;
+    res.expires_in = issued.expires_in;
     Ok(res.into())
+}
+
+/// `POST /_matrix/client/v3/refresh`
+pub async fn refresh(
+    State(state): State<AppState>,
+    req: Ruma<refresh_token::v3::Request>,
+) -> Result<RumaResponse<refresh_token::v3::Response>> {
+    let (issued, _) = state.accounts.refresh(&req.body.refresh_token).await?;
+    let mut res = refresh_token::v3::Response::new(issued.access_token);
+    res.refresh_token = issued.refresh_token;
+    res.expires_in_ms = issued.expires_in;
+    Ok(res.into())
+}
+
+/// `POST /_matrix/client/v1/login/get_token`: a single-use token to sign in another device,
+/// after the user re-enters their password.
+pub async fn get_login_token(
+    State(state): State<AppState>,
+    req: Ruma<get_login_token::v1::Request>,
+) -> Result<RumaResponse<get_login_token::v1::Response>> {
+    let s = req.session()?;
+    if !state.accounts.login_tokens_enabled() {
+        return Err(Error::unrecognized(http::StatusCode::NOT_FOUND));
+    }
+    let flows = vec![vec![uia::PASSWORD]];
+    state
+        .accounts
+        .check_uia(
+            req.body.auth.as_ref(),
+            UiaRequest { flows, user_id: Some(&s.user_id), operation: "get_login_token" },
+        )
+        .await?;
+    let (token, lifetime) = state.accounts.issue_login_token(&s.user_id).await?;
+    Ok(get_login_token::v1::Response::new(lifetime, token).into())
 }
 
 /// `POST /_matrix/client/v3/logout`

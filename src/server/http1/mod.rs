@@ -22,6 +22,10 @@
 //! - limits: 64 KiB of head, 100 headers, 30 s to send a head once begun, 300 s idle between
 //!   requests, 60 s between two reads of a body. Malformed requests get a Matrix JSON error.
 //!
+//! The wire format itself (heads, framing, the chunked decoder) is the `myelin-wire` crate, which
+//! has no I/O and is fuzzed on its own (`wire/fuzz/`); `differential.rs` checks against hyper's
+//! server that a corpus of malformed and smuggling requests is accepted or refused alike.
+//!
 //! Upgrades, HTTP/2 and TLS are not spoken here: clients reach this port over plain HTTP/1.1,
 //! or through a reverse proxy that speaks HTTP/2 and TLS to them.
 
@@ -36,9 +40,10 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
+use myelin_wire::{Chunk, ChunkedDecoder, Framing, HEAD_TOO_LARGE, Head, MAX_HEAD, Refusal, has_token, parse_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -46,10 +51,6 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// Most bytes of a request line and headers.
-const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a request (as hyper).
-const MAX_HEADERS: usize = 100;
 /// Time to finish sending a head once its first byte has arrived.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a connection may sit idle between requests: longer than clients keep idle connections
@@ -203,43 +204,6 @@ impl Conn {
     }
 }
 
-/// How a request's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-}
-
-/// A parsed request head.
-#[derive(Debug)]
-struct Head {
-    parts: http::request::Parts,
-    framing: Framing,
-    keep_alive: bool,
-    expect_continue: bool,
-}
-
-/// A request refused before it reached the router.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Refusal {
-    status: StatusCode,
-    errcode: &'static str,
-    error: &'static str,
-}
-
-impl Refusal {
-    const fn bad(error: &'static str) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, errcode: "M_UNKNOWN", error }
-    }
-}
-
-const HEAD_TOO_LARGE: Refusal = Refusal {
-    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-    errcode: "M_UNKNOWN",
-    error: "Request headers too large",
-};
-
 /// Waits for the next request head. `Ok(None)`: the connection should close quietly (the
 /// client closed it or stayed idle too long, or the server is stopping between requests).
 async fn read_head(conn: &mut Conn, shutdown: &CancellationToken) -> Result<Option<Head>, Refusal> {
@@ -269,7 +233,7 @@ async fn read_head(conn: &mut Conn, shutdown: &CancellationToken) -> Result<Opti
             },
             () = sleep_until(deadline) => {
                 return if begun {
-                    Err(Refusal { status: StatusCode::REQUEST_TIMEOUT, errcode: "M_UNKNOWN", error: "Request head not received in time" })
+                    Err(Refusal { status: StatusCode::REQUEST_TIMEOUT, error: "Request head not received in time" })
                 } else {
                     Ok(None)
                 };
@@ -277,107 +241,6 @@ async fn read_head(conn: &mut Conn, shutdown: &CancellationToken) -> Result<Opti
             () = shutdown.cancelled(), if !begun => return Ok(None),
         }
     }
-}
-
-/// Parses a complete head at the start of `buf`, returning it and its length in bytes, or
-/// `None` if more bytes are needed.
-fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HEAD_TOO_LARGE),
-        Err(_) => return Err(Refusal::bad("Malformed HTTP request")),
-    };
-    if len > MAX_HEAD {
-        return Err(HEAD_TOO_LARGE);
-    }
-    // One copy of the head that the URI and header values point into; `buf` can then go.
-    let shared = Bytes::copy_from_slice(&buf[..len]);
-    let slice_of = |part: &[u8]| {
-        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-        shared.slice(start..start + part.len())
-    };
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| Refusal::bad("Malformed HTTP method"))?;
-    let uri = Uri::from_maybe_shared(slice_of(req.path.unwrap_or_default().as_bytes()))
-        .map_err(|_| Refusal::bad("Malformed request target"))?;
-    let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let mut map = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::bad("Malformed header name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(slice_of(h.value)).map_err(|_| Refusal::bad("Malformed header value"))?;
-        map.append(name, value);
-    }
-    let framing = framing(&map, version)?;
-    let keep_alive = match version {
-        Version::HTTP_10 => has_token(&map, header::CONNECTION, "keep-alive"),
-        _ => !has_token(&map, header::CONNECTION, "close"),
-    };
-    let expect_continue = version == Version::HTTP_11
-        && map.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-
-    let mut parts = Request::new(()).into_parts().0;
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    parts.headers = map;
-    Ok(Some((Head { parts, framing, keep_alive, expect_continue }, len)))
-}
-
-/// The body framing of a request (RFC 9112 section 6.3). A message with both
-/// `Transfer-Encoding` and `Content-Length`, or with differing lengths, is refused: those are
-/// the ambiguities request smuggling is made of.
-fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Refusal> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 || headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(Refusal::bad("Ambiguous request body framing"));
-        }
-        let mut codings = Vec::new();
-        for value in headers.get_all(header::TRANSFER_ENCODING) {
-            let value = value.to_str().map_err(|_| Refusal::bad("Malformed Transfer-Encoding"))?;
-            codings.extend(value.split(',').map(str::trim).filter(|c| !c.is_empty()));
-        }
-        return match codings.as_slice() {
-            [only] if only.eq_ignore_ascii_case("chunked") => Ok(Framing::Chunked),
-            [.., last] if last.eq_ignore_ascii_case("chunked") => Err(Refusal {
-                status: StatusCode::NOT_IMPLEMENTED,
-                errcode: "M_UNKNOWN",
-                error: "Unsupported transfer coding",
-            }),
-            _ => Err(Refusal::bad("Request body framing is not chunked")),
-        };
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let value = value.to_str().map_err(|_| Refusal::bad("Malformed Content-Length"))?;
-        for item in value.split(',').map(str::trim) {
-            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Refusal::bad("Malformed Content-Length"));
-            }
-            let n: u64 = item.parse().map_err(|_| Refusal::bad("Malformed Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Refusal::bad("Conflicting Content-Length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        None | Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-    })
-}
-
-/// Whether a comma-separated header such as `Connection` holds `token`.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The router's future for one request.
@@ -551,49 +414,21 @@ async fn read_exact_body(conn: &mut Conn, mut n: u64, tx: &mpsc::Sender<io::Resu
     Ok(())
 }
 
-/// Longest chunk-size line (with extensions) or trailer line accepted in a chunked body.
-const MAX_CHUNK_LINE: usize = 4096;
-
-/// Decodes a chunked body: size lines (extensions ignored), data, and trailers (discarded).
+/// Decodes a chunked body as it arrives (framing rules in [`myelin_wire::ChunkedDecoder`]),
+/// passing the data on and discarding extensions and trailers.
 async fn read_chunked_body(conn: &mut Conn, tx: &mpsc::Sender<io::Result<Bytes>>) -> Result<(), BodyError> {
+    let mut decoder = ChunkedDecoder::new();
     loop {
-        let line = read_line(conn).await?;
-        let size = line.split(|&b| b == b';').next().unwrap_or_default();
-        let size = std::str::from_utf8(size).map_err(|_| bad_body("malformed chunk size"))?.trim_matches([' ', '\t']);
-        if size.is_empty() || size.len() > 16 {
-            return Err(bad_body("malformed chunk size"));
-        }
-        let size = u64::from_str_radix(size, 16).map_err(|_| bad_body("malformed chunk size"))?;
-        if size == 0 {
-            // Trailer fields up to the empty line.
-            while !read_line(conn).await?.is_empty() {}
-            return Ok(());
-        }
-        read_exact_body(conn, size, tx).await?;
-        if !read_line(conn).await?.is_empty() {
-            return Err(bad_body("chunk data longer than its size"));
-        }
-    }
-}
-
-/// Reads one CRLF- (or LF-) terminated line, without its terminator.
-async fn read_line(conn: &mut Conn) -> Result<Vec<u8>, BodyError> {
-    loop {
-        if let Some(end) = conn.buf.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = conn.buf.drain(..=end).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            return Ok(line);
-        }
-        if conn.buf.len() > MAX_CHUNK_LINE {
-            return Err(bad_body("chunk line too long"));
-        }
-        match timeout(BODY_READ_TIMEOUT, conn.fill()).await {
-            Err(_) => return Err(bad_body("request body stalled")),
-            Ok(Ok(0) | Err(_)) => return Err(BodyError::Gone),
-            Ok(Ok(_)) => {}
+        let (used, next) = decoder.decode(&conn.buf).map_err(|refusal| bad_body(refusal.error))?;
+        conn.buf.drain(..used);
+        match next {
+            Chunk::End => return Ok(()),
+            Chunk::Data(n) => read_exact_body(conn, n, tx).await?,
+            Chunk::NeedMore => match timeout(BODY_READ_TIMEOUT, conn.fill()).await {
+                Err(_) => return Err(bad_body("request body stalled")),
+                Ok(Ok(0) | Err(_)) => return Err(BodyError::Gone),
+                Ok(Ok(_)) => {}
+            },
         }
     }
 }
@@ -771,86 +606,12 @@ async fn write_response(
     Ok(keep_alive)
 }
 
-/// Answers a request refused before routing, as a Matrix error, and closes the connection.
+/// Answers a request refused before routing, as a Matrix error (`M_UNKNOWN`: the spec has no
+/// errcode for malformed HTTP), and closes the connection.
 async fn write_refusal(conn: &mut Conn, refusal: Refusal) -> io::Result<()> {
-    let response = crate::error::Error::new(refusal.status, refusal.errcode, refusal.error).into_response();
+    let response = crate::error::Error::new(refusal.status, "M_UNKNOWN", refusal.error).into_response();
     write_response(conn, response, false, Version::HTTP_11, false).await.map(drop)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Option<(Head, usize)>, Refusal> {
-        parse_head(text.as_bytes())
-    }
-
-    #[test]
-    fn parses_a_get_and_keeps_what_follows() {
-        let text =
-            "GET /_matrix/client/v3/sync?timeout=30000 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\n\r\nGET /next";
-        let (head, len) = parse(text).unwrap().unwrap();
-        assert_eq!(&text[len..], "GET /next");
-        assert_eq!(head.parts.method, Method::GET);
-        assert_eq!(head.parts.uri.path(), "/_matrix/client/v3/sync");
-        assert_eq!(head.parts.uri.query(), Some("timeout=30000"));
-        assert_eq!(head.parts.headers["authorization"], "Bearer x");
-        assert_eq!(head.framing, Framing::Empty);
-        assert!(head.keep_alive);
-        assert!(!head.expect_continue);
-    }
-
-    #[test]
-    fn a_partial_head_needs_more() {
-        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
-    }
-
-    #[test]
-    fn framing_follows_rfc_9112() {
-        let framing_of = |headers: &str| {
-            parse(&format!("POST / HTTP/1.1\r\n{headers}\r\n")).map(|h| h.map(|(h, _)| h.framing).unwrap())
-        };
-        assert_eq!(framing_of("Content-Length: 12\r\n"), Ok(Framing::Length(12)));
-        assert_eq!(framing_of("Content-Length: 0\r\n"), Ok(Framing::Empty));
-        assert_eq!(framing_of("Content-Length: 5\r\nContent-Length: 5\r\n"), Ok(Framing::Length(5)));
-        assert_eq!(framing_of("Transfer-Encoding: Chunked\r\n"), Ok(Framing::Chunked));
-        assert_eq!(framing_of(""), Ok(Framing::Empty));
-        for bad in [
-            "Content-Length: 5\r\nContent-Length: 6\r\n",
-            "Content-Length: -1\r\n",
-            "Content-Length: +5\r\n",
-            "Content-Length: 99999999999999999999999\r\n",
-            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
-            "Transfer-Encoding: gzip\r\n",
-        ] {
-            assert_eq!(framing_of(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
-        }
-        assert_eq!(framing_of("Transfer-Encoding: gzip, chunked\r\n").unwrap_err().status, StatusCode::NOT_IMPLEMENTED);
-    }
-
-    #[test]
-    fn persistence_depends_on_version_and_connection() {
-        let keep = |text: &str| parse(text).unwrap().unwrap().0.keep_alive;
-        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
-        assert!(!keep("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
-        assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
-        assert!(keep("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
-    }
-
-    #[test]
-    fn malformed_and_oversized_heads_are_refused() {
-        assert_eq!(parse("GET / HTTP/1.1\r\nBad Header\r\n\r\n").unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(parse("G\0T / HTTP/1.1\r\n\r\n").unwrap_err().status, StatusCode::BAD_REQUEST);
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(
-            parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err().status,
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-        );
-    }
-
-    #[test]
-    fn expect_continue_is_recognised() {
-        let (head, _) = parse("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
-        assert!(head.expect_continue);
-    }
-}
+mod differential;

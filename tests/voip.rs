@@ -1,0 +1,164 @@
+//! `GET /voip/turnServer` against a real TURN server: coturn (Debian's `coturn` package, which
+//! `.ci/run` installs) started by the test with a shared secret. Credentials Myelin hands out
+//! must let coturn's own client (`turnutils_uclient`) allocate relays and pass data through
+//! them; once expired, or with a wrong password, coturn must refuse them.
+
+#[macro_use]
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const SECRET: &str = "a shared secret";
+
+/// A coturn process on loopback, stopped on drop.
+struct Coturn {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Coturn {
+    fn start() -> Self {
+        let turnserver = ["/usr/bin/turnserver", "/usr/sbin/turnserver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("coturn is not installed (apt-get install coturn; .ci/run installs it)");
+        let port = free_port();
+        let relay = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(turnserver)
+            .args(["--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--realm=myelin.test"])
+            .arg(format!("--listening-port={port}"))
+            // A small relay range of its own, so that parallel tests do not share one.
+            .arg(format!("--min-port={relay}"))
+            .arg(format!("--max-port={}", relay + 8))
+            .args(["--use-auth-secret", &format!("--static-auth-secret={SECRET}")])
+            .args(["--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers", "--log-file=stdout", "--simple-log"])
+            .arg(format!("--pidfile={}", dir.path().join("turn.pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting turnserver");
+        Self { child, port, _dir: dir }
+    }
+
+    /// Allocates relays with `username`/`password` and sends a few messages through them with
+    /// coturn's test client; whether that worked.
+    fn relays(&self, username: &str, password: &str) -> bool {
+        let output = Command::new("turnutils_uclient")
+            .args(["-p", &self.port.to_string(), "-u", username, "-w", password])
+            .args(["-n", "2", "-m", "1", "-l", "100", "-y", "127.0.0.1"])
+            .output()
+            .expect("running turnutils_uclient");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        output.status.success() && !text.contains("ERROR") && text.contains("tot_recv_msgs=2")
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // Bound and released at once; TURN listens on the same port over UDP and TCP.
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn turn_config(coturn_port: u16, lifetime_ms: i64) -> impl Fn(&mut toml::Table) {
+    move |c: &mut toml::Table| {
+        set_config(c, "voip.turn_uris", vec![format!("turn:127.0.0.1:{coturn_port}?transport=udp")]);
+        set_config(c, "voip.turn_shared_secret", SECRET);
+        set_config(c, "voip.turn_user_lifetime_ms", lifetime_ms);
+    }
+}
+
+async fn wait_for_coturn(coturn: &Coturn) {
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", coturn.port)).is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("turnserver did not start on port {}", coturn.port);
+}
+
+fn creds(body: &Value) -> (String, String) {
+    (body["username"].as_str().unwrap().to_owned(), body["password"].as_str().unwrap().to_owned())
+}
+
+async fn credentials_relay_through_coturn(backend: Backend) {
+    let coturn = Coturn::start();
+    let server = TestServer::start_with(backend, turn_config(coturn.port, 3_600_000)).await;
+    wait_for_coturn(&coturn).await;
+    let alice = server.register("alice").await;
+    let (status, body) = alice.get("/_matrix/client/v3/voip/turnServer").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["uris"], json!([format!("turn:127.0.0.1:{}?transport=udp", coturn.port)]));
+    assert_eq!(body["ttl"], 3600);
+    let (username, password) = creds(&body);
+    assert!(username.ends_with(&format!(":{}", alice.user_id)), "{username}");
+    assert!(coturn.relays(&username, &password), "coturn refused the credentials Myelin gave");
+    assert!(!coturn.relays(&username, "not the password"), "coturn accepted a wrong password");
+    let (status, _) = server.get("/_matrix/client/v3/voip/turnServer").await;
+    assert_eq!(status, 401, "credentials are for users only");
+}
+
+async fn expired_credentials_are_refused(backend: Backend) {
+    let coturn = Coturn::start();
+    let server = TestServer::start_with(backend, turn_config(coturn.port, 1000)).await;
+    wait_for_coturn(&coturn).await;
+    let alice = server.register("alice").await;
+    let (_, body) = alice.get("/_matrix/client/v3/voip/turnServer").await;
+    assert_eq!(body["ttl"], 1);
+    let (username, password) = creds(&body);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(!coturn.relays(&username, &password), "coturn accepted expired credentials");
+}
+
+#[tokio::test]
+async fn turn_credentials_relay_through_coturn_sqlite() {
+    credentials_relay_through_coturn(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn turn_credentials_relay_through_coturn_postgres() {
+    credentials_relay_through_coturn(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn expired_turn_credentials_are_refused_sqlite() {
+    expired_credentials_are_refused(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn expired_turn_credentials_are_refused_postgres() {
+    expired_credentials_are_refused(Backend::Postgres).await;
+}
+
+both_backends!(no_turn_server_configured, |server| async move {
+    let alice = server.register("alice").await;
+    let (status, body) = alice.get("/_matrix/client/v3/voip/turnServer").await;
+    assert_eq!((status, body), (200, json!({})));
+});
+
+both_backends!(
+    static_turn_credentials,
+    with | c | {
+        set_config(c, "voip.turn_uris", vec!["turns:turn.example.org:5349"]);
+        set_config(c, "voip.turn_username", "calls");
+        set_config(c, "voip.turn_password", "static");
+    },
+    |server| async move {
+        let alice = server.register("alice").await;
+        let (status, body) = alice.get("/_matrix/client/v3/voip/turnServer").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!((&body["username"], &body["password"]), (&json!("calls"), &json!("static")));
+    }
+);
