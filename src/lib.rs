@@ -13,6 +13,7 @@ pub mod ratelimit;
 pub mod rooms;
 pub mod server;
 pub mod signing;
+pub mod ssrf;
 pub mod storage;
 pub mod sync;
 pub mod voip;

@@ -211,7 +211,16 @@ where
         // Clients send POSTs like `/join` with no body at all; ruma wants a JSON object.
         let body_bytes: &[u8] = if json.is_none() && has_json_body(&parts.method) { b"{}" } else { &bytes[..] };
         let request = http::Request::from_parts(parts, body_bytes);
-        let body = T::try_from_http_request(request, &args).map_err(|e| {
+        // ruma's deserializers are not all panic-free (its `LoginInfo` indexes the JSON object
+        // by "type" and panics when the field is absent); a request body is untrusted input, so
+        // a panic while reading one is the client's malformed request, not a server failure.
+        let converted =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(request, &args)))
+                .map_err(|panic| {
+                    tracing::warn!(panic = panic_message(&*panic), "ruma panicked converting a request");
+                    Error::bad_json("Request body does not have the expected shape")
+                })?;
+        let body = converted.map_err(|e| {
             use ruma::api::error::{DeserializationError, FromHttpRequestError};
             match e {
                 FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => Error::bad_json(e.to_string()),
@@ -231,6 +240,15 @@ where
         })?;
         Ok(Ruma { body, session, ip, json, origin })
     }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 /// The error for a request body that could not be read whole: 413 past the limit, 400 when the

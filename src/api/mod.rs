@@ -100,6 +100,9 @@ impl RouterExt for Router<AppState> {
 
 /// The complete application router.
 ///
+/// A panic in a handler becomes a 500 `M_UNKNOWN` ([`panic_response`]) on both listeners, since
+/// both serve this router.
+///
 /// CORS is done without a middleware of its own: every response gets the headers from one layer
 /// stack (applied once, since each `Router::layer` call boxes every route's future again, and a
 /// waiting long-poll keeps those boxes), and any `OPTIONS` request, a browser's preflight, is
@@ -125,9 +128,17 @@ pub fn router(state: AppState) -> Router {
                 .layer(tower_http::trace::TraceLayer::new_for_http())
                 .layer(cors("access-control-allow-origin", "*"))
                 .layer(cors("access-control-allow-methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS"))
-                .layer(cors("access-control-allow-headers", "X-Requested-With, Content-Type, Authorization, Date")),
+                .layer(cors("access-control-allow-headers", "X-Requested-With, Content-Type, Authorization, Date"))
+                // Innermost, so that a panic's 500 also gets the CORS headers.
+                .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response)),
         )
         .with_state(state)
+}
+
+/// A handler that panicked answers 500 `M_UNKNOWN` (the panic is logged) instead of dropping
+/// the connection without a word; the panic stays confined to its own request's task.
+fn panic_response(payload: Box<dyn std::any::Any + Send>) -> Response {
+    Error::internal(format!("handler panicked: {}", extract::panic_message(&*payload))).into_response()
 }
 
 /// The answer to a request no route takes: `OPTIONS` (a CORS preflight) succeeds, anything else
@@ -137,5 +148,32 @@ fn unrouted(method: &http::Method, status: http::StatusCode) -> Response {
         http::StatusCode::OK.into_response()
     } else {
         Error::unrecognized(status).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_m_unknown() {
+        let app: Router = Router::new()
+            .route(
+                "/",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("boom");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response));
+        let res = tower::ServiceExt::oneshot(app, http::Request::get("/").body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["errcode"], "M_UNKNOWN");
     }
 }

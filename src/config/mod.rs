@@ -53,8 +53,17 @@ pub struct Config {
 pub struct ListenConfig {
     /// Plain HTTP listener for the client API (and federation behind a reverse proxy).
     pub client: SocketAddr,
+    /// Plain HTTP listener: most connections open at once; more are closed on accept.
+    pub client_max_connections: usize,
     /// Optional HTTPS listener for federation.
     pub federation: Option<SocketAddr>,
+    /// Federation listener: seconds a client has to send a request head (HTTP/1.1; the timer
+    /// also runs while a connection waits for its next request).
+    pub federation_header_timeout_secs: u64,
+    /// Federation listener: seconds a connection may go without sending or receiving a byte.
+    pub federation_idle_timeout_secs: u64,
+    /// Federation listener: most connections open at once; more are closed on accept.
+    pub federation_max_connections: usize,
     /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client;
     /// from anyone else the header is ignored, so a client cannot choose its own address for
     /// the rate limits.
@@ -308,7 +317,15 @@ impl Default for Config {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { client: "127.0.0.1:8008".parse().expect("valid address"), federation: None, trusted_proxies: Vec::new() }
+        Self {
+            client: "127.0.0.1:8008".parse().expect("valid address"),
+            client_max_connections: 20_000,
+            federation: None,
+            federation_header_timeout_secs: 30,
+            federation_idle_timeout_secs: 300,
+            federation_max_connections: 4096,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -442,6 +459,16 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("configuration key `tls`: `cert` and `key` must be given together");
+        }
+        for (key, value) in [
+            ("listen.client_max_connections", self.listen.client_max_connections as u64),
+            ("listen.federation_header_timeout_secs", self.listen.federation_header_timeout_secs),
+            ("listen.federation_idle_timeout_secs", self.listen.federation_idle_timeout_secs),
+            ("listen.federation_max_connections", self.listen.federation_max_connections as u64),
+        ] {
+            if value == 0 {
+                bail!("configuration key `{key}`: must be at least 1");
+            }
         }
         if self.listen.federation.is_some() && self.tls.cert.is_none() {
             bail!(

@@ -4,13 +4,13 @@
 //! Discovery follows the spec ("Resolving server names"): an IP literal or an explicit port is
 //! used directly; otherwise `/.well-known/matrix/server`, then SRV `_matrix-fed._tcp` and
 //! `_matrix._tcp`, then port 8448. TLS always: the system roots plus `federation.trusted_ca`.
-//! Every address we connect to passes the guard: loopback, private, link-local and other
-//! non-public addresses are refused unless `federation.allow_private_addresses` is set.
+//! Every address we connect to passes [`crate::ssrf`]'s guard: loopback, private, link-local and
+//! other non-public addresses (also embedded in NAT64, 6to4, IPv4-mapped or -compatible IPv6)
+//! are refused unless `federation.allow_private_addresses` is set.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use ruma::ServerName;
@@ -20,58 +20,42 @@ use serde_json::Value;
 
 use crate::config::FederationConfig;
 use crate::error::{Error, Result};
+use crate::ssrf::Guard;
 
 /// Largest federation response body we read (send_join of a big room is the largest).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How long a discovery result is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// Most server names whose discovery result is remembered: every `X-Matrix` origin is
+/// discovered (to fetch its keys), so without a bound made-up origins grow the cache for ever.
+const DISCOVERY_CACHE_MAX: u64 = 10_000;
 
-/// Whether an address is public (not loopback, private, link-local, unspecified, ...).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.octets()[0] == 0
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-                || v4.octets()[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let seg = v6.segments()[0];
-            !(v6.is_loopback() || v6.is_unspecified() || (seg & 0xfe00) == 0xfc00 || (seg & 0xffc0) == 0xfe80)
-        }
-    }
+fn bounded_cache<V: Clone + Send + Sync + 'static>() -> moka::sync::Cache<String, V> {
+    moka::sync::Cache::builder().max_capacity(DISCOVERY_CACHE_MAX).time_to_live(DISCOVERY_TTL).build()
 }
 
 /// Resolves host names for reqwest through hickory, applying SRV targets chosen by discovery
 /// and the SSRF guard.
 struct GuardedResolver {
     dns: Option<TokioResolver>,
-    allow_private: bool,
+    guard: Guard,
     /// Host name in the URL -> host name to look up (the SRV target).
-    targets: Arc<Mutex<HashMap<String, String>>>,
+    targets: moka::sync::Cache<String, String>,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_owned();
-        let target = self.targets.lock().unwrap_or_else(|e| e.into_inner()).get(&host).cloned().unwrap_or(host);
+        let target = self.targets.get(&host).unwrap_or(host);
         let dns = self.dns.clone();
-        let allow_private = self.allow_private;
+        let guard = self.guard.clone();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = match &dns {
                 Some(dns) => dns.lookup_ip(target.as_str()).await?.iter().map(|ip| SocketAddr::new(ip, 0)).collect(),
                 None => tokio::net::lookup_host((target.as_str(), 0)).await?.collect(),
             };
-            let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| allow_private || is_public(a.ip())).collect();
+            let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| guard.allows(a.ip())).collect();
             if allowed.is_empty() {
                 return Err(format!("{target}: no permitted address (private addresses are refused)").into());
             }
@@ -85,15 +69,18 @@ impl reqwest::dns::Resolve for GuardedResolver {
 pub struct Resolved {
     /// `https://host:port`.
     pub base: String,
+    /// The URL's host and the SRV target it is reached at, when SRV chose one.
+    srv: Option<(String, String)>,
 }
 
 /// The outbound client.
 pub struct FedClient {
     http: reqwest::Client,
     dns: Option<TokioResolver>,
-    allow_private: bool,
-    targets: Arc<Mutex<HashMap<String, String>>>,
-    cache: Mutex<HashMap<String, (Resolved, Instant)>>,
+    guard: Guard,
+    targets: moka::sync::Cache<String, String>,
+    /// Discovery results by server name, bounded and expiring after [`DISCOVERY_TTL`].
+    cache: moka::sync::Cache<String, Resolved>,
 }
 
 fn bad_gateway(msg: impl Into<String>) -> Error {
@@ -128,15 +115,16 @@ impl FedClient {
                 None
             }
         };
-        let targets = Arc::new(Mutex::new(HashMap::new()));
-        let resolver = GuardedResolver {
-            dns: dns.clone(),
-            allow_private: config.allow_private_addresses,
-            targets: targets.clone(),
-        };
+        let targets = bounded_cache();
+        let guard = if config.allow_private_addresses { Guard::allow_all() } else { Guard::default() };
+        let resolver = GuardedResolver { dns: dns.clone(), guard: guard.clone(), targets: targets.clone() };
         let mut builder = reqwest::Client::builder()
             .dns_resolver(Arc::new(resolver))
             .connect_timeout(Duration::from_secs(10))
+            // Under the 30 s in which a Myelin peer's federation listener closes a connection
+            // waiting for its next request head, so that a request is never sent on a
+            // connection the peer is closing at that moment.
+            .pool_idle_timeout(Duration::from_secs(20))
             .timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("myelin/", env!("CARGO_PKG_VERSION")));
@@ -148,38 +136,36 @@ impl FedClient {
             builder = builder.tls_certs_merge(certs);
         }
         let http = builder.build()?;
-        Ok(Self {
-            http,
-            dns,
-            allow_private: config.allow_private_addresses,
-            targets,
-            cache: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { http, dns, guard, targets, cache: bounded_cache() })
     }
 
     /// Finds where `server` is reached (cached).
     pub async fn resolve(&self, server: &str) -> Result<Resolved> {
-        if let Some((r, at)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(server)
-            && at.elapsed() < DISCOVERY_TTL
+        let resolved = match self.cache.get(server) {
+            Some(r) => r,
+            None => {
+                let resolved = self.discover(server).await?;
+                self.cache.insert(server.to_owned(), resolved.clone());
+                resolved
+            }
+        };
+        // The SRV target lives in a cache of its own (the resolver sees only the URL's host),
+        // which may have dropped it while this result lives on.
+        if let Some((host, target)) = &resolved.srv
+            && self.targets.get(host).as_ref() != Some(target)
         {
-            return Ok(r.clone());
+            self.targets.insert(host.clone(), target.clone());
         }
-        let resolved = self.discover(server).await?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(server.to_owned(), (resolved.clone(), Instant::now()));
         Ok(resolved)
     }
 
     fn direct(&self, host: &str, port: u16) -> Result<Resolved> {
         if let Ok(ip) = host.parse::<IpAddr>()
-            && !self.allow_private
-            && !is_public(ip)
+            && !self.guard.allows(ip)
         {
             return Err(bad_gateway(format!("{host}: private addresses are refused")));
         }
-        Ok(Resolved { base: format!("https://{}:{port}", url_host(host)) })
+        Ok(Resolved { base: format!("https://{}:{port}", url_host(host)), srv: None })
     }
 
     async fn srv(&self, host: &str) -> Option<(String, u16)> {
@@ -207,8 +193,8 @@ impl FedClient {
     async fn via_srv(&self, host: &str) -> Result<Resolved> {
         if let Some((target, port)) = self.srv(host).await {
             // Connect to the SRV target but keep `host` in the URL, so TLS and Host use it.
-            self.targets.lock().unwrap_or_else(|e| e.into_inner()).insert(host.to_owned(), target);
-            return Ok(Resolved { base: format!("https://{host}:{port}") });
+            self.targets.insert(host.to_owned(), target.clone());
+            return Ok(Resolved { base: format!("https://{host}:{port}"), srv: Some((host.to_owned(), target)) });
         }
         self.direct(host, 8448)
     }
@@ -367,4 +353,28 @@ async fn read_limited(mut res: reqwest::Response) -> std::result::Result<Vec<u8>
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each made-up `X-Matrix` origin is discovered once; 100k of them leave the discovery
+    /// cache at its bound.
+    #[tokio::test]
+    async fn discovery_cache_stays_bounded() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = FedClient::new(&crate::config::FederationConfig::default()).unwrap();
+        for i in 0..100_000u32 {
+            // Public IP literals with a port resolve without any network traffic.
+            let server = format!("8.{}.{}.{}:8448", i >> 16, (i >> 8) & 0xff, i & 0xff);
+            client.resolve(&server).await.unwrap();
+        }
+        client.cache.run_pending_tasks();
+        let n = client.cache.entry_count();
+        assert!(n <= DISCOVERY_CACHE_MAX, "{n} entries");
+        // A private literal is refused and not remembered.
+        assert!(client.resolve("127.0.0.1:8448").await.is_err());
+        assert!(client.resolve("[64:ff9b::7f00:1]:8448").await.is_err());
+    }
 }

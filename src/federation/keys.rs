@@ -3,6 +3,7 @@
 //! and the notary answers built from the cached documents.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -17,6 +18,29 @@ use crate::storage::now_ms;
 
 /// How long others may cache our keys.
 const OWN_KEY_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Servers whose keys are kept in memory; beyond this the least used are read from the
+/// database again when needed.
+const KEY_CACHE_SERVERS: u64 = 10_000;
+/// How long keys stay in memory without being read from the database again.
+const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The in-memory cache of remote servers' keys (see [`Federation`]'s field).
+pub(super) fn key_cache() -> moka::sync::Cache<String, HashMap<String, RemoteKey>> {
+    moka::sync::Cache::builder().max_capacity(KEY_CACHE_SERVERS).time_to_live(KEY_CACHE_TTL).build()
+}
+
+/// The lock serialising work on `key`, from a map that keeps only locks someone holds: the
+/// keys come from requests (any `X-Matrix` origin), so a map that kept every key would grow
+/// with each made-up origin.
+fn single_flight_lock(
+    locks: &std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: &str,
+) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = locks.lock().unwrap_or_else(|e| e.into_inner());
+    locks.retain(|_, l| Arc::strong_count(l) > 1);
+    locks.entry(key.to_owned()).or_default().clone()
+}
 
 /// A remote key: unpadded base64 public key and how long it is valid.
 #[derive(Debug, Clone)]
@@ -73,20 +97,17 @@ impl Federation {
                 && wanted.iter().all(|w| keys.contains_key(w))
                 && keys.values().any(|k| k.valid_until_ts > now)
         };
-        if let Some(keys) = self.key_cache.lock().unwrap_or_else(|e| e.into_inner()).get(server).cloned()
+        if let Some(keys) = self.key_cache.get(server)
             && have(&keys)
         {
             return Ok(keys);
         }
         // One fetch per server at a time.
-        let lock = {
-            let mut locks = self.key_fetch_locks.lock().unwrap_or_else(|e| e.into_inner());
-            locks.entry(server.to_owned()).or_default().clone()
-        };
+        let lock = single_flight_lock(&self.key_fetch_locks, server);
         let _guard = lock.lock().await;
         let stored = self.stored_keys(server).await?;
         if have(&stored) {
-            self.key_cache.lock().unwrap_or_else(|e| e.into_inner()).insert(server.to_owned(), stored.clone());
+            self.key_cache.insert(server.to_owned(), stored.clone());
             return Ok(stored);
         }
         match self.fetch_keys(server).await {
@@ -101,7 +122,7 @@ impl Federation {
             }
         }
         let keys = self.stored_keys(server).await?;
-        self.key_cache.lock().unwrap_or_else(|e| e.into_inner()).insert(server.to_owned(), keys.clone());
+        self.key_cache.insert(server.to_owned(), keys.clone());
         Ok(keys)
     }
 
@@ -190,7 +211,7 @@ impl Federation {
         .execute(&mut *tx.tx)
         .await?;
         tx.commit().await?;
-        self.key_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(server);
+        self.key_cache.invalidate(server);
         Ok(())
     }
 
@@ -230,4 +251,32 @@ impl Federation {
 /// Unpadded base64 (as in key documents).
 pub fn b64(bytes: &[u8]) -> String {
     STANDARD_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Locks for 100k made-up origins, each taken and released, leave the map with at most the
+    /// one still held; the in-memory key cache stays at its bound.
+    #[test]
+    fn per_origin_state_stays_bounded() {
+        let locks = std::sync::Mutex::new(HashMap::new());
+        let held = single_flight_lock(&locks, "held.example");
+        for i in 0..100_000 {
+            let lock = single_flight_lock(&locks, &format!("origin-{i}.example"));
+            drop(lock);
+        }
+        let _ = single_flight_lock(&locks, "last.example");
+        let len = locks.lock().unwrap().len();
+        assert!(len <= 2, "{len} locks kept");
+        assert!(Arc::ptr_eq(&held, &single_flight_lock(&locks, "held.example")), "a held lock is shared");
+
+        let cache = key_cache();
+        for i in 0..100_000 {
+            cache.insert(format!("origin-{i}.example"), HashMap::new());
+        }
+        cache.run_pending_tasks();
+        assert!(cache.entry_count() <= KEY_CACHE_SERVERS, "{} servers cached", cache.entry_count());
+    }
 }

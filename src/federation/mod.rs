@@ -30,7 +30,10 @@ pub struct Federation {
     server_name: OwnedServerName,
     /// The outbound HTTP client.
     pub client: FedClient,
-    key_cache: Mutex<HashMap<String, HashMap<String, RemoteKey>>>,
+    /// Remote servers' keys by server name; bounded and expiring, since any origin named in an
+    /// `X-Matrix` header that serves a key document lands here (the database keeps them).
+    key_cache: moka::sync::Cache<String, HashMap<String, RemoteKey>>,
+    /// One key fetch per server at a time; an entry lives only while a fetch holds it.
     key_fetch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -44,7 +47,7 @@ impl Federation {
             config,
             keys,
             client,
-            key_cache: Mutex::new(HashMap::new()),
+            key_cache: keys::key_cache(),
             key_fetch_locks: Mutex::new(HashMap::new()),
         })
     }

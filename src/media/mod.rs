@@ -65,7 +65,7 @@ pub struct Media {
     server_name: OwnedServerName,
     store: FileStore,
     /// Thumbnail generation is CPU-bound; at most this many run at once.
-    thumbnailers: Semaphore,
+    thumbnailers: Arc<Semaphore>,
     /// Woken when an async upload completes, for downloads waiting on it.
     uploaded: Notify,
     fetcher: preview::Fetcher,
@@ -152,7 +152,7 @@ impl Media {
             db,
             config,
             store,
-            thumbnailers: Semaphore::new(2),
+            thumbnailers: Arc::new(Semaphore::new(2)),
             uploaded: Notify::new(),
             fetcher: preview::Fetcher::new(allowlist),
             location_fetcher: preview::Fetcher::new(location_allowlist),
@@ -543,18 +543,22 @@ impl Media {
         if let Some(t) = self.db.get_thumbnail(&key).await? {
             return Ok(Content { content_type: t.content_type, filename: None, size: t.size as u64, sha256: t.sha256 });
         }
-        let _permit = self.thumbnailers.acquire().await.map_err(Error::internal)?;
+        let permit = self.thumbnailers.clone().acquire_owned().await.map_err(Error::internal)?;
         // Another request may have generated it while this one waited for a permit.
         if let Some(t) = self.db.get_thumbnail(&key).await? {
             return Ok(Content { content_type: t.content_type, filename: None, size: t.size as u64, sha256: t.sha256 });
         }
         let bytes = self.store.read(&original.sha256).await.map_err(io_error)?;
         let method = req.method;
-        let thumb =
-            tokio::task::spawn_blocking(move || thumbnail::generate(&bytes, info, width, height, method, animated))
-                .await
-                .map_err(Error::internal)?
-                .map_err(thumbnail_error)?;
+        let thumb = tokio::task::spawn_blocking(move || {
+            // Held by the work itself: a client that hangs up does not free its slot while
+            // the blocking thread still decodes.
+            let _permit = permit;
+            thumbnail::generate(&bytes, info, width, height, method, animated)
+        })
+        .await
+        .map_err(Error::internal)?
+        .map_err(thumbnail_error)?;
         let stored = self.store.put(&thumb.bytes).await.map_err(io_error)?;
         self.db.insert_thumbnail(&key, thumb.content_type, stored.size as i64, &stored.sha256).await?;
         Ok(Content {

@@ -9,8 +9,9 @@
 //! (rebinding) is never used. Proxies from the environment are disabled: they would connect on
 //! our behalf to an unchecked address. Only `http`/`https` on any port are fetched. Operators
 //! can allow chosen private ranges (`media.url_preview_ip_allowlist`), e.g. for an intranet.
+//! What counts as public is [`crate::ssrf`]'s rule, the same for every outbound connection.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -29,100 +30,8 @@ const MAX_VALUE_CHARS: usize = 2000;
 /// Most `og:` tags kept from one page.
 const MAX_TAGS: usize = 50;
 
-/// An address range given as `address` or `address/prefix`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpRange {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpRange {
-    /// Parses `10.0.0.0/8`, `fd00::/8` or a single address.
-    pub fn parse(s: &str) -> Option<Self> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a.trim().parse::<IpAddr>().ok()?, Some(p.trim().parse::<u8>().ok()?)),
-            None => (s.trim().parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(Self { addr, prefix })
-    }
-
-    /// Whether `ip` is inside the range (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// `::ffff:a.b.c.d` as `a.b.c.d`, so that v4 rules apply to it.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
-
-/// Whether `ip` is a globally routable unicast address: not loopback, private, link-local,
-/// shared (CGNAT), documentation, benchmarking, multicast, reserved or unspecified, in IPv4 or
-/// IPv6, including IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4).
-pub fn is_public(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => is_public_v6(v6),
-    }
-}
-
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_broadcast()
-        || ip.is_documentation()
-        || ip.is_multicast()
-        || a == 0                                   // "this network"
-        || (a == 100 && (64..128).contains(&b))     // shared address space (CGNAT)
-        || (a == 192 && b == 0 && c == 0)           // IETF protocol assignments
-        || (a == 198 && (b == 18 || b == 19))       // benchmarking
-        || a >= 240) // reserved
-}
-
-fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let seg = ip.segments();
-    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-        return false;
-    }
-    // IPv4-compatible (deprecated ::a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002::/16) reach
-    // the embedded IPv4 address: judge that one.
-    let embedded_low = Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
-    if seg[..6] == [0, 0, 0, 0, 0, 0] || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0]) {
-        return is_public_v4(embedded_low);
-    }
-    if seg[0] == 0x2002 {
-        let v4 = Ipv4Addr::new((seg[1] >> 8) as u8, seg[1] as u8, (seg[2] >> 8) as u8, seg[2] as u8);
-        return is_public_v4(v4);
-    }
-    !((seg[0] & 0xfe00) == 0xfc00           // unique local fc00::/7
-        || (seg[0] & 0xffc0) == 0xfe80      // link-local fe80::/10
-        || (seg[0] & 0xffc0) == 0xfec0      // site-local fec0::/10 (deprecated)
-        || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
-        || (seg[0] == 0x2001 && seg[1] == 0)      // Teredo (tunnels to arbitrary IPv4)
-        || seg[0] == 0x0100 && seg[1..4] == [0, 0, 0]) // discard-only 100::/64
-}
+use crate::ssrf::Guard;
+pub use crate::ssrf::IpRange;
 
 /// A fetched response body.
 #[derive(Debug)]
@@ -140,7 +49,7 @@ pub struct Fetched {
 /// The SSRF-guarded HTTP fetcher.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    allowlist: Vec<IpRange>,
+    guard: Guard,
 }
 
 fn refused(msg: impl Into<String>) -> Error {
@@ -154,11 +63,7 @@ fn bad_gateway(msg: impl Into<String>) -> Error {
 impl Fetcher {
     /// A fetcher that also allows the given ranges.
     pub fn new(allowlist: Vec<IpRange>) -> Self {
-        Self { allowlist }
-    }
-
-    fn allowed(&self, ip: IpAddr) -> bool {
-        is_public(ip) || self.allowlist.iter().any(|r| r.contains(ip))
+        Self { guard: Guard::new(allowlist) }
     }
 
     /// The checked addresses for `url`'s host, or why it is refused.
@@ -186,7 +91,7 @@ impl Fetcher {
     }
 
     fn check_ip(&self, ip: IpAddr) -> Result<()> {
-        if self.allowed(ip) { Ok(()) } else { Err(refused("URL resolves to a non-public address")) }
+        if self.guard.allows(ip) { Ok(()) } else { Err(refused("URL resolves to a non-public address")) }
     }
 
     /// A client for one request to `url`, whose host is checked and pinned to the checked
@@ -468,53 +373,6 @@ fn decode_entities(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn private_and_special_addresses_are_not_public() {
-        for s in [
-            "127.0.0.1",
-            "127.0.0.2",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "255.255.255.255",
-            "224.0.0.1",
-            "::1",
-            "::",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "::127.0.0.1",
-            "64:ff9b::a00:1",
-            "2002:7f00:1::",
-            "2001:db8::1",
-        ] {
-            assert!(!is_public(ip(s)), "{s} must not be public");
-        }
-        for s in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "2002:808:808::"] {
-            assert!(is_public(ip(s)), "{s} is public");
-        }
-    }
-
-    #[test]
-    fn ranges() {
-        let r = IpRange::parse("127.0.0.1").unwrap();
-        assert!(r.contains(ip("127.0.0.1")) && !r.contains(ip("127.0.0.2")));
-        assert!(r.contains(ip("::ffff:127.0.0.1")));
-        let r = IpRange::parse("10.0.0.0/8").unwrap();
-        assert!(r.contains(ip("10.200.0.1")) && !r.contains(ip("11.0.0.1")));
-        assert!(IpRange::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
-        assert!(IpRange::parse("10.0.0.0/33").is_none());
-        assert!(IpRange::parse("nonsense").is_none());
-    }
 
     #[test]
     fn opengraph() {

@@ -25,6 +25,12 @@ const SCALE_SIZES: [(u32, u32); 3] = [(320, 240), (640, 480), (800, 600)];
 pub const MAX_SOURCE_PIXELS: u64 = 40_000_000;
 /// Frames of an animation beyond this are dropped from an animated thumbnail.
 const MAX_FRAMES: usize = 300;
+/// Frames x canvas pixels decoded for one animated thumbnail at most, so that an animation costs
+/// no more than the largest still image: every frame is decoded onto, and resized from, the
+/// whole canvas, however small the frame itself (a 967-byte GIF with a 5000x5000 canvas and 40
+/// one-pixel frames cost 8.7 s of CPU). Frames beyond the budget are dropped; a canvas too large
+/// for two frames gets a still thumbnail of its first frame, as Synapse makes of every GIF.
+const MAX_ANIMATION_PIXELS: u64 = MAX_SOURCE_PIXELS;
 
 /// `crop` or `scale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +213,8 @@ fn resize(img: &DynamicImage, width: u32, height: u32, method: Method) -> Dynami
     }
 }
 
-/// An animated GIF thumbnail, or `None` when the source has a single frame.
+/// An animated GIF thumbnail, or `None` when the source has a single frame or its canvas is too
+/// large to animate within [`MAX_ANIMATION_PIXELS`].
 fn generate_animated(
     bytes: &[u8],
     info: SourceInfo,
@@ -215,6 +222,11 @@ fn generate_animated(
     height: u32,
     method: Method,
 ) -> Result<Option<Thumbnail>, ThumbnailError> {
+    let canvas = u64::from(info.width.max(1)) * u64::from(info.height.max(1));
+    let max_frames = (MAX_ANIMATION_PIXELS / canvas).min(MAX_FRAMES as u64) as usize;
+    if max_frames < 2 {
+        return Ok(None);
+    }
     let frames = match info.format {
         ImageFormat::Gif => {
             let mut decoder =
@@ -238,7 +250,7 @@ fn generate_animated(
     {
         let mut encoder = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 10);
         encoder.set_repeat(image::codecs::gif::Repeat::Infinite).map_err(|_| ThumbnailError::Unsupported)?;
-        for frame in frames.take(MAX_FRAMES) {
+        for frame in frames.take(max_frames) {
             let frame = frame.map_err(|_| ThumbnailError::Unsupported)?;
             let delay = frame.delay();
             let img = DynamicImage::ImageRgba8(frame.into_buffer());

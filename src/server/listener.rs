@@ -1,19 +1,25 @@
-//! The client-API listener: accepts TCP connections and serves the router on each of them with
-//! the HTTP/1.1 layer in [`super::http1`], until shutdown.
+//! The client-API listener: accepts TCP connections (up to `listen.client_max_connections` at
+//! once) and serves the router on each of them with the HTTP/1.1 layer in [`super::http1`],
+//! until shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets every connection finish
-/// its request in flight (callers bound that wait).
-pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+/// its request in flight (callers bound that wait). At most `max_connections` are served at
+/// once: one more is closed as soon as it is accepted, so that connections cannot use up the
+/// file descriptors the database and media store need.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>, max_connections: usize) {
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -26,7 +32,16 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
             },
             () = &mut shutdown => break,
         };
-        connections.spawn(super::http1::serve_connection(stream, addr, app.clone(), stopping.clone()));
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, max_connections, "client listener at its connection cap; closing a new connection");
+            drop(stream);
+            continue;
+        };
+        let connection = super::http1::serve_connection(stream, addr, app.clone(), stopping.clone());
+        connections.spawn(async move {
+            connection.await;
+            drop(slot);
+        });
     }
     drop(listener);
     stopping.cancel();

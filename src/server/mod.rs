@@ -1,8 +1,10 @@
-//! Start-up and shutdown: builds the handles from the configuration, binds the listeners and
-//! stops gracefully on SIGTERM or SIGINT.
+//! Start-up and shutdown: builds the handles from the configuration, binds the listeners (the
+//! federation listener with the limits of `federation_listener`) and stops gracefully on SIGTERM
+//! or SIGINT.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -19,6 +21,7 @@ use crate::signing::SigningKeys;
 use crate::storage::Db;
 use crate::sync::SyncEngine;
 
+mod federation_listener;
 mod http1;
 mod listener;
 
@@ -95,8 +98,25 @@ impl Server {
                 .await
                 .context("loading tls.cert / tls.key")?;
             let app = app.clone().into_make_service_with_connect_info::<SocketAddr>();
-            let server = axum_server::bind_rustls(addr, tls).handle(handle.clone());
-            tracing::info!(address = %addr, "federation listener (HTTPS)");
+            let listen = &config.listen;
+            let limits = federation_listener::LimitedAcceptor::new(
+                listen.federation_max_connections,
+                Duration::from_secs(listen.federation_idle_timeout_secs),
+            );
+            let mut server = axum_server::bind_rustls(addr, tls).map(|tls| tls.acceptor(limits)).handle(handle.clone());
+            // axum-server turns hyper's head timeout off; without it a half-sent request after
+            // the TLS handshake holds its connection for ever.
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(Duration::from_secs(listen.federation_header_timeout_secs));
+            tracing::info!(
+                address = %addr,
+                header_timeout_secs = listen.federation_header_timeout_secs,
+                idle_timeout_secs = listen.federation_idle_timeout_secs,
+                max_connections = listen.federation_max_connections,
+                "federation listener (HTTPS)"
+            );
             federation_task = Some(tokio::spawn(async move { server.serve(app).await }));
         }
 
@@ -112,7 +132,7 @@ impl Server {
                 sync.begin_shutdown();
             }
         };
-        let serve = listener::serve(listener, app, signal);
+        let serve = listener::serve(listener, app, signal, config.listen.client_max_connections);
         let grace = async {
             stopping.notified().await;
             tokio::time::sleep(std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS)).await;

@@ -204,17 +204,29 @@ pub struct FedServer {
     dir: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
+    /// Extra `MYELIN_*` environment for the process (configuration under test).
+    env: Vec<(String, String)>,
     pg_database: Option<String>,
 }
 
 impl FedServer {
     /// Starts a server on `ip` (server name `ip:8448`) on SQLite.
     pub async fn start(ip: &str) -> Self {
-        Self::start_on(ip, Backend::Sqlite).await
+        Self::start_with(ip, Backend::Sqlite, &[]).await
     }
 
     /// Starts a server on `ip` (server name `ip:8448`) on `backend`.
     pub async fn start_on(ip: &str, backend: Backend) -> Self {
+        Self::start_with(ip, backend, &[]).await
+    }
+
+    /// Starts a server on `ip` on SQLite with extra environment, e.g. `MYELIN_LISTEN__…`
+    /// overrides.
+    pub async fn start_with_env(ip: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with(ip, Backend::Sqlite, env).await
+    }
+
+    async fn start_with(ip: &str, backend: Backend, env: &[(&str, &str)]) -> Self {
         let ca = ca();
         let (cert, key) = ca.issue(ip);
         let dir = tempfile::Builder::new().prefix("myelin-fedtest-").tempdir().expect("tempdir").keep();
@@ -259,7 +271,8 @@ level = "info,sqlx=warn,tower_http=warn"
             ca = ca.pem().display().to_string(),
         );
         std::fs::write(dir.join("myelin.toml"), config).expect("config");
-        let mut s = Self { ip: ip.to_owned(), client_port, dir, child: None, http: http(), pg_database };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut s = Self { ip: ip.to_owned(), client_port, dir, child: None, http: http(), env, pg_database };
         s.start_again().await;
         s
     }
@@ -300,6 +313,7 @@ level = "info,sqlx=warn,tower_http=warn"
             }
         }
         cmd.env_remove("RUST_LOG");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .arg("serve")
             .arg("--config")
