@@ -32,6 +32,8 @@ pub struct Federation {
     pub client: FedClient,
     key_cache: Mutex<HashMap<String, HashMap<String, RemoteKey>>>,
     key_fetch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When we last fetched each server's keys (ms), bounded: see `keys::REFETCH_MAP_CAP`.
+    key_refetch_at: Mutex<HashMap<String, i64>>,
 }
 
 impl Federation {
@@ -46,6 +48,7 @@ impl Federation {
             client,
             key_cache: Mutex::new(HashMap::new()),
             key_fetch_locks: Mutex::new(HashMap::new()),
+            key_refetch_at: Mutex::new(HashMap::new()),
         })
     }
 
@@ -140,7 +143,8 @@ impl Federation {
             return Err(unauthorized("X-Matrix destination is not this server".into()));
         }
         let map = self
-            .key_map(&[(header.origin.to_string(), vec![header.key.to_string()])])
+            // A request is signed now, so the key must be valid now.
+            .key_map(&[(header.origin.to_string(), vec![header.key.to_string()])], Some(crate::storage::now_ms()))
             .await
             .map_err(|e| unauthorized(format!("Cannot fetch keys of {}: {}", header.origin, e.message)))?;
         let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
