@@ -167,3 +167,89 @@ async fn retired_keys_are_published_with_a_fixed_expired_ts() {
     s.start_again().await;
     assert_eq!(expired(&key_document(&s).await), published, "the same after a restart");
 }
+
+/// B's events reach A signed with B's real key, in a v12 room (key validity enforced): one made
+/// now is accepted; one whose `origin_server_ts` is 8 days ahead, after the validity of every
+/// key B publishes (`valid_until_ts` is now + 7 days, and A caps validity at 7 days after its
+/// fetch), is refused even though its signature is good.
+#[tokio::test]
+async fn an_event_signed_after_its_keys_validity_is_refused() {
+    use ruma::CanonicalJsonObject;
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    use ruma::signatures::Ed25519KeyPair;
+
+    let a = FedServer::start("127.0.40.41").await;
+    let b = FedServer::start("127.0.40.42").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = &alice.create_public_room().await;
+    bob.join_via_seen_by(room, &a.name(), &alice).await;
+
+    // B's key, read from its data directory: the test signs as B.
+    let text = std::fs::read_to_string(b.data_dir().join("signing.key")).expect("B's signing key");
+    let parts: Vec<&str> = text.lines().next().expect("key line").split_whitespace().collect();
+    let der = STANDARD.decode(parts[2]).expect("base64");
+    let b_key = Ed25519KeyPair::from_der(&der, parts[1].to_owned()).expect("key");
+    let origin = ruma::ServerName::parse(b.name()).expect("name");
+    let dest = ruma::ServerName::parse(a.name()).expect("name");
+    let (s, version) = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", enc(room))).await;
+    assert_eq!(s, 200);
+    let version = ruma::RoomVersionId::try_from(version["room_version"].as_str().unwrap_or("1")).expect("version");
+    let rules = version.rules().expect("rules");
+    assert!(rules.enforce_key_validity, "the default room version enforces key validity");
+
+    let state = alice.state(room).await;
+    let find =
+        |t: &str, k: &str| state.iter().find(|e| e.0 == t && e.1 == k).map(|e| e.2.clone()).expect("state event");
+    let (pl, bob_member) = (find("m.room.power_levels", ""), find("m.room.member", &bob.user_id));
+    let prev = alice.event_ids(room).await.last().cloned().expect("latest event");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let make = |body: &str, ts: u64| {
+        let ev = json!({
+            "type": "m.room.message",
+            "room_id": room,
+            "sender": bob.user_id,
+            "content": { "msgtype": "m.text", "body": body },
+            "origin_server_ts": ts,
+            "depth": 1000,
+            "prev_events": [prev],
+            "auth_events": [pl, bob_member],
+        });
+        let mut obj: CanonicalJsonObject = serde_json::from_value(ev).expect("canonical");
+        ruma::signatures::hash_and_sign_event(origin.as_str(), &b_key, &mut obj, &rules.redaction).expect("sign");
+        let id = format!("${}", ruma::signatures::reference_hash(&obj, &rules).expect("hash"));
+        (id, serde_json::to_value(&obj).expect("json"))
+    };
+    let (future_id, future) = make("from the future", now + 8 * 24 * 3600 * 1000);
+    let (now_id, present) = make("from now", now);
+
+    init_crypto();
+    let pem = std::fs::read(ca().pem()).expect("ca");
+    let https = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let body = json!({ "origin": b.name(), "origin_server_ts": now, "pdus": [future, present] });
+    let path = "/_matrix/federation/v1/send/keyvalidity";
+    let bytes = serde_json::to_vec(&body).expect("json");
+    let r = http::Request::builder().method("PUT").uri(path).body(bytes.as_slice()).expect("req");
+    let x =
+        XMatrix::sign_http_request(&r, XMatrixSigningInput::new(origin.clone(), dest.clone(), &b_key)).expect("sign");
+    let (s, answer) = send(
+        https
+            .put(format!("https://{dest}{path}"))
+            .header("content-type", "application/json")
+            .header("authorization", http::HeaderValue::from(&x))
+            .body(bytes),
+    )
+    .await;
+    assert_eq!(s, 200, "transaction signed by B now: {answer}");
+    let error = answer["pdus"][&future_id]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("valid"), "an event after its key's validity is refused: {answer}");
+    assert!(answer["pdus"][&now_id].get("error").is_none(), "an event within validity is accepted: {answer}");
+    wait_until(T, "B's present message on A", || async { alice.messages(room).await.contains(&"from now".to_owned()) })
+        .await;
+    assert!(!alice.messages(room).await.contains(&"from the future".to_owned()));
+    let (s, _) = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(&future_id))).await;
+    assert_eq!(s, 404, "the refused event is not served");
+}

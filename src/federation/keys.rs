@@ -235,22 +235,9 @@ impl Federation {
         Ok(keys)
     }
 
-    /// The refetch limiter: whether we may fetch `server`'s keys now, recording the attempt.
-    /// A first fetch (`refetch` false) is always allowed.
+    /// Whether we may fetch `server`'s keys now (see `FetchLimiter`), recording the attempt.
     fn may_fetch(&self, server: &str, refetch: bool) -> bool {
-        let now = now_ms();
-        let mut last = self.key_refetch_at.lock().unwrap_or_else(|e| e.into_inner());
-        if refetch && last.get(server).is_some_and(|t| now - t < REFETCH_INTERVAL_MS) {
-            return false;
-        }
-        if last.len() >= REFETCH_MAP_CAP && !last.contains_key(server) {
-            last.retain(|_, t| now - *t < REFETCH_INTERVAL_MS);
-            if last.len() >= REFETCH_MAP_CAP {
-                return !refetch;
-            }
-        }
-        last.insert(server.to_owned(), now);
-        true
+        self.key_refetch_at.lock().unwrap_or_else(|e| e.into_inner()).allow(server, refetch, now_ms())
     }
 
     async fn stored_keys(&self, server: &str) -> Result<HashMap<String, RemoteKey>> {
@@ -434,6 +421,29 @@ impl Federation {
     }
 }
 
+/// When we last fetched each server's keys: at most one refetch per `REFETCH_INTERVAL_MS` per
+/// server we already hold keys of, in a map of at most `REFETCH_MAP_CAP` servers.
+#[derive(Debug, Default)]
+pub struct FetchLimiter(HashMap<String, i64>);
+
+impl FetchLimiter {
+    /// Whether a fetch of `server`'s keys may start at `now` (ms), recording it if so. A first
+    /// fetch (`refetch` false: we hold no key of the server) is always allowed, as before.
+    pub fn allow(&mut self, server: &str, refetch: bool, now: i64) -> bool {
+        if refetch && self.0.get(server).is_some_and(|t| now - t < REFETCH_INTERVAL_MS) {
+            return false;
+        }
+        if self.0.len() >= REFETCH_MAP_CAP && !self.0.contains_key(server) {
+            self.0.retain(|_, t| now - *t < REFETCH_INTERVAL_MS);
+            if self.0.len() >= REFETCH_MAP_CAP {
+                return !refetch;
+            }
+        }
+        self.0.insert(server.to_owned(), now);
+        true
+    }
+}
+
 fn no_keys(server: &str, why: &str) -> Error {
     Error::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("keys of {server}: {why}"))
 }
@@ -478,6 +488,25 @@ mod tests {
         assert!(!sufficient(&keys, &old, Some(600)), "an old key is not valid after its expired_ts");
         assert!(!sufficient(&keys, &["ed25519:b".to_owned()], Some(0)), "an unknown key needs a fetch");
         assert!(sufficient(&keys, &[], Some(1500)));
+    }
+
+    #[test]
+    fn refetches_are_limited_per_server_and_the_map_is_bounded() {
+        let mut limiter = FetchLimiter::default();
+        assert!(limiter.allow("a", true, 0));
+        assert!(!limiter.allow("a", true, REFETCH_INTERVAL_MS - 1), "a second refetch within the interval");
+        assert!(limiter.allow("b", true, 1), "other servers are not held back");
+        assert!(limiter.allow("a", false, 2), "a first fetch is not limited");
+        assert!(limiter.allow("a", true, 2 + REFETCH_INTERVAL_MS));
+        let mut full = FetchLimiter::default();
+        for n in 0..REFETCH_MAP_CAP {
+            assert!(full.allow(&format!("s{n}"), true, 0));
+        }
+        assert!(!full.allow("new", true, 1), "a full map of recent fetches refuses refetches");
+        assert!(full.allow("new", false, 1), "but not first fetches");
+        assert_eq!(full.0.len(), REFETCH_MAP_CAP, "and does not grow");
+        assert!(full.allow("later", true, REFETCH_INTERVAL_MS + 1), "old entries are dropped when it is full");
+        assert!(full.0.len() < REFETCH_MAP_CAP);
     }
 
     #[test]

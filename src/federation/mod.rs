@@ -32,8 +32,8 @@ pub struct Federation {
     pub client: FedClient,
     key_cache: Mutex<HashMap<String, HashMap<String, RemoteKey>>>,
     key_fetch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// When we last fetched each server's keys (ms), bounded: see `keys::REFETCH_MAP_CAP`.
-    key_refetch_at: Mutex<HashMap<String, i64>>,
+    /// When we last fetched each server's keys (bounded).
+    key_refetch_at: Mutex<keys::FetchLimiter>,
 }
 
 impl Federation {
@@ -48,7 +48,7 @@ impl Federation {
             client,
             key_cache: Mutex::new(HashMap::new()),
             key_fetch_locks: Mutex::new(HashMap::new()),
-            key_refetch_at: Mutex::new(HashMap::new()),
+            key_refetch_at: Mutex::new(keys::FetchLimiter::default()),
         })
     }
 
