@@ -52,7 +52,7 @@ pub struct RemoteKey {
     /// Unpadded base64.
     pub key: String,
     /// Valid until (ms): for current keys the lesser of `valid_until_ts` and 7 days after the
-    /// fetch, for old keys their `expired_ts` (the larger, if we saw the key as both).
+    /// fetch, for old keys their `expired_ts`.
     pub valid_until_ts: i64,
 }
 
@@ -249,9 +249,9 @@ impl Federation {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, key, valid, expired)| {
-                (id, RemoteKey { key, valid_until_ts: expired.map_or(valid, |e| e.max(valid)) })
-            })
+            // A key the server lists as old is valid until its expired_ts, even if an earlier
+            // document promised more: the server retired it, perhaps because it leaked.
+            .map(|(id, key, valid, expired)| (id, RemoteKey { key, valid_until_ts: expired.unwrap_or(valid) }))
             .collect())
     }
 
