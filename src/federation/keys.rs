@@ -9,9 +9,12 @@
 //! valid at the event's `origin_server_ts` when the room version enforces key validity (v5+),
 //! by any known key otherwise, and by a key valid now for `X-Matrix` requests. A current key is
 //! valid until the lesser of its document's `valid_until_ts` and 7 days after we fetched it (the
-//! spec's cap; Synapse does not apply it, we do); an old key until its `expired_ts`. When the
-//! cached keys are not valid at the time needed we fetch again, first from the server, then
-//! from each notary with `minimum_valid_until_ts` set to that time, as Synapse does.
+//! spec's cap for v5+ rooms; Synapse's `process_v2_response` does not apply it, we do); an old
+//! key until its `expired_ts`. When the cached keys are not valid at the time needed we fetch
+//! again, first from the server, then from each notary with `minimum_valid_until_ts` set to that
+//! time (Synapse's `_FetchKeyRequest`). Synapse asks its notaries before the origin; we ask the
+//! origin first, so that the notary (matrix.org by default) is not told of every server we talk
+//! to and a notary's stale copy never stands in for an origin that answers.
 
 use std::collections::{BTreeMap, HashMap};
 
