@@ -83,7 +83,8 @@ pub async fn notary_get(
     State(state): State<AppState>,
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> Result<Json<Value>> {
-    let keys = state.federation.notary_keys(req.body.server_name.as_str()).await?;
+    let minimum = i64::from(req.body.minimum_valid_until_ts.get());
+    let keys = state.federation.notary_keys(req.body.server_name.as_str(), minimum).await?;
     Ok(Json(json!({ "server_keys": keys })))
 }
 
@@ -93,8 +94,11 @@ pub async fn notary_post(
     req: Ruma<get_remote_server_keys_batch::v2::Request>,
 ) -> Result<Json<Value>> {
     let mut out = Vec::new();
-    for server in req.body.server_keys.keys() {
-        out.extend(state.federation.notary_keys(server.as_str()).await?);
+    let now = ruma::MilliSecondsSinceUnixEpoch::now();
+    for (server, keys) in &req.body.server_keys {
+        // The spec's default for a criterion without a time is the notary's "now".
+        let minimum = keys.values().map(|c| c.minimum_valid_until_ts.unwrap_or(now)).max().unwrap_or(now);
+        out.extend(state.federation.notary_keys(server.as_str(), i64::from(minimum.get())).await?);
     }
     Ok(Json(json!({ "server_keys": out })))
 }

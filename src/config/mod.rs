@@ -130,6 +130,34 @@ pub struct FederationConfig {
     pub retry_min_ms: u64,
     /// Largest retry delay, in milliseconds.
     pub retry_max_ms: u64,
+    /// Notaries asked for a server's signing keys (`POST /_matrix/key/v2/query`) when that server
+    /// does not answer or has no key valid at the time needed; as Synapse's `trusted_key_servers`.
+    pub trusted_key_servers: Vec<TrustedKeyServer>,
+}
+
+/// One entry of `federation.trusted_key_servers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyServer {
+    /// The notary's server name.
+    pub server_name: String,
+    /// The notary's own keys, `key id -> unpadded base64 public key`; when given, its answers
+    /// must be signed by one of them. Without them the notary's answers are trusted on the
+    /// origin's self-signature alone.
+    #[serde(default)]
+    pub verify_keys: std::collections::BTreeMap<String, String>,
+}
+
+impl TrustedKeyServer {
+    /// matrix.org with its published key, Synapse's default notary.
+    pub fn matrix_org() -> Self {
+        Self {
+            server_name: "matrix.org".to_owned(),
+            verify_keys: [("ed25519:auto".to_owned(), "Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw".to_owned())]
+                .into_iter()
+                .collect(),
+        }
+    }
 }
 
 /// `[media]`
@@ -349,6 +377,7 @@ impl Default for FederationConfig {
             allow_private_addresses: false,
             retry_min_ms: 2_000,
             retry_max_ms: 600_000,
+            trusted_key_servers: vec![TrustedKeyServer::matrix_org()],
         }
     }
 }
@@ -484,6 +513,21 @@ impl Config {
                 && !file.exists()
             {
                 bail!("configuration key `{key}`: file {} does not exist", file.display());
+            }
+        }
+        for notary in &self.federation.trusted_key_servers {
+            let key = "configuration key `federation.trusted_key_servers`";
+            ruma::ServerName::parse(&notary.server_name)
+                .map_err(|e| anyhow::anyhow!("{key}: invalid server name {:?}: {e}", notary.server_name))?;
+            for (id, public) in &notary.verify_keys {
+                if !id.starts_with("ed25519:") {
+                    bail!("{key}: key id {id:?} of {} is not an ed25519 key id", notary.server_name);
+                }
+                if ruma::serde::Base64::<ruma::serde::base64::Standard>::parse(public)
+                    .map_or(true, |b| b.as_bytes().len() != 32)
+                {
+                    bail!("{key}: key {id} of {} is not an unpadded base64 ed25519 public key", notary.server_name);
+                }
             }
         }
         if self.media.max_upload_bytes == 0 {

@@ -35,6 +35,8 @@ pub struct Federation {
     key_cache: moka::sync::Cache<String, HashMap<String, RemoteKey>>,
     /// One key fetch per server at a time; an entry lives only while a fetch holds it.
     key_fetch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When we last fetched each server's keys (bounded).
+    key_refetch_at: Mutex<keys::FetchLimiter>,
 }
 
 impl Federation {
@@ -49,6 +51,7 @@ impl Federation {
             client,
             key_cache: keys::key_cache(),
             key_fetch_locks: Mutex::new(HashMap::new()),
+            key_refetch_at: Mutex::new(keys::FetchLimiter::default()),
         })
     }
 
@@ -143,7 +146,8 @@ impl Federation {
             return Err(unauthorized("X-Matrix destination is not this server".into()));
         }
         let map = self
-            .key_map(&[(header.origin.to_string(), vec![header.key.to_string()])])
+            // A request is signed now, so the key must be valid now.
+            .key_map(&[(header.origin.to_string(), vec![header.key.to_string()])], Some(crate::storage::now_ms()))
             .await
             .map_err(|e| unauthorized(format!("Cannot fetch keys of {}: {}", header.origin, e.message)))?;
         let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");

@@ -101,7 +101,10 @@ impl Rooms {
             };
             wanted.push((server.to_string(), ids));
         }
-        let map = fed.key_map(&wanted).await.map_err(|e| Error::forbidden(format!("Keys: {}", e.message)))?;
+        let map = fed
+            .key_map(&wanted, crate::federation::keys::event_key_validity_time(rules, &object)?)
+            .await
+            .map_err(|e| Error::forbidden(format!("Keys: {}", e.message)))?;
         let verified = ruma::signatures::verify_event(&map, &object, rules)
             .map_err(|e| Error::forbidden(format!("Bad signature: {e}")))?;
         let hash = ruma::signatures::reference_hash(&object, rules).map_err(|e| Error::bad_json(e.to_string()))?;

@@ -261,6 +261,8 @@ trusted_ca = {ca:?}
 allow_private_addresses = true
 retry_min_ms = 200
 retry_max_ms = 2000
+# No notary by default: tests never ask matrix.org. keys.rs sets its own.
+trusted_key_servers = []
 [log]
 level = "info,sqlx=warn,tower_http=warn"
 "#,
@@ -300,6 +302,11 @@ level = "info,sqlx=warn,tower_http=warn"
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// The configuration file (read at each `start_again`).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("myelin.toml")
     }
 
     /// Starts the process again on the same data and waits until it answers.
