@@ -11,6 +11,7 @@
 //! single-process deployment); readers run concurrently thanks to WAL.
 
 pub mod accounts;
+pub mod admin;
 pub mod e2ee;
 pub mod media;
 mod nodelay;
