@@ -5,6 +5,7 @@
 //! the async runtime. Access tokens are 256 random bits; only their SHA-256 is stored, so a
 //! database leak reveals no usable token, and lookups by hash do not compare secrets byte by byte.
 
+pub mod admin;
 pub mod tokens;
 pub mod uia;
 
