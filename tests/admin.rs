@@ -237,6 +237,7 @@ both_backends!(admin_api_is_for_server_admins_only, |server| async move {
         (Method::GET, format!("{A}/v1/users/{user}/admin")),
         (Method::PUT, format!("{A}/v1/users/{user}/admin")),
         (Method::GET, format!("{A}/v1/users/{user}/joined_rooms")),
+        (Method::GET, format!("{A}/v1/users/{user}/pushers")),
         (Method::GET, format!("{A}/v2/users/{user}/devices")),
         (Method::GET, format!("{A}/v2/users/{user}/devices/{}", alice.device_id)),
         (Method::PUT, format!("{A}/v2/users/{user}/devices/{}", alice.device_id)),
@@ -426,6 +427,15 @@ both_backends!(deactivate_with_erase_logs_out_leaves_rooms_and_removes_the_profi
     ok(&alice.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), &json!({})).await);
     let joined = format!("{A}/v1/users/{}/joined_rooms", enc(&alice.user_id));
     assert_eq!(ok(&admin.get(&joined).await).clone(), json!({ "joined_rooms": [room], "total": 1 }));
+    let pusher = json!({
+        "kind": "http", "app_id": "org.example.app", "pushkey": "key-1", "app_display_name": "Example",
+        "device_display_name": "Phone", "lang": "en", "data": { "url": "https://push.example.org/_matrix/push/v1/notify" },
+    });
+    ok(&alice.post("/_matrix/client/v3/pushers/set", &pusher).await);
+    let pushers = format!("{A}/v1/users/{}/pushers", enc(&alice.user_id));
+    let listed = ok(&admin.get(&pushers).await).clone();
+    assert_eq!((&listed["total"], &listed["pushers"][0]["pushkey"]), (&json!(1), &json!("key-1")), "{listed}");
+    assert_eq!(listed["pushers"][0]["data"]["url"], "https://push.example.org/_matrix/push/v1/notify");
 
     let path = format!("{A}/v1/deactivate/{}", enc(&alice.user_id));
     let body = ok(&admin.post(&path, &json!({ "erase": true })).await).clone();
@@ -440,6 +450,8 @@ both_backends!(deactivate_with_erase_logs_out_leaves_rooms_and_removes_the_profi
     assert_eq!(ok(&admin.get(&joined).await).clone(), json!({ "joined_rooms": [], "total": 0 }));
     let members = ok(&admin.get(&format!("{A}/v1/rooms/{}/members", enc(&room))).await).clone();
     assert_eq!(members, json!({ "members": [bob.user_id], "total": 1 }));
+    // No more notifications for a deactivated account.
+    assert_eq!(ok(&admin.get(&pushers).await).clone(), json!({ "pushers": [], "total": 0 }));
 
     // Without erase the profile stays; an empty body is accepted; unknown users are 404.
     let carol = server.register("carol").await;

@@ -223,7 +223,7 @@ pub async fn put(
     Ok((StatusCode::OK, Json(details(&existing(&state, &user_id).await?))))
 }
 
-/// Deactivates an account as Synapse does: password, devices, tokens and keys go, the user
+/// Deactivates an account as Synapse does: password, devices, tokens, keys and pushers go, the user
 /// leaves every room and declines every invite; `erase` also removes the profile and marks
 /// the account erased.
 async fn deactivate_account(state: &AppState, user_id: &UserId, erase: bool) -> Result<()> {
@@ -232,6 +232,7 @@ async fn deactivate_account(state: &AppState, user_id: &UserId, erase: bool) -> 
         db.admin_erase(user_id.as_str()).await?;
     }
     db.deactivate_user(user_id.as_str()).await?;
+    db.admin_delete_pushers_of(user_id.as_str()).await?;
     state.e2ee.keys_changed(user_id.as_str()).await;
     for membership in ["join", "invite", "knock"] {
         for room in state.rooms.db().rooms_with_membership(user_id.as_str(), membership).await? {
@@ -363,4 +364,17 @@ pub async fn joined_rooms(
     let user_id = super::user_id(&user)?;
     let rooms = state.rooms.db().rooms_with_membership(user_id.as_str(), "join").await?;
     Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/pushers`
+pub async fn pushers(
+    State(state): State<AppState>,
+    _: Admin,
+    AdminPath(user): AdminPath<String>,
+) -> Result<Json<Value>> {
+    let user_id = local_user_id(&state, &user)?;
+    existing(&state, &user_id).await?;
+    let mut body = crate::push::pushers::list(state.accounts.db(), &user_id).await?;
+    body["total"] = json!(body["pushers"].as_array().map_or(0, Vec::len));
+    Ok(Json(body))
 }
