@@ -343,6 +343,8 @@ both_backends!(users_list_filters_sorts_and_pages, |server| async move {
     assert_error(&admin.get(&format!("{A}/v2/users?limit=-1")).await, 400, "M_INVALID_PARAM");
     assert_error(&admin.get(&format!("{A}/v2/users?limit=lots")).await, 400, "M_INVALID_PARAM");
     assert_error(&admin.get(&format!("{A}/v2/users?dir=x")).await, 400, "M_INVALID_PARAM");
+    let far = ok(&admin.get(&format!("{A}/v2/users?from={}&limit={}", i64::MAX, i64::MAX)).await).clone();
+    assert_eq!((&far["users"], &far["total"]), (&json!([]), &json!(3)), "{far}");
 });
 
 both_backends!(put_user_creates_and_changes_accounts, |server| async move {
@@ -591,6 +593,8 @@ both_backends!(rooms_list_details_members_and_state, |server| async move {
     assert_eq!((rooms_of(&page), &page["prev_batch"]), (vec![beta.clone()], &json!(0)));
     assert!(page.get("next_batch").is_none(), "{page}");
     assert_error(&admin.get(&format!("{A}/v1/rooms?order_by=nonsense")).await, 400, "M_INVALID_PARAM");
+    let far = ok(&admin.get(&format!("{A}/v1/rooms?from={}&limit=100", i64::MAX)).await).clone();
+    assert_eq!((&far["rooms"], &far["total_rooms"]), (&json!([]), &json!(2)), "{far}");
 
     // One room, its members and its state.
     let room = ok(&admin.get(&format!("{A}/v1/rooms/{}", enc(&alpha))).await).clone();
@@ -646,6 +650,8 @@ both_backends!(event_reports_list_show_and_delete, |server| async move {
     let oldest = ok(&admin.get(&format!("{A}/v1/event_reports?dir=f&limit=1")).await).clone();
     assert_eq!((&oldest["event_reports"][0]["reason"], &oldest["next_token"]), (&json!("first"), &json!(1)));
     assert_eq!(ok(&admin.get(&format!("{A}/v1/event_reports?user_id=bob")).await)["total"], 0);
+    let far = ok(&admin.get(&format!("{A}/v1/event_reports?from={}", i64::MAX)).await).clone();
+    assert_eq!((&far["event_reports"], &far["total"]), (&json!([]), &json!(2)), "{far}");
     assert_eq!(ok(&admin.get(&format!("{A}/v1/event_reports?room_id={}", enc(&room))).await)["total"], 2);
 
     let id = newest["id"].as_str().unwrap().to_owned();

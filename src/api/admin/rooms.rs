@@ -38,7 +38,7 @@ pub async fn list(
     let (rooms, total) = state.rooms.admin_list_rooms(&query).await?;
     let (from, limit) = (from as usize, limit as usize);
     let mut body = json!({ "rooms": rooms, "offset": from, "total_rooms": total });
-    if from + limit < total {
+    if from.saturating_add(limit) < total {
         body["next_batch"] = json!(from + limit);
     }
     if from > 0 {
