@@ -264,6 +264,18 @@ both_backends!(admin_api_is_for_server_admins_only, |server| async move {
     assert_eq!(ok(&admin.get(&format!("{A}/v1/users/{user}/admin")).await)["admin"], false);
     let version = ok(&admin.get(&format!("{A}/v1/server_version")).await).clone();
     assert!(version["server_version"].is_string(), "{version}");
+    // Browser-based tools (synapse-admin, Ketesa) get their CORS preflight and headers.
+    let preflight = server
+        .request(Method::OPTIONS, &format!("{A}/v2/users"))
+        .header("origin", "https://admin.example.org")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status().as_u16(), 200);
+    let res = admin.request(Method::GET, &format!("{A}/v2/users")).send().await.unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
     // Endpoints not served answer M_UNRECOGNIZED.
     assert_error(&admin.get(&format!("{A}/v1/registration_tokens")).await, 404, "M_UNRECOGNIZED");
 });
