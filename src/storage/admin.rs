@@ -258,6 +258,14 @@ impl Db {
         Ok(())
     }
 
+    /// Every room a user has a membership in, with that membership (any user, local or not).
+    pub async fn admin_memberships_of(&self, user_id: &str) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as("SELECT room_id, membership FROM room_memberships WHERE user_id = $1 ORDER BY room_id")
+            .bind(user_id)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
     /// Deletes every pusher of a user (a deactivated account gets no more notifications; its
     /// devices' deletion in `deactivate_user` leaves them).
     pub async fn admin_delete_pushers_of(&self, user_id: &str) -> Result<()> {

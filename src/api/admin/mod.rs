@@ -136,6 +136,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(users::client_whois)
         .route(&format!("{A}/v1/users/{{user_id}}/joined_rooms"), get(users::joined_rooms))
         .route(&format!("{A}/v1/users/{{user_id}}/pushers"), get(users::pushers))
+        .route(&format!("{A}/v1/users/{{user_id}}/memberships"), get(users::memberships))
         .route(&format!("{A}/v2/users/{{user_id}}/devices"), get(devices::list))
         .route(
             &format!("{A}/v2/users/{{user_id}}/devices/{{device_id}}"),

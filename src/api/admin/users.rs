@@ -23,7 +23,8 @@ pub async fn server_version(_: Admin) -> Json<Value> {
 }
 
 /// A user in the users list. Guests, user types, shadow bans and locks do not exist on this
-/// server, so those fields are constant.
+/// server, so those fields are constant. `creation_ts` is in seconds, as Synapse stores and
+/// serves it (its documentation says ms; synapse-admin/Ketesa multiply it by 1000).
 fn list_entry(u: &AdminUserRow) -> Value {
     json!({
         "name": u.user_id,
@@ -35,7 +36,7 @@ fn list_entry(u: &AdminUserRow) -> Value {
         "shadow_banned": false,
         "displayname": u.displayname,
         "avatar_url": u.avatar_url,
-        "creation_ts": u.creation_ts,
+        "creation_ts": u.creation_ts / 1000,
         "last_seen_ts": u.last_seen_ts,
         "locked": false,
     })
@@ -364,6 +365,18 @@ pub async fn joined_rooms(
     let user_id = super::user_id(&user)?;
     let rooms = state.rooms.db().rooms_with_membership(user_id.as_str(), "join").await?;
     Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/memberships`: every room the user has a membership in.
+pub async fn memberships(
+    State(state): State<AppState>,
+    _: Admin,
+    AdminPath(user): AdminPath<String>,
+) -> Result<Json<Value>> {
+    let user_id = super::user_id(&user)?;
+    let rows = state.accounts.db().admin_memberships_of(user_id.as_str()).await?;
+    let memberships: serde_json::Map<String, Value> = rows.into_iter().map(|(room, m)| (room, json!(m))).collect();
+    Ok(Json(json!({ "memberships": memberships })))
 }
 
 /// `GET /_synapse/admin/v1/users/{userId}/pushers`
