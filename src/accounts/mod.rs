@@ -7,6 +7,7 @@
 //! logins took the process from 78 MiB to 1.6 GiB. Access tokens are 256 random bits; only their SHA-256 is stored, so a
 //! database leak reveals no usable token, and lookups by hash do not compare secrets byte by byte.
 
+pub mod admin;
 pub mod tokens;
 pub mod uia;
 

@@ -3,6 +3,7 @@
 //! Handlers are thin: parse (via [`extract::Ruma`]), call the engine, map errors. They receive
 //! [`AppState`], a bundle of narrow handles; no handler reaches into another's storage.
 
+pub mod admin;
 pub mod client;
 pub mod extract;
 pub mod federation;
@@ -111,6 +112,7 @@ impl RouterExt for Router<AppState> {
 /// non-preflight ones through to routing and get 405.
 pub fn router(state: AppState) -> Router {
     let mut routes = client::routes(Router::new());
+    routes = admin::routes(routes);
     if state.config.federation.enabled {
         routes = federation::routes(routes);
         routes = federation_media::routes(routes);

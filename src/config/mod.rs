@@ -21,6 +21,9 @@ pub struct Config {
     pub server_name: String,
     /// Directory for the signing key and, by default, the database and media.
     pub data_dir: PathBuf,
+    /// The URL clients reach this server's client API at (e.g. `https://matrix.example.org`),
+    /// served as `m.homeserver.base_url` by `/.well-known/matrix/client`.
+    pub public_baseurl: Option<String>,
     /// Listening sockets.
     pub listen: ListenConfig,
     /// TLS material for the federation listener.
@@ -45,6 +48,33 @@ pub struct Config {
     pub voip: VoipConfig,
     /// Logging.
     pub log: LogConfig,
+    /// What `/.well-known/matrix/{server,support}` answer.
+    pub well_known: WellKnownConfig,
+}
+
+/// `[well_known]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WellKnownConfig {
+    /// The `m.server` answer of `/.well-known/matrix/server`: where other servers reach this
+    /// one (`host[:port]`, e.g. `matrix.example.org:443`).
+    pub server: Option<String>,
+    /// Whom to contact about this server (`/.well-known/matrix/support`).
+    pub support_contacts: Vec<SupportContact>,
+    /// A web page with support information (`/.well-known/matrix/support`).
+    pub support_page: Option<String>,
+}
+
+/// One contact of `/.well-known/matrix/support`: a role and at least one way to reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportContact {
+    /// `m.role.admin`, `m.role.security` or a namespaced role.
+    pub role: String,
+    /// A Matrix user id.
+    pub matrix_id: Option<String>,
+    /// An e-mail address.
+    pub email_address: Option<String>,
 }
 
 /// `[listen]`
@@ -327,6 +357,7 @@ impl Default for Config {
         Self {
             server_name: "localhost:8008".into(),
             data_dir: PathBuf::from("myelin-data"),
+            public_baseurl: None,
             listen: ListenConfig::default(),
             tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
@@ -339,6 +370,7 @@ impl Default for Config {
             rooms: RoomsConfig::default(),
             voip: VoipConfig::default(),
             log: LogConfig::default(),
+            well_known: WellKnownConfig::default(),
         }
     }
 }
@@ -584,11 +616,49 @@ impl Config {
                 crate::rooms::version::SUPPORTED_ROOM_VERSIONS.join(", ")
             );
         }
+        self.validate_well_known()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("configuration key `log.format`: must be \"text\" or \"json\"");
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| anyhow::anyhow!("configuration key `log.level`: {e}"))?;
+        Ok(())
+    }
+
+    fn validate_well_known(&self) -> anyhow::Result<()> {
+        let web_url = |key: &str, value: &str| -> anyhow::Result<()> {
+            match url::Url::parse(value) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+                _ => bail!("configuration key `{key}`: {value:?} is not an http(s) URL"),
+            }
+        };
+        if let Some(base) = &self.public_baseurl {
+            web_url("public_baseurl", base)?;
+        }
+        if let Some(page) = &self.well_known.support_page {
+            web_url("well_known.support_page", page)?;
+        }
+        if let Some(server) = &self.well_known.server {
+            ruma::ServerName::parse(server).map_err(|e| {
+                anyhow::anyhow!("configuration key `well_known.server`: {server:?} is not host[:port]: {e}")
+            })?;
+        }
+        for contact in &self.well_known.support_contacts {
+            if contact.role.is_empty() {
+                bail!("configuration key `well_known.support_contacts`: every contact needs a `role`");
+            }
+            if contact.matrix_id.is_none() && contact.email_address.is_none() {
+                bail!(
+                    "configuration key `well_known.support_contacts`: contact with role {:?} needs `matrix_id` or `email_address`",
+                    contact.role
+                );
+            }
+            if let Some(id) = &contact.matrix_id {
+                ruma::UserId::parse(id).map_err(|e| {
+                    anyhow::anyhow!("configuration key `well_known.support_contacts`: {id:?} is not a user id: {e}")
+                })?;
+            }
+        }
         Ok(())
     }
 

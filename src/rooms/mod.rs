@@ -7,6 +7,7 @@
 //! stream positions come from the database. Readers (timeline, state, members) apply history
 //! visibility here, so API layers cannot forget it.
 
+pub mod admin;
 pub mod backfill;
 pub mod build;
 pub mod cache;

@@ -161,5 +161,5 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(to_device::send);
     let router = media::upload_routes(router);
     let router = directory::extra_routes(router);
-    discovery::well_known_server(router)
+    discovery::extra_routes(router)
 }

@@ -1,0 +1,149 @@
+//! Rooms as the server administration API lists them (`/_synapse/admin/v1/rooms`): statistics
+//! from storage, names and settings from the current state, searched, sorted and paged here.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use ruma::RoomId;
+use serde_json::{Value, json};
+
+use super::Rooms;
+use crate::error::{Error, Result};
+
+/// State events whose content the room list shows.
+const LISTED_STATE: &[&str] = &[
+    "m.room.name",
+    "m.room.canonical_alias",
+    "m.room.create",
+    "m.room.encryption",
+    "m.room.join_rules",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.topic",
+    "m.room.avatar",
+];
+
+/// `order_by` values of the room list; `alphabetical` and `size` are Synapse's deprecated
+/// names for `name` and `joined_members`.
+pub const ROOM_ORDERS: &[&str] = &[
+    "name",
+    "canonical_alias",
+    "joined_members",
+    "joined_local_members",
+    "version",
+    "creator",
+    "encryption",
+    "federatable",
+    "public",
+    "join_rules",
+    "guest_access",
+    "history_visibility",
+    "state_events",
+    "alphabetical",
+    "size",
+];
+
+/// Which rooms to list and how.
+#[derive(Debug, Clone)]
+pub struct RoomQuery {
+    /// Case-insensitive substring of the name, canonical alias or room id.
+    pub search_term: Option<String>,
+    /// One of [`ROOM_ORDERS`].
+    pub order_by: String,
+    /// Descending.
+    pub backwards: bool,
+    /// Offset.
+    pub from: usize,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// Orders JSON values of one field: numbers and booleans by value, strings by text, nulls last.
+fn compare(a: &Value, b: &Value) -> Ordering {
+    match (a, b) {
+        (Value::Null, Value::Null) => Ordering::Equal,
+        (Value::Null, _) => Ordering::Greater,
+        (_, Value::Null) => Ordering::Less,
+        (Value::Number(x), Value::Number(y)) => x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(Ordering::Equal),
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        _ => a.to_string().cmp(&b.to_string()),
+    }
+}
+
+impl Rooms {
+    /// Every room held here (or just `room_id`) in the admin API's shape; `details` adds the
+    /// fields of `GET /_synapse/admin/v1/rooms/{roomId}`.
+    pub async fn admin_rooms(&self, room_id: Option<&RoomId>, details: bool) -> Result<Vec<Value>> {
+        let id = room_id.map(|r| r.as_str());
+        let rows = self.db.admin_rooms(id).await?;
+        // One query for the state of every room: a page sorted by name needs all of them.
+        let mut contents: HashMap<(String, String), (String, Value)> = HashMap::new();
+        for (room, kind, event) in self.db.admin_room_state_basics(id, LISTED_STATE).await? {
+            let event: Value = serde_json::from_str(&event)?;
+            let sender = event["sender"].as_str().unwrap_or_default().to_owned();
+            contents.insert((room, kind), (sender, event["content"].clone()));
+        }
+        let mut rooms = Vec::with_capacity(rows.len());
+        for row in rows {
+            let content = |kind: &str, field: &str| {
+                contents
+                    .get(&(row.room_id.clone(), kind.to_owned()))
+                    .map(|(_, c)| c[field].clone())
+                    .unwrap_or(Value::Null)
+            };
+            let create = contents.get(&(row.room_id.clone(), "m.room.create".to_owned()));
+            // Room versions up to 10 name the creator in the content; later ones by the sender.
+            let creator = create.map(|(sender, c)| c["creator"].as_str().unwrap_or(sender).to_owned());
+            let federatable = create.map(|(_, c)| c["m.federate"].as_bool().unwrap_or(true)).unwrap_or(true);
+            let mut room = json!({
+                "room_id": row.room_id,
+                "name": content("m.room.name", "name"),
+                "canonical_alias": content("m.room.canonical_alias", "alias"),
+                "joined_members": row.joined_members,
+                "joined_local_members": row.joined_local_members,
+                "version": row.version,
+                "creator": creator,
+                "encryption": content("m.room.encryption", "algorithm"),
+                "federatable": federatable,
+                "public": row.public,
+                "join_rules": content("m.room.join_rules", "join_rule"),
+                "guest_access": content("m.room.guest_access", "guest_access"),
+                "history_visibility": content("m.room.history_visibility", "history_visibility"),
+                "state_events": row.state_events,
+                "room_type": content("m.room.create", "type"),
+            });
+            if details {
+                room["avatar"] = content("m.room.avatar", "url");
+                room["topic"] = content("m.room.topic", "topic");
+                room["joined_local_devices"] = json!(self.db.admin_joined_local_devices(&row.room_id).await?);
+                room["forgotten"] = json!(row.local_not_forgotten == 0);
+            }
+            rooms.push(room);
+        }
+        Ok(rooms)
+    }
+
+    /// One page of the room list and the number of rooms matching the search.
+    pub async fn admin_list_rooms(&self, q: &RoomQuery) -> Result<(Vec<Value>, usize)> {
+        let field = match q.order_by.as_str() {
+            "alphabetical" => "name",
+            "size" => "joined_members",
+            other if ROOM_ORDERS.contains(&other) => other,
+            other => return Err(Error::invalid_param(format!("Unknown value for order_by: {other}"))),
+        };
+        let mut rooms = self.admin_rooms(None, false).await?;
+        if let Some(term) = q.search_term.as_deref().map(str::to_lowercase) {
+            let hit = |v: &Value| v.as_str().is_some_and(|s| s.to_lowercase().contains(&term));
+            rooms.retain(|r| hit(&r["name"]) || hit(&r["canonical_alias"]) || hit(&r["room_id"]));
+        }
+        rooms.sort_by(|a, b| {
+            let primary = compare(&a[field], &b[field]);
+            let primary = if q.backwards { primary.reverse() } else { primary };
+            primary.then_with(|| compare(&a["room_id"], &b["room_id"]))
+        });
+        let total = rooms.len();
+        let page = rooms.into_iter().skip(q.from).take(q.limit).collect();
+        Ok((page, total))
+    }
+}
