@@ -1,0 +1,268 @@
+//! State before an event, current state and `/state_ids` over forks (issue 16, defects 2, 7
+//! and 8): the current state is the resolution of the states at every forward extremity
+//! (whatever order the fork's events arrive in), the state before an event with a missing prev
+//! event keeps the states of the prevs we hold, and `/state_ids` at an event answers the state
+//! it was accepted against even when its prev events are outliers.
+//!
+//! The forks are built by the hostile-peer harness (`common::peer`). Every test runs on SQLite
+//! (servers on `127.0.9N.*`) and on PostgreSQL (`127.1.9N.*`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::peer::{Built, EventSpec, Peer};
+use common::*;
+use serde_json::{Value, json};
+
+/// Runs `$name(backend, net)` on SQLite (servers on `127.0.$net.*`) and on PostgreSQL (on
+/// `127.1.$net.*`): module `$name` holds the two `#[tokio::test]`s.
+macro_rules! both_backends {
+    ($name:ident, $net:literal) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite, concat!("127.0.", $net)).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres, concat!("127.1.", $net)).await
+            }
+        }
+    };
+}
+
+const T: Duration = Duration::from_secs(30);
+
+/// Whether a `/send` answer accepted the PDU.
+fn accepted(answer: &Value, ev: &Built) -> bool {
+    answer["pdus"][&ev.id].as_object().is_some_and(|r| !r.contains_key("error"))
+}
+
+/// Pushes `ev` alone in a transaction and asserts it was accepted.
+async fn push(peer: &Peer, dest: &FedServer, ev: &Built, what: &str) {
+    let (s, answer) = peer.send_pdus(dest, &[ev]).await;
+    assert_eq!(s, 200, "{what}: {answer}");
+    assert!(accepted(&answer, ev), "{what} accepted by {}: {answer}", dest.name());
+}
+
+/// The event id of `(kind, key)` in a state listed by `Client::state`.
+fn state_id(state: &[(String, String, String)], kind: &str, key: &str) -> Option<String> {
+    state.iter().find(|e| e.0 == kind && e.1 == key).map(|e| e.2.clone())
+}
+
+/// Defect 2. The peer forks the room at P: on one branch bob (power 50) sets the topic (A);
+/// on the other mallory (power 100) demotes bob to 0 (B), then promotes him back to 50 (B2).
+/// Server `a` gets A, B, B2; server `b` gets B, B2, A. Both must end with the resolution of
+/// the two extremities' states (A and B2), as state resolution v2 says: the power levels of
+/// B2 and the topic A (bob may set it under B2). On `a`, after A and B, A loses (bob demoted);
+/// it must be reconsidered when B2 arrives. Before the fix the current state was
+/// `resolve(previous current state, state after the new event)`: `a` never took A back and
+/// ended without a topic while `b` had it.
+async fn fork_resolves_the_same_whatever_the_arrival_order(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let b = FedServer::start_on(&format!("{net}.12"), backend).await;
+    let peer = Peer::start(&format!("{net}.13")).await;
+    let alice = a.register("alice").await;
+    let carol = b.register("carol").await;
+    let mallory = peer.user_id("mallory");
+    let bob = peer.user_id("bob");
+    let (s, body) = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({
+                "preset": "public_chat",
+                "power_level_content_override": {
+                    "users": { mallory.clone(): 100, bob.clone(): 50 },
+                    "events": { "m.room.topic": 50, "m.room.power_levels": 100 },
+                    "state_default": 50,
+                },
+            }),
+        )
+        .await;
+    assert_eq!(s, 200, "createRoom: {body}");
+    let room = body["room_id"].as_str().expect("room_id").to_owned();
+    peer.join(&a, &room, "mallory").await;
+    peer.join(&a, &room, "bob").await;
+    carol.join_via_seen_by(&room, &a.name(), &alice).await;
+    for user in [&mallory, &bob] {
+        wait_until(T, "the peer's users joined, seen on b", || async {
+            carol.membership(&room, user).await.as_deref() == Some("join")
+        })
+        .await;
+    }
+    // P: the last event before the fork, a timeline event on both servers and at the peer.
+    let p = alice.say(&room, "before the fork").await;
+    wait_until(T, "P at the peer", || async { peer.state().latest == vec![p.clone()] }).await;
+    wait_until(T, "P on b", || async { carol.event_ids(&room).await.contains(&p) }).await;
+    let pl0 = state_id(&alice.state(&room).await, "m.room.power_levels", "").expect("power levels");
+    let (_, pl_content) =
+        alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room))).await;
+
+    let with_bob = |level: i64| {
+        let mut c = pl_content.clone();
+        c["users"][&bob] = json!(level);
+        c
+    };
+    let topic =
+        peer.build(EventSpec::state("m.room.topic", "", json!({ "topic": "set by bob" })).sender(&bob).prev(&[&p]));
+    let demote = peer.build(EventSpec::state("m.room.power_levels", "", with_bob(0)).prev(&[&p]));
+    peer.advance(&demote);
+    let promote = peer.build(EventSpec::state("m.room.power_levels", "", with_bob(50)).prev(&[&demote.id]));
+
+    push(&peer, &a, &topic, "A (topic)").await;
+    push(&peer, &a, &demote, "B (demote)").await;
+    let on_a = alice.state(&room).await;
+    assert_eq!(state_id(&on_a, "m.room.power_levels", "").as_deref(), Some(demote.id.as_str()));
+    assert_eq!(state_id(&on_a, "m.room.topic", ""), None, "the topic of a demoted user loses");
+    push(&peer, &a, &promote, "B2 (promote)").await;
+
+    push(&peer, &b, &demote, "B (demote)").await;
+    push(&peer, &b, &promote, "B2 (promote)").await;
+    push(&peer, &b, &topic, "A (topic)").await;
+
+    let on_a = alice.state(&room).await;
+    let on_b = carol.state(&room).await;
+    assert_eq!(on_a, on_b, "the same current state whatever the arrival order");
+    assert_eq!(state_id(&on_a, "m.room.power_levels", "").as_deref(), Some(promote.id.as_str()), "{on_a:?}");
+    assert_eq!(
+        state_id(&on_a, "m.room.topic", "").as_deref(),
+        Some(topic.id.as_str()),
+        "A, which lost against B, is reconsidered against B2"
+    );
+    assert_ne!(pl0, promote.id);
+
+    // A local event merges the two extremities; its state is the same.
+    let merge = alice.say(&room, "merge").await;
+    let (s, ev) = peer.request(&a.name(), "GET", &format!("/_matrix/federation/v1/event/{}", enc(&merge)), None).await;
+    assert_eq!(s, 200, "{ev}");
+    let prevs: BTreeSet<String> = ev["pdus"][0]["prev_events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(prevs, BTreeSet::from([topic.id.clone(), promote.id.clone()]));
+    assert_eq!(alice.state(&room).await, on_a);
+    wait_until(T, "b has the merge", || async { carol.event_ids(&room).await.contains(&merge) }).await;
+    assert_eq!(carol.state(&room).await, on_a);
+}
+both_backends!(fork_resolves_the_same_whatever_the_arrival_order, "90");
+
+/// A public room on `a` that `peer` joined as `@mallory`, with power 100 (so that it may send
+/// any state event); returns the room id.
+async fn room_with_peer(a: &FedServer, alice: &Client, peer: &Peer) -> String {
+    let (s, body) = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({
+                "preset": "public_chat",
+                "power_level_content_override": { "users": { peer.user_id("mallory"): 100 } },
+            }),
+        )
+        .await;
+    assert_eq!(s, 200, "createRoom: {body}");
+    let room = body["room_id"].as_str().expect("room_id").to_owned();
+    peer.join(a, &room, "mallory").await;
+    let mallory = peer.user_id("mallory");
+    wait_until(T, "mallory joined", || async { alice.membership(&room, &mallory).await.as_deref() == Some("join") })
+        .await;
+    room
+}
+
+/// Defect 7. The peer forks at P: K (a state event) is sent to Myelin, X (another state
+/// event) is not, and E names both as prev events; `get_missing_events` brings nothing, so
+/// Myelin asks the peer for the state at X. The state before E is the resolution of the state
+/// after K (ours) and the state after X (the peer's): both K and X are in it. Before the fix
+/// the whole state before E came from the peer's `/state_ids` at E, which (here, as a peer
+/// that does not know or tell our branch) lacks K.
+async fn missing_prev_keeps_the_state_of_the_prev_we_hold(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    let p = peer.state().latest[0].clone();
+
+    let k = peer.build(EventSpec::state("org.example.branch", "ours", json!({ "held": true })).prev(&[&p]));
+    push(&peer, &a, &k, "K").await;
+    // The peer's view stays at P: its `/state_ids` answers the state before X (and at E).
+    let x = peer.build(EventSpec::state("org.example.branch", "theirs", json!({ "held": false })).prev(&[&p]));
+    let e = peer.build(EventSpec::message("merges K and X").prev(&[&k.id, &x.id]));
+    push(&peer, &a, &e, "E").await;
+
+    let state = alice.state(&room).await;
+    assert_eq!(
+        state_id(&state, "org.example.branch", "ours").as_deref(),
+        Some(k.id.as_str()),
+        "the state of the prev we hold (K) is kept: {state:?}"
+    );
+    assert_eq!(
+        state_id(&state, "org.example.branch", "theirs").as_deref(),
+        Some(x.id.as_str()),
+        "the missing prev (X) counts with its own state: {state:?}"
+    );
+    assert!(alice.event_ids(&room).await.contains(&e.id), "E in the timeline");
+}
+both_backends!(missing_prev_keeps_the_state_of_the_prev_we_hold, "91");
+
+/// The `pdu_ids` of a `/state_ids` answer as a set.
+fn pdu_ids(answer: &Value) -> BTreeSet<String> {
+    answer["pdu_ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+}
+
+/// Defect 8. E's only prev event X never reaches Myelin (it holds X at most as an outlier,
+/// fetched with the state the peer gave for the gap). `/state_ids` and `/state` at E must
+/// answer the state E was accepted against, the room's full state, not the (empty) resolution
+/// of the states of E's prev events that Myelin holds with a state.
+async fn state_ids_at_an_event_whose_prev_is_an_outlier_is_full(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+
+    let x = peer.build(EventSpec::state("org.example.gap", "", json!({ "x": 1 })));
+    peer.advance(&x);
+    let e = peer.build(EventSpec::message("after the gap"));
+    peer.advance(&e);
+    push(&peer, &a, &e, "E").await;
+    let current: BTreeSet<String> = alice.state(&room).await.into_iter().map(|s| s.2).collect();
+    assert!(current.contains(&x.id), "X is in the state (from the peer's state at the gap)");
+
+    let (s, answer) = peer
+        .request(
+            &a.name(),
+            "GET",
+            &format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&e.id)),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(pdu_ids(&answer), current, "the full state before E");
+    let (s, answer) = peer
+        .request(
+            &a.name(),
+            "GET",
+            &format!("/_matrix/federation/v1/state/{}?event_id={}", enc(&room), enc(&e.id)),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(answer["pdus"].as_array().map(Vec::len), Some(current.len()), "{answer}");
+
+    // At a state event: the state before it, without it.
+    let y = peer.build(EventSpec::state("org.example.gap", "", json!({ "x": 2 })));
+    peer.advance(&y);
+    push(&peer, &a, &y, "Y").await;
+    let (s, answer) = peer
+        .request(
+            &a.name(),
+            "GET",
+            &format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&y.id)),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(pdu_ids(&answer), current, "the state before Y holds X, not Y");
+}
+both_backends!(state_ids_at_an_event_whose_prev_is_an_outlier_is_full, "92");
