@@ -203,6 +203,24 @@ async fn missing_prev_keeps_the_state_of_the_prev_we_hold(backend: Backend, net:
         "the missing prev (X) counts with its own state: {state:?}"
     );
     assert!(alice.event_ids(&room).await.contains(&e.id), "E in the timeline");
+
+    // A rejected prev counts with the state before it (as Synapse): K2 (held) and R (rejected:
+    // mallory cannot join someone else) fork from E, and E2 names both. The state before E2
+    // is the resolution of the state after K2 and the state before R (ours, after E): K2 is
+    // kept. Before the fix the peer's state at E2 (which never saw our branch) replaced it.
+    let k2 = peer.build(EventSpec::state("org.example.branch", "ours", json!({ "held": 2 })).prev(&[&e.id]));
+    push(&peer, &a, &k2, "K2").await;
+    let ghost = peer.user_id("ghost");
+    let r = peer.build(EventSpec::state("m.room.member", &ghost, json!({ "membership": "join" })).prev(&[&e.id]));
+    let (s, answer) = peer.send_pdus(&a, &[&r]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(!accepted(&answer, &r), "R is rejected: {answer}");
+    let e2 = peer.build(EventSpec::message("after a rejected prev").prev(&[&k2.id, &r.id]));
+    push(&peer, &a, &e2, "E2").await;
+    let state = alice.state(&room).await;
+    assert_eq!(state_id(&state, "org.example.branch", "ours").as_deref(), Some(k2.id.as_str()), "{state:?}");
+    assert_eq!(state_id(&state, "org.example.branch", "theirs").as_deref(), Some(x.id.as_str()), "{state:?}");
+    assert_eq!(state_id(&state, "m.room.member", &ghost), None, "{state:?}");
 }
 both_backends!(missing_prev_keeps_the_state_of_the_prev_we_hold, "91");
 
@@ -266,3 +284,82 @@ async fn state_ids_at_an_event_whose_prev_is_an_outlier_is_full(backend: Backend
     assert_eq!(pdu_ids(&answer), current, "the state before Y holds X, not Y");
 }
 both_backends!(state_ids_at_an_event_whose_prev_is_an_outlier_is_full, "92");
+
+/// The race of issue 16 between two Myelins: at the same moment both servers change the topic,
+/// and one the power levels and a ban while the other the name and a membership (a user
+/// leaving). After quiescence, and after one more event from each side, both report the
+/// identical current state.
+async fn concurrent_state_changes_on_two_myelins_converge(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let b = FedServer::start_on(&format!("{net}.12"), backend).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = b.register("carol").await;
+    let dave = b.register("dave").await;
+    let (s, body) = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({
+                "preset": "public_chat",
+                "power_level_content_override": { "users": { bob.user_id.clone(): 100 } },
+            }),
+        )
+        .await;
+    assert_eq!(s, 200, "createRoom: {body}");
+    let room = body["room_id"].as_str().expect("room_id").to_owned();
+    for user in [&bob, &carol, &dave] {
+        user.join_via_seen_by(&room, &a.name(), &alice).await;
+    }
+    let (_, power) = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room))).await;
+    let state_path =
+        |kind: &str, key: &str| format!("/_matrix/client/v3/rooms/{}/state/{kind}/{}", enc(&room), enc(key));
+
+    for round in 0..3 {
+        let mut power = power.clone();
+        power["users"][&carol.user_id] = json!(10 + round);
+        let (on_a, on_b) = tokio::join!(
+            async {
+                let mut out = Vec::new();
+                out.push(alice.put(&state_path("m.room.topic", ""), json!({ "topic": format!("a{round}") })).await);
+                out.push(alice.put(&state_path("m.room.power_levels", ""), power).await);
+                if round == 0 {
+                    let ban = json!({ "user_id": dave.user_id, "reason": "race" });
+                    out.push(alice.post(&format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)), ban).await);
+                }
+                out
+            },
+            async {
+                let mut out = Vec::new();
+                out.push(bob.put(&state_path("m.room.topic", ""), json!({ "topic": format!("b{round}") })).await);
+                out.push(bob.put(&state_path("m.room.name", ""), json!({ "name": format!("b{round}") })).await);
+                if round == 0 {
+                    out.push(carol.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({})).await);
+                }
+                out
+            }
+        );
+        for (s, body) in on_a.into_iter().chain(on_b) {
+            assert_eq!(s, 200, "round {round}: {body}");
+        }
+    }
+    wait_until(T, "the same state on both servers after the race", || async {
+        alice.state(&room).await == bob.state(&room).await
+    })
+    .await;
+    let last_a = alice.say(&room, "after the race (a)").await;
+    let last_b = bob.say(&room, "after the race (b)").await;
+    for client in [&alice, &bob] {
+        wait_until(T, "both last messages on both servers", || async {
+            let ids = client.event_ids(&room).await;
+            ids.contains(&last_a) && ids.contains(&last_b)
+        })
+        .await;
+    }
+    wait_until(T, "the same state on both servers after the merge", || async {
+        alice.state(&room).await == bob.state(&room).await
+    })
+    .await;
+    assert_eq!(alice.membership(&room, &dave.user_id).await.as_deref(), Some("ban"));
+    assert_eq!(bob.membership(&room, &carol.user_id).await.as_deref(), Some("leave"));
+}
+both_backends!(concurrent_state_changes_on_two_myelins_converge, "93");
