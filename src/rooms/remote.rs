@@ -8,8 +8,9 @@
 //! the current state (a soft-failed event is stored as an outlier with its state group: served
 //! to servers and usable as a prev or auth event, never shown to clients nor applied to the
 //! current state). Missing prev events are fetched with `get_missing_events`; when a gap
-//! remains, the state before the event is taken from the origin's `state_ids`. A room's events
-//! are processed one at a time under `room_lock`; rooms proceed in parallel.
+//! remains, the state after each missing prev event comes from the origin's `state_ids` at it.
+//! The current state is the resolution of the states at every forward extremity. A room's
+//! events are processed one at a time under `room_lock`; rooms proceed in parallel.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
