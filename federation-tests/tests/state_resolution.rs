@@ -221,6 +221,26 @@ async fn missing_prev_keeps_the_state_of_the_prev_we_hold(backend: Backend, net:
     assert_eq!(state_id(&state, "org.example.branch", "ours").as_deref(), Some(k2.id.as_str()), "{state:?}");
     assert_eq!(state_id(&state, "org.example.branch", "theirs").as_deref(), Some(x.id.as_str()), "{state:?}");
     assert_eq!(state_id(&state, "m.room.member", &ghost), None, "{state:?}");
+
+    // A missing prev that the state before it forbids (a state event from a user who is not in
+    // the room) counts as rejected: it is not in the state before E3, its child.
+    let forged = peer.build(
+        EventSpec::state("org.example.branch", "ours", json!({ "forged": true })).sender(&ghost).prev(&[&e2.id]),
+    );
+    let e3 = peer.build(EventSpec::message("after a forbidden prev").prev(&[&forged.id]));
+    push(&peer, &a, &e3, "E3").await;
+    let (s, answer) = peer
+        .request(
+            &a.name(),
+            "GET",
+            &format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&e3.id)),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(!pdu_ids(&answer).contains(&forged.id), "the forbidden prev is not in the state before E3: {answer}");
+    let state = alice.state(&room).await;
+    assert_eq!(state_id(&state, "org.example.branch", "ours").as_deref(), Some(k2.id.as_str()), "{state:?}");
 }
 both_backends!(missing_prev_keeps_the_state_of_the_prev_we_hold, "91");
 

@@ -391,8 +391,23 @@ impl Rooms {
                         .get_event(id)
                         .await?
                         .ok_or_else(|| Error::forbidden(format!("{origin} did not serve prev event {id}")))?;
+                    // The prev itself enters the state only if the state before it allows it:
+                    // a prev that fails the auth rules counts as rejected (the state before it),
+                    // so that a peer cannot slip a forbidden state event in through a gap.
                     if let Some(k) = prev.pdu.fields.state_key.as_ref().filter(|_| !prev.pdu.rejected) {
-                        state.insert((prev.pdu.fields.kind.to_string(), k.clone()), id.clone());
+                        let by_key = self.state_pdus(&state).await?;
+                        match ruma::state_res::check_state_dependent_auth_rules(
+                            &rules.authorization,
+                            &prev.pdu,
+                            |t: &StateEventType, k: &str| by_key.get(&(t.to_string(), k.to_owned())).cloned(),
+                        ) {
+                            Ok(()) => {
+                                state.insert((prev.pdu.fields.kind.to_string(), k.clone()), id.clone());
+                            }
+                            Err(e) => {
+                                tracing::info!(event_id = %id, error = %e, "missing prev event fails auth against the state before it; counted as rejected");
+                            }
+                        }
                     }
                     state
                 }
