@@ -383,3 +383,65 @@ async fn concurrent_state_changes_on_two_myelins_converge(backend: Backend, net:
     assert_eq!(bob.membership(&room, &carol.user_id).await.as_deref(), Some("leave"));
 }
 both_backends!(concurrent_state_changes_on_two_myelins_converge, "93");
+
+/// The cost of resolving the current state over two extremities in a room of 200 members: the
+/// peer grows two branches from P and sends their events alternately, so that every event
+/// arrives while the other branch's head, with another state, is an extremity (a resolution
+/// per event; the common case, one extremity, resolves nothing). Reports the `/send` round
+/// trip per event, and checks the room ends with both branches' state.
+async fn resolution_cost_with_two_extremities_in_a_room_of_200(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    for i in 0..199 {
+        let user = a.register(&format!("member{i}")).await;
+        let (s, body) = user.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+        assert_eq!(s, 200, "join: {body}");
+    }
+    wait_until(T, "the peer has every join", || async {
+        peer.state().state.keys().filter(|k| k.0 == "m.room.member").count() == 201
+    })
+    .await;
+    let p = peer.state().latest[0].clone();
+    let n = 20;
+    let (mut one, mut two) = (p.clone(), p.clone());
+    let mut samples = Vec::new();
+    for i in 0..n {
+        for (branch, head) in [("one", &mut one), ("two", &mut two)] {
+            let ev = peer.build(
+                EventSpec::state(&format!("org.example.{branch}"), &i.to_string(), json!({ "i": i })).prev(&[head]),
+            );
+            let start = std::time::Instant::now();
+            push(&peer, &a, &ev, branch).await;
+            samples.push(start.elapsed());
+            *head = ev.id;
+        }
+    }
+    let state = alice.state(&room).await;
+    assert_eq!(state.iter().filter(|e| e.0.starts_with("org.example.")).count(), 2 * n, "both branches' state");
+    assert_eq!(state.iter().filter(|e| e.0 == "m.room.member").count(), 201);
+    let (p50, p95) = (percentile(&samples, 50.0), percentile(&samples, 95.0));
+    report(&format!(
+        "state_resolution ({backend:?}): /send of an event resolved against a second extremity, 201 members: p50 {p50:.1} ms, p95 {p95:.1} ms"
+    ));
+    assert!(p95 < 5000.0, "a resolution per event stays well under the transaction timeout: p95 {p95} ms");
+
+    // The common case for comparison: the branches merged, one extremity, no resolution.
+    let merge = peer.build(EventSpec::message("merge").prev(&[&one, &two]));
+    push(&peer, &a, &merge, "merge").await;
+    let mut head = merge.id;
+    let mut linear = Vec::new();
+    for i in 0..2 * n {
+        let ev = peer.build(EventSpec::state("org.example.linear", &i.to_string(), json!({ "i": i })).prev(&[&head]));
+        let start = std::time::Instant::now();
+        push(&peer, &a, &ev, "linear").await;
+        linear.push(start.elapsed());
+        head = ev.id;
+    }
+    let (p50, p95) = (percentile(&linear, 50.0), percentile(&linear, 95.0));
+    report(&format!(
+        "state_resolution ({backend:?}): /send of an event with one extremity, 201 members: p50 {p50:.1} ms, p95 {p95:.1} ms"
+    ));
+}
+both_backends!(resolution_cost_with_two_extremities_in_a_room_of_200, "94");
