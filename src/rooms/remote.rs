@@ -31,7 +31,7 @@ use super::pdu::{MAX_PDU_BYTES, Pdu};
 use super::state::MAX_CHAIN;
 use crate::error::{Error, Result};
 use crate::federation::Federation;
-use crate::storage::rooms::{NewEventRow, StateIds};
+use crate::storage::rooms::{NewEventRow, StateIds, StoredEvent};
 use crate::storage::{Db, WriteTx, now_ms};
 
 /// Room versions we offer in `make_join` (`ver=`).
@@ -365,13 +365,13 @@ impl Rooms {
         pdu: &Pdu,
     ) -> Result<StateIds> {
         let ids: Vec<String> = pdu.fields.prev_events.iter().map(|e| e.to_string()).collect();
-        let held: HashMap<String, crate::storage::rooms::StoredEvent> =
+        let held: HashMap<String, StoredEvent> =
             self.db.get_events(&ids).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e)).collect();
         let mut states: Vec<StateIds> = Vec::new();
         for id in &ids {
             let state = match held.get(id) {
-                Some(e) if !e.pdu.rejected && e.state_group.is_some() => {
-                    (*self.state_at_group(e.state_group.unwrap_or_default()).await?).clone()
+                Some(StoredEvent { pdu, state_group: Some(group), .. }) if !pdu.rejected => {
+                    (*self.state_at_group(*group).await?).clone()
                 }
                 Some(e) if e.pdu.rejected => match self.prev_groups(&e.pdu).await? {
                     Some(groups) => {
