@@ -8,8 +8,9 @@
 //! the current state (a soft-failed event is stored as an outlier with its state group: served
 //! to servers and usable as a prev or auth event, never shown to clients nor applied to the
 //! current state). Missing prev events are fetched with `get_missing_events`; when a gap
-//! remains, the state before the event is taken from the origin's `state_ids`. A room's events
-//! are processed one at a time under `room_lock`; rooms proceed in parallel.
+//! remains, the state after each missing prev event comes from the origin's `state_ids` at it.
+//! The current state is the resolution of the states at every forward extremity. A room's
+//! events are processed one at a time under `room_lock`; rooms proceed in parallel.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use super::pdu::{MAX_PDU_BYTES, Pdu};
 use super::state::MAX_CHAIN;
 use crate::error::{Error, Result};
 use crate::federation::Federation;
-use crate::storage::rooms::{NewEventRow, StateIds};
+use crate::storage::rooms::{NewEventRow, StateIds, StoredEvent};
 use crate::storage::{Db, WriteTx, now_ms};
 
 /// Room versions we offer in `make_join` (`ver=`).
@@ -315,8 +316,8 @@ impl Rooms {
 
     /// The state before `pdu` from the state groups after its prev events (`prev_groups`): one
     /// group's state as is (with the group and its delta-chain length, for storing the state
-    /// after as a delta), several resolved together, none (prev events unknown) fetched from
-    /// `origin`.
+    /// after as a delta), several resolved together. `None` (a prev event missing, held without
+    /// a state, or rejected): see [`Rooms::state_before_with_gaps`].
     pub(super) async fn state_before(
         &self,
         origin: &ServerName,
@@ -336,8 +337,92 @@ impl Rooms {
                 }
                 (self.resolve_states(rules, states).await?, None)
             }
-            None => (self.fetch_state_before(origin, rules, pdu).await?, None),
+            None => match self.state_before_with_gaps(origin, rules, pdu).await {
+                Ok(state) => (state, None),
+                Err(e) => {
+                    // The origin could not give the state at one of the prevs (e.g. it does not
+                    // serve that event): its answer for the event itself is the best left.
+                    tracing::info!(event_id = %pdu.event_id, error = %e.message, "state at the prev events unavailable; asking the state at the event");
+                    (self.fetch_state_before(origin, rules, pdu).await?, None)
+                }
+            },
         })
+    }
+
+    /// The state before `pdu` when some prev events are not held with a state (spec: the
+    /// resolution of the states after each prev event; issue 16, defect 7). Each prev event
+    /// contributes the state after it:
+    /// - held with a state group (a timeline or soft-failed event): that group, as usual;
+    /// - rejected: the state *before* it (as Synapse, whose state group for a rejected event is
+    ///   the one before it), from its own prev events when we hold them with a state, otherwise
+    ///   the origin's `/state_ids` at it;
+    /// - missing, or an outlier whose state we do not know: the origin's `/state_ids` at it
+    ///   (the state before it) plus the event itself, fetched with `/event` as an outlier.
+    ///
+    /// Only what is missing is asked: the states of the prevs we hold stay ours, so a state
+    /// event of our own branch is not lost when the origin's view of it differs.
+    async fn state_before_with_gaps(
+        &self,
+        origin: &ServerName,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+    ) -> Result<StateIds> {
+        let ids: Vec<String> = pdu.fields.prev_events.iter().map(|e| e.to_string()).collect();
+        let held: HashMap<String, StoredEvent> =
+            self.db.get_events(&ids).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e)).collect();
+        let mut states: Vec<StateIds> = Vec::new();
+        for id in &ids {
+            let state = match held.get(id) {
+                Some(StoredEvent { pdu, state_group: Some(group), .. }) if !pdu.rejected => {
+                    (*self.state_at_group(*group).await?).clone()
+                }
+                Some(e) if e.pdu.rejected => match self.prev_groups(&e.pdu).await? {
+                    Some(groups) => {
+                        let mut prev_states = Vec::new();
+                        for g in groups {
+                            prev_states.push((*self.state_at_group(g).await?).clone());
+                        }
+                        self.resolve_states(rules, prev_states).await?
+                    }
+                    None => self.fetch_state_at(origin, rules, &pdu.room_id, id).await?,
+                },
+                _ => {
+                    let mut state = self.fetch_state_at(origin, rules, &pdu.room_id, id).await?;
+                    self.fetch_events_as_outliers(origin, rules, &pdu.room_id, std::slice::from_ref(id)).await?;
+                    let prev = self
+                        .db
+                        .get_event(id)
+                        .await?
+                        .ok_or_else(|| Error::forbidden(format!("{origin} did not serve prev event {id}")))?;
+                    // The prev itself enters the state only if the state before it allows it:
+                    // a prev that fails the auth rules counts as rejected (the state before it),
+                    // so that a peer cannot slip a forbidden state event in through a gap.
+                    if let Some(k) = prev.pdu.fields.state_key.as_ref().filter(|_| !prev.pdu.rejected) {
+                        let by_key = self.state_pdus(&state).await?;
+                        match ruma::state_res::check_state_dependent_auth_rules(
+                            &rules.authorization,
+                            &prev.pdu,
+                            |t: &StateEventType, k: &str| by_key.get(&(t.to_string(), k.to_owned())).cloned(),
+                        ) {
+                            Ok(()) => {
+                                state.insert((prev.pdu.fields.kind.to_string(), k.clone()), id.clone());
+                            }
+                            Err(e) => {
+                                tracing::info!(event_id = %id, error = %e, "missing prev event fails auth against the state before it; counted as rejected");
+                            }
+                        }
+                    }
+                    state
+                }
+            };
+            if !states.contains(&state) {
+                states.push(state);
+            }
+        }
+        if states.len() == 1 {
+            return Ok(states.pop().unwrap_or_default());
+        }
+        self.resolve_states(rules, states).await
     }
 
     /// State groups of all prev events, or None if one is missing or has no state.
@@ -418,12 +503,20 @@ impl Rooms {
         rules: &RoomVersionRules,
         pdu: &Pdu,
     ) -> Result<StateIds> {
+        self.fetch_state_at(origin, rules, &pdu.room_id, pdu.event_id.as_str()).await
+    }
+
+    /// The state before event `event_id` as the origin reports it (`state_ids` + `event`), its
+    /// events we lack stored as outliers.
+    async fn fetch_state_at(
+        &self,
+        origin: &ServerName,
+        rules: &RoomVersionRules,
+        room_id: &RoomId,
+        event_id: &str,
+    ) -> Result<StateIds> {
         let fed = self.fed()?;
-        let path = format!(
-            "/_matrix/federation/v1/state_ids/{}?event_id={}",
-            enc(pdu.room_id.as_str()),
-            enc(pdu.event_id.as_str())
-        );
+        let path = format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(room_id.as_str()), enc(event_id));
         let answer = fed.request(origin, http::Method::GET, &path, None).await?;
         let mut ids: Vec<String> =
             answer["pdu_ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
@@ -435,7 +528,7 @@ impl Rooms {
             .collect();
         let state_ids = ids.clone();
         ids.extend(auth_ids);
-        self.fetch_events_as_outliers(origin, rules, &pdu.room_id, &ids).await?;
+        self.fetch_events_as_outliers(origin, rules, room_id, &ids).await?;
         let mut state = StateIds::new();
         for ev in self.db.get_events(&state_ids).await? {
             if let Some(k) = &ev.pdu.fields.state_key {
@@ -537,6 +630,14 @@ impl Rooms {
         if let Some(k) = &pdu.fields.state_key {
             state_after.insert((pdu.fields.kind.to_string(), k.clone()), pdu.event_id.to_string());
         }
+        // What it replaces, so that the state before it can be told from the state after it
+        // (`state_before_event`).
+        let unsigned = pdu
+            .fields
+            .state_key
+            .as_ref()
+            .and_then(|k| state_before.get(&(pdu.fields.kind.to_string(), k.clone())))
+            .map(|prev_id| json!({ "replaces_state": prev_id }));
         let room_id = pdu.room_id.as_str();
         let (group, chain) = Db::while_holding_write_lock(async {
             let mut tx = self.db.begin_write().await?;
@@ -550,7 +651,13 @@ impl Rooms {
                 self.db
                     .insert_event(
                         &mut tx,
-                        NewEventRow { pdu, stream, unsigned: None, outlier: true, state_group: Some(group) },
+                        NewEventRow {
+                            pdu,
+                            stream,
+                            unsigned: unsigned.as_ref(),
+                            outlier: true,
+                            state_group: Some(group),
+                        },
                     )
                     .await?;
             }
@@ -789,14 +896,17 @@ impl Rooms {
         // not a forward extremity: new local events must not point back at it, and the current
         // state (the resolution of the extremities' states) does not change.
         let late = self.db.has_timeline_child(&mut tx, pdu.event_id.as_str()).await?;
-        // The new current state: the event's state if it supersedes every extremity, otherwise
-        // the resolution of the current state with it.
+        // The new current state (spec): the resolution of the states after every forward
+        // extremity, i.e. the event's state if it supersedes every extremity, otherwise its
+        // state resolved with the other extremities' (not with the previous current state, so
+        // that an event that lost an earlier resolution is reconsidered and the result does not
+        // depend on arrival order: issue 16, defect 2).
         let new_current = if late {
             current.clone()
         } else if remaining.is_empty() {
             state_after.clone()
         } else {
-            self.resolve_states_with(rules, vec![current.clone(), state_after.clone()], Some(pdu)).await?
+            self.state_at_extremities(rules, &remaining, &state_after, pdu).await?
         };
         let stream = Db::next_stream_position(&mut tx, "events").await?;
         let before_base = before_group.map(|(g, c)| (g, c, state_before));
@@ -882,6 +992,34 @@ impl Rooms {
         Ok(())
     }
 
+    /// The resolution of the states after the forward extremities `others` and `new_state`
+    /// (the state after `pending`, the event being persisted). Extremities sharing a state
+    /// (the common case: one fork that sent a message) count once; when all share it, there is
+    /// nothing to resolve.
+    async fn state_at_extremities(
+        &self,
+        rules: &RoomVersionRules,
+        others: &[String],
+        new_state: &StateIds,
+        pending: &Pdu,
+    ) -> Result<StateIds> {
+        let mut groups: Vec<i64> =
+            self.db.get_events(others).await?.into_iter().filter_map(|e| e.state_group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let mut states = vec![new_state.clone()];
+        for g in groups {
+            let state = self.state_at_group(g).await?;
+            if !states.contains(&state) {
+                states.push((*state).clone());
+            }
+        }
+        if states.len() == 1 {
+            return Ok(new_state.clone());
+        }
+        self.resolve_states_with(rules, states, Some(pending)).await
+    }
+
     /// Writes the difference between two current states into `current_state` and memberships.
     async fn apply_current_state(
         &self,
@@ -918,18 +1056,39 @@ impl Rooms {
         Ok(())
     }
 
-    /// The state before a stored event: its prev events' states, resolved.
+    /// The state before a stored event (`/state_ids`, `/state`).
+    ///
+    /// An event held with a state group (the state after it) gets that state with its own entry
+    /// put back to what it replaced (`unsigned.replaces_state`, written with every state event
+    /// we accept; as Synapse's `get_state_ids_for_pdu`). This is the state it was accepted
+    /// against, also when its prev events are outliers or unknown (a gap bridged with the
+    /// origin's state): recomputing it from the prevs' states answered a partial or empty
+    /// state then (issue 16, defect 8). An event without a state group gets the resolution of
+    /// its prev events' states when all of them have one; otherwise its state is not known
+    /// (404), never partial.
     pub async fn state_before_event(&self, pdu: &Pdu) -> Result<StateIds> {
-        let (_, rules) = self.room_rules(&pdu.room_id).await?;
-        let ids: Vec<String> = pdu.fields.prev_events.iter().map(|e| e.to_string()).collect();
-        let mut states = Vec::new();
-        for ev in self.db.get_events(&ids).await? {
-            if let Some(g) = ev.state_group {
-                states.push((*self.state_at_group(g).await?).clone());
+        let stored = self.db.get_event(pdu.event_id.as_str()).await?;
+        if let Some(ev) = stored.as_ref().filter(|e| !e.pdu.rejected)
+            && let Some(group) = ev.state_group
+        {
+            let mut state = (*self.state_at_group(group).await?).clone();
+            if let Some(k) = &pdu.fields.state_key {
+                let key = (pdu.fields.kind.to_string(), k.clone());
+                if state.get(&key).map(String::as_str) == Some(pdu.event_id.as_str()) {
+                    match ev.unsigned.as_ref().and_then(|u| u["replaces_state"].as_str()) {
+                        Some(replaced) => state.insert(key, replaced.to_owned()),
+                        None => state.remove(&key),
+                    };
+                }
             }
+            return Ok(state);
         }
-        if states.is_empty() {
-            return Ok(StateIds::new());
+        let (_, rules) = self.room_rules(&pdu.room_id).await?;
+        let groups =
+            self.prev_groups(pdu).await?.ok_or_else(|| Error::not_found("The state at this event is not known"))?;
+        let mut states = Vec::new();
+        for g in groups {
+            states.push((*self.state_at_group(g).await?).clone());
         }
         self.resolve_states(&rules, states).await
     }
