@@ -193,3 +193,49 @@ async fn bob_join_id(client: &Client, room: &str) -> String {
         .map(|(_, _, id)| id)
         .expect("own join in the state")
 }
+
+/// Defect 6, through `/state_ids`: an event of the peer with a gap before it makes Myelin take
+/// the state before it from the peer, whose answer holds a forged power-levels event (mallory,
+/// at power 0, makes herself an admin). The forged event is rejected, the real power levels
+/// stay the state before the event, and mallory's topic change (power 50 needed) is rejected.
+async fn forged_state_in_a_state_ids_answer_is_rejected(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_public_room().await;
+    peer.join(&a, &room, "mallory").await;
+    let mallory = peer.user_id("mallory");
+    wait_until(T, "mallory joined", || async { alice.membership(&room, &mallory).await.as_deref() == Some("join") })
+        .await;
+
+    let key = |t: &str, k: &str| (t.to_owned(), k.to_owned());
+    let real_pl = peer.state().state[&key("m.room.power_levels", "")].clone();
+    let create = peer.state().state[&key("m.room.create", "")].clone();
+    let member = peer.state().state[&key("m.room.member", &mallory)].clone();
+    // A gap (Y, never sent), then the forged power levels, then the topic change.
+    let y = peer.build(EventSpec::message("the gap"));
+    peer.advance(&y);
+    let mut content = peer.state().events[&real_pl]["content"].clone();
+    content["users"][&mallory] = json!(100);
+    let forged = peer.build(EventSpec::state("m.room.power_levels", "", content));
+    peer.advance(&forged);
+    let mut spec = EventSpec::state("m.room.topic", "", json!({ "topic": "mallory rules" }));
+    let mut auth = vec![real_pl.clone(), member];
+    if !peer.rules().authorization.room_create_event_id_as_room_id {
+        auth.push(create);
+    }
+    spec.auth_events = Some(auth);
+    let topic = peer.build(spec);
+    // The peer fills no gap through get_missing_events: Myelin asks `/state_ids`.
+    let (s, answer) = peer.send_pdus(&a, &[&topic]).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(!accepted(&answer, &topic), "the topic change is rejected: {answer}");
+    let (s, t) = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room))).await;
+    assert!(s == 404 || t["topic"] != "mallory rules", "topic unchanged: {t}");
+    let state = alice.state(&room).await;
+    assert!(
+        state.iter().any(|(t, k, id)| t == "m.room.power_levels" && k.is_empty() && *id == real_pl),
+        "the real power levels stand: {state:?}"
+    );
+}
+both_backends!(forged_state_in_a_state_ids_answer_is_rejected, "88");
