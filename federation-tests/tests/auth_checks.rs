@@ -239,3 +239,29 @@ async fn forged_state_in_a_state_ids_answer_is_rejected(backend: Backend, net: &
     );
 }
 both_backends!(forged_state_in_a_state_ids_answer_is_rejected, "88");
+
+/// Defect 6, the join itself: when the resident's `make_join` template cites the forged power
+/// levels among the join's auth events, the join would be rejected by every honest server, so
+/// Myelin refuses to join (403) instead of adopting a room state built on a forged event.
+async fn join_citing_a_forged_auth_event_is_refused(backend: Backend, net: &str) {
+    let b = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let bob = b.register("bob").await;
+    let room = peer.create_room("11");
+    let eve = peer.user_id("eve");
+    let eve_join = peer.build(EventSpec::state("m.room.member", &eve, json!({ "membership": "join" })).sender(&eve));
+    peer.advance(&eve_join);
+    let pl_key = ("m.room.power_levels".to_owned(), String::new());
+    let real_pl = peer.state().state[&pl_key].clone();
+    let mut content = peer.state().events[&real_pl]["content"].clone();
+    content["users"][&eve] = json!(100);
+    let forged = peer.build(EventSpec::state("m.room.power_levels", "", content).sender(&eve));
+    // The peer's own view now holds the forged event: its state and its join templates cite it.
+    peer.advance(&forged);
+
+    let (s, body) = bob.join_via(&room, &peer.name()).await;
+    assert_eq!(s, 403, "the join is refused: {body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    assert_eq!(bob.membership(&room, &bob.user_id).await, None, "bob is not in the room");
+}
+both_backends!(join_citing_a_forged_auth_event_is_refused, "89");

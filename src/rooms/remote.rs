@@ -1377,6 +1377,16 @@ impl Rooms {
                 "send_join returned no valid create event",
             ));
         }
+        // The join's auth events, chosen by the resident in `make_join`, must be held and not
+        // rejected (a join citing a forged event would be rejected by every honest server).
+        let mut auth_ids: Vec<String> = join.fields.auth_events.iter().map(|e| e.to_string()).collect();
+        auth_ids.extend(state.get(&("m.room.create".to_owned(), String::new())).cloned());
+        let auth: HashMap<String, Pdu> =
+            self.db.get_events(&auth_ids).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e.pdu)).collect();
+        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &join, |id: &EventId| {
+            auth.get(id.as_str()).cloned()
+        })
+        .map_err(|e| Error::forbidden(format!("Join not allowed by its auth events: {e}")))?;
         // Check the join against the state we were given.
         let pdus = self.state_pdus(&state).await?;
         ruma::state_res::check_state_dependent_auth_rules(
