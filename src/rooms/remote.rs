@@ -1817,11 +1817,16 @@ impl Db {
 }
 
 /// The events of `batch` in topological order of their auth events (each after the ones it
-/// cites). A cycle (possible only with the free-form event ids of room versions 1 and 2) is
+/// cites), the create event first. A cycle (possible only with the free-form event ids of room versions 1 and 2) is
 /// cut where it is found; the auth check then rejects its events for a missing auth event.
 fn auth_order(batch: &HashMap<String, Pdu>) -> Vec<String> {
     let mut roots: Vec<&String> = batch.keys().collect();
-    roots.sort_by_key(|id| (batch[*id].fields.depth, (*id).clone()));
+    // The create event first: from room version 12 it is no event's auth event, yet every
+    // event's check needs it.
+    roots.sort_by_key(|id| {
+        let p = &batch[*id];
+        (p.fields.kind != TimelineEventType::RoomCreate, p.fields.depth, (*id).clone())
+    });
     let mut entered = HashSet::new();
     let mut order = Vec::with_capacity(batch.len());
     for root in roots {
