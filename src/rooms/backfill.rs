@@ -246,7 +246,6 @@ impl Rooms {
                 Err(e) => tracing::info!(event_id = %id, error = %e.message, "backfilled event not accepted"),
             }
         }
-        self.apply_late_redactions(room_id, rules, &added).await?;
         Ok(added.len())
     }
 
@@ -310,12 +309,15 @@ impl Rooms {
                     )
                     .await?;
             }
+            let mut ctx = self.redaction_ctx(version, rules, pdu);
             if pdu.fields.kind == TimelineEventType::RoomRedaction
                 && let Some(target) = &pdu.redacts_target
             {
-                let ctx = self.redaction_ctx(version, rules, pdu);
                 self.apply_redaction(&mut tx, &ctx, pdu, target).await?;
             }
+            // Redactions received before this (older) event apply now, if the rules allow.
+            ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
+            self.apply_held_redactions(&mut tx, &ctx, pdu).await?;
             tx.commit().await?;
             Ok::<_, Error>((group, chain))
         })
@@ -337,32 +339,5 @@ impl Rooms {
             written: HashMap::new(),
             is_new: false,
         }
-    }
-
-    /// Redactions we already held whose targets only arrived now.
-    async fn apply_late_redactions(&self, room_id: &RoomId, rules: &RoomVersionRules, added: &[Pdu]) -> Result<()> {
-        if added.is_empty() {
-            return Ok(());
-        }
-        let new: HashSet<&str> = added.iter().map(|p| p.event_id.as_str()).collect();
-        let version = RoomVersionId::try_from(
-            self.db.get_room(room_id.as_str()).await?.map(|r| r.0).unwrap_or_default().as_str(),
-        )
-        .map_err(Error::internal)?;
-        for redaction in self.db.redactions_in_room(room_id.as_str()).await? {
-            let Some(target) = redaction.pdu.redacts_target.clone() else { continue };
-            if !new.contains(target.as_str()) || new.contains(redaction.pdu.event_id.as_str()) {
-                continue;
-            }
-            let ctx = self.redaction_ctx(&version, rules, &redaction.pdu);
-            Db::while_holding_write_lock(async {
-                let mut tx = self.db.begin_write().await?;
-                self.apply_redaction(&mut tx, &ctx, &redaction.pdu, &target).await?;
-                tx.commit().await?;
-                Ok::<_, Error>(())
-            })
-            .await?;
-        }
-        Ok(())
     }
 }

@@ -367,7 +367,9 @@ impl Rooms {
         target.split_once(':').map(|(_, server)| server.to_owned())
     }
 
-    /// Rewrites the target's stored JSON to its redacted form.
+    /// Rewrites the target's stored JSON to its redacted form, if the redaction rules let the
+    /// redaction take effect ([`Rooms::redaction_takes_effect`]). The one place where local,
+    /// remote and backfilled redactions (and redactions held before their target) are applied.
     pub(crate) async fn apply_redaction(
         &self,
         tx: &mut WriteTx,
@@ -383,7 +385,7 @@ impl Rooms {
                 None => return Ok(()),
             },
         };
-        if target_pdu.room_id != redaction.room_id {
+        if target_pdu.room_id != redaction.room_id || !self.redaction_takes_effect(ctx, redaction, &target_pdu).await? {
             return Ok(());
         }
         let redacted = ruma::canonical_json::redact(target_pdu.json().clone(), &ctx.rules.redaction, None)
@@ -392,6 +394,45 @@ impl Rooms {
         self.db
             .redact_event_json(tx, target.as_str(), &serde_json::to_string(&redacted)?, redaction.event_id.as_str())
             .await
+    }
+
+    /// Applies the redactions held before `target` arrived (they name it, it came later), as
+    /// far as the redaction rules let them: the target must be in `ctx.written` or committed.
+    pub(crate) async fn apply_held_redactions(&self, tx: &mut WriteTx, ctx: &RoomCtx, target: &Pdu) -> Result<()> {
+        for held in self.db.redactions_of(target.room_id.as_str(), target.event_id.as_str()).await? {
+            self.apply_redaction(tx, ctx, &held.pdu, &target.event_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `redaction` takes effect on `target` (spec: "Handling redactions" of room
+    /// versions 3 and later; Synapse's `recheck_redaction`). In versions 1 and 2 the auth rules
+    /// already decided, so an accepted redaction applies. From version 3 a redaction is a valid
+    /// event whatever its target, but it applies only if its sender is on the server of the
+    /// target's sender or has the `redact` power level. The power levels are those of the
+    /// redaction's own auth events (the state it was authorised against, as Synapse), so that a
+    /// redaction held before its target arrives is judged the same way when it does.
+    pub(crate) async fn redaction_takes_effect(&self, ctx: &RoomCtx, redaction: &Pdu, target: &Pdu) -> Result<bool> {
+        if ctx.rules.authorization.special_case_room_redaction
+            || redaction.fields.sender.server_name() == target.fields.sender.server_name()
+        {
+            return Ok(true);
+        }
+        let mut ids: Vec<String> = redaction.fields.auth_events.iter().map(|e| e.to_string()).collect();
+        // From room version 12 the create event is not among the auth events.
+        if let Some(create) = self.db.current_state_event_id(redaction.room_id.as_str(), "m.room.create", "").await? {
+            ids.push(create);
+        }
+        let auth = self.pdus_for(ctx, &ids).await?;
+        let find = |kind: TimelineEventType| {
+            auth.values().find(|p| p.fields.kind == kind && p.fields.state_key.as_deref() == Some(""))
+        };
+        let pl = super::read::PowerLevels::from_events(
+            find(TimelineEventType::RoomPowerLevels),
+            find(TimelineEventType::RoomCreate),
+            &ctx.rules,
+        );
+        Ok(pl.user_level(&redaction.fields.sender) >= pl.level("redact", 50))
     }
 
     /// Servers other than ours with joined members in the room (committed state).

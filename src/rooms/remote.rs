@@ -535,7 +535,7 @@ impl Rooms {
                 state.insert((ev.pdu.fields.kind.to_string(), k.clone()), ev.pdu.event_id.to_string());
             }
         }
-        Ok(state)
+        self.without_rejected(state).await
     }
 
     /// Fetches the listed events we lack from `origin` with `GET /event` and stores them as outliers.
@@ -590,17 +590,63 @@ impl Rooms {
         Ok(())
     }
 
-    /// Stores verified events as outliers (not in the timeline), oldest first, skipping known ones.
-    pub async fn store_outliers(&self, mut pdus: Vec<Pdu>) -> Result<()> {
-        pdus.sort_by_key(|p| p.fields.depth);
-        let ids: Vec<String> = pdus.iter().map(|p| p.event_id.to_string()).collect();
-        let have: HashSet<String> =
-            self.db.get_events(&ids).await?.into_iter().map(|e| e.pdu.event_id.to_string()).collect();
-        let mut seen = HashSet::new();
+    /// Stores verified events received as a state or an auth chain (a `send_join` answer,
+    /// `/state_ids`, `/event_auth`) as outliers, after checking each against the auth rules
+    /// (issue 16, defect 6; Synapse's `_auth_and_persist_outliers`): in topological order of
+    /// their auth events, an event must pass the state-independent and state-dependent auth
+    /// rules against its own `auth_events`, each of them held or in the batch and not rejected.
+    /// An event failing them is stored as rejected, so that nothing uses it as state and every
+    /// event citing it as an auth event is rejected too. Events already held are kept as they are.
+    pub async fn store_outliers(&self, pdus: Vec<Pdu>) -> Result<()> {
+        let Some(room_id) = pdus.first().map(|p| p.room_id.clone()) else { return Ok(()) };
+        let (_, rules) = self.room_rules(&room_id).await.or_else(|_| {
+            // A room we are joining is not known yet: its create event gives the version.
+            let create = pdus.iter().find(|p| p.fields.kind == TimelineEventType::RoomCreate);
+            let version = create.and_then(|c| c.content()["room_version"].as_str().map(str::to_owned));
+            let version = super::version::parse(version.as_deref().unwrap_or("1"))?;
+            Ok::<_, Error>((version.clone(), super::version::rules(&version)?))
+        })?;
+        let batch: HashMap<String, Pdu> = pdus.into_iter().map(|p| (p.event_id.to_string(), p)).collect();
+        let mut lookup: Vec<String> = batch.keys().cloned().collect();
+        lookup.extend(batch.values().flat_map(|p| p.fields.auth_events.iter().map(|a| a.to_string())));
+        if rules.authorization.room_create_event_id_as_room_id {
+            // From room version 12 the room id names the create event, which is not an auth event.
+            lookup.push(format!("${}", &room_id.as_str()[1..]));
+        }
+        lookup.sort_unstable();
+        lookup.dedup();
+        // Held events (accepted or rejected) and the batch's events once judged, by id.
+        let mut judged: HashMap<String, Pdu> =
+            self.db.get_events(&lookup).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e.pdu)).collect();
+        let create_id =
+            rules.authorization.room_create_event_id_as_room_id.then(|| format!("${}", &room_id.as_str()[1..]));
         let mut tx = self.db.begin_write().await?;
-        for pdu in pdus {
-            if have.contains(pdu.event_id.as_str()) || !seen.insert(pdu.event_id.to_string()) {
+        for id in auth_order(&batch) {
+            if judged.contains_key(&id) {
                 continue;
+            }
+            let mut pdu = batch[&id].clone();
+            let checked =
+                ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |e: &EventId| {
+                    judged.get(e.as_str()).cloned()
+                })
+                .and_then(|()| {
+                    let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
+                    let auth = pdu.fields.auth_events.iter().map(|a| a.to_string()).chain(create_id.clone());
+                    for p in auth.filter_map(|a| judged.get(&a)) {
+                        if let Some(k) = &p.fields.state_key {
+                            by_key.insert((p.fields.kind.to_string(), k.clone()), p.clone());
+                        }
+                    }
+                    ruma::state_res::check_state_dependent_auth_rules(
+                        &rules.authorization,
+                        &pdu,
+                        |t: &StateEventType, k: &str| by_key.get(&(t.to_string(), k.to_owned())).cloned(),
+                    )
+                });
+            if let Err(e) = checked {
+                tracing::info!(event_id = %id, error = %e, "rejecting state or auth chain event: fails auth against its auth events");
+                pdu.rejected = true;
             }
             // Outliers get negative positions so that they never appear in stream ranges.
             let stream = -Db::next_stream_position(&mut tx, "outliers").await?;
@@ -610,9 +656,45 @@ impl Rooms {
                     NewEventRow { pdu: &pdu, stream, unsigned: None, outlier: true, state_group: None },
                 )
                 .await?;
+            judged.insert(id, pdu);
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// A state received from another server (a `send_join` answer, `/state_ids`) without the
+    /// events that failed the auth rules ([`Rooms::store_outliers`] stored them as rejected):
+    /// such an entry falls back to the event of the same type and state key among the rejected
+    /// event's auth events (the one it claimed to replace, e.g. the previous power levels), if
+    /// that one was accepted, and is dropped otherwise. The events must be stored.
+    pub(super) async fn without_rejected(&self, state: StateIds) -> Result<StateIds> {
+        let ids: Vec<String> = state.values().cloned().collect();
+        let rejected: Vec<Pdu> =
+            self.db.get_events(&ids).await?.into_iter().map(|e| e.pdu).filter(|p| p.rejected).collect();
+        let mut state = state;
+        for bad in rejected {
+            let Some(k) = bad.fields.state_key.clone() else { continue };
+            let key = (bad.fields.kind.to_string(), k);
+            state.remove(&key);
+            let mut current = bad;
+            // Walk back through same-key auth events while they are rejected too (bounded:
+            // auth events are older, and a hostile loop in v1/v2 ids stops at a visited one).
+            let mut visited = HashSet::new();
+            while visited.insert(current.event_id.to_string()) {
+                let auth: Vec<String> = current.fields.auth_events.iter().map(|a| a.to_string()).collect();
+                let Some(prev) = self.db.get_events(&auth).await?.into_iter().map(|e| e.pdu).find(|p| {
+                    p.fields.kind.to_string() == key.0 && p.fields.state_key.as_deref() == Some(key.1.as_str())
+                }) else {
+                    break;
+                };
+                if !prev.rejected {
+                    state.insert(key.clone(), prev.event_id.to_string());
+                    break;
+                }
+                current = prev;
+            }
+        }
+        Ok(state)
     }
 
     /// Stores a soft-failed event (spec: "Soft failure"): an outlier, so that no client reads
@@ -978,6 +1060,8 @@ impl Rooms {
         {
             self.apply_redaction(&mut tx, &ctx, pdu, target).await?;
         }
+        ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
+        self.apply_held_redactions(&mut tx, &ctx, pdu).await?;
         if let Some(except) = forward_except {
             for dest in self.remote_destinations(room_id).await? {
                 if dest != except.as_str() && dest != origin.as_str() {
@@ -1447,6 +1531,24 @@ impl Rooms {
         }
         let _guard = self.room_lock(room_id.as_str()).await;
         self.store_outliers(outliers).await?;
+        let state = self.without_rejected(state).await?;
+        if !state.contains_key(&("m.room.create".to_owned(), String::new())) {
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                "send_join returned no valid create event",
+            ));
+        }
+        // The join's auth events, chosen by the resident in `make_join`, must be held and not
+        // rejected (a join citing a forged event would be rejected by every honest server).
+        let mut auth_ids: Vec<String> = join.fields.auth_events.iter().map(|e| e.to_string()).collect();
+        auth_ids.extend(state.get(&("m.room.create".to_owned(), String::new())).cloned());
+        let auth: HashMap<String, Pdu> =
+            self.db.get_events(&auth_ids).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e.pdu)).collect();
+        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &join, |id: &EventId| {
+            auth.get(id.as_str()).cloned()
+        })
+        .map_err(|e| Error::forbidden(format!("Join not allowed by its auth events: {e}")))?;
         // Check the join against the state we were given.
         let pdus = self.state_pdus(&state).await?;
         ruma::state_res::check_state_dependent_auth_rules(
@@ -1874,4 +1976,38 @@ impl Db {
         .fetch_all(self.pool())
         .await?)
     }
+}
+
+/// The events of `batch` in topological order of their auth events (each after the ones it
+/// cites), the create event first. A cycle (possible only with the free-form event ids of room versions 1 and 2) is
+/// cut where it is found; the auth check then rejects its events for a missing auth event.
+fn auth_order(batch: &HashMap<String, Pdu>) -> Vec<String> {
+    let mut roots: Vec<&String> = batch.keys().collect();
+    // The create event first: from room version 12 it is no event's auth event, yet every
+    // event's check needs it.
+    roots.sort_by_key(|id| {
+        let p = &batch[*id];
+        (p.fields.kind != TimelineEventType::RoomCreate, p.fields.depth, (*id).clone())
+    });
+    let mut entered = HashSet::new();
+    let mut order = Vec::with_capacity(batch.len());
+    for root in roots {
+        let mut stack = vec![(root.clone(), false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if expanded {
+                order.push(id);
+                continue;
+            }
+            if !entered.insert(id.clone()) {
+                continue;
+            }
+            stack.push((id.clone(), true));
+            for a in &batch[&id].fields.auth_events {
+                if batch.contains_key(a.as_str()) && !entered.contains(a.as_str()) {
+                    stack.push((a.to_string(), false));
+                }
+            }
+        }
+    }
+    order
 }

@@ -280,14 +280,29 @@ impl Db {
         Ok(())
     }
 
-    /// Redaction events of a room's timeline, for redactions that arrived before their
-    /// (backfilled) targets.
-    pub async fn redactions_in_room(&self, room_id: &str) -> Result<Vec<StoredEvent>> {
-        self.query_events(
-            "WHERE room_id = $1 AND event_type = 'm.room.redaction' AND outlier = 0 AND rejected = 0",
-            &[BindValue::Str(room_id)],
-        )
-        .await
+    /// The accepted redactions of a room's timeline that name `target` (redactions that
+    /// arrived before their target), through the `events_redaction_target` expression index
+    /// (migration 18), whose expression this query repeats for each backend.
+    pub async fn redactions_of(&self, room_id: &str, target: &str) -> Result<Vec<StoredEvent>> {
+        let redacts = match self.backend() {
+            super::Backend::Postgres => {
+                "COALESCE((json::jsonb) ->> 'redacts', (json::jsonb) -> 'content' ->> 'redacts')"
+            }
+            super::Backend::Sqlite => {
+                "COALESCE(json_extract(json, '$.redacts'), json_extract(json, '$.content.redacts'))"
+            }
+        };
+        let found = self
+            .query_events(
+                &format!(
+                    "WHERE event_type = 'm.room.redaction' AND {redacts} = $1 AND room_id = $2 \
+                     AND outlier = 0 AND rejected = 0"
+                ),
+                &[BindValue::Str(target), BindValue::Str(room_id)],
+            )
+            .await?;
+        // The index reads the JSON as stored; the parsed target is what counts.
+        Ok(found.into_iter().filter(|e| e.pdu.redacts_target.as_ref().is_some_and(|t| t.as_str() == target)).collect())
     }
 
     /// Runs an event query with a custom WHERE/ORDER tail and binds, for timeline readers.

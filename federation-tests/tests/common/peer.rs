@@ -67,6 +67,9 @@ pub struct PeerState {
     pub refused_txn: Option<String>,
     /// Whether `get_missing_events` is answered from the store (true) or with no events.
     pub serve_missing_events: bool,
+    /// Entries that replace the peer's state in its `send_join` answers (as a resident of a
+    /// room it created with [`Peer::create_room`]): a hostile resident's forged state.
+    pub join_answer_state: BTreeMap<(String, String), String>,
 }
 
 struct Inner {
@@ -176,6 +179,8 @@ impl Peer {
             .route("/_matrix/federation/v1/state_ids/{room}", get(state_ids))
             .route("/_matrix/federation/v1/event_auth/{room}/{id}", get(event_auth))
             .route("/_matrix/federation/v1/get_missing_events/{room}", post(missing_events))
+            .route("/_matrix/federation/v1/make_join/{room}/{user}", get(make_join))
+            .route("/_matrix/federation/v2/send_join/{room}/{id}", put(send_join))
             .fallback(|| async { error(404, "M_UNRECOGNIZED", "not implemented by the test peer") })
             .with_state(inner.clone());
         let (cert, key) = ca().issue(ip);
@@ -295,6 +300,36 @@ impl Peer {
         drop(st);
         self.advance(&join);
         join
+    }
+
+    /// Creates a public room hosted by the peer (room version `version`, 1 to 11) with
+    /// `@mallory:<peer>` as its creator (power level 100): create, join, power levels, join
+    /// rules. Other servers join it through the peer's `make_join` / `send_join`, whose answer
+    /// is the peer's state (with [`PeerState::join_answer_state`] in place). Returns the room id.
+    pub fn create_room(&self, version: &str) -> String {
+        let rules = RoomVersionId::try_from(version).expect("version").rules().expect("known room version");
+        let room_id = format!("!peer{}:{}", rand::random::<u32>(), self.inner.name);
+        {
+            let mut st = self.state();
+            st.room_id = Some(room_id.clone());
+            st.room_version = Some(version.to_owned());
+            st.rules = Some(rules);
+        }
+        let mallory = self.user_id("mallory");
+        let mut create = json!({ "room_version": version });
+        if !self.rules().authorization.use_room_create_sender {
+            create["creator"] = json!(mallory);
+        }
+        for spec in [
+            EventSpec::state("m.room.create", "", create),
+            EventSpec::state("m.room.member", &mallory, json!({ "membership": "join" })),
+            EventSpec::state("m.room.power_levels", "", json!({ "users": { mallory.clone(): 100 } })),
+            EventSpec::state("m.room.join_rules", "", json!({ "join_rule": "public" })),
+        ] {
+            let ev = self.build(spec);
+            self.advance(&ev);
+        }
+        room_id
     }
 
     /// Hashes and signs `event` with the peer's key.
@@ -510,4 +545,75 @@ async fn missing_events(
     }
     out.sort_by_key(|e| e["depth"].as_i64().unwrap_or(0));
     axum::Json(json!({ "events": out })).into_response()
+}
+
+/// `make_join` as a resident of the peer's room: a join template on the peer's latest event.
+async fn make_join(
+    State(inner): State<Arc<Inner>>,
+    Path((room, user)): Path<(String, String)>,
+    Query(_q): Query<Vec<(String, String)>>,
+) -> Response {
+    let st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    let (Some(rules), Some(version)) = (st.rules.clone(), st.room_version.clone()) else {
+        return error(404, "M_NOT_FOUND", "no room");
+    };
+    let Ok(user_id) = UserId::parse(&user) else { return error(400, "M_INVALID_PARAM", "bad user id") };
+    let content = json!({ "membership": "join" });
+    let raw = serde_json::value::to_raw_value(&content).expect("raw");
+    let auth: Vec<String> = ruma::state_res::auth_types_for_event(
+        &TimelineEventType::RoomMember,
+        &user_id,
+        Some(user.as_str()),
+        &raw,
+        &rules.authorization,
+    )
+    .expect("auth types")
+    .into_iter()
+    .filter_map(|(t, k)| st.state.get(&(t.to_string(), k)).cloned())
+    .collect();
+    let depth =
+        st.latest.iter().filter_map(|p| st.events.get(p)).filter_map(|e| e["depth"].as_i64()).max().unwrap_or(0) + 1;
+    let event = json!({
+        "type": "m.room.member",
+        "room_id": room,
+        "sender": user,
+        "state_key": user,
+        "content": content,
+        "origin": inner.name,
+        "origin_server_ts": now_ms(),
+        "depth": depth,
+        "prev_events": st.latest,
+        "auth_events": auth,
+    });
+    axum::Json(json!({ "room_version": version, "event": event })).into_response()
+}
+
+/// `send_join` (v2) as a resident: answers the peer's state before the join, with
+/// [`PeerState::join_answer_state`] replacing entries, and the auth chain of it and the join;
+/// then the join becomes the peer's latest event. It checks nothing.
+async fn send_join(
+    State(inner): State<Arc<Inner>>,
+    Path((_room, _id)): Path<(String, String)>,
+    body: axum::Json<Value>,
+) -> Response {
+    let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(rules) = st.rules.clone() else { return error(404, "M_NOT_FOUND", "no room") };
+    let Some(id) = event_id_of(&rules, &body) else { return error(400, "M_BAD_JSON", "bad event") };
+    let mut state = st.state.clone();
+    state.extend(st.join_answer_state.clone());
+    let ids: Vec<String> = state.values().cloned().collect();
+    st.events.insert(id.clone(), body.0.clone());
+    let mut with_join = ids.clone();
+    with_join.push(id.clone());
+    let chain: Vec<Value> = auth_closure(&st, &with_join).iter().filter_map(|i| st.events.get(i).cloned()).collect();
+    let state_pdus: Vec<Value> = ids.iter().filter_map(|i| st.events.get(i).cloned()).collect();
+    apply(&mut st, &id, &body);
+    axum::Json(json!({
+        "origin": inner.name,
+        "state": state_pdus,
+        "auth_chain": chain,
+        "event": body.0,
+        "members_omitted": false,
+    }))
+    .into_response()
 }
