@@ -3,7 +3,7 @@
 
 use ruma::UserId;
 
-use super::{Accounts, hash_password, validate_localpart};
+use super::{Accounts, validate_localpart};
 use crate::error::{Error, Result};
 
 impl Accounts {
@@ -20,7 +20,7 @@ impl Accounts {
         let localpart = user_id.localpart();
         validate_localpart(localpart, &self.config.server_name)?;
         let hash = match password {
-            Some(p) if !p.is_empty() => Some(hash_password(p).await?),
+            Some(p) if !p.is_empty() => Some(self.hasher.hash(p).await?),
             _ => None,
         };
         let displayname = displayname.filter(|d| !d.is_empty()).unwrap_or(localpart);
@@ -34,7 +34,7 @@ impl Accounts {
     /// Sets a user's password; with `logout_devices` every device (and its tokens) is deleted.
     /// Returns whether devices were deleted (a device-list change).
     pub async fn admin_set_password(&self, user_id: &UserId, password: String, logout_devices: bool) -> Result<bool> {
-        let hash = hash_password(password).await?;
+        let hash = self.hasher.hash(password).await?;
         self.db.set_password_hash(user_id.as_str(), &hash).await?;
         if !logout_devices {
             return Ok(false);
