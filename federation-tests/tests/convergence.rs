@@ -486,4 +486,4 @@ async fn timestamp_to_event_for_member_servers(backend: Backend, net: &str) {
     let (s, body) = outsider.request(&a.name(), "GET", &path("b"), None).await;
     assert_eq!((s, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 }
-both_backends!(timestamp_to_event_for_member_servers, "90");
+both_backends!(timestamp_to_event_for_member_servers, "95");

@@ -38,9 +38,9 @@ async fn set_trusted_key_servers(server: &mut FedServer, toml_array: &str) {
 /// B's events (the join fails or B's events are dropped).
 #[tokio::test]
 async fn a_notary_vouches_for_the_keys_of_a_server_that_is_down() {
-    let a = FedServer::start("127.0.40.11").await;
-    let mut b = FedServer::start("127.0.40.12").await;
-    let mut c = FedServer::start("127.0.40.13").await;
+    let a = FedServer::start("127.0.42.11").await;
+    let mut b = FedServer::start("127.0.42.12").await;
+    let mut c = FedServer::start("127.0.42.13").await;
     let doc = key_document(&a).await;
     let (id, key) = doc["verify_keys"].as_object().expect("verify_keys").iter().next().expect("a key");
     let key = key["key"].as_str().expect("key");
@@ -79,9 +79,9 @@ async fn a_notary_vouches_for_the_keys_of_a_server_that_is_down() {
 /// C refuses A's answer and cannot check B's events while B is down.
 #[tokio::test]
 async fn a_notary_answer_not_signed_by_its_configured_key_is_refused() {
-    let a = FedServer::start("127.0.40.21").await;
-    let mut b = FedServer::start("127.0.40.22").await;
-    let mut c = FedServer::start("127.0.40.23").await;
+    let a = FedServer::start("127.0.42.21").await;
+    let mut b = FedServer::start("127.0.42.22").await;
+    let mut c = FedServer::start("127.0.42.23").await;
     let doc = key_document(&a).await;
     let id = doc["verify_keys"].as_object().expect("verify_keys").keys().next().expect("a key").clone();
     // Someone else's key under A's key id.
@@ -129,7 +129,7 @@ fn expired(doc: &Value) -> Vec<(String, i64)> {
 /// about itself; that time is in the past.
 #[tokio::test]
 async fn retired_keys_are_published_with_a_fixed_expired_ts() {
-    let mut s = FedServer::start("127.0.40.31").await;
+    let mut s = FedServer::start("127.0.42.31").await;
     s.stop();
     let path = s.data_dir().join("signing.key");
     let first = std::fs::read_to_string(&path).expect("key file");
@@ -178,8 +178,8 @@ async fn an_event_signed_after_its_keys_validity_is_refused() {
     use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
     use ruma::signatures::Ed25519KeyPair;
 
-    let a = FedServer::start("127.0.40.41").await;
-    let b = FedServer::start("127.0.40.42").await;
+    let a = FedServer::start("127.0.42.41").await;
+    let b = FedServer::start("127.0.42.42").await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = &alice.create_public_room().await;
