@@ -487,3 +487,45 @@ async fn timestamp_to_event_for_member_servers(backend: Backend, net: &str) {
     assert_eq!((s, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 }
 both_backends!(timestamp_to_event_for_member_servers, "95");
+
+/// After a destination was down, a backlog is not replayed event by event: each room's newest
+/// queued event is sent and the peer fetches the gap (defect 11, second half).
+async fn backlog_after_an_outage_is_caught_up_not_replayed(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let alice = a.register("alice").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    // The peer is "down": it answers 503 to every attempt until told otherwise.
+    peer.state().refuse_first_txn = Some(503);
+    let first = alice.say(&room, "message 0").await;
+    wait_until(T, "the first transaction refused", || async { peer.state().refused_txn.is_some() }).await;
+    let started = std::time::Instant::now();
+    for i in 1..=60 {
+        alice.say(&room, &format!("message {i}")).await;
+    }
+    let last = alice.say(&room, "the newest").await;
+    eprintln!("61 messages queued in {:?}", started.elapsed());
+    {
+        // The peer comes back: the next attempt of the refused transaction is accepted.
+        let mut st = peer.state();
+        let refused = st.refused_txn.clone().expect("refused");
+        let attempts = st.txns.iter().filter(|(t, _)| *t == refused).count();
+        st.refuse_attempts = Some(attempts);
+    }
+    let took =
+        wait_until(T, "the newest message delivered", || async { peer.state().events.contains_key(&last) }).await;
+    eprintln!("delivered {took:?} after the peer came back");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = peer.state();
+    let refused = st.refused_txn.clone().expect("refused");
+    let mut delivered: Vec<&String> = st.txns.iter().filter(|(t, _)| *t != refused).flat_map(|(_, ids)| ids).collect();
+    delivered.sort();
+    delivered.dedup();
+    assert!(st.events.contains_key(&first), "the transaction in flight was delivered");
+    assert!(
+        delivered.len() <= 5,
+        "a backlog of 61 events was replayed instead of caught up: {} sent after the outage",
+        delivered.len()
+    );
+}
+both_backends!(backlog_after_an_outage_is_caught_up_not_replayed, "96");

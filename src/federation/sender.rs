@@ -9,7 +9,9 @@
 //! deduplicates on `(origin, txn_id)`, a crash between the peer's 200 and our delete causes a
 //! repeat that the peer answers from its record: every event arrives exactly once. A restart
 //! resumes from the tables. A transaction the peer refuses with a 4xx (other than 429) is
-//! dropped instead of retried, so it cannot block what is queued behind it.
+//! dropped instead of retried, so it cannot block what is queued behind it. When a destination
+//! comes back after failed attempts, a backlog of PDUs is collapsed to each room's newest one
+//! (`catch_up`): the peer fetches the gap itself.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -113,6 +115,7 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
         let path = format!("/_matrix/federation/v1/send/{}", txn.txn_id);
         let mut delay = min;
         let mut attempts = 0u32;
+        let mut was_down = false;
         loop {
             attempts += 1;
             match fed.request(&server, http::Method::PUT, &path, Some(&body)).await {
@@ -139,6 +142,7 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
                 Err(e) => {
                     tracing::info!(destination = %dest, txn = %txn.txn_id, attempts, retry_in_ms = delay.as_millis() as u64,
                         error = %e.message, "federation transaction failed; will retry");
+                    was_down = true;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(max);
                 }
@@ -148,7 +152,51 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
             tracing::warn!(destination = %dest, error = %e.message, "federation sender: completing transaction failed");
             tokio::time::sleep(min).await;
         }
+        if was_down && let Err(e) = catch_up(&fed, &dest).await {
+            tracing::warn!(destination = %dest, error = %e.message, "federation sender: catching up failed");
+        }
     }
+}
+
+/// After `dest` was unreachable, a backlog of more PDUs than one transaction holds is not
+/// replayed: of each room's queued PDUs only the newest is kept (EDUs all stay). The peer sees
+/// prev events it lacks and fetches them with `get_missing_events` (and, past its limit, the
+/// state with `state_ids`, and older history by backfill when its users page back), as Synapse's
+/// catch-up does after an outage. A server that was down for a day is thus brought up to date
+/// by a transaction per few dozen rooms, not by every event of the day.
+async fn catch_up(fed: &Federation, dest: &str) -> Result<()> {
+    let queued: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT o.id, e.room_id FROM federation_outbox o JOIN events e ON e.event_id = o.payload \
+         WHERE o.destination = $1 AND o.kind = 'pdu'",
+    )
+    .bind(dest)
+    .fetch_all(fed.db.pool())
+    .await?;
+    if queued.len() <= MAX_PDUS {
+        return Ok(());
+    }
+    let mut newest: HashMap<String, i64> = HashMap::new();
+    for (id, room) in &queued {
+        let top = newest.entry(room.clone()).or_insert(*id);
+        *top = (*top).max(*id);
+    }
+    let mut tx = fed.db.begin_write().await?;
+    // Rows taken into the transaction in flight (if any) are left alone.
+    for (room, keep) in &newest {
+        sqlx::query(
+            "DELETE FROM federation_outbox WHERE destination = $1 AND kind = 'pdu' AND id < $2 \
+             AND payload IN (SELECT event_id FROM events WHERE room_id = $3)",
+        )
+        .bind(dest)
+        .bind(keep)
+        .bind(room)
+        .execute(&mut *tx.tx)
+        .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(destination = %dest, queued = queued.len(), rooms = newest.len(),
+        "destination is back: sending each room's newest event, the peer fetches the gap");
+    Ok(())
 }
 
 /// Whether an answer refuses the transaction for good: a 4xx other than 429 (too many
