@@ -1,5 +1,6 @@
-//! `GET /voip/turnServer` against a real TURN server: coturn (Debian's `coturn` package, which
-//! `.ci/run` installs) started by the test with a shared secret. Credentials Myelin hands out
+//! Calls: MatrixRTC transports (Element Call), and `GET /voip/turnServer` against a real TURN
+//! server: coturn (Debian's `coturn` package, which `.ci/run` installs) started by the test with
+//! a shared secret. Credentials Myelin hands out
 //! must let coturn's own client (`turnutils_uclient`) allocate relays and pass data through
 //! them; once expired, or with a wrong password, coturn must refuse them.
 
@@ -169,3 +170,34 @@ both_backends!(
         assert_eq!((&body["username"], &body["password"]), (&json!("calls"), &json!("static")));
     }
 );
+
+// MatrixRTC (Element Call): the configured transports are advertised in the client
+// well-known (`org.matrix.msc4143.rtc_foci`) and served to logged-in clients.
+both_backends!(
+    matrix_rtc_transports_are_advertised,
+    with | c | {
+        let mut livekit = toml::Table::new();
+        livekit.insert("type".into(), "livekit".into());
+        livekit.insert("livekit_service_url".into(), "https://rtc.example.org/livekit/jwt".into());
+        set_config(c, "matrix_rtc.transports", vec![toml::Value::Table(livekit)]);
+    },
+    |server| async move {
+        let expected = json!([{ "type": "livekit", "livekit_service_url": "https://rtc.example.org/livekit/jwt" }]);
+        let (status, body) = server.get("/.well-known/matrix/client").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["org.matrix.msc4143.rtc_foci"], expected, "{body}");
+        let path = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports";
+        assert_eq!(server.get(path).await.0, 401);
+        let alice = server.register("alice").await;
+        let (status, body) = alice.get(path).await;
+        assert_eq!((status, &body["rtc_transports"]), (200, &expected), "{body}");
+    }
+);
+
+both_backends!(no_matrix_rtc_transports_configured, |server| async move {
+    let (_, body) = server.get("/.well-known/matrix/client").await;
+    assert!(body.get("org.matrix.msc4143.rtc_foci").is_none(), "{body}");
+    let alice = server.register("alice").await;
+    let (status, body) = alice.get("/_matrix/client/unstable/org.matrix.msc4143/rtc/transports").await;
+    assert_eq!((status, body), (200, json!({ "rtc_transports": [] })));
+});

@@ -46,6 +46,8 @@ pub struct Config {
     pub rooms: RoomsConfig,
     /// TURN servers for voice and video calls.
     pub voip: VoipConfig,
+    /// MatrixRTC (Element Call) back-ends offered to clients.
+    pub matrix_rtc: MatrixRtcConfig,
     /// Logging.
     pub log: LogConfig,
     /// What `/.well-known/matrix/{server,support}` answer.
@@ -215,6 +217,18 @@ pub struct PushConfig {
     pub gateway_ip_allowlist: Vec<String>,
 }
 
+/// `[matrix_rtc]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixRtcConfig {
+    /// MatrixRTC transports (MSC4143), each an object with a `type`, e.g.
+    /// `{ type = "livekit", livekit_service_url = "https://rtc.example.org/livekit/jwt" }` for
+    /// Element Call behind a LiveKit SFU and its JWT service. Served as
+    /// `org.matrix.msc4143.rtc_foci` in `/.well-known/matrix/client` and at
+    /// `/_matrix/client/unstable/org.matrix.msc4143/rtc/transports`, as Synapse's `matrix_rtc`.
+    pub transports: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// `[voip]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -369,6 +383,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             rooms: RoomsConfig::default(),
             voip: VoipConfig::default(),
+            matrix_rtc: MatrixRtcConfig::default(),
             log: LogConfig::default(),
             well_known: WellKnownConfig::default(),
         }
@@ -580,6 +595,11 @@ impl Config {
         }
         if self.sessions.refreshable_access_token_lifetime_ms == 0 || self.sessions.login_token_lifetime_ms == 0 {
             bail!("configuration keys `sessions.*_lifetime_ms`: token lifetimes must be positive");
+        }
+        for transport in &self.matrix_rtc.transports {
+            if !transport.get("type").is_some_and(|t| t.as_str().is_some_and(|t| !t.is_empty())) {
+                bail!("configuration key `matrix_rtc.transports`: every transport needs a `type`, e.g. \"livekit\"");
+            }
         }
         let voip = &self.voip;
         if !voip.turn_uris.is_empty()

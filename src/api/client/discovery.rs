@@ -51,7 +51,21 @@ pub async fn well_known_client(
     State(state): State<AppState>,
     _: Ruma<discover_homeserver::Request>,
 ) -> Result<Json<Value>> {
-    Ok(Json(json!({ "m.homeserver": { "base_url": base_url(&state.config) } })))
+    let mut answer = json!({ "m.homeserver": { "base_url": base_url(&state.config) } });
+    if !state.config.matrix_rtc.transports.is_empty() {
+        answer["org.matrix.msc4143.rtc_foci"] = json!(state.config.matrix_rtc.transports);
+    }
+    Ok(Json(answer))
+}
+
+/// `GET /_matrix/client/unstable/org.matrix.msc4143/rtc/transports`: the MatrixRTC back-ends
+/// (`[matrix_rtc] transports`) for logged-in clients (Element Call asks here first).
+pub async fn rtc_transports(
+    State(state): State<AppState>,
+    req: Ruma<ruma::api::client::rtc::transports::v1::Request>,
+) -> Result<Json<Value>> {
+    req.session()?;
+    Ok(Json(json!({ "rtc_transports": state.config.matrix_rtc.transports })))
 }
 
 /// Where clients reach the client API: `public_baseurl`, else derived from the server name.

@@ -33,6 +33,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(discovery::versions)
         .ruma(discovery::capabilities)
         .ruma(discovery::well_known_client)
+        .ruma(discovery::rtc_transports)
         .ruma(session::login_types)
         .ruma(session::login)
         .ruma(session::logout)
