@@ -605,6 +605,26 @@ print("  forward extremities:", [e for (e,) in db.execute(ext, (room,))])
     }
 }
 
+/// How many of the room's events in Synapse's database have more than one prev event: merges of
+/// branches that grew at the same time on both servers.
+fn synapse_merges(synapse: &Synapse, room: &str) -> usize {
+    let script = r#"
+import sqlite3, sys
+db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
+print(db.execute("""select count(*) from (select g.event_id from event_edges g
+    join events e on e.event_id = g.event_id where e.room_id = ?
+    group by g.event_id having count(*) > 1)""", (sys.argv[2],)).fetchone()[0])
+"#;
+    let out = Command::new(venv().join("bin/python"))
+        .args(["-c", script])
+        .arg(synapse.dir.join("homeserver.db"))
+        .arg(room)
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "reading Synapse's DAG: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a count")
+}
+
 /// Waits until both users report the same `/state` of `room`; on timeout panics with exactly
 /// which (type, state_key) entries differ, the events behind them as each server serves them,
 /// and both DAGs (Myelin's only on SQLite).
@@ -802,9 +822,13 @@ async fn synapse_concurrent_state_changes_converge(backend: Backend, ips: (&str,
             backend,
         )
         .await;
+        let rounds = race.elapsed() - quiet;
+        // The race really raced: Synapse holds events merging two branches.
+        let merges = synapse_merges(&synapse, &room);
+        assert!(merges > 0, "room on {hosted}: no fork in Synapse's DAG; the two sides did not race");
         report(&format!(
-            "race with Synapse ({backend:?}, room on {hosted}): 3 concurrent rounds in {} ms, same /state {} ms after",
-            (race.elapsed() - quiet).as_millis(),
+            "race with Synapse ({backend:?}, room on {hosted}): 3 concurrent rounds in {} ms, {merges} merge events in Synapse's DAG, same /state {} ms after",
+            rounds.as_millis(),
             quiet.as_millis()
         ));
         // Both admins speak after the race: each server's next event merges its extremities,
