@@ -597,7 +597,7 @@ impl Config {
             bail!("configuration keys `sessions.*_lifetime_ms`: token lifetimes must be positive");
         }
         for transport in &self.matrix_rtc.transports {
-            if !transport.get("type").is_some_and(|t| t.as_str().is_some_and(|t| !t.is_empty())) {
+            if transport.get("type").and_then(|t| t.as_str()).is_none_or(str::is_empty) {
                 bail!("configuration key `matrix_rtc.transports`: every transport needs a `type`, e.g. \"livekit\"");
             }
         }
