@@ -58,7 +58,6 @@ fn single_flight_lock(
     locks.entry(key.to_owned()).or_default().clone()
 }
 
-
 /// The spec's cap on a fetched key's validity: the lesser of its `valid_until_ts` and this long
 /// after we fetched it.
 pub const KEY_VALIDITY_CAP_MS: i64 = 7 * 24 * 3600 * 1000;
