@@ -206,7 +206,7 @@ impl Rooms {
                  ORDER BY origin_server_ts DESC, stream_ordering DESC LIMIT 50"
             }
         };
-        Ok(self.db.query_events(tail, &[BindValue::Str(room_id.as_str()), BindValue::Int(ts)]).await?)
+        self.db.query_events(tail, &[BindValue::Str(room_id.as_str()), BindValue::Int(ts)]).await
     }
 
     /// Upgrades a room: a new room with the old room's important state, a tombstone in the old
