@@ -2,7 +2,7 @@
 //!
 //! Thin: every request signed with `X-Matrix` is verified by the extractor (`Ruma<T>` with
 //! ruma's `ServerSignatures` scheme, origin in `req.origin`); the room logic is in
-//! `rooms::remote`, keys and transport in `federation`.
+//! `rooms::federated`, keys and transport in `federation`.
 
 use std::collections::{BTreeMap, HashSet};
 

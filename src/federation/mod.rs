@@ -2,7 +2,7 @@
 //! client with discovery, inbound request verification and the durable outbound sender.
 //!
 //! Room semantics of federation (incoming PDUs, joins through other servers) live in
-//! `rooms::remote`; this module only moves signed bytes between servers.
+//! `rooms::federated`; this module only moves signed bytes between servers.
 
 pub mod client;
 pub mod keys;
