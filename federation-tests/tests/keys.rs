@@ -1,7 +1,8 @@
 //! Signing keys between Myelin servers: notaries (`federation.trusted_key_servers`) vouch for
 //! the keys of a server that is down, and a server's retired keys keep one fixed `expired_ts`.
 //! The validity rule itself (a key valid at the event's `origin_server_ts`) is unit-tested in
-//! `src/federation/keys.rs`. These tests run on SQLite (the harness's only backend here).
+//! `src/federation/keys.rs`. Every test runs on SQLite (servers on `127.0.42.*`) and on
+//! PostgreSQL (`127.1.42.*`).
 
 mod common;
 
@@ -13,6 +14,22 @@ use common::*;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
+
+/// Runs `$name(backend, net)` on SQLite and on PostgreSQL.
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite, "127.0.42").await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres, "127.1.42").await
+            }
+        }
+    };
+}
 
 /// `server`'s own key document, over its client listener (which serves federation too).
 async fn key_document(server: &FedServer) -> Value {
@@ -36,11 +53,10 @@ async fn set_trusted_key_servers(server: &mut FedServer, toml_array: &str) {
 /// B's signatures on B's join and message, and B does not answer: C asks its notary, A, which
 /// answers B's self-signed key document countersigned by A. Without the notary C cannot verify
 /// B's events (the join fails or B's events are dropped).
-#[tokio::test]
-async fn a_notary_vouches_for_the_keys_of_a_server_that_is_down() {
-    let a = FedServer::start("127.0.42.11").await;
-    let mut b = FedServer::start("127.0.42.12").await;
-    let mut c = FedServer::start("127.0.42.13").await;
+async fn a_notary_vouches_for_the_keys_of_a_server_that_is_down(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let mut b = FedServer::start_on(&format!("{net}.12"), backend).await;
+    let mut c = FedServer::start_on(&format!("{net}.13"), backend).await;
     let doc = key_document(&a).await;
     let (id, key) = doc["verify_keys"].as_object().expect("verify_keys").iter().next().expect("a key");
     let key = key["key"].as_str().expect("key");
@@ -77,11 +93,10 @@ async fn a_notary_vouches_for_the_keys_of_a_server_that_is_down() {
 
 /// A notary answer must be signed by the notary's configured key: with a wrong key configured,
 /// C refuses A's answer and cannot check B's events while B is down.
-#[tokio::test]
-async fn a_notary_answer_not_signed_by_its_configured_key_is_refused() {
-    let a = FedServer::start("127.0.42.21").await;
-    let mut b = FedServer::start("127.0.42.22").await;
-    let mut c = FedServer::start("127.0.42.23").await;
+async fn a_notary_answer_not_signed_by_its_configured_key_is_refused(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.21"), backend).await;
+    let mut b = FedServer::start_on(&format!("{net}.22"), backend).await;
+    let mut c = FedServer::start_on(&format!("{net}.23"), backend).await;
     let doc = key_document(&a).await;
     let id = doc["verify_keys"].as_object().expect("verify_keys").keys().next().expect("a key").clone();
     // Someone else's key under A's key id.
@@ -127,9 +142,8 @@ fn expired(doc: &Value) -> Vec<(String, i64)> {
 /// modification time) and one retired at a recorded time: both are published with the same
 /// `expired_ts` in every answer, before and after a restart, and in the server's notary answer
 /// about itself; that time is in the past.
-#[tokio::test]
-async fn retired_keys_are_published_with_a_fixed_expired_ts() {
-    let mut s = FedServer::start("127.0.42.31").await;
+async fn retired_keys_are_published_with_a_fixed_expired_ts(backend: Backend, net: &str) {
+    let mut s = FedServer::start_on(&format!("{net}.31"), backend).await;
     s.stop();
     let path = s.data_dir().join("signing.key");
     let first = std::fs::read_to_string(&path).expect("key file");
@@ -172,14 +186,13 @@ async fn retired_keys_are_published_with_a_fixed_expired_ts() {
 /// now is accepted; one whose `origin_server_ts` is 8 days ahead, after the validity of every
 /// key B publishes (`valid_until_ts` is now + 7 days, and A caps validity at 7 days after its
 /// fetch), is refused even though its signature is good.
-#[tokio::test]
-async fn an_event_signed_after_its_keys_validity_is_refused() {
+async fn an_event_signed_after_its_keys_validity_is_refused(backend: Backend, net: &str) {
     use ruma::CanonicalJsonObject;
     use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
     use ruma::signatures::Ed25519KeyPair;
 
-    let a = FedServer::start("127.0.42.41").await;
-    let b = FedServer::start("127.0.42.42").await;
+    let a = FedServer::start_on(&format!("{net}.41"), backend).await;
+    let b = FedServer::start_on(&format!("{net}.42"), backend).await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = &alice.create_public_room().await;
@@ -253,3 +266,7 @@ async fn an_event_signed_after_its_keys_validity_is_refused() {
     let (s, _) = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(&future_id))).await;
     assert_eq!(s, 404, "the refused event is not served");
 }
+both_backends!(a_notary_vouches_for_the_keys_of_a_server_that_is_down);
+both_backends!(a_notary_answer_not_signed_by_its_configured_key_is_refused);
+both_backends!(retired_keys_are_published_with_a_fixed_expired_ts);
+both_backends!(an_event_signed_after_its_keys_validity_is_refused);
