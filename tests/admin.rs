@@ -682,3 +682,20 @@ both_backends!(event_reports_list_show_and_delete, |server| async move {
     assert_error(&admin.delete(&format!("{A}/v1/event_reports/{id}"), &json!({})).await, 404, "M_NOT_FOUND");
     assert_eq!(ok(&admin.get(&format!("{A}/v1/event_reports")).await)["total"], 1);
 });
+
+// A user who deactivates their own account is pushed nothing more: their pushers go with it.
+both_backends!(self_deactivation_removes_pushers, |server| async move {
+    let admin = make_admin(&server).await;
+    let alice = server.register("alice").await;
+    let pusher = json!({
+        "kind": "http", "app_id": "org.example.app", "pushkey": "key-1", "app_display_name": "Example",
+        "device_display_name": "Phone", "lang": "en", "data": { "url": "https://push.example.org/_matrix/push/v1/notify" },
+    });
+    ok(&alice.post("/_matrix/client/v3/pushers/set", &pusher).await);
+    let pushers = format!("{A}/v1/users/{}/pushers", enc(&alice.user_id));
+    assert_eq!(ok(&admin.get(&pushers).await)["total"], 1);
+    let auth = json!({ "auth": { "type": "m.login.password", "password": PASSWORD,
+        "identifier": { "type": "m.id.user", "user": "alice" } } });
+    ok(&alice.post("/_matrix/client/v3/account/deactivate", &auth).await);
+    assert_eq!(ok(&admin.get(&pushers).await)["total"], 0);
+});

@@ -122,7 +122,8 @@ impl Db {
         Ok(())
     }
 
-    /// Marks a user deactivated and removes its password, devices and tokens in one transaction.
+    /// Marks a user deactivated and removes its password, devices, tokens and pushers in one
+    /// transaction.
     pub async fn deactivate_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1")
@@ -138,6 +139,8 @@ impl Db {
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
+        // A deactivated account is pushed nothing more.
+        sqlx::query("DELETE FROM pushers WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         tx.commit().await?;
         self.forget_tokens_of(user_id);
         Ok(())

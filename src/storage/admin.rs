@@ -266,13 +266,6 @@ impl Db {
             .await?)
     }
 
-    /// Deletes every pusher of a user (a deactivated account gets no more notifications; its
-    /// devices' deletion in `deactivate_user` leaves them).
-    pub async fn admin_delete_pushers_of(&self, user_id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM pushers WHERE user_id = $1").bind(user_id).execute(self.pool()).await?;
-        Ok(())
-    }
-
     fn forget_cached_tokens_of(&self, user_id: &str) {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, owner)| owner.user_id != user_id);
     }

@@ -233,7 +233,6 @@ async fn deactivate_account(state: &AppState, user_id: &UserId, erase: bool) -> 
         db.admin_erase(user_id.as_str()).await?;
     }
     db.deactivate_user(user_id.as_str()).await?;
-    db.admin_delete_pushers_of(user_id.as_str()).await?;
     state.e2ee.keys_changed(user_id.as_str()).await;
     for membership in ["join", "invite", "knock"] {
         for room in state.rooms.db().rooms_with_membership(user_id.as_str(), membership).await? {
