@@ -529,3 +529,25 @@ async fn backlog_after_an_outage_is_caught_up_not_replayed(backend: Backend, net
     );
 }
 both_backends!(backlog_after_an_outage_is_caught_up_not_replayed, "96");
+
+/// A state event a server holds only as an outlier (adopted from the `send_join` answer, like
+/// the room's create event when joining through another server) is served to a joined user by
+/// `/event`, as `/state` shows it.
+async fn state_adopted_at_a_remote_join_is_served_by_event(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let b = FedServer::start_on(&format!("{net}.12"), backend).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_public_room().await;
+    bob.join_via_seen_by(&room, &a.name(), &alice).await;
+    let create = bob
+        .state(&room)
+        .await
+        .into_iter()
+        .find(|(kind, _, _)| kind == "m.room.create")
+        .map(|(_, _, id)| id)
+        .expect("a create event in bob's state");
+    let (s, body) = bob.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&create))).await;
+    assert_eq!((s, body["type"].as_str()), (200, Some("m.room.create")), "{body}");
+}
+both_backends!(state_adopted_at_a_remote_join_is_served_by_event, "97");

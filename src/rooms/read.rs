@@ -382,9 +382,25 @@ impl Rooms {
     /// ([`Rooms::require_read_access`]), 404 when the event is not there or not visible.
     pub async fn event_for(&self, room_id: &RoomId, user_id: &UserId, event_id: &str) -> Result<StoredEvent> {
         let access = self.require_read_access(room_id, user_id).await?;
-        let ev =
-            self.db.get_event(event_id).await?.filter(|e| e.pdu.room_id == room_id && !e.pdu.rejected && !e.outlier);
+        let ev = self.db.get_event(event_id).await?.filter(|e| e.pdu.room_id == room_id && !e.pdu.rejected);
         let Some(ev) = ev else { return Err(Error::not_found("Event not found")) };
+        if ev.outlier {
+            // Outliers have no place in the timeline to judge visibility at. One that is part
+            // of the room's current state (the state a join through another server adopted, the
+            // create event say) is what `/state` already shows a joined user or anyone in a
+            // world-readable room, so it is served to them too, as Synapse does; others,
+            // soft-failed events among them, stay hidden.
+            let in_current_state = !ev.is_soft_failed()
+                && match &ev.pdu.fields.state_key {
+                    Some(key) => {
+                        let kind = ev.pdu.fields.kind.to_string();
+                        self.db.current_state_event_id(room_id.as_str(), &kind, key).await?.as_deref() == Some(event_id)
+                    }
+                    None => false,
+                };
+            let may_read_state = access.as_ref().is_none_or(|(membership, _)| membership == "join");
+            return if in_current_state && may_read_state { Ok(ev) } else { Err(Error::not_found("Event not found")) };
+        }
         if self.can_see(user_id, &ev, access.as_ref().map(|a| a.0.as_str())).await? {
             Ok(ev)
         } else {
