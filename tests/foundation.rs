@@ -942,3 +942,19 @@ both_backends!(kill9_keeps_committed_data, |server| async move {
     let again: Client = server.login("alice", PASSWORD).await;
     assert!(token_works(&server, &again.access_token).await);
 });
+
+// Clients check a registration token before asking for the rest of the form.
+both_backends!(
+    registration_token_validity,
+    with | c | {
+        set_config(c, "registration.mode", "token");
+        set_config(c, "registration.tokens", toml::Value::Array(vec!["let-me-in".into()]));
+    },
+    |server| async move {
+        let path = "/_matrix/client/v1/register/m.login.registration_token/validity";
+        assert_eq!(server.get(&format!("{path}?token=let-me-in")).await, (200, json!({ "valid": true })));
+        assert_eq!(server.get(&format!("{path}?token=let-me-out")).await, (200, json!({ "valid": false })));
+        let (status, body) = server.get(path).await;
+        assert_eq!((status, &body["errcode"]), (400, &json!("M_MISSING_PARAM")), "{body}");
+    }
+);

@@ -93,17 +93,16 @@ impl Accounts {
         Err(uia_response(&req, &session_id, &completed, None))
     }
 
+    /// Whether `token` is one of `registration.tokens` (compared in constant time).
+    pub fn registration_token_valid(&self, token: &str) -> bool {
+        self.config.registration.tokens.iter().any(|valid| bool::from(valid.as_bytes().ct_eq(token.as_bytes())))
+    }
+
     async fn check_stage(&self, auth: &AuthData, req: &UiaRequest<'_>) -> Result<()> {
         match auth {
             AuthData::Dummy(_) => Ok(()),
             AuthData::RegistrationToken(t) => {
-                let ok = self
-                    .config
-                    .registration
-                    .tokens
-                    .iter()
-                    .any(|valid| bool::from(valid.as_bytes().ct_eq(t.token.as_bytes())));
-                if ok {
+                if self.registration_token_valid(&t.token) {
                     Ok(())
                 } else {
                     Err(Error::new(http::StatusCode::UNAUTHORIZED, "M_FORBIDDEN", "Invalid registration token"))

@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::extract::State;
 use ruma::api::client::account::{
-    change_password, deactivate, get_3pids, get_username_availability, register, request_openid_token, whoami,
+    change_password, check_registration_token_validity, deactivate, get_3pids, get_username_availability, register,
+    request_openid_token, whoami,
 };
 use serde_json::{Value, json};
 
@@ -72,6 +73,16 @@ pub async fn available(
 ) -> Result<RumaResponse<get_username_availability::v3::Response>> {
     state.accounts.check_available(&req.body.username).await?;
     Ok(get_username_availability::v3::Response::new(true).into())
+}
+
+/// `GET /_matrix/client/v1/register/m.login.registration_token/validity`: whether a token
+/// would be accepted by the registration token stage (clients check before asking the rest).
+pub async fn registration_token_validity(
+    State(state): State<AppState>,
+    req: Ruma<check_registration_token_validity::v1::Request>,
+) -> Result<RumaResponse<check_registration_token_validity::v1::Response>> {
+    Ok(check_registration_token_validity::v1::Response::new(state.accounts.registration_token_valid(&req.body.token))
+        .into())
 }
 
 /// `GET /_matrix/client/v3/account/whoami`

@@ -43,6 +43,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(voip::turn_server)
         .ruma(account::register)
         .ruma(account::available)
+        .ruma(account::registration_token_validity)
         .ruma(account::whoami)
         .ruma(account::change_password)
         .ruma(account::deactivate)
