@@ -74,11 +74,6 @@ impl Drop for Coturn {
     }
 }
 
-fn free_port() -> u16 {
-    // Bound and released at once; TURN listens on the same port over UDP and TCP.
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn turn_config(coturn_port: u16, lifetime_ms: i64) -> impl Fn(&mut toml::Table) {
     move |c: &mut toml::Table| {
         set_config(c, "voip.turn_uris", vec![format!("turn:127.0.0.1:{coturn_port}?transport=udp")]);

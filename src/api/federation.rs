@@ -415,7 +415,7 @@ pub async fn timestamp_to_event(
 ) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
     let b = &req.body;
     require_participant(&state, &b.room_id, req.origin()?).await?;
-    let dir = if b.dir == ruma::api::Direction::Forward { Dir::Forward } else { Dir::Backward };
+    let dir = Dir::from(b.dir);
     let ev = state.rooms.event_at_timestamp_for_server(&b.room_id, i64::from(b.ts.get()), dir).await?;
     Ok(get_event_by_timestamp::v1::Response::new(ev.pdu.event_id.clone(), ev.pdu.fields.origin_server_ts).into())
 }

@@ -186,6 +186,15 @@ pub enum Dir {
     Backward,
 }
 
+impl From<ruma::api::Direction> for Dir {
+    fn from(dir: ruma::api::Direction) -> Self {
+        match dir {
+            ruma::api::Direction::Forward => Dir::Forward,
+            ruma::api::Direction::Backward => Dir::Backward,
+        }
+    }
+}
+
 impl Rooms {
     /// The state of a state group, loaded through the cache.
     pub async fn state_at_group(&self, group: i64) -> Result<Arc<StateIds>> {

@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use ruma::api::Direction;
 use ruma::api::client::context::get_context;
 use ruma::api::client::message::{get_message_events, send_message_event};
 use ruma::api::client::redact::redact_event;
@@ -196,7 +195,7 @@ pub async fn messages(
 ) -> Result<Json<Value>> {
     let s = req.session()?;
     let b = &req.body;
-    let dir = if b.dir == Direction::Backward { Dir::Backward } else { Dir::Forward };
+    let dir = Dir::from(b.dir);
     let filter_json = serde_json::to_value(&b.filter).unwrap_or(Value::Null);
     let filter = filter_of(&filter_json);
     let limit = (u64::from(b.limit) as usize).clamp(1, 1000);

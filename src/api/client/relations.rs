@@ -33,7 +33,7 @@ fn token(t: Option<&str>) -> Result<Option<TopoToken>> {
 }
 
 async fn relations_common(state: &AppState, user: &UserId, device: &str, q: RelQuery<'_>) -> Result<Json<Value>> {
-    let dir = if q.dir == Direction::Forward { Dir::Forward } else { Dir::Backward };
+    let dir = Dir::from(q.dir);
     let limit = q.limit.unwrap_or(50).clamp(1, 1000) as usize;
     let page = state
         .rooms
@@ -152,7 +152,7 @@ pub async fn timestamp_to_event(
 ) -> Result<Json<Value>> {
     let s = req.session()?;
     let b = &req.body;
-    let dir = if b.dir == Direction::Forward { Dir::Forward } else { Dir::Backward };
+    let dir = Dir::from(b.dir);
     let ev = state.rooms.event_at_timestamp(&b.room_id, &s.user_id, i64::from(b.ts.get()), dir).await?;
     Ok(Json(json!({ "event_id": ev.pdu.event_id, "origin_server_ts": ev.pdu.fields.origin_server_ts })))
 }

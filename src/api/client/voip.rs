@@ -16,7 +16,7 @@ pub async fn turn_server(
     req: Ruma<get_turn_server_info::v3::Request>,
 ) -> Result<Json<Value>> {
     let s = req.session()?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = (crate::storage::now_ms() / 1000) as u64;
     Ok(Json(match crate::voip::turn_credentials(&state.config.voip, &s.user_id, now) {
         Some(c) => json!({ "username": c.username, "password": c.password, "uris": c.uris, "ttl": c.ttl.as_secs() }),
         None => json!({}),
