@@ -5,6 +5,7 @@
 //! Every test uses the hostile-peer harness (`common::peer`) and runs on SQLite (servers on
 //! `127.0.8N.*`) and on PostgreSQL (`127.1.8N.*`).
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -12,23 +13,6 @@ use std::time::Duration;
 use common::peer::{Built, EventSpec, Peer};
 use common::*;
 use serde_json::{Value, json};
-
-/// Runs `$name(backend, net)` on SQLite (servers on `127.0.$net.*`) and on PostgreSQL (on
-/// `127.1.$net.*`): module `$name` holds the two `#[tokio::test]`s.
-macro_rules! both_backends {
-    ($name:ident, $net:literal) => {
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite, concat!("127.0.", $net)).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres, concat!("127.1.", $net)).await
-            }
-        }
-    };
-}
 
 const T: Duration = Duration::from_secs(30);
 

@@ -4,6 +4,7 @@
 //! `src/federation/keys.rs`. Every test runs on SQLite (servers on `127.0.42.*`) and on
 //! PostgreSQL (`127.1.42.*`).
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -14,22 +15,6 @@ use common::*;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
-
-/// Runs `$name(backend, net)` on SQLite and on PostgreSQL.
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite, "127.0.42").await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres, "127.1.42").await
-            }
-        }
-    };
-}
 
 /// `server`'s own key document, over its client listener (which serves federation too).
 async fn key_document(server: &FedServer) -> Value {
@@ -266,7 +251,7 @@ async fn an_event_signed_after_its_keys_validity_is_refused(backend: Backend, ne
     let (s, _) = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(&future_id))).await;
     assert_eq!(s, 404, "the refused event is not served");
 }
-both_backends!(a_notary_vouches_for_the_keys_of_a_server_that_is_down);
-both_backends!(a_notary_answer_not_signed_by_its_configured_key_is_refused);
-both_backends!(retired_keys_are_published_with_a_fixed_expired_ts);
-both_backends!(an_event_signed_after_its_keys_validity_is_refused);
+both_backends!(a_notary_vouches_for_the_keys_of_a_server_that_is_down, "42");
+both_backends!(a_notary_answer_not_signed_by_its_configured_key_is_refused, "42");
+both_backends!(retired_keys_are_published_with_a_fixed_expired_ts, "42");
+both_backends!(an_event_signed_after_its_keys_validity_is_refused, "42");

@@ -12,6 +12,25 @@
 
 pub mod peer;
 
+/// Runs `$name(backend, net)` on SQLite (servers on `127.0.$net.*`) and on PostgreSQL (on
+/// `127.1.$net.*`): module `$name` holds the two `#[tokio::test]`s. Test files that use it
+/// declare `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($name:ident, $net:literal) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite, concat!("127.0.", $net)).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres, concat!("127.1.", $net)).await
+            }
+        }
+    };
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
