@@ -33,7 +33,7 @@ use super::build::RoomCtx;
 use super::pdu::Pdu;
 use crate::error::{Error, Result};
 use crate::storage::Db;
-use crate::storage::rooms::{NewEventRow, StateIds};
+use crate::storage::rooms::StateIds;
 
 /// Events asked for per `/backfill` request (Synapse asks for 100 too).
 const BACKFILL_LIMIT: usize = 100;
@@ -293,22 +293,7 @@ impl Rooms {
             let mut tx = self.db.begin_write().await?;
             let before_base = before_group.map(|(g, c)| (g, c, &state_before));
             let (group, chain) = self.write_group(&mut tx, room_id, before_base, &state_after).await?;
-            if promote {
-                self.db.promote_outlier(&mut tx, pdu.event_id.as_str(), stream, group, unsigned.as_ref()).await?;
-            } else {
-                self.db
-                    .insert_event(
-                        &mut tx,
-                        NewEventRow {
-                            pdu,
-                            stream,
-                            unsigned: unsigned.as_ref(),
-                            outlier: false,
-                            state_group: Some(group),
-                        },
-                    )
-                    .await?;
-            }
+            self.db.put_timeline_event(&mut tx, pdu, stream, group, unsigned.as_ref(), promote).await?;
             let mut ctx = self.redaction_ctx(version, rules, pdu);
             if pdu.fields.kind == TimelineEventType::RoomRedaction
                 && let Some(target) = &pdu.redacts_target

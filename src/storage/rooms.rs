@@ -280,6 +280,25 @@ impl Db {
         Ok(())
     }
 
+    /// Writes an accepted event into the timeline at `stream` with the state group after it:
+    /// a new row, or, when we `held` it as an outlier, that row promoted in place (see
+    /// [`Db::promote_outlier`]).
+    pub async fn put_timeline_event(
+        &self,
+        tx: &mut WriteTx,
+        pdu: &Pdu,
+        stream: i64,
+        state_group: i64,
+        unsigned: Option<&Value>,
+        held: bool,
+    ) -> Result<()> {
+        if held {
+            return self.promote_outlier(tx, pdu.event_id.as_str(), stream, state_group, unsigned).await;
+        }
+        self.insert_event(tx, NewEventRow { pdu, stream, unsigned, outlier: false, state_group: Some(state_group) })
+            .await
+    }
+
     /// The accepted redactions of a room's timeline that name `target` (redactions that
     /// arrived before their target), through the `events_redaction_target` expression index
     /// (migration 18), whose expression this query repeats for each backend.

@@ -351,27 +351,18 @@ impl Rooms {
         // for an auth chain or a state; not a soft-failed one, which `process_pdu` does not
         // evaluate again) enters the timeline in place: its row keeps the JSON and the
         // server-computed data it had (e.g. `invite_room_state`).
-        if let Some(held) = self.db.get_event(pdu.event_id.as_str()).await? {
-            let mut merged = held.unsigned.unwrap_or_else(|| json!({}));
-            if let (Some(m), Some(Value::Object(new))) = (merged.as_object_mut(), unsigned.clone()) {
-                m.extend(new);
+        let held = self.db.get_event(pdu.event_id.as_str()).await?;
+        let unsigned = match &held {
+            Some(held) => {
+                let mut merged = held.unsigned.clone().unwrap_or_else(|| json!({}));
+                if let (Some(m), Some(Value::Object(new))) = (merged.as_object_mut(), unsigned) {
+                    m.extend(new);
+                }
+                merged.as_object().is_some_and(|m| !m.is_empty()).then_some(merged)
             }
-            let merged = merged.as_object().is_some_and(|m| !m.is_empty()).then_some(merged);
-            self.db.promote_outlier(&mut tx, pdu.event_id.as_str(), stream, group_after, merged.as_ref()).await?;
-        } else {
-            self.db
-                .insert_event(
-                    &mut tx,
-                    NewEventRow {
-                        pdu,
-                        stream,
-                        unsigned: unsigned.as_ref(),
-                        outlier: false,
-                        state_group: Some(group_after),
-                    },
-                )
-                .await?;
-        }
+            None => unsigned,
+        };
+        self.db.put_timeline_event(&mut tx, pdu, stream, group_after, unsigned.as_ref(), held.is_some()).await?;
         let removed: Vec<String> = old_ext.iter().filter(|e| prevs.contains(*e)).cloned().collect();
         if late {
             self.db.remove_extremities(&mut tx, room_id, &removed).await?;
