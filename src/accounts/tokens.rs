@@ -29,11 +29,11 @@ impl Accounts {
 
     /// Trades a refresh token for a new access token and refresh token. An unknown, expired or
     /// superseded refresh token is 401 `M_UNKNOWN_TOKEN` (the client must log in again).
-    pub async fn refresh(&self, refresh_token: &str) -> Result<(IssuedToken, OwnedUserId)> {
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedToken> {
         let access_token = new_access_token();
         let next = new_refresh_token();
         let lifetime = self.access_token_lifetime();
-        let refreshed = self
+        let device_id = self
             .db
             .refresh_session(
                 &token_hash(refresh_token),
@@ -43,15 +43,13 @@ impl Accounts {
                 self.refresh_token_expiry(),
             )
             .await?
-            .map_err(|_| Error::unknown_token(false))?;
-        let user_id = UserId::parse(refreshed.user_id).map_err(Error::internal)?;
-        let issued = IssuedToken {
+            .ok_or_else(|| Error::unknown_token(false))?;
+        Ok(IssuedToken {
             access_token,
-            device_id: OwnedDeviceId::from(refreshed.device_id),
+            device_id: OwnedDeviceId::from(device_id),
             refresh_token: Some(next),
             expires_in: Some(lifetime),
-        };
-        Ok((issued, user_id))
+        })
     }
 
     /// Whether `/login/get_token` is offered (also the `m.get_login_token` capability).

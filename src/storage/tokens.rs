@@ -7,21 +7,6 @@
 
 use super::{Db, WriteTx, now_ms};
 
-/// What a successful refresh produced, for the caller to answer with.
-pub struct Refreshed {
-    /// The user the session belongs to.
-    pub user_id: String,
-    /// Its device.
-    pub device_id: String,
-}
-
-/// Why a refresh was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RefreshRefused {
-    /// Unknown, already superseded or expired.
-    Unknown,
-}
-
 impl Db {
     pub(crate) async fn insert_refresh_token(
         tx: &mut WriteTx,
@@ -45,7 +30,8 @@ impl Db {
     }
 
     /// Uses the refresh token `old` to store a new access token (`access`, expiring at
-    /// `access_expires`) and a new refresh token (`next`), in one transaction.
+    /// `access_expires`) and a new refresh token (`next`), in one transaction. Returns the
+    /// session's device, or `None` when `old` is unknown, expired or already superseded.
     ///
     /// Using `old` retires its own predecessor. Using `old` a second time, before its successor
     /// was used, replaces that successor (and the access token issued with it).
@@ -56,7 +42,7 @@ impl Db {
         access_expires: i64,
         next: &str,
         next_expires: Option<i64>,
-    ) -> Result<Result<Refreshed, RefreshRefused>, sqlx::Error> {
+    ) -> Result<Option<String>, sqlx::Error> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let row: Option<(String, String, Option<String>, Option<i64>)> = sqlx::query_as(
@@ -65,13 +51,11 @@ impl Db {
         .bind(old)
         .fetch_optional(&mut *tx.tx)
         .await?;
-        let Some((user_id, device_id, successor, expires)) = row else {
-            return Ok(Err(RefreshRefused::Unknown));
-        };
+        let Some((user_id, device_id, successor, expires)) = row else { return Ok(None) };
         if expires.is_some_and(|e| e <= now) {
             sqlx::query("DELETE FROM refresh_tokens WHERE token_hash = $1").bind(old).execute(&mut *tx.tx).await?;
             tx.commit().await?;
-            return Ok(Err(RefreshRefused::Unknown));
+            return Ok(None);
         }
         if let Some(successor) = successor {
             // The answer that carried it was lost: it was never used, and goes.
@@ -117,7 +101,7 @@ impl Db {
         .execute(&mut *tx.tx)
         .await?;
         tx.commit().await?;
-        Ok(Ok(Refreshed { user_id, device_id }))
+        Ok(Some(device_id))
     }
 
     /// The first use of `access`, issued with refresh token `retired`: that refresh token goes.

@@ -68,7 +68,7 @@ pub async fn refresh(
     State(state): State<AppState>,
     req: Ruma<refresh_token::v3::Request>,
 ) -> Result<RumaResponse<refresh_token::v3::Response>> {
-    let (issued, _) = state.accounts.refresh(&req.body.refresh_token).await?;
+    let issued = state.accounts.refresh(&req.body.refresh_token).await?;
     let mut res = refresh_token::v3::Response::new(issued.access_token);
     res.refresh_token = issued.refresh_token;
     res.expires_in_ms = issued.expires_in;
