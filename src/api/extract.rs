@@ -19,7 +19,7 @@ use ruma::api::{IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingR
 use super::AppState;
 use crate::accounts::Session;
 use crate::error::{Error, Result};
-use crate::media::preview::IpRange;
+use crate::ssrf::IpRange;
 
 /// Largest JSON request body accepted (media uploads have their own limit).
 pub const MAX_JSON_BODY: usize = 8 * 1024 * 1024;

@@ -40,7 +40,7 @@ pub struct AppState {
     /// Rate limits for requests, logins and registrations.
     pub limits: Arc<crate::ratelimit::Limits>,
     /// `listen.trusted_proxies`, parsed: whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: Arc<[crate::media::preview::IpRange]>,
+    pub trusted_proxies: Arc<[crate::ssrf::IpRange]>,
     /// The room engine.
     pub rooms: Arc<Rooms>,
     /// Wakes waiting `/sync` requests.

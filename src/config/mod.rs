@@ -581,12 +581,12 @@ impl Config {
             bail!("configuration key `media.max_upload_bytes`: must be greater than 0");
         }
         for range in &self.media.url_preview_ip_allowlist {
-            if crate::media::preview::IpRange::parse(range).is_none() {
+            if crate::ssrf::IpRange::parse(range).is_none() {
                 bail!("configuration key `media.url_preview_ip_allowlist`: {range:?} is not an address or CIDR range");
             }
         }
         for range in &self.push.gateway_ip_allowlist {
-            if crate::media::preview::IpRange::parse(range).is_none() {
+            if crate::ssrf::IpRange::parse(range).is_none() {
                 bail!("configuration key `push.gateway_ip_allowlist`: {range:?} is not an address or CIDR range");
             }
         }
@@ -625,7 +625,7 @@ impl Config {
             }
         }
         for proxy in &self.listen.trusted_proxies {
-            if crate::media::preview::IpRange::parse(proxy).is_none() {
+            if crate::ssrf::IpRange::parse(proxy).is_none() {
                 bail!("configuration key `listen.trusted_proxies`: {proxy:?} is not an address or CIDR range");
             }
         }

@@ -141,9 +141,9 @@ impl Media {
         let store = FileStore::open(&config.media.dir)
             .map_err(|e| anyhow::anyhow!("opening media.dir {}: {e}", config.media.dir.display()))?;
         let allowlist =
-            config.media.url_preview_ip_allowlist.iter().filter_map(|r| preview::IpRange::parse(r)).collect();
+            config.media.url_preview_ip_allowlist.iter().filter_map(|r| crate::ssrf::IpRange::parse(r)).collect();
         let location_allowlist = if config.federation.allow_private_addresses {
-            ["0.0.0.0/0", "::/0"].iter().filter_map(|r| preview::IpRange::parse(r)).collect()
+            ["0.0.0.0/0", "::/0"].iter().filter_map(|r| crate::ssrf::IpRange::parse(r)).collect()
         } else {
             Vec::new()
         };

@@ -31,7 +31,7 @@ const MAX_VALUE_CHARS: usize = 2000;
 const MAX_TAGS: usize = 50;
 
 use crate::ssrf::Guard;
-pub use crate::ssrf::IpRange;
+use crate::ssrf::IpRange;
 
 /// A fetched response body.
 #[derive(Debug)]

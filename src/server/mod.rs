@@ -13,11 +13,11 @@ use crate::api::AppState;
 use crate::config::Config;
 use crate::e2ee::E2ee;
 use crate::media::Media;
-use crate::media::preview::IpRange;
 use crate::notifier::Notifier;
 use crate::ratelimit::Limits;
 use crate::rooms::Rooms;
 use crate::signing::SigningKeys;
+use crate::ssrf::IpRange;
 use crate::storage::Db;
 use crate::sync::SyncEngine;
 
@@ -78,7 +78,7 @@ impl Server {
         if config.federation.enabled {
             crate::federation::sender::spawn(self.state.federation.clone(), self.state.rooms.clone());
         }
-        let gateways = config.push.gateway_ip_allowlist.iter().filter_map(|r| crate::media::preview::IpRange::parse(r));
+        let gateways = config.push.gateway_ip_allowlist.iter().filter_map(|r| IpRange::parse(r));
         crate::push::sender::PushSender::new(
             self.db.clone(),
             self.state.rooms.clone(),
