@@ -12,7 +12,6 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::pdu::{MAX_PDU_BYTES, Pdu};
-use super::state::MAX_CHAIN;
 use super::{Rooms, cache};
 use crate::error::{Error, Result};
 use crate::storage::WriteTx;
@@ -281,26 +280,14 @@ impl Rooms {
             ctx.is_new = false;
         }
 
-        let mut unsigned = None;
+        let unsigned = self.replaces_state(&pdu, &ctx.state, &ctx.written).await?;
         if let Some(key) = &pdu.fields.state_key {
             let slot = (pdu.fields.kind.to_string(), key.clone());
-            if let Some(prev_id) = ctx.state.get(&slot).cloned()
-                && let Some(prev) = self.pdus_for(ctx, std::slice::from_ref(&prev_id)).await?.remove(&prev_id)
-            {
-                unsigned = Some(json!({
-                    "replaces_state": prev_id,
-                    "prev_content": prev.content(),
-                    "prev_sender": prev.fields.sender,
-                }));
-            }
+            // The state is changed in place: a batch's writers share it with the state cache
+            // until a state event, and copying it per event would be linear in the room's state.
             Arc::make_mut(&mut ctx.state).insert(slot.clone(), pdu.event_id.to_string());
-            let (prev_group, chain, entries) = match ctx.state_group {
-                Some(g) if ctx.chain_length < MAX_CHAIN => {
-                    (Some(g), ctx.chain_length + 1, StateIds::from([(slot.clone(), pdu.event_id.to_string())]))
-                }
-                _ => (None, 0, (*ctx.state).clone()),
-            };
-            let group = db.insert_state_group(tx, room_id.as_str(), prev_group, chain, &entries).await?;
+            let before = ctx.state_group.map(|g| (g, ctx.chain_length));
+            let (group, chain) = self.write_state_after(tx, &pdu, before, &ctx.state).await?;
             ctx.state_group = Some(group);
             ctx.chain_length = chain;
             db.set_room_state_group(tx, room_id.as_str(), group).await?;
