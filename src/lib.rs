@@ -7,6 +7,7 @@ pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod media;
+pub mod metrics;
 pub mod notifier;
 pub mod push;
 pub mod ratelimit;

@@ -100,6 +100,9 @@ pub struct ListenConfig {
     /// from anyone else the header is ignored, so a client cannot choose its own address for
     /// the rate limits.
     pub trusted_proxies: Vec<String>,
+    /// Address of the Prometheus metrics listener (`GET /metrics`); unset: no metrics are
+    /// recorded. Keep it off the public network (e.g. `127.0.0.1:9092`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[tls]`
@@ -400,6 +403,7 @@ impl Default for ListenConfig {
             federation_idle_timeout_secs: 300,
             federation_max_connections: 4096,
             trusted_proxies: Vec::new(),
+            metrics: None,
         }
     }
 }

@@ -299,7 +299,14 @@ impl PushSender {
             }
         }
         let body = json!({ "notification": notification });
-        let (status, answer) = self.fetcher.post_json(&url, &body, MAX_ANSWER).await.map_err(retry)?;
+        let posted = self.fetcher.post_json(&url, &body, MAX_ANSWER).await;
+        let result = match &posted {
+            Ok((200..=299, _)) => "sent",
+            Ok((429 | 500..=599, _)) | Err(_) => "failed_attempt",
+            Ok(_) => "refused",
+        };
+        metrics::counter!("myelin_push_notifications_total", "result" => result).increment(1);
+        let (status, answer) = posted.map_err(retry)?;
         match status {
             200..=299 => {
                 let rejected = answer["rejected"].as_array().cloned().unwrap_or_default();

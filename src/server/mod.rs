@@ -74,6 +74,9 @@ impl Server {
     /// Serves until SIGTERM/SIGINT, then finishes in-flight requests and closes the database.
     pub async fn run(self) -> anyhow::Result<()> {
         let config = self.state.config.clone();
+        if let Some(addr) = config.listen.metrics {
+            crate::metrics::serve(addr, self.db.clone()).await?;
+        }
         let app = crate::api::router(self.state.clone());
         if config.federation.enabled {
             crate::federation::sender::spawn(self.state.federation.clone(), self.state.rooms.clone());

@@ -146,8 +146,10 @@ pub struct WriteTx {
 impl WriteTx {
     /// Writes buffered rows, commits, then releases the writer lock.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let start = std::time::Instant::now();
         rooms::flush_pending(&mut self).await?;
         self.tx.commit().await?;
+        metrics::histogram!("myelin_db_commit_duration_seconds").record(start.elapsed().as_secs_f64());
         if let Some(growth) = &self.growth
             && self.events_written > 0
         {

@@ -738,6 +738,14 @@ impl Db {
         Ok(())
     }
 
+    /// Per destination with queued rows: how many, and the oldest one's `created_ts` (metrics).
+    /// One grouped scan of the outbox, which is small unless a destination is down.
+    pub async fn outbox_depths(&self) -> Result<Vec<(String, i64, i64)>> {
+        Ok(sqlx::query_as("SELECT destination, COUNT(*), MIN(created_ts) FROM federation_outbox GROUP BY destination")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
     /// Replaces an event's stored JSON with its redacted form.
     pub async fn redact_event_json(
         &self,

@@ -301,6 +301,7 @@ impl SyncEngine {
             since.is_some() && !opts.full_state && !opts.timeout.is_zero() && !self.stopping.load(Ordering::SeqCst);
         let deadline = Instant::now() + opts.timeout.min(MAX_TIMEOUT);
         let wakeup = self.notifier.subscribe(user_id.as_str());
+        let _waiting = may_wait.then(|| crate::metrics::Occupied::new(metrics::gauge!("myelin_sync_waiting")));
         let mut since = since;
         loop {
             let notified = wakeup.notified();

@@ -206,6 +206,7 @@ impl Rooms {
             |t: &StateEventType, k: &str| by_key.get(&(t.to_string(), k.to_owned())).cloned(),
         ) {
             tracing::info!(event_id = %pdu.event_id, error = %e, "rejecting event: fails auth against the state before it");
+            inbound_pdu("rejected");
             self.persist_rejected(&pdu).await?;
             return Err(Error::forbidden(format!("Event fails auth: {e}")));
         }
@@ -219,9 +220,11 @@ impl Rooms {
         ) {
             tracing::info!(event_id = %pdu.event_id, error = %e, "soft-failing event against the current state");
             self.persist_soft_failed(&pdu, &state_before, before_group).await?;
+            inbound_pdu("soft_failed");
             return Ok(Processed { pdu, state_before, soft_failed: true });
         }
         self.persist_remote(origin, version, rules, &pdu, &state_before, before_group, forward_except).await?;
+        inbound_pdu("accepted");
         Ok(Processed { pdu, state_before, soft_failed: false })
     }
 
@@ -246,6 +249,7 @@ impl Rooms {
             })
         {
             tracing::info!(event_id = %pdu.event_id, error = %e, "rejecting event: fails auth against its auth events");
+            inbound_pdu("rejected");
             self.persist_rejected(pdu).await?;
             return Err(Error::forbidden(format!("Event fails auth: {e}")));
         }
@@ -449,4 +453,9 @@ impl Rooms {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Counts an inbound PDU's outcome (`myelin_federation_inbound_pdus_total`).
+fn inbound_pdu(outcome: &'static str) {
+    metrics::counter!("myelin_federation_inbound_pdus_total", "outcome" => outcome).increment(1);
 }
