@@ -233,6 +233,10 @@ both_backends!(unknown_pos_and_restart, |server| async move {
     let (status, body) = try_ss(&alice, Some("not a number"), 0, &req).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN_POS")), "{body}");
 
+    let mut with_txn = req.clone();
+    with_txn["txn_id"] = json!("t-1");
+    let body = ss(&alice, None, 0, &with_txn).await;
+    assert_eq!(body["txn_id"], "t-1", "{body}");
     let p1 = pos(&ss(&alice, None, 0, &req).await);
     let m1 = send_text(&alice, &room, "m1", "one").await;
     let body = ss(&alice, Some(&p1), 0, &req).await;
@@ -344,8 +348,8 @@ both_backends!(invites_joins_leaves_and_subscriptions, |server| async move {
     assert_eq!(r["joined_count"], 2, "{r}");
     assert!(state_keys(&body, &room).contains(&pair("m.room.member", &alice.user_id)), "{r}");
     assert!(state_keys(&body, &room).contains(&pair("m.room.create", "")), "{r}");
-    let heroes = r["heroes"].as_array().unwrap_or_else(|| panic!("no heroes: {r}"));
-    assert_eq!(heroes[0]["user_id"], bob.user_id, "{r}");
+    // A named room needs no heroes.
+    assert!(r.get("heroes").is_none(), "{r}");
     let p2 = pos(&body);
 
     // Being kicked: the room is sent once more with the kick, then leaves the list.
@@ -403,6 +407,11 @@ both_backends!(required_state_lazy_and_wildcards, |server| async move {
         vec![pair("m.room.member", &alice.user_id), pair("m.room.member", &bob.user_id), pair("m.room.topic", "")],
         "{body}"
     );
+    // No name: the heroes name the room, with their profiles.
+    let heroes = body["rooms"][&room]["heroes"].as_array().unwrap_or_else(|| panic!("no heroes: {body}"));
+    let hero_ids: Vec<&Value> = heroes.iter().map(|h| &h["user_id"]).collect();
+    assert_eq!(hero_ids, vec![&json!(bob.user_id), &json!(carol.user_id)], "{body}");
+    assert_eq!(heroes[0]["displayname"], "bob", "{body}");
     let p1 = pos(&body);
     send_text(&carol, &room, "c", "from carol").await;
     let body = ss(&alice, Some(&p1), 0, &lazy).await;

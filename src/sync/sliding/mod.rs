@@ -150,22 +150,28 @@ impl SyncEngine {
             let now = Box::pin(self.current_token()).await?;
             let computed = Box::pin(self.sliding_compute(user, device, &req, prev.as_ref(), prev_token, now)).await?;
             if !may_wait || !computed.empty {
-                return Box::pin(self.sliding_answer(key, keep, computed)).await;
+                return Box::pin(self.sliding_answer(key, keep, req.txn_id.as_deref(), computed)).await;
             }
             tokio::select! {
                 woken = tokio::time::timeout_at(deadline, notified) => {
                     if woken.is_err() {
-                        return Box::pin(self.sliding_answer(key, keep, computed)).await;
+                        return Box::pin(self.sliding_answer(key, keep, req.txn_id.as_deref(), computed)).await;
                     }
                 }
-                _ = stop.as_mut() => return Box::pin(self.sliding_answer(key, keep, computed)).await,
+                _ = stop.as_mut() => return Box::pin(self.sliding_answer(key, keep, req.txn_id.as_deref(), computed)).await,
             }
         }
     }
 
     /// Stores the connection's new position (when the client's state changed) and returns the
-    /// response with its `pos`.
-    async fn sliding_answer(&self, key: ConnKey<'_>, keep: Option<i64>, c: Computed) -> Result<Value> {
+    /// response with its `pos` (and the request's `txn_id`, which clients match answers by).
+    async fn sliding_answer(
+        &self,
+        key: ConnKey<'_>,
+        keep: Option<i64>,
+        txn_id: Option<&str>,
+        c: Computed,
+    ) -> Result<Value> {
         let pos = match keep {
             Some(p) if !c.changed => p,
             _ => {
@@ -178,6 +184,9 @@ impl SyncEngine {
         };
         let mut body = c.body;
         body.insert("pos".into(), json!(pos.to_string()));
+        if let Some(txn) = txn_id {
+            body.insert("txn_id".into(), json!(txn));
+        }
         Ok(Value::Object(body))
     }
 
