@@ -221,6 +221,18 @@ both_backends!(incremental_and_long_poll, |server| async move {
     let p3 = pos(&body);
     let body = ss(&alice, Some(&p3), 0, &req).await;
     assert!(body.get("rooms").is_none(), "nothing new: {body}");
+
+    // A profile change is a new member event but not a new membership: the room stays
+    // incremental.
+    let (status, _) = alice
+        .put(&format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id), &json!({ "displayname": "Alice" }))
+        .await;
+    assert_eq!(status, 200);
+    let body = ss(&alice, Some(&p3), 0, &req).await;
+    let r = &body["rooms"][&room];
+    assert!(r.get("initial").is_none(), "{body}");
+    assert_eq!(timeline(&body, &room).len(), 1, "{body}");
+    assert_eq!(r["joined_count"], 2, "{r}");
 });
 
 both_backends!(unknown_pos_and_restart, |server| async move {
@@ -232,6 +244,10 @@ both_backends!(unknown_pos_and_restart, |server| async move {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN_POS")), "{body}");
     let (status, body) = try_ss(&alice, Some("not a number"), 0, &req).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN_POS")), "{body}");
+    let (status, body) = try_ss(&alice, None, 0, &json!({ "conn_id": "x".repeat(300) })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let (status, body) = try_ss(&alice, None, 0, &json!({ "lists": { "a": { "ranges": "no" } } })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
 
     let mut with_txn = req.clone();
     with_txn["txn_id"] = json!("t-1");

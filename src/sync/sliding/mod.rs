@@ -50,6 +50,10 @@ use crate::storage::sliding_sync::ConnKey;
 
 /// Connections a device keeps; starting one more drops the least recently used.
 pub const MAX_CONNS: i64 = 10;
+/// Longest `conn_id` and list name (they are stored with the connection's state).
+pub const MAX_CONN_ID: usize = 255;
+/// Most lists in one request (each one is a pass over the user's rooms).
+pub const MAX_LISTS: usize = 100;
 /// Positions unused for this long (ms) are deleted.
 pub const EXPIRY_MS: i64 = 7 * 24 * 3_600_000;
 
@@ -116,6 +120,14 @@ impl SyncEngine {
     /// Answers one simplified sliding sync request of `user`'s `device`.
     pub async fn sliding_sync(&self, user: &UserId, device: &DeviceId, req: v5::Request) -> Result<Value> {
         let conn_id = req.conn_id.clone().unwrap_or_default();
+        if conn_id.len() > MAX_CONN_ID {
+            return Err(Error::invalid_param(format!("conn_id is longer than {MAX_CONN_ID} bytes")));
+        }
+        if req.lists.len() > MAX_LISTS || req.lists.keys().any(|n| n.len() > MAX_CONN_ID) {
+            return Err(Error::invalid_param(format!(
+                "At most {MAX_LISTS} lists, with names of up to {MAX_CONN_ID} bytes"
+            )));
+        }
         let key = ConnKey { user_id: user.as_str(), device_id: device.as_str(), conn_id: &conn_id };
         let presence = req.set_presence.as_str().to_owned();
         let _syncing = Box::pin(self.presence_on_sync(user, &presence)).await?;

@@ -114,7 +114,13 @@ impl SyncEngine {
     ) -> Result<Option<RoomOut>> {
         let m = sel.membership[room];
         let user = base.user.as_str();
-        let fresh = held.is_none_or(|h| h.member != m.stream);
+        let fresh = match held {
+            None => true,
+            Some(h) if h.member == m.stream => false,
+            // A new member event of a joined user that was joined before it (a profile
+            // change) keeps the room incremental; any other change sends it afresh.
+            Some(_) => !(m.membership == "join" && self.was_joined_before(&m.event_id).await?),
+        };
         let mut entry = Map::new();
         let sent = RoomSent {
             at: m.stream,
@@ -299,6 +305,12 @@ impl SyncEngine {
             entry.insert("highlight_count".into(), json!(0));
         }
         Ok(Some(RoomOut { room_id: room.to_owned(), entry, timeline, state, sent }))
+    }
+
+    /// Whether a member event's sender was joined before it (its `prev_content`).
+    async fn was_joined_before(&self, event_id: &str) -> Result<bool> {
+        let ev = self.recent.events(&[event_id.to_owned()]).await?;
+        Ok(ev.first().and_then(|e| e.unsigned.as_ref()).is_some_and(|u| u["prev_content"]["membership"] == "join"))
     }
 
     /// The room's state after its last event at or before `pos`.
