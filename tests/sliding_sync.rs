@@ -339,6 +339,20 @@ both_backends!(filters, |server| async move {
     assert_eq!(body["rooms"][&invite]["is_dm"], true, "{body}");
     assert_eq!(body["rooms"][&plain]["is_dm"], false, "{body}");
     let _ = (encrypted, space);
+
+    // Encryption turned on, and a room marked direct, change the counts of a live connection.
+    put_state(&alice, &plain, "m.room.encryption", "", json!({ "algorithm": "m.megolm.v1.aes-sha2" })).await;
+    let (status, _) = alice
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/m.direct", alice.user_id),
+            &json!({ bob.user_id.clone(): [dm, plain] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body = ss(&alice, Some(&pos(&body)), 0, &req).await;
+    let count = |name: &str| body["lists"][name]["count"].as_u64().unwrap();
+    assert_eq!(count("encrypted"), 2, "{body}");
+    assert_eq!(count("dms"), 3, "{body}");
 });
 
 both_backends!(invites_joins_leaves_and_subscriptions, |server| async move {

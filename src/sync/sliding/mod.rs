@@ -97,6 +97,10 @@ pub struct Memos {
     /// Per room: its bump stamp (0: no bump event) as of an events position. Valid while the
     /// recent-events log covers that position, which then holds every later event.
     pub(crate) bumps: Memo<String, (i64, i64)>,
+    /// Per room: encryption and room type as of an events position (see `lists::room_facts`).
+    pub(crate) facts: Memo<String, (i64, crate::storage::sliding_sync::RoomFacts)>,
+    /// Per user: the rooms `m.direct` names, as of an account data position.
+    pub(crate) direct: Memo<String, (i64, std::sync::Arc<std::collections::HashSet<String>>)>,
 }
 
 /// 400 `M_UNKNOWN_POS`: the client must start a new connection.
@@ -227,7 +231,7 @@ impl SyncEngine {
             now = now.at_least(p);
         }
         let base = lists::Base { user, device, now, prev: prev_token, view: &view, memberships: &memberships };
-        let selection = self.sliding_lists(&base, req, prev).await?;
+        let selection = self.sliding_lists(&base, req).await?;
         let mut state = ConnState {
             token: now.to_token(),
             rooms: prev.map(|p| p.rooms.clone()).unwrap_or_default(),
