@@ -30,6 +30,7 @@ pub mod presence;
 pub mod receipts;
 pub mod recent;
 pub mod rooms;
+pub mod sliding;
 pub mod to_device;
 pub mod token;
 pub mod typing;
@@ -109,6 +110,8 @@ pub struct SyncEngine {
     unread: Memo<(String, String), Unread>,
     /// Recent events and membership changes, shared by the long-polls that wake together.
     pub recent: recent::Recent,
+    /// Sliding sync's memos.
+    sliding: sliding::Memos,
     /// Wakes the callers waiting for a stream-position read under way (see `current_token`).
     token_read: tokio::sync::Notify,
     /// The last stream positions read, when that read began, and whether one is under way.
@@ -188,6 +191,7 @@ impl SyncEngine {
             unread: Memo::default(),
             groups: Memo::default(),
             summaries: Memo::default(),
+            sliding: sliding::Memos::default(),
             token_read: tokio::sync::Notify::new(),
             last_token: Mutex::new(TokenReads::default()),
             stopping: AtomicBool::new(false),

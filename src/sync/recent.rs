@@ -99,6 +99,11 @@ impl View {
         self.log.members.iter().rev().take_while(|m| m.0 > since).any(|m| &*m.2 == user)
     }
 
+    /// The events in `(since, end]`, oldest first.
+    pub fn events_after(&self, since: i64) -> impl Iterator<Item = &StoredEvent> {
+        self.after(since).map(|e| &**e)
+    }
+
     fn after(&self, since: i64) -> impl DoubleEndedIterator<Item = &Arc<StoredEvent>> {
         let first = self.log.events.partition_point(|e| e.stream <= since);
         self.log.events.range(first..)

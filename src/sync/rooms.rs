@@ -52,21 +52,21 @@ const ROOMS_AT_ONCE: usize = 8;
 /// Unread counts stop at this number.
 const UNREAD_CAP: i64 = 1000;
 
-/// How one room is synced.
-struct Plan<'a> {
-    room_id: &'a str,
+/// How one room is synced (also by sliding sync, `super::sliding`).
+pub(super) struct Plan<'a> {
+    pub(super) room_id: &'a str,
     /// Timeline and state changes after this position (None: from the start of the room).
-    after: Option<i64>,
+    pub(super) after: Option<i64>,
     /// Up to this position (now, or the user's leave).
-    upto: i64,
+    pub(super) upto: i64,
     /// Send the full state rather than the change since `after`.
-    full_state: bool,
+    pub(super) full_state: bool,
     /// The user's membership now (for history visibility).
-    membership: &'a str,
+    pub(super) membership: &'a str,
     /// The user's membership event changed in the window.
-    membership_changed: bool,
+    pub(super) membership_changed: bool,
     /// Stream position of the user's current membership.
-    member_stream: i64,
+    pub(super) member_stream: i64,
 }
 
 /// A room's entry whose timeline and state events are not rendered yet: the transaction ids of
@@ -78,12 +78,12 @@ struct RoomEntry {
     state: Vec<StoredEvent>,
 }
 
-struct Timeline {
-    events: Vec<StoredEvent>,
-    limited: bool,
-    prev_batch: String,
+pub(super) struct Timeline {
+    pub(super) events: Vec<StoredEvent>,
+    pub(super) limited: bool,
+    pub(super) prev_batch: String,
     /// Some event of the window was left out (filter or visibility).
-    skipped: bool,
+    pub(super) skipped: bool,
 }
 
 /// The event types unread counts count (as `Db::unread_count`).
@@ -348,7 +348,7 @@ impl SyncEngine {
     /// end. A count remembered from an earlier sync is carried forward with the log's events
     /// when no receipt (of anyone: the receipts stream) and not the user's membership moved
     /// since; otherwise it is counted in the database.
-    async fn unread_count(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<i64> {
+    pub(super) async fn unread_count(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<i64> {
         let key = (ctx.user.to_string(), plan.room_id.to_owned());
         let known = self.unread.get(&key);
         let counted = match known {
@@ -396,7 +396,7 @@ impl SyncEngine {
     }
 
     /// The last `limit` visible, matching events of `(after, upto]`, oldest first.
-    async fn timeline(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<Timeline> {
+    pub(super) async fn timeline(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<Timeline> {
         let filter = &ctx.opts.filter.timeline;
         let limit = ctx.opts.filter.timeline_limit();
         // The first batch is just enough for a full timeline and the `limited` flag, which is what
@@ -546,7 +546,7 @@ impl SyncEngine {
     /// The state group after the last event of a room at or before `pos`. Answers for committed
     /// positions never change, so the woken long-polls of one room share them: the first asks
     /// the database while the others (a thousand, after a message to a big room) wait for it.
-    async fn group_at(&self, ctx: &Ctx<'_>, room_id: &str, pos: i64) -> Result<Option<i64>> {
+    pub(super) async fn group_at(&self, ctx: &Ctx<'_>, room_id: &str, pos: i64) -> Result<Option<i64>> {
         // Only positions known to be committed: a client's token may name a future one.
         if pos > ctx.view.end {
             return self.db.state_group_at_stream(room_id, pos).await;
@@ -572,7 +572,7 @@ impl SyncEngine {
 
     /// The room summary and its heroes. Member counts and the first members change only with
     /// the room's state, so they are remembered per state group of the room's last event.
-    async fn summary(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<(Value, Vec<String>)> {
+    pub(super) async fn summary(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<(Value, Vec<String>)> {
         let (room_id, user) = (plan.room_id, ctx.user.as_str());
         // Only at the room's newest event does its state match the membership table read here.
         let group = match self.group_at(ctx, room_id, ctx.view.end).await? {
@@ -613,7 +613,7 @@ impl SyncEngine {
 
     /// Stripped state for an invite or knock: what the membership event carries in `unsigned`
     /// (invites from other servers), else the room's current state, plus the membership event.
-    async fn stripped_state(&self, m: &MembershipRow, unsigned_key: &str) -> Result<Vec<Value>> {
+    pub(super) async fn stripped_state(&self, m: &MembershipRow, unsigned_key: &str) -> Result<Vec<Value>> {
         let member = self.db.get_event(&m.event_id).await?;
         let carried = member
             .as_ref()

@@ -24,7 +24,7 @@ pub const SUPPORTED_VERSIONS: &[&str] =
 
 /// `GET /_matrix/client/versions`
 pub async fn versions(_: State<AppState>, _: Ruma<get_supported_versions::Request>) -> Result<Json<Value>> {
-    Ok(Json(json!({ "versions": SUPPORTED_VERSIONS, "unstable_features": {} })))
+    Ok(Json(json!({ "versions": SUPPORTED_VERSIONS, "unstable_features": { "org.matrix.simplified_msc3575": true } })))
 }
 
 /// `GET /_matrix/client/v3/capabilities`

@@ -146,6 +146,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(backup::delete_room_keys)
         .ruma(backup::delete_session_key)
         .ruma(sync::sync)
+        .ruma(sync::sliding_sync)
         .ruma(sync::create)
         .ruma(sync::get)
         .ruma(receipt::typing)
