@@ -5,7 +5,8 @@
 //! `target/`), built once per test process with `cargo build -p myelin` unless it is newer
 //! than every source. Each [`TestServer`] has its own temporary directory, SQLite database and
 //! port; its output goes to `server.log` there, printed when start-up fails. `TEST_KEEP_DATA=1`
-//! keeps the directory.
+//! keeps the directory; `SDK_LOG` (an `EnvFilter`, e.g. `matrix_sdk=debug`) prints what the
+//! SDK logs, which is where it reports responses it could not use.
 
 #![allow(dead_code)]
 
@@ -91,6 +92,19 @@ fn keep_data() -> bool {
     std::env::var_os("TEST_KEEP_DATA").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Prints the SDK's logs to the test's output when `SDK_LOG` is set.
+fn init_sdk_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("SDK_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 /// A running `myelin serve` on SQLite in a temporary directory; killed when dropped.
 pub struct TestServer {
     dir: Option<tempfile::TempDir>,
@@ -125,36 +139,10 @@ impl TestServer {
                 data_dir = data_dir.display().to_string(),
                 db = format!("sqlite://{}", data_dir.join("myelin.db").display()),
             );
-            let config_path = server.dir().join("myelin.toml");
-            std::fs::write(&config_path, config).expect("writing test config");
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(server.dir().join("server.log"))
-                .expect("opening server.log");
-            let log_len = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
-            let mut cmd = Command::new(myelin_bin());
-            // Only the configuration written here applies, whatever the test environment holds.
-            for (key, _) in std::env::vars_os() {
-                if key.to_string_lossy().starts_with("MYELIN_") {
-                    cmd.env_remove(key);
-                }
-            }
-            let child = cmd
-                .env_remove("RUST_LOG")
-                .arg("serve")
-                .arg("--config")
-                .arg(&config_path)
-                .current_dir(server.dir())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log)
-                .spawn()
-                .expect("spawning myelin");
-            server.child = Some(child);
-            match server.wait_ready().await {
+            std::fs::write(server.config_path(), config).expect("writing test config");
+            match server.spawn().await {
                 Ok(()) => break,
-                Err(why) => {
+                Err((why, log_len)) => {
                     let log = server.log();
                     let new_output = log.get(log_len..).unwrap_or(&log);
                     // A parallel test may have taken the port between our probe and the bind.
@@ -166,6 +154,51 @@ impl TestServer {
             }
         }
         server
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir().join("myelin.toml")
+    }
+
+    /// Kills the process (SIGKILL: no shutdown code runs) and starts it again on the same data
+    /// and port.
+    pub async fn kill_and_restart(&mut self) {
+        self.kill();
+        if let Err((why, _)) = self.spawn().await {
+            panic!("myelin did not come back ({why}); server log:\n{}", self.log());
+        }
+    }
+
+    /// Spawns the process on the written configuration and waits until it answers; on failure
+    /// returns why and where this start's output begins in `server.log`.
+    async fn spawn(&mut self) -> Result<(), (String, usize)> {
+        let config_path = self.config_path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join("server.log"))
+            .expect("opening server.log");
+        let log_len = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+        let mut cmd = Command::new(myelin_bin());
+        // Only the configuration written here applies, whatever the test environment holds.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MYELIN_") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
+            .env_remove("RUST_LOG")
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(self.dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning myelin");
+        self.child = Some(child);
+        self.wait_ready().await.map_err(|why| (why, log_len))
     }
 
     async fn wait_ready(&mut self) -> Result<(), String> {
@@ -239,6 +272,7 @@ impl TestServer {
     /// A client builder for this server: in-memory stores and a timeout on every request (so a
     /// hung server fails the test instead of hanging CI).
     pub fn client_builder(&self) -> matrix_sdk::ClientBuilder {
+        init_sdk_log();
         Client::builder()
             .homeserver_url(self.url())
             .request_config(RequestConfig::new().timeout(Duration::from_secs(60)).retry_limit(2))
