@@ -274,6 +274,10 @@ impl Rooms {
         let room_id = pdu.room_id.clone();
         let group_before = ctx.state_group;
         let stream = crate::storage::Db::next_stream_position(tx, "events").await?;
+        // Push rules see the room as it was before the event.
+        let state_before = ctx.state.clone();
+        let push_rows = self.push_actions(ctx, &state_before, group_before, &pdu, stream).await?;
+        db.insert_push_actions(tx, push_rows).await?;
         if ctx.is_new {
             db.insert_room(tx, room_id.as_str(), ctx.version.as_str()).await?;
             ctx.room_id = Some(room_id.clone());

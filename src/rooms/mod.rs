@@ -16,6 +16,7 @@ pub mod federated;
 pub mod filter;
 pub mod membership;
 pub mod pdu;
+pub mod push_actions;
 pub mod read;
 pub mod relations;
 pub mod search;
@@ -56,6 +57,8 @@ pub struct Rooms {
     federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
     /// Retry delays of history gaps that could not be backfilled.
     backfill_backoff: backfill::BackfillBackoff,
+    /// Push rule evaluation of new events (rulesets and room facts kept between events).
+    pub push: push_actions::PushEval,
 }
 
 /// Who sends a client event, and with which transaction id.
@@ -86,6 +89,7 @@ impl Rooms {
                 writer: tx,
                 federation: std::sync::OnceLock::new(),
                 backfill_backoff: backfill::BackfillBackoff::default(),
+                push: push_actions::PushEval::default(),
             }
         })
     }

@@ -85,7 +85,6 @@ impl Server {
         crate::push::sender::PushSender::new(
             self.db.clone(),
             self.state.rooms.clone(),
-            self.state.sync.clone(),
             crate::media::preview::Fetcher::new(gateways.collect()),
         )
         .spawn();

@@ -76,14 +76,14 @@ struct Summary {
     former: Vec<String>,
 }
 
-/// An unread count as of `upto`, valid while the receipts stream and the member's membership
-/// stay where they were.
-#[derive(Debug, Clone, Copy)]
+/// Unread counts as of `upto`, valid while the receipts stream, the member's membership and
+/// the room's events stay where they were.
+#[derive(Debug, Clone)]
 struct Unread {
     upto: i64,
     receipts: i64,
     member_stream: i64,
-    count: i64,
+    counts: Arc<crate::storage::push::UnreadCounts>,
 }
 
 /// Longest long-poll a client may ask for.

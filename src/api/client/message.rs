@@ -39,7 +39,15 @@ pub async fn send(State(state): State<AppState>, req: Ruma<send_message_event::v
     let s = req.session()?;
     let b = &req.body;
     let content = content_of(req.json.clone())?;
-    let ev = NewEvent::message(b.event_type.to_string(), content);
+    let mut ev = NewEvent::message(b.event_type.to_string(), content);
+    // A redaction sent like any event names its target in `content.redacts` (v1.18, MSC4169);
+    // rooms before version 11 need it at the top level too.
+    if ev.kind == "m.room.redaction"
+        && let Some(target) = ev.content.get("redacts")
+    {
+        let target = target.as_str().and_then(|t| ruma::EventId::parse(t).ok());
+        ev.redacts = Some(target.ok_or_else(|| Error::bad_json("content.redacts must be an event id"))?);
+    }
     let origin = Origin { user_id: &s.user_id, txn: Some((s.device_id.as_str(), b.txn_id.as_str())) };
     let event_id = state.rooms.send(&b.room_id, origin, ev).await?;
     Ok(Json(json!({ "event_id": event_id })))

@@ -107,6 +107,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(push::set_enabled)
         .ruma(push::get_actions)
         .ruma(push::set_actions)
+        .ruma(push::notifications)
         .ruma(relations::relations)
         .ruma(relations::relations_by_type)
         .ruma(relations::relations_by_type_and_event_type)

@@ -379,6 +379,9 @@ impl Rooms {
         {
             self.apply_redaction(&mut tx, &ctx, pdu, target).await?;
         }
+        // Push rules see the room as it was before the event.
+        let rows = self.push_actions(&ctx, state_before, before_group.map(|(g, _)| g), pdu, stream).await?;
+        self.db.insert_push_actions(&mut tx, rows).await?;
         ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
         self.apply_held_redactions(&mut tx, &ctx, pdu).await?;
         if let Some(except) = forward_except {
