@@ -182,7 +182,12 @@ where
             // Boxed, like the other awaits below: a handler's future is as large as its largest
             // state, and a waiting long-poll keeps the whole of it (see `SyncEngine::sync`).
             (_, Some(token)) => match state.appservices.by_token(&token) {
-                Some(reg) => Some(Box::pin(appservice_session(state, reg, &parts)).await?),
+                Some(reg) => {
+                    // An appservice registering a user names it before it exists.
+                    let registering = std::any::TypeId::of::<T>()
+                        == std::any::TypeId::of::<ruma::api::client::account::register::v3::Request>();
+                    Some(Box::pin(appservice_session(state, reg, &parts, !registering)).await?)
+                }
                 None => Some(Box::pin(state.accounts.authenticate(&token, Some(&ip.to_string()))).await?),
             },
         };
@@ -256,13 +261,14 @@ async fn appservice_session(
     state: &AppState,
     reg: &std::sync::Arc<crate::appservice::Registration>,
     parts: &http::request::Parts,
+    must_exist: bool,
 ) -> Result<Session> {
     state.appservices.kick(&reg.id);
     let query = parts.uri.query().unwrap_or("");
     let param = |name: &str| {
         url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
     };
-    let user_id = state.appservices.masquerade(reg, param("user_id").as_deref()).await?;
+    let user_id = state.appservices.masquerade(reg, param("user_id").as_deref(), must_exist).await?;
     let device_id = match param("device_id").or_else(|| param("org.matrix.msc3202.device_id")) {
         Some(device) => {
             let known =

@@ -143,14 +143,14 @@ impl Appservices {
     }
 
     /// The user an appservice acts as: `?user_id=` when given (it must be in the appservice's
-    /// user namespaces and exist), else its sender. 403 `M_FORBIDDEN` otherwise.
-    pub async fn masquerade(&self, reg: &Registration, user_id: Option<&str>) -> Result<OwnedUserId> {
+    /// user namespaces and, if `must_exist`, exist), else its sender. 403 `M_FORBIDDEN` otherwise.
+    pub async fn masquerade(&self, reg: &Registration, user_id: Option<&str>, must_exist: bool) -> Result<OwnedUserId> {
         let Some(user_id) = user_id else { return Ok(reg.sender.clone()) };
         let parsed = UserId::parse(user_id).map_err(|e| Error::invalid_param(format!("Invalid user_id: {e}")))?;
         if parsed.server_name().as_str() != self.config.server_name || !reg.is_user(parsed.as_str()) {
             return Err(Error::forbidden("Application service cannot masquerade as this user"));
         }
-        if parsed != reg.sender && self.db.user_appservice(parsed.as_str()).await?.is_none() {
+        if must_exist && parsed != reg.sender && self.db.user_appservice(parsed.as_str()).await?.is_none() {
             return Err(Error::forbidden(format!("Application service has not registered this user ({parsed})")));
         }
         Ok(parsed)
@@ -317,7 +317,7 @@ impl Appservices {
             return Ok(Some(found));
         }
         if self.query_alias(alias).await {
-            return Ok(self.db.get_alias(alias).await?);
+            return self.db.get_alias(alias).await;
         }
         Ok(None)
     }

@@ -54,7 +54,7 @@ pub async fn login(
                 (None, None) => return Err(Error::missing_param("Missing identifier")),
             };
             let user_id = state.accounts.local_user_id(&user)?;
-            state.appservices.masquerade(&reg, Some(user_id.as_str())).await?
+            state.appservices.masquerade(&reg, Some(user_id.as_str()), true).await?
         }
         _ => return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type")),
     };
