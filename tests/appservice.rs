@@ -462,17 +462,30 @@ async fn sigkill_mid_transaction_resends_the_same_txn_id(backend: Backend) {
         })
         .await;
     let (txn, body) = fx.recv.seen(|s| s.attempts.last().cloned().unwrap());
+    // Queued behind the transaction in flight: it must not join that transaction's id (a
+    // sender that packed again after the crash instead of replaying the stored body would
+    // put it there, and the appservice, deduplicating by id, would never see it).
+    let behind = send_text(&alice, &room, "behind", "queued behind").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     fx.server.kill9();
     fx.recv.set_mode(OK);
     fx.server.start_again().await;
     let t = txn.clone();
     fx.recv.wait_for("the transaction again", move |s| s.delivered.iter().any(|(id, _)| *id == t)).await;
     let (_, again) = fx.recv.seen(|s| s.delivered.iter().find(|(id, _)| *id == txn).cloned().unwrap());
-    assert_eq!(
-        events_of(&again).iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>(),
-        events_of(&body).iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>(),
-        "the same transaction"
-    );
+    let ids = |b: &Value| events_of(b).iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&body), "the same transaction");
+    assert_eq!(ids(&again), vec![json!(event)]);
+    let b = behind.clone();
+    fx.recv.wait_for("the event queued behind", move |s| has_event(s, |e| e["event_id"] == b.as_str())).await;
+    fx.recv.seen(|s| {
+        let (id, _) = s
+            .delivered
+            .iter()
+            .find(|(_, body)| events_of(body).iter().any(|e| e["event_id"] == behind.as_str()))
+            .unwrap();
+        assert_ne!(*id, txn, "in a transaction of its own");
+    });
     // Afterwards delivery goes on, each event once.
     let next = send_text(&alice, &room, "after", "after the restart").await;
     let n = next.clone();
@@ -845,15 +858,16 @@ async fn queries_third_party_lookups_and_network_directory(backend: Backend) {
     assert!(!listed(&body), "{body}");
 }
 
-/// `receive_ephemeral`: typing and receipts of rooms with the appservice's users, and to-device
-/// messages for their devices (MSC4203), in the transactions.
+/// `receive_ephemeral`: typing and receipts of rooms with the appservice's users, presence of
+/// users sharing a room with them, and to-device messages for their devices (MSC4203), in the
+/// transactions.
 async fn ephemeral_typing_receipts_and_to_device(backend: Backend) {
     let fx = fixture(backend, &[], |_| {}).await;
     let (alice, room, bob) = fx.bridged_room().await;
     let (status, body) = alice
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id),
-            &json!({"typing": true, "timeout": 10000}),
+            &json!({"typing": true, "timeout": 1500}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -870,6 +884,19 @@ async fn ephemeral_typing_receipts_and_to_device(backend: Backend) {
             })
         })
         .await;
+    // Typing that times out ends for the appservice too.
+    let r = room.clone();
+    fx.recv
+        .wait_for("typing timed out", move |s| {
+            s.delivered.iter().any(|(_, b)| {
+                b["ephemeral"].as_array().is_some_and(|e| {
+                    e.iter().any(|x| {
+                        x["type"] == "m.typing" && x["room_id"] == r.as_str() && x["content"]["user_ids"] == json!([])
+                    })
+                })
+            })
+        })
+        .await;
     let event = send_text(&alice, &room, "r1", "read me").await;
     let (status, body) =
         alice.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}"), &json!({})).await;
@@ -881,6 +908,28 @@ async fn ephemeral_typing_receipts_and_to_device(backend: Backend) {
                 b["ephemeral"].as_array().is_some_and(|x| {
                     x.iter().any(|x| {
                         x["type"] == "m.receipt" && x["content"][e.as_str()]["m.read"][a.as_str()]["ts"].is_u64()
+                    })
+                })
+            })
+        })
+        .await;
+    // Presence of a user sharing a room with the bridge's users.
+    let (status, body) = alice
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", alice.user_id),
+            &json!({"presence": "online", "status_msg": "bridging"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let a = alice.user_id.clone();
+    fx.recv
+        .wait_for("alice's presence", move |s| {
+            s.delivered.iter().any(|(_, b)| {
+                b["ephemeral"].as_array().is_some_and(|x| {
+                    x.iter().any(|p| {
+                        p["type"] == "m.presence"
+                            && p["sender"] == a.as_str()
+                            && p["content"]["status_msg"] == "bridging"
                     })
                 })
             })

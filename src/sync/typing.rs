@@ -220,6 +220,9 @@ impl SyncEngine {
             }
             for (room_id, users) in self.typing.expire(Instant::now()) {
                 self.wake_room(&room_id).await;
+                if let Err(e) = self.typing_to_appservices(&room_id).await {
+                    tracing::warn!(%room_id, error = %e, "typing expiry: queueing for appservices");
+                }
                 let local: Vec<&String> = users.iter().filter(|u| self.is_local(u)).collect();
                 if local.is_empty() {
                     continue;
