@@ -637,6 +637,15 @@ async fn masquerading_registration_login_and_exclusive_namespaces(backend: Backe
     let bridge_alice = s.user_id("bridge_alice");
     let (status, body) = fx.as_call(get.clone(), whoami, Some(&bridge_alice), None).await;
     assert_eq!((status, body["user_id"].clone()), (200, json!(bridge_alice)), "{body}");
+    assert!(body.get("device_id").is_none(), "no device of the user's: {body}");
+    // MSC3202: on one of the user's devices.
+    let device = body_device(&fx, &bridge_alice).await;
+    let (status, body) =
+        fx.as_call(get.clone(), &format!("{whoami}?device_id={device}"), Some(&bridge_alice), None).await;
+    assert_eq!((status, body["device_id"].clone()), (200, json!(device)), "{body}");
+    let (status, body) =
+        fx.as_call(get.clone(), &format!("{whoami}?device_id=NOTMINE"), Some(&bridge_alice), None).await;
+    assert_eq!((status, body["errcode"].clone()), (403, json!("M_FORBIDDEN")), "{body}");
     let (status, body) = fx.as_call(get.clone(), whoami, Some(&alice.user_id), None).await;
     assert_eq!((status, body["errcode"].clone()), (403, json!("M_FORBIDDEN")), "{body}");
     let (status, body) = fx.as_call(get.clone(), whoami, Some(&s.user_id("bridge_ghost")), None).await;
@@ -740,6 +749,13 @@ async fn masquerading_registration_login_and_exclusive_namespaces(backend: Backe
         let (_, ev) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/event/{id}")).await;
         assert_ne!(ev["origin_server_ts"], 1234567890000u64, "{ev}");
     }
+}
+
+/// The first device of `user`, listed with the appservice's token.
+async fn body_device(fx: &Fixture, user: &str) -> String {
+    let (status, body) = fx.as_call(reqwest::Method::GET, "/_matrix/client/v3/devices", Some(user), None).await;
+    assert_eq!(status, 200, "{body}");
+    body["devices"][0]["device_id"].as_str().expect("a device").to_owned()
 }
 
 /// `POST /appservice/{id}/ping`: `duration_ms`, and each of the spec's errors.

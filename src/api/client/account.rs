@@ -123,7 +123,9 @@ pub async fn whoami(
 ) -> Result<RumaResponse<whoami::v3::Response>> {
     let s = req.session()?;
     let mut res = whoami::v3::Response::new(s.user_id.clone(), false);
-    res.device_id = Some(s.device_id.clone());
+    // An appservice acting without `?device_id=` has no device of the user's.
+    let deviceless = s.appservice.is_some() && s.device_id.as_str() == crate::accounts::APPSERVICE_DEVICE;
+    res.device_id = (!deviceless).then(|| s.device_id.clone());
     Ok(res.into())
 }
 
