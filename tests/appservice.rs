@@ -874,9 +874,10 @@ async fn queries_third_party_lookups_and_network_directory(backend: Backend) {
     assert!(!listed(&body), "{body}");
 }
 
-/// `receive_ephemeral`: typing and receipts of rooms with the appservice's users, presence of
-/// users sharing a room with them, and to-device messages for their devices (MSC4203), in the
-/// transactions.
+/// `receive_ephemeral`: typing (also when it times out) and receipts of rooms with the
+/// appservice's users, presence of users sharing a room with them, to-device messages for their
+/// devices (MSC4203); and MSC3202: device-list changes, one-time key counts and fallback key
+/// types of its users' devices, in the transactions.
 async fn ephemeral_typing_receipts_and_to_device(backend: Backend) {
     let fx = fixture(backend, &[], |_| {}).await;
     let (alice, room, bob) = fx.bridged_room().await;
@@ -955,6 +956,20 @@ async fn ephemeral_typing_receipts_and_to_device(backend: Backend) {
     let login = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": bob}, "device_id": "BRIDGEDEV"});
     let (status, body) = fx.as_call(reqwest::Method::POST, "/_matrix/client/v3/login", None, Some(login)).await;
     assert_eq!(status, 200, "{body}");
+    // MSC3202: the new device is a device-list change of one of the appservice's users.
+    let b = bob.clone();
+    fx.recv
+        .wait_for("the device-list change", move |s| {
+            s.delivered.iter().any(|(_, body)| {
+                body["org.matrix.msc3202.device_lists"]["changed"].as_array().is_some_and(|c| c.contains(&json!(b)))
+            })
+        })
+        .await;
+    // A one-time key uploaded on that device, by the appservice (MSC3202 `device_id`).
+    let path = "/_matrix/client/v3/keys/upload?device_id=BRIDGEDEV";
+    let otk = json!({"one_time_keys": {"curve25519:AAAAAQ": "dGhpcyBpcyBhIHRlc3Qga2V5IG9mIDMyIGJ5dGVzISE"}});
+    let (status, body) = fx.as_call(reqwest::Method::POST, path, Some(&bob), Some(otk)).await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = alice
         .put(
             "/_matrix/client/v3/sendToDevice/m.test/td1",
@@ -974,7 +989,8 @@ async fn ephemeral_typing_receipts_and_to_device(backend: Backend) {
                             && m["to_device_id"] == "BRIDGEDEV"
                             && m["content"]["hello"] == "device"
                     })
-                })
+                }) && b["org.matrix.msc3202.device_one_time_keys_count"][bob.as_str()]["BRIDGEDEV"]["curve25519"] == 1
+                    && b["org.matrix.msc3202.device_unused_fallback_key_types"][bob.as_str()]["BRIDGEDEV"] == json!([])
             })
         })
         .await;

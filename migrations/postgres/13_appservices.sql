@@ -25,7 +25,16 @@ CREATE TABLE appservice_txns (
     body TEXT NOT NULL,
     -- JSON array of the appservice_outbox ids it carries.
     outbox_ids TEXT NOT NULL,
+    -- MSC3202: the device-list stream position its `device_lists` reach, stored as the
+    -- appservice's position once it is delivered.
+    device_list_pos BIGINT,
     created_ts BIGINT NOT NULL
+);
+
+-- MSC3202: how far each appservice has been sent device-list changes.
+CREATE TABLE appservice_positions (
+    appservice_id TEXT PRIMARY KEY NOT NULL,
+    device_list_pos BIGINT NOT NULL
 );
 
 -- Rooms an appservice published in the room directory for one of its networks

@@ -35,7 +35,12 @@ struct PendingTxn {
     txn_id: String,
     body: Value,
     outbox_ids: Vec<i64>,
+    /// MSC3202: the device-list position the transaction's `device_lists` reach.
+    device_list_pos: Option<i64>,
 }
+
+/// Most device-list changes read for one transaction.
+const MAX_DEVICE_LIST_CHANGES: i64 = 1000;
 
 /// Starts one sender task per appservice that has a `url`. The one place senders are started
 /// (so that running them in exactly one process can wrap this call). `wakeup` is signalled
@@ -93,7 +98,8 @@ async fn appservice_task(svc: Arc<Appservices>, reg: Arc<Registration>, wakeup: 
                 }
             }
         }
-        if let Err(e) = svc.db.complete_appservice_txn(&reg.id, &txn.txn_id, &txn.outbox_ids).await {
+        if let Err(e) = svc.db.complete_appservice_txn(&reg.id, &txn.txn_id, &txn.outbox_ids, txn.device_list_pos).await
+        {
             tracing::warn!(appservice = %reg.id, error = %e, "appservice sender: completing a transaction failed");
             tokio::time::sleep(min).await;
         }
@@ -102,15 +108,34 @@ async fn appservice_task(svc: Arc<Appservices>, reg: Arc<Registration>, wakeup: 
 
 /// The transaction in flight for `reg`, or a new one packed from its outbox and persisted.
 async fn next_transaction(svc: &Appservices, reg: &Registration) -> Result<Option<PendingTxn>> {
-    if let Some((txn_id, body, ids)) = svc.db.appservice_pending_txn(&reg.id).await? {
+    if let Some((txn_id, body, ids, device_list_pos)) = svc.db.appservice_pending_txn(&reg.id).await? {
         return Ok(Some(PendingTxn {
             txn_id,
             body: serde_json::from_str(&body)?,
             outbox_ids: serde_json::from_str(&ids)?,
+            device_list_pos,
         }));
     }
     let rows = svc.db.appservice_outbox(&reg.id, (MAX_EVENTS + MAX_EPHEMERAL) as i64).await?;
-    let Some(first) = rows.first().map(|r| r.0) else { return Ok(None) };
+    let device_lists = match reg.msc3202 {
+        true => device_list_changes(svc, reg).await?,
+        false => None,
+    };
+    let (changed, device_list_pos) = match device_lists {
+        Some((changed, pos)) if changed.is_empty() => {
+            // Nothing for this appservice's users: move on without a transaction.
+            svc.db.set_appservice_device_list_pos(&reg.id, pos).await?;
+            (Vec::new(), None)
+        }
+        Some((changed, pos)) => (changed, Some(pos)),
+        None => (Vec::new(), None),
+    };
+    let first = match (rows.first(), device_list_pos) {
+        (Some(row), _) => row.0.to_string(),
+        // Only device-list changes: the position names the transaction (it only grows).
+        (None, Some(pos)) => format!("dl{pos}"),
+        (None, None) => return Ok(None),
+    };
     let now = now_ms();
     let (mut events, mut ephemeral, mut to_device, mut ids) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (id, kind, payload) in rows {
@@ -145,10 +170,74 @@ async fn next_transaction(svc: &Appservices, reg: &Registration) -> Result<Optio
         body["ephemeral"] = json!(ephemeral);
         body["de.sorunome.msc2409.ephemeral"] = json!(ephemeral);
     }
+    if reg.msc3202 {
+        let (counts, fallback) = key_counts(svc, reg, &events, &to_device).await?;
+        body["org.matrix.msc3202.device_one_time_keys_count"] = counts;
+        body["org.matrix.msc3202.device_unused_fallback_key_types"] = fallback;
+        if device_list_pos.is_some() {
+            body["org.matrix.msc3202.device_lists"] = json!({ "changed": changed, "left": [] });
+        }
+    }
     if !to_device.is_empty() {
         body["de.sorunome.msc2409.to_device"] = json!(to_device);
     }
-    let txn_id = first.to_string();
-    svc.db.store_appservice_txn(&reg.id, &txn_id, &body.to_string(), &serde_json::to_string(&ids)?).await?;
-    Ok(Some(PendingTxn { txn_id, body, outbox_ids: ids }))
+    let txn_id = first;
+    svc.db
+        .store_appservice_txn(&reg.id, &txn_id, &body.to_string(), &serde_json::to_string(&ids)?, device_list_pos)
+        .await?;
+    Ok(Some(PendingTxn { txn_id, body, outbox_ids: ids, device_list_pos }))
+}
+
+/// MSC3202: the users whose device lists changed since the appservice's position and who are
+/// its users or share a room with one of them, and the position read up to; `None` when
+/// nothing changed.
+async fn device_list_changes(svc: &Appservices, reg: &Registration) -> Result<Option<(Vec<String>, i64)>> {
+    let from = svc.db.appservice_device_list_pos(&reg.id).await?;
+    let rows = svc.db.device_list_changes_after(from, MAX_DEVICE_LIST_CHANGES).await?;
+    let Some(pos) = rows.last().map(|r| r.0) else { return Ok(None) };
+    let mut users: Vec<String> = rows.into_iter().map(|r| r.1).collect();
+    users.sort();
+    users.dedup();
+    let mut changed = Vec::new();
+    for user in users {
+        if reg.is_user(&user) || svc.db.e2e_users_sharing(&user).await?.iter().any(|u| reg.is_user(u)) {
+            changed.push(user);
+        }
+    }
+    Ok(Some((changed, pos)))
+}
+
+/// MSC3202: one-time key counts and unused fallback key types of the devices of the
+/// appservice's users that this transaction concerns (its sender, the senders and member
+/// targets of its events that are its users, the recipients of its to-device messages), as
+/// Synapse computes them.
+async fn key_counts(
+    svc: &Appservices,
+    reg: &Registration,
+    events: &[Value],
+    to_device: &[Value],
+) -> Result<(Value, Value)> {
+    let mut users = std::collections::BTreeSet::from([reg.sender.to_string()]);
+    for e in events {
+        for field in ["sender", "state_key"] {
+            if let Some(u) = e[field].as_str().filter(|u| u.starts_with('@') && reg.is_user(u)) {
+                users.insert(u.to_owned());
+            }
+        }
+    }
+    users.extend(to_device.iter().filter_map(|m| m["to_user_id"].as_str().map(str::to_owned)));
+    let (mut counts, mut fallback) = (serde_json::Map::new(), serde_json::Map::new());
+    for user in users {
+        let (mut user_counts, mut user_fallback) = (serde_json::Map::new(), serde_json::Map::new());
+        for device in svc.db.list_devices(&user).await? {
+            let (otks, unused) = svc.db.e2e_key_counts(&user, &device.device_id).await?;
+            user_counts.insert(device.device_id.clone(), json!(otks));
+            user_fallback.insert(device.device_id, json!(unused));
+        }
+        if !user_counts.is_empty() {
+            counts.insert(user.clone(), Value::Object(user_counts));
+            fallback.insert(user, Value::Object(user_fallback));
+        }
+    }
+    Ok((Value::Object(counts), Value::Object(fallback)))
 }

@@ -3,8 +3,9 @@
 
 use super::{Db, WriteTx, now_ms};
 
-/// A transaction written before its first attempt: `(txn_id, body, outbox ids as JSON)`.
-pub type StoredTxn = (String, String, String);
+/// A transaction written before its first attempt: `(txn_id, body, outbox ids as JSON,
+/// device-list position)`.
+pub type StoredTxn = (String, String, String, Option<i64>);
 
 impl Db {
     /// Whether a user row exists, and which appservice (if any) registered it.
@@ -60,7 +61,7 @@ impl Db {
 
     /// The transaction in flight for an appservice.
     pub async fn appservice_pending_txn(&self, appservice_id: &str) -> Result<Option<StoredTxn>, sqlx::Error> {
-        sqlx::query_as("SELECT txn_id, body, outbox_ids FROM appservice_txns WHERE appservice_id = $1")
+        sqlx::query_as("SELECT txn_id, body, outbox_ids, device_list_pos FROM appservice_txns WHERE appservice_id = $1")
             .bind(appservice_id)
             .fetch_optional(self.pool())
             .await
@@ -86,15 +87,18 @@ impl Db {
         txn_id: &str,
         body: &str,
         outbox_ids: &str,
+        device_list_pos: Option<i64>,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO appservice_txns (appservice_id, txn_id, body, outbox_ids, created_ts) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO appservice_txns (appservice_id, txn_id, body, outbox_ids, device_list_pos, created_ts) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(appservice_id)
         .bind(txn_id)
         .bind(body)
         .bind(outbox_ids)
+        .bind(device_list_pos)
         .bind(now_ms())
         .execute(&mut *tx.tx)
         .await?;
@@ -107,8 +111,12 @@ impl Db {
         appservice_id: &str,
         txn_id: &str,
         outbox_ids: &[i64],
+        device_list_pos: Option<i64>,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.begin_write().await?;
+        if let Some(pos) = device_list_pos {
+            set_device_list_pos(&mut tx, appservice_id, pos).await?;
+        }
         for id in outbox_ids {
             sqlx::query("DELETE FROM appservice_outbox WHERE appservice_id = $1 AND id = $2")
                 .bind(appservice_id)
@@ -122,6 +130,45 @@ impl Db {
             .execute(&mut *tx.tx)
             .await?;
         tx.commit().await
+    }
+
+    /// MSC3202: an appservice's device-list position, started at the stream's current end the
+    /// first time (an appservice is not sent the changes of before it was registered).
+    pub async fn appservice_device_list_pos(&self, appservice_id: &str) -> Result<i64, sqlx::Error> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT device_list_pos FROM appservice_positions WHERE appservice_id = $1")
+                .bind(appservice_id)
+                .fetch_optional(self.pool())
+                .await?;
+        if let Some((pos,)) = row {
+            return Ok(pos);
+        }
+        let (end,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(stream_id) FROM device_list_changes").fetch_one(self.pool()).await?;
+        let mut tx = self.begin_write().await?;
+        set_device_list_pos(&mut tx, appservice_id, end.unwrap_or(0)).await?;
+        tx.commit().await?;
+        Ok(end.unwrap_or(0))
+    }
+
+    /// Stores an appservice's device-list position outside a transaction to it (the changes
+    /// since concerned none of its users).
+    pub async fn set_appservice_device_list_pos(&self, appservice_id: &str, pos: i64) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        set_device_list_pos(&mut tx, appservice_id, pos).await?;
+        tx.commit().await
+    }
+
+    /// Users whose device list changed after `from`, with the position of the last change
+    /// read (at most `limit` changes).
+    pub async fn device_list_changes_after(&self, from: i64, limit: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT stream_id, user_id FROM device_list_changes WHERE stream_id > $1 ORDER BY stream_id LIMIT $2",
+        )
+        .bind(from)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
     }
 
     /// Publishes (or withdraws) a room in an appservice's network directory.
@@ -165,4 +212,16 @@ impl Db {
             }
         }
     }
+}
+
+async fn set_device_list_pos(tx: &mut WriteTx, appservice_id: &str, pos: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO appservice_positions (appservice_id, device_list_pos) VALUES ($1, $2) \
+         ON CONFLICT (appservice_id) DO UPDATE SET device_list_pos = $2",
+    )
+    .bind(appservice_id)
+    .bind(pos)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
 }
