@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod appservice;
 pub mod config;
 pub mod e2ee;
 pub mod error;

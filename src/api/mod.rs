@@ -53,6 +53,8 @@ pub struct AppState {
     pub sync: Arc<SyncEngine>,
     /// Server-to-server transport (keys, signed requests).
     pub federation: Arc<crate::federation::Federation>,
+    /// Registered application services.
+    pub appservices: Arc<crate::appservice::Appservices>,
 }
 
 /// A handler taking one ruma request; registered on every path ruma knows for the endpoint.

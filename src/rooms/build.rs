@@ -39,16 +39,19 @@ pub struct NewEvent {
     pub state_key: Option<String>,
     /// Target of a redaction.
     pub redacts: Option<OwnedEventId>,
+    /// `origin_server_ts` chosen by an appservice importing history (the `ts` query
+    /// parameter); `None`: now.
+    pub origin_server_ts: Option<u64>,
 }
 
 impl NewEvent {
     /// A state event.
     pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: Value) -> Self {
-        Self { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None }
+        Self { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None, origin_server_ts: None }
     }
     /// A message-like event.
     pub fn message(kind: impl Into<String>, content: Value) -> Self {
-        Self { kind: kind.into(), content, state_key: None, redacts: None }
+        Self { kind: kind.into(), content, state_key: None, redacts: None, origin_server_ts: None }
     }
 }
 
@@ -211,7 +214,12 @@ impl Rooms {
         );
         object.insert(
             "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(crate::storage::now_ms().try_into().map_err(Error::internal)?),
+            CanonicalJsonValue::Integer(
+                ev.origin_server_ts
+                    .map_or(crate::storage::now_ms(), |ts| ts as i64)
+                    .try_into()
+                    .map_err(Error::internal)?,
+            ),
         );
         if let Some(room_id) = &ctx.room_id {
             object.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
@@ -340,6 +348,9 @@ impl Rooms {
             crate::storage::Db::reserve_stream_positions(tx, "federation_outbox", 1).await?;
             db.insert_outbox(tx, &server, "pdu", pdu.event_id.as_str()).await?;
         }
+        if let Some(appservices) = self.appservices.get() {
+            appservices.queue_event(tx, &pdu, &members.joined_local).await?;
+        }
         ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
         Ok(Appended { pdu, stream })
     }
@@ -431,11 +442,14 @@ impl Rooms {
         Ok(self.read_members(room_id).await?.remote_servers)
     }
 
-    async fn read_members(&self, room_id: &str) -> Result<cache::RoomMembers> {
+    pub(crate) async fn read_members(&self, room_id: &str) -> Result<cache::RoomMembers> {
         let suffix = format!(":{}", self.server_name);
         let mut members = cache::RoomMembers::default();
         for (user, membership) in self.db.all_memberships(room_id).await? {
             if user.ends_with(&suffix) {
+                if membership == "join" {
+                    members.joined_local.push(user.clone());
+                }
                 members.local.push(user);
             } else if membership == "join"
                 && let Some((_, server)) = user.split_once(':')

@@ -231,6 +231,22 @@ impl SyncEngine {
         }
     }
 
+    /// Queues a room's ephemeral event (`m.typing`, `m.receipt`, with its `room_id`) in `tx`
+    /// for the appservices with `receive_ephemeral` that have a user joined to the room;
+    /// returns whether any was queued (the caller wakes the senders after commit).
+    pub(crate) async fn queue_appservice_room_ephemeral(
+        &self,
+        tx: &mut crate::storage::WriteTx,
+        room_id: &str,
+        event: &Value,
+    ) -> Result<bool> {
+        let Some(appservices) = self.rooms.appservices().filter(|a| a.any_ephemeral_receivers()) else {
+            return Ok(false);
+        };
+        let members = self.db.members_with(room_id, "join").await?;
+        appservices.queue_ephemeral(tx, "edu", event, |reg| members.iter().any(|u| reg.is_user(u))).await
+    }
+
     /// Queues one EDU for each destination in its own short transaction and wakes the sender.
     pub async fn queue_edu(&self, destinations: &[String], edu: &Value) -> Result<()> {
         if destinations.is_empty() {
