@@ -2,10 +2,12 @@
 
 pub mod accounts;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod e2ee;
 pub mod error;
 pub mod federation;
+pub mod lease;
 pub mod media;
 pub mod notifier;
 pub mod push;

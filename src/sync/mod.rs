@@ -202,12 +202,11 @@ impl SyncEngine {
         self.stop.notify_waiters();
     }
 
-    /// Starts the background tasks (typing expiry, presence sweep) on the current runtime.
+    /// Starts the typing expiry on the current runtime (every process runs one; the presence
+    /// sweep runs under a lease, see `server`).
     pub fn spawn_tasks(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move { me.run_typing_expiry().await });
-        let me = self.clone();
-        tokio::spawn(async move { me.run_presence_sweeper().await });
     }
 
     /// Whether a user id belongs to this server.
@@ -219,10 +218,20 @@ impl SyncEngine {
         server == self.rooms.server_name().as_str()
     }
 
-    /// Wakes the `/sync` of the room's local joined members.
+    /// Wakes the `/sync` of the room's local joined members, here and in the other processes.
     pub async fn wake_room(&self, room_id: &str) {
         match self.db.members_with(room_id, "join").await {
-            Ok(members) => self.notifier.wake(members.iter().map(String::as_str).filter(|u| self.is_local(u))),
+            Ok(members) => {
+                self.notifier.wake_room(room_id, None, members.iter().map(String::as_str).filter(|u| self.is_local(u)))
+            }
+            Err(e) => tracing::warn!(%room_id, error = %e, "reading members to wake"),
+        }
+    }
+
+    /// Wakes the `/sync` of the room's local joined members in this process only.
+    pub async fn wake_room_local(&self, room_id: &str) {
+        match self.db.members_with(room_id, "join").await {
+            Ok(members) => self.notifier.wake_local(members.iter().map(String::as_str).filter(|u| self.is_local(u))),
             Err(e) => tracing::warn!(%room_id, error = %e, "reading members to wake"),
         }
     }
