@@ -48,8 +48,11 @@ impl Notifier {
 
     /// Wakes every waiting request of these users, here and in the other processes.
     pub fn wake<'a>(&self, user_ids: impl IntoIterator<Item = &'a str>) {
+        if !self.bus.is_shared() {
+            return self.wake_local(user_ids);
+        }
         let users: Vec<&str> = user_ids.into_iter().collect();
-        if self.bus.is_shared() && !users.is_empty() {
+        if !users.is_empty() {
             self.bus.publish(Signal::Wake { u: users.iter().map(|u| (*u).to_owned()).collect() });
         }
         self.wake_local(users);

@@ -109,7 +109,9 @@ impl Hs {
             return &self.bases[0];
         }
         let i = match token {
-            Some(t) => t.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)),
+            Some(t) => {
+                t.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            }
             None => self.next.fetch_add(1, Ordering::Relaxed),
         };
         &self.bases[(i % self.bases.len() as u64) as usize]

@@ -423,6 +423,23 @@ impl Db {
         Ok(rows.into_iter().map(presence_from).collect())
     }
 
+    /// Marks these users as syncing at `now` (ms): their long-polls are in flight in this
+    /// process, which another process's offline sweep cannot see.
+    pub async fn touch_last_sync(&self, users: &[String], now: i64) -> Result<()> {
+        for chunk in users.chunks(ROOM_CHUNK) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "UPDATE presence SET last_sync_ts = $1 WHERE last_sync_ts < $1 AND user_id IN ({})",
+                placeholders(2, chunk.len())
+            ));
+            let mut q = sqlx::query(sql).bind(now);
+            for u in chunk {
+                q = q.bind(u);
+            }
+            q.execute(self.pool()).await?;
+        }
+        Ok(())
+    }
+
     /// Local users sharing a joined room with `user_id` (including the user if joined anywhere).
     pub async fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(

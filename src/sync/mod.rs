@@ -19,7 +19,8 @@
 //! Waiting: a request with `since` and a timeout subscribes to the [`Notifier`] and enables its
 //! `Notified` future *before* computing, so a commit between the computation and the wait is
 //! not missed. Every writer of a stream calls `notifier.wake` for the local users concerned
-//! after its commit. While waiting, a request holds its `Notified`, its token, and the shared
+//! after its commit, which also signals the other processes sharing a PostgreSQL database
+//! (`storage::bus`, `cluster`). While waiting, a request holds its `Notified`, its token, and the shared
 //! filter: no database connection, no thread, no response buffer.
 
 pub mod account_data;
@@ -202,11 +203,13 @@ impl SyncEngine {
         self.stop.notify_waiters();
     }
 
-    /// Starts the typing expiry on the current runtime (every process runs one; the presence
-    /// sweep runs under a lease, see `server`).
+    /// Starts the typing expiry and the presence keep-alive on the current runtime (every
+    /// process runs them; the presence sweep runs under a lease, see `server`).
     pub fn spawn_tasks(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move { me.run_typing_expiry().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.run_presence_keepalive().await });
     }
 
     /// Whether a user id belongs to this server.
