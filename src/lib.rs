@@ -3,10 +3,12 @@
 pub mod accounts;
 pub mod api;
 pub mod appservice;
+pub mod cluster;
 pub mod config;
 pub mod e2ee;
 pub mod error;
 pub mod federation;
+pub mod lease;
 pub mod media;
 pub mod metrics;
 pub mod notifier;

@@ -53,10 +53,13 @@ pub struct Counters {
     pub rate_limited: AtomicU64,
 }
 
-/// One homeserver, reached through one connection pool.
+/// One homeserver, reached through one connection pool: at one base URL, or at several (the
+/// processes of one server sharing a database), each session sticking to one of them.
 #[derive(Clone)]
 pub struct Hs {
-    base: Arc<str>,
+    bases: Arc<[Arc<str>]>,
+    /// Spreads unauthenticated requests (registrations) over the bases.
+    next: Arc<AtomicU64>,
     http: reqwest::Client,
     pub counters: Arc<Counters>,
     /// Cleared when the server rejects the inline sync filter; syncs then go without it.
@@ -81,9 +84,11 @@ pub fn enc(s: &str) -> String {
 }
 
 impl Hs {
+    /// `base` is a URL, or several separated by commas (processes of one server).
     pub fn new(base: &str) -> Result<Self> {
         Ok(Self {
-            base: base.trim_end_matches('/').into(),
+            bases: base.split(',').map(|b| Arc::from(b.trim().trim_end_matches('/'))).collect(),
+            next: Arc::default(),
             http: http_client()?,
             counters: Arc::new(Counters::default()),
             filter_ok: Arc::new(AtomicBool::new(true)),
@@ -97,6 +102,21 @@ impl Hs {
         Ok(Self { http: http_client()?, ..self.clone() })
     }
 
+    /// The base URL a session's requests go to: the same one for every request of an access
+    /// token (hashed, so that sessions spread evenly over several bases).
+    fn base_for(&self, token: Option<&str>) -> &str {
+        if self.bases.len() == 1 {
+            return &self.bases[0];
+        }
+        let i = match token {
+            Some(t) => {
+                t.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            }
+            None => self.next.fetch_add(1, Ordering::Relaxed),
+        };
+        &self.bases[(i % self.bases.len() as u64) as usize]
+    }
+
     /// One request; `path` starts with `/_matrix/...` and may carry a query string.
     pub async fn call(
         &self,
@@ -106,7 +126,7 @@ impl Hs {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Value> {
-        let url = format!("{}{}", self.base, path);
+        let url = format!("{}{}", self.base_for(token), path);
         // Errors name the path without its query (sync tokens and filters are long).
         let path = path.split('?').next().unwrap_or(path);
         let mut attempts = 0u32;

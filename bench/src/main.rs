@@ -30,7 +30,8 @@ const ALL: &[&str] = &[
 #[derive(Parser, Debug)]
 #[command(name = "myelin-bench", about = "Matrix homeserver load generator (client-server API only)")]
 struct Cli {
-    /// Base URL of the homeserver's client API, e.g. http://127.0.0.1:8008.
+    /// Base URL of the homeserver's client API, e.g. http://127.0.0.1:8008; several separated
+    /// by commas for processes of one server sharing a database (each session sticks to one).
     #[arg(long)]
     url: String,
     /// A second homeserver (for `federation`): users there join rooms of the first.

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
 use super::{Appservices, CallError, Registration};
 use crate::error::Result;
+use crate::notifier::OutboxWakeup;
 use crate::storage::now_ms;
 
 /// Most events in one transaction (Synapse's limit).
@@ -42,16 +42,16 @@ struct PendingTxn {
 /// Most device-list changes read for one transaction.
 const MAX_DEVICE_LIST_CHANGES: i64 = 1000;
 
-/// Starts one sender task per appservice that has a `url`. The one place senders are started
-/// (so that running them in exactly one process can wrap this call). `wakeup` is signalled
-/// after commits that queued outbox rows.
-pub fn spawn(svc: Arc<Appservices>, wakeup: Arc<Notify>) {
-    for reg in svc.all().iter().filter(|r| r.url.is_some()) {
-        tokio::spawn(appservice_task(svc.clone(), reg.clone(), wakeup.clone()));
-    }
+/// Runs one sender per appservice that has a `url`, for as long as the returned future is
+/// polled: the server runs it under the `appservice-sender` lease, so exactly one process
+/// sends (dropping the future when the lease is lost stops every sender). `wakeup` is
+/// signalled after commits that queued outbox rows, in any process.
+pub async fn run(svc: Arc<Appservices>, wakeup: Arc<OutboxWakeup>) {
+    let senders = svc.all().iter().filter(|r| r.url.is_some()).map(|reg| appservice_task(svc.clone(), reg.clone(), wakeup.clone())).collect::<Vec<_>>();
+    futures::future::join_all(senders).await;
 }
 
-async fn appservice_task(svc: Arc<Appservices>, reg: Arc<Registration>, wakeup: Arc<Notify>) {
+async fn appservice_task(svc: Arc<Appservices>, reg: Arc<Registration>, wakeup: Arc<OutboxWakeup>) {
     let cfg = &svc.config.appservice;
     let min = Duration::from_millis(cfg.retry_min_ms.max(1));
     let max = Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_min_ms));

@@ -131,9 +131,8 @@ impl E2ee {
     /// The one-time key counts (as above) and the algorithms of fallback keys not claimed yet,
     /// in one query: every `/sync` answer carries both. A thousand woken
     /// long-polls would ask a thousand times per message, so answers are remembered for
-    /// [`COUNTS_TTL`]; this process forgets them whenever it uploads or claims keys, and a
-    /// change made through another process shows within the TTL (the counts only tell a client
-    /// when to upload more keys).
+    /// [`COUNTS_TTL`]; every process forgets them whenever one of them uploads or claims keys
+    /// (through `storage::bus`).
     pub async fn key_counts(&self, user_id: &str, device_id: &str) -> Result<(BTreeMap<String, i64>, Vec<String>)> {
         let key = (user_id.to_owned(), device_id.to_owned());
         let now = std::time::Instant::now();
@@ -159,8 +158,15 @@ impl E2ee {
         Ok((counts, fallback))
     }
 
-    /// Forgets remembered key counts (keys were uploaded or claimed).
+    /// Forgets remembered key counts (keys were uploaded or claimed), here and in the other
+    /// processes sharing the database.
     fn counts_changed(&self) {
+        self.forget_key_counts();
+        self.db.bus().publish(crate::storage::bus::Signal::KeyCounts);
+    }
+
+    /// Forgets remembered key counts in this process (another process changed keys).
+    pub fn forget_key_counts(&self) {
         let mut memo = self.counts.lock();
         memo.generation += 1;
         memo.devices.clear();

@@ -33,7 +33,6 @@ use std::sync::{Arc, OnceLock};
 use base64::Engine;
 use ruma::OwnedServerName;
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::notifier::Notifier;
@@ -58,7 +57,7 @@ pub struct E2ee {
     db: Db,
     server_name: OwnedServerName,
     notifier: Arc<Notifier>,
-    outbox_wakeup: Arc<Notify>,
+    outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
     remote: OnceLock<Arc<dyn RemoteKeys>>,
     /// Key counts of devices as read recently (see `E2ee::key_counts`).
     pub(crate) counts: keys::CountsMemo,
@@ -67,7 +66,12 @@ pub struct E2ee {
 impl E2ee {
     /// Creates the engine. `outbox_wakeup` is the room engine's federation-outbox signal (the
     /// EDUs this engine queues go through the same outbox).
-    pub fn new(db: Db, server_name: OwnedServerName, notifier: Arc<Notifier>, outbox_wakeup: Arc<Notify>) -> Self {
+    pub fn new(
+        db: Db,
+        server_name: OwnedServerName,
+        notifier: Arc<Notifier>,
+        outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
+    ) -> Self {
         Self { db, server_name, notifier, outbox_wakeup, remote: OnceLock::new(), counts: Default::default() }
     }
 

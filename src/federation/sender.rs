@@ -14,7 +14,7 @@
 //! (`catch_up`): the peer fetches the gap itself.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ruma::ServerName;
@@ -38,41 +38,36 @@ struct PendingTxn {
     outbox_ids: Vec<i64>,
 }
 
-/// Starts the sender: a supervisor that wakes on `rooms.outbox_wakeup` (and every 30 s) and
-/// keeps one task per destination with queued rows.
-pub fn spawn(fed: Arc<Federation>, rooms: Arc<Rooms>) {
-    tokio::spawn(async move {
-        let tasks: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
-        let wakeup = rooms.outbox_wakeup.clone();
-        loop {
-            let notified = wakeup.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match destinations(&fed).await {
-                Ok(dests) => {
-                    for dest in dests {
-                        let notify = {
-                            let mut map = tasks.lock().unwrap_or_else(|e| e.into_inner());
-                            if let Some(n) = map.get(&dest) {
-                                n.clone()
-                            } else {
-                                let n = Arc::new(Notify::new());
-                                map.insert(dest.clone(), n.clone());
-                                tokio::spawn(destination_task(fed.clone(), dest.clone(), n.clone()));
-                                n
-                            }
-                        };
-                        notify.notify_one();
-                    }
+/// The sender: a supervisor that wakes on `rooms.outbox_wakeup` (and every 30 s) and keeps one
+/// task per destination with queued rows. It runs under a lease (`crate::lease`), in one
+/// process at a time: dropping this future stops every destination task with it, and the
+/// process taking over resumes from the tables.
+pub async fn run(fed: Arc<Federation>, rooms: Arc<Rooms>) {
+    let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    let mut tasks: HashMap<String, Arc<Notify>> = HashMap::new();
+    let wakeup = rooms.outbox_wakeup.clone();
+    loop {
+        let notified = wakeup.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match destinations(&fed).await {
+            Ok(dests) => {
+                for dest in dests {
+                    let notify = tasks.entry(dest.clone()).or_insert_with(|| {
+                        let n = Arc::new(Notify::new());
+                        running.spawn(destination_task(fed.clone(), dest.clone(), n.clone()));
+                        n
+                    });
+                    notify.notify_one();
                 }
-                Err(e) => tracing::warn!(error = %e.message, "federation sender: listing destinations failed"),
             }
-            tokio::select! {
-                _ = &mut notified => {},
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {},
-            }
+            Err(e) => tracing::warn!(error = %e.message, "federation sender: listing destinations failed"),
         }
-    });
+        tokio::select! {
+            _ = &mut notified => {},
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {},
+        }
+    }
 }
 
 async fn destinations(fed: &Federation) -> Result<Vec<String>> {

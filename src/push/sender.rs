@@ -56,9 +56,9 @@ impl PushSender {
         Self { db, rooms, fetcher }
     }
 
-    /// Runs the sender for the life of the process.
-    pub fn spawn(self) {
-        tokio::spawn(async move {
+    /// Runs the sender (under a lease, in one process at a time: see `crate::lease`).
+    pub async fn run(&self) {
+        {
             let wakeup = self.rooms.outbox_wakeup.clone();
             // Pushers waiting to retry: key -> (when, current delay).
             let mut backoff: HashMap<(String, String, String), (Instant, Duration)> = HashMap::new();
@@ -86,7 +86,7 @@ impl PushSender {
                     _ = tokio::time::sleep(sleep) => {},
                 }
             }
-        });
+        }
     }
 
     /// Brings every pusher that is behind (and not waiting to retry) up to date; false when

@@ -393,6 +393,8 @@ impl Rooms {
         let redacted = ruma::canonical_json::redact(target_pdu.json().clone(), &ctx.rules.redaction, None)
             .map_err(Error::internal)?;
         self.caches.evict_pdu(target.as_str());
+        // Sent with the commit: another process evicting earlier could cache the old copy again.
+        self.db.bus().publish_in(tx, vec![crate::storage::bus::Signal::Redacted { e: target.to_string() }]).await?;
         self.db
             .redact_event_json(tx, target.as_str(), &serde_json::to_string(&redacted)?, redaction.event_id.as_str())
             .await
@@ -514,9 +516,10 @@ impl Rooms {
                 users.push(k.clone());
             }
         }
-        self.notifier.wake(users.iter().map(String::as_str));
+        // The room's signal also wakes the senders of the other processes.
+        self.notifier.wake_room(room_id.as_str(), ctx.state_group, users.iter().map(String::as_str));
         if !appended.is_empty() {
-            self.outbox_wakeup.notify_waiters();
+            self.outbox_wakeup.notify_local();
         }
     }
 }

@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ruma::{OwnedEventId, OwnedServerName, RoomId, UserId};
-use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -50,7 +49,7 @@ pub struct Rooms {
     caches: cache::Caches,
     notifier: Arc<Notifier>,
     /// Woken when outbox rows were committed.
-    pub outbox_wakeup: Arc<Notify>,
+    pub outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     writer: tokio::sync::mpsc::Sender<writer::Job>,
     /// Federation transport, set once at start-up (see [`Rooms::set_federation`]).
@@ -80,13 +79,13 @@ impl Rooms {
             writer::spawn(weak.clone(), rx);
             Self {
                 server_name: config.server_name(),
+                outbox_wakeup: Arc::new(crate::notifier::OutboxWakeup::new(db.bus().clone())),
                 db,
                 config,
                 keys,
                 state_cache: StateCache::default(),
                 caches: cache::Caches::default(),
                 notifier,
-                outbox_wakeup: Arc::new(Notify::new()),
                 locks: Mutex::new(HashMap::new()),
                 writer: tx,
                 federation: std::sync::OnceLock::new(),
@@ -132,6 +131,27 @@ impl Rooms {
     /// The signing keys.
     pub fn keys(&self) -> &Arc<SigningKeys> {
         &self.keys
+    }
+
+    /// Local users with any membership in the room as of state group `group` (the current
+    /// state when unknown): those another process's news about the room may concern.
+    pub async fn local_members(&self, room_id: &str, group: Option<i64>) -> Result<Vec<String>> {
+        if let Some(g) = group
+            && let Some(m) = self.caches.members(room_id, g)
+        {
+            return Ok(m.local.clone());
+        }
+        let members = self.read_members(room_id).await?;
+        let local = members.local.clone();
+        if let Some(g) = group {
+            self.caches.put_members(room_id, g, Arc::new(members));
+        }
+        Ok(local)
+    }
+
+    /// Forgets a cached event (another process redacted it).
+    pub fn evict_cached_event(&self, event_id: &str) {
+        self.caches.evict_pdu(event_id);
     }
 
     /// The notifier.

@@ -44,7 +44,7 @@ impl Server {
         let db =
             Db::connect(&config.database.url, config.database.max_connections, &config.database.sqlite_synchronous)
                 .await?;
-        let notifier = Arc::new(Notifier::default());
+        let notifier = Arc::new(Notifier::new(db.bus().clone()));
         let rooms = Rooms::new(db.clone(), config.clone(), keys.clone(), notifier.clone());
         let media = Arc::new(Media::new(db.clone(), config.clone())?);
         let e2ee = Arc::new(E2ee::new(db.clone(), config.server_name(), notifier.clone(), rooms.outbox_wakeup.clone()));
@@ -80,18 +80,39 @@ impl Server {
         if let Some(addr) = config.listen.metrics {
             crate::metrics::serve(addr, self.db.clone()).await?;
         }
+        // SQLite serves one process; a second one on the same file stops here.
+        let _single = self.db.claim_sqlite_file()?;
+        let state = &self.state;
+        crate::cluster::Cluster::new(self.db.clone(), state.rooms.clone(), state.sync.clone(), state.e2ee.clone())
+            .start()
+            .await?;
         let app = crate::api::router(self.state.clone());
+        // Background work that must run once however many processes share the database.
+        let leases = crate::lease::Leases::new(self.db.clone());
         if config.federation.enabled {
-            crate::federation::sender::spawn(self.state.federation.clone(), self.state.rooms.clone());
+            let (fed, rooms) = (state.federation.clone(), state.rooms.clone());
+            leases
+                .run_exclusive("federation-sender", move || crate::federation::sender::run(fed.clone(), rooms.clone()));
         }
-        crate::appservice::sender::spawn(self.state.appservices.clone(), self.state.rooms.outbox_wakeup.clone());
+        let (appservices, wakeup) = (state.appservices.clone(), state.rooms.outbox_wakeup.clone());
+        leases.run_exclusive("appservice-sender", move || {
+            crate::appservice::sender::run(appservices.clone(), wakeup.clone())
+        });
         let gateways = config.push.gateway_ip_allowlist.iter().filter_map(|r| IpRange::parse(r));
-        crate::push::sender::PushSender::new(
+        let push = Arc::new(crate::push::sender::PushSender::new(
             self.db.clone(),
-            self.state.rooms.clone(),
+            state.rooms.clone(),
             crate::media::preview::Fetcher::new(gateways.collect()),
-        )
-        .spawn();
+        ));
+        leases.run_exclusive("push-sender", move || {
+            let push = push.clone();
+            async move { push.run().await }
+        });
+        let sync = state.sync.clone();
+        leases.run_exclusive("presence-sweep", move || {
+            let sync = sync.clone();
+            async move { sync.run_presence_sweeper().await }
+        });
         let listener = tokio::net::TcpListener::bind(config.listen.client)
             .await
             .with_context(|| format!("binding listen.client {}", config.listen.client))?;
@@ -151,6 +172,7 @@ impl Server {
         if let Some(task) = federation_task {
             let _ = task.await;
         }
+        leases.release_all().await;
         self.db.close().await;
         tracing::info!("shut down");
         Ok(())

@@ -1,12 +1,17 @@
 //! Tables of accounts: users, devices, access tokens and User-Interactive Auth sessions.
 
-use super::{Db, now_ms};
+use super::{Db, bus, now_ms};
 
 /// How long a resolved access token is remembered (see [`Db::find_token`]).
 pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Resolved tokens: hash → (when read, what it resolved to).
-pub type TokenCache = std::collections::HashMap<String, (std::time::Instant, TokenOwner)>;
+/// Resolved tokens: hash → (when read, what it resolved to), and a generation that moves on
+/// every invalidation, so that a read begun before one is not remembered after it.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: std::collections::HashMap<String, (std::time::Instant, TokenOwner)>,
+    generation: u64,
+}
 
 /// Whose an access token is.
 #[derive(Debug, Clone)]
@@ -142,7 +147,7 @@ impl Db {
         // A deactivated account is pushed nothing more.
         sqlx::query("DELETE FROM pushers WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         tx.commit().await?;
-        self.forget_tokens_of(user_id);
+        self.forget_tokens_of(user_id).await;
         Ok(())
     }
 
@@ -217,37 +222,57 @@ impl Db {
             Self::insert_refresh_token(&mut tx, refresh_hash, user_id, device_id, refresh_expires).await?;
         }
         tx.commit().await?;
-        self.forget_tokens_of(user_id);
+        self.forget_tokens_of(user_id).await;
         Ok(())
     }
 
     /// Resolves a token hash to its owner, if the account is live (expiry is the caller's to check).
     ///
     /// Every request asks this, and a woken long-poll is followed by the next one at once, so
-    /// answers are remembered for [`TOKEN_CACHE_TTL`]. This process forgets a user's entries
-    /// when it deletes their tokens (logout, device deletion, deactivation, new login on the
-    /// device); a token revoked through *another* process stops working here within the TTL.
+    /// answers are remembered for [`TOKEN_CACHE_TTL`]. A process forgets a user's entries when
+    /// it deletes their tokens (logout, device deletion, deactivation, new login on the device)
+    /// and tells the other processes on the database to do the same before it answers.
     pub async fn find_token(&self, token_hash: &str) -> Result<Option<TokenOwner>, sqlx::Error> {
         let now = std::time::Instant::now();
-        if let Some((at, hit)) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token_hash)
-            && now.duration_since(*at) < TOKEN_CACHE_TTL
-        {
-            return Ok(Some(hit.clone()));
-        }
+        let generation = {
+            let cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, hit)) = cache.entries.get(token_hash)
+                && now.duration_since(*at) < TOKEN_CACHE_TTL
+            {
+                return Ok(Some(hit.clone()));
+            }
+            cache.generation
+        };
         let found = self.find_token_uncached(token_hash).await?;
         if let Some(hit) = &found {
             let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() >= 1024 && cache.len().is_power_of_two() {
-                cache.retain(|_, (at, _)| now.duration_since(*at) < TOKEN_CACHE_TTL);
+            // A logout (here or signalled by another process) while the read ran may have
+            // deleted the token: answer this request, but do not remember the answer.
+            if cache.generation == generation {
+                if cache.entries.len() >= 1024 && cache.entries.len().is_power_of_two() {
+                    cache.entries.retain(|_, (at, _)| now.duration_since(*at) < TOKEN_CACHE_TTL);
+                }
+                cache.entries.insert(token_hash.to_owned(), (now, hit.clone()));
             }
-            cache.insert(token_hash.to_owned(), (now, hit.clone()));
         }
         Ok(found)
     }
 
-    /// Forgets the remembered tokens of a user (their tokens are being deleted).
-    fn forget_tokens_of(&self, user_id: &str) {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, owner)| owner.user_id != user_id);
+    /// Forgets the remembered tokens of a user (their tokens were deleted or changed), here and,
+    /// before returning, in the other processes sharing the database.
+    pub(crate) async fn forget_tokens_of(&self, user_id: &str) {
+        self.forget_cached_tokens(Some(user_id));
+        self.bus().publish_now(self, vec![bus::Signal::Tokens { u: user_id.to_owned() }]).await;
+    }
+
+    /// Forgets remembered tokens in this process only: a user's, or all (`None`).
+    pub fn forget_cached_tokens(&self, user_id: Option<&str>) {
+        let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        cache.generation += 1;
+        match user_id {
+            Some(user_id) => cache.entries.retain(|_, (_, owner)| owner.user_id != user_id),
+            None => cache.entries.clear(),
+        }
     }
 
     async fn find_token_uncached(&self, token_hash: &str) -> Result<Option<TokenOwner>, sqlx::Error> {
@@ -298,7 +323,7 @@ impl Db {
                 .await?;
         }
         tx.commit().await?;
-        self.forget_tokens_of(user_id);
+        self.forget_tokens_of(user_id).await;
         Ok(())
     }
 

@@ -236,7 +236,7 @@ impl Db {
             .execute(self.pool())
             .await?;
         // Sessions remember the flag for a few seconds (see `find_token`).
-        self.forget_cached_tokens_of(user_id);
+        self.forget_tokens_of(user_id).await;
         Ok(())
     }
 
@@ -264,10 +264,6 @@ impl Db {
             .bind(user_id)
             .fetch_all(self.pool())
             .await?)
-    }
-
-    fn forget_cached_tokens_of(&self, user_id: &str) {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, owner)| owner.user_id != user_id);
     }
 
     /// Every room this server holds, with its statistics; `room_id` narrows to one room.

@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod appservice;
+pub mod bus;
 pub mod e2ee;
 pub mod media;
 mod nodelay;
@@ -56,10 +57,14 @@ pub struct Db {
     /// writes to again.
     write_pool: AnyPool,
     backend: Backend,
+    /// SQLite: the database file's path (see [`Db::claim_sqlite_file`]).
+    sqlite_path: Option<std::path::PathBuf>,
     write_lock: Option<Arc<Mutex<()>>>,
     event_lock: Arc<Mutex<()>>,
     /// Recently resolved access tokens (see `Db::find_token`).
     pub(crate) tokens: Arc<std::sync::Mutex<accounts::TokenCache>>,
+    /// News for the other processes on the same PostgreSQL database.
+    bus: bus::Bus,
     /// PostgreSQL: events written since the table's statistics were last refreshed.
     growth: Option<Arc<Growth>>,
 }
@@ -205,10 +210,10 @@ fn migrator(backend: Backend) -> Migrator {
     // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
     let list = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
+            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
+            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
         }
     };
     Migrator::with_migrations(list)
@@ -232,10 +237,12 @@ impl Db {
     pub async fn connect(url: &str, max_connections: u32, sqlite_synchronous: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let mut sqlite_path = None;
         let url = match backend {
             Backend::Sqlite => {
                 let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
                 let path = path.split('?').next().unwrap_or(path);
+                sqlite_path = Some(std::path::PathBuf::from(path));
                 if let Some(dir) = std::path::Path::new(path).parent()
                     && !dir.as_os_str().is_empty()
                 {
@@ -308,14 +315,20 @@ impl Db {
             Backend::Postgres => (pool.clone(), pool.clone()),
         };
         let growth = (backend == Backend::Postgres).then(|| Arc::new(Growth::new(pool.clone())));
+        let bus = match backend {
+            Backend::Sqlite => bus::Bus::none(),
+            Backend::Postgres => bus::Bus::postgres(&url, pool.clone()),
+        };
         Ok(Self {
             pool,
             holder_pool,
             write_pool,
             backend,
+            sqlite_path,
             write_lock,
             event_lock: Arc::new(Mutex::new(())),
             tokens: Default::default(),
+            bus,
             growth,
         })
     }
@@ -334,6 +347,42 @@ impl Db {
     /// from the reserved connections.
     pub async fn while_holding_write_lock<F: std::future::Future>(f: F) -> F::Output {
         HOLDS_WRITE_LOCK.scope((), f).await
+    }
+
+    /// SQLite: makes sure no other process serves this database file, by an exclusive lock on
+    /// `<file>.lock` held for as long as the returned handle lives (the kernel releases it
+    /// when the process dies, however it dies). SQLite's own locking would let a second server
+    /// run, but writers of two processes would not share the in-process writer lock, stream
+    /// positions or wake-ups. Nothing to do on PostgreSQL, where processes cooperate.
+    pub fn claim_sqlite_file(&self) -> anyhow::Result<Option<std::fs::File>> {
+        let Some(path) = &self.sqlite_path else { return Ok(None) };
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = std::path::PathBuf::from(lock_path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another Myelin process is already serving the SQLite database {} (it holds {}). \
+                 SQLite serves one process; to run several processes on one database, use \
+                 PostgreSQL (see docs/scaling.md)",
+                path.display(),
+                lock_path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(anyhow::Error::new(e).context(format!("locking {}", lock_path.display())))
+            }
+        }
+    }
+
+    /// The channel to the other processes sharing this database (sends nothing on SQLite).
+    pub fn bus(&self) -> &bus::Bus {
+        &self.bus
     }
 
     /// Which engine this is.

@@ -24,6 +24,8 @@ pub mod streams {
     pub const TO_DEVICE: &str = "to_device";
     /// Ids of uploaded filters.
     pub const FILTERS: &str = "sync_filters";
+    /// Typing changes (PostgreSQL: shared by the processes; SQLite keeps typing in memory).
+    pub const TYPING: &str = "typing";
 }
 
 /// A user's membership row in one room.
@@ -421,6 +423,23 @@ impl Db {
         Ok(rows.into_iter().map(presence_from).collect())
     }
 
+    /// Marks these users as syncing at `now` (ms): their long-polls are in flight in this
+    /// process, which another process's offline sweep cannot see.
+    pub async fn touch_last_sync(&self, users: &[String], now: i64) -> Result<()> {
+        for chunk in users.chunks(ROOM_CHUNK) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "UPDATE presence SET last_sync_ts = $1 WHERE last_sync_ts < $1 AND user_id IN ({})",
+                placeholders(2, chunk.len())
+            ));
+            let mut q = sqlx::query(sql).bind(now);
+            for u in chunk {
+                q = q.bind(u);
+            }
+            q.execute(self.pool()).await?;
+        }
+        Ok(())
+    }
+
     /// Local users sharing a joined room with `user_id` (including the user if joined anywhere).
     pub async fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
@@ -561,6 +580,86 @@ impl Db {
                 .fetch_all(self.pool())
                 .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    // ---- typing (PostgreSQL, migration 14) ---------------------------------------------
+
+    /// Starts (`until` set, ms) or stops a user's typing in `tx`; whether the set of typing
+    /// users changed (a renewal only moves the deadline).
+    pub async fn typing_set(&self, tx: &mut WriteTx, room_id: &str, user_id: &str, until: Option<i64>) -> Result<bool> {
+        let Some(until) = until else {
+            let gone: Option<(String,)> =
+                sqlx::query_as("DELETE FROM typing WHERE room_id = $1 AND user_id = $2 RETURNING user_id")
+                    .bind(room_id)
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx.tx)
+                    .await?;
+            return Ok(gone.is_some());
+        };
+        let renewed: Option<(i64,)> =
+            sqlx::query_as("UPDATE typing SET until_ts = $3 WHERE room_id = $1 AND user_id = $2 RETURNING until_ts")
+                .bind(room_id)
+                .bind(user_id)
+                .bind(until)
+                .fetch_optional(&mut *tx.tx)
+                .await?;
+        if renewed.is_some() {
+            return Ok(false);
+        }
+        let added = sqlx::query(
+            "INSERT INTO typing (room_id, user_id, until_ts) VALUES ($1, $2, $3) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET until_ts = excluded.until_ts",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(until)
+        .execute(&mut *tx.tx)
+        .await?;
+        Ok(added.rows_affected() > 0)
+    }
+
+    /// Deletes the typing rows whose time is up at `now` (ms); returns them by room.
+    pub async fn typing_expire(&self, tx: &mut WriteTx, now: i64) -> Result<Vec<(String, Vec<String>)>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("DELETE FROM typing WHERE until_ts <= $1 RETURNING room_id, user_id")
+                .bind(now)
+                .fetch_all(&mut *tx.tx)
+                .await?;
+        let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (room, user) in rows {
+            by.entry(room).or_default().push(user);
+        }
+        Ok(by.into_iter().collect())
+    }
+
+    /// The typing position and every typing row, read in one snapshot.
+    pub async fn typing_snapshot(&self) -> Result<(i64, Vec<(String, String, i64)>)> {
+        // position, room, user, until (NULLs when nobody types)
+        type Row = (i64, Option<String>, Option<String>, Option<i64>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT c.value, t.room_id, t.user_id, t.until_ts FROM stream_counters c \
+             LEFT JOIN typing t ON TRUE WHERE c.name = $1",
+        )
+        .bind(streams::TYPING)
+        .fetch_all(self.pool())
+        .await?;
+        let serial = rows.first().map_or(0, |r| r.0);
+        let typing = rows.into_iter().filter_map(|(_, r, u, t)| Some((r?, u?, t?))).collect();
+        Ok((serial, typing))
+    }
+
+    /// Makes sure the typing counter exists and is at least `floor`: typing positions were
+    /// the clock in milliseconds before they were shared, and tokens must never go back.
+    pub async fn typing_counter_at_least(&self, floor: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO stream_counters (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = GREATEST(stream_counters.value, excluded.value)",
+        )
+        .bind(streams::TYPING)
+        .bind(floor)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 }
 

@@ -73,4 +73,9 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
     {
         self.lock().remove(key);
     }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
 }

@@ -19,7 +19,8 @@
 //! Waiting: a request with `since` and a timeout subscribes to the [`Notifier`] and enables its
 //! `Notified` future *before* computing, so a commit between the computation and the wait is
 //! not missed. Every writer of a stream calls `notifier.wake` for the local users concerned
-//! after its commit. While waiting, a request holds its `Notified`, its token, and the shared
+//! after its commit, which also signals the other processes sharing a PostgreSQL database
+//! (`storage::bus`, `cluster`). While waiting, a request holds its `Notified`, its token, and the shared
 //! filter: no database connection, no thread, no response buffer.
 
 pub mod account_data;
@@ -206,12 +207,13 @@ impl SyncEngine {
         self.stop.notify_waiters();
     }
 
-    /// Starts the background tasks (typing expiry, presence sweep) on the current runtime.
+    /// Starts the typing expiry and the presence keep-alive on the current runtime (every
+    /// process runs them; the presence sweep runs under a lease, see `server`).
     pub fn spawn_tasks(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move { me.run_typing_expiry().await });
         let me = self.clone();
-        tokio::spawn(async move { me.run_presence_sweeper().await });
+        tokio::spawn(async move { me.run_presence_keepalive().await });
     }
 
     /// Whether a user id belongs to this server.
@@ -223,10 +225,20 @@ impl SyncEngine {
         server == self.rooms.server_name().as_str()
     }
 
-    /// Wakes the `/sync` of the room's local joined members.
+    /// Wakes the `/sync` of the room's local joined members, here and in the other processes.
     pub async fn wake_room(&self, room_id: &str) {
         match self.db.members_with(room_id, "join").await {
-            Ok(members) => self.notifier.wake(members.iter().map(String::as_str).filter(|u| self.is_local(u))),
+            Ok(members) => {
+                self.notifier.wake_room(room_id, None, members.iter().map(String::as_str).filter(|u| self.is_local(u)))
+            }
+            Err(e) => tracing::warn!(%room_id, error = %e, "reading members to wake"),
+        }
+    }
+
+    /// Wakes the `/sync` of the room's local joined members in this process only.
+    pub async fn wake_room_local(&self, room_id: &str) {
+        match self.db.members_with(room_id, "join").await {
+            Ok(members) => self.notifier.wake_local(members.iter().map(String::as_str).filter(|u| self.is_local(u))),
             Err(e) => tracing::warn!(%room_id, error = %e, "reading members to wake"),
         }
     }

@@ -7,7 +7,9 @@
 //! servers of those rooms in the same transaction. `/sync` marks its user online at most once a
 //! minute when nothing changed (an in-memory note avoids even the read), so idle long-polls cost
 //! no writes. A background sweep marks local users offline once they have not synced for
-//! [`OFFLINE_AFTER`] and have no `/sync` in flight in this process.
+//! [`OFFLINE_AFTER`] and have no `/sync` in flight in this process. With several processes on
+//! one database the sweep runs in one of them (under a lease), and every process refreshes the
+//! `last_sync_ts` of users whose long-polls it holds ([`SyncEngine::run_presence_keepalive`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -255,6 +257,28 @@ impl SyncEngine {
             }
         }
         Ok(())
+    }
+
+    /// PostgreSQL: refreshes, every [`SWEEP_EVERY`], the `last_sync_ts` of users with a `/sync`
+    /// in flight in this process, so that the sweep of another process does not take a user
+    /// in a long long-poll here for gone.
+    pub async fn run_presence_keepalive(&self) {
+        if !self.db.bus().is_shared() {
+            return;
+        }
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let syncing: Vec<String> =
+                self.presence.lock().iter().filter(|(_, s)| s.syncing > 0).map(|(u, _)| u.clone()).collect();
+            if syncing.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.db.touch_last_sync(&syncing, now_ms()).await {
+                tracing::warn!(error = %e, "refreshing the last sync of users syncing here");
+            }
+        }
     }
 
     /// Marks local users offline who stopped syncing, forgets old to-device transaction ids and

@@ -303,7 +303,18 @@ impl Recent {
 
     /// Forgets a user's remembered memberships (after a change that moves no stream position,
     /// such as forgetting a room).
+    /// The other processes forget theirs too.
     pub fn forget_user(&self, user: &str) {
         self.memberships.remove(user);
+        self.db.bus().publish(crate::storage::bus::Signal::Memberships { u: user.to_owned() });
+    }
+
+    /// Forgets a user's remembered memberships in this process only (another process changed
+    /// them), or everyone's (`None`).
+    pub fn forget_user_local(&self, user: Option<&str>) {
+        match user {
+            Some(user) => self.memberships.remove(user),
+            None => self.memberships.clear(),
+        }
     }
 }

@@ -238,6 +238,9 @@ pub struct TestServer {
     /// Extra environment for the server process (e.g. `MYELIN_*` overrides under test).
     env: Vec<(String, String)>,
     pg_database: Option<String>,
+    /// Another process of a server started earlier (same name, database and data directory;
+    /// see [`TestServer::start_sibling`]).
+    sibling: bool,
     http: reqwest::Client,
 }
 
@@ -300,6 +303,41 @@ impl TestServer {
             started_once: false,
             env: Vec::new(),
             pg_database,
+            sibling: false,
+            http: http_client(),
+        };
+        server.write_config();
+        server
+    }
+
+    /// Starts another process of this server: the same configuration (server name, database,
+    /// data directory with its signing key and media) on a port of its own, as an operator
+    /// scales out on PostgreSQL. Its configuration and `server.log` live in a directory of
+    /// its own; the database and data directory belong to `self`, which must outlive it.
+    pub async fn start_sibling(&self) -> Self {
+        let mut sibling = self.prepare_sibling();
+        sibling.start_again().await;
+        sibling
+    }
+
+    /// [`TestServer::start_sibling`] without starting the process.
+    pub fn prepare_sibling(&self) -> Self {
+        let dir = tempfile::Builder::new().prefix("myelin-test-").tempdir().expect("creating temp dir");
+        let port = free_port();
+        let mut config = self.config.clone();
+        config["listen"].as_table_mut().expect("[listen]").insert("client".into(), format!("127.0.0.1:{port}").into());
+        let config_path = dir.path().join("myelin.toml");
+        let server = Self {
+            backend: self.backend,
+            dir: Some(dir),
+            config_path,
+            config,
+            port,
+            child: None,
+            started_once: false,
+            env: self.env.clone(),
+            pg_database: None,
+            sibling: true,
             http: http_client(),
         };
         server.write_config();
@@ -405,7 +443,10 @@ impl TestServer {
     fn move_to_new_port(&mut self) {
         let port = free_port();
         self.port = port;
-        self.config["server_name"] = format!("localhost:{port}").into();
+        // A sibling serves the name of the server it belongs to.
+        if !self.sibling {
+            self.config["server_name"] = format!("localhost:{port}").into();
+        }
         self.config["listen"]
             .as_table_mut()
             .expect("[listen]")
@@ -599,6 +640,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The same session talking to another server process (or a load balancer) at `base`.
+    pub fn via(&self, base: &str) -> Client {
+        Client { base: base.to_owned(), ..self.clone() }
+    }
+
     /// A request to `path` carrying this client's `Authorization: Bearer` header.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.access_token)

@@ -303,6 +303,44 @@ level = "info,sqlx=warn,tower_http=warn"
         format!("{}:8448", self.ip)
     }
 
+    /// Starts another process of this server (PostgreSQL): the same configuration, database,
+    /// signing key and media directory, its client API on a port of its own and no federation
+    /// listener (the first process has `ip:8448`); it sends to other servers like any process.
+    /// `self` owns the database and data and must outlive it.
+    pub async fn start_sibling(&self) -> Self {
+        let dir = tempfile::Builder::new().prefix("myelin-fedtest-").tempdir().expect("tempdir").keep();
+        let client_port = free_port(&self.ip);
+        let mut config: toml::Table =
+            toml::from_str(&std::fs::read_to_string(self.config_path()).expect("config")).expect("config is TOML");
+        let listen = config["listen"].as_table_mut().expect("[listen]");
+        listen.insert("client".into(), format!("{}:{client_port}", self.ip).into());
+        listen.remove("federation");
+        std::fs::write(dir.join("myelin.toml"), toml::to_string(&config).expect("TOML")).expect("config");
+        let mut s = Self {
+            ip: self.ip.clone(),
+            client_port,
+            dir,
+            child: None,
+            http: http(),
+            env: self.env.clone(),
+            pg_database: None,
+        };
+        s.start_again().await;
+        s
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The PostgreSQL URL of its database, if it runs on PostgreSQL.
+    pub fn database_url(&self) -> Option<String> {
+        let config: toml::Table =
+            toml::from_str(&std::fs::read_to_string(self.config_path()).ok()?).expect("config is TOML");
+        config["database"]["url"].as_str().filter(|u| u.starts_with("postgres")).map(str::to_owned)
+    }
+
     /// `@local:ip:8448`.
     pub fn user_id(&self, local: &str) -> String {
         format!("@{local}:{}", self.name())
@@ -482,6 +520,15 @@ impl Client {
     /// PUT.
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
         send(self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body)).await
+    }
+
+    /// PUT that may fail to get an answer at all (the server is being killed): None then.
+    pub async fn try_put(&self, path: &str, body: Value) -> Option<(u16, Value)> {
+        let res =
+            self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.ok()?;
+        let status = res.status().as_u16();
+        let text = res.text().await.ok()?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
     /// Creates a public room; returns its id.
