@@ -2,11 +2,13 @@
 
 pub mod accounts;
 pub mod api;
+pub mod appservice;
 pub mod config;
 pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod media;
+pub mod metrics;
 pub mod notifier;
 pub mod push;
 pub mod ratelimit;

@@ -56,6 +56,8 @@ impl Server {
             e2ee.set_remote(Arc::new(crate::federation::FederationKeys(federation.clone())));
         }
         media.set_federation(federation.clone());
+        let appservices = crate::appservice::Appservices::load(db.clone(), config.clone()).await?;
+        rooms.set_appservices(appservices.clone());
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limits: Arc::new(Limits::new(&config.rate_limits)),
@@ -66,6 +68,7 @@ impl Server {
             e2ee,
             sync,
             federation,
+            appservices,
             config,
         };
         Ok(Self { state, db, keys })
@@ -74,15 +77,18 @@ impl Server {
     /// Serves until SIGTERM/SIGINT, then finishes in-flight requests and closes the database.
     pub async fn run(self) -> anyhow::Result<()> {
         let config = self.state.config.clone();
+        if let Some(addr) = config.listen.metrics {
+            crate::metrics::serve(addr, self.db.clone()).await?;
+        }
         let app = crate::api::router(self.state.clone());
         if config.federation.enabled {
             crate::federation::sender::spawn(self.state.federation.clone(), self.state.rooms.clone());
         }
+        crate::appservice::sender::spawn(self.state.appservices.clone(), self.state.rooms.outbox_wakeup.clone());
         let gateways = config.push.gateway_ip_allowlist.iter().filter_map(|r| IpRange::parse(r));
         crate::push::sender::PushSender::new(
             self.db.clone(),
             self.state.rooms.clone(),
-            self.state.sync.clone(),
             crate::media::preview::Fetcher::new(gateways.collect()),
         )
         .spawn();

@@ -76,14 +76,14 @@ struct Summary {
     former: Vec<String>,
 }
 
-/// An unread count as of `upto`, valid while the receipts stream and the member's membership
-/// stay where they were.
-#[derive(Debug, Clone, Copy)]
+/// Unread counts as of `upto`, valid while the receipts stream, the member's membership and
+/// the room's events stay where they were.
+#[derive(Debug, Clone)]
 struct Unread {
     upto: i64,
     receipts: i64,
     member_stream: i64,
-    count: i64,
+    counts: Arc<crate::storage::push::UnreadCounts>,
 }
 
 /// Longest long-poll a client may ask for.
@@ -231,6 +231,22 @@ impl SyncEngine {
         }
     }
 
+    /// Queues a room's ephemeral event (`m.typing`, `m.receipt`, with its `room_id`) in `tx`
+    /// for the appservices with `receive_ephemeral` that have a user joined to the room;
+    /// returns whether any was queued (the caller wakes the senders after commit).
+    pub(crate) async fn queue_appservice_room_ephemeral(
+        &self,
+        tx: &mut crate::storage::WriteTx,
+        room_id: &str,
+        event: &Value,
+    ) -> Result<bool> {
+        let Some(appservices) = self.rooms.appservices().filter(|a| a.any_ephemeral_receivers()) else {
+            return Ok(false);
+        };
+        let members = self.db.members_with(room_id, "join").await?;
+        appservices.queue_ephemeral(tx, "edu", event, |reg| members.iter().any(|u| reg.is_user(u))).await
+    }
+
     /// Queues one EDU for each destination in its own short transaction and wakes the sender.
     pub async fn queue_edu(&self, destinations: &[String], edu: &Value) -> Result<()> {
         if destinations.is_empty() {
@@ -305,6 +321,7 @@ impl SyncEngine {
             since.is_some() && !opts.full_state && !opts.timeout.is_zero() && !self.stopping.load(Ordering::SeqCst);
         let deadline = Instant::now() + opts.timeout.min(MAX_TIMEOUT);
         let wakeup = self.notifier.subscribe(user_id.as_str());
+        let _waiting = may_wait.then(|| crate::metrics::Occupied::new(metrics::gauge!("myelin_sync_waiting")));
         let mut since = since;
         loop {
             let notified = wakeup.notified();

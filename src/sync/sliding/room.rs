@@ -181,12 +181,12 @@ impl SyncEngine {
             Some(at) => self.db.latest_in_room(room, upto).await?.is_some_and(|l| l > at),
         };
         let plan = plan_after(held_at);
-        let count = if joined { Some(self.unread_count(&ctx, &plan).await?) } else { None };
-        let count_changed = held.is_some_and(|h| count.is_some_and(|c| c != h.notifications));
+        let count = if joined { Some(self.unread_count(&ctx, &plan).await?.total()) } else { None };
+        let count_changed = held.is_some_and(|h| count.is_some_and(|c| c.notifications != h.notifications));
         if !fresh && !expanded && !wider_state && !has_events && !count_changed {
             return Ok(None);
         }
-        let sent = RoomSent { at: upto, notifications: count.unwrap_or(0), ..sent };
+        let sent = RoomSent { at: upto, notifications: count.map_or(0, |c| c.notifications), ..sent };
 
         // Timeline: from the start of the room when fresh or expanded, else since the client's.
         let tl = if cfg.timeline_limit == 0 || (!has_events && !expanded) {
@@ -301,8 +301,8 @@ impl SyncEngine {
         entry.insert("bump_stamp".into(), json!(bump));
         entry.insert("is_dm".into(), json!(sel.dms.contains(room)));
         if let Some(c) = count {
-            entry.insert("notification_count".into(), json!(c));
-            entry.insert("highlight_count".into(), json!(0));
+            entry.insert("notification_count".into(), json!(c.notifications));
+            entry.insert("highlight_count".into(), json!(c.highlights));
         }
         Ok(Some(RoomOut { room_id: room.to_owned(), entry, timeline, state, sent }))
     }
