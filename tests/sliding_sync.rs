@@ -289,6 +289,17 @@ both_backends!(unknown_pos_and_restart, |server| async move {
     assert_eq!(body["rooms"][&room]["initial"], true, "{body}");
     let (status, _) = try_ss(&alice, Some(&p3), 0, &req).await;
     assert_eq!(status, 400, "the reset connection's position");
+
+    // A device keeps ten connections: starting more drops the least recently used.
+    let c0 = json!({ "conn_id": "c0" });
+    let c0_pos = pos(&ss(&alice, None, 0, &c0).await);
+    // Its last use strictly before the others' (uses are ordered by milliseconds).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for i in 1..=10 {
+        ss(&alice, None, 0, &json!({ "conn_id": format!("c{i}") })).await;
+    }
+    let (status, body) = try_ss(&alice, Some(&c0_pos), 0, &c0).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN_POS")), "evicted: {body}");
 });
 
 both_backends!(filters, |server| async move {

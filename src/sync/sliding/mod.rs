@@ -237,6 +237,9 @@ impl SyncEngine {
             rooms: prev.map(|p| p.rooms.clone()).unwrap_or_default(),
             lists: selection.counts.clone(),
         };
+        // Rooms forgotten (or never a membership) are dropped: the state stays bounded by the
+        // user's rooms.
+        state.rooms.retain(|room, _| selection.membership.contains_key(room.as_str()));
         let rooms = self.sliding_rooms(&base, &selection, &mut state).await?;
         let fresh: std::collections::HashSet<String> =
             rooms.iter().filter(|(_, r)| r["initial"] == json!(true)).map(|(id, _)| id.clone()).collect();
