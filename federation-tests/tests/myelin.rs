@@ -834,3 +834,51 @@ async fn space_hierarchy_over_federation() {
     let (s, _) = signed_get(&b, &a, &format!("/_matrix/federation/v1/hierarchy/{}", enc(&unknown))).await;
     assert_eq!(s, 404);
 }
+
+/// Push rules are evaluated for events from other servers too: a remote mention turns the
+/// room's badge red, a remote message counts, and an invite from another server reaches the
+/// invited user with stripped state that includes the room's create event (v1.16: the
+/// inviting server sends whole PDUs; clients get type, state key, sender and content).
+#[tokio::test]
+async fn remote_mentions_count_and_invites_carry_the_create_event() {
+    let a = FedServer::start("127.0.12.11").await;
+    let b = FedServer::start("127.0.12.12").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_public_room().await;
+    let (s, body) = bob.join_via(&room, &a.name()).await;
+    assert_eq!(s, 200, "{body}");
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/mention1", enc(&room));
+    let content = json!({ "msgtype": "m.text", "body": "hi", "m.mentions": { "user_ids": [alice.user_id] } });
+    let (s, body) = bob.put(&path, content).await;
+    assert_eq!(s, 200, "{body}");
+    bob.say(&room, "plain").await;
+    wait_for_message(&alice, &room, "plain").await;
+    let (s, sync) = alice.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200, "{sync}");
+    let counts = &sync["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!(counts["notification_count"], 2, "{sync}");
+    assert_eq!(counts["highlight_count"], 1, "{sync}");
+
+    let private = alice.create_private_room().await;
+    let (s, body) = alice
+        .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&private)), json!({ "user_id": bob.user_id }))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    wait_until(T, "the invite on B", || {
+        let (bob, private) = (&bob, &private);
+        async move {
+            let (_, sync) = bob.get("/_matrix/client/v3/sync").await;
+            sync["rooms"]["invite"][private].is_object()
+        }
+    })
+    .await;
+    let (_, sync) = bob.get("/_matrix/client/v3/sync").await;
+    let invite = sync["rooms"]["invite"][&private]["invite_state"]["events"].clone();
+    let events = invite.as_array().unwrap();
+    let create = events.iter().find(|e| e["type"] == "m.room.create").expect("the create event");
+    assert_eq!(create["sender"], alice.user_id.as_str(), "{invite}");
+    for e in events.iter().filter(|e| e["type"] != "m.room.member" || e["state_key"] != bob.user_id.as_str()) {
+        assert!(e.get("signatures").is_none() && e.get("auth_events").is_none(), "stripped: {e}");
+    }
+}
