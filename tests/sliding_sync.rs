@@ -221,6 +221,18 @@ both_backends!(incremental_and_long_poll, |server| async move {
     let p3 = pos(&body);
     let body = ss(&alice, Some(&p3), 0, &req).await;
     assert!(body.get("rooms").is_none(), "nothing new: {body}");
+
+    // A profile change is a new member event but not a new membership: the room stays
+    // incremental.
+    let (status, _) = alice
+        .put(&format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id), &json!({ "displayname": "Alice" }))
+        .await;
+    assert_eq!(status, 200);
+    let body = ss(&alice, Some(&p3), 0, &req).await;
+    let r = &body["rooms"][&room];
+    assert!(r.get("initial").is_none(), "{body}");
+    assert_eq!(timeline(&body, &room).len(), 1, "{body}");
+    assert_eq!(r["joined_count"], 2, "{r}");
 });
 
 both_backends!(unknown_pos_and_restart, |server| async move {
@@ -232,7 +244,15 @@ both_backends!(unknown_pos_and_restart, |server| async move {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN_POS")), "{body}");
     let (status, body) = try_ss(&alice, Some("not a number"), 0, &req).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN_POS")), "{body}");
+    let (status, body) = try_ss(&alice, None, 0, &json!({ "conn_id": "x".repeat(300) })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let (status, body) = try_ss(&alice, None, 0, &json!({ "lists": { "a": { "ranges": "no" } } })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
 
+    let mut with_txn = req.clone();
+    with_txn["txn_id"] = json!("t-1");
+    let body = ss(&alice, None, 0, &with_txn).await;
+    assert_eq!(body["txn_id"], "t-1", "{body}");
     let p1 = pos(&ss(&alice, None, 0, &req).await);
     let m1 = send_text(&alice, &room, "m1", "one").await;
     let body = ss(&alice, Some(&p1), 0, &req).await;
@@ -319,6 +339,20 @@ both_backends!(filters, |server| async move {
     assert_eq!(body["rooms"][&invite]["is_dm"], true, "{body}");
     assert_eq!(body["rooms"][&plain]["is_dm"], false, "{body}");
     let _ = (encrypted, space);
+
+    // Encryption turned on, and a room marked direct, change the counts of a live connection.
+    put_state(&alice, &plain, "m.room.encryption", "", json!({ "algorithm": "m.megolm.v1.aes-sha2" })).await;
+    let (status, _) = alice
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/m.direct", alice.user_id),
+            &json!({ bob.user_id.clone(): [dm, plain] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body = ss(&alice, Some(&pos(&body)), 0, &req).await;
+    let count = |name: &str| body["lists"][name]["count"].as_u64().unwrap();
+    assert_eq!(count("encrypted"), 2, "{body}");
+    assert_eq!(count("dms"), 3, "{body}");
 });
 
 both_backends!(invites_joins_leaves_and_subscriptions, |server| async move {
@@ -344,8 +378,8 @@ both_backends!(invites_joins_leaves_and_subscriptions, |server| async move {
     assert_eq!(r["joined_count"], 2, "{r}");
     assert!(state_keys(&body, &room).contains(&pair("m.room.member", &alice.user_id)), "{r}");
     assert!(state_keys(&body, &room).contains(&pair("m.room.create", "")), "{r}");
-    let heroes = r["heroes"].as_array().unwrap_or_else(|| panic!("no heroes: {r}"));
-    assert_eq!(heroes[0]["user_id"], bob.user_id, "{r}");
+    // A named room needs no heroes.
+    assert!(r.get("heroes").is_none(), "{r}");
     let p2 = pos(&body);
 
     // Being kicked: the room is sent once more with the kick, then leaves the list.
@@ -403,6 +437,11 @@ both_backends!(required_state_lazy_and_wildcards, |server| async move {
         vec![pair("m.room.member", &alice.user_id), pair("m.room.member", &bob.user_id), pair("m.room.topic", "")],
         "{body}"
     );
+    // No name: the heroes name the room, with their profiles.
+    let heroes = body["rooms"][&room]["heroes"].as_array().unwrap_or_else(|| panic!("no heroes: {body}"));
+    let hero_ids: Vec<&Value> = heroes.iter().map(|h| &h["user_id"]).collect();
+    assert_eq!(hero_ids, vec![&json!(bob.user_id), &json!(carol.user_id)], "{body}");
+    assert_eq!(heroes[0]["displayname"], "bob", "{body}");
     let p1 = pos(&body);
     send_text(&carol, &room, "c", "from carol").await;
     let body = ss(&alice, Some(&p1), 0, &lazy).await;

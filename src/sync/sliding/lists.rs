@@ -11,13 +11,13 @@
 //! thousand rooms without a query.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use ruma::api::client::sync::sync_events::v5;
 use ruma::directory::RoomTypeFilter;
 use ruma::{DeviceId, UserId};
 use serde_json::Value;
 
-use super::ConnState;
 use crate::error::Result;
 use crate::storage::sliding_sync::RoomFacts;
 use crate::storage::sync::MembershipRow;
@@ -100,13 +100,7 @@ fn type_allowed(filters: &v5::request::ListFilters, room_type: Option<&str>) -> 
 
 impl SyncEngine {
     /// Lists, ranges and subscriptions of a request (see the module doc).
-    pub(super) async fn sliding_lists<'a>(
-        &self,
-        base: &Base<'a>,
-        req: &v5::Request,
-        _prev: Option<&ConnState>,
-    ) -> Result<Selection<'a>> {
-        let user = base.user.as_str();
+    pub(super) async fn sliding_lists<'a>(&self, base: &Base<'a>, req: &v5::Request) -> Result<Selection<'a>> {
         let membership: HashMap<&'a str, &'a MembershipRow> =
             base.memberships.iter().filter(|m| !m.forgotten).map(|m| (m.room_id.as_str(), m)).collect();
         // Rooms a list may hold.
@@ -128,7 +122,7 @@ impl SyncEngine {
 
         let filters: Vec<&v5::request::ListFilters> = req.lists.values().filter_map(|l| l.filters.as_ref()).collect();
         let dms = if filters.iter().any(|f| f.is_dm.is_some()) || !req.lists.is_empty() {
-            self.direct_rooms(user, &candidates).await?
+            self.direct_rooms(base, &candidates).await?
         } else {
             HashSet::new()
         };
@@ -137,7 +131,7 @@ impl SyncEngine {
             .any(|f| f.is_encrypted.is_some() || !f.room_types.is_empty() || !f.not_room_types.is_empty());
         let facts: HashMap<String, RoomFacts> = if need_facts {
             let ids: Vec<&str> = candidates.iter().map(|m| m.room_id.as_str()).collect();
-            let mut facts = self.db.room_facts(&ids).await?;
+            let mut facts = self.room_facts(base.view, &ids).await?;
             // An invite from another server: what its stripped state says.
             for m in candidates.iter().filter(|m| m.membership == "invite" || m.membership == "knock") {
                 if facts.get(&m.room_id).is_some_and(|f| f.known) {
@@ -263,15 +257,70 @@ impl SyncEngine {
         Ok(self.bump_stamps(base, &[m]).await?.get(m.room_id.as_str()).copied().unwrap_or(m.stream))
     }
 
-    /// Rooms that `m.direct` names, and invites marked `is_direct`.
-    async fn direct_rooms(&self, user: &str, candidates: &[&MembershipRow]) -> Result<HashSet<String>> {
-        let mut out = HashSet::new();
-        if let Some(raw) = self.db.get_account_data(user, "", "m.direct").await? {
-            let content: Value = serde_json::from_str(&raw).unwrap_or_default();
-            for rooms in content.as_object().into_iter().flat_map(|o| o.values()) {
-                out.extend(rooms.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned));
+    /// Encryption and room type of rooms, remembered per room as of an events position: valid
+    /// while the recent-events log shows no `m.room.create` or `m.room.encryption` event of the
+    /// room since (a woken long-poll then filters a thousand rooms without a query).
+    async fn room_facts(&self, view: &View, rooms: &[&str]) -> Result<HashMap<String, RoomFacts>> {
+        let mut out = HashMap::new();
+        let mut known = Vec::new();
+        let mut missing = Vec::new();
+        for r in rooms {
+            match self.sliding.facts.get(*r) {
+                Some((as_of, f)) if view.covers(as_of) && as_of <= view.end => known.push((*r, as_of, f)),
+                _ => missing.push(*r),
             }
         }
+        if let Some(from) = known.iter().map(|k| k.1).min() {
+            let mut touched: HashMap<&str, i64> = HashMap::new();
+            for e in view.events_after(from) {
+                let kind = e.pdu.fields.kind.to_string();
+                if (kind == "m.room.create" || kind == "m.room.encryption")
+                    && e.pdu.fields.state_key.as_deref() == Some("")
+                {
+                    touched.insert(e.pdu.room_id.as_str(), e.stream);
+                }
+            }
+            for (r, as_of, f) in known {
+                if touched.get(r).is_some_and(|&s| s > as_of) {
+                    missing.push(r);
+                } else {
+                    self.sliding.facts.insert(r.to_owned(), (view.end, f.clone()));
+                    out.insert(r.to_owned(), f);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let mut read = self.db.room_facts(&missing).await?;
+            for r in missing {
+                let f = read.remove(r).unwrap_or_default();
+                // Current state may be newer than the view: a change after it is seen in the log.
+                self.sliding.facts.insert(r.to_owned(), (view.end, f.clone()));
+                out.insert(r.to_owned(), f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rooms that `m.direct` names, and invites marked `is_direct`.
+    async fn direct_rooms(&self, base: &Base<'_>, candidates: &[&MembershipRow]) -> Result<HashSet<String>> {
+        let user = base.user.as_str();
+        // `m.direct` is remembered as of the account data position it was read at.
+        let direct = match self.sliding.direct.get(user) {
+            Some((at, rooms)) if at == base.now.account_data => rooms,
+            _ => {
+                let mut rooms = HashSet::new();
+                if let Some(raw) = self.db.get_account_data(user, "", "m.direct").await? {
+                    let content: Value = serde_json::from_str(&raw).unwrap_or_default();
+                    for ids in content.as_object().into_iter().flat_map(|o| o.values()) {
+                        rooms.extend(ids.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned));
+                    }
+                }
+                let rooms = Arc::new(rooms);
+                self.sliding.direct.insert(user.to_owned(), (base.now.account_data, rooms.clone()));
+                rooms
+            }
+        };
+        let mut out = HashSet::clone(&direct);
         for m in candidates.iter().filter(|m| m.membership == "invite") {
             if out.contains(&m.room_id) {
                 continue;

@@ -50,6 +50,10 @@ use crate::storage::sliding_sync::ConnKey;
 
 /// Connections a device keeps; starting one more drops the least recently used.
 pub const MAX_CONNS: i64 = 10;
+/// Longest `conn_id` and list name (they are stored with the connection's state).
+pub const MAX_CONN_ID: usize = 255;
+/// Most lists in one request (each one is a pass over the user's rooms).
+pub const MAX_LISTS: usize = 100;
 /// Positions unused for this long (ms) are deleted.
 pub const EXPIRY_MS: i64 = 7 * 24 * 3_600_000;
 
@@ -93,6 +97,10 @@ pub struct Memos {
     /// Per room: its bump stamp (0: no bump event) as of an events position. Valid while the
     /// recent-events log covers that position, which then holds every later event.
     pub(crate) bumps: Memo<String, (i64, i64)>,
+    /// Per room: encryption and room type as of an events position (see `lists::room_facts`).
+    pub(crate) facts: Memo<String, (i64, crate::storage::sliding_sync::RoomFacts)>,
+    /// Per user: the rooms `m.direct` names, as of an account data position.
+    pub(crate) direct: Memo<String, (i64, std::sync::Arc<std::collections::HashSet<String>>)>,
 }
 
 /// 400 `M_UNKNOWN_POS`: the client must start a new connection.
@@ -116,6 +124,14 @@ impl SyncEngine {
     /// Answers one simplified sliding sync request of `user`'s `device`.
     pub async fn sliding_sync(&self, user: &UserId, device: &DeviceId, req: v5::Request) -> Result<Value> {
         let conn_id = req.conn_id.clone().unwrap_or_default();
+        if conn_id.len() > MAX_CONN_ID {
+            return Err(Error::invalid_param(format!("conn_id is longer than {MAX_CONN_ID} bytes")));
+        }
+        if req.lists.len() > MAX_LISTS || req.lists.keys().any(|n| n.len() > MAX_CONN_ID) {
+            return Err(Error::invalid_param(format!(
+                "At most {MAX_LISTS} lists, with names of up to {MAX_CONN_ID} bytes"
+            )));
+        }
         let key = ConnKey { user_id: user.as_str(), device_id: device.as_str(), conn_id: &conn_id };
         let presence = req.set_presence.as_str().to_owned();
         let _syncing = Box::pin(self.presence_on_sync(user, &presence)).await?;
@@ -150,22 +166,28 @@ impl SyncEngine {
             let now = Box::pin(self.current_token()).await?;
             let computed = Box::pin(self.sliding_compute(user, device, &req, prev.as_ref(), prev_token, now)).await?;
             if !may_wait || !computed.empty {
-                return Box::pin(self.sliding_answer(key, keep, computed)).await;
+                return Box::pin(self.sliding_answer(key, keep, req.txn_id.as_deref(), computed)).await;
             }
             tokio::select! {
                 woken = tokio::time::timeout_at(deadline, notified) => {
                     if woken.is_err() {
-                        return Box::pin(self.sliding_answer(key, keep, computed)).await;
+                        return Box::pin(self.sliding_answer(key, keep, req.txn_id.as_deref(), computed)).await;
                     }
                 }
-                _ = stop.as_mut() => return Box::pin(self.sliding_answer(key, keep, computed)).await,
+                _ = stop.as_mut() => return Box::pin(self.sliding_answer(key, keep, req.txn_id.as_deref(), computed)).await,
             }
         }
     }
 
     /// Stores the connection's new position (when the client's state changed) and returns the
-    /// response with its `pos`.
-    async fn sliding_answer(&self, key: ConnKey<'_>, keep: Option<i64>, c: Computed) -> Result<Value> {
+    /// response with its `pos` (and the request's `txn_id`, which clients match answers by).
+    async fn sliding_answer(
+        &self,
+        key: ConnKey<'_>,
+        keep: Option<i64>,
+        txn_id: Option<&str>,
+        c: Computed,
+    ) -> Result<Value> {
         let pos = match keep {
             Some(p) if !c.changed => p,
             _ => {
@@ -178,6 +200,9 @@ impl SyncEngine {
         };
         let mut body = c.body;
         body.insert("pos".into(), json!(pos.to_string()));
+        if let Some(txn) = txn_id {
+            body.insert("txn_id".into(), json!(txn));
+        }
         Ok(Value::Object(body))
     }
 
@@ -206,7 +231,7 @@ impl SyncEngine {
             now = now.at_least(p);
         }
         let base = lists::Base { user, device, now, prev: prev_token, view: &view, memberships: &memberships };
-        let selection = self.sliding_lists(&base, req, prev).await?;
+        let selection = self.sliding_lists(&base, req).await?;
         let mut state = ConnState {
             token: now.to_token(),
             rooms: prev.map(|p| p.rooms.clone()).unwrap_or_default(),

@@ -114,7 +114,13 @@ impl SyncEngine {
     ) -> Result<Option<RoomOut>> {
         let m = sel.membership[room];
         let user = base.user.as_str();
-        let fresh = held.is_none_or(|h| h.member != m.stream);
+        let fresh = match held {
+            None => true,
+            Some(h) if h.member == m.stream => false,
+            // A new member event of a joined user that was joined before it (a profile
+            // change) keeps the room incremental; any other change sends it afresh.
+            Some(_) => !(m.membership == "join" && self.was_joined_before(&m.event_id).await?),
+        };
         let mut entry = Map::new();
         let sent = RoomSent {
             at: m.stream,
@@ -196,7 +202,16 @@ impl SyncEngine {
         };
 
         // State: all that `required_state` asks for, or what changed of it since the client's.
-        let senders: HashSet<&str> = timeline.iter().map(|e| e.pdu.fields.sender.as_str()).collect();
+        // Who the timeline shows: its senders and the targets of its member events.
+        let senders: HashSet<&str> = timeline
+            .iter()
+            .flat_map(|e| {
+                let target = (e.pdu.fields.kind.to_string() == "m.room.member")
+                    .then_some(e.pdu.fields.state_key.as_deref())
+                    .flatten();
+                std::iter::once(e.pdu.fields.sender.as_str()).chain(target)
+            })
+            .collect();
         let target = self.state_at(&ctx, room, upto).await?;
         let old = match held_at {
             Some(at) if !wider_state => Some(self.state_at(&ctx, room, at).await?),
@@ -207,9 +222,11 @@ impl SyncEngine {
         let mut ids = Vec::new();
         for (k, id) in target.iter() {
             let is_new = changed(k, id);
-            // A lazy-loaded member goes with each timeline event of theirs: whether the client
-            // got it earlier is not tracked.
-            let lazy = k.0 == "m.room.member" && senders.contains(k.1.as_str()) && lazy_members;
+            // A lazy-loaded member goes with each timeline event of theirs (whether the client
+            // got it earlier is not tracked), and, as in Synapse, a timeline that is not limited
+            // brings every member change, so that a client holding the member list keeps it.
+            let member = k.0 == "m.room.member" && lazy_members;
+            let lazy = member && (senders.contains(k.1.as_str()) || (is_new && old.is_some() && !limited));
             if (is_new && wanted(&cfg.required_state, &k.0, &k.1, user, &senders)) || lazy {
                 ids.push(id.clone());
             }
@@ -246,11 +263,24 @@ impl SyncEngine {
             || old
                 .as_ref()
                 .is_some_and(|o| target.iter().any(|(k, id)| k.0 == "m.room.member" && o.get(k) != Some(id)));
-        if members_moved {
+        if members_moved && joined {
             let (summary, hero_ids) = self.summary(&ctx, &plan).await?;
             entry.insert("joined_count".into(), summary["m.joined_member_count"].clone());
             entry.insert("invited_count".into(), summary["m.invited_member_count"].clone());
-            entry.insert("heroes".into(), Value::Array(self.heroes(&target, &hero_ids).await?));
+            // Heroes name a room that has no name (an empty one counts as none).
+            let name_id = target.get(&("m.room.name".to_owned(), String::new())).cloned();
+            let named = match name_id {
+                Some(id) => self
+                    .recent
+                    .events(&[id])
+                    .await?
+                    .first()
+                    .is_some_and(|e| e.pdu.content()["name"].as_str().is_some_and(|n| !n.is_empty())),
+                None => false,
+            };
+            if !named {
+                entry.insert("heroes".into(), Value::Array(self.heroes(&target, &hero_ids).await?));
+            }
         }
 
         if fresh {
@@ -275,6 +305,12 @@ impl SyncEngine {
             entry.insert("highlight_count".into(), json!(c.highlights));
         }
         Ok(Some(RoomOut { room_id: room.to_owned(), entry, timeline, state, sent }))
+    }
+
+    /// Whether a member event's sender was joined before it (its `prev_content`).
+    async fn was_joined_before(&self, event_id: &str) -> Result<bool> {
+        let ev = self.recent.events(&[event_id.to_owned()]).await?;
+        Ok(ev.first().and_then(|e| e.unsigned.as_ref()).is_some_and(|u| u["prev_content"]["membership"] == "join"))
     }
 
     /// The room's state after its last event at or before `pos`.
