@@ -101,6 +101,24 @@ both_backends!(mentions_highlight_and_receipts_reset_counts, |server| async move
     assert_eq!(status, 200, "{next}");
     let n = &next["rooms"]["join"][&room]["unread_notifications"];
     assert_eq!((n["notification_count"].as_i64(), n["highlight_count"].as_i64()), (Some(1), Some(1)), "{next}");
+    // Each later sync adds what came since (counts carried forward from the previous one).
+    let mut since = next["next_batch"].as_str().unwrap().to_owned();
+    for expected in 2..5 {
+        text(&bob, &room, "and again").await;
+        let (status, next) = alice.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=5000")).await;
+        assert_eq!(status, 200, "{next}");
+        let n = &next["rooms"]["join"][&room]["unread_notifications"];
+        assert_eq!(
+            (n["notification_count"].as_i64(), n["highlight_count"].as_i64()),
+            (Some(expected), Some(1)),
+            "{next}"
+        );
+        since = next["next_batch"].as_str().unwrap().to_owned();
+    }
+    // Alice's own message counts nothing and keeps the count.
+    text(&alice, &room, "mine").await;
+    let (_, next) = alice.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=5000")).await;
+    assert_eq!(next["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 4, "{next}");
 });
 
 both_backends!(display_name_user_name_and_keyword_rules_highlight, |server| async move {

@@ -21,3 +21,7 @@ CREATE TABLE event_push_actions (
 -- `/notifications`: a user's rows newest first, and highlights alone.
 CREATE INDEX event_push_actions_user ON event_push_actions (user_id, stream_ordering);
 CREATE INDEX event_push_actions_highlight ON event_push_actions (user_id, stream_ordering) WHERE highlight = 1;
+
+-- One-time keys are claimed in the order they were uploaded (spec v1.13, MSC4225), not in key
+-- id order: the number of the upload that brought each key (keys held before count as first).
+ALTER TABLE e2e_one_time_keys ADD COLUMN upload BIGINT NOT NULL DEFAULT 0;

@@ -50,12 +50,67 @@ struct PushRoom {
     power: PushConditionPowerLevelsCtx,
 }
 
+/// Per-user entries of recently evaluated events kept at most (see [`PushEval::recent`]).
+const MAX_RECENT_ENTRIES: usize = 262_144;
+
+/// The push actions of one event, as evaluated.
+#[derive(Debug)]
+pub struct EventActions {
+    /// `""` (main timeline) or the thread root.
+    pub thread: String,
+    /// Notified users, sorted, and whether the event highlights for them.
+    users: Vec<(String, bool)>,
+}
+
+impl EventActions {
+    /// None when the event does not notify `user`, else whether it highlights.
+    pub fn for_user(&self, user: &str) -> Option<bool> {
+        self.users.binary_search_by(|(u, _)| u.as_str().cmp(user)).ok().map(|i| self.users[i].1)
+    }
+}
+
+/// Push actions of the events this process evaluated last, oldest first.
+#[derive(Default)]
+struct Recent {
+    by_event: HashMap<String, Arc<EventActions>>,
+    order: std::collections::VecDeque<String>,
+    entries: usize,
+}
+
 /// The push evaluation state of the room engine.
 #[derive(Default)]
 pub struct PushEval {
     /// Users' parsed rulesets.
     pub rules: RulesCache,
     rooms: Mutex<HashMap<String, Arc<PushRoom>>>,
+    recent: Mutex<Recent>,
+}
+
+impl PushEval {
+    /// The push actions of a recently evaluated event (None: not evaluated by this process
+    /// lately; the database has them). `/sync` carries unread counts forward with these.
+    pub fn recent(&self, event_id: &str) -> Option<Arc<EventActions>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).by_event.get(event_id).cloned()
+    }
+
+    fn remember(&self, event_id: &str, thread: &str, rows: &[PushActionRow]) {
+        let mut users: Vec<(String, bool)> = rows.iter().map(|r| (r.user_id.clone(), r.highlight)).collect();
+        users.sort();
+        let size = users.len() + 1;
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        while recent.entries + size > MAX_RECENT_ENTRIES
+            && let Some(old) = recent.order.pop_front()
+        {
+            if let Some(a) = recent.by_event.remove(&old) {
+                recent.entries -= a.users.len() + 1;
+            }
+        }
+        let actions = Arc::new(EventActions { thread: thread.to_owned(), users });
+        if recent.by_event.insert(event_id.to_owned(), actions).is_none() {
+            recent.order.push_back(event_id.to_owned());
+            recent.entries += size;
+        }
+    }
 }
 
 /// The thread an event belongs to: its root for `m.thread` relations, else `""` (main).
@@ -99,12 +154,13 @@ impl Rooms {
                 users.push((&invitee, ""));
             }
         }
+        let thread = thread_of(pdu);
         if users.is_empty() {
+            self.push.remember(pdu.event_id.as_str(), &thread, &[]);
             return Ok(Vec::new());
         }
         let now = crate::storage::now_ms();
         let event = PreparedEvent::new(&pdu.client_json(None, now))?;
-        let thread = thread_of(pdu);
         let all: Vec<&UserId> = users.iter().map(|(u, _)| *u).collect();
         let rulesets = self.push.rules.get_many(&self.db, &all).await?;
         let mut cond = PushConditionRoomCtx::new(
@@ -134,6 +190,7 @@ impl Rooms {
                 ts: now,
             });
         }
+        self.push.remember(pdu.event_id.as_str(), &thread, &rows);
         Ok(rows)
     }
 

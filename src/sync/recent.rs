@@ -84,9 +84,14 @@ impl View {
             .collect()
     }
 
-    /// How many of the room's events in `(floor, cursor]` satisfy `pred`.
-    pub fn count(&self, room_id: &str, floor: i64, cursor: i64, pred: impl Fn(&StoredEvent) -> bool) -> usize {
-        self.after(floor).filter(|e| e.stream <= cursor && e.pdu.room_id.as_str() == room_id && pred(e)).count()
+    /// The room's events in `(floor, cursor]`, oldest first.
+    pub fn events_in<'a>(
+        &'a self,
+        room_id: &'a str,
+        floor: i64,
+        cursor: i64,
+    ) -> impl Iterator<Item = &'a StoredEvent> + 'a {
+        self.after(floor).filter(move |e| e.stream <= cursor && e.pdu.room_id.as_str() == room_id).map(|e| &**e)
     }
 
     /// Whether a membership changed in `(since, end]` in one of `rooms`.

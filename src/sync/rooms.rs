@@ -350,9 +350,11 @@ impl SyncEngine {
     }
 
     /// The user's unread counts in the room (push actions after their read receipts, see
-    /// `Db::unread_count`) up to the plan's end. A count remembered from an earlier sync is
-    /// reused while no receipt (of anyone: the receipts stream), not the user's membership and
-    /// no event of the room moved since.
+    /// `Db::unread_count`) up to the plan's end. Counts remembered from an earlier sync are
+    /// carried forward while no receipt (of anyone: the receipts stream) and not the user's
+    /// membership moved since, adding the push actions of the room's newer events that the
+    /// room engine evaluated in this process (`PushEval::recent`): a message that wakes a
+    /// thousand long-polls costs no count query. Otherwise they are counted in the database.
     pub(super) async fn unread_count(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<UnreadCounts> {
         let key = (ctx.user.to_string(), plan.room_id.to_owned());
         if let Some(u) = self.unread.get(&key)
@@ -361,9 +363,12 @@ impl SyncEngine {
             && u.upto <= plan.upto
             && ctx.view.covers(u.upto)
             && plan.upto <= ctx.view.end
-            && ctx.view.count(plan.room_id, u.upto, plan.upto, |e| e.pdu.fields.sender != *ctx.user) == 0
+            && let Some(counts) = self.carry_forward(ctx, plan, &u)
         {
-            return Ok((*u.counts).clone());
+            if u.upto < plan.upto {
+                self.unread.insert(key, super::Unread { upto: plan.upto, counts: Arc::new(counts.clone()), ..u });
+            }
+            return Ok(counts);
         }
         let counts =
             self.db.unread_count(plan.room_id, ctx.user.as_str(), plan.member_stream, plan.upto, UNREAD_CAP).await?;
@@ -375,6 +380,29 @@ impl SyncEngine {
         };
         self.unread.insert(key, entry);
         Ok(counts)
+    }
+
+    /// Remembered counts plus the push actions of the room's events in `(u.upto, plan.upto]`,
+    /// if every one of them is known (None: count in the database).
+    fn carry_forward(&self, ctx: &Ctx<'_>, plan: &Plan<'_>, u: &super::Unread) -> Option<UnreadCounts> {
+        let mut counts = (*u.counts).clone();
+        for e in ctx.view.events_in(plan.room_id, u.upto, plan.upto) {
+            if e.pdu.fields.sender == *ctx.user {
+                continue;
+            }
+            let actions = self.rooms.push.recent(e.pdu.event_id.as_str())?;
+            let Some(highlight) = actions.for_user(ctx.user.as_str()) else { continue };
+            let c = if actions.thread.is_empty() {
+                &mut counts.main
+            } else {
+                counts.threads.entry(actions.thread.clone()).or_default()
+            };
+            c.notifications += 1;
+            c.highlights += i64::from(highlight);
+        }
+        counts.main.notifications = counts.main.notifications.min(UNREAD_CAP);
+        counts.main.highlights = counts.main.highlights.min(counts.main.notifications);
+        Some(counts)
     }
 
     /// One left (or banned) room: the timeline up to the leave, and state.

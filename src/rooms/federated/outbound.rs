@@ -381,15 +381,14 @@ impl Rooms {
                 "m.room.encryption",
                 "m.room.topic",
             ] {
+                // Whole PDUs, the create event among them (spec v1.16, MSC4311): the invited
+                // server can check their signatures and that they belong to the room.
                 if let Some(p) = self.current_state_event(room_id, t, "").await? {
-                    stripped
-                        .push(json!({ "type": t, "state_key": "", "content": p.content(), "sender": p.fields.sender }));
+                    stripped.push(p.federation_json());
                 }
             }
             if let Some(p) = self.current_state_event(room_id, "m.room.member", sender.as_str()).await? {
-                stripped.push(
-                    json!({ "type": "m.room.member", "state_key": sender, "content": p.content(), "sender": sender }),
-                );
+                stripped.push(p.federation_json());
             }
             (pdu, ctx.version.clone(), stripped)
         };

@@ -238,7 +238,15 @@ impl Rooms {
                 }
             }
         }
-        let invite_state = body["invite_room_state"].clone();
+        // Kept as the stripped state clients are shown: servers send whole PDUs since v1.16
+        // (MSC4311), of which clients get type, state key, sender and content.
+        let invite_state: Vec<Value> = body["invite_room_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e.is_object())
+            .map(|e| json!({ "type": e["type"], "state_key": e["state_key"], "sender": e["sender"], "content": e["content"] }))
+            .collect();
         let mut tx = self.db.begin_event_write().await?;
         if self.db.get_event(event_id).await?.is_none() {
             let stream = Db::next_stream_position(&mut tx, "events").await?;
