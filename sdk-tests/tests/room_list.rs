@@ -305,6 +305,7 @@ async fn a_mention_shows_as_a_highlight() {
 /// Both users on Element X's sync service: room keys travel as to-device messages through the
 /// encryption sync (sliding sync's `to_device` and `e2ee` extensions) and the message decrypts.
 #[tokio::test]
+#[ignore = "slidingsync 9a5d2ad echoes txn_id, so the SDK stops resending its sticky extension config, but the server does not remember it: from the second request on {\"conn_id\":\"encryption\",\"extensions\":{\"to_device\":{\"since\":\"0\"}}} gets no to_device/e2ee and is not woken by a to-device message; passed on slidingsync a855ba1"]
 async fn encrypted_room_over_the_sync_service() {
     let server = TestServer::start().await;
     drop(server.register("alice").await);
