@@ -297,7 +297,6 @@ impl Appservices {
         if !status.is_success() {
             return Err(CallError::Status(status.as_u16(), text));
         }
-        self.kick(&reg.id);
         Ok(serde_json::from_str(&text).unwrap_or_else(|_| json!({})))
     }
 
@@ -365,7 +364,11 @@ impl Appservices {
         };
         let start = Instant::now();
         match self.call(reg, reqwest::Method::POST, "/_matrix/app/v1/ping", &[], Some(&body)).await {
-            Ok(_) => Ok(start.elapsed()),
+            Ok(_) => {
+                // It answers: a sender waiting to retry tries again now.
+                self.kick(&reg.id);
+                Ok(start.elapsed())
+            }
             Err(CallError::Timeout) => Err(Error::new(
                 http::StatusCode::GATEWAY_TIMEOUT,
                 "M_CONNECTION_TIMEOUT",

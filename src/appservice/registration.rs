@@ -366,6 +366,36 @@ mod tests {
         Namespace { exclusive: true, source: regex.into(), regex: Regex::new(&format!("^(?:{regex})")).unwrap() }
     }
 
+    /// The worked example of docs/appservices.md, as mautrix-telegram generates it.
+    #[test]
+    fn a_mautrix_telegram_registration_loads() {
+        let text = r#"
+id: telegram
+url: http://localhost:29317
+as_token: 2iS6yd1P0FQ3
+hs_token: 8NLrB7xQ2kVp
+sender_localpart: Vo0kdMTjqJ6Hp7vQ
+rate_limited: false
+namespaces:
+  users:
+    - exclusive: true
+      regex: '@telegram_.*:example\.org'
+    - exclusive: true
+      regex: '@telegrambot:example\.org'
+  aliases:
+    - exclusive: true
+      regex: '\#telegram_.*:example\.org'
+de.sorunome.msc2409.push_ephemeral: true
+receive_ephemeral: true
+"#;
+        let reg = parse(Path::new("telegram.yaml"), text, "example.org").unwrap();
+        assert_eq!(reg.sender.as_str(), "@Vo0kdMTjqJ6Hp7vQ:example.org");
+        assert!(reg.is_user("@telegram_123:example.org") && reg.is_user("@telegrambot:example.org"));
+        assert!(!reg.is_user("@alice:example.org"));
+        assert!(reg.namespaces.exclusive(Kind::Aliases, "#telegram_group:example.org"));
+        assert!(reg.receive_ephemeral && !reg.rate_limited && !reg.msc3202);
+    }
+
     #[test]
     fn nested_and_equal_namespaces_overlap_disjoint_ones_do_not() {
         assert!(overlap(&ns("@telegram_.*:example\\.org"), &ns("@telegram_.*:example\\.org")));

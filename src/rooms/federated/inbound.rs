@@ -384,18 +384,19 @@ impl Rooms {
         self.db.insert_push_actions(&mut tx, rows).await?;
         ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
         self.apply_held_redactions(&mut tx, &ctx, pdu).await?;
-        if let Some(appservices) = self.appservices.get()
-            && appservices.any_receivers()
-        {
-            let members = self.read_members(room_id).await?;
-            appservices.queue_event(&mut tx, pdu, &members.joined_local).await?;
-        }
         if let Some(except) = forward_except {
             for dest in self.remote_destinations(room_id).await? {
                 if dest != except.as_str() && dest != origin.as_str() {
                     self.db.insert_outbox(&mut tx, &dest, "pdu", pdu.event_id.as_str()).await?;
                 }
             }
+        }
+        // After the federation outbox rows, as for local events: counters are locked in one order.
+        if let Some(appservices) = self.appservices.get()
+            && appservices.any_receivers()
+        {
+            let members = self.read_members(room_id).await?;
+            appservices.queue_event(&mut tx, pdu, &members.joined_local).await?;
         }
         tx.commit().await?;
         self.state_cache.insert(group_after, Arc::new(state_after), chain_after);
