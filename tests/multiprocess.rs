@@ -547,15 +547,26 @@ async fn sigkill_of_one_process_under_load() {
 async fn sqlite_refuses_a_second_process() {
     let first = TestServer::start(Backend::Sqlite).await;
     let second = first.prepare_sibling();
-    let out = common::myelin_command()
+    let mut child = tokio::process::Command::from(common::myelin_command())
         .arg("serve")
         .arg("--config")
         .arg(second.config_path())
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
         .expect("running myelin");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a second process started on the same SQLite file");
+    let mut stderr = child.stderr.take().expect("stderr");
+    // A second process that starts serving never exits: give up on it after a while.
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("a second process is serving the same SQLite file")
+        .expect("waiting for myelin");
+    let mut stderr_text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut stderr_text).await.expect("stderr");
+    let stderr = stderr_text;
+    assert!(!status.success(), "a second process started on the same SQLite file");
     assert!(
         stderr.contains("another Myelin process is already serving the SQLite database")
             && stderr.contains("PostgreSQL"),
