@@ -34,7 +34,8 @@ SYNAPSE_SPEC = "matrix-synapse==1.163.*"
 PG = dict(host="127.0.0.1", port=5432, user="root")
 
 ALL_SERVERS = ["myelin-sqlite", "myelin-postgres", "synapse-sqlite", "synapse-postgres"]
-SCENARIOS = ["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm", "federation"]
+SCENARIOS = ["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm", "federation",
+             "sliding_sync"]
 
 
 def log(*a):
@@ -629,6 +630,11 @@ TABLES = [
         ("time to all joined", ("total_ms",), " ms"), ("join p50", ("join", "p50_ms"), " ms"),
         ("join p99", ("join", "p99_ms"), " ms"), ("joined members", ("joined_members",), ""),
     ]),
+    ("sliding_sync — Element X's room list (MSC4186) of a user in 500 rooms", "sliding_sync", "", [
+        ("first response p50", ("first", "p50_ms"), " ms"), ("first response max", ("first", "max_ms"), " ms"),
+        ("wake p50", ("wake", "p50_ms"), " ms"), ("wake p99", ("wake", "p99_ms"), " ms"),
+        ("response size", ("response_kib",), " KiB"),
+    ]),
     ("federation — two servers on loopback", "federation", "", [
         ("join p50", ("join", "p50_ms"), " ms"), ("join p99", ("join", "p99_ms"), " ms"),
         ("A→B delivery p50", ("a_to_b", "delivery", "p50_ms"), " ms"),
@@ -647,6 +653,8 @@ def derive(rec):
         rec["rss_before_mib"] = rec["rss_before_bytes"] / 2**20
         rec["rss_after_mib"] = rec["rss_after_bytes"] / 2**20
     if rec.get("scenario") == "history" and rec.get("case") == "initial_sync" and rec.get("status") == "ok":
+        rec["response_kib"] = rec["response_bytes"] / 1024
+    if rec.get("scenario") == "sliding_sync" and rec.get("status") == "ok":
         rec["response_kib"] = rec["response_bytes"] / 1024
     if rec.get("scenario") == "federation" and rec.get("status") == "ok":
         rec["lost_total"] = (g(rec, "a_to_b", "lost") or 0) + (g(rec, "b_to_a", "lost") or 0)
@@ -856,6 +864,12 @@ an inline filter (timeline limit 100, lazy-loaded members, no presence or accoun
   the previous case; the 10,000 case is the one the target names.
 - **join_storm**: 200 registered users `POST /join/{roomId}` one public room all at once; time until the
   last answer, per-join latency, and `joined_members` checked to be 201.
+- **sliding_sync**: a user creates 500 rooms with one message each (not timed), then opens a new simplified
+  sliding sync connection (MSC4186, `org.matrix.simplified_msc3575`) ten times with the request Element X's
+  room list starts with (rooms 0–19 by recency, one timeline event, the state the list shows, account
+  data, receipts and typing extensions); first-response latency. Then 100 times: a request with the
+  connection's `pos` waits (30 s timeout), a message is sent to a room below the window, and the wake
+  latency runs from the start of the send to the arrival of the answer carrying the message.
 - **federation**: a user on server A creates 10 public rooms; a user on server B joins each through
   `?via=A` (each a first join of B into the room); then 50 messages 100 ms apart A→B and B→A, measured
   like fan-out.

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod appservice;
 pub mod cluster;
 pub mod config;
 pub mod e2ee;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod federation;
 pub mod lease;
 pub mod media;
+pub mod metrics;
 pub mod notifier;
 pub mod push;
 pub mod ratelimit;

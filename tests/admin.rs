@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use common::{Backend, Client, PASSWORD, Resp, TestServer, send, set_config};
+use common::{Backend, Client, PASSWORD, Resp, TestServer, enc, send, set_config};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -173,10 +173,6 @@ fn bad_delegation_settings_stop_start_up_naming_the_key() {
 // Admin API
 
 const A: &str = "/_synapse/admin";
-
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
-}
 
 /// Asserts a 200 and returns the body.
 #[track_caller]

@@ -6,7 +6,7 @@
 #[macro_use]
 mod common;
 
-use common::{Client, Resp};
+use common::{Client, Resp, enc};
 use serde_json::{Value, json};
 
 #[track_caller]
@@ -19,10 +19,6 @@ fn ok(resp: &Resp) -> &Value {
 fn assert_error(resp: &Resp, status: u16, errcode: &str) {
     assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
     assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
 async fn create_room(c: &Client, body: Value) -> String {

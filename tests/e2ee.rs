@@ -306,6 +306,23 @@ both_backends!(concurrent_claims_never_double_spend, |server| async move {
     assert_eq!(counts["one_time_key_counts"]["signed_curve25519"], 0, "{counts}");
 });
 
+both_backends!(one_time_keys_are_claimed_in_upload_order, |server| async move {
+    // Spec v1.13 (MSC4225): the first upload's keys go first, whatever their ids.
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    upload_otks(&alice, 5..7).await;
+    upload_otks(&alice, 0..2).await;
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let got = claim(&bob, &alice.user_id, &alice.device_id).await;
+        order.extend(got.as_object().unwrap().keys().cloned());
+    }
+    let first: BTreeSet<_> = order[..2].iter().map(String::as_str).collect();
+    let then: BTreeSet<_> = order[2..].iter().map(String::as_str).collect();
+    assert_eq!(first, BTreeSet::from(["signed_curve25519:AAAA0005", "signed_curve25519:AAAA0006"]), "{order:?}");
+    assert_eq!(then, BTreeSet::from(["signed_curve25519:AAAA0000", "signed_curve25519:AAAA0001"]), "{order:?}");
+});
+
 // ---- device lists -------------------------------------------------------------------------
 
 both_backends!(device_list_changes_follow_shared_rooms, |server| async move {

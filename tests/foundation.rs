@@ -63,6 +63,11 @@ both_backends!(versions, |server| async move {
         assert!(v.starts_with('v') || v.starts_with('r'), "{v}");
     }
     assert!(versions.contains(&json!("v1.1")), "{body}");
+    // Through v1.17; v1.18 needs invite blocking (docs/spec-coverage.md, "Advertised versions").
+    for v in ["v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17"] {
+        assert!(versions.contains(&json!(v)), "{v}: {body}");
+    }
+    assert!(!versions.contains(&json!("v1.18")), "{body}");
     assert!(body["unstable_features"].is_object(), "{body}");
     // Authentication is optional here (spec v1.10+): a valid token is fine, an invalid one is
     // refused as everywhere else (as Synapse does), so clients learn of a lost session.

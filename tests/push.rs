@@ -3,6 +3,7 @@
 #[macro_use]
 mod common;
 
+use common::enc;
 use serde_json::json;
 
 both_backends!(push_rules_crud_and_sync, |server| async move {
@@ -102,10 +103,6 @@ async fn send(c: &common::Client, room: &str, txn: &str, text: &str) -> String {
     let (status, body) = c.put(&path, &json!({ "msgtype": "m.text", "body": text })).await;
     assert_eq!(status, 200, "{body}");
     body["event_id"].as_str().unwrap().to_owned()
-}
-
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 both_backends!(

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Client, Resp};
+use common::{Client, Resp, enc};
 use serde_json::{Value, json};
 
 const CREATE: &str = "/_matrix/client/v3/createRoom";
@@ -22,10 +22,6 @@ fn ok(resp: &Resp) -> &Value {
 fn assert_error(resp: &Resp, status: u16, errcode: &str) {
     assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
     assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
 async fn create_room(c: &Client, body: Value) -> String {
@@ -848,4 +844,30 @@ both_backends!(room_summary_for_members_and_open_rooms, |server| async move {
     // Unknown rooms and aliases.
     assert_error(&bob.get(&path("!unknown:nowhere.example")).await, 404, "M_NOT_FOUND");
     assert_error(&bob.get(&path(&format!("#nope:{}", server.server_name()))).await, 404, "M_NOT_FOUND");
+});
+
+both_backends!(redaction_sent_through_send_in_every_room_version, |server| async move {
+    // Spec v1.18 (MSC4169): `PUT /send/m.room.redaction` with `content.redacts`, also in rooms
+    // whose redactions name their target at the top level (versions before 11).
+    let alice = server.register("alice").await;
+    for version in ["10", "11"] {
+        let room = create_room(&alice, json!({ "room_version": version })).await;
+        let target = send_ok(&alice, &room, &format!("m{version}"), "secret").await;
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.redaction/r{version}", enc(&room));
+        let (status, body) = alice.put(&path, &json!({ "redacts": target, "reason": "oops" })).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, ev) = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&target))).await;
+        assert_eq!(status, 200, "{ev}");
+        assert_eq!(ev["content"], json!({}), "room version {version}: {ev}");
+        // Other servers of a version 10 room find the target at the top level only.
+        let redaction = body["event_id"].as_str().unwrap();
+        let (_, red) = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(redaction))).await;
+        if version == "10" {
+            assert_eq!(red["redacts"], target.as_str(), "{red}");
+        }
+        assert_eq!(red["content"]["redacts"], target.as_str(), "{red}");
+        let bad = format!("/_matrix/client/v3/rooms/{}/send/m.room.redaction/bad{version}", enc(&room));
+        let (status, body) = alice.put(&bad, &json!({ "redacts": 42 })).await;
+        assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+    }
 });

@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use common::{Client, Resp};
+use common::{Client, Resp, enc};
 use serde_json::{Value, json};
 
 #[track_caller]
@@ -17,10 +17,6 @@ fn ok(resp: &Resp) -> &Value {
 fn assert_error(resp: &Resp, status: u16, errcode: &str) {
     assert_eq!(resp.0, status, "{:?}", resp.1);
     assert_eq!(resp.1["errcode"], errcode, "{:?}", resp.1);
-}
-
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 async fn create_room(c: &Client, body: Value) -> String {

@@ -309,6 +309,19 @@ impl User {
         self.call(Method::GET, &path, None, T).await
     }
 
+    /// A simplified sliding sync request (MSC4186, the unstable path Element X uses).
+    pub async fn sliding_sync(&self, pos: Option<&str>, timeout_ms: u64, body: &Value) -> Result<Value> {
+        let mut path = format!(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout={timeout_ms}&set_presence=offline"
+        );
+        if let Some(p) = pos {
+            path.push_str("&pos=");
+            path.push_str(&enc(p));
+        }
+        let t = Duration::from_millis(timeout_ms) + Duration::from_secs(90);
+        self.call(Method::POST, &path, Some(body), t).await
+    }
+
     pub async fn joined_members(&self, room_id: &str) -> Result<usize> {
         let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room_id));
         let v = self.call(Method::GET, &path, None, T).await?;

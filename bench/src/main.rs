@@ -16,8 +16,16 @@ use serde_json::{Value, json};
 use client::{Hs, is_unrecognized};
 use scenarios::{Ctx, NotAvailable, Sizes};
 
-const ALL: &[&str] =
-    &["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm", "federation"];
+const ALL: &[&str] = &[
+    "send_latency",
+    "send_throughput",
+    "fanout",
+    "idle_syncers",
+    "history",
+    "join_storm",
+    "federation",
+    "sliding_sync",
+];
 
 #[derive(Parser, Debug)]
 #[command(name = "myelin-bench", about = "Matrix homeserver load generator (client-server API only)")]
@@ -30,7 +38,7 @@ struct Cli {
     #[arg(long)]
     url2: Option<String>,
     /// Scenarios, comma-separated, or `all`: send_latency, send_throughput, fanout, idle_syncers,
-    /// history, join_storm, federation.
+    /// history, join_storm, federation, sliding_sync.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Tiny sizes: every scenario runs in seconds.
@@ -163,6 +171,7 @@ async fn main() -> Result<()> {
                 "history" => scenarios::history_initial_sync(&ctx).await,
                 "join_storm" => scenarios::join_storm(&ctx).await,
                 "federation" => scenarios::federation(&ctx).await,
+                "sliding_sync" => scenarios::sliding_sync(&ctx).await,
                 _ => unreachable!(),
             }
         };

@@ -48,6 +48,10 @@ pub struct Sizes {
     pub join_users: usize,
     pub fed_rooms: usize,
     pub fed_msgs: usize,
+    /// sliding_sync: rooms of the user, first responses measured, wake-ups measured.
+    pub ss_rooms: usize,
+    pub ss_repeats: usize,
+    pub ss_wakes: usize,
     /// How long to wait for the last deliveries after the last send.
     pub grace_secs: u64,
 }
@@ -74,6 +78,9 @@ impl Sizes {
             join_users: 200,
             fed_rooms: 10,
             fed_msgs: 50,
+            ss_rooms: 500,
+            ss_repeats: 10,
+            ss_wakes: 100,
             grace_secs: 60,
         }
     }
@@ -99,6 +106,9 @@ impl Sizes {
             join_users: 5,
             fed_rooms: 2,
             fed_msgs: 5,
+            ss_rooms: 5,
+            ss_repeats: 2,
+            ss_wakes: 5,
             grace_secs: 10,
         }
     }
@@ -795,6 +805,111 @@ pub async fn history_initial_sync(ctx: &Ctx) -> Result<Value> {
         "first_ms": r3(lat[0]),
         "sync": summary(lat),
         "response_bytes": bytes,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// sliding_sync
+
+/// The room list request Element X's room list starts with (matrix-rust-sdk's `RoomListService`):
+/// the first 20 rooms by recency, one timeline event each, the state the list shows.
+fn room_list_request(conn_id: &str) -> Value {
+    json!({
+        "conn_id": conn_id,
+        "lists": { "all_rooms": {
+            "ranges": [[0, 19]],
+            "timeline_limit": 1,
+            "required_state": [
+                ["m.room.encryption", ""], ["m.room.member", "$LAZY"], ["m.room.member", "$ME"],
+                ["m.room.name", ""], ["m.room.topic", ""], ["m.room.avatar", ""],
+                ["m.room.canonical_alias", ""], ["m.room.power_levels", ""], ["m.room.create", ""],
+                ["m.room.join_rules", ""], ["m.room.history_visibility", ""],
+            ],
+            "filters": { "not_room_types": ["m.space"] },
+        } },
+        "extensions": { "account_data": { "enabled": true }, "receipts": { "enabled": true },
+            "typing": { "enabled": true } },
+    })
+}
+
+/// A user in `ss_rooms` rooms (one message each): the first response of a new sliding sync
+/// connection (each repeat a new `conn_id`), and the wake-up of a waiting request by a message
+/// to one of the rooms (from the start of the send to the answer's arrival).
+pub async fn sliding_sync(ctx: &Ctx) -> Result<Value> {
+    let s = &ctx.sizes;
+    let user = ctx.hs.register(&ctx.stem("ss")).await?;
+    if let Err(e) = user.sliding_sync(None, 0, &room_list_request("probe")).await {
+        if let Some(a) = crate::client::is_unrecognized(&e) {
+            return Err(NotAvailable(format!("no simplified sliding sync: {a}")).into());
+        }
+        return Err(e);
+    }
+    let fill_started = Instant::now();
+    let rooms: Vec<String> = stream::iter(0..s.ss_rooms)
+        .map(|r| {
+            let user = user.clone();
+            async move {
+                let room = user.create_public_room(&format!("sliding {r}")).await?;
+                user.send_text(&room, &format!("ss{r}"), &format!("room {r}")).await?;
+                anyhow::Ok(room)
+            }
+        })
+        .buffered(ctx.setup_concurrency)
+        .try_collect()
+        .await?;
+    eprintln!("  {} rooms filled in {:.1} s", rooms.len(), fill_started.elapsed().as_secs_f64());
+
+    let mut first = Vec::new();
+    let mut bytes = 0;
+    for i in 0..s.ss_repeats {
+        let t = Instant::now();
+        let v = user.sliding_sync(None, 0, &room_list_request(&format!("first{i}"))).await?;
+        first.push(ms(t.elapsed()));
+        let count = v["lists"]["all_rooms"]["count"].as_u64().unwrap_or(0) as usize;
+        if count != s.ss_rooms {
+            bail!("sliding sync list counts {count} rooms, expected {}", s.ss_rooms);
+        }
+        let shown = v["rooms"].as_object().map_or(0, |o| o.len());
+        if shown != s.ss_rooms.min(20) {
+            bail!("sliding sync sent {shown} rooms, expected {}", s.ss_rooms.min(20));
+        }
+        bytes = v.to_string().len();
+    }
+
+    let req = room_list_request("wake");
+    let mut pos = user.sliding_sync(None, 0, &req).await?["pos"].as_str().map(str::to_owned);
+    let mut wake = Vec::new();
+    for i in 0..s.ss_wakes {
+        let poll = {
+            let (user, req, pos) = (user.clone(), req.clone(), pos.clone());
+            tokio::spawn(async move {
+                let v = user.sliding_sync(pos.as_deref(), 30_000, &req).await;
+                (v, Instant::now())
+            })
+        };
+        // Let the request reach the server and wait there.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Rooms below the window each time, so every wake-up also moves a room into it.
+        let room = &rooms[(i * 7919) % rooms.len()];
+        let sent = Instant::now();
+        let event = user.send_text(room, &format!("wake{i}"), "wake up").await?;
+        let (v, answered) = poll.await?;
+        let v = v?;
+        let delivered = v["rooms"][room.as_str()]["timeline"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|e| e["event_id"] == json!(event)));
+        if !delivered {
+            bail!("the woken answer lacks the message: {v}");
+        }
+        wake.push(ms(answered.saturating_duration_since(sent)));
+        pos = v["pos"].as_str().map(str::to_owned);
+    }
+    Ok(json!({
+        "rooms": s.ss_rooms,
+        "fill_ms": r3(ms(fill_started.elapsed())),
+        "first": summary(first),
+        "response_bytes": bytes,
+        "wake": summary(wake),
     }))
 }
 

@@ -99,7 +99,7 @@ fn smoke_every_scenario_against_myelin() {
 
     let out = Command::new(env!("CARGO_BIN_EXE_myelin-bench"))
         .args(["--url", &url, "--smoke", "--fail-on-error", "--label", "smoke", "--pid", &pid.to_string()])
-        .args(["--scenario", "send_latency,send_throughput,fanout,idle_syncers,history,join_storm"])
+        .args(["--scenario", "send_latency,send_throughput,fanout,idle_syncers,history,join_storm,sliding_sync"])
         .args(["--case-timeout", "300"])
         .output()
         .expect("run myelin-bench");
@@ -112,7 +112,9 @@ fn smoke_every_scenario_against_myelin() {
     );
     let lines: Vec<serde_json::Value> =
         stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-    for scenario in ["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm"] {
+    for scenario in
+        ["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm", "sliding_sync"]
+    {
         let mine: Vec<&serde_json::Value> = lines.iter().filter(|l| l["scenario"] == scenario).collect();
         assert!(!mine.is_empty(), "no result line for {scenario}: {stdout}");
         for l in mine {

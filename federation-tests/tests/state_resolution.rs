@@ -429,3 +429,50 @@ async fn resolution_cost_with_two_extremities_in_a_room_of_200(backend: Backend,
     ));
 }
 both_backends!(resolution_cost_with_two_extremities_in_a_room_of_200, "94");
+
+/// One persist path (issue 16, "Structure"): every stored state event records what it
+/// replaced, however it was stored. Here bob of server `b` is invited to a room of `a` and joins
+/// it over federation (the join `b` persists itself from the `send_join` answer); the peer then
+/// asks `b` for the state before that join, which must hold bob's invite. Before, the join path
+/// wrote its own state groups without `replaces_state`, and `b` answered a state without any
+/// membership of bob's. The local and federated copies of later state events carry
+/// `prev_content` alike.
+async fn a_federated_join_keeps_the_membership_it_replaced(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let b = FedServer::start_on(&format!("{net}.12"), backend).await;
+    let peer = Peer::start(&format!("{net}.13")).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    alice.invite_and_join(&bob, &room).await;
+    let state_a = alice.state(&room).await;
+    let invite_and_join = |state: &[(String, String, String)]| state_id(state, "m.room.member", &bob.user_id);
+    let join_id = invite_and_join(&state_a).expect("bob's join in a's state");
+    wait_until(T, "b holds bob's join as its current state", || async {
+        invite_and_join(&bob.state(&room).await).as_deref() == Some(join_id.as_str())
+    })
+    .await;
+
+    let (s, answer) = peer
+        .request(
+            &b.name(),
+            "GET",
+            &format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&join_id)),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    let before = pdu_ids(&answer);
+    assert!(!before.contains(&join_id), "the state before the join does not hold it: {answer}");
+    let (s, invite) = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&join_id))).await;
+    assert_eq!(s, 200, "{invite}");
+    let invite_id = invite["unsigned"]["replaces_state"].as_str().expect("a's join replaces the invite").to_owned();
+    assert!(before.contains(&invite_id), "b's state before bob's join holds his invite {invite_id}: {answer}");
+
+    // Bob's own copy of his join (stored by the federated join path) says what it replaced.
+    let (s, own) = bob.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&join_id))).await;
+    assert_eq!(s, 200, "{own}");
+    assert_eq!(own["unsigned"]["replaces_state"].as_str(), Some(invite_id.as_str()), "{own}");
+    assert_eq!(own["unsigned"]["prev_content"]["membership"], "invite", "{own}");
+}
+both_backends!(a_federated_join_keeps_the_membership_it_replaced, "98");

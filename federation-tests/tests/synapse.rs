@@ -24,8 +24,12 @@ fn venv() -> PathBuf {
     home.join(".cache/myelin-synapse-venv")
 }
 
-/// Creates the virtualenv with Synapse unless it already imports.
+/// Creates the virtualenv with Synapse unless it already imports. The tests of this file run
+/// in parallel and all start here: on a fresh machine, two of them creating the same virtualenv
+/// at once broke each other's `pip` (CI failed so once), hence the lock.
 fn ensure_synapse() -> PathBuf {
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CREATING.lock().unwrap_or_else(|e| e.into_inner());
     let venv = venv();
     let python = venv.join("bin/python");
     let ok = |py: &PathBuf| {

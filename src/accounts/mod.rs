@@ -34,7 +34,14 @@ pub struct Session {
     pub device_id: OwnedDeviceId,
     /// Whether the user is a server administrator.
     pub is_admin: bool,
+    /// The appservice whose `as_token` authenticated the request (the user is its sender or a
+    /// user it masquerades as with `?user_id=`).
+    pub appservice: Option<Arc<crate::appservice::Registration>>,
 }
+
+/// The device of an appservice request that names none (`?device_id=`, MSC3202): the
+/// appservice acts without a device of the user's.
+pub const APPSERVICE_DEVICE: &str = "APPSERVICE";
 
 /// Account operations; cheap to clone.
 #[derive(Clone)]
@@ -324,6 +331,7 @@ impl Accounts {
             user_id: UserId::parse(owner.user_id).map_err(Error::internal)?,
             device_id: owner.device_id.into(),
             is_admin: owner.is_admin,
+            appservice: None,
         })
     }
 

@@ -181,12 +181,24 @@ where
             (AuthMode::Required, None) => return Err(Error::missing_token()),
             // Boxed, like the other awaits below: a handler's future is as large as its largest
             // state, and a waiting long-poll keeps the whole of it (see `SyncEngine::sync`).
-            (_, Some(token)) => Some(Box::pin(state.accounts.authenticate(&token, Some(&ip.to_string()))).await?),
+            (_, Some(token)) => match state.appservices.by_token(&token) {
+                Some(reg) => {
+                    // An appservice registering a user names it before it exists.
+                    let registering = std::any::TypeId::of::<T>()
+                        == std::any::TypeId::of::<ruma::api::client::account::register::v3::Request>();
+                    Some(Box::pin(appservice_session(state, reg, &parts, !registering)).await?)
+                }
+                None => Some(Box::pin(state.accounts.authenticate(&token, Some(&ip.to_string()))).await?),
+            },
         };
 
         // Reads are not limited: ruma marks media downloads and thumbnails rate-limited, and a
         // client opening a media-heavy room fetches dozens at once (Synapse limits only writes).
-        if T::RATE_LIMITED && parts.method != http::Method::GET {
+        let exempt = session
+            .as_ref()
+            .and_then(|s| s.appservice.as_ref().map(|reg| !reg.rate_limited || s.user_id == reg.sender))
+            .unwrap_or(false);
+        if T::RATE_LIMITED && parts.method != http::Method::GET && !exempt {
             let key = match &session {
                 Some(s) => s.user_id.to_string(),
                 None => ip.to_string(),
@@ -240,6 +252,35 @@ where
         })?;
         Ok(Ruma { body, session, ip, json, origin })
     }
+}
+
+/// The session of a request made with an appservice's `as_token`: its sender, or the user named
+/// by `?user_id=` (which must be one of its users, 403 otherwise), on the device named by
+/// `?device_id=` / `?org.matrix.msc3202.device_id=` (which must be the user's) or none.
+async fn appservice_session(
+    state: &AppState,
+    reg: &std::sync::Arc<crate::appservice::Registration>,
+    parts: &http::request::Parts,
+    must_exist: bool,
+) -> Result<Session> {
+    state.appservices.kick(&reg.id);
+    let query = parts.uri.query().unwrap_or("");
+    let param = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    };
+    let user_id = state.appservices.masquerade(reg, param("user_id").as_deref(), must_exist).await?;
+    let device_id = match param("device_id").or_else(|| param("org.matrix.msc3202.device_id")) {
+        Some(device) => {
+            let known =
+                state.accounts.db().list_devices(user_id.as_str()).await?.into_iter().any(|d| d.device_id == device);
+            if !known {
+                return Err(Error::forbidden(format!("Application service has not registered this device ({device})")));
+            }
+            device.into()
+        }
+        None => crate::accounts::APPSERVICE_DEVICE.into(),
+    };
+    Ok(Session { user_id, device_id, is_admin: false, appservice: Some(reg.clone()) })
 }
 
 /// The text of a panic payload (`panic!` with a literal or a formatted message).

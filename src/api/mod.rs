@@ -53,6 +53,8 @@ pub struct AppState {
     pub sync: Arc<SyncEngine>,
     /// Server-to-server transport (keys, signed requests).
     pub federation: Arc<crate::federation::Federation>,
+    /// Registered application services.
+    pub appservices: Arc<crate::appservice::Appservices>,
 }
 
 /// A handler taking one ruma request; registered on every path ruma knows for the endpoint.
@@ -120,6 +122,11 @@ pub fn router(state: AppState) -> Router {
     let cors = |name: &'static str, value: &'static str| {
         SetResponseHeaderLayer::overriding(http::HeaderName::from_static(name), http::HeaderValue::from_static(value))
     };
+    // Per route, where the route pattern is known; only with metrics on, since each layer
+    // boxes every route's future again (see below).
+    if state.config.listen.metrics.is_some() {
+        routes = routes.route_layer(axum::middleware::from_fn(crate::metrics::track_http));
+    }
     routes
         .fallback(|method: http::Method| async move { unrouted(&method, http::StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|method: http::Method| async move {
@@ -146,6 +153,7 @@ fn panic_response(payload: Box<dyn std::any::Any + Send>) -> Response {
 /// The answer to a request no route takes: `OPTIONS` (a CORS preflight) succeeds, anything else
 /// is `M_UNRECOGNIZED` with `status`.
 fn unrouted(method: &http::Method, status: http::StatusCode) -> Response {
+    crate::metrics::record_http(method, "unrouted", status, std::time::Duration::ZERO);
     if method == http::Method::OPTIONS {
         http::StatusCode::OK.into_response()
     } else {

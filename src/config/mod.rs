@@ -52,6 +52,28 @@ pub struct Config {
     pub log: LogConfig,
     /// What `/.well-known/matrix/{server,support}` answer.
     pub well_known: WellKnownConfig,
+    /// Application services (bridges and bots).
+    pub appservice: AppserviceConfig,
+}
+
+/// `[appservice]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppserviceConfig {
+    /// Registration files (YAML, the spec's format, as Synapse's `app_service_config_files`).
+    pub registration_files: Vec<PathBuf>,
+    /// First retry delay after an appservice fails a transaction, in milliseconds.
+    pub retry_min_ms: u64,
+    /// Largest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+    /// How long one request to an appservice may take, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for AppserviceConfig {
+    fn default() -> Self {
+        Self { registration_files: Vec::new(), retry_min_ms: 1_000, retry_max_ms: 300_000, request_timeout_ms: 30_000 }
+    }
 }
 
 /// `[well_known]`
@@ -100,6 +122,9 @@ pub struct ListenConfig {
     /// from anyone else the header is ignored, so a client cannot choose its own address for
     /// the rate limits.
     pub trusted_proxies: Vec<String>,
+    /// Address of the Prometheus metrics listener (`GET /metrics`); unset: no metrics are
+    /// recorded. Keep it off the public network (e.g. `127.0.0.1:9092`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[tls]`
@@ -386,6 +411,7 @@ impl Default for Config {
             matrix_rtc: MatrixRtcConfig::default(),
             log: LogConfig::default(),
             well_known: WellKnownConfig::default(),
+            appservice: AppserviceConfig::default(),
         }
     }
 }
@@ -400,6 +426,7 @@ impl Default for ListenConfig {
             federation_idle_timeout_secs: 300,
             federation_max_connections: 4096,
             trusted_proxies: Vec::new(),
+            metrics: None,
         }
     }
 }
@@ -532,6 +559,14 @@ impl Config {
         }
         if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty() {
             bail!("configuration key `registration.tokens`: mode is \"token\" but no tokens are listed");
+        }
+        if self.appservice.retry_min_ms == 0 || self.appservice.retry_max_ms < self.appservice.retry_min_ms {
+            bail!(
+                "configuration key `appservice.retry_min_ms`: must be at least 1 and at most `appservice.retry_max_ms`"
+            );
+        }
+        if self.appservice.request_timeout_ms == 0 {
+            bail!("configuration key `appservice.request_timeout_ms`: must be at least 1");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("configuration key `tls`: `cert` and `key` must be given together");

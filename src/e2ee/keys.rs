@@ -87,12 +87,16 @@ impl E2ee {
                 changed = true;
             }
         }
+        // Keys are claimed in upload order (spec v1.13): every key of this upload gets the
+        // next upload number of the device.
+        let upload =
+            if one_time.is_empty() { 0 } else { self.db.e2e_next_otk_upload(&mut tx, user_id, device_id).await? };
         for (full, key) in one_time {
             let (alg, id) = split_key_id(full)?;
             match self.db.e2e_otk(&mut tx, user_id, device_id, alg, id).await? {
                 Some(existing) if parse_stored(&existing)? == *key => {}
                 Some(_) => return Err(otk_conflict(full)),
-                None => self.db.e2e_insert_otk(&mut tx, user_id, device_id, alg, id, &key.to_string()).await?,
+                None => self.db.e2e_insert_otk(&mut tx, user_id, device_id, alg, id, &key.to_string(), upload).await?,
             }
         }
         for (full, key) in fallback {

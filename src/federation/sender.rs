@@ -122,6 +122,7 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
                             }
                         }
                     }
+                    metrics::counter!("myelin_federation_transactions_total", "result" => "sent").increment(1);
                     break;
                 }
                 // The peer refused the transaction itself (4xx other than 429): sending the
@@ -132,12 +133,15 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
                 Err(e) if refused(&e) => {
                     tracing::warn!(destination = %dest, txn = %txn.txn_id, status = e.status.as_u16(),
                         error = %e.message, "federation transaction refused; dropping it");
+                    metrics::counter!("myelin_federation_transactions_total", "result" => "refused").increment(1);
                     break;
                 }
                 Err(e) => {
                     tracing::info!(destination = %dest, txn = %txn.txn_id, attempts, retry_in_ms = delay.as_millis() as u64,
                         error = %e.message, "federation transaction failed; will retry");
                     was_down = true;
+                    metrics::counter!("myelin_federation_transactions_total", "result" => "failed_attempt")
+                        .increment(1);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(max);
                 }

@@ -1,6 +1,7 @@
-//! The push sender: a background task that follows the event stream for every pusher, evaluates
-//! the user's push rules on each event of their joined rooms, and posts a notification to the
-//! pusher's gateway (push gateway API v1) for those whose actions say `notify`.
+//! The push sender: a background task that follows, for every pusher, its user's push actions
+//! (`event_push_actions`: the events whose push rules said `notify`, evaluated once per user
+//! when each event was stored) and posts a notification to the pusher's gateway (push gateway
+//! API v1) for each.
 //!
 //! Each pusher's position (`pushers.last_stream`) is in the database and moves only past events
 //! that were handled (pushed, or found not to need a push), so a restart neither repeats nor
@@ -9,13 +10,12 @@
 //! 10 min, without holding up other pushers; pushkeys the gateway rejects are deleted. Accepting
 //! events never waits for any of this: the task wakes after commits (`rooms.outbox_wakeup`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ruma::push::{Action, HighlightTweakValue, PushConditionRoomCtx, Ruleset, Tweak};
-use ruma::serde::Raw;
-use ruma::{OwnedRoomId, UInt, UserId};
+use ruma::UserId;
+use ruma::push::{Action, HighlightTweakValue, Tweak};
 use serde_json::{Value, json};
 
 use crate::error::Result;
@@ -23,9 +23,8 @@ use crate::media::preview::Fetcher;
 use crate::rooms::Rooms;
 use crate::storage::Db;
 use crate::storage::push::PusherRow;
-use crate::storage::rooms::{BindValue, StoredEvent};
+use crate::storage::rooms::StoredEvent;
 use crate::storage::sync::streams;
-use crate::sync::SyncEngine;
 
 /// Events read per pusher per round.
 const BATCH: i64 = 100;
@@ -38,14 +37,10 @@ const MAX_BADGE_ROOMS: usize = 200;
 /// How long the sender sleeps through commits after finding no pushers.
 const IDLE_RECHECK: Duration = Duration::from_secs(3);
 
-/// Per room: joined member count and power levels, for push rule conditions.
-type RoomMemo = HashMap<OwnedRoomId, (UInt, ruma::push::PushConditionPowerLevelsCtx)>;
-
 /// What the sender needs.
 pub struct PushSender {
     db: Db,
     rooms: Arc<Rooms>,
-    sync: Arc<SyncEngine>,
     fetcher: Fetcher,
 }
 
@@ -57,8 +52,8 @@ enum Stop {
 
 impl PushSender {
     /// The sender; `fetcher` reaches gateways (see `[push] gateway_ip_allowlist`).
-    pub fn new(db: Db, rooms: Arc<Rooms>, sync: Arc<SyncEngine>, fetcher: Fetcher) -> Self {
-        Self { db, rooms, sync, fetcher }
+    pub fn new(db: Db, rooms: Arc<Rooms>, fetcher: Fetcher) -> Self {
+        Self { db, rooms, fetcher }
     }
 
     /// Runs the sender (under a lease, in one process at a time: see `crate::lease`).
@@ -103,16 +98,13 @@ impl PushSender {
         loop {
             let now = self.db.current_stream_position(streams::EVENTS).await?;
             let pushers = self.db.pushers_behind(now).await?;
-            // Room facts shared by the pushers of one round (a message in a room of a thousand
-            // members with pushers is evaluated a thousand times).
-            let mut memo = RoomMemo::new();
             let mut progressed = false;
             for p in pushers {
                 let key = (p.user_id.clone(), p.app_id.clone(), p.pushkey.clone());
                 if backoff.get(&key).is_some_and(|(at, _)| *at > Instant::now()) {
                     continue;
                 }
-                match self.catch_up(&p, now, &mut memo).await {
+                match self.catch_up(&p, now).await {
                     Ok(moved) => {
                         backoff.remove(&key);
                         progressed |= moved;
@@ -131,52 +123,25 @@ impl PushSender {
         }
     }
 
-    /// Handles the pusher's next batch of events up to `now`; whether it read a full batch.
-    async fn catch_up(&self, p: &PusherRow, now: i64, memo: &mut RoomMemo) -> std::result::Result<bool, Stop> {
+    /// Handles the pusher's next batch of notifications up to `now`; whether it read a full
+    /// batch. What notifies whom was decided when each event was stored (`event_push_actions`),
+    /// so the user's rules are not evaluated again here, whatever the number of pushers.
+    async fn catch_up(&self, p: &PusherRow, now: i64) -> std::result::Result<bool, Stop> {
         let retry = |e: crate::error::Error| Stop::Retry(e.message);
         let user = UserId::parse(p.user_id.as_str()).map_err(|e| Stop::Retry(e.to_string()))?;
-        // The user's joined rooms, each after the position they joined at, and the rooms they
-        // are invited to, for the invite itself (`.m.rule.invite_for_me`).
-        let mut rooms: HashMap<String, i64> = HashMap::new();
-        let mut invited = HashSet::new();
-        for m in self.db.user_memberships(user.as_str()).await.map_err(retry)? {
-            match m.membership.as_str() {
-                "join" => {
-                    rooms.insert(m.room_id, m.stream);
-                }
-                "invite" => {
-                    rooms.insert(m.room_id.clone(), m.stream - 1);
-                    invited.insert(m.room_id);
-                }
-                _ => {}
-            }
-        }
-        let events = if rooms.is_empty() {
-            Vec::new()
-        } else {
-            self.events_after(&rooms, p.last_stream, now).await.map_err(retry)?
-        };
-        let full = events.len() as i64 == BATCH;
-        let mut ruleset = None;
+        let rows = self.db.push_actions_after(user.as_str(), p.last_stream, now, BATCH).await.map_err(retry)?;
+        let full = rows.len() as i64 == BATCH;
         let mut position = p.last_stream;
-        for ev in &events {
-            let room = ev.pdu.room_id.as_str();
-            let for_user = rooms.get(room).is_some_and(|&from| ev.stream > from)
-                && (!invited.contains(room) || ev.pdu.fields.state_key.as_deref() == Some(user.as_str()));
-            if for_user && ev.pdu.fields.sender != user {
-                if ruleset.is_none() {
-                    ruleset = Some(crate::push::ruleset(&self.sync, &user).await.map_err(retry)?);
-                }
-                let rules = ruleset.as_ref().expect("set above");
-                let actions = self.actions(rules, &user, ev, memo).await.map_err(retry)?;
-                if actions.iter().any(Action::should_notify)
-                    && let Err(stop) = self.push(p, &user, ev, &actions).await
-                {
+        for row in &rows {
+            // An event that is gone (purged) has nothing left to push.
+            if let Some(ev) = self.db.get_event(&row.event_id).await.map_err(retry)? {
+                let actions = super::rules::actions_from_stored(row.actions.as_deref());
+                if let Err(stop) = self.push(p, &user, &ev, &actions).await {
                     self.advance(p, position).await?;
                     return Err(stop);
                 }
             }
-            position = ev.stream;
+            position = row.stream;
         }
         let upto = if full { position } else { now };
         self.advance(p, upto).await?;
@@ -191,46 +156,6 @@ impl PushSender {
                 .map_err(|e| Stop::Retry(e.message))?;
         }
         Ok(())
-    }
-
-    /// Timeline events of `rooms` in `(after, upto]`, oldest first, at most a batch.
-    async fn events_after(&self, rooms: &HashMap<String, i64>, after: i64, upto: i64) -> Result<Vec<StoredEvent>> {
-        let mut binds: Vec<BindValue<'_>> = vec![BindValue::Int(after), BindValue::Int(upto)];
-        binds.extend(rooms.keys().map(|r| BindValue::Str(r)));
-        let tail = format!(
-            "WHERE stream_ordering > $1 AND stream_ordering <= $2 AND outlier = 0 AND rejected = 0 \
-             AND room_id IN ({}) ORDER BY stream_ordering LIMIT {BATCH}",
-            crate::storage::placeholders(3, rooms.len())
-        );
-        self.db.query_events(&tail, &binds).await
-    }
-
-    /// The actions of the user's push rules for `ev`.
-    async fn actions(
-        &self,
-        rules: &Ruleset,
-        user: &UserId,
-        ev: &StoredEvent,
-        memo: &mut RoomMemo,
-    ) -> Result<Vec<Action>> {
-        let room_id: OwnedRoomId = ev.pdu.room_id.clone();
-        if !memo.contains_key(&room_id) {
-            let members = self.db.members_with(room_id.as_str(), "join").await?.len();
-            let power = self.rooms.power_levels(&room_id).await?.push_ctx();
-            memo.insert(room_id.clone(), (UInt::try_from(members).unwrap_or(UInt::MAX), power));
-        }
-        let (members, power) = memo.get(&room_id).cloned().expect("inserted above");
-        let name = self
-            .rooms
-            .current_state_event(&room_id, "m.room.member", user.as_str())
-            .await?
-            .and_then(|m| m.content()["displayname"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| user.localpart().to_owned());
-        let ctx = PushConditionRoomCtx::new(room_id, members, user.to_owned(), name).with_power_levels(power);
-        let json = ev.pdu.client_json(None, crate::storage::now_ms());
-        let raw: Raw<ruma::events::AnySyncTimelineEvent> =
-            Raw::from_json(serde_json::value::to_raw_value(&json).map_err(crate::error::Error::internal)?);
-        Ok(rules.get_actions(&raw, &ctx).await.to_vec())
     }
 
     /// Posts one notification to the pusher's gateway.
@@ -299,7 +224,14 @@ impl PushSender {
             }
         }
         let body = json!({ "notification": notification });
-        let (status, answer) = self.fetcher.post_json(&url, &body, MAX_ANSWER).await.map_err(retry)?;
+        let posted = self.fetcher.post_json(&url, &body, MAX_ANSWER).await;
+        let result = match &posted {
+            Ok((200..=299, _)) => "sent",
+            Ok((429 | 500..=599, _)) | Err(_) => "failed_attempt",
+            Ok(_) => "refused",
+        };
+        metrics::counter!("myelin_push_notifications_total", "result" => result).increment(1);
+        let (status, answer) = posted.map_err(retry)?;
         match status {
             200..=299 => {
                 let rejected = answer["rejected"].as_array().cloned().unwrap_or_default();
@@ -325,7 +257,7 @@ impl PushSender {
         let mut rooms = 0;
         let joined = self.db.user_memberships(user.as_str()).await?;
         for m in joined.iter().filter(|m| m.membership == "join").take(MAX_BADGE_ROOMS) {
-            if self.db.unread_count(&m.room_id, user.as_str(), m.stream, now, 1).await? > 0 {
+            if self.db.unread_count(&m.room_id, user.as_str(), m.stream, now, 1).await?.total().notifications > 0 {
                 rooms += 1;
             }
         }

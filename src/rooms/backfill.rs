@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::{OwnedServerName, RoomId, RoomVersionId, ServerName};
-use serde_json::json;
 
 use super::Rooms;
 use super::build::RoomCtx;
@@ -273,26 +272,11 @@ impl Rooms {
             self.persist_rejected(pdu).await?;
             return Err(Error::forbidden(format!("Event fails auth: {e}")));
         }
-        let mut state_after = state_before.clone();
-        if let Some(k) = &pdu.fields.state_key {
-            state_after.insert((pdu.fields.kind.to_string(), k.clone()), pdu.event_id.to_string());
-        }
-        let mut unsigned = None;
-        if let Some(k) = &pdu.fields.state_key
-            && let Some(prev_id) = state_before.get(&(pdu.fields.kind.to_string(), k.clone()))
-            && let Some(prev) = self.db.get_event(prev_id).await?
-        {
-            unsigned = Some(json!({
-                "replaces_state": prev_id,
-                "prev_content": prev.pdu.content(),
-                "prev_sender": prev.pdu.fields.sender,
-            }));
-        }
-        let room_id = pdu.room_id.as_str();
+        let state_after = super::state::state_after(&state_before, pdu);
+        let unsigned = self.replaces_state(pdu, &state_before, &HashMap::new()).await?;
         let (group_after, chain_after) = Db::while_holding_write_lock(async {
             let mut tx = self.db.begin_write().await?;
-            let before_base = before_group.map(|(g, c)| (g, c, &state_before));
-            let (group, chain) = self.write_group(&mut tx, room_id, before_base, &state_after).await?;
+            let (group, chain) = self.write_state_after(&mut tx, pdu, before_group, &state_after).await?;
             self.db.put_timeline_event(&mut tx, pdu, stream, group, unsigned.as_ref(), promote).await?;
             let mut ctx = self.redaction_ctx(version, rules, pdu);
             if pdu.fields.kind == TimelineEventType::RoomRedaction

@@ -12,7 +12,6 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::pdu::{MAX_PDU_BYTES, Pdu};
-use super::state::MAX_CHAIN;
 use super::{Rooms, cache};
 use crate::error::{Error, Result};
 use crate::storage::WriteTx;
@@ -40,16 +39,19 @@ pub struct NewEvent {
     pub state_key: Option<String>,
     /// Target of a redaction.
     pub redacts: Option<OwnedEventId>,
+    /// `origin_server_ts` chosen by an appservice importing history (the `ts` query
+    /// parameter); `None`: now.
+    pub origin_server_ts: Option<u64>,
 }
 
 impl NewEvent {
     /// A state event.
     pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: Value) -> Self {
-        Self { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None }
+        Self { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None, origin_server_ts: None }
     }
     /// A message-like event.
     pub fn message(kind: impl Into<String>, content: Value) -> Self {
-        Self { kind: kind.into(), content, state_key: None, redacts: None }
+        Self { kind: kind.into(), content, state_key: None, redacts: None, origin_server_ts: None }
     }
 }
 
@@ -212,7 +214,12 @@ impl Rooms {
         );
         object.insert(
             "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(crate::storage::now_ms().try_into().map_err(Error::internal)?),
+            CanonicalJsonValue::Integer(
+                ev.origin_server_ts
+                    .map_or(crate::storage::now_ms(), |ts| ts as i64)
+                    .try_into()
+                    .map_err(Error::internal)?,
+            ),
         );
         if let Some(room_id) = &ctx.room_id {
             object.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
@@ -275,32 +282,24 @@ impl Rooms {
         let room_id = pdu.room_id.clone();
         let group_before = ctx.state_group;
         let stream = crate::storage::Db::next_stream_position(tx, "events").await?;
+        // Push rules see the room as it was before the event.
+        let state_before = ctx.state.clone();
+        let push_rows = self.push_actions(ctx, &state_before, group_before, &pdu, stream).await?;
+        db.insert_push_actions(tx, push_rows).await?;
         if ctx.is_new {
             db.insert_room(tx, room_id.as_str(), ctx.version.as_str()).await?;
             ctx.room_id = Some(room_id.clone());
             ctx.is_new = false;
         }
 
-        let mut unsigned = None;
+        let unsigned = self.replaces_state(&pdu, &ctx.state, &ctx.written).await?;
         if let Some(key) = &pdu.fields.state_key {
             let slot = (pdu.fields.kind.to_string(), key.clone());
-            if let Some(prev_id) = ctx.state.get(&slot).cloned()
-                && let Some(prev) = self.pdus_for(ctx, std::slice::from_ref(&prev_id)).await?.remove(&prev_id)
-            {
-                unsigned = Some(json!({
-                    "replaces_state": prev_id,
-                    "prev_content": prev.content(),
-                    "prev_sender": prev.fields.sender,
-                }));
-            }
+            // The state is changed in place: a batch's writers share it with the state cache
+            // until a state event, and copying it per event would be linear in the room's state.
             Arc::make_mut(&mut ctx.state).insert(slot.clone(), pdu.event_id.to_string());
-            let (prev_group, chain, entries) = match ctx.state_group {
-                Some(g) if ctx.chain_length < MAX_CHAIN => {
-                    (Some(g), ctx.chain_length + 1, StateIds::from([(slot.clone(), pdu.event_id.to_string())]))
-                }
-                _ => (None, 0, (*ctx.state).clone()),
-            };
-            let group = db.insert_state_group(tx, room_id.as_str(), prev_group, chain, &entries).await?;
+            let before = ctx.state_group.map(|g| (g, ctx.chain_length));
+            let (group, chain) = self.write_state_after(tx, &pdu, before, &ctx.state).await?;
             ctx.state_group = Some(group);
             ctx.chain_length = chain;
             db.set_room_state_group(tx, room_id.as_str(), group).await?;
@@ -348,6 +347,9 @@ impl Rooms {
         {
             crate::storage::Db::reserve_stream_positions(tx, "federation_outbox", 1).await?;
             db.insert_outbox(tx, &server, "pdu", pdu.event_id.as_str()).await?;
+        }
+        if let Some(appservices) = self.appservices.get() {
+            appservices.queue_event(tx, &pdu, &members.joined_local).await?;
         }
         ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
         Ok(Appended { pdu, stream })
@@ -442,11 +444,14 @@ impl Rooms {
         Ok(self.read_members(room_id).await?.remote_servers)
     }
 
-    pub(super) async fn read_members(&self, room_id: &str) -> Result<cache::RoomMembers> {
+    pub(crate) async fn read_members(&self, room_id: &str) -> Result<cache::RoomMembers> {
         let suffix = format!(":{}", self.server_name);
         let mut members = cache::RoomMembers::default();
         for (user, membership) in self.db.all_memberships(room_id).await? {
             if user.ends_with(&suffix) {
+                if membership == "join" {
+                    members.joined_local.push(user.clone());
+                }
                 members.local.push(user);
             } else if membership == "join"
                 && let Some((_, server)) = user.split_once(':')

@@ -24,6 +24,9 @@ pub struct RoomMembers {
     pub local: Vec<String>,
     /// Remote servers with joined members.
     pub remote_servers: Vec<String>,
+    /// Local users joined to the room (appservices are sent the events of rooms their users
+    /// are in).
+    pub joined_local: Vec<String>,
 }
 
 /// The caches.

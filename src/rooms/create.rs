@@ -57,6 +57,9 @@ impl Rooms {
                 if local.contains(':') || local.contains(char::is_whitespace) {
                     return Err(Error::invalid_param("Invalid characters in room alias"));
                 }
+                if let Some(appservices) = self.appservices() {
+                    appservices.check_exclusive(crate::appservice::Kind::Aliases, &alias, Some(creator.as_str()))?;
+                }
                 if self.db.get_alias(&alias).await?.is_some() {
                     return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", "Room alias already taken"));
                 }

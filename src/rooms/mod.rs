@@ -16,6 +16,7 @@ pub mod federated;
 pub mod filter;
 pub mod membership;
 pub mod pdu;
+pub mod push_actions;
 pub mod read;
 pub mod relations;
 pub mod search;
@@ -55,6 +56,10 @@ pub struct Rooms {
     federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
     /// Retry delays of history gaps that could not be backfilled.
     backfill_backoff: backfill::BackfillBackoff,
+    /// Push rule evaluation of new events (rulesets and room facts kept between events).
+    pub push: push_actions::PushEval,
+    /// Registered application services, set once at start-up (see [`Rooms::set_appservices`]).
+    appservices: std::sync::OnceLock<Arc<crate::appservice::Appservices>>,
 }
 
 /// Who sends a client event, and with which transaction id.
@@ -85,6 +90,8 @@ impl Rooms {
                 writer: tx,
                 federation: std::sync::OnceLock::new(),
                 backfill_backoff: backfill::BackfillBackoff::default(),
+                push: push_actions::PushEval::default(),
+                appservices: std::sync::OnceLock::new(),
             }
         })
     }
@@ -93,6 +100,17 @@ impl Rooms {
     /// other servers need it).
     pub fn set_federation(&self, federation: Arc<crate::federation::Federation>) {
         let _ = self.federation.set(federation);
+    }
+
+    /// Connects the engine to the registered appservices: events they are interested in are
+    /// queued for them in the event's own transaction.
+    pub fn set_appservices(&self, appservices: Arc<crate::appservice::Appservices>) {
+        let _ = self.appservices.set(appservices);
+    }
+
+    /// The registered appservices (none before start-up has set them).
+    pub fn appservices(&self) -> Option<&Arc<crate::appservice::Appservices>> {
+        self.appservices.get()
     }
 
     /// The federation transport, if federation is enabled.

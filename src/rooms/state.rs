@@ -1,13 +1,25 @@
-//! State at events: loading state groups (snapshot + bounded delta chain) with a cache.
+//! State at events: writing and loading state groups (snapshot + bounded delta chain), with a
+//! cache.
 //!
-//! State groups are immutable once written, so caching them by id is safe across processes.
+//! Every accepted event is stored with the group of the state after it, whoever produced it:
+//! the local writer (`build.rs`), the inbound federation pipeline (`federated/inbound.rs`,
+//! also for soft-failed events), backfill (`backfill.rs`) and a join over federation
+//! (`federated/outbound.rs`). They all write through [`Rooms::write_state_after`] and
+//! [`Rooms::write_state_group`], and record what a state event replaced with
+//! [`Rooms::replaces_state`], so the state before any stored event can be read back the same
+//! way (`state_before_event`). State groups are immutable once written, so caching them by id
+//! is safe across processes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use serde_json::{Value, json};
+
 use crate::error::Result;
-use crate::storage::Db;
+use crate::rooms::Rooms;
+use crate::rooms::pdu::Pdu;
 use crate::storage::rooms::StateIds;
+use crate::storage::{Db, WriteTx};
 
 /// Longest delta chain before a full snapshot is written.
 pub const MAX_CHAIN: i64 = 50;
@@ -60,4 +72,94 @@ impl StateCache {
         }
         groups.insert(id, (state, chain_length));
     }
+}
+
+impl Rooms {
+    /// Writes the group of the state after `pdu` and answers it with its chain length.
+    ///
+    /// `before` is the group holding the state before the event (with its chain length) when
+    /// there is one; `state_after` is the full state after it, written as a snapshot when there
+    /// is no such group or its chain is long. A state event adds a one-entry delta, so a hot
+    /// room's writers never compare or copy its whole state; any other event shares `before`.
+    pub(in crate::rooms) async fn write_state_after(
+        &self,
+        tx: &mut WriteTx,
+        pdu: &Pdu,
+        before: Option<(i64, i64)>,
+        state_after: &StateIds,
+    ) -> Result<(i64, i64)> {
+        let room_id = pdu.room_id.as_str();
+        match (&pdu.fields.state_key, before) {
+            (None, Some(group)) => Ok(group),
+            (Some(key), Some((group, chain))) if chain < MAX_CHAIN => {
+                let entry = StateIds::from([((pdu.fields.kind.to_string(), key.clone()), pdu.event_id.to_string())]);
+                Ok((self.db.insert_state_group(tx, room_id, Some(group), chain + 1, &entry).await?, chain + 1))
+            }
+            _ => Ok((self.db.insert_state_group(tx, room_id, None, 0, state_after).await?, 0)),
+        }
+    }
+
+    /// Writes the group of an arbitrary `state` (a resolved current state, the state a join
+    /// was given), as a delta on `base` (group, chain length, its state) when `state` only adds
+    /// to or changes it and the chain is short, else as a snapshot. Answers `base` itself when
+    /// nothing differs.
+    pub(in crate::rooms) async fn write_state_group(
+        &self,
+        tx: &mut WriteTx,
+        room_id: &str,
+        base: Option<(i64, i64, &StateIds)>,
+        state: &StateIds,
+    ) -> Result<(i64, i64)> {
+        if let Some((group, chain, base_state)) = base {
+            if base_state == state {
+                return Ok((group, chain));
+            }
+            if chain < MAX_CHAIN && base_state.keys().all(|k| state.contains_key(k)) {
+                let delta: StateIds = state
+                    .iter()
+                    .filter(|(k, v)| base_state.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                return Ok((self.db.insert_state_group(tx, room_id, Some(group), chain + 1, &delta).await?, chain + 1));
+            }
+        }
+        Ok((self.db.insert_state_group(tx, room_id, None, 0, state).await?, 0))
+    }
+
+    /// The `unsigned` data of a state event that replaces an entry of the state `before` it:
+    /// `replaces_state`, `prev_content` and `prev_sender` (clients read the last two; the first
+    /// is how the state before a stored event is told from the state after it). `written`
+    /// holds events of the same uncommitted write that a lookup would not find yet.
+    pub(in crate::rooms) async fn replaces_state(
+        &self,
+        pdu: &Pdu,
+        before: &StateIds,
+        written: &HashMap<String, Pdu>,
+    ) -> Result<Option<Value>> {
+        let Some(key) = &pdu.fields.state_key else { return Ok(None) };
+        let Some(prev_id) = before.get(&(pdu.fields.kind.to_string(), key.clone())) else { return Ok(None) };
+        let prev = match written.get(prev_id) {
+            Some(p) => Some(p.clone()),
+            None => self.cached_pdus(std::slice::from_ref(prev_id)).await?.remove(prev_id),
+        };
+        // The replaced event is normally held; when it is not (state taken from a resident
+        // without its events), the id alone still lets the state before be read back.
+        Ok(Some(match prev {
+            Some(prev) => json!({
+                "replaces_state": prev_id,
+                "prev_content": prev.content(),
+                "prev_sender": prev.fields.sender,
+            }),
+            None => json!({ "replaces_state": prev_id }),
+        }))
+    }
+}
+
+/// The state after `pdu`, given the state before it.
+pub(in crate::rooms) fn state_after(before: &StateIds, pdu: &Pdu) -> StateIds {
+    let mut after = before.clone();
+    if let Some(key) = &pdu.fields.state_key {
+        after.insert((pdu.fields.kind.to_string(), key.clone()), pdu.event_id.to_string());
+    }
+    after
 }

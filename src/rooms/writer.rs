@@ -69,8 +69,11 @@ enum Outcome {
 
 impl Rooms {
     async fn write_batch(&self, jobs: Vec<Job>) {
+        let start = std::time::Instant::now();
         match self.try_write_batch(&jobs).await {
             Ok((outcomes, ctxs, appended)) => {
+                metrics::histogram!("myelin_event_writer_batch_size").record(jobs.len() as f64);
+                metrics::histogram!("myelin_event_writer_batch_duration_seconds").record(start.elapsed().as_secs_f64());
                 for (room, ctx) in &ctxs {
                     if let Some(list) = appended.get(room) {
                         self.after_commit(ctx, list).await;

@@ -56,6 +56,8 @@ impl Server {
             e2ee.set_remote(Arc::new(crate::federation::FederationKeys(federation.clone())));
         }
         media.set_federation(federation.clone());
+        let appservices = crate::appservice::Appservices::load(db.clone(), config.clone()).await?;
+        rooms.set_appservices(appservices.clone());
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limits: Arc::new(Limits::new(&config.rate_limits)),
@@ -66,6 +68,7 @@ impl Server {
             e2ee,
             sync,
             federation,
+            appservices,
             config,
         };
         Ok(Self { state, db, keys })
@@ -80,6 +83,9 @@ impl Server {
         crate::cluster::Cluster::new(self.db.clone(), state.rooms.clone(), state.sync.clone(), state.e2ee.clone())
             .start()
             .await?;
+        if let Some(addr) = config.listen.metrics {
+            crate::metrics::serve(addr, self.db.clone()).await?;
+        }
         let app = crate::api::router(self.state.clone());
         // Background work that must run once however many processes share the database.
         let leases = crate::lease::Leases::new(self.db.clone());
@@ -88,11 +94,14 @@ impl Server {
             leases
                 .run_exclusive("federation-sender", move || crate::federation::sender::run(fed.clone(), rooms.clone()));
         }
+        let (appservices, wakeup) = (state.appservices.clone(), state.rooms.outbox_wakeup.clone());
+        leases.run_exclusive("appservice-sender", move || {
+            crate::appservice::sender::run(appservices.clone(), wakeup.clone())
+        });
         let gateways = config.push.gateway_ip_allowlist.iter().filter_map(|r| IpRange::parse(r));
         let push = Arc::new(crate::push::sender::PushSender::new(
             self.db.clone(),
             state.rooms.clone(),
-            state.sync.clone(),
             crate::media::preview::Fetcher::new(gateways.collect()),
         ));
         leases.run_exclusive("push-sender", move || {

@@ -185,7 +185,20 @@ impl Db {
         Ok(row.map(|r| r.0))
     }
 
-    /// Adds a one-time key (the caller has checked that the id is new).
+    /// The number of the device's next one-time key upload (one more than any it holds).
+    pub async fn e2e_next_otk_upload(&self, tx: &mut WriteTx, user_id: &str, device_id: &str) -> SqlResult<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(MAX(upload), 0) + 1 FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        Ok(n)
+    }
+
+    /// Adds a one-time key of upload number `upload` (the caller has checked that the id is new).
+    #[allow(clippy::too_many_arguments)]
     pub async fn e2e_insert_otk(
         &self,
         tx: &mut WriteTx,
@@ -194,15 +207,18 @@ impl Db {
         algorithm: &str,
         key_id: &str,
         json: &str,
+        upload: i64,
     ) -> SqlResult<()> {
         sqlx::query(
-            "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json, upload) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(user_id)
         .bind(device_id)
         .bind(algorithm)
         .bind(key_id)
         .bind(json)
+        .bind(upload)
         .execute(&mut *tx.tx)
         .await?;
         Ok(())
@@ -226,12 +242,12 @@ impl Db {
             Backend::Sqlite => {
                 "DELETE FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = \
                  (SELECT key_id FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-                 ORDER BY key_id LIMIT 1) RETURNING key_id, key_json"
+                 ORDER BY upload, key_id LIMIT 1) RETURNING key_id, key_json"
             }
             Backend::Postgres => {
                 "DELETE FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = \
                  (SELECT key_id FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-                 ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, key_json"
+                 ORDER BY upload, key_id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, key_json"
             }
         };
         sqlx::query_as(sql).bind(user_id).bind(device_id).bind(algorithm).fetch_optional(&mut *tx.tx).await

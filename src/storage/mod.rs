@@ -12,6 +12,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod appservice;
 pub mod bus;
 pub mod e2ee;
 pub mod media;
@@ -19,6 +20,7 @@ mod nodelay;
 pub mod push;
 pub mod reports;
 pub mod rooms;
+pub mod sliding_sync;
 pub mod sync;
 pub mod tokens;
 pub mod user_directory;
@@ -151,8 +153,10 @@ pub struct WriteTx {
 impl WriteTx {
     /// Writes buffered rows, commits, then releases the writer lock.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let start = std::time::Instant::now();
         rooms::flush_pending(&mut self).await?;
         self.tx.commit().await?;
+        metrics::histogram!("myelin_db_commit_duration_seconds").record(start.elapsed().as_secs_f64());
         if let Some(growth) = &self.growth
             && self.events_written > 0
         {
@@ -206,10 +210,10 @@ fn migrator(backend: Backend) -> Migrator {
     // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
     let list = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
+            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
+            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
         }
     };
     Migrator::with_migrations(list)

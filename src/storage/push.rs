@@ -1,6 +1,8 @@
 //! SQL of pushers: where a user's push notifications go, and how far the sender got for each.
 
-use super::{Db, now_ms};
+use std::collections::{BTreeMap, HashMap};
+
+use super::{Db, WriteTx, now_ms};
 use crate::error::Result;
 
 /// One pusher as stored.
@@ -138,5 +140,289 @@ impl Db {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+}
+
+/// One user's push actions for one event (`event_push_actions`), for events that notify them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushActionRow {
+    pub user_id: String,
+    pub room_id: String,
+    /// `""` for the main timeline, else the thread root.
+    pub thread_id: String,
+    pub stream: i64,
+    pub event_id: String,
+    pub highlight: bool,
+    /// The actions as JSON, `None` for the plain `["notify"]`.
+    pub actions: Option<String>,
+    /// When the row was written (ms).
+    pub ts: i64,
+}
+
+/// Notifications and highlights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Events whose actions notify.
+    pub notifications: i64,
+    /// Those of them that highlight.
+    pub highlights: i64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.notifications += other.notifications;
+        self.highlights += other.highlights;
+    }
+}
+
+/// A user's unread counts in one room: the main timeline and each thread, each after the
+/// user's read receipts that apply to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnreadCounts {
+    /// The main timeline (events in no thread).
+    pub main: Counts,
+    /// Threads by root event id, only those with something unread.
+    pub threads: BTreeMap<String, Counts>,
+}
+
+impl UnreadCounts {
+    /// The whole room: the main timeline and every thread.
+    pub fn total(&self) -> Counts {
+        let mut total = self.main;
+        for c in self.threads.values() {
+            total.add(*c);
+        }
+        total
+    }
+}
+
+/// The receipt positions of a user in a room, per receipt thread (`""`: unthreaded).
+type ReceiptFloors = HashMap<String, i64>;
+
+/// Writes push action rows inside the event's transaction (at commit for a deferring one).
+pub(super) async fn write_push_actions(tx: &mut WriteTx, rows: &[PushActionRow]) -> Result<(), sqlx::Error> {
+    // Eight columns: 500 rows stay far below SQLite's parameter limit.
+    for chunk in rows.chunks(super::rooms::ROWS_PER_STATEMENT) {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "INSERT INTO event_push_actions (user_id, room_id, thread_id, stream_ordering, event_id, highlight, \
+             actions, ts) VALUES {} ON CONFLICT DO NOTHING",
+            super::rooms::values_clause(tx.backend, chunk.len(), 8)
+        ));
+        let mut q = sqlx::query(sql);
+        for r in chunk {
+            q = q
+                .bind(r.user_id.as_str())
+                .bind(r.room_id.as_str())
+                .bind(r.thread_id.as_str())
+                .bind(r.stream)
+                .bind(r.event_id.as_str())
+                .bind(r.highlight as i64)
+                .bind(r.actions.as_deref())
+                .bind(r.ts);
+        }
+        q.execute(&mut *tx.tx).await?;
+    }
+    Ok(())
+}
+
+type NotificationTuple = (String, String, String, i64, String, i64, Option<String>, i64);
+
+impl Db {
+    /// Stores push action rows in the transaction of their event.
+    pub async fn insert_push_actions(&self, tx: &mut WriteTx, rows: Vec<PushActionRow>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if tx.pending.enabled {
+            tx.pending.push_actions.extend(rows);
+            return Ok(());
+        }
+        write_push_actions(tx, &rows).await?;
+        Ok(())
+    }
+
+    /// The stored `m.push_rules` account data of those of `users` who have one.
+    pub async fn push_rules_of(&self, users: &[&str]) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for chunk in users.chunks(500) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT user_id, content FROM account_data WHERE room_id = '' AND data_type = 'm.push_rules' \
+                 AND user_id IN ({})",
+                super::placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query_as::<_, (String, String)>(sql);
+            for u in chunk {
+                q = q.bind(*u);
+            }
+            out.extend(q.fetch_all(self.pool()).await?);
+        }
+        Ok(out)
+    }
+
+    /// The stream positions of the user's latest `m.read` / `m.read.private` receipts in a
+    /// room, per receipt thread.
+    async fn receipt_floors(&self, room_id: &str, user_id: &str) -> Result<ReceiptFloors> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT r.thread_id, MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id \
+             WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private') \
+             GROUP BY r.thread_id",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// The user's unread notification and highlight counts in a room up to `upto`: push
+    /// actions after `floor` (their join) and after the read receipts that cover each event
+    /// (unthreaded ones cover everything, `main` the main timeline, a thread's its thread).
+    /// The main timeline's count stops at `cap`. The one answer for `/sync`, sliding sync and
+    /// push badges.
+    pub async fn unread_count(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        floor: i64,
+        upto: i64,
+        cap: i64,
+    ) -> Result<UnreadCounts> {
+        let receipts = self.receipt_floors(room_id, user_id).await?;
+        let lo = receipts.get("").copied().unwrap_or(0).max(floor);
+        let main_floor = receipts.get("main").copied().unwrap_or(0).max(lo);
+        // Threads whose own receipts raise their floor above `lo`.
+        let read_threads: Vec<(&str, i64)> = receipts
+            .iter()
+            .filter(|(t, s)| !t.is_empty() && t.as_str() != "main" && **s > lo)
+            .map(|(t, s)| (t.as_str(), *s))
+            .collect();
+        let mut thread_cond = String::new();
+        if !read_threads.is_empty() {
+            let n = read_threads.len();
+            thread_cond = format!(" AND (thread_id NOT IN ({})", super::placeholders(9, n));
+            for i in 0..n {
+                let k = 9 + n + 2 * i;
+                thread_cond.push_str(&format!(" OR (thread_id = ${k} AND stream_ordering > ${})", k + 1));
+            }
+            thread_cond.push(')');
+        }
+        // The main timeline is one index range; the threads (ids after '' in the key) another.
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT '', COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM (SELECT highlight \
+             FROM event_push_actions WHERE user_id = $1 AND room_id = $2 AND thread_id = '' \
+             AND stream_ordering > $3 AND stream_ordering <= $4 LIMIT $5) AS main \
+             UNION ALL \
+             SELECT thread_id, COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM event_push_actions \
+             WHERE user_id = $6 AND room_id = $7 AND thread_id > '' AND stream_ordering > $8 \
+             AND stream_ordering <= $4{thread_cond} GROUP BY thread_id"
+        ));
+        let mut q = sqlx::query_as::<_, (String, i64, i64)>(sql)
+            .bind(user_id)
+            .bind(room_id)
+            .bind(main_floor)
+            .bind(upto)
+            .bind(cap)
+            .bind(user_id)
+            .bind(room_id)
+            .bind(lo);
+        for (t, _) in &read_threads {
+            q = q.bind(*t);
+        }
+        for (t, s) in &read_threads {
+            q = q.bind(*t).bind(*s);
+        }
+        let mut out = UnreadCounts::default();
+        for (thread, notifications, highlights) in q.fetch_all(self.pool()).await? {
+            let counts = Counts { notifications, highlights };
+            if thread.is_empty() {
+                out.main = counts;
+            } else if notifications > 0 {
+                out.threads.insert(thread, counts);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The user's notifications newest first, before stream position `before` (all when
+    /// None), highlights only if asked: `(row, read)`, where `read` says whether the user's
+    /// read receipts cover the event.
+    pub async fn notifications(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: i64,
+        only_highlight: bool,
+    ) -> Result<Vec<(PushActionRow, bool)>> {
+        let highlight = if only_highlight { " AND highlight = 1" } else { "" };
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT user_id, room_id, thread_id, stream_ordering, event_id, highlight, actions, ts \
+             FROM event_push_actions WHERE user_id = $1 AND stream_ordering < $2{highlight} \
+             ORDER BY stream_ordering DESC LIMIT $3"
+        ));
+        let rows: Vec<NotificationTuple> = sqlx::query_as(sql)
+            .bind(user_id)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+        let mut floors: HashMap<String, ReceiptFloors> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for t in rows {
+            let row = PushActionRow {
+                user_id: t.0,
+                room_id: t.1,
+                thread_id: t.2,
+                stream: t.3,
+                event_id: t.4,
+                highlight: t.5 != 0,
+                actions: t.6,
+                ts: t.7,
+            };
+            if !floors.contains_key(&row.room_id) {
+                let f = self.receipt_floors(&row.room_id, user_id).await?;
+                floors.insert(row.room_id.clone(), f);
+            }
+            let f = &floors[&row.room_id];
+            let thread_key = if row.thread_id.is_empty() { "main" } else { row.thread_id.as_str() };
+            let read_upto = f.get("").copied().unwrap_or(0).max(f.get(thread_key).copied().unwrap_or(0));
+            let read = row.stream <= read_upto;
+            out.push((row, read));
+        }
+        Ok(out)
+    }
+
+    /// The user's push action rows in `(after, upto]`, oldest first, at most `limit` (the push
+    /// sender's work list).
+    pub async fn push_actions_after(
+        &self,
+        user_id: &str,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<PushActionRow>> {
+        let rows: Vec<NotificationTuple> = sqlx::query_as(
+            "SELECT user_id, room_id, thread_id, stream_ordering, event_id, highlight, actions, ts \
+             FROM event_push_actions WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3 \
+             ORDER BY stream_ordering LIMIT $4",
+        )
+        .bind(user_id)
+        .bind(after)
+        .bind(upto)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|t| PushActionRow {
+                user_id: t.0,
+                room_id: t.1,
+                thread_id: t.2,
+                stream: t.3,
+                event_id: t.4,
+                highlight: t.5 != 0,
+                actions: t.6,
+                ts: t.7,
+            })
+            .collect())
     }
 }

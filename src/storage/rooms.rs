@@ -738,6 +738,14 @@ impl Db {
         Ok(())
     }
 
+    /// Per destination with queued rows: how many, and the oldest one's `created_ts` (metrics).
+    /// One grouped scan of the outbox, which is small unless a destination is down.
+    pub async fn outbox_depths(&self) -> Result<Vec<(String, i64, i64)>> {
+        Ok(sqlx::query_as("SELECT destination, COUNT(*), MIN(created_ts) FROM federation_outbox GROUP BY destination")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
     /// Replaces an event's stored JSON with its redacted form.
     pub async fn redact_event_json(
         &self,
@@ -879,6 +887,8 @@ pub struct PendingRows {
     outbox: Vec<(i64, String, String, String, i64)>,
     /// Room → (extremities when first touched, extremities now).
     extremities: BTreeMap<String, (Vec<String>, Vec<String>)>,
+    /// `event_push_actions` rows (see `storage/push.rs`).
+    pub(super) push_actions: Vec<super::push::PushActionRow>,
 }
 
 /// `($1, $2, ...), ($n+1, ...)` for `rows` rows of `cols` columns; on SQLite `(?, ?, ...), ...`.
@@ -886,7 +896,7 @@ pub struct PendingRows {
 /// SQLite gets anonymous parameters because sqlx-sqlite asks `sqlite3_bind_parameter_name` for
 /// each parameter it binds, and for named ones (`$N` included) SQLite finds the name by a linear
 /// scan: binding a 500-parameter insert was quadratic, 4% of the send path's CPU in a profile.
-fn values_clause(backend: Backend, rows: usize, cols: usize) -> String {
+pub(super) fn values_clause(backend: Backend, rows: usize, cols: usize) -> String {
     let mut sql = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -908,7 +918,7 @@ fn values_clause(backend: Backend, rows: usize, cols: usize) -> String {
 }
 
 /// Rows per statement, below SQLite's 32,766 parameters for the widest table.
-const ROWS_PER_STATEMENT: usize = 500;
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
 
 async fn write_events(tx: &mut WriteTx, rows: &[PendingEvent]) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -1007,6 +1017,7 @@ pub(super) async fn flush_pending(tx: &mut WriteTx) -> Result<(), sqlx::Error> {
     write_edges(tx, &pending.edges).await?;
     write_txns(tx, &pending.txns).await?;
     write_outbox(tx, &pending.outbox).await?;
+    super::push::write_push_actions(tx, &pending.push_actions).await?;
     // Every room's extremity changes in one DELETE and one INSERT. Event ids are unique across
     // rooms, so `room_id IN rooms AND event_id IN gone` deletes exactly the gone ones (and lets
     // the primary key's room prefix find them).

@@ -725,26 +725,4 @@ impl Db {
         }
         Ok(q.fetch_all(self.pool()).await?.into_iter().map(|r| r.0).collect())
     }
-
-    /// Messages of others in a room after the user's read receipt (or after `floor`, the user's
-    /// join, when that is later) up to `upto`, counted up to `cap`.
-    pub async fn unread_count(&self, room_id: &str, user_id: &str, floor: i64, upto: i64, cap: i64) -> Result<i64> {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE room_id = $1 AND stream_ordering <= $3 \
-             AND stream_ordering > COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r \
-                 JOIN events e ON e.event_id = r.event_id WHERE r.room_id = $1 AND r.user_id = $2 \
-                 AND r.receipt_type IN ('m.read', 'm.read.private') AND r.thread_id IN ('', 'main') \
-                 AND e.stream_ordering > $4), $4) \
-             AND outlier = 0 AND rejected = 0 AND sender <> $2 \
-             AND event_type IN ('m.room.message', 'm.room.encrypted', 'm.sticker') LIMIT $5) AS unread",
-        )
-        .bind(room_id)
-        .bind(user_id)
-        .bind(upto)
-        .bind(floor)
-        .bind(cap)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(n)
-    }
 }

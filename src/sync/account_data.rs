@@ -34,6 +34,9 @@ impl SyncEngine {
         let pos = Db::next_stream_position(&mut tx, streams::ACCOUNT_DATA).await?;
         self.db.set_account_data(&mut tx, user_id.as_str(), room, data_type, &content.to_string(), pos).await?;
         tx.commit().await?;
+        if room_id.is_none() && data_type == crate::push::PUSH_RULES {
+            self.rooms.push.rules.forget(user_id);
+        }
         self.notifier.wake([user_id.as_str()]);
         Ok(())
     }

@@ -32,6 +32,9 @@ pub struct SyncFilter {
     pub ephemeral: EventFilter,
     /// `room.account_data`.
     pub room_account_data: EventFilter,
+    /// `room.timeline.unread_thread_notifications`: counts per thread, apart from the main
+    /// timeline's.
+    pub unread_thread_notifications: bool,
 }
 
 fn strings(v: &Value) -> Option<Vec<String>> {
@@ -83,6 +86,7 @@ impl SyncFilter {
             state: EventFilter::from_json(&room["state"]),
             ephemeral: EventFilter::from_json(&room["ephemeral"]),
             room_account_data: EventFilter::from_json(&room["account_data"]),
+            unread_thread_notifications: room["timeline"]["unread_thread_notifications"].as_bool().unwrap_or(false),
         }
     }
 

@@ -31,6 +31,7 @@ pub mod presence;
 pub mod receipts;
 pub mod recent;
 pub mod rooms;
+pub mod sliding;
 pub mod to_device;
 pub mod token;
 pub mod typing;
@@ -76,14 +77,14 @@ struct Summary {
     former: Vec<String>,
 }
 
-/// An unread count as of `upto`, valid while the receipts stream and the member's membership
-/// stay where they were.
-#[derive(Debug, Clone, Copy)]
+/// Unread counts as of `upto`, valid while the receipts stream, the member's membership and
+/// the room's events stay where they were.
+#[derive(Debug, Clone)]
 struct Unread {
     upto: i64,
     receipts: i64,
     member_stream: i64,
-    count: i64,
+    counts: Arc<crate::storage::push::UnreadCounts>,
 }
 
 /// Longest long-poll a client may ask for.
@@ -110,6 +111,8 @@ pub struct SyncEngine {
     unread: Memo<(String, String), Unread>,
     /// Recent events and membership changes, shared by the long-polls that wake together.
     pub recent: recent::Recent,
+    /// Sliding sync's memos.
+    sliding: sliding::Memos,
     /// Wakes the callers waiting for a stream-position read under way (see `current_token`).
     token_read: tokio::sync::Notify,
     /// The last stream positions read, when that read began, and whether one is under way.
@@ -189,6 +192,7 @@ impl SyncEngine {
             unread: Memo::default(),
             groups: Memo::default(),
             summaries: Memo::default(),
+            sliding: sliding::Memos::default(),
             token_read: tokio::sync::Notify::new(),
             last_token: Mutex::new(TokenReads::default()),
             stopping: AtomicBool::new(false),
@@ -237,6 +241,22 @@ impl SyncEngine {
             Ok(members) => self.notifier.wake_local(members.iter().map(String::as_str).filter(|u| self.is_local(u))),
             Err(e) => tracing::warn!(%room_id, error = %e, "reading members to wake"),
         }
+    }
+
+    /// Queues a room's ephemeral event (`m.typing`, `m.receipt`, with its `room_id`) in `tx`
+    /// for the appservices with `receive_ephemeral` that have a user joined to the room;
+    /// returns whether any was queued (the caller wakes the senders after commit).
+    pub(crate) async fn queue_appservice_room_ephemeral(
+        &self,
+        tx: &mut crate::storage::WriteTx,
+        room_id: &str,
+        event: &Value,
+    ) -> Result<bool> {
+        let Some(appservices) = self.rooms.appservices().filter(|a| a.any_ephemeral_receivers()) else {
+            return Ok(false);
+        };
+        let members = self.db.members_with(room_id, "join").await?;
+        appservices.queue_ephemeral(tx, "edu", event, |reg| members.iter().any(|u| reg.is_user(u))).await
     }
 
     /// Queues one EDU for each destination in its own short transaction and wakes the sender.
@@ -313,6 +333,7 @@ impl SyncEngine {
             since.is_some() && !opts.full_state && !opts.timeout.is_zero() && !self.stopping.load(Ordering::SeqCst);
         let deadline = Instant::now() + opts.timeout.min(MAX_TIMEOUT);
         let wakeup = self.notifier.subscribe(user_id.as_str());
+        let _waiting = may_wait.then(|| crate::metrics::Occupied::new(metrics::gauge!("myelin_sync_waiting")));
         let mut since = since;
         loop {
             let notified = wakeup.notified();

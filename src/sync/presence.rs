@@ -226,6 +226,16 @@ impl SyncEngine {
             _ => Db::next_stream_position(&mut tx, streams::PRESENCE).await?,
         };
         self.db.upsert_presence(&mut tx, &row).await?;
+        let mut for_appservices = false;
+        if visible && let Some(appservices) = self.rooms.appservices().filter(|a| a.any_ephemeral_receivers()) {
+            // Appservices hear of their own users and of users sharing a room with them.
+            let event = json!({ "type": "m.presence", "sender": user, "content": presence_content(&row, now_ms()) });
+            for_appservices = appservices
+                .queue_ephemeral(&mut tx, "edu", &event, |reg| {
+                    reg.is_user(&user) || sharing.iter().any(|u| reg.is_user(u))
+                })
+                .await?;
+        }
         if visible && !destinations.is_empty() {
             let mut push = presence_content(&row, now_ms());
             push["user_id"] = json!(user);
@@ -242,7 +252,7 @@ impl SyncEngine {
             let mut wake: Vec<&str> = sharing.iter().map(String::as_str).filter(|u| self.is_local(u)).collect();
             wake.push(&user);
             self.notifier.wake(wake);
-            if !destinations.is_empty() {
+            if !destinations.is_empty() || for_appservices {
                 self.rooms.outbox_wakeup.notify_waiters();
             }
         }

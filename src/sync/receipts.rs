@@ -123,7 +123,19 @@ impl SyncEngine {
                 self.db.insert_outbox(&mut tx, d, "edu", &edu).await?;
             }
         }
+        let mut for_appservices = false;
+        if r.receipt_type == READ {
+            let receipt = json!({
+                "type": "m.receipt",
+                "room_id": r.room_id,
+                "content": { r.event_id.as_str(): { READ: { r.user_id.as_str(): data } } },
+            });
+            for_appservices = self.queue_appservice_room_ephemeral(&mut tx, r.room_id.as_str(), &receipt).await?;
+        }
         tx.commit().await?;
+        if for_appservices {
+            self.rooms.outbox_wakeup.notify_waiters();
+        }
         if r.receipt_type == READ_PRIVATE {
             self.notifier.wake([r.user_id.as_str()]);
         } else {

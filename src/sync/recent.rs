@@ -84,9 +84,14 @@ impl View {
             .collect()
     }
 
-    /// How many of the room's events in `(floor, cursor]` satisfy `pred`.
-    pub fn count(&self, room_id: &str, floor: i64, cursor: i64, pred: impl Fn(&StoredEvent) -> bool) -> usize {
-        self.after(floor).filter(|e| e.stream <= cursor && e.pdu.room_id.as_str() == room_id && pred(e)).count()
+    /// The room's events in `(floor, cursor]`, oldest first.
+    pub fn events_in<'a>(
+        &'a self,
+        room_id: &'a str,
+        floor: i64,
+        cursor: i64,
+    ) -> impl Iterator<Item = &'a StoredEvent> + 'a {
+        self.after(floor).filter(move |e| e.stream <= cursor && e.pdu.room_id.as_str() == room_id).map(|e| &**e)
     }
 
     /// Whether a membership changed in `(since, end]` in one of `rooms`.
@@ -97,6 +102,11 @@ impl View {
     /// Whether `user`'s own membership of any room changed in `(since, end]`.
     pub fn user_moved(&self, user: &str, since: i64) -> bool {
         self.log.members.iter().rev().take_while(|m| m.0 > since).any(|m| &*m.2 == user)
+    }
+
+    /// The events in `(since, end]`, oldest first.
+    pub fn events_after(&self, since: i64) -> impl Iterator<Item = &StoredEvent> {
+        self.after(since).map(|e| &**e)
     }
 
     fn after(&self, since: i64) -> impl DoubleEndedIterator<Item = &Arc<StoredEvent>> {

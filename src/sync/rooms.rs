@@ -29,6 +29,7 @@ use super::token::SyncToken;
 use super::{Ctx, SyncEngine, filter, receipts};
 use crate::error::Result;
 use crate::rooms::read::{TopoToken, VisibilityMemo};
+use crate::storage::push::{Counts, UnreadCounts};
 use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
 use crate::storage::sync::{AccountDataRow, MembershipRow, ReceiptRow, by_room};
 
@@ -52,21 +53,21 @@ const ROOMS_AT_ONCE: usize = 8;
 /// Unread counts stop at this number.
 const UNREAD_CAP: i64 = 1000;
 
-/// How one room is synced.
-struct Plan<'a> {
-    room_id: &'a str,
+/// How one room is synced (also by sliding sync, `super::sliding`).
+pub(super) struct Plan<'a> {
+    pub(super) room_id: &'a str,
     /// Timeline and state changes after this position (None: from the start of the room).
-    after: Option<i64>,
+    pub(super) after: Option<i64>,
     /// Up to this position (now, or the user's leave).
-    upto: i64,
+    pub(super) upto: i64,
     /// Send the full state rather than the change since `after`.
-    full_state: bool,
+    pub(super) full_state: bool,
     /// The user's membership now (for history visibility).
-    membership: &'a str,
+    pub(super) membership: &'a str,
     /// The user's membership event changed in the window.
-    membership_changed: bool,
+    pub(super) membership_changed: bool,
     /// Stream position of the user's current membership.
-    member_stream: i64,
+    pub(super) member_stream: i64,
 }
 
 /// A room's entry whose timeline and state events are not rendered yet: the transaction ids of
@@ -78,17 +79,12 @@ struct RoomEntry {
     state: Vec<StoredEvent>,
 }
 
-struct Timeline {
-    events: Vec<StoredEvent>,
-    limited: bool,
-    prev_batch: String,
+pub(super) struct Timeline {
+    pub(super) events: Vec<StoredEvent>,
+    pub(super) limited: bool,
+    pub(super) prev_batch: String,
     /// Some event of the window was left out (filter or visibility).
-    skipped: bool,
-}
-
-/// The event types unread counts count (as `Db::unread_count`).
-fn counts_as_unread(ev: &StoredEvent) -> bool {
-    matches!(ev.pdu.fields.kind.to_string().as_str(), "m.room.message" | "m.room.encrypted" | "m.sticker")
+    pub(super) skipped: bool,
 }
 
 fn stripped(ev: &StoredEvent) -> Value {
@@ -332,51 +328,81 @@ impl SyncEngine {
         if summary.is_none() && (plan.membership_changed || tl.events.iter().chain(&state).any(is_member)) {
             summary = Some(self.summary(ctx, plan).await?);
         }
-        let notifications = self.unread_count(ctx, plan).await?;
+        let counts = self.unread_count(ctx, plan).await?;
+        let count_json = |c: Counts| json!({ "notification_count": c.notifications, "highlight_count": c.highlights });
 
         let mut room = json!({
             "timeline": { "limited": tl.limited, "prev_batch": tl.prev_batch },
             "ephemeral": events_obj(ephemeral),
             "account_data": events_obj(account_data),
-            "unread_notifications": { "notification_count": notifications, "highlight_count": 0 },
         });
+        if ctx.opts.filter.unread_thread_notifications {
+            room["unread_notifications"] = count_json(counts.main);
+            let threads: Map<String, Value> = counts.threads.iter().map(|(t, c)| (t.clone(), count_json(*c))).collect();
+            if !threads.is_empty() {
+                room["unread_thread_notifications"] = Value::Object(threads);
+            }
+        } else {
+            room["unread_notifications"] = count_json(counts.total());
+        }
         room["summary"] = summary.map(|(s, _)| s).unwrap_or_else(|| json!({}));
         Ok(Some(RoomEntry { entry: room, timeline: tl.events, state }))
     }
 
-    /// Messages from others after the user's read receipt (or their joining), up to the plan's
-    /// end. A count remembered from an earlier sync is carried forward with the log's events
-    /// when no receipt (of anyone: the receipts stream) and not the user's membership moved
-    /// since; otherwise it is counted in the database.
-    async fn unread_count(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<i64> {
+    /// The user's unread counts in the room (push actions after their read receipts, see
+    /// `Db::unread_count`) up to the plan's end. Counts remembered from an earlier sync are
+    /// carried forward while no receipt (of anyone: the receipts stream) and not the user's
+    /// membership moved since, adding the push actions of the room's newer events that the
+    /// room engine evaluated in this process (`PushEval::recent`): a message that wakes a
+    /// thousand long-polls costs no count query. Otherwise they are counted in the database.
+    pub(super) async fn unread_count(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<UnreadCounts> {
         let key = (ctx.user.to_string(), plan.room_id.to_owned());
-        let known = self.unread.get(&key);
-        let counted = match known {
-            Some(u)
-                if u.receipts == ctx.now.receipts
-                    && u.member_stream == plan.member_stream
-                    && u.upto <= plan.upto
-                    && ctx.view.covers(u.upto)
-                    && plan.upto <= ctx.view.end =>
-            {
-                let user = ctx.user.as_str();
-                let added = ctx.view.count(plan.room_id, u.upto, plan.upto, |e| {
-                    e.pdu.fields.sender.as_str() != user && counts_as_unread(e)
-                }) as i64;
-                (u.count + added).min(UNREAD_CAP)
+        if let Some(u) = self.unread.get(&key)
+            && u.receipts == ctx.now.receipts
+            && u.member_stream == plan.member_stream
+            && u.upto <= plan.upto
+            && ctx.view.covers(u.upto)
+            && plan.upto <= ctx.view.end
+            && let Some(counts) = self.carry_forward(ctx, plan, &u)
+        {
+            if u.upto < plan.upto {
+                self.unread.insert(key, super::Unread { upto: plan.upto, counts: Arc::new(counts.clone()), ..u });
             }
-            _ => {
-                self.db.unread_count(plan.room_id, ctx.user.as_str(), plan.member_stream, plan.upto, UNREAD_CAP).await?
-            }
-        };
+            return Ok(counts);
+        }
+        let counts =
+            self.db.unread_count(plan.room_id, ctx.user.as_str(), plan.member_stream, plan.upto, UNREAD_CAP).await?;
         let entry = super::Unread {
             upto: plan.upto,
             receipts: ctx.now.receipts,
             member_stream: plan.member_stream,
-            count: counted,
+            counts: Arc::new(counts.clone()),
         };
         self.unread.insert(key, entry);
-        Ok(counted)
+        Ok(counts)
+    }
+
+    /// Remembered counts plus the push actions of the room's events in `(u.upto, plan.upto]`,
+    /// if every one of them is known (None: count in the database).
+    fn carry_forward(&self, ctx: &Ctx<'_>, plan: &Plan<'_>, u: &super::Unread) -> Option<UnreadCounts> {
+        let mut counts = (*u.counts).clone();
+        for e in ctx.view.events_in(plan.room_id, u.upto, plan.upto) {
+            if e.pdu.fields.sender == *ctx.user {
+                continue;
+            }
+            let actions = self.rooms.push.recent(e.pdu.event_id.as_str())?;
+            let Some(highlight) = actions.for_user(ctx.user.as_str()) else { continue };
+            let c = if actions.thread.is_empty() {
+                &mut counts.main
+            } else {
+                counts.threads.entry(actions.thread.clone()).or_default()
+            };
+            c.notifications += 1;
+            c.highlights += i64::from(highlight);
+        }
+        counts.main.notifications = counts.main.notifications.min(UNREAD_CAP);
+        counts.main.highlights = counts.main.highlights.min(counts.main.notifications);
+        Some(counts)
     }
 
     /// One left (or banned) room: the timeline up to the leave, and state.
@@ -396,7 +422,7 @@ impl SyncEngine {
     }
 
     /// The last `limit` visible, matching events of `(after, upto]`, oldest first.
-    async fn timeline(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<Timeline> {
+    pub(super) async fn timeline(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<Timeline> {
         let filter = &ctx.opts.filter.timeline;
         let limit = ctx.opts.filter.timeline_limit();
         // The first batch is just enough for a full timeline and the `limited` flag, which is what
@@ -546,7 +572,7 @@ impl SyncEngine {
     /// The state group after the last event of a room at or before `pos`. Answers for committed
     /// positions never change, so the woken long-polls of one room share them: the first asks
     /// the database while the others (a thousand, after a message to a big room) wait for it.
-    async fn group_at(&self, ctx: &Ctx<'_>, room_id: &str, pos: i64) -> Result<Option<i64>> {
+    pub(super) async fn group_at(&self, ctx: &Ctx<'_>, room_id: &str, pos: i64) -> Result<Option<i64>> {
         // Only positions known to be committed: a client's token may name a future one.
         if pos > ctx.view.end {
             return self.db.state_group_at_stream(room_id, pos).await;
@@ -572,7 +598,7 @@ impl SyncEngine {
 
     /// The room summary and its heroes. Member counts and the first members change only with
     /// the room's state, so they are remembered per state group of the room's last event.
-    async fn summary(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<(Value, Vec<String>)> {
+    pub(super) async fn summary(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<(Value, Vec<String>)> {
         let (room_id, user) = (plan.room_id, ctx.user.as_str());
         // Only at the room's newest event does its state match the membership table read here.
         let group = match self.group_at(ctx, room_id, ctx.view.end).await? {
@@ -613,7 +639,7 @@ impl SyncEngine {
 
     /// Stripped state for an invite or knock: what the membership event carries in `unsigned`
     /// (invites from other servers), else the room's current state, plus the membership event.
-    async fn stripped_state(&self, m: &MembershipRow, unsigned_key: &str) -> Result<Vec<Value>> {
+    pub(super) async fn stripped_state(&self, m: &MembershipRow, unsigned_key: &str) -> Result<Vec<Value>> {
         let member = self.db.get_event(&m.event_id).await?;
         let carried = member
             .as_ref()

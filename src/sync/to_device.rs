@@ -58,9 +58,10 @@ impl SyncEngine {
         for (server, edu) in &edus {
             self.db.insert_outbox(&mut tx, server, "edu", edu).await?;
         }
+        let for_appservices = self.to_device_for_appservices(&mut tx, sender.as_str(), event_type, &local).await?;
         tx.commit().await?;
         self.notifier.wake(woken.iter().map(String::as_str));
-        if !edus.is_empty() {
+        if !edus.is_empty() || for_appservices {
             self.rooms.outbox_wakeup.notify_waiters();
         }
         Ok(())
@@ -121,6 +122,33 @@ impl SyncEngine {
             }
         }
         Ok((local, remote))
+    }
+
+    /// MSC4203: to-device messages for devices of appservice users go into the appservice's
+    /// transactions too (`de.sorunome.msc2409.to_device`, with `to_user_id`/`to_device_id`), as
+    /// Synapse does for appservices with `receive_ephemeral`.
+    async fn to_device_for_appservices(
+        &self,
+        tx: &mut crate::storage::WriteTx,
+        sender: &str,
+        event_type: &str,
+        deliveries: &[Delivery],
+    ) -> Result<bool> {
+        let Some(appservices) = self.rooms.appservices().filter(|a| a.any_ephemeral_receivers()) else {
+            return Ok(false);
+        };
+        let mut any = false;
+        for m in deliveries {
+            let message = json!({
+                "type": event_type,
+                "sender": sender,
+                "to_user_id": m.user,
+                "to_device_id": m.device,
+                "content": serde_json::from_str::<Value>(&m.content)?,
+            });
+            any |= appservices.queue_ephemeral(tx, "to_device", &message, |reg| reg.is_user(&m.user)).await?;
+        }
+        Ok(any)
     }
 
     async fn queue_deliveries(

@@ -296,6 +296,9 @@ impl SyncEngine {
             }
             changed
         };
+        if changed {
+            self.typing_to_appservices(room_id.as_str()).await?;
+        }
         // Renewals are federated too: the other servers time typing out on their own.
         if origin == TypingOrigin::Local && (typing || changed) {
             let destinations = self.rooms.remote_destinations(room_id.as_str()).await?;
@@ -333,6 +336,22 @@ impl SyncEngine {
         Ok(())
     }
 
+    /// Queues the room's typing users, as they are now, for the appservices in the room.
+    async fn typing_to_appservices(&self, room_id: &str) -> Result<()> {
+        if !self.rooms.appservices().is_some_and(|a| a.any_ephemeral_receivers()) {
+            return Ok(());
+        }
+        let users = self.typing.changed_since([room_id], None).remove(room_id).unwrap_or_default();
+        let event = json!({ "type": "m.typing", "room_id": room_id, "content": { "user_ids": users } });
+        let mut tx = self.db.begin_write().await?;
+        let queued = self.queue_appservice_room_ephemeral(&mut tx, room_id, &event).await?;
+        tx.commit().await?;
+        if queued {
+            self.rooms.outbox_wakeup.notify_waiters();
+        }
+        Ok(())
+    }
+
     /// PostgreSQL: removes the typing users whose time is up, for every process; whether any
     /// were removed by this process.
     async fn expire_shared_typing(&self) -> Result<bool> {
@@ -349,9 +368,12 @@ impl SyncEngine {
         Ok(true)
     }
 
-    /// Tells the room's other servers that local users stopped typing.
+    /// Tells the room's appservices and other servers that local users stopped typing.
     async fn federate_expiry(&self, expired: &[(String, Vec<String>)]) {
         for (room_id, users) in expired {
+            if let Err(e) = self.typing_to_appservices(room_id).await {
+                tracing::warn!(%room_id, error = %e, "typing expiry: queueing for appservices");
+            }
             let local: Vec<&String> = users.iter().filter(|u| self.is_local(u)).collect();
             if local.is_empty() {
                 continue;

@@ -206,6 +206,11 @@ pub fn set_config(config: &mut toml::Table, dotted: &str, value: impl Into<toml:
     table.insert(last.to_owned(), value.into());
 }
 
+/// Percent-encodes a path segment or query value (a room id, an event id, a sync token).
+pub fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
 /// The response of one request: status and body (JSON, or the text as a JSON string when the
 /// body is not JSON, or `null` when empty).
 pub type Resp = (u16, Value);

@@ -7,12 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub use crate::common::enc;
 use crate::common::{Client, send};
-
-/// Percent-encodes a query value.
-pub fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
 
 /// Creates a room; returns its id.
 pub async fn create_room(c: &Client, body: Value) -> String {

@@ -12,6 +12,7 @@ use crate::accounts::random_alpha;
 use crate::accounts::uia::{self, UiaRequest};
 use crate::api::AppState;
 use crate::api::extract::{Ruma, RumaResponse};
+use crate::appservice::Kind;
 use crate::config::RegistrationMode;
 use crate::error::{Error, Result};
 
@@ -20,6 +21,9 @@ pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Req
     let body = &req.body;
     if body.kind == register::RegistrationKind::Guest {
         return Err(Error::new(http::StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled"));
+    }
+    if body.login_type == Some(register::LoginType::ApplicationService) {
+        return register_for_appservice(&state, &req).await;
     }
     let flows = match state.config.registration.mode {
         RegistrationMode::Disabled => {
@@ -37,9 +41,35 @@ pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Req
     let address = req.ip.to_string();
     state.limits.registration.peek(&address)?;
     state.accounts.check_available(&localpart).await?;
+    let user_id = state.accounts.user_id(&localpart)?;
+    state.appservices.check_exclusive(Kind::Users, user_id.as_str(), None)?;
     state.accounts.check_uia(body.auth.as_ref(), UiaRequest { flows, user_id: None, operation: "register" }).await?;
     let user_id = state.accounts.register(&localpart, body.password.clone(), false).await?;
     state.limits.registration.record(&address);
+    login_new_user(&state, &req, user_id).await
+}
+
+/// `POST /register` with `type: m.login.application_service`: an appservice creates one of
+/// its users, without UIA or password, whatever `registration.mode` says.
+async fn register_for_appservice(state: &AppState, req: &Ruma<register::v3::Request>) -> Result<Json<Value>> {
+    let Some(reg) = req.session.as_ref().and_then(|s| s.appservice.clone()) else {
+        return Err(Error::forbidden("m.login.application_service needs an application service's as_token"));
+    };
+    let Some(name) = &req.body.username else {
+        return Err(Error::missing_param("m.login.application_service needs a username"));
+    };
+    let user_id = state.appservices.register_user(&reg, &name.to_lowercase()).await?;
+    login_new_user(state, req, user_id).await
+}
+
+/// The answer to a completed registration: the user id alone with `inhibit_login`, else a
+/// login on a new device too.
+async fn login_new_user(
+    state: &AppState,
+    req: &Ruma<register::v3::Request>,
+    user_id: ruma::OwnedUserId,
+) -> Result<Json<Value>> {
+    let body = &req.body;
     if body.inhibit_login {
         return Ok(Json(json!({ "user_id": user_id })));
     }
@@ -71,7 +101,8 @@ pub async fn available(
     State(state): State<AppState>,
     req: Ruma<get_username_availability::v3::Request>,
 ) -> Result<RumaResponse<get_username_availability::v3::Response>> {
-    state.accounts.check_available(&req.body.username).await?;
+    let user_id = state.accounts.check_available(&req.body.username).await?;
+    state.appservices.check_exclusive(Kind::Users, user_id.as_str(), None)?;
     Ok(get_username_availability::v3::Response::new(true).into())
 }
 
@@ -92,7 +123,9 @@ pub async fn whoami(
 ) -> Result<RumaResponse<whoami::v3::Response>> {
     let s = req.session()?;
     let mut res = whoami::v3::Response::new(s.user_id.clone(), false);
-    res.device_id = Some(s.device_id.clone());
+    // An appservice acting without `?device_id=` has no device of the user's.
+    let deviceless = s.appservice.is_some() && s.device_id.as_str() == crate::accounts::APPSERVICE_DEVICE;
+    res.device_id = (!deviceless).then(|| s.device_id.clone());
     Ok(res.into())
 }
 

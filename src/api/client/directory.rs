@@ -21,6 +21,7 @@ pub async fn put_alias(State(state): State<AppState>, req: Ruma<create_alias::v3
     if alias.server_name() != state.rooms.server_name() {
         return Err(Error::invalid_param("Room alias must be on this server"));
     }
+    state.appservices.check_exclusive(crate::appservice::Kind::Aliases, alias.as_str(), Some(s.user_id.as_str()))?;
     // Only members may name a room (as Synapse requires), so that nobody squats the aliases of
     // rooms they are not in; membership is checked before existence so that the answer does
     // not tell a stranger which room ids exist. Server admins may alias any room.
@@ -42,7 +43,7 @@ pub async fn get_alias_handler(
     req: Ruma<get_alias::v3::Request>,
 ) -> Result<Json<Value>> {
     let alias = &req.body.room_alias;
-    match state.rooms.db().get_alias(alias.as_str()).await? {
+    match state.appservices.lookup_alias(alias.as_str()).await? {
         Some((room_id, _)) => Ok(Json(json!({ "room_id": room_id, "servers": [state.rooms.server_name()] }))),
         None => Err(Error::not_found(format!("Room alias {alias} not found"))),
     }
@@ -115,14 +116,45 @@ pub async fn set_visibility(
     Ok(Json(json!({})))
 }
 
+/// Which rooms a `publicRooms` request lists: the server's public directory (the default), the
+/// rooms an appservice published for one of its networks (`third_party_instance_id`
+/// `<appservice id>|<network id>`), or both (`include_all_networks`).
+enum Networks<'a> {
+    Matrix,
+    Instance(&'a str),
+    All,
+}
+
+async fn directory_rooms(state: &AppState, networks: Networks<'_>) -> Result<Vec<String>> {
+    let mut rooms = match networks {
+        Networks::Instance(_) => Vec::new(),
+        _ => state.rooms.db().public_rooms().await?,
+    };
+    let listed = match networks {
+        Networks::Matrix => Vec::new(),
+        Networks::Instance(instance) => {
+            let Some((appservice, network)) = instance.split_once('|') else {
+                return Err(Error::invalid_param("third_party_instance_id must be <appservice id>|<network id>"));
+            };
+            state.rooms.db().appservice_listed_rooms(Some((appservice, network))).await?
+        }
+        Networks::All => state.rooms.db().appservice_listed_rooms(None).await?,
+    };
+    rooms.extend(listed.into_iter().map(|(_, _, room)| room));
+    rooms.sort();
+    rooms.dedup();
+    Ok(rooms)
+}
+
 async fn public_rooms_chunk(
     state: &AppState,
+    rooms: Vec<String>,
     limit: Option<usize>,
     since: Option<&str>,
     search: Option<&str>,
 ) -> Result<Value> {
     let mut chunk = Vec::new();
-    for room in state.rooms.db().public_rooms().await? {
+    for room in rooms {
         let Ok(room_id) = RoomId::parse(&room) else { continue };
         let entry = state.rooms.summary(&room_id).await?;
         if let Some(term) = search {
@@ -172,7 +204,8 @@ pub async fn public_rooms(
 ) -> Result<Json<Value>> {
     check_server(&state, req.body.server.as_deref())?;
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
-    Ok(Json(public_rooms_chunk(&state, limit, req.body.since.as_deref(), None).await?))
+    let rooms = directory_rooms(&state, Networks::Matrix).await?;
+    Ok(Json(public_rooms_chunk(&state, rooms, limit, req.body.since.as_deref(), None).await?))
 }
 
 /// `POST /_matrix/client/v3/publicRooms`, served without a token like `GET` (ruma marks it
@@ -193,7 +226,14 @@ pub async fn public_rooms_filtered(State(state): State<AppState>, body: axum::bo
     check_server(&state, server.as_deref())?;
     let limit = req["limit"].as_u64().map(|l| l as usize);
     let search = req["filter"]["generic_search_term"].as_str();
-    Ok(Json(public_rooms_chunk(&state, limit, req["since"].as_str(), search).await?))
+    let networks = match (&req["include_all_networks"], &req["third_party_instance_id"]) {
+        (Value::Bool(true), _) => Networks::All,
+        (_, Value::String(instance)) => Networks::Instance(instance),
+        (_, Value::Null) => Networks::Matrix,
+        _ => return Err(Error::bad_json("third_party_instance_id must be a string")),
+    };
+    let rooms = directory_rooms(&state, networks).await?;
+    Ok(Json(public_rooms_chunk(&state, rooms, limit, req["since"].as_str(), search).await?))
 }
 
 /// Routes for endpoints served outside the ruma extractor.

@@ -34,12 +34,27 @@ fn content_of(json: Option<Value>) -> Result<Value> {
     }
 }
 
+/// The `ts` query parameter, honoured for appservices only (bridges importing history, as
+/// Synapse allows); ignored for everyone else.
+fn massaged_ts(s: &crate::accounts::Session, ts: Option<ruma::MilliSecondsSinceUnixEpoch>) -> Option<u64> {
+    s.appservice.as_ref().and(ts).map(|t| u64::from(t.get()))
+}
+
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
 pub async fn send(State(state): State<AppState>, req: Ruma<send_message_event::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     let b = &req.body;
     let content = content_of(req.json.clone())?;
-    let ev = NewEvent::message(b.event_type.to_string(), content);
+    let mut ev = NewEvent::message(b.event_type.to_string(), content);
+    // A redaction sent like any event names its target in `content.redacts` (v1.18, MSC4169);
+    // rooms before version 11 need it at the top level too.
+    if ev.kind == "m.room.redaction"
+        && let Some(target) = ev.content.get("redacts")
+    {
+        let target = target.as_str().and_then(|t| ruma::EventId::parse(t).ok());
+        ev.redacts = Some(target.ok_or_else(|| Error::bad_json("content.redacts must be an event id"))?);
+    }
+    ev.origin_server_ts = massaged_ts(s, b.timestamp);
     let origin = Origin { user_id: &s.user_id, txn: Some((s.device_id.as_str(), b.txn_id.as_str())) };
     let event_id = state.rooms.send(&b.room_id, origin, ev).await?;
     Ok(Json(json!({ "event_id": event_id })))
@@ -50,7 +65,13 @@ pub async fn redact(State(state): State<AppState>, req: Ruma<redact_event::v3::R
     let s = req.session()?;
     let b = &req.body;
     let content = content_of(req.json.clone())?;
-    let ev = NewEvent { kind: "m.room.redaction".into(), content, state_key: None, redacts: Some(b.event_id.clone()) };
+    let ev = NewEvent {
+        kind: "m.room.redaction".into(),
+        content,
+        state_key: None,
+        redacts: Some(b.event_id.clone()),
+        origin_server_ts: None,
+    };
     let origin = Origin { user_id: &s.user_id, txn: Some((s.device_id.as_str(), b.txn_id.as_str())) };
     let event_id = state.rooms.send(&b.room_id, origin, ev).await?;
     Ok(Json(json!({ "event_id": event_id })))
@@ -82,7 +103,8 @@ pub async fn send_state(
     if kind == "m.room.canonical_alias" {
         check_canonical_alias(&state, &b.room_id, &content).await?;
     }
-    let ev = NewEvent::state(kind, b.state_key.clone(), content);
+    let mut ev = NewEvent::state(kind, b.state_key.clone(), content);
+    ev.origin_server_ts = massaged_ts(s, b.timestamp);
     let event_id = state.rooms.send(&b.room_id, Origin { user_id: &s.user_id, txn: None }, ev).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod appservice;
 mod backup;
 mod device;
 mod directory;
@@ -34,6 +35,14 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(discovery::capabilities)
         .ruma(discovery::well_known_client)
         .ruma(discovery::rtc_transports)
+        .ruma(appservice::ping)
+        .ruma(appservice::protocols)
+        .ruma(appservice::protocol)
+        .ruma(appservice::location_for_protocol)
+        .ruma(appservice::user_for_protocol)
+        .ruma(appservice::location_for_alias)
+        .ruma(appservice::user_for_user_id)
+        .ruma(appservice::set_network_visibility)
         .ruma(session::login_types)
         .ruma(session::login)
         .ruma(session::logout)
@@ -107,6 +116,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(push::set_enabled)
         .ruma(push::get_actions)
         .ruma(push::set_actions)
+        .ruma(push::notifications)
         .ruma(relations::relations)
         .ruma(relations::relations_by_type)
         .ruma(relations::relations_by_type_and_event_type)
@@ -146,6 +156,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(backup::delete_room_keys)
         .ruma(backup::delete_session_key)
         .ruma(sync::sync)
+        .ruma(sync::sliding_sync)
         .ruma(sync::create)
         .ruma(sync::get)
         .ruma(receipt::typing)

@@ -28,6 +28,7 @@ async fn profile_json(state: &AppState, user_id: &ruma::UserId) -> Result<Value>
     if *user_id.server_name() != *state.config.server_name() {
         return remote_profile(state, user_id).await;
     }
+    state.appservices.ensure_user(user_id.as_str()).await?;
     let user = state.accounts.db().get_user(user_id.as_str()).await?.filter(|u| !u.deactivated);
     let Some(user) = user else { return Err(Error::not_found("Profile was not found")) };
     let mut out = json!({});

@@ -4,8 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use ruma::api::client::push::PushRule;
 use ruma::api::client::push::{
-    delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
-    get_pushrules_global_scope, set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+    delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
+    get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule, set_pushrule_actions,
+    set_pushrule_enabled,
 };
 use serde_json::{Value, json};
 
@@ -122,4 +123,19 @@ pub async fn set_pusher(State(state): State<AppState>, req: Ruma<set_pusher::v3:
     let body = req.json.clone().unwrap_or(Value::Null);
     push::pushers::set(state.rooms.db(), &s.user_id, s.device_id.as_str(), &body).await?;
     Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/notifications`
+pub async fn notifications(
+    State(state): State<AppState>,
+    req: Ruma<get_notifications::v3::Request>,
+) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let limit = req.body.limit.map(|l| i64::try_from(u64::from(l)).unwrap_or(i64::MAX));
+    let page = state.rooms.notifications(&s.user_id, req.body.from.as_deref(), limit, req.body.only.as_deref()).await?;
+    let mut body = json!({ "notifications": page.notifications });
+    if let Some(next) = page.next_token {
+        body["next_token"] = json!(next);
+    }
+    Ok(Json(body))
 }

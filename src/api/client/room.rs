@@ -61,7 +61,7 @@ pub async fn resolve_room(state: &AppState, id: &RoomOrAliasId) -> Result<OwnedR
         return Ok(room_id.to_owned());
     }
     let alias = <&RoomAliasId>::try_from(id).map_err(|_| Error::invalid_param("Invalid room id or alias"))?;
-    match state.rooms.db().get_alias(alias.as_str()).await? {
+    match state.appservices.lookup_alias(alias.as_str()).await? {
         Some((room_id, _)) => RoomId::parse(room_id).map_err(Error::internal),
         None => Err(Error::not_found(format!("Room alias {alias} not found"))),
     }

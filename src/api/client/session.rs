@@ -17,6 +17,7 @@ pub async fn login_types(State(state): State<AppState>, _: Ruma<get_login_types:
     Ok(Json(json!({ "flows": [
         { "type": "m.login.password" },
         { "type": "m.login.token", "get_login_token": state.accounts.login_tokens_enabled() },
+        { "type": "m.login.application_service" },
     ]})))
 }
 
@@ -42,6 +43,19 @@ pub async fn login(
             user_id
         }
         LoginInfo::Token(token) => state.accounts.take_login_token(&token.token).await?,
+        LoginInfo::ApplicationService(login) => {
+            let Some(reg) = req.session.as_ref().and_then(|s| s.appservice.clone()) else {
+                return Err(Error::forbidden("m.login.application_service needs an application service's as_token"));
+            };
+            let user = match (&login.identifier, &login.user) {
+                (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
+                (None, Some(user)) => user.clone(),
+                (Some(_), _) => return Err(Error::forbidden("Only m.id.user identifiers are supported")),
+                (None, None) => return Err(Error::missing_param("Missing identifier")),
+            };
+            let user_id = state.accounts.local_user_id(&user)?;
+            state.appservices.masquerade(&reg, Some(user_id.as_str()), true).await?
+        }
         _ => return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type")),
     };
     let issued = state

@@ -33,6 +33,19 @@ pub fn sync(
     }
 }
 
+/// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (simplified sliding
+/// sync, MSC4186). Not an `async fn`, for the reason given at [`sync`].
+pub fn sliding_sync(
+    State(state): State<AppState>,
+    req: Ruma<sync_events::v5::Request>,
+) -> impl Future<Output = Result<Json<Value>>> {
+    let parsed = req.session.ok_or_else(Error::missing_token).map(|s| (s, req.body));
+    async move {
+        let (session, body) = parsed?;
+        Ok(Json(state.sync.sliding_sync(&session.user_id, &session.device_id, body).await?))
+    }
+}
+
 /// The session, the filter (an id or JSON) and the options of a `/sync` request; the options'
 /// filter is filled in once resolved.
 fn parse_sync(req: Ruma<sync_events::v3::Request>) -> Result<(Session, Option<String>, SyncOptions)> {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::rooms::Rooms;
 use crate::rooms::build::{Appended, RoomCtx};
 use crate::rooms::pdu::{MAX_PDU_BYTES, Pdu};
+use crate::rooms::state;
 use crate::storage::Db;
 use crate::storage::rooms::{NewEventRow, StateIds};
 
@@ -205,6 +206,7 @@ impl Rooms {
             |t: &StateEventType, k: &str| by_key.get(&(t.to_string(), k.to_owned())).cloned(),
         ) {
             tracing::info!(event_id = %pdu.event_id, error = %e, "rejecting event: fails auth against the state before it");
+            inbound_pdu("rejected");
             self.persist_rejected(&pdu).await?;
             return Err(Error::forbidden(format!("Event fails auth: {e}")));
         }
@@ -218,9 +220,11 @@ impl Rooms {
         ) {
             tracing::info!(event_id = %pdu.event_id, error = %e, "soft-failing event against the current state");
             self.persist_soft_failed(&pdu, &state_before, before_group).await?;
+            inbound_pdu("soft_failed");
             return Ok(Processed { pdu, state_before, soft_failed: true });
         }
         self.persist_remote(origin, version, rules, &pdu, &state_before, before_group, forward_except).await?;
+        inbound_pdu("accepted");
         Ok(Processed { pdu, state_before, soft_failed: false })
     }
 
@@ -245,6 +249,7 @@ impl Rooms {
             })
         {
             tracing::info!(event_id = %pdu.event_id, error = %e, "rejecting event: fails auth against its auth events");
+            inbound_pdu("rejected");
             self.persist_rejected(pdu).await?;
             return Err(Error::forbidden(format!("Event fails auth: {e}")));
         }
@@ -290,10 +295,7 @@ impl Rooms {
         forward_except: Option<&ServerName>,
     ) -> Result<()> {
         let room_id = pdu.room_id.as_str();
-        let mut state_after = state_before.clone();
-        if let Some(k) = &pdu.fields.state_key {
-            state_after.insert((pdu.fields.kind.to_string(), k.clone()), pdu.event_id.to_string());
-        }
+        let state_after = state::state_after(state_before, pdu);
         // Read the room's current state and extremities inside the write transaction, after
         // taking the locks in the writer's order (event counter, then room row): local events
         // are appended by the writer task without the room lock.
@@ -328,25 +330,14 @@ impl Rooms {
             self.state_at_extremities(rules, &remaining, &state_after, pdu).await?
         };
         let stream = Db::next_stream_position(&mut tx, "events").await?;
-        let before_base = before_group.map(|(g, c)| (g, c, state_before));
-        let (group_after, chain_after) = self.write_group(&mut tx, room_id, before_base, &state_after).await?;
+        let (group_after, chain_after) = self.write_state_after(&mut tx, pdu, before_group, &state_after).await?;
         let (cur_group, cur_chain) = if new_current == state_after {
             (group_after, chain_after)
         } else {
             let base = current_group.map(|g| (g, current_chain, &current));
-            self.write_group(&mut tx, room_id, base, &new_current).await?
+            self.write_state_group(&mut tx, room_id, base, &new_current).await?
         };
-        let mut unsigned = None;
-        if let Some(k) = &pdu.fields.state_key
-            && let Some(prev_id) = state_before.get(&(pdu.fields.kind.to_string(), k.clone()))
-            && let Some(prev) = self.db.get_event(prev_id).await?
-        {
-            unsigned = Some(json!({
-                "replaces_state": prev_id,
-                "prev_content": prev.pdu.content(),
-                "prev_sender": prev.pdu.fields.sender,
-            }));
-        }
+        let unsigned = self.replaces_state(pdu, state_before, &HashMap::new()).await?;
         // An event we hold as an outlier (an invite received on `/invite`, an event fetched
         // for an auth chain or a state; not a soft-failed one, which `process_pdu` does not
         // evaluate again) enters the timeline in place: its row keeps the JSON and the
@@ -388,8 +379,17 @@ impl Rooms {
         {
             self.apply_redaction(&mut tx, &ctx, pdu, target).await?;
         }
+        // Push rules see the room as it was before the event.
+        let rows = self.push_actions(&ctx, state_before, before_group.map(|(g, _)| g), pdu, stream).await?;
+        self.db.insert_push_actions(&mut tx, rows).await?;
         ctx.written.insert(pdu.event_id.to_string(), pdu.clone());
         self.apply_held_redactions(&mut tx, &ctx, pdu).await?;
+        if let Some(appservices) = self.appservices.get()
+            && appservices.any_receivers()
+        {
+            let members = self.read_members(room_id).await?;
+            appservices.queue_event(&mut tx, pdu, &members.joined_local).await?;
+        }
         if let Some(except) = forward_except {
             for dest in self.remote_destinations(room_id).await? {
                 if dest != except.as_str() && dest != origin.as_str() {
@@ -415,23 +415,13 @@ impl Rooms {
         state_before: &StateIds,
         before_group: Option<(i64, i64)>,
     ) -> Result<()> {
-        let mut state_after = state_before.clone();
-        if let Some(k) = &pdu.fields.state_key {
-            state_after.insert((pdu.fields.kind.to_string(), k.clone()), pdu.event_id.to_string());
-        }
+        let state_after = state::state_after(state_before, pdu);
         // What it replaces, so that the state before it can be told from the state after it
         // (`state_before_event`).
-        let unsigned = pdu
-            .fields
-            .state_key
-            .as_ref()
-            .and_then(|k| state_before.get(&(pdu.fields.kind.to_string(), k.clone())))
-            .map(|prev_id| json!({ "replaces_state": prev_id }));
-        let room_id = pdu.room_id.as_str();
+        let unsigned = self.replaces_state(pdu, state_before, &HashMap::new()).await?;
         let (group, chain) = Db::while_holding_write_lock(async {
             let mut tx = self.db.begin_write().await?;
-            let before_base = before_group.map(|(g, c)| (g, c, state_before));
-            let (group, chain) = self.write_group(&mut tx, room_id, before_base, &state_after).await?;
+            let (group, chain) = self.write_state_after(&mut tx, pdu, before_group, &state_after).await?;
             if self.db.get_event(pdu.event_id.as_str()).await?.is_some() {
                 self.db.mark_soft_failed(&mut tx, pdu.event_id.as_str(), group).await?;
             } else {
@@ -472,4 +462,9 @@ impl Rooms {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Counts an inbound PDU's outcome (`myelin_federation_inbound_pdus_total`).
+fn inbound_pdu(outcome: &'static str) {
+    metrics::counter!("myelin_federation_inbound_pdus_total", "outcome" => outcome).increment(1);
 }

@@ -137,8 +137,7 @@ impl Rooms {
         )
         .map_err(|e| Error::forbidden(format!("Join not allowed by the room's state: {e}")))?;
 
-        let mut state_after = state.clone();
-        state_after.insert(("m.room.member".to_owned(), user.to_string()), join.event_id.to_string());
+        let state_after = crate::rooms::state::state_after(&state, &join);
         let mut tx = self.db.begin_event_write().await?;
         Db::reserve_stream_positions(&mut tx, "events", 1).await?;
         let known = self.db.get_room(room_id.as_str()).await?.is_some();
@@ -146,23 +145,21 @@ impl Rooms {
             self.db.insert_room(&mut tx, room_id.as_str(), version.as_str()).await?;
         }
         let stream = Db::next_stream_position(&mut tx, "events").await?;
-        let before = self.db.insert_state_group(&mut tx, room_id.as_str(), None, 0, &state).await?;
-        let after = self
-            .db
-            .insert_state_group(
-                &mut tx,
-                room_id.as_str(),
-                Some(before),
-                1,
-                &StateIds::from([(("m.room.member".to_owned(), user.to_string()), join.event_id.to_string())]),
-            )
-            .await?;
+        let before = self.write_state_group(&mut tx, room_id.as_str(), None, &state).await?;
+        let (after, after_chain) = self.write_state_after(&mut tx, &join, Some(before), &state_after).await?;
+        let unsigned = self.replaces_state(&join, &state, &HashMap::new()).await?;
         // Our own join may already be stored (e.g. received back as an outlier); replace it.
         sqlx::query("DELETE FROM events WHERE event_id = $1").bind(join.event_id.as_str()).execute(&mut *tx.tx).await?;
         self.db
             .insert_event(
                 &mut tx,
-                NewEventRow { pdu: &join, stream, unsigned: None, outlier: false, state_group: Some(after) },
+                NewEventRow {
+                    pdu: &join,
+                    stream,
+                    unsigned: unsigned.as_ref(),
+                    outlier: false,
+                    state_group: Some(after),
+                },
             )
             .await?;
         sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
@@ -180,7 +177,7 @@ impl Rooms {
             rules: rules.clone(),
             state: Arc::new(state_after),
             state_group: Some(after),
-            chain_length: 1,
+            chain_length: after_chain,
             extremities: vec![join.event_id.to_string()],
             depth: join.fields.depth,
             written: HashMap::new(),
@@ -381,15 +378,14 @@ impl Rooms {
                 "m.room.encryption",
                 "m.room.topic",
             ] {
+                // Whole PDUs, the create event among them (spec v1.16, MSC4311): the invited
+                // server can check their signatures and that they belong to the room.
                 if let Some(p) = self.current_state_event(room_id, t, "").await? {
-                    stripped
-                        .push(json!({ "type": t, "state_key": "", "content": p.content(), "sender": p.fields.sender }));
+                    stripped.push(p.federation_json());
                 }
             }
             if let Some(p) = self.current_state_event(room_id, "m.room.member", sender.as_str()).await? {
-                stripped.push(
-                    json!({ "type": "m.room.member", "state_key": sender, "content": p.content(), "sender": sender }),
-                );
+                stripped.push(p.federation_json());
             }
             (pdu, ctx.version.clone(), stripped)
         };

@@ -201,7 +201,11 @@ impl Rooms {
         {
             return Err(Error::bad_json("Not an invite of a local user"));
         }
-        if self.db.get_user(target.as_str()).await?.is_none() {
+        let exists = match self.appservices() {
+            Some(appservices) => appservices.ensure_user(target.as_str()).await?,
+            None => self.db.get_user(target.as_str()).await?.is_some(),
+        };
+        if !exists {
             return Err(Error::not_found("Unknown user"));
         }
         // A room we know has its ACL; of a room we do not know we cannot tell (Synapse:
@@ -238,7 +242,15 @@ impl Rooms {
                 }
             }
         }
-        let invite_state = body["invite_room_state"].clone();
+        // Kept as the stripped state clients are shown: servers send whole PDUs since v1.16
+        // (MSC4311), of which clients get type, state key, sender and content.
+        let invite_state: Vec<Value> = body["invite_room_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e.is_object())
+            .map(|e| json!({ "type": e["type"], "state_key": e["state_key"], "sender": e["sender"], "content": e["content"] }))
+            .collect();
         let mut tx = self.db.begin_event_write().await?;
         if self.db.get_event(event_id).await?.is_none() {
             let stream = Db::next_stream_position(&mut tx, "events").await?;
@@ -250,9 +262,14 @@ impl Rooms {
                 )
                 .await?;
             self.db.set_membership(&mut tx, room_id.as_str(), target.as_str(), "invite", event_id, stream).await?;
+            // An invite of an appservice's user to a room held elsewhere: the bridge hears of it.
+            if let Some(appservices) = self.appservices() {
+                appservices.queue_event(&mut tx, &signed, &[]).await?;
+            }
         }
         tx.commit().await?;
         self.notifier.wake([target.as_str()]);
+        self.outbox_wakeup.notify_waiters();
         Ok(json!({ "event": signed.federation_json() }))
     }
 

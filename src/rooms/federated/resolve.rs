@@ -12,7 +12,6 @@ use ruma::{EventId, OwnedEventId, ServerName};
 use crate::error::{Error, Result};
 use crate::rooms::Rooms;
 use crate::rooms::pdu::Pdu;
-use crate::rooms::state::MAX_CHAIN;
 use crate::storage::rooms::{StateIds, StoredEvent};
 use crate::storage::{Db, WriteTx};
 
@@ -307,31 +306,6 @@ impl Rooms {
         )
         .map_err(|e| Error::internal(format!("state resolution: {e}")))?;
         Ok(resolved.into_iter().map(|((t, k), id)| ((t.to_string(), k), id.to_string())).collect())
-    }
-
-    /// Writes the state group for `state`, as a delta on `base` when possible.
-    pub(in crate::rooms) async fn write_group(
-        &self,
-        tx: &mut WriteTx,
-        room_id: &str,
-        base: Option<(i64, i64, &StateIds)>,
-        state: &StateIds,
-    ) -> Result<(i64, i64)> {
-        if let Some((g, chain, base_state)) = base {
-            if base_state == state {
-                return Ok((g, chain));
-            }
-            if chain < MAX_CHAIN && base_state.keys().all(|k| state.contains_key(k)) {
-                let delta: StateIds = state
-                    .iter()
-                    .filter(|(k, v)| base_state.get(*k) != Some(*v))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let id = self.db.insert_state_group(tx, room_id, Some(g), chain + 1, &delta).await?;
-                return Ok((id, chain + 1));
-            }
-        }
-        Ok((self.db.insert_state_group(tx, room_id, None, 0, state).await?, 0))
     }
 
     /// The resolution of the states after the forward extremities `others` and `new_state`

@@ -1,0 +1,340 @@
+//! Notification counts from push rules, `/notifications` and the default push rules, over real
+//! HTTP on both backends.
+
+#[macro_use]
+mod common;
+
+use serde_json::{Value, json};
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A public room created by `owner` and joined by `others`.
+async fn room(owner: &common::Client, others: &[&common::Client]) -> String {
+    let (status, body) = owner.post("/_matrix/client/v3/createRoom", &json!({ "preset": "public_chat" })).await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["room_id"].as_str().unwrap().to_owned();
+    for c in others {
+        let (status, body) = c.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), &json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    room
+}
+
+async fn send(c: &common::Client, room: &str, content: Value) -> String {
+    let txn = format!("t{}", rand_suffix());
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
+    let (status, body) = c.put(&path, &content).await;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn text(c: &common::Client, room: &str, body: &str) -> String {
+    send(c, room, json!({ "msgtype": "m.text", "body": body })).await
+}
+
+/// The room's entry in an initial sync of `c` with `filter`.
+async fn sync_room(c: &common::Client, room: &str, filter: &Value) -> Value {
+    let (status, body) = c.get(&format!("/_matrix/client/v3/sync?filter={}", enc(&filter.to_string()))).await;
+    assert_eq!(status, 200, "{body}");
+    body["rooms"]["join"][room].clone()
+}
+
+/// `(notification_count, highlight_count)` of the room for `c`.
+async fn counts(c: &common::Client, room: &str) -> (i64, i64) {
+    let entry = sync_room(c, room, &json!({ "room": { "timeline": { "limit": 1 } } })).await;
+    let n = &entry["unread_notifications"];
+    (
+        n["notification_count"].as_i64().expect("notification_count"),
+        n["highlight_count"].as_i64().expect("highlight_count"),
+    )
+}
+
+async fn receipt(c: &common::Client, room: &str, kind: &str, event: &str, body: Value) {
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/{kind}/{}", enc(room), enc(event));
+    let (status, answer) = c.post(&path, &body).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+both_backends!(mentions_highlight_and_receipts_reset_counts, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = room(&alice, &[&bob]).await;
+    assert_eq!(counts(&alice, &room).await, (0, 0));
+    text(&bob, &room, "hello").await;
+    assert_eq!(counts(&alice, &room).await, (1, 0));
+    // A mention (m.mentions) highlights.
+    let alice_id = server.user_id("alice");
+    let mention =
+        send(&bob, &room, json!({ "msgtype": "m.text", "body": "look", "m.mentions": { "user_ids": [alice_id] } }))
+            .await;
+    assert_eq!(counts(&alice, &room).await, (2, 1));
+    // The sender's own messages never count for them.
+    assert_eq!(counts(&bob, &room).await, (0, 0));
+    // A notice does not notify (.m.rule.suppress_notices).
+    send(&bob, &room, json!({ "msgtype": "m.notice", "body": "bot says" })).await;
+    assert_eq!(counts(&alice, &room).await, (2, 1));
+    // A private read receipt on the mention resets both.
+    receipt(&alice, &room, "m.read.private", &mention, json!({})).await;
+    assert_eq!(counts(&alice, &room).await, (0, 0));
+    let later = text(&bob, &room, "more").await;
+    assert_eq!(counts(&alice, &room).await, (1, 0));
+    receipt(&alice, &room, "m.read", &later, json!({})).await;
+    assert_eq!(counts(&alice, &room).await, (0, 0));
+    // An incremental sync reports the change too.
+    let (_, first) = alice.get("/_matrix/client/v3/sync").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    send(
+        &bob,
+        &room,
+        json!({ "msgtype": "m.text", "body": "again", "m.mentions": { "user_ids": [server.user_id("alice")] } }),
+    )
+    .await;
+    let (status, next) = alice.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=0")).await;
+    assert_eq!(status, 200, "{next}");
+    let n = &next["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!((n["notification_count"].as_i64(), n["highlight_count"].as_i64()), (Some(1), Some(1)), "{next}");
+    // Each later sync adds what came since (counts carried forward from the previous one).
+    let mut since = next["next_batch"].as_str().unwrap().to_owned();
+    for expected in 2..5 {
+        text(&bob, &room, "and again").await;
+        let (status, next) = alice.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=5000")).await;
+        assert_eq!(status, 200, "{next}");
+        let n = &next["rooms"]["join"][&room]["unread_notifications"];
+        assert_eq!(
+            (n["notification_count"].as_i64(), n["highlight_count"].as_i64()),
+            (Some(expected), Some(1)),
+            "{next}"
+        );
+        since = next["next_batch"].as_str().unwrap().to_owned();
+    }
+    // Alice's own message counts nothing and keeps the count.
+    text(&alice, &room, "mine").await;
+    let (_, next) = alice.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=5000")).await;
+    assert_eq!(next["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 4, "{next}");
+});
+
+both_backends!(display_name_user_name_and_keyword_rules_highlight, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = room(&alice, &[&bob]).await;
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&server.user_id("alice")));
+    let (status, body) = alice.put(&path, &json!({ "displayname": "Wonderland Queen" })).await;
+    assert_eq!(status, 200, "{body}");
+    let read_all = |last: String| {
+        let alice = &alice;
+        let room = room.clone();
+        async move { receipt(alice, &room, "m.read", &last, json!({})).await }
+    };
+    // Without m.mentions, the display name highlights (.m.rule.contains_display_name) ...
+    let last = text(&bob, &room, "ask the wonderland queen").await;
+    assert_eq!(counts(&alice, &room).await, (1, 1));
+    read_all(last).await;
+    // ... and so does the user name (.m.rule.contains_user_name).
+    let last = text(&bob, &room, "hey alice, lunch?").await;
+    assert_eq!(counts(&alice, &room).await, (1, 1));
+    read_all(last).await;
+    // With m.mentions the legacy rules stay out: only mentions listed there highlight.
+    let last =
+        send(&bob, &room, json!({ "msgtype": "m.text", "body": "alice, Wonderland Queen", "m.mentions": {} })).await;
+    assert_eq!(counts(&alice, &room).await, (1, 0));
+    read_all(last).await;
+    // A keyword rule of the user's own.
+    let rule = "/_matrix/client/v3/pushrules/global/content/cats";
+    let actions = json!({ "pattern": "cats", "actions": ["notify", { "set_tweak": "highlight" }] });
+    let (status, body) = alice.put(rule, &actions).await;
+    assert_eq!(status, 200, "{body}");
+    let last = text(&bob, &room, "I like cats").await;
+    assert_eq!(counts(&alice, &room).await, (1, 1));
+    read_all(last).await;
+    // A room muted with a room rule counts nothing.
+    let mute = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room));
+    let (status, body) = alice.put(&mute, &json!({ "actions": [] })).await;
+    assert_eq!(status, 200, "{body}");
+    text(&bob, &room, "anyone?").await;
+    assert_eq!(counts(&alice, &room).await, (0, 0));
+});
+
+both_backends!(room_mentions_need_the_power_to_notify_the_room, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = room(&alice, &[&bob, &carol]).await;
+    // Bob has power 0; `notifications.room` defaults to 50.
+    let last = text(&bob, &room, "@room lunch").await;
+    assert_eq!(counts(&carol, &room).await, (1, 0));
+    receipt(&carol, &room, "m.read", &last, json!({})).await;
+    let last = send(&bob, &room, json!({ "msgtype": "m.text", "body": "all", "m.mentions": { "room": true } })).await;
+    assert_eq!(counts(&carol, &room).await, (1, 0));
+    receipt(&carol, &room, "m.read", &last, json!({})).await;
+    // Alice created the room (power 100).
+    let last = text(&alice, &room, "@room meeting now").await;
+    assert_eq!(counts(&carol, &room).await, (1, 1));
+    receipt(&carol, &room, "m.read", &last, json!({})).await;
+    send(&alice, &room, json!({ "msgtype": "m.text", "body": "all", "m.mentions": { "room": true } })).await;
+    assert_eq!(counts(&carol, &room).await, (1, 1));
+});
+
+both_backends!(thread_counts_and_threaded_receipts, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = room(&alice, &[&bob]).await;
+    let root = text(&bob, &room, "root").await;
+    let in_thread = |body: &str| json!({ "msgtype": "m.text", "body": body, "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
+    send(&bob, &room, in_thread("one")).await;
+    let mention = json!({ "user_ids": [server.user_id("alice")] });
+    let mut two = in_thread("two");
+    two["m.mentions"] = mention;
+    let last_in_thread = send(&bob, &room, two).await;
+    // Without the filter flag: the whole room.
+    assert_eq!(counts(&alice, &room).await, (3, 1));
+    let threaded = json!({ "room": { "timeline": { "limit": 1, "unread_thread_notifications": true } } });
+    let entry = sync_room(&alice, &room, &threaded).await;
+    assert_eq!(entry["unread_notifications"], json!({ "notification_count": 1, "highlight_count": 0 }), "{entry}");
+    assert_eq!(
+        entry["unread_thread_notifications"],
+        json!({ root.clone(): { "notification_count": 2, "highlight_count": 1 } }),
+        "{entry}"
+    );
+    // A receipt in the thread clears the thread only.
+    receipt(&alice, &room, "m.read", &last_in_thread, json!({ "thread_id": root })).await;
+    let entry = sync_room(&alice, &room, &threaded).await;
+    assert_eq!(entry["unread_notifications"]["notification_count"], 1, "{entry}");
+    assert!(entry.get("unread_thread_notifications").is_none(), "{entry}");
+    assert_eq!(counts(&alice, &room).await, (1, 0));
+    // A main-timeline receipt clears the main timeline; a new thread reply counts again.
+    receipt(&alice, &room, "m.read", &root, json!({ "thread_id": "main" })).await;
+    assert_eq!(counts(&alice, &room).await, (0, 0));
+    send(&bob, &room, in_thread("three")).await;
+    let entry = sync_room(&alice, &room, &threaded).await;
+    assert_eq!(entry["unread_notifications"]["notification_count"], 0, "{entry}");
+    assert_eq!(entry["unread_thread_notifications"][&root]["notification_count"], 1, "{entry}");
+    // An unthreaded receipt covers every thread.
+    let last = text(&bob, &room, "main again").await;
+    assert_eq!(counts(&alice, &room).await, (2, 0));
+    receipt(&alice, &room, "m.read", &last, json!({})).await;
+    assert_eq!(counts(&alice, &room).await, (0, 0));
+});
+
+both_backends!(notifications_endpoint_pages_and_filters_highlights, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = room(&alice, &[&bob]).await;
+    let (status, empty) = alice.get("/_matrix/client/v3/notifications").await;
+    assert_eq!(status, 200, "{empty}");
+    assert_eq!(empty["notifications"], json!([]), "{empty}");
+    let mut sent = Vec::new();
+    for i in 0..4 {
+        sent.push(text(&bob, &room, &format!("message {i}")).await);
+    }
+    let mention = send(
+        &bob,
+        &room,
+        json!({ "msgtype": "m.text", "body": "you there?", "m.mentions": { "user_ids": [server.user_id("alice")] } }),
+    )
+    .await;
+    sent.push(mention.clone());
+    receipt(&alice, &room, "m.read", &sent[1], json!({})).await;
+    // Newest first, two at a time.
+    let mut seen = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let path = match &from {
+            None => "/_matrix/client/v3/notifications?limit=2".to_owned(),
+            Some(f) => format!("/_matrix/client/v3/notifications?limit=2&from={}", enc(f)),
+        };
+        let (status, page) = alice.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let list = page["notifications"].as_array().unwrap();
+        assert!(list.len() <= 2, "{page}");
+        for n in list {
+            assert_eq!(n["room_id"], room.as_str(), "{n}");
+            assert!(n["ts"].as_i64().is_some(), "{n}");
+            assert!(n["actions"].as_array().unwrap().iter().any(|a| a == "notify"), "{n}");
+            assert_eq!(n["event"]["sender"], server.user_id("bob").as_str(), "{n}");
+            seen.push((n["event"]["event_id"].as_str().unwrap().to_owned(), n["read"].as_bool().unwrap()));
+        }
+        match page["next_token"].as_str() {
+            Some(t) => from = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<(String, bool)> = sent.iter().rev().map(|e| (e.clone(), false)).collect();
+    let mut expected = expected;
+    // The receipt on the second message covers the first two.
+    let n = expected.len();
+    expected[n - 1].1 = true;
+    expected[n - 2].1 = true;
+    assert_eq!(seen, expected);
+    // Highlights only.
+    let (status, page) = alice.get("/_matrix/client/v3/notifications?only=highlight").await;
+    assert_eq!(status, 200, "{page}");
+    let list = page["notifications"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{page}");
+    assert_eq!(list[0]["event"]["event_id"], mention.as_str());
+    assert!(list[0]["actions"].as_array().unwrap().iter().any(|a| a["set_tweak"] == "highlight"), "{page}");
+    // A bad token is a Matrix error.
+    let (status, body) = alice.get("/_matrix/client/v3/notifications?from=nonsense").await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+});
+
+both_backends!(default_push_rules_are_the_spec_list, |server| async move {
+    let alice = server.register("alice").await;
+    let (status, all) = alice.get("/_matrix/client/v3/pushrules/").await;
+    assert_eq!(status, 200, "{all}");
+    let ids = |kind: &str| -> Vec<String> {
+        all["global"][kind].as_array().unwrap().iter().map(|r| r["rule_id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(
+        ids("override"),
+        [
+            ".m.rule.master",
+            ".m.rule.suppress_notices",
+            ".m.rule.invite_for_me",
+            ".m.rule.member_event",
+            ".m.rule.is_user_mention",
+            ".m.rule.contains_display_name",
+            ".m.rule.is_room_mention",
+            ".m.rule.roomnotif",
+            ".m.rule.tombstone",
+            ".m.rule.reaction",
+            ".m.rule.room.server_acl",
+            ".m.rule.suppress_edits",
+        ]
+    );
+    assert_eq!(ids("content"), [".m.rule.contains_user_name"]);
+    let content = &all["global"]["content"][0];
+    assert_eq!(content["pattern"], "alice");
+    assert_eq!(content["default"], true);
+    assert_eq!(
+        ids("underride"),
+        [
+            ".m.rule.call",
+            ".m.rule.encrypted_room_one_to_one",
+            ".m.rule.room_one_to_one",
+            ".m.rule.message",
+            ".m.rule.encrypted"
+        ]
+    );
+    let (status, rule) = alice.get("/_matrix/client/v3/pushrules/global/override/.m.rule.roomnotif").await;
+    assert_eq!(status, 200, "{rule}");
+    assert_eq!(rule["conditions"][1], json!({ "kind": "sender_notification_permission", "key": "room" }));
+    // A disabled default rule stays listed (and stops highlighting).
+    let path = "/_matrix/client/v3/pushrules/global/content/.m.rule.contains_user_name/enabled";
+    assert_eq!(alice.put(path, &json!({ "enabled": false })).await.0, 200);
+    assert_eq!(alice.get(path).await.1["enabled"], false);
+    let bob = server.register("bob").await;
+    let room = room(&alice, &[&bob]).await;
+    // (Her display name is her user name until she sets another.)
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&server.user_id("alice")));
+    assert_eq!(alice.put(&path, &json!({ "displayname": "Wonder" })).await.0, 200);
+    text(&bob, &room, "alice?").await;
+    assert_eq!(counts(&alice, &room).await, (1, 0));
+});
