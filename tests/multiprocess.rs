@@ -223,10 +223,35 @@ async fn typing_across(typist: &Client, watcher: &Client, room: &str) {
     let (_, since) = poll.await.expect("typing poll");
     eprintln!("typing crossed processes in {:?}", started.elapsed());
     ok(&typist.put(&path, &json!({ "typing": false })).await);
-    sync_until(watcher, &since, Duration::from_secs(10), "end of typing from the other process", |s| {
+    let (_, since) =
+        sync_until(watcher, &since, Duration::from_secs(10), "end of typing from the other process", |s| {
+            typing_users(s, room).is_some_and(|u| !u.contains(&typist.user_id))
+        })
+        .await;
+    // A timeout runs out for every process: one of them removes the typing user for all.
+    ok(&typist.put(&path, &json!({ "typing": true, "timeout": 1500 })).await);
+    let (_, since) = sync_until(watcher, &since, Duration::from_secs(10), "typing again", |s| {
+        typing_users(s, room).is_some_and(|u| u.contains(&typist.user_id))
+    })
+    .await;
+    let typed = Instant::now();
+    sync_until(watcher, &since, Duration::from_secs(10), "typing timed out on the other process", |s| {
         typing_users(s, room).is_some_and(|u| !u.contains(&typist.user_id))
     })
     .await;
+    assert!(typed.elapsed() < Duration::from_secs(5), "typing ended only after {:?}", typed.elapsed());
+}
+
+/// The owners of the leases (`host/pid/random`): lease name → pid.
+async fn lease_owners(owner: &TestServer) -> Vec<(String, u32)> {
+    use sqlx::Connection;
+    let url = owner.config()["database"]["url"].as_str().expect("database.url").to_owned();
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connecting to the test database");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, owner FROM leases ORDER BY name").fetch_all(&mut conn).await.expect("leases");
+    rows.into_iter()
+        .map(|(name, o)| (name, o.split('/').nth(1).and_then(|p| p.parse().ok()).expect("pid in the owner")))
+        .collect()
 }
 
 /// A to-device message sent on one process reaches the recipient's long-poll on another.
@@ -333,6 +358,12 @@ async fn logout_across(session: &Client, elsewhere: &[Client]) {
 async fn three_processes_are_one_server() {
     let cluster = Cluster::start().await;
     let (a, b, c) = (&cluster.procs[0], &cluster.procs[1], &cluster.procs[2]);
+    // Background work runs once: each job's lease has one owner among the processes.
+    let pids: Vec<u32> = cluster.procs.iter().filter_map(TestServer::pid).collect();
+    let leases = lease_owners(a).await;
+    let names: Vec<&str> = leases.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["presence-sweep", "push-sender"], "{leases:?}");
+    assert!(leases.iter().all(|(_, pid)| pids.contains(pid)), "{leases:?} not held by {pids:?}");
     let alice = a.register("alice").await;
     let bob_b = b.register("bob").await;
     let room = create_room(&alice, json!({ "preset": "public_chat" })).await;
@@ -436,6 +467,12 @@ async fn sigkill_of_one_process_under_load() {
     let mut cluster = Cluster::start().await;
     let owner = cluster.procs[0].register("owner").await;
     let room = create_room(&owner, json!({ "preset": "public_chat" })).await;
+    // The victim is the process running the push sender, so that its lease must pass on.
+    let pids: Vec<u32> = cluster.procs.iter().filter_map(TestServer::pid).collect();
+    let holder = lease_owners(&cluster.procs[0]).await.into_iter().find(|(n, _)| n == "push-sender").expect("lease").1;
+    let victim = pids.iter().position(|p| *p == holder).expect("a process holds the push sender");
+    let survivor = (victim + 1) % 3;
+    let owner = owner.via(&cluster.url(survivor));
     let mut clients = Vec::new();
     for i in 0..6 {
         let c = cluster.procs[i % 3].register(&format!("k{i}")).await;
@@ -463,7 +500,7 @@ async fn sigkill_of_one_process_under_load() {
                         }
                     }
                     // The killed process's clients stop; the others must never fail.
-                    _ if i % 3 == 2 => return failures,
+                    _ if i % 3 == victim => return failures,
                     _ => failures += 1,
                 }
                 if n > 0 && n % 50 == 0 && acked.lock().unwrap().len() > 600 {
@@ -474,14 +511,14 @@ async fn sigkill_of_one_process_under_load() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    cluster.procs[2].kill9();
+    cluster.procs[victim].kill9();
     let mut failures = 0;
     for t in tasks {
         failures += t.await.expect("sender");
     }
     assert_eq!(failures, 0, "the surviving processes failed requests");
     let acked = acked.lock().unwrap().clone();
-    let from_killed = acked.iter().filter(|(i, _)| i % 3 == 2).count();
+    let from_killed = acked.iter().filter(|(i, _)| i % 3 == victim).count();
     assert!(from_killed >= 4, "the killed process acknowledged too little before the kill: {from_killed}");
     let a = ids(&all_messages(&owner, &room).await);
     let set: HashSet<&String> = a.iter().collect();
@@ -489,7 +526,19 @@ async fn sigkill_of_one_process_under_load() {
     for (_, id) in &acked {
         assert!(set.contains(id), "acknowledged {id} lost");
     }
-    assert_eq!(ids(&all_messages(&owner.via(&cluster.url(1)), &room).await), a, "the survivors disagree");
+    let other = 3 - victim - survivor;
+    assert_eq!(ids(&all_messages(&owner.via(&cluster.url(other)), &room).await), a, "the survivors disagree");
+    // The killed process's leases pass to the survivors within seconds.
+    let survivors: Vec<u32> = cluster.procs.iter().filter_map(TestServer::pid).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leases = lease_owners(&cluster.procs[survivor]).await;
+        if leases.len() == 2 && leases.iter().all(|(_, pid)| survivors.contains(pid)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leases not taken over by {survivors:?}: {leases:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// SQLite serves one process: a second `myelin serve` on the same database file stops at
@@ -498,15 +547,26 @@ async fn sigkill_of_one_process_under_load() {
 async fn sqlite_refuses_a_second_process() {
     let first = TestServer::start(Backend::Sqlite).await;
     let second = first.prepare_sibling();
-    let out = common::myelin_command()
+    let mut child = tokio::process::Command::from(common::myelin_command())
         .arg("serve")
         .arg("--config")
         .arg(second.config_path())
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
         .expect("running myelin");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a second process started on the same SQLite file");
+    let mut stderr = child.stderr.take().expect("stderr");
+    // A second process that starts serving never exits: give up on it after a while.
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("a second process is serving the same SQLite file")
+        .expect("waiting for myelin");
+    let mut stderr_text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut stderr_text).await.expect("stderr");
+    let stderr = stderr_text;
+    assert!(!status.success(), "a second process started on the same SQLite file");
     assert!(
         stderr.contains("another Myelin process is already serving the SQLite database")
             && stderr.contains("PostgreSQL"),

@@ -19,11 +19,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::notifier::OutboxWakeup;
 use serde_json::{Value, json};
 
 use super::{Appservices, CallError, Registration};
 use crate::error::Result;
-use crate::notifier::OutboxWakeup;
 use crate::storage::now_ms;
 
 /// Most events in one transaction (Synapse's limit).
@@ -42,13 +42,18 @@ struct PendingTxn {
 /// Most device-list changes read for one transaction.
 const MAX_DEVICE_LIST_CHANGES: i64 = 1000;
 
-/// Runs one sender per appservice that has a `url`, for as long as the returned future is
-/// polled: the server runs it under the `appservice-sender` lease, so exactly one process
-/// sends (dropping the future when the lease is lost stops every sender). `wakeup` is
-/// signalled after commits that queued outbox rows, in any process.
+/// Runs one sender task per appservice that has a `url`, for as long as this future is polled:
+/// it runs under the `appservice-sender` lease (`crate::lease`), in one process at a time, and
+/// dropping it stops every task. `wakeup` is signalled after commits that queued outbox rows
+/// (in any process).
 pub async fn run(svc: Arc<Appservices>, wakeup: Arc<OutboxWakeup>) {
-    let senders = svc.all().iter().filter(|r| r.url.is_some()).map(|reg| appservice_task(svc.clone(), reg.clone(), wakeup.clone())).collect::<Vec<_>>();
-    futures::future::join_all(senders).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for reg in svc.all().iter().filter(|r| r.url.is_some()) {
+        tasks.spawn(appservice_task(svc.clone(), reg.clone(), wakeup.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+    // Nothing to send to: hold the lease quietly rather than being restarted every second.
+    std::future::pending::<()>().await
 }
 
 async fn appservice_task(svc: Arc<Appservices>, reg: Arc<Registration>, wakeup: Arc<OutboxWakeup>) {

@@ -77,15 +77,15 @@ impl Server {
     /// Serves until SIGTERM/SIGINT, then finishes in-flight requests and closes the database.
     pub async fn run(self) -> anyhow::Result<()> {
         let config = self.state.config.clone();
-        if let Some(addr) = config.listen.metrics {
-            crate::metrics::serve(addr, self.db.clone()).await?;
-        }
         // SQLite serves one process; a second one on the same file stops here.
         let _single = self.db.claim_sqlite_file()?;
         let state = &self.state;
         crate::cluster::Cluster::new(self.db.clone(), state.rooms.clone(), state.sync.clone(), state.e2ee.clone())
             .start()
             .await?;
+        if let Some(addr) = config.listen.metrics {
+            crate::metrics::serve(addr, self.db.clone()).await?;
+        }
         let app = crate::api::router(self.state.clone());
         // Background work that must run once however many processes share the database.
         let leases = crate::lease::Leases::new(self.db.clone());

@@ -264,7 +264,7 @@ async fn notify(pool: &sqlx::AnyPool, payload: &str) -> Result<(), sqlx::Error> 
 async fn listen_loop(inner: Arc<Inner>, pool: sqlx::AnyPool, out: mpsc::UnboundedSender<BusEvent>) {
     let mut failures = 0u32;
     loop {
-        match listen_once(&inner, &pool, &out).await {
+        match listen_once(&inner, &pool, &out, &mut failures).await {
             Ok(()) => return, // the process is going away
             Err(e) => {
                 failures += 1;
@@ -283,6 +283,7 @@ async fn listen_once(
     inner: &Inner,
     pool: &sqlx::AnyPool,
     out: &mpsc::UnboundedSender<BusEvent>,
+    failures: &mut u32,
 ) -> Result<(), anyhow::Error> {
     let options = PgConnectOptions::from_str(&inner.url)?.application_name(LISTENER_APP_NAME);
     let own_pool = PgPoolOptions::new()
@@ -300,6 +301,8 @@ async fn listen_once(
     if out.send(BusEvent::Connected).is_err() {
         return Ok(());
     }
+    // Pauses between attempts grow only while connecting keeps failing.
+    *failures = 0;
     let ping = serde_json::to_string(&Envelope { p: inner.me.clone(), s: vec![Signal::Ping] })?;
     // Our own ping coming back proves the connection still delivers; it is sent through the
     // pool by a task of its own, as `try_recv` must not be cancelled mid-message.

@@ -336,25 +336,7 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// PostgreSQL: removes the typing users whose time is up, for every process; whether any
-    /// were removed by this process.
-    async fn expire_shared_typing(&self) -> Result<bool> {
-        let mut tx = self.db.begin_write().await?;
-        let expired = self.db.typing_expire(&mut tx, now_ms()).await?;
-        if expired.is_empty() {
-            return Ok(false);
-        }
-        let serial = crate::storage::Db::next_stream_position(&mut tx, streams::TYPING).await?;
-        self.db.bus().publish_in(&mut tx, vec![Signal::TypingExpired { s: serial, r: expired.clone() }]).await?;
-        tx.commit().await?;
-        self.typing.applied(serial).await;
-        self.expiry_to_appservices(&expired).await;
-        self.federate_expiry(&expired).await;
-        Ok(true)
-    }
-
-    /// Queues the room's typing users, as they are now, for the appservices in the room. Only
-    /// the process that made the change does it (with several processes, every one applies it).
+    /// Queues the room's typing users, as they are now, for the appservices in the room.
     async fn typing_to_appservices(&self, room_id: &str) -> Result<()> {
         if !self.rooms.appservices().is_some_and(|a| a.any_ephemeral_receivers()) {
             return Ok(());
@@ -370,18 +352,28 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// Tells the appservices in the rooms whose typing users timed out.
-    async fn expiry_to_appservices(&self, expired: &[(String, Vec<String>)]) {
-        for (room_id, _) in expired {
+    /// PostgreSQL: removes the typing users whose time is up, for every process; whether any
+    /// were removed by this process.
+    async fn expire_shared_typing(&self) -> Result<bool> {
+        let mut tx = self.db.begin_write().await?;
+        let expired = self.db.typing_expire(&mut tx, now_ms()).await?;
+        if expired.is_empty() {
+            return Ok(false);
+        }
+        let serial = crate::storage::Db::next_stream_position(&mut tx, streams::TYPING).await?;
+        self.db.bus().publish_in(&mut tx, vec![Signal::TypingExpired { s: serial, r: expired.clone() }]).await?;
+        tx.commit().await?;
+        self.typing.applied(serial).await;
+        self.federate_expiry(&expired).await;
+        Ok(true)
+    }
+
+    /// Tells the room's appservices and other servers that local users stopped typing.
+    async fn federate_expiry(&self, expired: &[(String, Vec<String>)]) {
+        for (room_id, users) in expired {
             if let Err(e) = self.typing_to_appservices(room_id).await {
                 tracing::warn!(%room_id, error = %e, "typing expiry: queueing for appservices");
             }
-        }
-    }
-
-    /// Tells the room's other servers that local users stopped typing.
-    async fn federate_expiry(&self, expired: &[(String, Vec<String>)]) {
-        for (room_id, users) in expired {
             let local: Vec<&String> = users.iter().filter(|u| self.is_local(u)).collect();
             if local.is_empty() {
                 continue;
@@ -447,7 +439,6 @@ impl SyncEngine {
             for (room_id, _) in &expired {
                 self.wake_room(room_id).await;
             }
-            self.expiry_to_appservices(&expired).await;
             self.federate_expiry(&expired).await;
         }
     }
