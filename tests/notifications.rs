@@ -78,6 +78,15 @@ both_backends!(mentions_highlight_and_receipts_reset_counts, |server| async move
     assert_eq!(counts(&alice, &room).await, (2, 1));
     // The sender's own messages never count for them.
     assert_eq!(counts(&bob, &room).await, (0, 0));
+    // A redacted message no longer counts (nor is listed in /notifications).
+    let spam = text(&bob, &room, "spam").await;
+    assert_eq!(counts(&alice, &room).await, (3, 1));
+    let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(&spam));
+    let (status, body) = bob.put(&path, &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(&alice, &room).await, (2, 1));
+    let (_, listed) = alice.get("/_matrix/client/v3/notifications").await;
+    assert!(!listed.to_string().contains(&spam), "{listed}");
     // A notice does not notify (.m.rule.suppress_notices).
     send(&bob, &room, json!({ "msgtype": "m.notice", "body": "bot says" })).await;
     assert_eq!(counts(&alice, &room).await, (2, 1));
@@ -103,8 +112,9 @@ both_backends!(mentions_highlight_and_receipts_reset_counts, |server| async move
     assert_eq!((n["notification_count"].as_i64(), n["highlight_count"].as_i64()), (Some(1), Some(1)), "{next}");
     // Each later sync adds what came since (counts carried forward from the previous one).
     let mut since = next["next_batch"].as_str().unwrap().to_owned();
+    let mut last = String::new();
     for expected in 2..5 {
-        text(&bob, &room, "and again").await;
+        last = text(&bob, &room, "and again").await;
         let (status, next) = alice.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=5000")).await;
         assert_eq!(status, 200, "{next}");
         let n = &next["rooms"]["join"][&room]["unread_notifications"];
@@ -115,10 +125,16 @@ both_backends!(mentions_highlight_and_receipts_reset_counts, |server| async move
         );
         since = next["next_batch"].as_str().unwrap().to_owned();
     }
+    // A redaction takes its target's count away in the next incremental sync too.
+    let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/r2", enc(&room), enc(&last));
+    assert_eq!(bob.put(&path, &json!({})).await.0, 200);
+    let (_, next) = alice.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=5000")).await;
+    assert_eq!(next["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 3, "{next}");
+    let since = next["next_batch"].as_str().unwrap().to_owned();
     // Alice's own message counts nothing and keeps the count.
     text(&alice, &room, "mine").await;
     let (_, next) = alice.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=5000")).await;
-    assert_eq!(next["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 4, "{next}");
+    assert_eq!(next["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 3, "{next}");
 });
 
 both_backends!(display_name_user_name_and_keyword_rules_highlight, |server| async move {

@@ -380,16 +380,23 @@ impl Rooms {
         target: &OwnedEventId,
     ) -> Result<()> {
         // The target may have been written earlier in this same transaction.
-        let target_pdu = match ctx.written.get(target.as_str()) {
-            Some(p) => p.clone(),
+        let (target_pdu, target_stream) = match ctx.written.get(target.as_str()) {
+            Some(p) => (p.clone(), None),
             None => match self.db.get_event(target.as_str()).await? {
-                Some(stored) => stored.pdu,
+                Some(stored) => (stored.pdu, Some(stored.stream)),
                 None => return Ok(()),
             },
         };
         if target_pdu.room_id != redaction.room_id || !self.redaction_takes_effect(ctx, redaction, &target_pdu).await? {
             return Ok(());
         }
+        // A redacted event no longer counts as unread nor is listed in `/notifications`. Its
+        // rows are keyed by user: those of the room's local users (any membership) are removed.
+        let local = self.members_before(ctx, redaction.room_id.as_str(), ctx.state_group).await?;
+        let thread = super::push_actions::thread_of(&target_pdu);
+        self.db
+            .delete_push_actions(tx, redaction.room_id.as_str(), &thread, target.as_str(), target_stream, &local.local)
+            .await?;
         let redacted = ruma::canonical_json::redact(target_pdu.json().clone(), &ctx.rules.redaction, None)
             .map_err(Error::internal)?;
         self.caches.evict_pdu(target.as_str());

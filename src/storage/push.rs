@@ -241,6 +241,34 @@ impl Db {
         Ok(())
     }
 
+    /// Removes the push actions of a redacted event: rows still buffered in `tx`, and the
+    /// stored rows of `users` when the event is committed at `stream`.
+    pub async fn delete_push_actions(
+        &self,
+        tx: &mut WriteTx,
+        room_id: &str,
+        thread_id: &str,
+        event_id: &str,
+        stream: Option<i64>,
+        users: &[String],
+    ) -> Result<()> {
+        tx.pending.push_actions.retain(|r| r.event_id != event_id);
+        let Some(stream) = stream else { return Ok(()) };
+        for chunk in users.chunks(500) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "DELETE FROM event_push_actions WHERE room_id = $1 AND thread_id = $2 AND stream_ordering = $3 \
+                 AND event_id = $4 AND user_id IN ({})",
+                super::placeholders(5, chunk.len())
+            ));
+            let mut q = sqlx::query(sql).bind(room_id).bind(thread_id).bind(stream).bind(event_id);
+            for u in chunk {
+                q = q.bind(u.as_str());
+            }
+            q.execute(&mut *tx.tx).await?;
+        }
+        Ok(())
+    }
+
     /// The stored `m.push_rules` account data of those of `users` who have one.
     pub async fn push_rules_of(&self, users: &[&str]) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();

@@ -387,6 +387,10 @@ impl SyncEngine {
     fn carry_forward(&self, ctx: &Ctx<'_>, plan: &Plan<'_>, u: &super::Unread) -> Option<UnreadCounts> {
         let mut counts = (*u.counts).clone();
         for e in ctx.view.events_in(plan.room_id, u.upto, plan.upto) {
+            // A redaction takes its target's push actions away: count again.
+            if e.pdu.fields.kind == TimelineEventType::RoomRedaction {
+                return None;
+            }
             if e.pdu.fields.sender == *ctx.user {
                 continue;
             }
