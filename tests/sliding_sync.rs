@@ -575,3 +575,43 @@ both_backends!(extensions, |server| async move {
 /// Keeps the type imported for the helpers' signatures.
 #[allow(dead_code)]
 fn _server(_: &TestServer) {}
+
+// Extension settings are sticky (MSC4186, as Synapse): matrix-rust-sdk sends
+// `to_device.enabled` once, on a connection of its own (`conn_id: "encryption"`), and then only
+// `since` once the server echoed its `txn_id`. A to-device message sent during the long-poll
+// must wake it and be in the answer. Before, the server read `enabled` from each request only:
+// the SDK's long-poll waited out its timeout and room keys never arrived (found by sdk-tests).
+both_backends!(extension_settings_are_sticky, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let first = json!({
+        "conn_id": "encryption",
+        "txn_id": "t1",
+        "extensions": { "to_device": { "enabled": true }, "e2ee": { "enabled": true } },
+    });
+    let body = ss(&alice, None, 0, &first).await;
+    assert_eq!(body["txn_id"], "t1", "{body}");
+    let since = body["extensions"]["to_device"]["next_batch"].as_str().expect("to_device answered").to_owned();
+    let p = pos(&body);
+
+    let poll = {
+        let (alice, p, since) = (alice.clone(), p.clone(), since.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let body = json!({ "conn_id": "encryption", "extensions": { "to_device": { "since": since } } });
+            (ss(&alice, Some(&p), 10_000, &body).await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let td = json!({ "messages": { alice.user_id.clone(): { alice.device_id.clone(): { "key": "k" } } } });
+    assert_eq!(bob.put("/_matrix/client/v3/sendToDevice/m.room_key/k1", &td).await.0, 200);
+    let (body, took) = poll.await.expect("long-poll");
+    assert!(took < std::time::Duration::from_secs(8), "woken by the to-device message, not the timeout ({took:?})");
+    assert_eq!(body["extensions"]["to_device"]["events"][0]["content"]["key"], "k", "{body}");
+    assert!(body["extensions"]["e2ee"].is_object(), "e2ee stays enabled: {body}");
+    // `since` itself is not sticky: the next request without one starts from the beginning of
+    // the unacknowledged messages, i.e. the message is still there.
+    let p2 = pos(&body);
+    let body = ss(&alice, Some(&p2), 0, &json!({ "conn_id": "encryption" })).await;
+    assert_eq!(body["extensions"]["to_device"]["events"][0]["content"]["key"], "k", "{body}");
+});

@@ -407,3 +407,33 @@ both_backends!(history_visibility_joined_hides_earlier_events, |server| async mo
     let ids = timeline_ids(&body, &room);
     assert!(ids.contains(&visible) && !ids.contains(&secret), "{ids:?}");
 });
+
+// An invite's stripped state names the inviter: their own `m.room.member` (display name), as
+// Synapse sends it, so that clients can say who invited (matrix-rust-sdk's
+// `invite_details().inviter`, found by sdk-tests). Before, only the room's state and the
+// invitee's membership were there.
+both_backends!(invite_state_names_the_inviter, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (s, _) = alice
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id),
+            &json!({ "displayname": "Alice A." }),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let room = create_room(&alice, json!({ "name": "Invited" })).await;
+    let (s, body) = alice
+        .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), &json!({ "user_id": bob.user_id }))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let body = sync(&bob, None, None, 0).await;
+    let events = body["rooms"]["invite"][&room]["invite_state"]["events"].as_array().cloned().unwrap_or_default();
+    let inviter = events
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str())
+        .unwrap_or_else(|| panic!("the inviter's membership in {events:?}"));
+    assert_eq!(inviter["content"]["membership"], "join");
+    assert_eq!(inviter["content"]["displayname"], "Alice A.");
+    assert!(events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()));
+});

@@ -159,7 +159,6 @@ async fn media_upload_and_download() {
 /// The invite's stripped state names who invited (Element X shows "Alice invited you" from the
 /// inviter's `m.room.member` there; Synapse includes it).
 #[tokio::test]
-#[ignore = "Myelin's invite_state carries the room's state and the invitee's membership, not the inviter's m.room.member; the SDK's invite_details().inviter is None"]
 async fn invite_names_the_inviter() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;

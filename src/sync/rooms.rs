@@ -655,11 +655,19 @@ impl SyncEngine {
             Some(list) => list,
             None => {
                 let current = self.db.current_state_ids(&m.room_id).await?;
-                let ids: Vec<String> = current
+                let mut ids: Vec<String> = current
                     .iter()
                     .filter(|((t, k), _)| k.is_empty() && STRIPPED_STATE_TYPES.contains(&t.as_str()))
                     .map(|(_, id)| id.clone())
                     .collect();
+                // The inviter's (or knocker's room mate's) own membership, as Synapse sends it:
+                // clients show "Bob invited you" from its display name and avatar.
+                if let Some(ev) = &member
+                    && ev.pdu.fields.state_key.as_deref() != Some(ev.pdu.fields.sender.as_str())
+                    && let Some(id) = current.get(&("m.room.member".to_owned(), ev.pdu.fields.sender.to_string()))
+                {
+                    ids.push(id.clone());
+                }
                 self.db.get_events(&ids).await?.iter().map(stripped).collect()
             }
         };

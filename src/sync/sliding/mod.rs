@@ -69,6 +69,9 @@ pub struct ConnState {
     /// The count of each list last sent.
     #[serde(rename = "l", default)]
     pub lists: BTreeMap<String, u64>,
+    /// The extensions' settings in effect (sticky, see [`sticky_extensions`]).
+    #[serde(rename = "x", default)]
+    pub extensions: Value,
 }
 
 /// What the client holds of one room.
@@ -152,6 +155,9 @@ impl SyncEngine {
             }
         };
         let prev_token = prev.as_ref().map(|s| SyncToken::parse(&s.token)).transpose()?;
+        let mut req = req;
+        let extensions = sticky_extensions(prev.as_ref().map(|p| &p.extensions), &req.extensions)?;
+        req.extensions = serde_json::from_value(extensions.clone()).map_err(|e| Error::bad_json(e.to_string()))?;
         let stop = self.stop.notified();
         tokio::pin!(stop);
         stop.as_mut().enable();
@@ -164,7 +170,13 @@ impl SyncEngine {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = Box::pin(self.current_token()).await?;
-            let computed = Box::pin(self.sliding_compute(user, device, &req, prev.as_ref(), prev_token, now)).await?;
+            let mut computed =
+                Box::pin(self.sliding_compute(user, device, &req, prev.as_ref(), prev_token, now)).await?;
+            if prev.as_ref().is_none_or(|p| p.extensions != extensions) {
+                // New settings need a position that remembers them.
+                computed.changed = true;
+            }
+            computed.state.extensions = extensions.clone();
             if !may_wait || !computed.empty {
                 return Box::pin(self.sliding_answer(key, keep, req.txn_id.as_deref(), computed)).await;
             }
@@ -236,6 +248,7 @@ impl SyncEngine {
             token: now.to_token(),
             rooms: prev.map(|p| p.rooms.clone()).unwrap_or_default(),
             lists: selection.counts.clone(),
+            extensions: Value::Null,
         };
         // Rooms forgotten (or never a membership) are dropped: the state stays bounded by the
         // user's rooms.
@@ -262,4 +275,28 @@ impl SyncEngine {
         let changed = prev.is_none() || rooms_changed || counts_changed || token_moved;
         Ok(Computed { body, state, changed, empty: !rooms_changed && !counts_changed && ext_empty })
     }
+}
+
+/// The extension settings in effect for a request: what it says, and for each setting it
+/// leaves out, what the connection's earlier requests said. Request parameters are sticky in
+/// MSC4186 (as in Synapse): matrix-rust-sdk sends `enabled` once and leaves it out once the
+/// server echoed its `txn_id`, so forgetting it turned its to-device and E2EE streams off.
+/// `to_device.since` is a position, not a setting, and never carries over.
+fn sticky_extensions(prev: Option<&Value>, req: &v5::request::Extensions) -> Result<Value> {
+    let mut now = serde_json::to_value(req)?;
+    if !now.is_object() {
+        now = json!({});
+    }
+    let (Some(Value::Object(prev)), Some(now_map)) = (prev, now.as_object_mut()) else { return Ok(now) };
+    for (name, settings) in prev {
+        let Value::Object(settings) = settings else { continue };
+        let entry = now_map.entry(name.clone()).or_insert_with(|| json!({}));
+        let Some(entry) = entry.as_object_mut() else { continue };
+        for (field, value) in settings {
+            if field != "since" && entry.get(field).is_none_or(Value::is_null) {
+                entry.insert(field.clone(), value.clone());
+            }
+        }
+    }
+    Ok(now)
 }
