@@ -362,7 +362,7 @@ async fn three_processes_are_one_server() {
     let pids: Vec<u32> = cluster.procs.iter().filter_map(TestServer::pid).collect();
     let leases = lease_owners(a).await;
     let names: Vec<&str> = leases.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["presence-sweep", "push-sender"], "{leases:?}");
+    assert_eq!(names, ["appservice-sender", "presence-sweep", "push-sender"], "{leases:?}");
     assert!(leases.iter().all(|(_, pid)| pids.contains(pid)), "{leases:?} not held by {pids:?}");
     let alice = a.register("alice").await;
     let bob_b = b.register("bob").await;
@@ -533,7 +533,7 @@ async fn sigkill_of_one_process_under_load() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let leases = lease_owners(&cluster.procs[survivor]).await;
-        if leases.len() == 2 && leases.iter().all(|(_, pid)| survivors.contains(pid)) {
+        if leases.len() == 3 && leases.iter().all(|(_, pid)| survivors.contains(pid)) {
             break;
         }
         assert!(Instant::now() < deadline, "leases not taken over by {survivors:?}: {leases:?}");
