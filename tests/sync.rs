@@ -297,7 +297,12 @@ both_backends!(invite_join_leave_flow, |server| async move {
     for t in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.member"] {
         assert!(types.contains(&t), "{t} missing from invite_state: {invite}");
     }
-    let member = invite.as_array().unwrap().iter().find(|e| e["type"] == "m.room.member").unwrap();
+    let member = invite
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .unwrap();
     assert_eq!(member["state_key"], bob.user_id);
     assert_eq!(member["content"]["membership"], "invite");
     assert_eq!(member["sender"], alice.user_id);
