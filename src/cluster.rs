@@ -22,14 +22,21 @@ use crate::sync::SyncEngine;
 pub struct Cluster {
     db: Db,
     rooms: Arc<Rooms>,
+    outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
     sync: Arc<SyncEngine>,
     e2ee: Arc<E2ee>,
 }
 
 impl Cluster {
     /// The handles the signals act on.
-    pub fn new(db: Db, rooms: Arc<Rooms>, sync: Arc<SyncEngine>, e2ee: Arc<E2ee>) -> Self {
-        Self { db, rooms, sync, e2ee }
+    pub fn new(
+        db: Db,
+        rooms: Arc<Rooms>,
+        sync: Arc<SyncEngine>,
+        e2ee: Arc<E2ee>,
+        outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
+    ) -> Self {
+        Self { db, rooms, sync, e2ee, outbox_wakeup }
     }
 
     /// PostgreSQL: raises the typing counter past the clock (see `Db::typing_counter_at_least`),
@@ -86,7 +93,7 @@ impl Cluster {
         self.e2ee.forget_key_counts();
         self.sync.recent.forget_user_local(None);
         self.rooms.notifier().wake_all_local();
-        self.rooms.outbox_wakeup.notify_local();
+        self.outbox_wakeup.notify_local();
     }
 
     async fn apply(&self, own: bool, signal: Signal) {
@@ -112,9 +119,9 @@ impl Cluster {
                     Ok(users) => self.rooms.notifier().wake_local(users.iter().map(String::as_str)),
                     Err(e) => tracing::warn!(room_id = %r, error = %e, "reading members to wake"),
                 }
-                self.rooms.outbox_wakeup.notify_local();
+                self.outbox_wakeup.notify_local();
             }
-            Signal::Outbox => self.rooms.outbox_wakeup.notify_local(),
+            Signal::Outbox => self.outbox_wakeup.notify_local(),
             Signal::Tokens { u } => self.db.forget_cached_tokens(Some(&u)),
             Signal::KeyCounts => self.e2ee.forget_key_counts(),
             Signal::Memberships { u } => self.sync.recent.forget_user_local(Some(&u)),

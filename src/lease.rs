@@ -137,19 +137,7 @@ impl Leases {
 
     /// Takes or renews lease `name`; whether this process holds it now.
     async fn try_take(&self, name: &str) -> Result<bool, sqlx::Error> {
-        const NOW_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
-        let sql = format!(
-            "INSERT INTO leases (name, owner, expires_ts) VALUES ($1, $2, {NOW_MS} + $3) \
-             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_ts = excluded.expires_ts \
-             WHERE leases.owner = excluded.owner OR leases.expires_ts < {NOW_MS} RETURNING owner"
-        );
-        let row: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .bind(self.owner())
-            .bind(TTL.as_millis() as i64)
-            .fetch_optional(self.db.pool())
-            .await?;
-        Ok(row.is_some())
+        self.db.take_lease(name, self.owner(), TTL.as_millis() as i64).await
     }
 
     /// Gives up every lease this process holds (at shutdown), so others take over at once.
@@ -161,9 +149,7 @@ impl Leases {
         for h in self.wanted.lock().unwrap_or_else(|e| e.into_inner()).values() {
             h.send_replace(false);
         }
-        if let Err(e) =
-            sqlx::query("DELETE FROM leases WHERE owner = $1").bind(self.owner()).execute(self.db.pool()).await
-        {
+        if let Err(e) = self.db.release_leases(self.owner()).await {
             tracing::warn!(error = %e, "releasing leases failed");
         }
     }

@@ -91,7 +91,7 @@ async fn render(State(scrape): State<Scrape>) -> Response {
                 metrics::gauge!("myelin_federation_outbox_oldest_age_seconds", &labels).set(age);
             }
         }
-        Err(e) => tracing::warn!(error = %e.message, "metrics: reading the federation outbox failed"),
+        Err(e) => tracing::warn!(error = %e, "metrics: reading the federation outbox failed"),
     }
     ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], scrape.handle.render()).into_response()
 }

@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher as _, PasswordVerifier};
 use base64::Engine;
-use rand::Rng;
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ids::random_alpha;
 use crate::ratelimit::RateLimiter;
 use crate::storage::Db;
 use crate::storage::accounts::NewToken;
@@ -147,13 +147,6 @@ pub fn token_hash(token: &str) -> String {
 
 /// How long an OpenID token is valid (Synapse: one hour).
 pub const OPENID_TOKEN_SECS: u64 = 3600;
-
-/// A random string of `len` characters from `[A-Za-z]`.
-pub fn random_alpha(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::thread_rng();
-    (0..len).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
-}
 
 /// A secret token: 256 random bits after a prefix that says what kind of token it is.
 fn new_secret(prefix: &str) -> String {

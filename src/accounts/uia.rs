@@ -10,8 +10,9 @@ use ruma::api::client::uiaa::AuthData;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::{Accounts, random_alpha};
+use super::Accounts;
 use crate::error::{Error, Result};
+use crate::ids::random_alpha;
 use crate::storage::now_ms;
 
 /// Stage names.

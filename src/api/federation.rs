@@ -116,13 +116,7 @@ pub async fn send_transaction(
     let origin = req.origin()?.to_owned();
     let txn_id = req.body.transaction_id.to_string();
     let db = state.rooms.db();
-    let seen: Option<(String,)> =
-        sqlx::query_as("SELECT response FROM federation_txns_in WHERE origin = $1 AND txn_id = $2")
-            .bind(origin.as_str())
-            .bind(&txn_id)
-            .fetch_optional(db.pool())
-            .await?;
-    if let Some((response,)) = seen {
+    if let Some(response) = db.federation_txn_answer(origin.as_str(), &txn_id).await? {
         return Ok(Json(serde_json::from_str(&response)?));
     }
     let body = req.json.clone().unwrap_or(Value::Null);
@@ -167,20 +161,7 @@ pub async fn send_transaction(
         handle_edu(&state, &origin, &edu).await;
     }
     let response = json!({ "pdus": results });
-    // Through the writer lock: on SQLite a write outside it could make a concurrent writer's
-    // transaction fail with SQLITE_BUSY.
-    let mut tx = db.begin_write().await?;
-    sqlx::query(
-        "INSERT INTO federation_txns_in (origin, txn_id, response, created_ts) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (origin, txn_id) DO NOTHING",
-    )
-    .bind(origin.as_str())
-    .bind(&txn_id)
-    .bind(response.to_string())
-    .bind(now_ms())
-    .execute(&mut *tx.tx)
-    .await?;
-    tx.commit().await?;
+    db.record_federation_txn(origin.as_str(), &txn_id, &response.to_string()).await?;
     Ok(Json(response))
 }
 
@@ -345,7 +326,7 @@ pub async fn make_leave(
     req: Ruma<prepare_leave_event::v1::Request>,
 ) -> Result<Json<Value>> {
     let origin = req.origin()?;
-    let all: Vec<String> = crate::rooms::version::SUPPORTED_ROOM_VERSIONS.iter().map(|v| v.to_string()).collect();
+    let all: Vec<String> = crate::events::version::SUPPORTED_ROOM_VERSIONS.iter().map(|v| v.to_string()).collect();
     Ok(Json(state.rooms.make_membership(origin, &req.body.room_id, &req.body.user_id, "leave", &all).await?))
 }
 

@@ -8,7 +8,7 @@
 //!   names ordinary users may not take (`M_EXCLUSIVE`), which events an appservice is sent;
 //! - the **outbox** written in the event's own write transaction ([`Appservices::queue_event`],
 //!   called by the room engine for local and federated events; ephemeral data from the sync
-//!   streams) and the **durable transaction sender** (`sender.rs`);
+//!   streams) and the **durable transaction sender** (`crate::delivery::appservice`);
 //! - the **queries** made of appservices before answering "not found" (users, aliases), the
 //!   **ping**, and the **third-party** lookups.
 //!
@@ -17,7 +17,6 @@
 //! network).
 
 pub mod registration;
-pub mod sender;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,14 +29,14 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::rooms::pdu::Pdu;
+use crate::events::pdu::Pdu;
 use crate::storage::{Db, WriteTx};
 pub use registration::{Kind, Registration};
 
 /// The registered appservices and the means to reach them. Cheap to share (`Arc`).
 pub struct Appservices {
-    db: Db,
-    config: Arc<Config>,
+    pub(crate) db: Db,
+    pub(crate) config: Arc<Config>,
     regs: Vec<Arc<Registration>>,
     /// SHA-256 of each `as_token`: a lookup by hash compares no secret byte by byte.
     by_token: HashMap<[u8; 32], Arc<Registration>>,
@@ -138,7 +137,7 @@ impl Appservices {
         }
     }
 
-    fn kick_handle(&self, id: &str) -> Arc<Notify> {
+    pub(crate) fn kick_handle(&self, id: &str) -> Arc<Notify> {
         self.kicks.get(id).cloned().unwrap_or_default()
     }
 
@@ -268,7 +267,7 @@ impl Appservices {
         self.receivers().any(|r| r.receive_ephemeral && users.iter().any(|u| r.is_user(u)))
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         reg: &Registration,
         method: reqwest::Method,

@@ -664,11 +664,11 @@ impl Config {
                 bail!("configuration key `listen.trusted_proxies`: {proxy:?} is not an address or CIDR range");
             }
         }
-        if !crate::rooms::version::SUPPORTED_ROOM_VERSIONS.contains(&self.rooms.default_version.as_str()) {
+        if !crate::events::version::SUPPORTED_ROOM_VERSIONS.contains(&self.rooms.default_version.as_str()) {
             bail!(
                 "configuration key `rooms.default_version`: unsupported room version {:?} (supported: {})",
                 self.rooms.default_version,
-                crate::rooms::version::SUPPORTED_ROOM_VERSIONS.join(", ")
+                crate::events::version::SUPPORTED_ROOM_VERSIONS.join(", ")
             );
         }
         self.validate_well_known()?;

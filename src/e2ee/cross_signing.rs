@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 use super::{E2ee, cross_signing_public_key, parse_stored, signed_part, verify_signature};
 use crate::error::{Error, Result};
 use crate::storage::e2ee::SignatureRow;
+use crate::storage::outbox::Outbox;
 
 /// The three key types and the JSON field each is uploaded in.
 pub const KEY_TYPES: [(&str, &str); 3] =
@@ -92,7 +93,7 @@ impl E2ee {
         if public_change {
             let edu = json!({ "edu_type": "m.signing_key_update", "content": content }).to_string();
             for server in self.db.e2e_remote_servers_sharing(&mut tx, user_id).await? {
-                self.db.e2e_queue_edu(&mut tx, &server, &edu).await?;
+                self.db.queue_outbox(&mut tx, &server, Outbox::Edu(&edu)).await?;
             }
         }
         tx.commit().await?;

@@ -11,9 +11,13 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{E2ee, parse_stored};
+use std::sync::Arc;
+
+use ruma::ServerName;
+
+use super::{E2ee, RemoteKeys, parse_stored};
 use crate::error::{Error, Result};
-use crate::storage::e2ee::server_of;
+use crate::ids::server_of;
 
 /// What applying an `m.device_list_update` EDU needs next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,5 +264,28 @@ impl E2ee {
             });
         }
         Ok(())
+    }
+}
+
+/// The e2ee engine's view of other servers' key endpoints, over this transport.
+pub struct FederationKeys(pub Arc<crate::federation::Federation>);
+
+#[async_trait::async_trait]
+impl RemoteKeys for FederationKeys {
+    async fn query(&self, server: &str, body: &Value) -> Result<Value> {
+        let server = ServerName::parse(server).map_err(|e| Error::invalid_param(e.to_string()))?;
+        self.0.request(&server, http::Method::POST, "/_matrix/federation/v1/user/keys/query", Some(body)).await
+    }
+    async fn claim(&self, server: &str, body: &Value) -> Result<Value> {
+        let server = ServerName::parse(server).map_err(|e| Error::invalid_param(e.to_string()))?;
+        self.0.request(&server, http::Method::POST, "/_matrix/federation/v1/user/keys/claim", Some(body)).await
+    }
+    async fn user_devices(&self, server: &str, user_id: &str) -> Result<Value> {
+        let server = ServerName::parse(server).map_err(|e| Error::invalid_param(e.to_string()))?;
+        let path = format!(
+            "/_matrix/federation/v1/user/devices/{}",
+            url::form_urlencoded::byte_serialize(user_id.as_bytes()).collect::<String>()
+        );
+        self.0.request(&server, http::Method::GET, &path, None).await
     }
 }

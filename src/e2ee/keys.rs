@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{E2ee, add_signature, cross_signing_public_key, parse_stored};
+use super::{E2ee, cross_signing_public_key, parse_stored};
 use crate::error::{Error, Result};
-use crate::storage::e2ee::{SignatureRow, server_of};
+use crate::events::signed::add_signature;
+use crate::ids::server_of;
+use crate::storage::e2ee::SignatureRow;
 
 /// The algorithm that clients count on seeing in `one_time_key_counts` even at zero (as
 /// Synapse reports it; some clients only upload when they see the count drop).

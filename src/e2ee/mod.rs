@@ -28,16 +28,16 @@ pub mod federation;
 pub mod keys;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine;
 use ruma::OwnedServerName;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::ids::server_of;
 use crate::notifier::Notifier;
 use crate::storage::Db;
-use crate::storage::e2ee::server_of;
 
 /// How the engine reaches other servers' key endpoints (implemented by the federation client;
 /// absent when federation is off, and then remote users are answered from the cache or reported
@@ -58,31 +58,28 @@ pub struct E2ee {
     server_name: OwnedServerName,
     notifier: Arc<Notifier>,
     outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
-    remote: OnceLock<Arc<dyn RemoteKeys>>,
+    remote: Option<Arc<dyn RemoteKeys>>,
     /// Key counts of devices as read recently (see `E2ee::key_counts`).
     pub(crate) counts: keys::CountsMemo,
 }
 
 impl E2ee {
-    /// Creates the engine. `outbox_wakeup` is the room engine's federation-outbox signal (the
-    /// EDUs this engine queues go through the same outbox).
+    /// Creates the engine. `outbox_wakeup` is the federation outbox's signal (the EDUs this
+    /// engine queues go through the same outbox as room events); `remote` reaches other
+    /// servers' key endpoints (`None` when federation is off).
     pub fn new(
         db: Db,
         server_name: OwnedServerName,
         notifier: Arc<Notifier>,
         outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
+        remote: Option<Arc<dyn RemoteKeys>>,
     ) -> Self {
-        Self { db, server_name, notifier, outbox_wakeup, remote: OnceLock::new(), counts: Default::default() }
-    }
-
-    /// Connects the engine to other servers (called once at start-up when federation is on).
-    pub fn set_remote(&self, remote: Arc<dyn RemoteKeys>) {
-        let _ = self.remote.set(remote);
+        Self { db, server_name, notifier, outbox_wakeup, remote, counts: Default::default() }
     }
 
     /// The transport to other servers, if any.
     pub fn remote(&self) -> Option<&Arc<dyn RemoteKeys>> {
-        self.remote.get()
+        self.remote.as_ref()
     }
 
     /// The database handle.
@@ -158,19 +155,6 @@ pub fn signed_part(object: &Value) -> Value {
         map.remove("unsigned");
     }
     v
-}
-
-/// Adds `signature` by `signer`/`key_id` to `object.signatures`.
-pub fn add_signature(object: &mut Value, signer: &str, key_id: &str, signature: &str) {
-    let Some(map) = object.as_object_mut() else { return };
-    let sigs = map.entry("signatures").or_insert_with(|| Value::Object(Default::default()));
-    if !sigs.is_object() {
-        *sigs = Value::Object(Default::default());
-    }
-    let by = sigs.as_object_mut().expect("object").entry(signer).or_insert_with(|| Value::Object(Default::default()));
-    if let Some(by) = by.as_object_mut() {
-        by.insert(key_id.to_owned(), Value::String(signature.to_owned()));
-    }
 }
 
 /// The single `ed25519:<pub>` key of a cross-signing key object: `(key_id, public key)`.

@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use super::Federation;
 use crate::config::TrustedKeyServer;
 use crate::error::{Error, Result};
+use crate::storage::federation::KeyDocument;
 use crate::storage::now_ms;
 
 /// How long others may cache our keys.
@@ -265,12 +266,7 @@ impl Federation {
     }
 
     async fn stored_keys(&self, server: &str) -> Result<HashMap<String, RemoteKey>> {
-        let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT key_id, public_key, valid_until_ts, expired_ts FROM server_keys WHERE server_name = $1",
-        )
-        .bind(server)
-        .fetch_all(self.db.pool())
-        .await?;
+        let rows = self.db.server_keys(server).await?;
         Ok(rows
             .into_iter()
             // A key the server lists as old is valid until its expired_ts, even if an earlier
@@ -351,53 +347,26 @@ impl Federation {
         let doc = only_signatures_of(doc, server);
         let key_valid_until = capped_valid_until(valid_until, now_ms());
 
-        let mut tx = self.db.begin_write().await?;
-        for (id, v) in verify {
-            sqlx::query(
-                "INSERT INTO server_keys (server_name, key_id, public_key, valid_until_ts, expired_ts) \
-                 VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (server_name, key_id) DO UPDATE SET \
-                 public_key = excluded.public_key, expired_ts = NULL, valid_until_ts = CASE \
-                 WHEN server_keys.public_key = excluded.public_key AND server_keys.valid_until_ts > excluded.valid_until_ts \
-                 THEN server_keys.valid_until_ts ELSE excluded.valid_until_ts END",
-            )
-            .bind(server)
-            .bind(id)
-            .bind(v["key"].as_str().unwrap_or_default())
-            .bind(key_valid_until)
-            .execute(&mut *tx.tx)
+        let old_keys = doc["old_verify_keys"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(id, _)| !verify.contains_key(*id))
+            .filter_map(|(id, v)| Some((id.as_str(), v["key"].as_str()?, v["expired_ts"].as_i64()?)))
+            .collect();
+        self.db
+            .store_server_keys(&KeyDocument {
+                server,
+                verify_keys: verify
+                    .iter()
+                    .map(|(id, v)| (id.as_str(), v["key"].as_str().unwrap_or_default()))
+                    .collect(),
+                keys_valid_until: key_valid_until,
+                old_keys,
+                json: doc.to_string(),
+                valid_until,
+            })
             .await?;
-        }
-        if let Some(old) = doc["old_verify_keys"].as_object() {
-            for (id, v) in old {
-                let (Some(key), Some(expired)) = (v["key"].as_str(), v["expired_ts"].as_i64()) else { continue };
-                if verify.contains_key(id) {
-                    continue;
-                }
-                sqlx::query(
-                    "INSERT INTO server_keys (server_name, key_id, public_key, valid_until_ts, expired_ts) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (server_name, key_id) DO UPDATE SET \
-                     expired_ts = excluded.expired_ts",
-                )
-                .bind(server)
-                .bind(id)
-                .bind(key)
-                .bind(expired)
-                .bind(expired)
-                .execute(&mut *tx.tx)
-                .await?;
-            }
-        }
-        sqlx::query(
-            "INSERT INTO server_key_responses (server_name, json, valid_until_ts) VALUES ($1, $2, $3) \
-             ON CONFLICT (server_name) DO UPDATE SET json = excluded.json, valid_until_ts = excluded.valid_until_ts \
-             WHERE excluded.valid_until_ts >= server_key_responses.valid_until_ts",
-        )
-        .bind(server)
-        .bind(doc.to_string())
-        .bind(valid_until)
-        .execute(&mut *tx.tx)
-        .await?;
-        tx.commit().await?;
         self.key_cache.invalidate(server);
         Ok(())
     }
@@ -434,12 +403,8 @@ impl Federation {
             return Ok(vec![self.own_keys_json()?]);
         }
         let _ = self.keys_of(server, &[], Some(minimum_valid_until_ts), false).await;
-        let row: Option<(String,)> = sqlx::query_as("SELECT json FROM server_key_responses WHERE server_name = $1")
-            .bind(server)
-            .fetch_optional(self.db.pool())
-            .await?;
-        match row {
-            Some((json,)) => Ok(vec![self.sign_value(serde_json::from_str(&json)?)?]),
+        match self.db.server_key_document(server).await? {
+            Some(json) => Ok(vec![self.sign_value(serde_json::from_str(&json)?)?]),
             None => Ok(Vec::new()),
         }
     }

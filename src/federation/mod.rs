@@ -1,12 +1,12 @@
 //! Server-to-server transport: identity (signing keys over federation), the signed outbound
-//! client with discovery, inbound request verification and the durable outbound sender.
+//! client with discovery and inbound request verification (the durable sender that drains the
+//! outbox through it is `crate::delivery::federation`).
 //!
 //! Room semantics of federation (incoming PDUs, joins through other servers) live in
 //! `rooms::federated`; this module only moves signed bytes between servers.
 
 pub mod client;
 pub mod keys;
-pub mod sender;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -160,28 +160,5 @@ impl Federation {
             .verify_http_request(&request, &self.server_name, &map)
             .map_err(|e| unauthorized(format!("Invalid X-Matrix signature: {e}")))?;
         Ok(header.origin)
-    }
-}
-
-/// The e2ee engine's view of other servers' key endpoints, over this transport.
-pub struct FederationKeys(pub Arc<Federation>);
-
-#[async_trait::async_trait]
-impl crate::e2ee::RemoteKeys for FederationKeys {
-    async fn query(&self, server: &str, body: &Value) -> Result<Value> {
-        let server = ServerName::parse(server).map_err(|e| Error::invalid_param(e.to_string()))?;
-        self.0.request(&server, http::Method::POST, "/_matrix/federation/v1/user/keys/query", Some(body)).await
-    }
-    async fn claim(&self, server: &str, body: &Value) -> Result<Value> {
-        let server = ServerName::parse(server).map_err(|e| Error::invalid_param(e.to_string()))?;
-        self.0.request(&server, http::Method::POST, "/_matrix/federation/v1/user/keys/claim", Some(body)).await
-    }
-    async fn user_devices(&self, server: &str, user_id: &str) -> Result<Value> {
-        let server = ServerName::parse(server).map_err(|e| Error::invalid_param(e.to_string()))?;
-        let path = format!(
-            "/_matrix/federation/v1/user/devices/{}",
-            url::form_urlencoded::byte_serialize(user_id.as_bytes()).collect::<String>()
-        );
-        self.0.request(&server, http::Method::GET, &path, None).await
     }
 }

@@ -21,7 +21,7 @@ pub mod store;
 pub mod thumbnail;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -73,7 +73,8 @@ pub struct Media {
     /// addresses allowed only where federation allows them).
     location_fetcher: preview::Fetcher,
     /// Set at start-up when federation is configured; remote media needs it.
-    federation: OnceLock<Arc<Federation>>,
+    /// The transport through which media of other servers is fetched.
+    federation: Arc<Federation>,
     /// One fetch per remote media item at a time: concurrent requests wait for the first.
     remote_fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -137,7 +138,7 @@ pub fn sanitize_content_type(value: Option<&str>) -> Option<String> {
 
 impl Media {
     /// Opens the store under `config.media.dir` (created if missing).
-    pub fn new(db: Db, config: Arc<Config>) -> anyhow::Result<Self> {
+    pub fn new(db: Db, config: Arc<Config>, federation: Arc<Federation>) -> anyhow::Result<Self> {
         let store = FileStore::open(&config.media.dir)
             .map_err(|e| anyhow::anyhow!("opening media.dir {}: {e}", config.media.dir.display()))?;
         let allowlist =
@@ -156,19 +157,13 @@ impl Media {
             uploaded: Notify::new(),
             fetcher: preview::Fetcher::new(allowlist),
             location_fetcher: preview::Fetcher::new(location_allowlist),
-            federation: OnceLock::new(),
+            federation,
             remote_fetches: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Connects the federation transport, through which media of other servers is fetched.
-    pub fn set_federation(&self, federation: Arc<Federation>) {
-        let _ = self.federation.set(federation);
-    }
-
     fn federation(&self) -> Result<&Arc<Federation>> {
-        self.federation
-            .get()
+        Some(&self.federation)
             .filter(|f| f.enabled())
             .ok_or_else(|| Error::not_found("Remote media is not available: federation is disabled"))
     }

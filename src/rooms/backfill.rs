@@ -29,8 +29,8 @@ use ruma::{OwnedServerName, RoomId, RoomVersionId, ServerName};
 
 use super::Rooms;
 use super::build::RoomCtx;
-use super::pdu::Pdu;
 use crate::error::{Error, Result};
+use crate::events::pdu::Pdu;
 use crate::storage::Db;
 use crate::storage::rooms::StateIds;
 

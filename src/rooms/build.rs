@@ -11,10 +11,11 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use super::pdu::{MAX_PDU_BYTES, Pdu};
 use super::{Rooms, cache};
 use crate::error::{Error, Result};
+use crate::events::pdu::{MAX_PDU_BYTES, Pdu};
 use crate::storage::WriteTx;
+use crate::storage::outbox::Outbox;
 use crate::storage::rooms::{NewEventRow, StateIds};
 
 /// The largest depth we give an event: 2^53 - 1, the largest integer of canonical JSON.
@@ -111,7 +112,7 @@ impl Rooms {
         for room_id in room_ids {
             let Some((version, group)) = rows.get(room_id.as_str()) else { continue };
             let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
-            let rules = super::version::rules(&version)?;
+            let rules = crate::events::version::rules(&version)?;
             let (state, chain_length) = match *group {
                 Some(g) => self.state_cache.load(&self.db, g).await?,
                 None => (Arc::new(StateIds::new()), 0),
@@ -137,12 +138,12 @@ impl Rooms {
 
     /// A context for a room that does not exist yet.
     pub fn new_room_ctx(&self, version: RoomVersionId) -> Result<RoomCtx> {
-        let rules = super::version::rules(&version)?;
+        let rules = crate::events::version::rules(&version)?;
         // Before v12 the room id is chosen by the creating server; from v12 it is derived from
         // the create event's reference hash.
         let room_id = match rules.room_id_format {
             ruma::room_version_rules::RoomIdFormatVersion::V1 => Some(
-                RoomId::parse(format!("!{}:{}", super::super::accounts::random_alpha(18), self.server_name))
+                RoomId::parse(format!("!{}:{}", crate::ids::random_alpha(18), self.server_name))
                     .map_err(Error::internal)?,
             ),
             _ => None,
@@ -337,7 +338,7 @@ impl Rooms {
         crate::storage::Db::reserve_stream_positions(tx, "federation_outbox", members.remote_servers.len() as i64)
             .await?;
         for destination in &members.remote_servers {
-            db.insert_outbox(tx, destination, "pdu", pdu.event_id.as_str()).await?;
+            db.queue_outbox(tx, destination, Outbox::Pdu(pdu.event_id.as_str())).await?;
         }
         // A remote user's knock rejected or invite revoked: their server, which may have no
         // member in the room, hears of it too.
@@ -346,9 +347,10 @@ impl Rooms {
             && !members.remote_servers.contains(&server)
         {
             crate::storage::Db::reserve_stream_positions(tx, "federation_outbox", 1).await?;
-            db.insert_outbox(tx, &server, "pdu", pdu.event_id.as_str()).await?;
+            db.queue_outbox(tx, &server, Outbox::Pdu(pdu.event_id.as_str())).await?;
         }
-        if let Some(appservices) = self.appservices.get() {
+        {
+            let appservices = &self.appservices;
             appservices.queue_event(tx, &pdu, &members.joined_local).await?;
         }
         ctx.written.insert(pdu.event_id.to_string(), pdu.clone());

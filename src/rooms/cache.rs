@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::pdu::Pdu;
+use crate::events::pdu::Pdu;
 
 const PDU_LIMIT: usize = 20_000;
 const ROOM_LIMIT: usize = 10_000;

@@ -49,7 +49,8 @@ impl Rooms {
     }
 
     async fn create_room_locked(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
-        let version = super::version::parse(req.room_version.as_deref().unwrap_or(&self.config.rooms.default_version))?;
+        let version =
+            crate::events::version::parse(req.room_version.as_deref().unwrap_or(&self.config.rooms.default_version))?;
         let alias = match &req.alias_localpart {
             Some(local) => {
                 let alias = format!("#{local}:{}", self.server_name);
@@ -57,7 +58,8 @@ impl Rooms {
                 if local.contains(':') || local.contains(char::is_whitespace) {
                     return Err(Error::invalid_param("Invalid characters in room alias"));
                 }
-                if let Some(appservices) = self.appservices() {
+                {
+                    let appservices = self.appservices();
                     appservices.check_exclusive(crate::appservice::Kind::Aliases, &alias, Some(creator.as_str()))?;
                 }
                 if self.db.get_alias(&alias).await?.is_some() {
@@ -200,23 +202,12 @@ impl Rooms {
         }
         let room_id = ctx.room_id.clone().ok_or_else(|| Error::internal("room id not set"))?;
         if req.public {
-            sqlx::query("UPDATE rooms SET is_public = 1 WHERE room_id = $1")
-                .bind(room_id.as_str())
-                .execute(&mut *tx.tx)
-                .await?;
+            self.db.publish_room_in(&mut tx, room_id.as_str()).await?;
         }
-        if let Some(alias) = &alias {
-            let res = sqlx::query(
-                "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            )
-            .bind(alias)
-            .bind(room_id.as_str())
-            .bind(creator.as_str())
-            .execute(&mut *tx.tx)
-            .await?;
-            if res.rows_affected() != 1 {
-                return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", "Room alias already taken"));
-            }
+        if let Some(alias) = &alias
+            && !self.db.insert_alias_in(&mut tx, alias, room_id.as_str(), creator.as_str()).await?
+        {
+            return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", "Room alias already taken"));
         }
         tx.commit().await?;
         self.after_commit(&ctx, &appended).await;

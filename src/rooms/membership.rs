@@ -207,10 +207,7 @@ impl Rooms {
         if remote && self.federation().is_none() {
             return Err(Error::forbidden("Federation is disabled: cannot invite users on other servers"));
         }
-        let exists = match self.appservices() {
-            Some(appservices) if !remote => appservices.ensure_user(target.as_str()).await?,
-            _ => remote || self.db.get_user(target.as_str()).await?.is_some(),
-        };
+        let exists = remote || self.appservices().ensure_user(target.as_str()).await?;
         if !exists {
             return Err(Error::not_found(format!("User {target} does not exist")));
         }

@@ -15,7 +15,6 @@ pub mod create;
 pub mod federated;
 pub mod filter;
 pub mod membership;
-pub mod pdu;
 pub mod push_actions;
 pub mod read;
 pub mod relations;
@@ -23,7 +22,6 @@ pub mod search;
 pub mod state;
 pub mod summary;
 pub mod user_directory;
-pub mod version;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -31,9 +29,11 @@ use std::sync::{Arc, Mutex};
 
 use ruma::{OwnedEventId, OwnedServerName, RoomId, UserId};
 
+use crate::appservice::Appservices;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::notifier::Notifier;
+use crate::federation::Federation;
+use crate::notifier::{Notifier, OutboxWakeup};
 use crate::signing::SigningKeys;
 use crate::storage::Db;
 use build::NewEvent;
@@ -48,18 +48,19 @@ pub struct Rooms {
     state_cache: StateCache,
     caches: cache::Caches,
     notifier: Arc<Notifier>,
-    /// Woken when outbox rows were committed.
-    pub outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
+    /// Woken when outbox rows were committed (the senders in `crate::delivery` wait on it).
+    outbox_wakeup: Arc<OutboxWakeup>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     writer: tokio::sync::mpsc::Sender<writer::Job>,
-    /// Federation transport, set once at start-up (see [`Rooms::set_federation`]).
-    federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
+    /// Federation transport (joins, invites and fetches through other servers).
+    federation: Arc<Federation>,
     /// Retry delays of history gaps that could not be backfilled.
     backfill_backoff: backfill::BackfillBackoff,
     /// Push rule evaluation of new events (rulesets and room facts kept between events).
     pub push: push_actions::PushEval,
-    /// Registered application services, set once at start-up (see [`Rooms::set_appservices`]).
-    appservices: std::sync::OnceLock<Arc<crate::appservice::Appservices>>,
+    /// Registered application services: events they are interested in are queued for them in
+    /// the event's own transaction.
+    appservices: Arc<Appservices>,
 }
 
 /// Who sends a client event, and with which transaction id.
@@ -73,13 +74,21 @@ pub struct Origin<'a> {
 
 impl Rooms {
     /// Creates the engine and starts its event writer (needs a Tokio runtime).
-    pub fn new(db: Db, config: Arc<Config>, keys: Arc<SigningKeys>, notifier: Arc<Notifier>) -> Arc<Self> {
+    pub fn new(
+        db: Db,
+        config: Arc<Config>,
+        keys: Arc<SigningKeys>,
+        notifier: Arc<Notifier>,
+        outbox_wakeup: Arc<OutboxWakeup>,
+        federation: Arc<Federation>,
+        appservices: Arc<Appservices>,
+    ) -> Arc<Self> {
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         Arc::new_cyclic(|weak| {
             writer::spawn(weak.clone(), rx);
             Self {
                 server_name: config.server_name(),
-                outbox_wakeup: Arc::new(crate::notifier::OutboxWakeup::new(db.bus().clone())),
+                outbox_wakeup,
                 db,
                 config,
                 keys,
@@ -88,34 +97,22 @@ impl Rooms {
                 notifier,
                 locks: Mutex::new(HashMap::new()),
                 writer: tx,
-                federation: std::sync::OnceLock::new(),
+                federation,
                 backfill_backoff: backfill::BackfillBackoff::default(),
                 push: push_actions::PushEval::default(),
-                appservices: std::sync::OnceLock::new(),
+                appservices,
             }
         })
     }
 
-    /// Connects the engine to the federation transport (joins, invites and fetches through
-    /// other servers need it).
-    pub fn set_federation(&self, federation: Arc<crate::federation::Federation>) {
-        let _ = self.federation.set(federation);
-    }
-
-    /// Connects the engine to the registered appservices: events they are interested in are
-    /// queued for them in the event's own transaction.
-    pub fn set_appservices(&self, appservices: Arc<crate::appservice::Appservices>) {
-        let _ = self.appservices.set(appservices);
-    }
-
-    /// The registered appservices (none before start-up has set them).
-    pub fn appservices(&self) -> Option<&Arc<crate::appservice::Appservices>> {
-        self.appservices.get()
+    /// The registered appservices.
+    pub fn appservices(&self) -> &Arc<Appservices> {
+        &self.appservices
     }
 
     /// The federation transport, if federation is enabled.
-    pub fn federation(&self) -> Option<&Arc<crate::federation::Federation>> {
-        self.federation.get().filter(|f| f.enabled())
+    pub fn federation(&self) -> Option<&Arc<Federation>> {
+        Some(&self.federation).filter(|f| f.enabled())
     }
 
     /// The database handle.

@@ -18,9 +18,9 @@ use ruma::{OwnedUserId, UInt, UserId};
 
 use super::Rooms;
 use super::build::RoomCtx;
-use super::pdu::Pdu;
 use super::read::PowerLevels;
 use crate::error::Result;
+use crate::events::pdu::Pdu;
 use crate::push::rules::{self, PreparedEvent, RulesCache};
 use crate::storage::push::PushActionRow;
 use crate::storage::rooms::StateIds;

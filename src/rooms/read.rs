@@ -14,8 +14,8 @@ use ruma::{Int, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 
 use super::Rooms;
-use super::pdu::Pdu;
 use crate::error::{Error, Result};
+use crate::events::pdu::Pdu;
 use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
 
 /// Power levels as clients and the server read them.
@@ -226,7 +226,7 @@ impl Rooms {
     /// Current power levels of a room.
     pub async fn power_levels(&self, room_id: &RoomId) -> Result<PowerLevels> {
         let (version, _) = self.db.get_room(room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        let rules = super::version::rules(&version.as_str().try_into().map_err(Error::internal)?)?;
+        let rules = crate::events::version::rules(&version.as_str().try_into().map_err(Error::internal)?)?;
         let pl = self.current_state_event(room_id, "m.room.power_levels", "").await?;
         let create = self.current_state_event(room_id, "m.room.create", "").await?;
         Ok(PowerLevels::from_events(pl.as_ref(), create.as_ref(), &rules))

@@ -218,7 +218,7 @@ impl Rooms {
         new_version: &str,
         extra_creators: &[ruma::OwnedUserId],
     ) -> Result<OwnedRoomId> {
-        super::version::parse(new_version)?;
+        crate::events::version::parse(new_version)?;
         self.require_joined(old, user).await?;
         let pl = self.power_levels(old).await?;
         if pl.user_level(user) < pl.event_level("m.room.tombstone", true) {
@@ -258,7 +258,7 @@ impl Rooms {
                 initial_state.push(((*kind).to_owned(), String::new(), p.content()));
             }
         }
-        let new_rules = super::version::rules(&super::version::parse(new_version)?)?;
+        let new_rules = crate::events::version::rules(&crate::events::version::parse(new_version)?)?;
         let mut pl_override: Option<Map<String, Value>> = state
             .get(&("m.room.power_levels".to_owned(), String::new()))
             .and_then(|p| p.content().as_object().cloned());
@@ -309,11 +309,7 @@ impl Rooms {
         }
         // Move local aliases and publication to the new room.
         for alias in self.db.room_aliases(old.as_str()).await? {
-            sqlx::query("UPDATE room_aliases SET room_id = $1 WHERE alias = $2")
-                .bind(new_room.as_str())
-                .bind(&alias)
-                .execute(self.db.pool())
-                .await?;
+            self.db.move_alias(&alias, new_room.as_str()).await?;
         }
         if self.db.is_room_public(old.as_str()).await? {
             self.db.set_room_public(old.as_str(), false).await?;

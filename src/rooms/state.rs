@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use crate::error::Result;
+use crate::events::pdu::Pdu;
 use crate::rooms::Rooms;
-use crate::rooms::pdu::Pdu;
 use crate::storage::rooms::StateIds;
 use crate::storage::{Db, WriteTx};
 

@@ -12,8 +12,9 @@ use crate::accounts::Accounts;
 use crate::api::AppState;
 use crate::config::Config;
 use crate::e2ee::E2ee;
+use crate::federation::Federation;
 use crate::media::Media;
-use crate::notifier::Notifier;
+use crate::notifier::{Notifier, OutboxWakeup};
 use crate::ratelimit::Limits;
 use crate::rooms::Rooms;
 use crate::signing::SigningKeys;
@@ -33,6 +34,8 @@ pub struct Server {
     pub db: Db,
     /// Signing keys.
     pub keys: Arc<SigningKeys>,
+    /// Signalled after commits that queued work for the senders (`crate::delivery`).
+    pub outbox_wakeup: Arc<OutboxWakeup>,
 }
 
 impl Server {
@@ -44,20 +47,30 @@ impl Server {
         let db =
             Db::connect(&config.database.url, config.database.max_connections, &config.database.sqlite_synchronous)
                 .await?;
+        // Built bottom-up, each from the handles below it (docs/ARCHITECTURE.md): the signals
+        // and the transport first, then the engines, then sync.
         let notifier = Arc::new(Notifier::new(db.bus().clone()));
-        let rooms = Rooms::new(db.clone(), config.clone(), keys.clone(), notifier.clone());
-        let media = Arc::new(Media::new(db.clone(), config.clone())?);
-        let e2ee = Arc::new(E2ee::new(db.clone(), config.server_name(), notifier.clone(), rooms.outbox_wakeup.clone()));
-        let sync = Arc::new(SyncEngine::new(db.clone(), rooms.clone(), notifier.clone(), e2ee.clone()));
-        sync.spawn_tasks();
-        let federation = Arc::new(crate::federation::Federation::new(db.clone(), config.clone(), keys.clone())?);
-        rooms.set_federation(federation.clone());
-        if config.federation.enabled {
-            e2ee.set_remote(Arc::new(crate::federation::FederationKeys(federation.clone())));
-        }
-        media.set_federation(federation.clone());
+        let outbox_wakeup = Arc::new(OutboxWakeup::new(db.bus().clone()));
+        let federation = Arc::new(Federation::new(db.clone(), config.clone(), keys.clone())?);
         let appservices = crate::appservice::Appservices::load(db.clone(), config.clone()).await?;
-        rooms.set_appservices(appservices.clone());
+        let rooms = Rooms::new(
+            db.clone(),
+            config.clone(),
+            keys.clone(),
+            notifier.clone(),
+            outbox_wakeup.clone(),
+            federation.clone(),
+            appservices.clone(),
+        );
+        let media = Arc::new(Media::new(db.clone(), config.clone(), federation.clone())?);
+        let remote_keys = config.federation.enabled.then(|| {
+            Arc::new(crate::e2ee::federation::FederationKeys(federation.clone())) as Arc<dyn crate::e2ee::RemoteKeys>
+        });
+        let e2ee =
+            Arc::new(E2ee::new(db.clone(), config.server_name(), notifier.clone(), outbox_wakeup.clone(), remote_keys));
+        let sync =
+            Arc::new(SyncEngine::new(db.clone(), rooms.clone(), notifier.clone(), e2ee.clone(), outbox_wakeup.clone()));
+        sync.spawn_tasks();
         let state = AppState {
             accounts: Accounts::new(db.clone(), config.clone()),
             limits: Arc::new(Limits::new(&config.rate_limits)),
@@ -71,7 +84,7 @@ impl Server {
             appservices,
             config,
         };
-        Ok(Self { state, db, keys })
+        Ok(Self { state, db, keys, outbox_wakeup })
     }
 
     /// Serves until SIGTERM/SIGINT, then finishes in-flight requests and closes the database.
@@ -80,9 +93,15 @@ impl Server {
         // SQLite serves one process; a second one on the same file stops here.
         let _single = self.db.claim_sqlite_file()?;
         let state = &self.state;
-        crate::cluster::Cluster::new(self.db.clone(), state.rooms.clone(), state.sync.clone(), state.e2ee.clone())
-            .start()
-            .await?;
+        crate::cluster::Cluster::new(
+            self.db.clone(),
+            state.rooms.clone(),
+            state.sync.clone(),
+            state.e2ee.clone(),
+            self.outbox_wakeup.clone(),
+        )
+        .start()
+        .await?;
         if let Some(addr) = config.listen.metrics {
             crate::metrics::serve(addr, self.db.clone()).await?;
         }
@@ -90,19 +109,21 @@ impl Server {
         // Background work that must run once however many processes share the database.
         let leases = crate::lease::Leases::new(self.db.clone());
         if config.federation.enabled {
-            let (fed, rooms) = (state.federation.clone(), state.rooms.clone());
-            leases
-                .run_exclusive("federation-sender", move || crate::federation::sender::run(fed.clone(), rooms.clone()));
+            let (fed, wakeup) = (state.federation.clone(), self.outbox_wakeup.clone());
+            leases.run_exclusive("federation-sender", move || {
+                crate::delivery::federation::run(fed.clone(), wakeup.clone())
+            });
         }
-        let (appservices, wakeup) = (state.appservices.clone(), state.rooms.outbox_wakeup.clone());
+        let (appservices, wakeup) = (state.appservices.clone(), self.outbox_wakeup.clone());
         leases.run_exclusive("appservice-sender", move || {
-            crate::appservice::sender::run(appservices.clone(), wakeup.clone())
+            crate::delivery::appservice::run(appservices.clone(), wakeup.clone())
         });
         let gateways = config.push.gateway_ip_allowlist.iter().filter_map(|r| IpRange::parse(r));
-        let push = Arc::new(crate::push::sender::PushSender::new(
+        let push = Arc::new(crate::delivery::push::PushSender::new(
             self.db.clone(),
             state.rooms.clone(),
             crate::media::preview::Fetcher::new(gateways.collect()),
+            self.outbox_wakeup.clone(),
         ));
         leases.run_exclusive("push-sender", move || {
             let push = push.clone();

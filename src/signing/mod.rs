@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use ruma::signatures::Ed25519KeyPair;
 
-use crate::accounts::random_alpha;
+use crate::ids::random_alpha;
 
 /// The signing key pair in use and the public halves of retired keys.
 pub struct SigningKeys {

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use super::outbox::Outbox;
 use super::{Backend, Db, WriteTx, now_ms};
+use crate::ids::server_of;
 
 type SqlResult<T> = Result<T, sqlx::Error>;
 
@@ -437,7 +439,7 @@ impl Db {
                             .fetch_all(&mut *tx.tx)
                             .await?;
                             for (key_id, sig) in sigs {
-                                crate::e2ee::add_signature(&mut keys, user_id, &key_id, &sig);
+                                crate::events::signed::add_signature(&mut keys, user_id, &key_id, &sig);
                             }
                             content["keys"] = keys;
                         }
@@ -445,7 +447,7 @@ impl Db {
                 }
                 let edu = json!({ "edu_type": "m.device_list_update", "content": content }).to_string();
                 for server in servers {
-                    self.e2e_queue_edu(tx, &server, &edu).await?;
+                    self.queue_outbox(tx, &server, Outbox::Edu(&edu)).await?;
                 }
             }
         }
@@ -466,21 +468,6 @@ impl Db {
         .execute(&mut *tx.tx)
         .await?;
         Ok(stream_id)
-    }
-
-    /// Queues one EDU for a destination in the federation outbox.
-    pub async fn e2e_queue_edu(&self, tx: &mut WriteTx, destination: &str, edu: &str) -> SqlResult<()> {
-        let id = Db::next_stream_position(tx, "federation_outbox").await?;
-        sqlx::query(
-            "INSERT INTO federation_outbox (id, destination, kind, payload, created_ts) VALUES ($1, $2, 'edu', $3, $4)",
-        )
-        .bind(id)
-        .bind(destination)
-        .bind(edu)
-        .bind(now_ms())
-        .execute(&mut *tx.tx)
-        .await?;
-        Ok(())
     }
 
     /// Servers other than the user's own with a member joined to a room the user is joined to.
@@ -966,9 +953,4 @@ fn backup_from(t: BackupTuple) -> BackupSession {
         is_verified: t.4 != 0,
         json: t.5,
     }
-}
-
-/// The server part of a user id (`@a:b:8448` → `b:8448`).
-pub fn server_of(user_id: &str) -> &str {
-    user_id.split_once(':').map(|(_, s)| s).unwrap_or("")
 }

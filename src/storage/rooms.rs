@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{Backend, Db, WriteTx, now_ms};
 use crate::error::{Error, Result};
-use crate::rooms::pdu::Pdu;
+use crate::events::pdu::Pdu;
 
 /// State as a map from `(event type, state key)` to event id.
 pub type StateIds = BTreeMap<(String, String), String>;
@@ -501,6 +501,44 @@ impl Db {
         Ok((prev, len, rows.into_iter().map(|(t, k, e)| ((t, k), e)).collect()))
     }
 
+    /// Removes one entry of the current state.
+    pub async fn delete_current_state(&self, tx: &mut WriteTx, room_id: &str, t: &str, k: &str) -> Result<()> {
+        sqlx::query("DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
+            .bind(room_id)
+            .bind(t)
+            .bind(k)
+            .execute(&mut *tx.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes every forward extremity of a room (before a join replaces our view of it).
+    pub async fn clear_extremities(&self, tx: &mut WriteTx, room_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1").bind(room_id).execute(&mut *tx.tx).await?;
+        Ok(())
+    }
+
+    /// Deletes a stored event row (our own join, stored earlier as an outlier, is replaced).
+    pub async fn delete_event(&self, tx: &mut WriteTx, event_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM events WHERE event_id = $1").bind(event_id).execute(&mut *tx.tx).await?;
+        Ok(())
+    }
+    /// Forward extremities of a room, read outside a write transaction.
+    pub async fn pool_extremities(&self, room_id: &str) -> Result<Vec<String>> {
+        Ok(self.pool_extremities_with_depth(room_id).await?.into_iter().map(|e| e.0).collect())
+    }
+
+    /// Forward extremities with their depths, newest first.
+    pub async fn pool_extremities_with_depth(&self, room_id: &str) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT f.event_id, e.topological_ordering FROM forward_extremities f JOIN events e ON e.event_id = f.event_id \
+             WHERE f.room_id = $1 ORDER BY e.topological_ordering DESC, e.stream_ordering DESC",
+        )
+        .bind(room_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Sets one entry of the current state.
     pub async fn set_current_state(
         &self,
@@ -726,26 +764,6 @@ impl Db {
         Ok(out)
     }
 
-    /// Queues a federation payload for a destination.
-    pub async fn insert_outbox(&self, tx: &mut WriteTx, destination: &str, kind: &str, payload: &str) -> Result<()> {
-        let id = Db::next_stream_position(tx, "federation_outbox").await?;
-        let row = (id, destination.to_owned(), kind.to_owned(), payload.to_owned(), now_ms());
-        if tx.pending.enabled {
-            tx.pending.outbox.push(row);
-            return Ok(());
-        }
-        write_outbox(tx, &[row]).await?;
-        Ok(())
-    }
-
-    /// Per destination with queued rows: how many, and the oldest one's `created_ts` (metrics).
-    /// One grouped scan of the outbox, which is small unless a destination is down.
-    pub async fn outbox_depths(&self) -> Result<Vec<(String, i64, i64)>> {
-        Ok(sqlx::query_as("SELECT destination, COUNT(*), MIN(created_ts) FROM federation_outbox GROUP BY destination")
-            .fetch_all(self.pool())
-            .await?)
-    }
-
     /// Replaces an event's stored JSON with its redacted form.
     pub async fn redact_event_json(
         &self,
@@ -778,15 +796,33 @@ impl Db {
 
     /// Adds an alias; false if taken.
     pub async fn insert_alias(&self, alias: &str, room_id: &str, creator: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let added = self.insert_alias_in(&mut tx, alias, room_id, creator).await?;
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    /// Adds an alias in `tx` (a new room's alias is created with it); false if taken.
+    pub async fn insert_alias_in(&self, tx: &mut WriteTx, alias: &str, room_id: &str, creator: &str) -> Result<bool> {
         let res = sqlx::query(
             "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(alias)
         .bind(room_id)
         .bind(creator)
-        .execute(self.pool())
+        .execute(&mut *tx.tx)
         .await?;
         Ok(res.rows_affected() == 1)
+    }
+
+    /// Points an alias at another room (a room upgrade moves the old room's aliases).
+    pub async fn move_alias(&self, alias: &str, room_id: &str) -> Result<()> {
+        sqlx::query("UPDATE room_aliases SET room_id = $1 WHERE alias = $2")
+            .bind(room_id)
+            .bind(alias)
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 
     /// Removes an alias.
@@ -802,6 +838,12 @@ impl Db {
             .fetch_all(self.pool())
             .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Publishes a room in the directory in `tx` (a room created public).
+    pub async fn publish_room_in(&self, tx: &mut WriteTx, room_id: &str) -> Result<()> {
+        sqlx::query("UPDATE rooms SET is_public = 1 WHERE room_id = $1").bind(room_id).execute(&mut *tx.tx).await?;
+        Ok(())
     }
 
     /// Publishes or unpublishes a room in the directory.
@@ -884,7 +926,7 @@ pub struct PendingRows {
     events: Vec<PendingEvent>,
     edges: Vec<(String, String)>,
     txns: Vec<(String, String, String, String)>,
-    outbox: Vec<(i64, String, String, String, i64)>,
+    pub(super) outbox: Vec<super::outbox::OutboxInsert>,
     /// Room → (extremities when first touched, extremities now).
     extremities: BTreeMap<String, (Vec<String>, Vec<String>)>,
     /// `event_push_actions` rows (see `storage/push.rs`).
@@ -992,21 +1034,6 @@ async fn write_txns(tx: &mut WriteTx, rows: &[(String, String, String, String)])
     Ok(())
 }
 
-async fn write_outbox(tx: &mut WriteTx, rows: &[(i64, String, String, String, i64)]) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "INSERT INTO federation_outbox (id, destination, kind, payload, created_ts) VALUES {}",
-            values_clause(tx.backend, chunk.len(), 5)
-        ));
-        let mut q = sqlx::query(sql);
-        for (id, d, k, p, ts) in chunk {
-            q = q.bind(*id).bind(d.as_str()).bind(k.as_str()).bind(p.as_str()).bind(*ts);
-        }
-        q.execute(&mut *tx.tx).await?;
-    }
-    Ok(())
-}
-
 /// Writes everything a deferring transaction buffered; called by [`WriteTx::commit`].
 pub(super) async fn flush_pending(tx: &mut WriteTx) -> Result<(), sqlx::Error> {
     let pending = std::mem::take(&mut tx.pending);
@@ -1016,7 +1043,7 @@ pub(super) async fn flush_pending(tx: &mut WriteTx) -> Result<(), sqlx::Error> {
     write_events(tx, &pending.events).await?;
     write_edges(tx, &pending.edges).await?;
     write_txns(tx, &pending.txns).await?;
-    write_outbox(tx, &pending.outbox).await?;
+    super::outbox::write_outbox(tx, &pending.outbox).await?;
     super::push::write_push_actions(tx, &pending.push_actions).await?;
     // Every room's extremity changes in one DELETE and one INSERT. Event ids are unique across
     // rooms, so `room_id IN rooms AND event_id IN gone` deletes exactly the gone ones (and lets

@@ -50,6 +50,7 @@ use crate::error::{Error, Result};
 use crate::notifier::Notifier;
 use crate::rooms::Rooms;
 use crate::storage::e2ee::DEVICE_LISTS_STREAM;
+use crate::storage::outbox::Outbox;
 use crate::storage::sync::streams;
 use crate::storage::{Db, now_ms};
 use filter::SyncFilter;
@@ -96,6 +97,9 @@ pub struct SyncEngine {
     rooms: Arc<Rooms>,
     notifier: Arc<Notifier>,
     e2ee: Arc<E2ee>,
+    /// The federation outbox's signal: typing, receipts, presence and to-device messages for
+    /// other servers are queued there.
+    outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
     /// Who is typing where (in memory).
     pub typing: typing::Typing,
     presence: presence::PresenceTracker,
@@ -178,8 +182,15 @@ pub struct Ctx<'a> {
 
 impl SyncEngine {
     /// Creates the engine.
-    pub fn new(db: Db, rooms: Arc<Rooms>, notifier: Arc<Notifier>, e2ee: Arc<E2ee>) -> Self {
+    pub fn new(
+        db: Db,
+        rooms: Arc<Rooms>,
+        notifier: Arc<Notifier>,
+        e2ee: Arc<E2ee>,
+        outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
+    ) -> Self {
         Self {
+            outbox_wakeup,
             recent: recent::Recent::new(db.clone()),
             db,
             rooms,
@@ -252,9 +263,10 @@ impl SyncEngine {
         room_id: &str,
         event: &Value,
     ) -> Result<bool> {
-        let Some(appservices) = self.rooms.appservices().filter(|a| a.any_ephemeral_receivers()) else {
+        let appservices = self.rooms.appservices();
+        if !appservices.any_ephemeral_receivers() {
             return Ok(false);
-        };
+        }
         let members = self.db.members_with(room_id, "join").await?;
         appservices.queue_ephemeral(tx, "edu", event, |reg| members.iter().any(|u| reg.is_user(u))).await
     }
@@ -267,10 +279,10 @@ impl SyncEngine {
         let payload = edu.to_string();
         let mut tx = self.db.begin_write().await?;
         for d in destinations {
-            self.db.insert_outbox(&mut tx, d, "edu", &payload).await?;
+            self.db.queue_outbox(&mut tx, d, Outbox::Edu(&payload)).await?;
         }
         tx.commit().await?;
-        self.rooms.outbox_wakeup.notify_waiters();
+        self.outbox_wakeup.notify_waiters();
         Ok(())
     }
 

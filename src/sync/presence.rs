@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::SyncEngine;
 use crate::error::{Error, Result};
+use crate::storage::outbox::Outbox;
 use crate::storage::sync::{PresenceRow, streams};
 use crate::storage::{Db, now_ms};
 
@@ -227,7 +228,8 @@ impl SyncEngine {
         };
         self.db.upsert_presence(&mut tx, &row).await?;
         let mut for_appservices = false;
-        if visible && let Some(appservices) = self.rooms.appservices().filter(|a| a.any_ephemeral_receivers()) {
+        let appservices = self.rooms.appservices();
+        if visible && appservices.any_ephemeral_receivers() {
             // Appservices hear of their own users and of users sharing a room with them.
             let event = json!({ "type": "m.presence", "sender": user, "content": presence_content(&row, now_ms()) });
             for_appservices = appservices
@@ -241,7 +243,7 @@ impl SyncEngine {
             push["user_id"] = json!(user);
             let edu = json!({ "edu_type": "m.presence", "content": { "push": [push] } }).to_string();
             for d in &destinations {
-                self.db.insert_outbox(&mut tx, d, "edu", &edu).await?;
+                self.db.queue_outbox(&mut tx, d, Outbox::Edu(&edu)).await?;
             }
         }
         tx.commit().await?;
@@ -253,7 +255,7 @@ impl SyncEngine {
             wake.push(&user);
             self.notifier.wake(wake);
             if !destinations.is_empty() || for_appservices {
-                self.rooms.outbox_wakeup.notify_waiters();
+                self.outbox_wakeup.notify_waiters();
             }
         }
         Ok(())

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::SyncEngine;
 use crate::error::{Error, Result};
 use crate::storage::Db;
+use crate::storage::outbox::Outbox;
 use crate::storage::sync::{ReceiptRow, streams};
 
 /// The public read receipt.
@@ -120,7 +121,7 @@ impl SyncEngine {
             })
             .to_string();
             for d in &destinations {
-                self.db.insert_outbox(&mut tx, d, "edu", &edu).await?;
+                self.db.queue_outbox(&mut tx, d, Outbox::Edu(&edu)).await?;
             }
         }
         let mut for_appservices = false;
@@ -134,7 +135,7 @@ impl SyncEngine {
         }
         tx.commit().await?;
         if for_appservices {
-            self.rooms.outbox_wakeup.notify_waiters();
+            self.outbox_wakeup.notify_waiters();
         }
         if r.receipt_type == READ_PRIVATE {
             self.notifier.wake([r.user_id.as_str()]);
@@ -142,7 +143,7 @@ impl SyncEngine {
             self.wake_room(r.room_id.as_str()).await;
         }
         if !destinations.is_empty() {
-            self.rooms.outbox_wakeup.notify_waiters();
+            self.outbox_wakeup.notify_waiters();
         }
         Ok(true)
     }

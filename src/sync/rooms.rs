@@ -28,21 +28,12 @@ use serde_json::{Map, Value, json};
 use super::token::SyncToken;
 use super::{Ctx, SyncEngine, filter, receipts};
 use crate::error::Result;
+use crate::events::STRIPPED_STATE_TYPES;
 use crate::rooms::read::{TopoToken, VisibilityMemo};
 use crate::storage::push::{Counts, UnreadCounts};
 use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
 use crate::storage::sync::{AccountDataRow, MembershipRow, ReceiptRow, by_room};
 
-/// State event types shown to invited and knocking users (spec: "Stripped state").
-pub const STRIPPED_STATE_TYPES: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-];
 /// How many batches of events a timeline scan reads before it gives up looking for visible
 /// events and reports the timeline as limited (the client pages on with `/messages`).
 const MAX_SCAN_BATCHES: usize = 5;

@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use super::SyncEngine;
 use crate::error::{Error, Result};
 use crate::storage::Db;
+use crate::storage::outbox::Outbox;
 use crate::storage::sync::{ToDeviceRow, streams};
 
 /// Most messages delivered in one sync response; the rest follow in the next.
@@ -41,7 +42,7 @@ impl SyncEngine {
     ) -> Result<()> {
         let messages = messages.as_object().ok_or_else(|| Error::bad_json("messages must be an object"))?;
         let (local, remote) = self.split_recipients(messages).await?;
-        let message_id = crate::accounts::random_alpha(16);
+        let message_id = crate::ids::random_alpha(16);
         let mut edus = Vec::new();
         for (server, msgs) in remote {
             let edu = json!({
@@ -56,13 +57,13 @@ impl SyncEngine {
         }
         let woken = self.queue_deliveries(&mut tx, sender.as_str(), event_type, &local).await?;
         for (server, edu) in &edus {
-            self.db.insert_outbox(&mut tx, server, "edu", edu).await?;
+            self.db.queue_outbox(&mut tx, server, Outbox::Edu(edu)).await?;
         }
         let for_appservices = self.to_device_for_appservices(&mut tx, sender.as_str(), event_type, &local).await?;
         tx.commit().await?;
         self.notifier.wake(woken.iter().map(String::as_str));
         if !edus.is_empty() || for_appservices {
-            self.rooms.outbox_wakeup.notify_waiters();
+            self.outbox_wakeup.notify_waiters();
         }
         Ok(())
     }
@@ -134,9 +135,10 @@ impl SyncEngine {
         event_type: &str,
         deliveries: &[Delivery],
     ) -> Result<bool> {
-        let Some(appservices) = self.rooms.appservices().filter(|a| a.any_ephemeral_receivers()) else {
+        let appservices = self.rooms.appservices();
+        if !appservices.any_ephemeral_receivers() {
             return Ok(false);
-        };
+        }
         let mut any = false;
         for m in deliveries {
             let message = json!({

@@ -2,7 +2,7 @@
 //!
 //! The events position comes first and is prefixed with `s` because `/messages` and
 //! `/members?at=` accept sync tokens by reading that leading number
-//! (`api::client::message::stream_of_token`). Positions missing at the end of a token (tokens
+//! ([`stream_of_token`]). Positions missing at the end of a token (tokens
 //! written before a stream existed) read as 0, which means "send everything of that stream".
 
 use crate::error::{Error, Result};
@@ -24,6 +24,13 @@ pub struct SyncToken {
     pub presence: i64,
     /// Device list changes (end-to-end encryption; see `sync::e2ee`).
     pub device_lists: i64,
+}
+
+/// The event stream position (a `/messages` pagination token also starts so) at the start of a sync token (`s<stream>...`).
+pub fn stream_of_token(token: &str) -> Option<i64> {
+    let rest = token.strip_prefix('s')?;
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 impl SyncToken {
@@ -88,7 +95,7 @@ mod tests {
         };
         assert_eq!(t.to_token(), "s120_4_7_2_9_3_0");
         assert_eq!(SyncToken::parse(&t.to_token()).unwrap(), t);
-        assert_eq!(crate::api::client::message::stream_of_token(&t.to_token()), Some(120));
+        assert_eq!(stream_of_token(&t.to_token()), Some(120));
     }
 
     #[test]

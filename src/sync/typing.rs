@@ -338,7 +338,7 @@ impl SyncEngine {
 
     /// Queues the room's typing users, as they are now, for the appservices in the room.
     async fn typing_to_appservices(&self, room_id: &str) -> Result<()> {
-        if !self.rooms.appservices().is_some_and(|a| a.any_ephemeral_receivers()) {
+        if !self.rooms.appservices().any_ephemeral_receivers() {
             return Ok(());
         }
         let users = self.typing.changed_since([room_id], None).remove(room_id).unwrap_or_default();
@@ -347,7 +347,7 @@ impl SyncEngine {
         let queued = self.queue_appservice_room_ephemeral(&mut tx, room_id, &event).await?;
         tx.commit().await?;
         if queued {
-            self.rooms.outbox_wakeup.notify_waiters();
+            self.outbox_wakeup.notify_waiters();
         }
         Ok(())
     }

@@ -8,13 +8,13 @@ use ruma::api::client::account::{
 };
 use serde_json::{Value, json};
 
-use crate::accounts::random_alpha;
 use crate::accounts::uia::{self, UiaRequest};
 use crate::api::AppState;
 use crate::api::extract::{Ruma, RumaResponse};
 use crate::appservice::Kind;
 use crate::config::RegistrationMode;
 use crate::error::{Error, Result};
+use crate::ids::random_alpha;
 
 /// `POST /_matrix/client/v3/register`
 pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Request>) -> Result<Json<Value>> {

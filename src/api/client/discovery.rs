@@ -14,7 +14,7 @@ use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::rooms::version::SUPPORTED_ROOM_VERSIONS;
+use crate::events::version::SUPPORTED_ROOM_VERSIONS;
 
 /// Spec versions whose features this server implements. Add a version only when its
 /// additions work: clients switch behaviour on this list (v1.11 tells them to fetch media

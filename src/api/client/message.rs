@@ -19,13 +19,6 @@ use crate::rooms::filter::EventFilter;
 use crate::rooms::read::{Dir, TopoToken};
 use crate::storage::rooms::StoredEvent;
 
-/// The event stream position at the start of a sync token (`s<stream>...`).
-pub fn stream_of_token(token: &str) -> Option<i64> {
-    let rest = token.strip_prefix('s')?;
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
 fn content_of(json: Option<Value>) -> Result<Value> {
     match json {
         Some(v @ Value::Object(_)) => Ok(v),
@@ -193,7 +186,8 @@ async fn parse_from(state: &AppState, room_id: &RoomId, token: &str, dir: Dir) -
     if let Some(t) = TopoToken::parse(token) {
         return Ok(Some(t));
     }
-    let stream = stream_of_token(token).ok_or_else(|| Error::invalid_param("Invalid pagination token"))?;
+    let stream =
+        crate::sync::token::stream_of_token(token).ok_or_else(|| Error::invalid_param("Invalid pagination token"))?;
     let pos = state.rooms.position_at_stream(room_id, stream).await?;
     Ok(match (pos, dir) {
         // Backwards from a sync token includes the event at that position.

@@ -2,18 +2,21 @@
 
 use axum::Json;
 use axum::extract::State;
+use ruma::UserId;
 use ruma::api::client::push::PushRule;
 use ruma::api::client::push::{
     delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
     get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule, set_pushrule_actions,
     set_pushrule_enabled,
 };
+use ruma::push::Ruleset;
 use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
 use crate::push;
+use crate::sync::SyncEngine;
 
 fn not_found() -> Error {
     Error::not_found("Unknown push rule")
@@ -22,7 +25,7 @@ fn not_found() -> Error {
 /// `GET /_matrix/client/v3/pushrules/`
 pub async fn all(State(state): State<AppState>, req: Ruma<get_pushrules_all::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    Ok(Json(json!({ "global": push::ruleset(&state.sync, &s.user_id).await? })))
+    Ok(Json(json!({ "global": ruleset(&state.sync, &s.user_id).await? })))
 }
 
 /// `GET /_matrix/client/v3/pushrules/global/`
@@ -31,13 +34,13 @@ pub async fn global(
     req: Ruma<get_pushrules_global_scope::v3::Request>,
 ) -> Result<Json<Value>> {
     let s = req.session()?;
-    Ok(Json(serde_json::to_value(push::ruleset(&state.sync, &s.user_id).await?)?))
+    Ok(Json(serde_json::to_value(ruleset(&state.sync, &s.user_id).await?)?))
 }
 
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
 pub async fn get(State(state): State<AppState>, req: Ruma<get_pushrule::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    let rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let rules = ruleset(&state.sync, &s.user_id).await?;
     let rule = rules.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
     Ok(Json(serde_json::to_value(PushRule::from(rule.to_owned()))?))
 }
@@ -45,23 +48,23 @@ pub async fn get(State(state): State<AppState>, req: Ruma<get_pushrule::v3::Requ
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
 pub async fn set(State(state): State<AppState>, req: Ruma<set_pushrule::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    let mut rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let mut rules = ruleset(&state.sync, &s.user_id).await?;
     rules
         .insert(req.body.rule.clone(), req.body.after.as_deref(), req.body.before.as_deref())
         .map_err(|e| Error::invalid_param(e.to_string()))?;
-    push::save(&state.sync, &s.user_id, &rules).await?;
+    save(&state.sync, &s.user_id, &rules).await?;
     Ok(Json(json!({})))
 }
 
 /// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
 pub async fn delete(State(state): State<AppState>, req: Ruma<delete_pushrule::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    let mut rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let mut rules = ruleset(&state.sync, &s.user_id).await?;
     rules.remove(req.body.kind.clone(), &req.body.rule_id).map_err(|e| match e {
         ruma::push::RemovePushRuleError::NotFound => not_found(),
         other => Error::invalid_param(other.to_string()),
     })?;
-    push::save(&state.sync, &s.user_id, &rules).await?;
+    save(&state.sync, &s.user_id, &rules).await?;
     Ok(Json(json!({})))
 }
 
@@ -71,7 +74,7 @@ pub async fn get_enabled(
     req: Ruma<get_pushrule_enabled::v3::Request>,
 ) -> Result<Json<Value>> {
     let s = req.session()?;
-    let rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let rules = ruleset(&state.sync, &s.user_id).await?;
     let rule = rules.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
     Ok(Json(json!({ "enabled": rule.enabled() })))
 }
@@ -82,9 +85,9 @@ pub async fn set_enabled(
     req: Ruma<set_pushrule_enabled::v3::Request>,
 ) -> Result<Json<Value>> {
     let s = req.session()?;
-    let mut rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let mut rules = ruleset(&state.sync, &s.user_id).await?;
     rules.set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled).map_err(|_| not_found())?;
-    push::save(&state.sync, &s.user_id, &rules).await?;
+    save(&state.sync, &s.user_id, &rules).await?;
     Ok(Json(json!({})))
 }
 
@@ -94,7 +97,7 @@ pub async fn get_actions(
     req: Ruma<get_pushrule_actions::v3::Request>,
 ) -> Result<Json<Value>> {
     let s = req.session()?;
-    let rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let rules = ruleset(&state.sync, &s.user_id).await?;
     let rule = rules.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
     Ok(Json(json!({ "actions": rule.actions() })))
 }
@@ -105,9 +108,9 @@ pub async fn set_actions(
     req: Ruma<set_pushrule_actions::v3::Request>,
 ) -> Result<Json<Value>> {
     let s = req.session()?;
-    let mut rules = push::ruleset(&state.sync, &s.user_id).await?;
+    let mut rules = ruleset(&state.sync, &s.user_id).await?;
     rules.set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone()).map_err(|_| not_found())?;
-    push::save(&state.sync, &s.user_id, &rules).await?;
+    save(&state.sync, &s.user_id, &rules).await?;
     Ok(Json(json!({})))
 }
 
@@ -138,4 +141,22 @@ pub async fn notifications(
         body["next_token"] = json!(next);
     }
     Ok(Json(body))
+}
+
+/// The user's ruleset; the server default is stored on first use so that `/sync` carries it.
+/// A stored ruleset lacking predefined rules (stored before they existed here) gets them.
+async fn ruleset(sync: &SyncEngine, user: &UserId) -> Result<Ruleset> {
+    if let Some(stored) = sync.account_data(user, None, push::PUSH_RULES).await?
+        && let Ok(rules) = serde_json::from_value::<Ruleset>(stored["global"].clone())
+    {
+        return Ok(push::rules::complete(rules, user));
+    }
+    let rules = push::rules::server_default(user);
+    save(sync, user, &rules).await?;
+    Ok(rules)
+}
+
+/// Stores the user's ruleset (and wakes their `/sync`).
+async fn save(sync: &SyncEngine, user: &UserId, rules: &Ruleset) -> Result<()> {
+    sync.set_account_data(user, None, push::PUSH_RULES, &json!({ "global": rules })).await
 }

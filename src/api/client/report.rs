@@ -7,10 +7,10 @@ use ruma::api::client::reporting::report_user;
 use ruma::api::client::room::{report_content, report_room};
 use serde_json::{Value, json};
 
-use crate::accounts::random_alpha;
 use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
+use crate::ids::random_alpha;
 use crate::storage::reports::Reported;
 
 /// Longest reason kept, in bytes: a report is read by a person.

@@ -238,8 +238,7 @@ async fn state_ids_at_token(
     let pos = match TopoToken::parse(at) {
         Some(t) => Position::Topo(t),
         None => Position::Stream(
-            crate::api::client::message::stream_of_token(at)
-                .ok_or_else(|| Error::invalid_param("Invalid `at` token"))?,
+            crate::sync::token::stream_of_token(at).ok_or_else(|| Error::invalid_param("Invalid `at` token"))?,
         ),
     };
     let Some(ev) = state.rooms.last_event_at(room_id, pos).await? else { return Ok(Default::default()) };

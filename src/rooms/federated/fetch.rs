@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::enc;
 use crate::error::{Error, Result};
+use crate::events::pdu::Pdu;
 use crate::rooms::Rooms;
-use crate::rooms::pdu::Pdu;
 use crate::storage::Db;
 use crate::storage::rooms::{NewEventRow, StateIds};
 
@@ -172,8 +172,8 @@ impl Rooms {
             // A room we are joining is not known yet: its create event gives the version.
             let create = pdus.iter().find(|p| p.fields.kind == TimelineEventType::RoomCreate);
             let version = create.and_then(|c| c.content()["room_version"].as_str().map(str::to_owned));
-            let version = crate::rooms::version::parse(version.as_deref().unwrap_or("1"))?;
-            Ok::<_, Error>((version.clone(), crate::rooms::version::rules(&version)?))
+            let version = crate::events::version::parse(version.as_deref().unwrap_or("1"))?;
+            Ok::<_, Error>((version.clone(), crate::events::version::rules(&version)?))
         })?;
         let batch: HashMap<String, Pdu> = pdus.into_iter().map(|p| (p.event_id.to_string(), p)).collect();
         let mut lookup: Vec<String> = batch.keys().cloned().collect();

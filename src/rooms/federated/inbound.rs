@@ -12,11 +12,12 @@ use serde_json::{Value, json};
 
 use super::Processed;
 use crate::error::{Error, Result};
+use crate::events::pdu::{MAX_PDU_BYTES, Pdu};
 use crate::rooms::Rooms;
 use crate::rooms::build::{Appended, RoomCtx};
-use crate::rooms::pdu::{MAX_PDU_BYTES, Pdu};
 use crate::rooms::state;
 use crate::storage::Db;
+use crate::storage::outbox::Outbox;
 use crate::storage::rooms::{NewEventRow, StateIds};
 
 impl Rooms {
@@ -125,10 +126,10 @@ impl Rooms {
             .unsigned
             .as_ref()
             .and_then(|u| u["room_version"].as_str())
-            .map(crate::rooms::version::parse)
+            .map(crate::events::version::parse)
             .transpose()?
             .ok_or_else(unknown)?;
-        let rules = crate::rooms::version::rules(&version)?;
+        let rules = crate::events::version::rules(&version)?;
         let pdu = self.verify_pdu(&rules, value, Some(room_id)).await?;
         let new_membership = pdu.content()["membership"].as_str().unwrap_or("").to_owned();
         if (new_membership != "leave" && new_membership != "ban")
@@ -387,16 +388,14 @@ impl Rooms {
         if let Some(except) = forward_except {
             for dest in self.remote_destinations(room_id).await? {
                 if dest != except.as_str() && dest != origin.as_str() {
-                    self.db.insert_outbox(&mut tx, &dest, "pdu", pdu.event_id.as_str()).await?;
+                    self.db.queue_outbox(&mut tx, &dest, Outbox::Pdu(pdu.event_id.as_str())).await?;
                 }
             }
         }
         // After the federation outbox rows, as for local events: counters are locked in one order.
-        if let Some(appservices) = self.appservices.get()
-            && appservices.any_receivers()
-        {
+        if self.appservices().any_receivers() {
             let members = self.read_members(room_id).await?;
-            appservices.queue_event(&mut tx, pdu, &members.joined_local).await?;
+            self.appservices().queue_event(&mut tx, pdu, &members.joined_local).await?;
         }
         tx.commit().await?;
         self.state_cache.insert(group_after, Arc::new(state_after), chain_after);

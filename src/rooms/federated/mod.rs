@@ -34,14 +34,14 @@ use ruma::room_version_rules::RoomVersionRules;
 use ruma::{RoomId, RoomVersionId};
 
 use super::Rooms;
-use super::pdu::Pdu;
 use crate::error::{Error, Result};
+use crate::events::pdu::Pdu;
 use crate::federation::Federation;
 use crate::storage::rooms::StateIds;
 
 /// Room versions we offer in `make_join` (`ver=`).
 fn ver_query() -> String {
-    super::version::SUPPORTED_ROOM_VERSIONS.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&")
+    crate::events::version::SUPPORTED_ROOM_VERSIONS.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&")
 }
 
 fn enc(s: &str) -> String {
@@ -68,7 +68,7 @@ impl Rooms {
     pub async fn room_rules(&self, room_id: &RoomId) -> Result<(RoomVersionId, RoomVersionRules)> {
         let (version, _) = self.db.get_room(room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
-        let rules = super::version::rules(&version)?;
+        let rules = crate::events::version::rules(&version)?;
         Ok((version, rules))
     }
 }

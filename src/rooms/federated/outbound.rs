@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 
 use super::{enc, ver_query};
 use crate::error::{Error, Result};
+use crate::events::pdu::Pdu;
 use crate::federation::Federation;
 use crate::rooms::Rooms;
 use crate::rooms::build::{Appended, RoomCtx};
-use crate::rooms::pdu::Pdu;
 use crate::storage::rooms::{NewEventRow, StateIds};
 use crate::storage::{Db, now_ms};
 
@@ -149,7 +149,7 @@ impl Rooms {
         let (after, after_chain) = self.write_state_after(&mut tx, &join, Some(before), &state_after).await?;
         let unsigned = self.replaces_state(&join, &state, &HashMap::new()).await?;
         // Our own join may already be stored (e.g. received back as an outlier); replace it.
-        sqlx::query("DELETE FROM events WHERE event_id = $1").bind(join.event_id.as_str()).execute(&mut *tx.tx).await?;
+        self.db.delete_event(&mut tx, join.event_id.as_str()).await?;
         self.db
             .insert_event(
                 &mut tx,
@@ -162,10 +162,7 @@ impl Rooms {
                 },
             )
             .await?;
-        sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
-            .bind(room_id.as_str())
-            .execute(&mut *tx.tx)
-            .await?;
+        self.db.clear_extremities(&mut tx, room_id.as_str()).await?;
         self.db.update_extremities(&mut tx, room_id.as_str(), &[], join.event_id.as_str()).await?;
         let old_current = if known { self.db.current_state_ids(room_id.as_str()).await? } else { StateIds::new() };
         self.apply_current_state(&mut tx, room_id.as_str(), &old_current, &state_after, stream, &join).await?;
@@ -197,8 +194,8 @@ impl Rooms {
         membership: &str,
         reason: Option<&str>,
     ) -> Result<(RoomVersionId, RoomVersionRules, CanonicalJsonObject, String)> {
-        let version = crate::rooms::version::parse(template["room_version"].as_str().unwrap_or("1"))?;
-        let rules = crate::rooms::version::rules(&version)?;
+        let version = crate::events::version::parse(template["room_version"].as_str().unwrap_or("1"))?;
+        let rules = crate::events::version::rules(&version)?;
         let mut event = template["event"].clone();
         if !event.is_object() {
             return Err(Error::new(
@@ -389,7 +386,7 @@ impl Rooms {
             }
             (pdu, ctx.version.clone(), stripped)
         };
-        let rules = crate::rooms::version::rules(&version)?;
+        let rules = crate::events::version::rules(&version)?;
         let path = format!("/_matrix/federation/v2/invite/{}/{}", enc(room_id.as_str()), enc(pdu.event_id.as_str()));
         let body =
             json!({ "room_version": version.as_str(), "event": pdu.federation_json(), "invite_room_state": stripped });
@@ -426,8 +423,8 @@ impl Rooms {
         let result: Result<()> = async {
             let path = format!("/_matrix/federation/v1/make_leave/{}/{}", enc(room_id.as_str()), enc(user.as_str()));
             let template = fed.request(&server, http::Method::GET, &path, None).await?;
-            let version = crate::rooms::version::parse(template["room_version"].as_str().unwrap_or("1"))?;
-            let rules = crate::rooms::version::rules(&version)?;
+            let version = crate::events::version::parse(template["room_version"].as_str().unwrap_or("1"))?;
+            let rules = crate::events::version::rules(&version)?;
             let mut event = template["event"].clone();
             event["origin_server_ts"] = json!(now_ms());
             let mut object: CanonicalJsonObject =

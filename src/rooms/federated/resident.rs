@@ -9,9 +9,9 @@ use ruma::{CanonicalJsonObject, EventId, RoomId, ServerName, UserId};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::events::pdu::Pdu;
 use crate::rooms::Rooms;
 use crate::rooms::membership::RestrictedJoin;
-use crate::rooms::pdu::Pdu;
 use crate::storage::rooms::NewEventRow;
 use crate::storage::{Db, now_ms};
 
@@ -170,7 +170,7 @@ impl Rooms {
     /// events of the stripped-state types, as PDUs, the create event first.
     async fn knock_room_state(&self, room_id: &RoomId) -> Result<Vec<Value>> {
         let mut out = Vec::new();
-        for t in crate::sync::rooms::STRIPPED_STATE_TYPES {
+        for t in crate::events::STRIPPED_STATE_TYPES {
             if let Some(p) = self.current_state_event(room_id, t, "").await? {
                 out.push(p.federation_json());
             }
@@ -186,8 +186,8 @@ impl Rooms {
         event_id: &str,
         body: &Value,
     ) -> Result<Value> {
-        let version = crate::rooms::version::parse(body["room_version"].as_str().unwrap_or("1"))?;
-        let rules = crate::rooms::version::rules(&version)?;
+        let version = crate::events::version::parse(body["room_version"].as_str().unwrap_or("1"))?;
+        let rules = crate::events::version::rules(&version)?;
         let pdu = self.verify_pdu(&rules, body["event"].clone(), Some(room_id)).await?;
         if pdu.event_id.as_str() != event_id {
             return Err(Error::bad_json("Event id does not match the event"));
@@ -201,10 +201,7 @@ impl Rooms {
         {
             return Err(Error::bad_json("Not an invite of a local user"));
         }
-        let exists = match self.appservices() {
-            Some(appservices) => appservices.ensure_user(target.as_str()).await?,
-            None => self.db.get_user(target.as_str()).await?.is_some(),
-        };
+        let exists = self.appservices().ensure_user(target.as_str()).await?;
         if !exists {
             return Err(Error::not_found("Unknown user"));
         }
@@ -263,7 +260,8 @@ impl Rooms {
                 .await?;
             self.db.set_membership(&mut tx, room_id.as_str(), target.as_str(), "invite", event_id, stream).await?;
             // An invite of an appservice's user to a room held elsewhere: the bridge hears of it.
-            if let Some(appservices) = self.appservices() {
+            {
+                let appservices = self.appservices();
                 appservices.queue_event(&mut tx, &signed, &[]).await?;
             }
         }

@@ -10,10 +10,10 @@ use ruma::state_res::StateMap;
 use ruma::{EventId, OwnedEventId, ServerName};
 
 use crate::error::{Error, Result};
+use crate::events::pdu::Pdu;
 use crate::rooms::Rooms;
-use crate::rooms::pdu::Pdu;
+use crate::storage::WriteTx;
 use crate::storage::rooms::{StateIds, StoredEvent};
-use crate::storage::{Db, WriteTx};
 
 impl Rooms {
     /// The state before `pdu` from the state groups after its prev events (`prev_groups`): one
@@ -362,12 +362,7 @@ impl Rooms {
             }
         }
         for k in old.keys().filter(|k| !new.contains_key(*k)) {
-            sqlx::query("DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
-                .bind(room_id)
-                .bind(&k.0)
-                .bind(&k.1)
-                .execute(&mut *tx.tx)
-                .await?;
+            self.db.delete_current_state(tx, room_id, &k.0, &k.1).await?;
         }
         Ok(())
     }
@@ -407,23 +402,5 @@ impl Rooms {
             states.push((*self.state_at_group(g).await?).clone());
         }
         self.resolve_states(&rules, states).await
-    }
-}
-
-impl Db {
-    /// Forward extremities of a room, read outside a write transaction.
-    pub async fn pool_extremities(&self, room_id: &str) -> Result<Vec<String>> {
-        Ok(self.pool_extremities_with_depth(room_id).await?.into_iter().map(|e| e.0).collect())
-    }
-
-    /// Forward extremities with their depths, newest first.
-    pub async fn pool_extremities_with_depth(&self, room_id: &str) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT f.event_id, e.topological_ordering FROM forward_extremities f JOIN events e ON e.event_id = f.event_id \
-             WHERE f.room_id = $1 ORDER BY e.topological_ordering DESC, e.stream_ordering DESC",
-        )
-        .bind(room_id)
-        .fetch_all(self.pool())
-        .await?)
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::notifier::OutboxWakeup;
 use serde_json::{Value, json};
 
-use super::{Appservices, CallError, Registration};
+use crate::appservice::{Appservices, CallError, Registration};
 use crate::error::Result;
 use crate::storage::now_ms;
 

@@ -21,36 +21,29 @@ use ruma::ServerName;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use super::Federation;
 use crate::error::{Error, Result};
-use crate::rooms::Rooms;
+use crate::federation::Federation;
+use crate::notifier::OutboxWakeup;
 use crate::storage::now_ms;
+use crate::storage::outbox::{OutboxRow, TxnOut};
 
 /// Most PDUs in one transaction (spec limit).
 pub const MAX_PDUS: usize = 50;
 /// Most EDUs in one transaction (spec limit).
 pub const MAX_EDUS: usize = 100;
 
-/// A transaction persisted before its first attempt.
-struct PendingTxn {
-    txn_id: String,
-    body: String,
-    outbox_ids: Vec<i64>,
-}
-
-/// The sender: a supervisor that wakes on `rooms.outbox_wakeup` (and every 30 s) and keeps one
-/// task per destination with queued rows. It runs under a lease (`crate::lease`), in one
-/// process at a time: dropping this future stops every destination task with it, and the
-/// process taking over resumes from the tables.
-pub async fn run(fed: Arc<Federation>, rooms: Arc<Rooms>) {
+/// The sender: a supervisor that wakes on `wakeup` (signalled after commits that queued rows,
+/// and every 30 s) and keeps one task per destination with queued rows. It runs under a lease
+/// (`crate::lease`), in one process at a time: dropping this future stops every destination
+/// task with it, and the process taking over resumes from the tables.
+pub async fn run(fed: Arc<Federation>, wakeup: Arc<OutboxWakeup>) {
     let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let mut tasks: HashMap<String, Arc<Notify>> = HashMap::new();
-    let wakeup = rooms.outbox_wakeup.clone();
     loop {
         let notified = wakeup.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match destinations(&fed).await {
+        match fed.db().outbox_destinations().await {
             Ok(dests) => {
                 for dest in dests {
                     let notify = tasks.entry(dest.clone()).or_insert_with(|| {
@@ -61,7 +54,7 @@ pub async fn run(fed: Arc<Federation>, rooms: Arc<Rooms>) {
                     notify.notify_one();
                 }
             }
-            Err(e) => tracing::warn!(error = %e.message, "federation sender: listing destinations failed"),
+            Err(e) => tracing::warn!(error = %e, "federation sender: listing destinations failed"),
         }
         tokio::select! {
             _ = &mut notified => {},
@@ -70,27 +63,12 @@ pub async fn run(fed: Arc<Federation>, rooms: Arc<Rooms>) {
     }
 }
 
-async fn destinations(fed: &Federation) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT DISTINCT destination FROM federation_outbox UNION SELECT destination FROM federation_txns_out",
-    )
-    .fetch_all(fed.db.pool())
-    .await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
-}
-
 async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>) {
-    let min = Duration::from_millis(fed.config.federation.retry_min_ms.max(1));
-    let max = Duration::from_millis(fed.config.federation.retry_max_ms.max(fed.config.federation.retry_min_ms));
+    let min = Duration::from_millis(fed.config().federation.retry_min_ms.max(1));
+    let max = Duration::from_millis(fed.config().federation.retry_max_ms.max(fed.config().federation.retry_min_ms));
     let Ok(server) = ServerName::parse(&dest) else {
         tracing::warn!(destination = %dest, "invalid destination in outbox; dropping its rows");
-        if let Ok(mut tx) = fed.db.begin_write().await {
-            let _ = sqlx::query("DELETE FROM federation_outbox WHERE destination = $1")
-                .bind(&dest)
-                .execute(&mut *tx.tx)
-                .await;
-            let _ = tx.commit().await;
-        }
+        let _ = fed.db().outbox_drop_destination(&dest).await;
         return;
     };
     loop {
@@ -147,8 +125,8 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
                 }
             }
         }
-        if let Err(e) = complete(&fed, &dest, &txn).await {
-            tracing::warn!(destination = %dest, error = %e.message, "federation sender: completing transaction failed");
+        if let Err(e) = fed.db().txn_out_complete(&dest, &txn).await {
+            tracing::warn!(destination = %dest, error = %e, "federation sender: completing transaction failed");
             tokio::time::sleep(min).await;
         }
         if was_down && let Err(e) = catch_up(&fed, &dest).await {
@@ -164,13 +142,7 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
 /// catch-up does after an outage. A server that was down for a day is thus brought up to date
 /// by a transaction per few dozen rooms, not by every event of the day.
 async fn catch_up(fed: &Federation, dest: &str) -> Result<()> {
-    let queued: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT o.id, e.room_id FROM federation_outbox o JOIN events e ON e.event_id = o.payload \
-         WHERE o.destination = $1 AND o.kind = 'pdu'",
-    )
-    .bind(dest)
-    .fetch_all(fed.db.pool())
-    .await?;
+    let queued = fed.db().outbox_pdu_rooms(dest).await?;
     if queued.len() <= MAX_PDUS {
         return Ok(());
     }
@@ -179,20 +151,9 @@ async fn catch_up(fed: &Federation, dest: &str) -> Result<()> {
         let top = newest.entry(room.clone()).or_insert(*id);
         *top = (*top).max(*id);
     }
-    let mut tx = fed.db.begin_write().await?;
-    // Rows taken into the transaction in flight (if any) are left alone.
-    for (room, keep) in &newest {
-        sqlx::query(
-            "DELETE FROM federation_outbox WHERE destination = $1 AND kind = 'pdu' AND id < $2 \
-             AND payload IN (SELECT event_id FROM events WHERE room_id = $3)",
-        )
-        .bind(dest)
-        .bind(keep)
-        .bind(room)
-        .execute(&mut *tx.tx)
-        .await?;
-    }
-    tx.commit().await?;
+    // Rows taken into the transaction in flight (if any) are left alone: they are older than
+    // nothing kept, and are deleted only once that transaction is delivered.
+    fed.db().outbox_keep_newest(dest, &newest).await?;
     tracing::info!(destination = %dest, queued = queued.len(), rooms = newest.len(),
         "destination is back: sending each room's newest event, the peer fetches the gap");
     Ok(())
@@ -205,32 +166,21 @@ fn refused(e: &Error) -> bool {
 }
 
 /// The transaction in flight for `dest`, or a new one packed from the outbox and persisted.
-async fn next_transaction(fed: &Federation, dest: &str) -> Result<Option<PendingTxn>> {
-    let pending: Option<(String, String, String)> =
-        sqlx::query_as("SELECT txn_id, body, outbox_ids FROM federation_txns_out WHERE destination = $1")
-            .bind(dest)
-            .fetch_optional(fed.db.pool())
-            .await?;
-    if let Some((txn_id, body, ids)) = pending {
-        return Ok(Some(PendingTxn { txn_id, body, outbox_ids: serde_json::from_str(&ids).unwrap_or_default() }));
+async fn next_transaction(fed: &Federation, dest: &str) -> Result<Option<TxnOut>> {
+    if let Some(pending) = fed.db().txn_out_pending(dest).await? {
+        return Ok(Some(pending));
     }
-    let limit = (MAX_PDUS + MAX_EDUS) as i64;
-    let rows: Vec<(i64, String, String)> =
-        sqlx::query_as("SELECT id, kind, payload FROM federation_outbox WHERE destination = $1 ORDER BY id LIMIT $2")
-            .bind(dest)
-            .bind(limit)
-            .fetch_all(fed.db.pool())
-            .await?;
+    let rows = fed.db().outbox_head(dest, (MAX_PDUS + MAX_EDUS) as i64).await?;
     if rows.is_empty() {
         return Ok(None);
     }
     let mut pdus = Vec::new();
     let mut edus = Vec::new();
     let mut ids = Vec::new();
-    for (id, kind, payload) in rows {
+    for OutboxRow { id, kind, payload } in rows {
         match kind.as_str() {
             "pdu" if pdus.len() < MAX_PDUS => {
-                match fed.db.get_event(&payload).await? {
+                match fed.db().get_event(&payload).await? {
                     Some(ev) => pdus.push(ev.pdu.federation_json()),
                     None => tracing::warn!(event_id = %payload, "queued PDU not found; skipping"),
                 }
@@ -253,38 +203,13 @@ async fn next_transaction(fed: &Federation, dest: &str) -> Result<Option<Pending
     let first = ids.first().copied().unwrap_or(0);
     let txn_id = format!("{}_{}", now_ms(), first);
     let body = json!({
-        "origin": fed.server_name.as_str(),
+        "origin": fed.server_name().as_str(),
         "origin_server_ts": now_ms(),
         "pdus": pdus,
         "edus": edus,
     })
     .to_string();
-    let mut tx = fed.db.begin_write().await?;
-    sqlx::query(
-        "INSERT INTO federation_txns_out (destination, txn_id, body, outbox_ids, created_ts) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(dest)
-    .bind(&txn_id)
-    .bind(&body)
-    .bind(serde_json::to_string(&ids)?)
-    .bind(now_ms())
-    .execute(&mut *tx.tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Some(PendingTxn { txn_id, body, outbox_ids: ids }))
-}
-
-/// Deletes a delivered transaction and its outbox rows.
-async fn complete(fed: &Federation, dest: &str, txn: &PendingTxn) -> Result<()> {
-    let mut tx = fed.db.begin_write().await?;
-    for id in &txn.outbox_ids {
-        sqlx::query("DELETE FROM federation_outbox WHERE id = $1").bind(id).execute(&mut *tx.tx).await?;
-    }
-    sqlx::query("DELETE FROM federation_txns_out WHERE destination = $1 AND txn_id = $2")
-        .bind(dest)
-        .bind(&txn.txn_id)
-        .execute(&mut *tx.tx)
-        .await?;
-    tx.commit().await.map_err(Error::from)?;
-    Ok(())
+    let txn = TxnOut { txn_id, body, outbox_ids: ids };
+    fed.db().txn_out_persist(dest, &txn).await?;
+    Ok(Some(txn))
 }

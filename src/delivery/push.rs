@@ -8,7 +8,7 @@
 //! skips notifications, short of a crash between a gateway's answer and the position's update.
 //! A gateway that fails (unreachable, 5xx, 429) is retried with doubling delays from 2 s to
 //! 10 min, without holding up other pushers; pushkeys the gateway rejects are deleted. Accepting
-//! events never waits for any of this: the task wakes after commits (`rooms.outbox_wakeup`).
+//! events never waits for any of this: the task wakes after commits (`OutboxWakeup`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::error::Result;
 use crate::media::preview::Fetcher;
+use crate::notifier::OutboxWakeup;
 use crate::rooms::Rooms;
 use crate::storage::Db;
 use crate::storage::push::PusherRow;
@@ -42,6 +43,7 @@ pub struct PushSender {
     db: Db,
     rooms: Arc<Rooms>,
     fetcher: Fetcher,
+    wakeup: Arc<OutboxWakeup>,
 }
 
 /// Why a pusher stopped this round.
@@ -51,15 +53,16 @@ enum Stop {
 }
 
 impl PushSender {
-    /// The sender; `fetcher` reaches gateways (see `[push] gateway_ip_allowlist`).
-    pub fn new(db: Db, rooms: Arc<Rooms>, fetcher: Fetcher) -> Self {
-        Self { db, rooms, fetcher }
+    /// The sender; `fetcher` reaches gateways (see `[push] gateway_ip_allowlist`), `wakeup` is
+    /// signalled after commits.
+    pub fn new(db: Db, rooms: Arc<Rooms>, fetcher: Fetcher, wakeup: Arc<OutboxWakeup>) -> Self {
+        Self { db, rooms, fetcher, wakeup }
     }
 
     /// Runs the sender (under a lease, in one process at a time: see `crate::lease`).
     pub async fn run(&self) {
         {
-            let wakeup = self.rooms.outbox_wakeup.clone();
+            let wakeup = self.wakeup.clone();
             // Pushers waiting to retry: key -> (when, current delay).
             let mut backoff: HashMap<(String, String, String), (Instant, Duration)> = HashMap::new();
             // While no user has a pusher, commits do not wake the sender (it looks again every
@@ -135,7 +138,7 @@ impl PushSender {
         for row in &rows {
             // An event that is gone (purged) has nothing left to push.
             if let Some(ev) = self.db.get_event(&row.event_id).await.map_err(retry)? {
-                let actions = super::rules::actions_from_stored(row.actions.as_deref());
+                let actions = crate::push::rules::actions_from_stored(row.actions.as_deref());
                 if let Err(stop) = self.push(p, &user, &ev, &actions).await {
                     self.advance(p, position).await?;
                     return Err(stop);
