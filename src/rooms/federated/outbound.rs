@@ -28,36 +28,47 @@ impl Rooms {
         reason: Option<&str>,
     ) -> Result<OwnedRoomId> {
         let fed = self.fed()?.clone();
-        let mut candidates: Vec<OwnedServerName> =
-            servers.iter().filter(|s| **s != self.server_name).cloned().collect();
-        if let Some(s) = room_id.server_name()
-            && s != self.server_name
-        {
-            candidates.push(s.to_owned());
-        }
+        // Also the server of whoever invited us (or of our earlier membership's sender).
+        let mut named = servers.to_vec();
         if let Some((_, ev_id, _)) = self.db.membership(room_id.as_str(), user.as_str()).await?
             && let Some(ev) = self.db.get_event(&ev_id).await?
         {
-            let s = ev.pdu.fields.sender.server_name().to_owned();
-            if s != self.server_name {
-                candidates.push(s);
-            }
+            named.push(ev.pdu.fields.sender.server_name().to_owned());
         }
-        candidates.dedup();
-        if candidates.is_empty() {
-            return Err(Error::not_found("No known servers to join this room through"));
+        let candidates = self.remote_candidates(room_id, &named);
+        try_each(room_id, "join", &candidates, |server| self.join_via(&fed, server, room_id, user, reason)).await?;
+        Ok(room_id.to_owned())
+    }
+
+    /// The servers to try for a membership change through federation: those named, then the
+    /// room id's server (a hint, in room versions before 12), without us and without repeats.
+    fn remote_candidates(&self, room_id: &RoomId, named: &[OwnedServerName]) -> Vec<OwnedServerName> {
+        let mut candidates: Vec<OwnedServerName> = named.to_vec();
+        candidates.extend(room_id.server_name().map(ToOwned::to_owned));
+        let mut seen = HashSet::new();
+        candidates.retain(|s| *s != self.server_name && seen.insert(s.clone()));
+        candidates
+    }
+
+    /// `GET make_{membership}` on `server`, then the template filled in and signed (see
+    /// [`Rooms::sign_membership_template`]).
+    async fn remote_make_membership(
+        &self,
+        fed: &Federation,
+        server: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<(RoomVersionId, RoomVersionRules, CanonicalJsonObject, String)> {
+        let mut path =
+            format!("/_matrix/federation/v1/make_{membership}/{}/{}", enc(room_id.as_str()), enc(user.as_str()));
+        // make_leave takes no versions: a leave needs no support for the room's version.
+        if membership != "leave" {
+            path = format!("{path}?{}", ver_query());
         }
-        let mut last_err = Error::not_found("No known servers to join this room through");
-        for server in candidates {
-            match self.join_via(&fed, &server, room_id, user, reason).await {
-                Ok(()) => return Ok(room_id.to_owned()),
-                Err(e) => {
-                    tracing::info!(%room_id, %server, error = %e.message, "remote join failed");
-                    last_err = e;
-                }
-            }
-        }
-        Err(last_err)
+        let template = fed.request(server, http::Method::GET, &path, None).await?;
+        self.sign_membership_template(&template, user, membership, reason).await
     }
 
     async fn join_via(
@@ -68,14 +79,8 @@ impl Rooms {
         user: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{}",
-            enc(room_id.as_str()),
-            enc(user.as_str()),
-            ver_query()
-        );
-        let template = fed.request(server, http::Method::GET, &path, None).await?;
-        let (version, rules, object, event_id) = self.sign_membership_template(&template, user, "join", reason).await?;
+        let (version, rules, object, event_id) =
+            self.remote_make_membership(fed, server, room_id, user, "join", reason).await?;
         let path =
             format!("/_matrix/federation/v2/send_join/{}/{}?omit_members=false", enc(room_id.as_str()), enc(&event_id));
         let body = serde_json::to_value(&object)?;
@@ -185,8 +190,9 @@ impl Rooms {
         Ok(())
     }
 
-    /// Fills in a `make_join` / `make_knock` template for a local user (membership, profile,
-    /// reason, timestamp) and hashes and signs it: `(version, rules, event, event id)`.
+    /// Fills in a `make_join` / `make_knock` / `make_leave` template for a local user
+    /// (membership, profile (not on a leave), reason, timestamp) and hashes and signs it:
+    /// `(version, rules, event, event id)`.
     async fn sign_membership_template(
         &self,
         template: &Value,
@@ -209,7 +215,10 @@ impl Rooms {
             content = json!({});
         }
         content["membership"] = json!(membership);
-        if let Some(p) = self.db.get_user(user.as_str()).await? {
+        // A leave carries no profile (Synapse's neither).
+        if membership != "leave"
+            && let Some(p) = self.db.get_user(user.as_str()).await?
+        {
             if let Some(d) = p.displayname {
                 content["displayname"] = json!(d);
             }
@@ -251,26 +260,8 @@ impl Rooms {
         reason: Option<&str>,
     ) -> Result<()> {
         let fed = self.fed()?.clone();
-        let mut candidates: Vec<OwnedServerName> =
-            servers.iter().filter(|s| **s != self.server_name).cloned().collect();
-        if let Some(s) = room_id.server_name()
-            && s != self.server_name
-        {
-            candidates.push(s.to_owned());
-        }
-        let mut seen = HashSet::new();
-        candidates.retain(|s| seen.insert(s.clone()));
-        let mut last_err = Error::not_found("No known servers to knock through");
-        for server in candidates {
-            match self.knock_via(&fed, &server, room_id, user, reason).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::info!(%room_id, %server, error = %e.message, "remote knock failed");
-                    last_err = e;
-                }
-            }
-        }
-        Err(last_err)
+        let candidates = self.remote_candidates(room_id, servers);
+        try_each(room_id, "knock", &candidates, |server| self.knock_via(&fed, server, room_id, user, reason)).await
     }
 
     async fn knock_via(
@@ -281,15 +272,8 @@ impl Rooms {
         user: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
-        let path = format!(
-            "/_matrix/federation/v1/make_knock/{}/{}?{}",
-            enc(room_id.as_str()),
-            enc(user.as_str()),
-            ver_query()
-        );
-        let template = fed.request(server, http::Method::GET, &path, None).await?;
         let (version, rules, object, event_id) =
-            self.sign_membership_template(&template, user, "knock", reason).await?;
+            self.remote_make_membership(fed, server, room_id, user, "knock", reason).await?;
         let path = format!("/_matrix/federation/v1/send_knock/{}/{}", enc(room_id.as_str()), enc(&event_id));
         let body = serde_json::to_value(&object)?;
         let answer = fed.request(server, http::Method::PUT, &path, Some(&body)).await?;
@@ -421,27 +405,9 @@ impl Rooms {
             server = ServerName::parse(via).map_err(Error::internal)?;
         }
         let result: Result<()> = async {
-            let path = format!("/_matrix/federation/v1/make_leave/{}/{}", enc(room_id.as_str()), enc(user.as_str()));
-            let template = fed.request(&server, http::Method::GET, &path, None).await?;
-            let version = crate::events::version::parse(template["room_version"].as_str().unwrap_or("1"))?;
-            let rules = crate::events::version::rules(&version)?;
-            let mut event = template["event"].clone();
-            event["origin_server_ts"] = json!(now_ms());
-            let mut object: CanonicalJsonObject =
-                serde_json::from_value(event).map_err(|e| Error::bad_json(e.to_string()))?;
-            for k in ["event_id", "hashes", "signatures", "unsigned"] {
-                object.remove(k);
-            }
-            ruma::signatures::hash_and_sign_event(
-                self.server_name.as_str(),
-                &self.keys.current,
-                &mut object,
-                &rules.redaction,
-            )
-            .map_err(Error::internal)?;
-            let hash = ruma::signatures::reference_hash(&object, &rules).map_err(Error::internal)?;
-            let path =
-                format!("/_matrix/federation/v2/send_leave/{}/{}", enc(room_id.as_str()), enc(&format!("${hash}")));
+            let (_, _, object, event_id) =
+                self.remote_make_membership(&fed, &server, room_id, user, "leave", None).await?;
+            let path = format!("/_matrix/federation/v2/send_leave/{}/{}", enc(room_id.as_str()), enc(&event_id));
             fed.request(&server, http::Method::PUT, &path, Some(&serde_json::to_value(&object)?)).await?;
             Ok(())
         }
@@ -456,4 +422,24 @@ impl Rooms {
         self.notifier.wake([user.as_str()]);
         Ok(())
     }
+}
+
+/// Runs `attempt` on each candidate server in turn until one succeeds; the last failure (or
+/// "no known servers") otherwise.
+async fn try_each<'a, F, Fut>(room_id: &RoomId, what: &str, candidates: &'a [OwnedServerName], attempt: F) -> Result<()>
+where
+    F: Fn(&'a ServerName) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + 'a,
+{
+    let mut last_err = Error::not_found(format!("No known servers to {what} this room through"));
+    for server in candidates {
+        match attempt(server).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = %e.message, "remote {what} failed");
+                last_err = e;
+            }
+        }
+    }
+    Err(last_err)
 }
