@@ -4,17 +4,9 @@
 #[macro_use]
 mod common;
 
-use common::{Backend, Client, PASSWORD, Resp, TestServer, enc, send, set_config};
+use common::{Backend, Client, PASSWORD, TestServer, assert_error, create_room, enc, ok, send, set_config};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-/// Asserts a Matrix error response.
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-    assert!(resp.1["error"].is_string(), "error responses carry a human-readable `error`: {resp:?}");
-}
 
 // ---------------------------------------------------------------------------------------------
 // Health
@@ -175,12 +167,6 @@ fn bad_delegation_settings_stop_start_up_naming_the_key() {
 const A: &str = "/_synapse/admin";
 
 /// Asserts a 200 and returns the body.
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
 /// A server admin made with `myelin register-user --admin`, logged in.
 async fn make_admin(server: &TestServer) -> Client {
     let config = server.config_path().to_str().unwrap().to_owned();
@@ -209,11 +195,6 @@ async fn login_status(server: &TestServer, localpart: &str, password: &str) -> (
         )
         .await;
     (status, body["errcode"].clone())
-}
-
-async fn create_room(c: &Client, body: Value) -> String {
-    let resp = c.post("/_matrix/client/v3/createRoom", &body).await;
-    ok(&resp)["room_id"].as_str().expect("room_id").to_owned()
 }
 
 both_backends!(admin_api_is_for_server_admins_only, |server| async move {

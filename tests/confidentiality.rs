@@ -6,24 +6,8 @@
 #[macro_use]
 mod common;
 
-use common::{Client, Resp, enc};
+use common::{Client, assert_error, create_room, enc, join, ok};
 use serde_json::{Value, json};
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-async fn create_room(c: &Client, body: Value) -> String {
-    ok(&c.post("/_matrix/client/v3/createRoom", &body).await)["room_id"].as_str().expect("room_id").to_owned()
-}
 
 async fn send(c: &Client, room: &str, txn: &str, content: Value) -> String {
     let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
@@ -37,10 +21,6 @@ async fn say(c: &Client, room: &str, txn: &str, body: &str) -> String {
 async fn reply_in_thread(c: &Client, room: &str, txn: &str, root: &str, body: &str) -> String {
     let rel = json!({ "rel_type": "m.thread", "event_id": root });
     send(c, room, txn, json!({ "msgtype": "m.text", "body": body, "m.relates_to": rel })).await
-}
-
-async fn join(c: &Client, room: &str) {
-    ok(&c.post(&format!("/_matrix/client/v3/join/{}", enc(room)), &json!({})).await);
 }
 
 async fn leave(c: &Client, room: &str) {

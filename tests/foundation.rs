@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Client, PASSWORD, Resp, TestServer, raw, send, set_config};
+use common::{Backend, Client, PASSWORD, Resp, TestServer, assert_error, raw, send, set_config};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -16,14 +16,6 @@ const REGISTER: &str = "/_matrix/client/v3/register";
 const LOGIN: &str = "/_matrix/client/v3/login";
 const WHOAMI: &str = "/_matrix/client/v3/account/whoami";
 const DEVICES: &str = "/_matrix/client/v3/devices";
-
-/// Asserts a Matrix error response.
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-    assert!(resp.1["error"].is_string(), "error responses carry a human-readable `error`: {resp:?}");
-}
 
 /// Whether `token` is currently accepted.
 async fn token_works(server: &TestServer, token: &str) -> bool {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Client, Resp, TestServer, raw, send, set_config};
+use common::{Client, Resp, TestServer, assert_error, raw, send, set_config};
 use image::{AnimationDecoder, GenericImageView, ImageFormat};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -20,12 +20,6 @@ const UPLOAD: &str = "/_matrix/media/v3/upload";
 const CREATE: &str = "/_matrix/media/v1/create";
 const DOWNLOAD: &str = "/_matrix/client/v1/media/download";
 const THUMBNAIL: &str = "/_matrix/client/v1/media/thumbnail";
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
 
 /// A raw response: status, headers, body bytes.
 struct Raw {

@@ -13,18 +13,8 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Backend, Client, Resp, TestServer};
+use common::{Backend, Client, TestServer, create_room, enc, join, ok};
 use serde_json::{Value, json};
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
-}
 
 /// Three processes of one server on one fresh PostgreSQL database. The first owns the database
 /// and the data directory (signing key, media), so it is dropped last.
@@ -52,15 +42,6 @@ impl Drop for Cluster {
             drop(p);
         }
     }
-}
-
-async fn create_room(c: &Client, body: Value) -> String {
-    let resp = c.post("/_matrix/client/v3/createRoom", &body).await;
-    ok(&resp)["room_id"].as_str().expect("room_id").to_owned()
-}
-
-async fn join(c: &Client, room: &str) {
-    ok(&c.post(&format!("/_matrix/client/v3/join/{}", enc(room)), &json!({})).await);
 }
 
 async fn send(c: &Client, room: &str, txn: &str, body: &str) -> String {

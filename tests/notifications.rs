@@ -4,11 +4,9 @@
 #[macro_use]
 mod common;
 
-use serde_json::{Value, json};
+use common::enc;
 
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
+use serde_json::{Value, json};
 
 /// A public room created by `owner` and joined by `others`.
 async fn room(owner: &common::Client, others: &[&common::Client]) -> String {

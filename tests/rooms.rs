@@ -7,27 +7,10 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Client, Resp, enc};
+use common::{Client, Resp, assert_error, create_room, enc, ok};
 use serde_json::{Value, json};
 
 const CREATE: &str = "/_matrix/client/v3/createRoom";
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-async fn create_room(c: &Client, body: Value) -> String {
-    let resp = c.post(CREATE, &body).await;
-    ok(&resp)["room_id"].as_str().expect("room_id").to_owned()
-}
 
 async fn send_text(c: &Client, room: &str, txn: &str, body: &str) -> Resp {
     c.put(

@@ -4,29 +4,8 @@
 #[macro_use]
 mod common;
 
-use common::{Client, Resp, enc};
-use serde_json::{Value, json};
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "{:?}", resp.1);
-    &resp.1
-}
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "{:?}", resp.1);
-    assert_eq!(resp.1["errcode"], errcode, "{:?}", resp.1);
-}
-
-async fn create_room(c: &Client, body: Value) -> String {
-    let body = ok(&c.post("/_matrix/client/v3/createRoom", &body).await).clone();
-    body["room_id"].as_str().expect("room_id").to_owned()
-}
-
-async fn join(c: &Client, room: &str) {
-    ok(&c.post(&format!("/_matrix/client/v3/join/{}", enc(room)), &json!({})).await);
-}
+use common::{Client, assert_error, create_room, enc, join, ok};
+use serde_json::json;
 
 async fn set_name(c: &Client, name: &str) {
     let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&c.user_id));

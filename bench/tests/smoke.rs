@@ -3,58 +3,10 @@
 //! finish without error. Figures are not checked here; `bench/run.py` measures them.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-/// The newest modification time under `dir` (recursively).
-fn newest_mtime(dir: &Path) -> std::time::SystemTime {
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let t = if path.is_dir() {
-                newest_mtime(&path)
-            } else {
-                entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::SystemTime::UNIX_EPOCH)
-            };
-            newest = newest.max(t);
-        }
-    }
-    newest
-}
-
-/// Whether `bin` was built after every source it depends on was last changed. Under
-/// `cargo test --workspace` the binary was just built (with the workspace's unified features);
-/// rebuilding it with `cargo build -p myelin` would compile the crate again for nothing.
-fn is_fresh(bin: &Path) -> bool {
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return false };
-    let root = workspace_root();
-    ["src", "migrations"].iter().all(|d| newest_mtime(&root.join(d)) <= built)
-        && std::fs::metadata(root.join("Cargo.toml")).and_then(|m| m.modified()).is_ok_and(|t| t <= built)
-}
-
-/// The `myelin` binary, built first unless a fresh one is already there.
-fn myelin_bin() -> PathBuf {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    let bin = target.join("debug").join("myelin");
-    if is_fresh(&bin) {
-        return bin;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "myelin", "--bin", "myelin"])
-        .current_dir(workspace_root())
-        .status()
-        .expect("running cargo build -p myelin");
-    assert!(status.success(), "cargo build -p myelin failed");
-    bin
-}
+use test_support::myelin_bin;
 
 struct Server(std::process::Child);
 

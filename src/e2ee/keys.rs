@@ -248,21 +248,7 @@ impl E2ee {
                 out.user_signing.insert(user.clone(), k);
             }
         }
-        let asked = remote.into_iter().map(|(server, users)| async move {
-            let answer = match self.remote() {
-                Some(r) => {
-                    let body = json!({ "device_keys": users, "timeout": timeout.as_millis() as u64 });
-                    match tokio::time::timeout(timeout, r.query(&server, &body)).await {
-                        Ok(Ok(v)) => Ok(v),
-                        Ok(Err(e)) => Err(e.message),
-                        Err(_) => Err("timed out".to_owned()),
-                    }
-                }
-                None => Err("Federation is not available".to_owned()),
-            };
-            (server, users, answer)
-        });
-        for (server, users, answer) in futures::future::join_all(asked).await {
+        for (server, users, answer) in self.ask_remote(remote, RemoteOp::Query, timeout).await {
             match answer {
                 Ok(v) => {
                     for (user, wanted) in &users {
@@ -370,21 +356,7 @@ impl E2ee {
         }
         let mut claimed = self.claim_local(&wanted).await?;
         let mut failures = Map::new();
-        let asked = remote.into_iter().map(|(server, users)| async move {
-            let answer = match self.remote() {
-                Some(r) => {
-                    let body = json!({ "one_time_keys": users, "timeout": timeout.as_millis() as u64 });
-                    match tokio::time::timeout(timeout, r.claim(&server, &body)).await {
-                        Ok(Ok(v)) => Ok(v),
-                        Ok(Err(e)) => Err(e.message),
-                        Err(_) => Err("timed out".to_owned()),
-                    }
-                }
-                None => Err("Federation is not available".to_owned()),
-            };
-            (server, users, answer)
-        });
-        for (server, users, answer) in futures::future::join_all(asked).await {
+        for (server, users, answer) in self.ask_remote(remote, RemoteOp::Claim, timeout).await {
             match answer {
                 Ok(v) => {
                     for user in users.keys() {
@@ -399,6 +371,52 @@ impl E2ee {
             }
         }
         Ok(json!({ "one_time_keys": claimed, "failures": failures }))
+    }
+}
+
+/// Which key endpoint of other servers [`E2ee::ask_remote`] calls.
+#[derive(Debug, Clone, Copy)]
+enum RemoteOp {
+    /// `user/keys/query`, body field `device_keys`.
+    Query,
+    /// `user/keys/claim`, body field `one_time_keys`.
+    Claim,
+}
+
+/// Per server asked: its users as asked, and its answer or why there is none.
+type RemoteAnswers = Vec<(String, Map<String, Value>, std::result::Result<Value, String>)>;
+
+impl E2ee {
+    /// Asks every server in `by_server` at once, each for its users and within `timeout`.
+    async fn ask_remote(
+        &self,
+        by_server: BTreeMap<String, Map<String, Value>>,
+        op: RemoteOp,
+        timeout: std::time::Duration,
+    ) -> RemoteAnswers {
+        let asked = by_server.into_iter().map(|(server, users)| async move {
+            let answer = match self.remote() {
+                Some(r) => {
+                    let ms = timeout.as_millis() as u64;
+                    let call = async {
+                        match op {
+                            RemoteOp::Query => r.query(&server, &json!({ "device_keys": users, "timeout": ms })).await,
+                            RemoteOp::Claim => {
+                                r.claim(&server, &json!({ "one_time_keys": users, "timeout": ms })).await
+                            }
+                        }
+                    };
+                    match tokio::time::timeout(timeout, call).await {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => Err(e.message),
+                        Err(_) => Err("timed out".to_owned()),
+                    }
+                }
+                None => Err("Federation is not available".to_owned()),
+            };
+            (server, users, answer)
+        });
+        futures::future::join_all(asked).await
     }
 }
 

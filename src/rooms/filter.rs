@@ -29,11 +29,13 @@ pub struct EventFilter {
     pub include_redundant_members: bool,
 }
 
-fn strings(v: &Value) -> Option<Vec<String>> {
+/// A JSON array of strings (other entries skipped); `None` if `v` is not an array.
+pub(crate) fn strings(v: &Value) -> Option<Vec<String>> {
     v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
 }
 
-fn type_matches(pattern: &str, kind: &str) -> bool {
+/// `*` wildcards as in the spec's `types`/`not_types`.
+pub(crate) fn type_matches(pattern: &str, kind: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => kind.starts_with(prefix),
         None => pattern == kind,

@@ -190,16 +190,35 @@ impl std::ops::DerefMut for WriteTx {
 }
 
 macro_rules! migrations {
-    ($dir:literal: $($version:literal $name:literal),* $(,)?) => {
+    ($dir:literal: $($version:literal $name:literal $($dialect:ident)?),* $(,)?) => {
         vec![$(
             Migration::new(
                 $version,
                 Cow::Borrowed($name),
                 MigrationType::Simple,
-                sqlx::SqlSafeStr::into_sql_str(include_str!(concat!("../../migrations/", $dir, "/", $version, "_", $name, ".sql"))),
+                sqlx::SqlSafeStr::into_sql_str(migration_sql!($dir, $version, $name $(, $dialect)?)),
                 false,
             ),
         )*]
+    };
+}
+
+/// One file for both databases (`migrations/N_name.sql`), or one per database where their SQL
+/// differs (`N_name.sqlite.sql` and `N_name.postgres.sql`, marked `per_dialect` in the list).
+macro_rules! migration_sql {
+    ($dir:literal, $version:literal, $name:literal) => {
+        include_str!(concat!("../../migrations/", $version, "_", $name, ".sql"))
+    };
+    ($dir:literal, $version:literal, $name:literal, per_dialect) => {
+        include_str!(concat!("../../migrations/", $version, "_", $name, ".", $dir, ".sql"))
+    };
+}
+
+/// Every migration, in order; files are never edited once released (sqlx checks their
+/// checksums), a change is a new migration.
+macro_rules! all_migrations {
+    ($dir:literal) => {
+        migrations!($dir: 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets" per_dialect)
     };
 }
 
@@ -212,12 +231,8 @@ fn migrator(backend: Backend) -> Migrator {
     // Embedded so that the single binary carries its schema; listed by hand because sqlx's
     // `migrate!` macro would pull in its proc-macro build of both drivers (see STACK.md).
     let list = match backend {
-        Backend::Sqlite => {
-            migrations!("sqlite": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
-        }
-        Backend::Postgres => {
-            migrations!("postgres": 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets")
-        }
+        Backend::Sqlite => all_migrations!("sqlite"),
+        Backend::Postgres => all_migrations!("postgres"),
     };
     Migrator::with_migrations(list)
 }

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::rooms::filter::EventFilter;
+use crate::rooms::filter::{EventFilter, strings, type_matches};
 
 /// Timeline length when the filter gives none (Synapse's default).
 pub const DEFAULT_TIMELINE_LIMIT: usize = 10;
@@ -35,18 +35,6 @@ pub struct SyncFilter {
     /// `room.timeline.unread_thread_notifications`: counts per thread, apart from the main
     /// timeline's.
     pub unread_thread_notifications: bool,
-}
-
-fn strings(v: &Value) -> Option<Vec<String>> {
-    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
-}
-
-/// `*` wildcards as in the spec's `types`/`not_types`.
-fn type_matches(pattern: &str, kind: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => pattern == kind,
-    }
 }
 
 /// Whether a non-room event (account data, presence, ephemeral) of `kind` from `sender` passes.

@@ -224,6 +224,32 @@ pub async fn send(req: reqwest::RequestBuilder) -> Resp {
     (status, body)
 }
 
+/// The body of a 200 answer (fails the test otherwise).
+#[track_caller]
+pub fn ok(resp: &Resp) -> &Value {
+    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
+    &resp.1
+}
+
+/// Checks a Matrix error answer: the status, the errcode, and the human-readable `error` every
+/// error carries.
+#[track_caller]
+pub fn assert_error(resp: &Resp, status: u16, errcode: &str) {
+    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
+    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
+    assert!(resp.1["error"].is_string(), "error responses carry a human-readable `error`: {resp:?}");
+}
+
+/// Creates a room with the `/createRoom` body `body`; its id.
+pub async fn create_room(c: &Client, body: Value) -> String {
+    ok(&c.post("/_matrix/client/v3/createRoom", &body).await)["room_id"].as_str().expect("room_id").to_owned()
+}
+
+/// Joins a room (by id or alias) through `POST /join/{roomIdOrAlias}`.
+pub async fn join(c: &Client, room: &str) {
+    ok(&c.post(&format!("/_matrix/client/v3/join/{}", enc(room)), &json!({})).await);
+}
+
 /// A running (or stopped) `myelin serve` on its own data.
 pub struct TestServer {
     /// Which database it runs on.

@@ -9,19 +9,8 @@ use serde_json::{Value, json};
 
 pub use crate::common::enc;
 use crate::common::{Client, send};
-
-/// Creates a room; returns its id.
-pub async fn create_room(c: &Client, body: Value) -> String {
-    let (status, res) = c.post("/_matrix/client/v3/createRoom", &body).await;
-    assert_eq!(status, 200, "createRoom: {res}");
-    res["room_id"].as_str().unwrap().to_owned()
-}
-
-/// Joins a room.
-pub async fn join(c: &Client, room: &str) {
-    let (status, res) = c.post(&format!("/_matrix/client/v3/rooms/{room}/join"), &json!({})).await;
-    assert_eq!(status, 200, "join: {res}");
-}
+#[allow(unused_imports)]
+pub use crate::common::{create_room, join};
 
 /// Sends one text message; returns its event id.
 pub async fn send_text(c: &Client, room: &str, txn: &str, body: &str) -> String {

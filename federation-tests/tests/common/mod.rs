@@ -31,70 +31,16 @@ macro_rules! both_backends {
     };
 }
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+pub use test_support::{enc, myelin_bin, workspace_root};
 
 /// Password of every test user.
 pub const PASSWORD: &str = "federation test password";
-
-/// The workspace root (parent of federation-tests/).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-/// The newest modification time under `dir` (recursively).
-fn newest_mtime(dir: &Path) -> std::time::SystemTime {
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let t = if path.is_dir() {
-                newest_mtime(&path)
-            } else {
-                entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::SystemTime::UNIX_EPOCH)
-            };
-            newest = newest.max(t);
-        }
-    }
-    newest
-}
-
-/// Whether `bin` was built after every source it depends on was last changed. Under
-/// `cargo test --workspace` the binary was just built (with the workspace's unified features);
-/// rebuilding it with `cargo build -p myelin` would compile the crate again for nothing.
-fn is_fresh(bin: &Path) -> bool {
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return false };
-    let root = workspace_root();
-    ["src", "migrations"].iter().all(|d| newest_mtime(&root.join(d)) <= built)
-        && std::fs::metadata(root.join("Cargo.toml")).and_then(|m| m.modified()).is_ok_and(|t| t <= built)
-}
-
-/// Builds `myelin` once (unless a fresh binary is already there) and returns the binary's path.
-pub fn myelin_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-        let bin = target.join("debug").join("myelin");
-        if is_fresh(&bin) {
-            return bin;
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "myelin", "--bin", "myelin"])
-            .current_dir(workspace_root())
-            .status()
-            .expect("running cargo build -p myelin");
-        assert!(status.success(), "cargo build -p myelin failed");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
-    .clone()
-}
 
 /// The test CA: certificate PEM path and the issuer to sign server certificates.
 pub struct TestCa {
@@ -484,23 +430,6 @@ pub struct Client {
     /// Full user id.
     pub user_id: String,
     http: reqwest::Client,
-}
-
-/// Percent-encodes a path segment.
-pub fn enc(s: &str) -> String {
-    url_escape(s)
-}
-
-fn url_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Client {

@@ -25,6 +25,9 @@ mod to_device;
 mod voip;
 
 use axum::Router;
+use ruma::api::client::relations::{
+    get_relating_events, get_relating_events_with_rel_type, get_relating_events_with_rel_type_and_event_type,
+};
 
 use super::{AppState, RouterExt};
 
@@ -117,9 +120,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(push::get_actions)
         .ruma(push::set_actions)
         .ruma(push::notifications)
-        .ruma(relations::relations)
-        .ruma(relations::relations_by_type)
-        .ruma(relations::relations_by_type_and_event_type)
+        .ruma(relations::relations::<get_relating_events::v1::Request>)
+        .ruma(relations::relations::<get_relating_events_with_rel_type::v1::Request>)
+        .ruma(relations::relations::<get_relating_events_with_rel_type_and_event_type::v1::Request>)
         .ruma(relations::threads)
         .ruma(relations::timestamp_to_event)
         .ruma(relations::upgrade)

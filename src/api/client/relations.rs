@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use ruma::RoomId;
 use ruma::api::Direction;
 use ruma::api::client::relations::{
     get_relating_events, get_relating_events_with_rel_type, get_relating_events_with_rel_type_and_event_type,
@@ -9,7 +10,6 @@ use ruma::api::client::relations::{
 use ruma::api::client::room::{get_event_by_timestamp, upgrade_room};
 use ruma::api::client::space::get_hierarchy;
 use ruma::api::client::threads::get_threads;
-use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::api::AppState;
@@ -17,7 +17,8 @@ use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
 use crate::rooms::read::{Dir, TopoToken};
 
-struct RelQuery<'a> {
+/// What a `/relations` request asks for.
+pub struct RelQuery<'a> {
     room_id: &'a RoomId,
     event_id: &'a str,
     rel_type: Option<String>,
@@ -32,8 +33,44 @@ fn token(t: Option<&str>) -> Result<Option<TopoToken>> {
     t.map(|t| TopoToken::parse(t).ok_or_else(|| Error::invalid_param("Invalid pagination token"))).transpose()
 }
 
-async fn relations_common(state: &AppState, user: &UserId, device: &str, q: RelQuery<'_>) -> Result<Json<Value>> {
-    let dir = Dir::from(q.dir);
+/// The three `/relations` endpoints differ only in the filters their path carries.
+pub trait RelationsRequest: ruma::api::IncomingRequest + Send + 'static {
+    /// The query the request asks for.
+    fn query(&self) -> RelQuery<'_>;
+}
+
+macro_rules! relations_request {
+    ($($req:ty => |$b:ident| ($rel_type:expr, $event_type:expr)),* $(,)?) => {$(
+        impl RelationsRequest for $req {
+            fn query(&self) -> RelQuery<'_> {
+                let $b = self;
+                RelQuery {
+                    room_id: &$b.room_id,
+                    event_id: $b.event_id.as_str(),
+                    rel_type: $rel_type,
+                    event_type: $event_type,
+                    from: $b.from.as_deref(),
+                    to: $b.to.as_deref(),
+                    dir: $b.dir,
+                    limit: $b.limit.map(u64::from),
+                }
+            }
+        }
+    )*};
+}
+
+relations_request! {
+    get_relating_events::v1::Request => |b| (None, None),
+    get_relating_events_with_rel_type::v1::Request => |b| (Some(b.rel_type.to_string()), None),
+    get_relating_events_with_rel_type_and_event_type::v1::Request =>
+        |b| (Some(b.rel_type.to_string()), Some(b.event_type.to_string())),
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`
+pub async fn relations<R: RelationsRequest>(State(state): State<AppState>, req: Ruma<R>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let q = req.body.query();
+    let user = &s.user_id;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000) as usize;
     let page = state
         .rooms
@@ -45,11 +82,11 @@ async fn relations_common(state: &AppState, user: &UserId, device: &str, q: RelQ
             q.event_type.as_deref(),
             token(q.from)?,
             token(q.to)?,
-            dir,
+            Dir::from(q.dir),
             limit,
         )
         .await?;
-    let chunk = state.rooms.client_events(&page.events, Some((user, device))).await?;
+    let chunk = state.rooms.client_events(&page.events, Some((user, s.device_id.as_str()))).await?;
     let mut res = json!({ "chunk": chunk });
     if let Some(next) = page.next {
         res["next_batch"] = json!(next);
@@ -58,66 +95,6 @@ async fn relations_common(state: &AppState, user: &UserId, device: &str, q: RelQ
         res["prev_batch"] = json!(from);
     }
     Ok(Json(res))
-}
-
-/// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}`
-pub async fn relations(
-    State(state): State<AppState>,
-    req: Ruma<get_relating_events::v1::Request>,
-) -> Result<Json<Value>> {
-    let s = req.session()?;
-    let b = &req.body;
-    let q = RelQuery {
-        room_id: &b.room_id,
-        event_id: b.event_id.as_str(),
-        rel_type: None,
-        event_type: None,
-        from: b.from.as_deref(),
-        to: b.to.as_deref(),
-        dir: b.dir,
-        limit: b.limit.map(u64::from),
-    };
-    relations_common(&state, &s.user_id, s.device_id.as_str(), q).await
-}
-
-/// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}`
-pub async fn relations_by_type(
-    State(state): State<AppState>,
-    req: Ruma<get_relating_events_with_rel_type::v1::Request>,
-) -> Result<Json<Value>> {
-    let s = req.session()?;
-    let b = &req.body;
-    let q = RelQuery {
-        room_id: &b.room_id,
-        event_id: b.event_id.as_str(),
-        rel_type: Some(b.rel_type.to_string()),
-        event_type: None,
-        from: b.from.as_deref(),
-        to: b.to.as_deref(),
-        dir: b.dir,
-        limit: b.limit.map(u64::from),
-    };
-    relations_common(&state, &s.user_id, s.device_id.as_str(), q).await
-}
-
-/// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}`
-pub async fn relations_by_type_and_event_type(
-    State(state): State<AppState>,
-    req: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
-) -> Result<Json<Value>> {
-    let s = req.session()?;
-    let b = &req.body;
-    let q = RelQuery {
-        room_id: &b.room_id,
-        event_id: b.event_id.as_str(),
-        rel_type: Some(b.rel_type.to_string()),
-        event_type: Some(b.event_type.to_string()),
-        from: b.from.as_deref(),
-        to: b.to.as_deref(),
-        dir: b.dir,
-        limit: b.limit.map(u64::from),
-    };
-    relations_common(&state, &s.user_id, s.device_id.as_str(), q).await
 }
 
 /// `GET /_matrix/client/v1/rooms/{roomId}/threads`
