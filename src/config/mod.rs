@@ -168,7 +168,8 @@ pub enum RegistrationMode {
 pub struct RegistrationConfig {
     /// disabled, open or token.
     pub mode: RegistrationMode,
-    /// Tokens accepted in `token` mode.
+    /// Tokens accepted in `token` mode, besides those made with the admin API
+    /// (`/_synapse/admin/v1/registration_tokens`).
     #[serde(deserialize_with = "lenient_strings")]
     pub tokens: Vec<String>,
 }
@@ -556,9 +557,6 @@ impl Config {
         }
         if !matches!(self.database.sqlite_synchronous.as_str(), "full" | "normal") {
             bail!("configuration key `database.sqlite_synchronous`: must be \"full\" or \"normal\"");
-        }
-        if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty() {
-            bail!("configuration key `registration.tokens`: mode is \"token\" but no tokens are listed");
         }
         if self.appservice.retry_min_ms == 0 || self.appservice.retry_max_ms < self.appservice.retry_min_ms {
             bail!(

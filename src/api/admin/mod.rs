@@ -8,13 +8,15 @@
 //! `M_NOT_JSON` / `M_BAD_JSON` for bad input.
 
 mod devices;
+mod registration_tokens;
 mod reports;
+mod room_moderation;
 mod rooms;
 mod users;
 
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use http::request::Parts;
 use ruma::{OwnedUserId, UserId};
 use serde::de::DeserializeOwned;
@@ -147,6 +149,22 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{A}/v1/rooms/{{room_id}}"), get(rooms::get))
         .route(&format!("{A}/v1/rooms/{{room_id}}/members"), get(rooms::members))
         .route(&format!("{A}/v1/rooms/{{room_id}}/state"), get(rooms::state))
+        .route(&format!("{A}/v2/rooms/{{room_id}}"), delete(room_moderation::delete))
+        .route(&format!("{A}/v2/rooms/{{room_id}}/delete_status"), get(room_moderation::delete_status_of_room))
+        .route(&format!("{A}/v2/rooms/delete_status/{{delete_id}}"), get(room_moderation::delete_status))
+        .route(
+            &format!("{A}/v1/rooms/{{room_id}}/block"),
+            get(room_moderation::get_block).put(room_moderation::set_block),
+        )
+        .route(&format!("{A}/v1/rooms/{{room_id}}/make_room_admin"), post(room_moderation::make_room_admin))
+        .route(&format!("{A}/v1/rooms/{{room_id}}/forward_extremities"), get(room_moderation::forward_extremities))
+        .route(&format!("{A}/v1/join/{{room_id}}"), post(room_moderation::join))
+        .route(&format!("{A}/v1/registration_tokens"), get(registration_tokens::list))
+        .route(&format!("{A}/v1/registration_tokens/new"), post(registration_tokens::create))
+        .route(
+            &format!("{A}/v1/registration_tokens/{{token}}"),
+            get(registration_tokens::get).put(registration_tokens::update).delete(registration_tokens::delete),
+        )
         .route(&format!("{A}/v1/event_reports"), get(reports::list))
         .route(&format!("{A}/v1/event_reports/{{report_id}}"), get(reports::get).delete(reports::delete))
 }

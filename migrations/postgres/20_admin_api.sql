@@ -1,0 +1,33 @@
+-- Rooms blocked by the admin API (`PUT /_synapse/admin/v1/rooms/{roomId}/block`, or a delete
+-- with `block`): local users can neither join them nor be invited. A room may be blocked before
+-- this server knows it, and stays blocked after it is purged.
+CREATE TABLE blocked_rooms (
+    room_id TEXT PRIMARY KEY NOT NULL,
+    user_id TEXT NOT NULL,
+    blocked_ts BIGINT NOT NULL
+);
+
+-- Room deletions (`DELETE /_synapse/admin/v2/rooms/{roomId}`), run in the background and
+-- polled by `delete_id`. `status`: shutting_down, purging, complete or failed; `result` the
+-- JSON of `shutdown_room` (kicked users, aliases, new room).
+CREATE TABLE room_deletions (
+    delete_id TEXT PRIMARY KEY NOT NULL,
+    room_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    result TEXT NOT NULL,
+    created_ts BIGINT NOT NULL
+);
+CREATE INDEX room_deletions_room ON room_deletions (room_id, created_ts);
+
+-- Registration tokens made with the admin API (`/_synapse/admin/v1/registration_tokens`), used
+-- by the `m.login.registration_token` stage alongside `registration.tokens`. `uses_allowed` and
+-- `expiry_time` (ms) NULL: unlimited. A registration completes in the request that passes the
+-- stage, so a use counts as `completed` at once and `pending` stays 0.
+CREATE TABLE registration_tokens (
+    token TEXT PRIMARY KEY NOT NULL,
+    uses_allowed BIGINT,
+    pending BIGINT NOT NULL DEFAULT 0,
+    completed BIGINT NOT NULL DEFAULT 0,
+    expiry_time BIGINT
+);
