@@ -31,3 +31,14 @@ CREATE TABLE registration_tokens (
     completed BIGINT NOT NULL DEFAULT 0,
     expiry_time BIGINT
 );
+
+-- Media the admins quarantined (served to nobody: 404 on download and thumbnail) or protected
+-- from quarantine, by mxc URI; local or remote, held here or not yet.
+CREATE TABLE media_flags (
+    origin TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    quarantined_by TEXT,
+    safe_from_quarantine BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (origin, media_id)
+);
+CREATE INDEX media_creator ON media (creator, created_ts);

@@ -16,6 +16,7 @@ pub mod appservice;
 pub mod bus;
 pub mod e2ee;
 pub mod media;
+pub mod media_admin;
 mod nodelay;
 pub mod push;
 pub mod registration_tokens;

@@ -8,6 +8,7 @@
 //! `M_NOT_JSON` / `M_BAD_JSON` for bad input.
 
 mod devices;
+mod media;
 mod registration_tokens;
 mod reports;
 mod room_moderation;
@@ -165,6 +166,19 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
             &format!("{A}/v1/registration_tokens/{{token}}"),
             get(registration_tokens::get).put(registration_tokens::update).delete(registration_tokens::delete),
         )
+        .route(&format!("{A}/v1/users/{{user_id}}/media"), get(media::user_media))
+        .route(&format!("{A}/v1/media/delete"), post(media::delete_old))
+        .route(&format!("{A}/v1/media/{{server_name}}/delete"), post(media::delete_old_of_server))
+        .route(&format!("{A}/v1/media/{{server_name}}/{{media_id}}"), delete(media::delete_one))
+        .route(&format!("{A}/v1/purge_media_cache"), post(media::purge_cache))
+        .route(&format!("{A}/v1/media/quarantine/{{server_name}}/{{media_id}}"), post(media::quarantine_one))
+        .route(&format!("{A}/v1/media/unquarantine/{{server_name}}/{{media_id}}"), post(media::unquarantine_one))
+        .route(&format!("{A}/v1/room/{{room_id}}/media/quarantine"), post(media::quarantine_room))
+        .route(&format!("{A}/v1/user/{{user_id}}/media/quarantine"), post(media::quarantine_user))
+        .route(&format!("{A}/v1/media/protect/{{media_id}}"), post(media::protect_one))
+        .route(&format!("{A}/v1/media/unprotect/{{media_id}}"), post(media::unprotect_one))
+        .route(&format!("{A}/v1/rooms/{{room_id}}/media"), get(media::room_media))
+        .route(&format!("{A}/v1/statistics/users/media"), get(media::user_statistics))
         .route(&format!("{A}/v1/event_reports"), get(reports::list))
         .route(&format!("{A}/v1/event_reports/{{report_id}}"), get(reports::get).delete(reports::delete))
 }
