@@ -42,3 +42,9 @@ CREATE TABLE media_flags (
     PRIMARY KEY (origin, media_id)
 );
 CREATE INDEX media_creator ON media (creator, created_ts);
+
+-- Each user's server-notices room (`POST /_synapse/admin/v1/send_server_notice`).
+CREATE TABLE server_notice_rooms (
+    user_id TEXT PRIMARY KEY NOT NULL,
+    room_id TEXT NOT NULL
+);

@@ -54,6 +54,30 @@ pub struct Config {
     pub well_known: WellKnownConfig,
     /// Application services (bridges and bots).
     pub appservice: AppserviceConfig,
+    /// Server notices (`POST /_synapse/admin/v1/send_server_notice`).
+    pub server_notices: ServerNoticesConfig,
+}
+
+/// `[server_notices]` (Synapse's key names).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerNoticesConfig {
+    /// Localpart of the user who sends notices; unset: server notices are off.
+    pub system_mxid_localpart: Option<String>,
+    /// That user's display name.
+    pub system_mxid_display_name: String,
+    /// Name of each user's notices room.
+    pub room_name: String,
+}
+
+impl Default for ServerNoticesConfig {
+    fn default() -> Self {
+        Self {
+            system_mxid_localpart: None,
+            system_mxid_display_name: "Server Notices".into(),
+            room_name: "Server Notices".into(),
+        }
+    }
 }
 
 /// `[appservice]`
@@ -413,6 +437,7 @@ impl Default for Config {
             log: LogConfig::default(),
             well_known: WellKnownConfig::default(),
             appservice: AppserviceConfig::default(),
+            server_notices: ServerNoticesConfig::default(),
         }
     }
 }

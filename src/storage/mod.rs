@@ -23,6 +23,7 @@ pub mod registration_tokens;
 pub mod reports;
 pub mod room_admin;
 pub mod rooms;
+pub mod server_notices;
 pub mod sliding_sync;
 pub mod sync;
 pub mod tokens;

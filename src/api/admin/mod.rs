@@ -13,6 +13,7 @@ mod registration_tokens;
 mod reports;
 mod room_moderation;
 mod rooms;
+mod server_notices;
 mod users;
 
 use axum::Router;
@@ -179,6 +180,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{A}/v1/media/unprotect/{{media_id}}"), post(media::unprotect_one))
         .route(&format!("{A}/v1/rooms/{{room_id}}/media"), get(media::room_media))
         .route(&format!("{A}/v1/statistics/users/media"), get(media::user_statistics))
+        .route(&format!("{A}/v1/send_server_notice"), post(server_notices::send))
         .route(&format!("{A}/v1/event_reports"), get(reports::list))
         .route(&format!("{A}/v1/event_reports/{{report_id}}"), get(reports::get).delete(reports::delete))
 }
