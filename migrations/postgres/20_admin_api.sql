@@ -48,3 +48,13 @@ CREATE TABLE server_notice_rooms (
     user_id TEXT PRIMARY KEY NOT NULL,
     room_id TEXT NOT NULL
 );
+
+-- The federation sender's retry state per destination, as the admin API shows it
+-- (`/_synapse/admin/v1/federation/destinations`). Times in ms; retry_interval 0: not backing off.
+CREATE TABLE destinations (
+    destination TEXT PRIMARY KEY NOT NULL,
+    retry_last_ts BIGINT NOT NULL DEFAULT 0,
+    retry_interval BIGINT NOT NULL DEFAULT 0,
+    failure_ts BIGINT,
+    last_successful_stream_ordering BIGINT
+);

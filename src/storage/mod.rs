@@ -14,6 +14,7 @@ pub mod accounts;
 pub mod admin;
 pub mod appservice;
 pub mod bus;
+pub mod destinations;
 pub mod e2ee;
 pub mod media;
 pub mod media_admin;

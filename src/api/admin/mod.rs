@@ -8,6 +8,7 @@
 //! `M_NOT_JSON` / `M_BAD_JSON` for bad input.
 
 mod devices;
+mod federation;
 mod media;
 mod registration_tokens;
 mod reports;
@@ -181,6 +182,13 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{A}/v1/rooms/{{room_id}}/media"), get(media::room_media))
         .route(&format!("{A}/v1/statistics/users/media"), get(media::user_statistics))
         .route(&format!("{A}/v1/send_server_notice"), post(server_notices::send))
+        .route(&format!("{A}/v1/federation/destinations"), get(federation::list))
+        .route(&format!("{A}/v1/federation/destinations/{{destination}}"), get(federation::get))
+        .route(&format!("{A}/v1/federation/destinations/{{destination}}/rooms"), get(federation::rooms))
+        .route(
+            &format!("{A}/v1/federation/destinations/{{destination}}/reset_connection"),
+            post(federation::reset_connection),
+        )
         .route(&format!("{A}/v1/event_reports"), get(reports::list))
         .route(&format!("{A}/v1/event_reports/{{report_id}}"), get(reports::get).delete(reports::delete))
 }
