@@ -101,6 +101,7 @@ both_backends!(media_admin_is_for_server_admins_only, |server| async move {
     let room = enc(&format!("!r:{sn}"));
     for (method, path) in [
         (Method::GET, format!("{A}/users/{user}/media")),
+        (Method::DELETE, format!("{A}/users/{user}/media")),
         (Method::DELETE, format!("{A}/media/{sn}/{id}")),
         (Method::POST, format!("{A}/media/delete?before_ts={}", now_ms())),
         (Method::POST, format!("{A}/purge_media_cache?before_ts={}", now_ms())),
@@ -223,6 +224,17 @@ both_backends!(user_media_list_statistics_and_deletion, |server| async move {
         &json!({ "deleted": 0 })
     );
     assert_error(&admin.post(&format!("{A}/purge_media_cache"), &json!({})).await, 400, "M_MISSING_PARAM");
+
+    // All of a user's uploads at once, protected ones included.
+    let more = upload(&bob, b"more".to_vec(), "text/plain", "more.txt").await;
+    let all = ok(&admin.delete(&format!("{A}/users/{}/media", enc(&bob.user_id)), &json!({})).await).clone();
+    let mut gone: Vec<&str> = all["deleted_media"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    gone.sort();
+    let mut expected = vec![bobs.as_str(), more.as_str()];
+    expected.sort();
+    assert_eq!((gone, &all["total"]), (expected, &json!(2)), "{all}");
+    assert_eq!(served(&bob, &sn, &bobs).await[0], 404);
+    assert_eq!(ok(&admin.get(&format!("{A}/users/{}/media", enc(&bob.user_id))).await)["total"], 0);
 });
 
 both_backends!(quarantined_media_is_not_served, |server| async move {

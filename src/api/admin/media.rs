@@ -94,6 +94,27 @@ pub async fn user_media(
     Ok(Json(body))
 }
 
+/// `DELETE /_synapse/admin/v1/users/{userId}/media`: every upload of a local user (protected
+/// ones too, as Synapse). `{"deleted_media": [...], "total": n}`.
+pub async fn delete_user_media(
+    State(state): State<AppState>,
+    _: Admin,
+    AdminPath(user): AdminPath<String>,
+) -> Result<Json<Value>> {
+    let user_id = local_user_id(&state, &user)?;
+    if state.accounts.db().get_user(user_id.as_str()).await?.is_none() {
+        return Err(Error::not_found("Unknown user"));
+    }
+    let local = state.config.server_name().to_string();
+    let mut deleted = Vec::new();
+    for m in state.media.user_media(&user_id).await? {
+        if state.media.delete_item(&local, &m.media_id).await? {
+            deleted.push(m.media_id);
+        }
+    }
+    Ok(Json(json!({ "total": deleted.len(), "deleted_media": deleted })))
+}
+
 fn media_json(m: &AdminMedia) -> Value {
     serde_json::to_value(m).unwrap_or(Value::Null)
 }

@@ -168,7 +168,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
             &format!("{A}/v1/registration_tokens/{{token}}"),
             get(registration_tokens::get).put(registration_tokens::update).delete(registration_tokens::delete),
         )
-        .route(&format!("{A}/v1/users/{{user_id}}/media"), get(media::user_media))
+        .route(&format!("{A}/v1/users/{{user_id}}/media"), get(media::user_media).delete(media::delete_user_media))
         .route(&format!("{A}/v1/media/delete"), post(media::delete_old))
         .route(&format!("{A}/v1/media/{{server_name}}/delete"), post(media::delete_old_of_server))
         .route(&format!("{A}/v1/media/{{server_name}}/{{media_id}}"), delete(media::delete_one))
