@@ -49,6 +49,9 @@ pub struct ShutdownResult {
     pub new_room_id: Option<String>,
 }
 
+/// Longest a purge waits for the federation sender to take the room's queued events.
+const PURGE_WAIT_FOR_OUTBOX: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Deletions older than this that still say they are running were interrupted.
 const STALE_DELETION_MS: i64 = 60 * 60 * 1000;
 
@@ -137,6 +140,13 @@ impl Rooms {
                 self.db.members_with(room_id.as_str(), "join").await?.into_iter().any(|u| u.ends_with(&suffix));
             if still_in && !req.force_purge {
                 return Err(Error::invalid_param("Local users are still in the room: not purging (force_purge)"));
+            }
+            // The members' leave events must reach the room's other servers: the sender packs
+            // queued PDUs into transactions (which keep them) within moments, unless it is
+            // stopped; so wait for that, a bounded time.
+            let deadline = tokio::time::Instant::now() + PURGE_WAIT_FOR_OUTBOX;
+            while self.db.room_pdus_queued(room_id.as_str()).await? > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             let _lock = self.room_lock(room_id.as_str()).await;
             self.db.purge_room(room_id.as_str()).await?;

@@ -166,6 +166,28 @@ impl Db {
             .collect())
     }
 
+    /// How many of the room's events wait in the federation outbox and are not yet packed into
+    /// a transaction (a packed transaction holds the PDUs themselves; its outbox rows stay
+    /// until it is delivered).
+    pub async fn room_pdus_queued(&self, room_id: &str) -> Result<usize> {
+        let queued: Vec<(i64,)> = sqlx::query_as(
+            "SELECT o.id FROM federation_outbox o JOIN events e ON e.event_id = o.payload \
+             WHERE o.kind = 'pdu' AND e.room_id = $1",
+        )
+        .bind(room_id)
+        .fetch_all(self.pool())
+        .await?;
+        if queued.is_empty() {
+            return Ok(0);
+        }
+        // At most one transaction in flight per destination: a small table.
+        let packed: Vec<(String,)> =
+            sqlx::query_as("SELECT outbox_ids FROM federation_txns_out").fetch_all(self.pool()).await?;
+        let packed: std::collections::HashSet<i64> =
+            packed.iter().flat_map(|(ids,)| serde_json::from_str::<Vec<i64>>(ids).unwrap_or_default()).collect();
+        Ok(queued.iter().filter(|(id,)| !packed.contains(id)).count())
+    }
+
     /// Deletes every event, state group and per-room row of a room, in one transaction.
     pub async fn purge_room(&self, room_id: &str) -> Result<u64> {
         let mut tx = self.begin_write().await?;
