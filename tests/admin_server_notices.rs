@@ -49,6 +49,7 @@ both_backends!(
         let notice =
             json!({ "user_id": alice.user_id, "content": { "msgtype": "m.text", "body": "Maintenance at 22:00" } });
         assert_error(&send(alice.request(Method::POST, NOTICE).json(&notice)).await, 403, "M_FORBIDDEN");
+        assert_error(&send(alice.request(Method::PUT, &format!("{NOTICE}/t")).json(&notice)).await, 403, "M_FORBIDDEN");
         let first = ok(&admin.post(NOTICE, &notice).await).clone();
         assert!(first["event_id"].as_str().unwrap().starts_with('$'), "{first}");
 
@@ -100,6 +101,20 @@ both_backends!(
         let rooms = invites(&alice).await;
         assert_eq!(rooms.len(), 1, "{rooms:?}");
         assert_ne!(rooms[0], room);
+
+        // With a transaction id: a retry answers the first event and sends nothing new.
+        let body = json!({ "user_id": alice.user_id, "content": { "msgtype": "m.text", "body": "Once" } });
+        let first = ok(&admin.put(&format!("{NOTICE}/txn1"), &body).await).clone();
+        let retry = ok(&admin.put(&format!("{NOTICE}/txn1"), &body).await).clone();
+        assert_eq!(first, retry);
+        let other = ok(&admin.put(&format!("{NOTICE}/txn2"), &body).await).clone();
+        assert_ne!(first, other);
+        let room = invites(&alice).await[0].clone();
+        ok(&alice.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), &json!({})).await);
+        let messages =
+            ok(&alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room))).await).clone();
+        let onces = messages["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "Once").count();
+        assert_eq!(onces, 2, "{messages}");
 
         // Bad input.
         assert_error(&admin.post(NOTICE, &json!({ "content": {} })).await, 400, "M_MISSING_PARAM");

@@ -58,3 +58,13 @@ CREATE TABLE destinations (
     failure_ts BIGINT,
     last_successful_stream_ordering BIGINT
 );
+
+-- Transaction ids of `PUT /_synapse/admin/v1/send_server_notice/{txnId}`, per admin: a retried
+-- request answers the event it sent the first time.
+CREATE TABLE server_notice_txns (
+    user_id TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    created_ts BIGINT NOT NULL,
+    PRIMARY KEY (user_id, txn_id)
+);

@@ -19,7 +19,7 @@ mod users;
 
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use http::request::Parts;
 use ruma::{OwnedUserId, UserId};
 use serde::de::DeserializeOwned;
@@ -182,6 +182,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{A}/v1/rooms/{{room_id}}/media"), get(media::room_media))
         .route(&format!("{A}/v1/statistics/users/media"), get(media::user_statistics))
         .route(&format!("{A}/v1/send_server_notice"), post(server_notices::send))
+        .route(&format!("{A}/v1/send_server_notice/{{txn_id}}"), put(server_notices::send_txn))
         .route(&format!("{A}/v1/federation/destinations"), get(federation::list))
         .route(&format!("{A}/v1/federation/destinations/{{destination}}"), get(federation::get))
         .route(&format!("{A}/v1/federation/destinations/{{destination}}/rooms"), get(federation::rooms))

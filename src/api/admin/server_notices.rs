@@ -10,7 +10,7 @@ use ruma::{OwnedRoomId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Admin, AdminJson, local_user_id};
+use super::{Admin, AdminJson, AdminPath, local_user_id};
 use crate::api::AppState;
 use crate::error::{Error, Result};
 use crate::rooms::Origin;
@@ -30,8 +30,34 @@ pub struct Notice {
     state_key: Option<String>,
 }
 
+/// `PUT /_synapse/admin/v1/send_server_notice/{txnId}`: as `POST`, once per transaction id of
+/// the calling admin (a retry answers the first event).
+pub async fn send_txn(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    AdminPath(txn_id): AdminPath<String>,
+    AdminJson(body): AdminJson<Notice>,
+) -> Result<Json<Value>> {
+    if txn_id.is_empty() || txn_id.len() > 255 {
+        return Err(Error::invalid_param("Transaction ids are 1 to 255 bytes long"));
+    }
+    let db = state.rooms.db();
+    if let Some(event_id) = db.server_notice_txn(admin.user_id.as_str(), &txn_id).await? {
+        return Ok(Json(json!({ "event_id": event_id })));
+    }
+    let answer = send_notice(&state, body).await?;
+    if let Some(event_id) = answer["event_id"].as_str() {
+        db.set_server_notice_txn(admin.user_id.as_str(), &txn_id, event_id).await?;
+    }
+    Ok(Json(answer))
+}
+
 /// `POST /_synapse/admin/v1/send_server_notice`: `{"event_id": ...}`.
 pub async fn send(State(state): State<AppState>, _: Admin, AdminJson(body): AdminJson<Notice>) -> Result<Json<Value>> {
+    Ok(Json(send_notice(&state, body).await?))
+}
+
+async fn send_notice(state: &AppState, body: Notice) -> Result<Value> {
     let cfg = &state.config.server_notices;
     let Some(localpart) = cfg.system_mxid_localpart.as_deref() else {
         return Err(Error::new(
@@ -41,7 +67,7 @@ pub async fn send(State(state): State<AppState>, _: Admin, AdminJson(body): Admi
         ));
     };
     let raw = body.user_id.ok_or_else(|| Error::missing_param("Missing params: ['user_id']"))?;
-    let user = local_user_id(&state, &raw)
+    let user = local_user_id(state, &raw)
         .map_err(|_| Error::invalid_param("Server notices can only be sent to local users"))?;
     let content = body.content.ok_or_else(|| Error::missing_param("Missing params: ['content']"))?;
     let account = state.accounts.db().get_user(user.as_str()).await?;
@@ -56,14 +82,14 @@ pub async fn send(State(state): State<AppState>, _: Admin, AdminJson(body): Admi
     if state.accounts.db().get_user(system.as_str()).await?.is_none() {
         state.accounts.admin_create(&system, None, false, Some(&cfg.system_mxid_display_name)).await?;
     }
-    let room_id = notice_room(&state, &system, &user).await?;
+    let room_id = notice_room(state, &system, &user).await?;
     let kind = body.kind.unwrap_or_else(|| "m.room.message".to_owned());
     let ev = match body.state_key {
         Some(key) => NewEvent::state(kind, key, Value::Object(content)),
         None => NewEvent::message(kind, Value::Object(content)),
     };
     let event_id = state.rooms.send(&room_id, Origin { user_id: &system, txn: None }, ev).await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    Ok(json!({ "event_id": event_id }))
 }
 
 /// The user's notices room: the recorded one while the system user is in it and the user is
