@@ -95,15 +95,23 @@ impl Accounts {
     }
 
     /// Whether `token` is one of `registration.tokens` (compared in constant time).
-    pub fn registration_token_valid(&self, token: &str) -> bool {
+    fn configured_registration_token(&self, token: &str) -> bool {
         self.config.registration.tokens.iter().any(|valid| bool::from(valid.as_bytes().ct_eq(token.as_bytes())))
+    }
+
+    /// Whether `token` would be accepted: one of `registration.tokens`, or one made with the
+    /// admin API that has uses left and has not expired.
+    pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
+        Ok(self.configured_registration_token(token) || self.db.registration_token_usable(token).await?)
     }
 
     async fn check_stage(&self, auth: &AuthData, req: &UiaRequest<'_>) -> Result<()> {
         match auth {
             AuthData::Dummy(_) => Ok(()),
             AuthData::RegistrationToken(t) => {
-                if self.registration_token_valid(&t.token) {
+                // The registration completes in this request (the flow has this one stage), so
+                // an admin-made token's use is counted now, atomically against its limit.
+                if self.configured_registration_token(&t.token) || self.db.use_registration_token(&t.token).await? {
                     Ok(())
                 } else {
                     Err(Error::new(http::StatusCode::UNAUTHORIZED, "M_FORBIDDEN", "Invalid registration token"))

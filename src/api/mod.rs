@@ -55,6 +55,9 @@ pub struct AppState {
     pub federation: Arc<crate::federation::Federation>,
     /// Registered application services.
     pub appservices: Arc<crate::appservice::Appservices>,
+    /// Wakes the background senders (`crate::delivery`), e.g. when the admin API resets a
+    /// destination's backoff.
+    pub outbox_wakeup: Arc<crate::notifier::OutboxWakeup>,
 }
 
 /// A handler taking one ruma request; registered on every path ruma knows for the endpoint.

@@ -54,6 +54,30 @@ pub struct Config {
     pub well_known: WellKnownConfig,
     /// Application services (bridges and bots).
     pub appservice: AppserviceConfig,
+    /// Server notices (`POST /_synapse/admin/v1/send_server_notice`).
+    pub server_notices: ServerNoticesConfig,
+}
+
+/// `[server_notices]` (Synapse's key names).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerNoticesConfig {
+    /// Localpart of the user who sends notices; unset: server notices are off.
+    pub system_mxid_localpart: Option<String>,
+    /// That user's display name.
+    pub system_mxid_display_name: String,
+    /// Name of each user's notices room.
+    pub room_name: String,
+}
+
+impl Default for ServerNoticesConfig {
+    fn default() -> Self {
+        Self {
+            system_mxid_localpart: None,
+            system_mxid_display_name: "Server Notices".into(),
+            room_name: "Server Notices".into(),
+        }
+    }
 }
 
 /// `[appservice]`
@@ -168,7 +192,8 @@ pub enum RegistrationMode {
 pub struct RegistrationConfig {
     /// disabled, open or token.
     pub mode: RegistrationMode,
-    /// Tokens accepted in `token` mode.
+    /// Tokens accepted in `token` mode, besides those made with the admin API
+    /// (`/_synapse/admin/v1/registration_tokens`).
     #[serde(deserialize_with = "lenient_strings")]
     pub tokens: Vec<String>,
 }
@@ -412,6 +437,7 @@ impl Default for Config {
             log: LogConfig::default(),
             well_known: WellKnownConfig::default(),
             appservice: AppserviceConfig::default(),
+            server_notices: ServerNoticesConfig::default(),
         }
     }
 }
@@ -556,9 +582,6 @@ impl Config {
         }
         if !matches!(self.database.sqlite_synchronous.as_str(), "full" | "normal") {
             bail!("configuration key `database.sqlite_synchronous`: must be \"full\" or \"normal\"");
-        }
-        if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty() {
-            bail!("configuration key `registration.tokens`: mode is \"token\" but no tokens are listed");
         }
         if self.appservice.retry_min_ms == 0 || self.appservice.retry_max_ms < self.appservice.retry_min_ms {
             bail!(

@@ -101,6 +101,9 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
                         }
                     }
                     metrics::counter!("myelin_federation_transactions_total", "result" => "sent").increment(1);
+                    if let Err(e) = fed.db().destination_succeeded(&dest, &txn.outbox_ids).await {
+                        tracing::warn!(destination = %dest, error = %e.message, "recording a delivery failed");
+                    }
                     break;
                 }
                 // The peer refused the transaction itself (4xx other than 429): sending the
@@ -120,8 +123,24 @@ async fn destination_task(fed: Arc<Federation>, dest: String, wake: Arc<Notify>)
                     was_down = true;
                     metrics::counter!("myelin_federation_transactions_total", "result" => "failed_attempt")
                         .increment(1);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(max);
+                    if let Err(e) = fed.db().destination_failed(&dest, delay.as_millis() as i64).await {
+                        tracing::warn!(destination = %dest, error = %e.message, "recording a failure failed");
+                    }
+                    // Woken early (new events, or an admin's `reset_connection`): only a reset
+                    // (the stored interval cleared) ends the wait and the backoff.
+                    let until = tokio::time::Instant::now() + delay;
+                    let mut reset = false;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => break,
+                            _ = wake.notified() => {}
+                        }
+                        if fed.db().destination_reset(&dest).await.unwrap_or(false) {
+                            reset = true;
+                            break;
+                        }
+                    }
+                    delay = if reset { min } else { (delay * 2).min(max) };
                 }
             }
         }

@@ -15,6 +15,7 @@
 //! cached for good, then served like local media; their thumbnails are asked of their server
 //! (or, failing that, made here from the original).
 
+pub mod admin;
 pub mod multipart;
 pub mod preview;
 pub mod store;
@@ -342,6 +343,7 @@ impl Media {
 
     /// The content of `mxc://server/media_id`: local, or fetched from its server and cached.
     pub async fn content(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Content> {
+        self.ensure_not_quarantined(server.as_str(), media_id).await?;
         if self.is_local(server) {
             self.local_content(media_id, timeout).await
         } else {
@@ -446,6 +448,7 @@ impl Media {
     /// remote media come from their server (cached), or are made here from the original when
     /// that server cannot make them.
     pub async fn thumbnail(&self, server: &ServerName, media_id: &str, req: ThumbnailRequest) -> Result<Content> {
+        self.ensure_not_quarantined(server.as_str(), media_id).await?;
         if req.width == 0 || req.height == 0 {
             return Err(Error::invalid_param("width and height must be positive"));
         }

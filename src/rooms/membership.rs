@@ -63,6 +63,7 @@ impl Rooms {
         reason: Option<&str>,
         servers: &[ruma::OwnedServerName],
     ) -> Result<OwnedEventId> {
+        self.ensure_not_blocked(room_id).await?;
         let exists = self.exists(room_id).await?;
         // A room we know but in which no local user is joined any more: our copy is stale, so
         // join through a resident server as for an unknown room.
@@ -211,6 +212,7 @@ impl Rooms {
         if !exists {
             return Err(Error::not_found(format!("User {target} does not exist")));
         }
+        self.ensure_not_blocked(room_id).await?;
         self.require_joined(room_id, sender).await?;
         match self.membership_of(room_id, target).await?.as_deref() {
             Some("join") => return Err(Error::forbidden(format!("{target} is already in the room."))),

@@ -15,6 +15,7 @@ pub mod create;
 pub mod federated;
 pub mod filter;
 pub mod membership;
+pub mod moderation;
 pub mod push_actions;
 pub mod read;
 pub mod relations;

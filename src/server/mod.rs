@@ -82,6 +82,7 @@ impl Server {
             sync,
             federation,
             appservices,
+            outbox_wakeup: outbox_wakeup.clone(),
             config,
         };
         Ok(Self { state, db, keys, outbox_wakeup })

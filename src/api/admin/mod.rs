@@ -8,13 +8,18 @@
 //! `M_NOT_JSON` / `M_BAD_JSON` for bad input.
 
 mod devices;
+mod federation;
+mod media;
+mod registration_tokens;
 mod reports;
+mod room_moderation;
 mod rooms;
+mod server_notices;
 mod users;
 
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use http::request::Parts;
 use ruma::{OwnedUserId, UserId};
 use serde::de::DeserializeOwned;
@@ -147,6 +152,44 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{A}/v1/rooms/{{room_id}}"), get(rooms::get))
         .route(&format!("{A}/v1/rooms/{{room_id}}/members"), get(rooms::members))
         .route(&format!("{A}/v1/rooms/{{room_id}}/state"), get(rooms::state))
+        .route(&format!("{A}/v2/rooms/{{room_id}}"), delete(room_moderation::delete))
+        .route(&format!("{A}/v2/rooms/{{room_id}}/delete_status"), get(room_moderation::delete_status_of_room))
+        .route(&format!("{A}/v2/rooms/delete_status/{{delete_id}}"), get(room_moderation::delete_status))
+        .route(
+            &format!("{A}/v1/rooms/{{room_id}}/block"),
+            get(room_moderation::get_block).put(room_moderation::set_block),
+        )
+        .route(&format!("{A}/v1/rooms/{{room_id}}/make_room_admin"), post(room_moderation::make_room_admin))
+        .route(&format!("{A}/v1/rooms/{{room_id}}/forward_extremities"), get(room_moderation::forward_extremities))
+        .route(&format!("{A}/v1/join/{{room_id}}"), post(room_moderation::join))
+        .route(&format!("{A}/v1/registration_tokens"), get(registration_tokens::list))
+        .route(&format!("{A}/v1/registration_tokens/new"), post(registration_tokens::create))
+        .route(
+            &format!("{A}/v1/registration_tokens/{{token}}"),
+            get(registration_tokens::get).put(registration_tokens::update).delete(registration_tokens::delete),
+        )
+        .route(&format!("{A}/v1/users/{{user_id}}/media"), get(media::user_media).delete(media::delete_user_media))
+        .route(&format!("{A}/v1/media/delete"), post(media::delete_old))
+        .route(&format!("{A}/v1/media/{{server_name}}/delete"), post(media::delete_old_of_server))
+        .route(&format!("{A}/v1/media/{{server_name}}/{{media_id}}"), delete(media::delete_one))
+        .route(&format!("{A}/v1/purge_media_cache"), post(media::purge_cache))
+        .route(&format!("{A}/v1/media/quarantine/{{server_name}}/{{media_id}}"), post(media::quarantine_one))
+        .route(&format!("{A}/v1/media/unquarantine/{{server_name}}/{{media_id}}"), post(media::unquarantine_one))
+        .route(&format!("{A}/v1/room/{{room_id}}/media/quarantine"), post(media::quarantine_room))
+        .route(&format!("{A}/v1/user/{{user_id}}/media/quarantine"), post(media::quarantine_user))
+        .route(&format!("{A}/v1/media/protect/{{media_id}}"), post(media::protect_one))
+        .route(&format!("{A}/v1/media/unprotect/{{media_id}}"), post(media::unprotect_one))
+        .route(&format!("{A}/v1/rooms/{{room_id}}/media"), get(media::room_media))
+        .route(&format!("{A}/v1/statistics/users/media"), get(media::user_statistics))
+        .route(&format!("{A}/v1/send_server_notice"), post(server_notices::send))
+        .route(&format!("{A}/v1/send_server_notice/{{txn_id}}"), put(server_notices::send_txn))
+        .route(&format!("{A}/v1/federation/destinations"), get(federation::list))
+        .route(&format!("{A}/v1/federation/destinations/{{destination}}"), get(federation::get))
+        .route(&format!("{A}/v1/federation/destinations/{{destination}}/rooms"), get(federation::rooms))
+        .route(
+            &format!("{A}/v1/federation/destinations/{{destination}}/reset_connection"),
+            post(federation::reset_connection),
+        )
         .route(&format!("{A}/v1/event_reports"), get(reports::list))
         .route(&format!("{A}/v1/event_reports/{{report_id}}"), get(reports::get).delete(reports::delete))
 }

@@ -112,8 +112,10 @@ pub async fn registration_token_validity(
     State(state): State<AppState>,
     req: Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<RumaResponse<check_registration_token_validity::v1::Response>> {
-    Ok(check_registration_token_validity::v1::Response::new(state.accounts.registration_token_valid(&req.body.token))
-        .into())
+    Ok(check_registration_token_validity::v1::Response::new(
+        state.accounts.registration_token_valid(&req.body.token).await?,
+    )
+    .into())
 }
 
 /// `GET /_matrix/client/v3/account/whoami`
