@@ -37,6 +37,9 @@ pub struct Session {
     /// The appservice whose `as_token` authenticated the request (the user is its sender or a
     /// user it masquerades as with `?user_id=`).
     pub appservice: Option<Arc<crate::appservice::Registration>>,
+    /// The account is suspended by an administrator: it may read, not act in rooms
+    /// (`api::suspension` says which endpoints refuse it).
+    pub suspended: bool,
 }
 
 /// The device of an appservice request that names none (`?device_id=`, MSC3202): the
@@ -272,7 +275,14 @@ impl Accounts {
             ));
         }
         let hash = user.password_hash.ok_or_else(forbidden)?;
-        if self.hasher.verify(password.to_owned(), hash).await? { Ok(()) } else { Err(forbidden()) }
+        if !self.hasher.verify(password.to_owned(), hash).await? {
+            return Err(forbidden());
+        }
+        // Said only to whoever knows the password, as Synapse does.
+        if user.locked {
+            return Err(Error::user_locked());
+        }
+        Ok(())
     }
 
     /// Issues an access token for a (new or reused) device; with `refreshable`, one that
@@ -315,14 +325,24 @@ impl Accounts {
         Ok(self.db.openid_user(&token_hash(token)).await?)
     }
 
-    /// Resolves an access token to its session.
+    /// Resolves an access token to its session; a locked account's tokens are refused with
+    /// 401 `M_USER_LOCKED`.
     pub async fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
+        self.authenticate_as(token, ip, false).await
+    }
+
+    /// Resolves an access token to its session, also for a locked account (`allow_locked`): the
+    /// spec lets a locked user log out.
+    pub async fn authenticate_as(&self, token: &str, ip: Option<&str>, allow_locked: bool) -> Result<Session> {
         let Some(owner) = self.db.find_token(&token_hash(token)).await? else {
             return Err(Error::unknown_token(false));
         };
         if owner.expires_ts.is_some_and(|at| at <= crate::storage::now_ms()) {
             // Soft logout: the client refreshes (or logs in again) and keeps its device.
             return Err(Error::unknown_token(true));
+        }
+        if owner.locked && !allow_locked {
+            return Err(Error::user_locked());
         }
         if let Some(ip) = ip {
             self.touch(&owner.user_id, &owner.device_id, ip).await;
@@ -332,6 +352,7 @@ impl Accounts {
             device_id: owner.device_id.into(),
             is_admin: owner.is_admin,
             appservice: None,
+            suspended: owner.suspended,
         })
     }
 
