@@ -8,6 +8,7 @@ mod device;
 mod directory;
 mod discovery;
 mod keys;
+mod legacy;
 pub(crate) mod media;
 pub mod message;
 mod presence;
@@ -156,6 +157,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(backup::delete_room_keys)
         .ruma(backup::delete_session_key)
         .ruma(sync::sync)
+        .ruma(legacy::initial_sync)
+        .ruma(legacy::events)
+        .ruma(legacy::event)
+        .ruma(legacy::room_initial_sync)
         .ruma(sync::sliding_sync)
         .ruma(sync::create)
         .ruma(sync::get)
