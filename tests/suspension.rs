@@ -114,6 +114,11 @@ both_backends!(a_locked_account_is_soft_logged_out_until_unlocked, |server| asyn
     let admin = make_admin(&server).await;
     let bob = server.register("bob").await;
     let second = server.login("bob", &bob.password).await;
+    // A login token taken before the lock does not get in either.
+    let (status, uia) = bob.post("/_matrix/client/v1/login/get_token", &json!({})).await;
+    assert_eq!(status, 401, "{uia}");
+    let auth = json!({ "auth": bob.password_auth(uia["session"].as_str().unwrap()) });
+    let login_token = ok(&bob.post("/_matrix/client/v1/login/get_token", &auth).await)["login_token"].clone();
 
     assert_eq!(ok(&admin.put(&lock_path(&bob.user_id), &json!({ "locked": true })).await)["locked"], true);
     assert_eq!(ok(&admin.get(&lock_path(&bob.user_id)).await)["locked"], true);
@@ -128,6 +133,9 @@ both_backends!(a_locked_account_is_soft_logged_out_until_unlocked, |server| asyn
     // No new logins; a wrong password is still just wrong.
     assert_error(&login_attempt(&server, "bob", &bob.password).await, 401, "M_USER_LOCKED");
     assert_error(&login_attempt(&server, "bob", "wrong").await, 403, "M_FORBIDDEN");
+    let by_token =
+        server.post("/_matrix/client/v3/login", &json!({ "type": "m.login.token", "token": login_token })).await;
+    assert_error(&by_token, 401, "M_USER_LOCKED");
 
     // The Synapse admin API shows it; the users list leaves locked accounts out unless asked.
     let user = ok(&admin.get(&format!("{A}/v2/users/{}", enc(&bob.user_id))).await).clone();

@@ -86,6 +86,14 @@ impl Accounts {
         Ok(())
     }
 
+    /// 401 `M_USER_LOCKED` for a locked account (a login by any means).
+    pub async fn refuse_locked(&self, user_id: &UserId) -> Result<()> {
+        match self.db.get_user(user_id.as_str()).await? {
+            Some(user) if user.locked => Err(Error::user_locked()),
+            _ => Ok(()),
+        }
+    }
+
     async fn restrictable(&self, target: &UserId) -> Result<crate::storage::admin::AdminUserRow> {
         if target.server_name().as_str() != self.config.server_name {
             return Err(Error::invalid_param("User does not belong to the local server."));
