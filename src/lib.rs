@@ -6,6 +6,7 @@ pub mod appservice;
 pub mod cluster;
 pub mod config;
 pub mod e2ee;
+pub mod email;
 pub mod error;
 pub mod federation;
 pub mod lease;

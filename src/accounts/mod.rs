@@ -8,6 +8,7 @@
 //! database leak reveals no usable token, and lookups by hash do not compare secrets byte by byte.
 
 pub mod admin;
+pub mod threepid;
 pub mod tokens;
 pub mod uia;
 
@@ -57,6 +58,8 @@ pub struct Accounts {
     hasher: PasswordHasher,
     /// Wrong passwords per account, at login and in User-Interactive Auth alike.
     failed_logins: Arc<RateLimiter>,
+    /// Verification mails, when `[email]` is configured.
+    mailer: Option<Arc<crate::email::Mailer>>,
 }
 
 /// How often a device's `last_seen_ts` / `last_seen_ip` are written at most.
@@ -198,7 +201,13 @@ impl Accounts {
     pub fn new(db: Db, config: Arc<Config>) -> Self {
         let limits = &config.rate_limits;
         let failed_logins = Arc::new(RateLimiter::new(limits.enabled, limits.failed_logins));
-        Self { db, config, seen: Default::default(), hasher: PasswordHasher::default(), failed_logins }
+        // The configuration was validated; a transport that cannot be built leaves email off.
+        let mailer = crate::email::Mailer::from_config(&config.email)
+            .inspect_err(|e| tracing::error!(error = %e, "email is off: the SMTP transport cannot be set up"))
+            .ok()
+            .flatten()
+            .map(Arc::new);
+        Self { db, config, seen: Default::default(), hasher: PasswordHasher::default(), failed_logins, mailer }
     }
 
     /// The database handle.

@@ -154,6 +154,8 @@ impl Db {
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         // A deactivated account is pushed nothing more.
         sqlx::query("DELETE FROM pushers WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
+        // Its email addresses are free for other accounts (Synapse removes them too).
+        sqlx::query("DELETE FROM user_threepids WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         tx.commit().await?;
         self.forget_tokens_of(user_id).await;
         Ok(())

@@ -61,6 +61,13 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(threepid::register_token)
         .ruma(threepid::password_token)
         .ruma(threepid::add_token)
+        .ruma(threepid::register_email_token)
+        .ruma(threepid::password_email_token)
+        .ruma(threepid::add_email_token)
+        .ruma(threepid::add)
+        .ruma(threepid::delete)
+        .ruma(threepid::bind)
+        .ruma(threepid::unbind)
         .ruma(account::openid_token)
         .ruma(device::list)
         .ruma(device::get)
@@ -179,5 +186,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(to_device::send);
     let router = media::upload_routes(router);
     let router = directory::extra_routes(router);
+    let router = threepid::extra_routes(router);
     discovery::extra_routes(router)
 }
