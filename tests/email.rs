@@ -228,6 +228,8 @@ async fn registration_and_password_reset_by_email(backend: common::Backend) {
 async fn adding_and_removing_an_address(backend: common::Backend) {
     let (server, sink) = start_with_smtp(backend).await;
     let dave = server.register("dave").await;
+    let caps = ok(&dave.get("/_matrix/client/v3/capabilities").await).clone();
+    assert_eq!(caps["capabilities"]["m.3pid_changes"]["enabled"], true, "{caps}");
     let body = ok(&request_token(&server, "account/3pid", "dave@example.org", "add1", 1).await).clone();
     let sid = body["sid"].as_str().unwrap().to_owned();
     let link = link_of(&sink.mail(1).await);
@@ -282,6 +284,8 @@ both_backends!(without_smtp_the_email_endpoints_answer_the_spec_errors, |server|
     let named = json!({ "medium": "email", "address": "erin@example.org", "id_server": "id.example.org" });
     assert_error(&erin.post("/_matrix/client/v3/account/3pid/unbind", &named).await, 400, "M_SERVER_NOT_TRUSTED");
     assert_eq!(ok(&erin.get("/_matrix/client/v3/account/3pid").await)["threepids"], json!([]));
+    let caps = ok(&erin.get("/_matrix/client/v3/capabilities").await).clone();
+    assert_eq!(caps["capabilities"]["m.3pid_changes"]["enabled"], false, "{caps}");
     let link = server
         .request(Method::GET, "/_matrix/client/unstable/email/submit_token?sid=a&client_secret=b&token=c")
         .send()

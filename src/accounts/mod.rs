@@ -60,6 +60,9 @@ pub struct Accounts {
     failed_logins: Arc<RateLimiter>,
     /// Verification mails, when `[email]` is configured.
     mailer: Option<Arc<crate::email::Mailer>>,
+    /// Verification mails per address (Synapse's `rc_3pid_validation`: 5 at once, then one
+    /// every ~5 minutes), so that the server cannot be made to flood a mailbox.
+    mails_per_address: Arc<RateLimiter>,
 }
 
 /// How often a device's `last_seen_ts` / `last_seen_ip` are written at most.
@@ -207,7 +210,17 @@ impl Accounts {
             .ok()
             .flatten()
             .map(Arc::new);
-        Self { db, config, seen: Default::default(), hasher: PasswordHasher::default(), failed_logins, mailer }
+        let mails_per_address =
+            Arc::new(RateLimiter::new(limits.enabled, crate::config::Bucket { per_second: 0.003, burst: 5 }));
+        Self {
+            db,
+            config,
+            seen: Default::default(),
+            hasher: PasswordHasher::default(),
+            failed_logins,
+            mailer,
+            mails_per_address,
+        }
     }
 
     /// The database handle.

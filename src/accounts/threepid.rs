@@ -114,6 +114,7 @@ impl Accounts {
             // A retried request: the same session, no second mail (spec: `send_attempt`).
             return Ok((live.sid, submit_url));
         }
+        self.mails_per_address.check(&address)?;
         self.db.prune_threepid_sessions().await?;
         let token = random_alpha(32);
         let expires = now_ms() + self.config.email.token_lifetime_ms as i64;

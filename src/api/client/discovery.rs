@@ -43,7 +43,7 @@ pub async fn capabilities(
             "m.room_versions": { "default": state.config.rooms.default_version, "available": available },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
-            "m.3pid_changes": { "enabled": false },
+            "m.3pid_changes": { "enabled": state.accounts.email_enabled() },
             "m.get_login_token": { "enabled": state.accounts.login_tokens_enabled() },
         }
     });
