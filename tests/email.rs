@@ -233,6 +233,14 @@ async fn adding_and_removing_an_address(backend: common::Backend) {
     let body = ok(&request_token(&server, "account/3pid", "dave@example.org", "add1", 1).await).clone();
     let sid = body["sid"].as_str().unwrap().to_owned();
     let link = link_of(&sink.mail(1).await);
+    let registering = |auth: Option<Value>| {
+        let mut body = json!({ "username": "eve", "password": "pw" });
+        if let Some(auth) = auth {
+            body["auth"] = auth;
+        }
+        let srv = &server;
+        async move { srv.post("/_matrix/client/v3/register", &body).await }
+    };
     // A higher send_attempt sends the mail again, with a new token; the old one stops working.
     ok(&request_token(&server, "account/3pid", "dave@example.org", "add1", 2).await);
     let resent = link_of(&sink.mail(2).await);
@@ -245,6 +253,12 @@ async fn adding_and_removing_an_address(backend: common::Backend) {
     };
     assert_eq!(ok(&submit(param(&link, "token")).await)["success"], false);
     assert_eq!(ok(&submit(param(&resent, "token")).await)["success"], true);
+    // A session for adding an address does not register an account.
+    let (_, uia) = registering(None).await;
+    let session = uia["session"].as_str().unwrap().to_owned();
+    let (status, body) = registering(Some(email_auth(&sid, "add1", &session))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["completed"].as_array().unwrap().is_empty(), "{body}");
 
     let add = json!({ "sid": sid, "client_secret": "add1" });
     let done = dave.with_password_uia(Method::POST, "/_matrix/client/v3/account/3pid/add", add.clone()).await;

@@ -163,9 +163,16 @@ impl Accounts {
         self.db.validate_threepid_session(sid, client_secret, &token_hash(token)).await
     }
 
-    /// Whether a session is validated (the `m.login.email.identity` stage).
-    pub(super) async fn email_stage_done(&self, sid: &str, client_secret: &str) -> Result<()> {
-        match self.db.validated_threepid_session(sid, client_secret).await? {
+    /// Whether a session is validated for the operation of a UIA (the `m.login.email.identity`
+    /// stage): `register` takes a registration session, `password_reset` a reset session.
+    pub(super) async fn email_stage_done(&self, sid: &str, client_secret: &str, operation: &str) -> Result<()> {
+        let purpose = match operation {
+            "register" => Purpose::Register,
+            "password_reset" => Purpose::Reset,
+            _ => return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", "Unsupported auth stage")),
+        };
+        let session = self.db.validated_threepid_session(sid, client_secret).await?;
+        match session.filter(|s| s.purpose == purpose.as_str()) {
             Some(_) => Ok(()),
             None => Err(Error::new(
                 http::StatusCode::UNAUTHORIZED,

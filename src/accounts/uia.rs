@@ -125,7 +125,7 @@ impl Accounts {
             }
             AuthData::EmailIdentity(e) => {
                 let creds = &e.thirdparty_id_creds;
-                self.email_stage_done(creds.sid.as_str(), creds.client_secret.as_str()).await
+                self.email_stage_done(creds.sid.as_str(), creds.client_secret.as_str(), req.operation).await
             }
             _ => Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", "Unsupported auth stage")),
         }

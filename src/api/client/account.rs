@@ -53,7 +53,11 @@ pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Req
     state.limits.registration.record(&address);
     if let Some(AuthData::EmailIdentity(e)) = &body.auth {
         let creds = &e.thirdparty_id_creds;
-        state.accounts.bind_registration_email(&user_id, creds.sid.as_str(), creds.client_secret.as_str()).await?;
+        // The account exists now: a session used up meanwhile by a racing request is logged.
+        let bound = state.accounts.bind_registration_email(&user_id, creds.sid.as_str(), creds.client_secret.as_str());
+        if let Err(e) = bound.await {
+            tracing::warn!(%user_id, error = %e, "registered without the verified email address");
+        }
     }
     login_new_user(&state, &req, user_id).await
 }
