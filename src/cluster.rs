@@ -116,7 +116,7 @@ impl Cluster {
             Signal::Wake { u } => self.rooms.notifier().wake_local(u.iter().map(String::as_str)),
             Signal::Room { r, g } => {
                 match self.rooms.local_members(&r, g).await {
-                    Ok(users) => self.rooms.notifier().wake_local(users.iter().map(String::as_str)),
+                    Ok(users) => self.rooms.notifier().wake_local(users.iter().map(String::as_str).chain([r.as_str()])),
                     Err(e) => tracing::warn!(room_id = %r, error = %e, "reading members to wake"),
                 }
                 self.outbox_wakeup.notify_local();

@@ -71,6 +71,16 @@ impl Error {
         Self::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown or expired access token")
             .with("soft_logout", Value::Bool(soft_logout))
     }
+    /// 401 `M_USER_LOCKED` with `soft_logout: true`: the account is locked by an administrator
+    /// (the client keeps its session and may log in again once it is unlocked).
+    pub fn user_locked() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "M_USER_LOCKED", "This account has been locked")
+            .with("soft_logout", Value::Bool(true))
+    }
+    /// 403 `M_USER_SUSPENDED`: a suspended account may read but not do this.
+    pub fn user_suspended() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "M_USER_SUSPENDED", "This account is suspended and cannot do this")
+    }
     /// 404 or 405 `M_UNRECOGNIZED`: the server does not know this endpoint or method.
     pub fn unrecognized(status: StatusCode) -> Self {
         Self::new(status, "M_UNRECOGNIZED", "Unrecognized request")

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod e2ee;
+pub mod email;
 pub mod error;
 pub mod events;
 pub mod federation;

@@ -32,7 +32,8 @@ impl Notifier {
         Self { users: Mutex::default(), bus }
     }
 
-    /// The user's wake-up handle; keep it for as long as the request waits.
+    /// The user's (or a room's, see [`Notifier::wake_room`]) wake-up handle; keep it for as long
+    /// as the request waits.
     pub fn subscribe(&self, user_id: &str) -> Arc<Notify> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = users.get(user_id).and_then(Weak::upgrade) {
@@ -60,9 +61,12 @@ impl Notifier {
 
     /// Wakes the given local members of a room here, and the room's local members in the other
     /// processes (which find them themselves: the signal names the room, not its members).
+    /// Requests waiting on the room itself (peeking `/events?room_id=`, subscribed with the room
+    /// id, which no user id can equal) are woken too.
     pub fn wake_room<'a>(&self, room_id: &str, group: Option<i64>, local_members: impl IntoIterator<Item = &'a str>) {
         self.bus.publish(Signal::Room { r: room_id.to_owned(), g: group });
         self.wake_local(local_members);
+        self.wake_local([room_id]);
     }
 
     /// Wakes the waiting requests of these users in this process only.

@@ -399,7 +399,6 @@ both_backends!(put_user_creates_and_changes_accounts, |server| async move {
     assert_error(&admin.put(&path, &json!({ "admin": "yes" })).await, 400, "M_BAD_JSON");
     let not_json = send(admin.request(Method::PUT, &path).body("{not json")).await;
     assert_error(&not_json, 400, "M_NOT_JSON");
-    assert_error(&admin.put(&path, &json!({ "locked": true })).await, 400, "M_INVALID_PARAM");
     assert_error(&admin.put(&path, &json!({ "avatar_url": "https://x" })).await, 400, "M_INVALID_PARAM");
 
     // Created deactivated, with an admin flag, through the dedicated endpoints too.

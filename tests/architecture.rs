@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("foundation", &["error", "ssrf", "config", "events", "ids"]),
     ("storage", &["storage"]),
-    ("signals and services", &["notifier", "lease", "metrics", "ratelimit", "signing", "voip"]),
+    ("signals and services", &["notifier", "lease", "metrics", "ratelimit", "signing", "voip", "email"]),
     ("federation transport", &["federation"]),
     ("engine: registries", &["push", "appservice"]),
     ("engine: accounts, keys, media", &["accounts", "e2ee", "media"]),

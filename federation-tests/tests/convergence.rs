@@ -320,6 +320,54 @@ async fn invite_from_a_server_denied_by_the_acl_is_refused(backend: Backend, net
 }
 both_backends!(invite_from_a_server_denied_by_the_acl_is_refused, "66");
 
+/// The v1 `/invite` (the PDU as the body, `[200, {"event": ...}]` as the answer) takes the v2
+/// path: the invite is countersigned, recorded, and the invited user can join.
+async fn invite_through_the_v1_api_is_countersigned_and_recorded(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.11"), backend).await;
+    let peer = Peer::start(&format!("{net}.12")).await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let room = room_with_peer(&a, &alice, &peer).await;
+    let (s, mut levels) =
+        alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room))).await;
+    assert_eq!(s, 200, "{levels}");
+    levels["invite"] = json!(0);
+    let (s, body) =
+        alice.put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room)), levels).await;
+    assert_eq!(s, 200, "{body}");
+    let pl = body["event_id"].as_str().expect("event_id").to_owned();
+    wait_until(T, "the peer has the new power levels", || async {
+        peer.state().state.get(&("m.room.power_levels".to_owned(), String::new())) == Some(&pl)
+    })
+    .await;
+
+    let built = peer.build(EventSpec::state("m.room.member", &bob.user_id, json!({ "membership": "invite" })));
+    // The v1 request requires the PDU's (since deprecated) `origin`.
+    let mut json = built.json.clone();
+    json["origin"] = json!(peer.name());
+    let mut ev = peer.sign(&peer.rules(), json);
+    ev.json["unsigned"] = json!({ "invite_room_state": [{ "type": "m.room.name", "state_key": "", "sender": alice.user_id, "content": { "name": "v1" } }] });
+    let path = format!("/_matrix/federation/v1/invite/{}/{}", enc(&room), enc(&ev.id));
+    let (s, answer) = peer.request(&a.name(), "PUT", &path, Some(ev.json.clone())).await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(answer[0], 200, "the v1 answer is [200, {{\"event\": ...}}]: {answer}");
+    let signed = &answer[1]["event"];
+    assert!(signed["signatures"][a.name()].is_object(), "countersigned by the invited user's server: {answer}");
+    assert!(signed["signatures"][peer.name()].is_object(), "{answer}");
+    wait_until(T, "bob sees the invite", || async {
+        let (_, sync) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+        !sync["rooms"]["invite"][room.as_str()].is_null() || !sync["rooms"]["join"][room.as_str()].is_null()
+    })
+    .await;
+    let (s, body) = bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+    assert_eq!(s, 200, "bob joins on the v1 invite: {body}");
+
+    // The v1 shape is checked: an event without its fields is refused.
+    let (s, body) = peer.request(&a.name(), "PUT", &path, Some(json!({ "content": {} }))).await;
+    assert_eq!((s, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+}
+both_backends!(invite_through_the_v1_api_is_countersigned_and_recorded, "79");
+
 /// `get_missing_events` returns no event shallower than `min_depth` (defect 12).
 async fn get_missing_events_honours_min_depth(backend: Backend, net: &str) {
     let a = FedServer::start_on(&format!("{net}.11"), backend).await;

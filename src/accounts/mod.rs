@@ -8,6 +8,7 @@
 //! database leak reveals no usable token, and lookups by hash do not compare secrets byte by byte.
 
 pub mod admin;
+pub mod threepid;
 pub mod tokens;
 pub mod uia;
 
@@ -37,6 +38,9 @@ pub struct Session {
     /// The appservice whose `as_token` authenticated the request (the user is its sender or a
     /// user it masquerades as with `?user_id=`).
     pub appservice: Option<Arc<crate::appservice::Registration>>,
+    /// The account is suspended by an administrator: it may read, not act in rooms
+    /// (`api::suspension` says which endpoints refuse it).
+    pub suspended: bool,
 }
 
 /// The device of an appservice request that names none (`?device_id=`, MSC3202): the
@@ -54,6 +58,11 @@ pub struct Accounts {
     hasher: PasswordHasher,
     /// Wrong passwords per account, at login and in User-Interactive Auth alike.
     failed_logins: Arc<RateLimiter>,
+    /// Verification mails, when `[email]` is configured.
+    mailer: Option<Arc<crate::email::Mailer>>,
+    /// Verification mails per address (Synapse's `rc_3pid_validation`: 5 at once, then one
+    /// every ~5 minutes), so that the server cannot be made to flood a mailbox.
+    mails_per_address: Arc<RateLimiter>,
 }
 
 /// How often a device's `last_seen_ts` / `last_seen_ip` are written at most.
@@ -188,7 +197,23 @@ impl Accounts {
     pub fn new(db: Db, config: Arc<Config>) -> Self {
         let limits = &config.rate_limits;
         let failed_logins = Arc::new(RateLimiter::new(limits.enabled, limits.failed_logins));
-        Self { db, config, seen: Default::default(), hasher: PasswordHasher::default(), failed_logins }
+        // The configuration was validated; a transport that cannot be built leaves email off.
+        let mailer = crate::email::Mailer::from_config(&config.email)
+            .inspect_err(|e| tracing::error!(error = %e, "email is off: the SMTP transport cannot be set up"))
+            .ok()
+            .flatten()
+            .map(Arc::new);
+        let mails_per_address =
+            Arc::new(RateLimiter::new(limits.enabled, crate::config::Bucket { per_second: 0.003, burst: 5 }));
+        Self {
+            db,
+            config,
+            seen: Default::default(),
+            hasher: PasswordHasher::default(),
+            failed_logins,
+            mailer,
+            mails_per_address,
+        }
     }
 
     /// The database handle.
@@ -265,7 +290,14 @@ impl Accounts {
             ));
         }
         let hash = user.password_hash.ok_or_else(forbidden)?;
-        if self.hasher.verify(password.to_owned(), hash).await? { Ok(()) } else { Err(forbidden()) }
+        if !self.hasher.verify(password.to_owned(), hash).await? {
+            return Err(forbidden());
+        }
+        // Said only to whoever knows the password, as Synapse does.
+        if user.locked {
+            return Err(Error::user_locked());
+        }
+        Ok(())
     }
 
     /// Issues an access token for a (new or reused) device; with `refreshable`, one that
@@ -308,14 +340,24 @@ impl Accounts {
         Ok(self.db.openid_user(&token_hash(token)).await?)
     }
 
-    /// Resolves an access token to its session.
+    /// Resolves an access token to its session; a locked account's tokens are refused with
+    /// 401 `M_USER_LOCKED`.
     pub async fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
+        self.authenticate_as(token, ip, false).await
+    }
+
+    /// Resolves an access token to its session, also for a locked account (`allow_locked`): the
+    /// spec lets a locked user log out.
+    pub async fn authenticate_as(&self, token: &str, ip: Option<&str>, allow_locked: bool) -> Result<Session> {
         let Some(owner) = self.db.find_token(&token_hash(token)).await? else {
             return Err(Error::unknown_token(false));
         };
         if owner.expires_ts.is_some_and(|at| at <= crate::storage::now_ms()) {
             // Soft logout: the client refreshes (or logs in again) and keeps its device.
             return Err(Error::unknown_token(true));
+        }
+        if owner.locked && !allow_locked {
+            return Err(Error::user_locked());
         }
         if let Some(ip) = ip {
             self.touch(&owner.user_id, &owner.device_id, ip).await;
@@ -325,6 +367,7 @@ impl Accounts {
             device_id: owner.device_id.into(),
             is_admin: owner.is_admin,
             appservice: None,
+            suspended: owner.suspended,
         })
     }
 

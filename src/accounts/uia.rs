@@ -132,6 +132,10 @@ impl Accounts {
                 }
                 self.check_password(user_id, &p.password).await
             }
+            AuthData::EmailIdentity(e) => {
+                let creds = &e.thirdparty_id_creds;
+                self.email_stage_done(creds.sid.as_str(), creds.client_secret.as_str(), req.operation).await
+            }
             _ => Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", "Unsupported auth stage")),
         }
     }

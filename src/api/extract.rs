@@ -188,7 +188,11 @@ where
                         == std::any::TypeId::of::<ruma::api::client::account::register::v3::Request>();
                     Some(Box::pin(appservice_session(state, reg, &parts, !registering)).await?)
                 }
-                None => Some(Box::pin(state.accounts.authenticate(&token, Some(&ip.to_string()))).await?),
+                None => {
+                    // A locked account may still log out (spec: account locking).
+                    let allow_locked = super::suspension::allowed_while_locked::<T>();
+                    Some(Box::pin(state.accounts.authenticate_as(&token, Some(&ip.to_string()), allow_locked)).await?)
+                }
             },
         };
 
@@ -250,6 +254,9 @@ where
                 other => Error::bad_json(other.to_string()),
             }
         })?;
+        if session.as_ref().is_some_and(|s| s.suspended) && !super::suspension::allowed_while_suspended(&body) {
+            return Err(Error::user_suspended());
+        }
         Ok(Ruma { body, session, ip, json, origin })
     }
 }
@@ -280,7 +287,8 @@ async fn appservice_session(
         }
         None => crate::accounts::APPSERVICE_DEVICE.into(),
     };
-    Ok(Session { user_id, device_id, is_admin: false, appservice: Some(reg.clone()) })
+    // An appservice's users are the appservice's to moderate: never locked or suspended here.
+    Ok(Session { user_id, device_id, is_admin: false, appservice: Some(reg.clone()), suspended: false })
 }
 
 /// The text of a panic payload (`panic!` with a literal or a formatted message).

@@ -52,6 +52,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(make_knock)
         .ruma(send_knock)
         .ruma(invite)
+        .ruma(invite_v1)
         .ruma(event)
         .ruma(timestamp_to_event)
         .ruma(state)
@@ -365,6 +366,15 @@ pub async fn invite(State(state): State<AppState>, req: Ruma<create_invite::v2::
     let origin = req.origin()?;
     let body = req.json.clone().unwrap_or(Value::Null);
     Ok(Json(state.rooms.receive_invite(origin, &req.body.room_id, req.body.event_id.as_str(), &body).await?))
+}
+
+/// `PUT /_matrix/federation/v1/invite/{roomId}/{eventId}`: the v1 shapes (the PDU as the body,
+/// `[200, {"event": …}]` as the answer) around the v2 path.
+pub async fn invite_v1(State(state): State<AppState>, req: Ruma<create_invite::v1::Request>) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let pdu = req.json.clone().unwrap_or(Value::Null);
+    let signed = state.rooms.receive_invite_v1(origin, &req.body.room_id, req.body.event_id.as_str(), pdu).await?;
+    Ok(Json(json!([200, signed])))
 }
 
 /// The origin must have a user joined to the room now to read its events, state, auth chains

@@ -8,6 +8,7 @@ pub mod client;
 pub mod extract;
 pub mod federation;
 pub mod federation_media;
+pub mod suspension;
 
 use std::future::Future;
 use std::sync::Arc;

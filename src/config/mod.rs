@@ -46,6 +46,8 @@ pub struct Config {
     pub rooms: RoomsConfig,
     /// TURN servers for voice and video calls.
     pub voip: VoipConfig,
+    /// Verification mails (email addresses on accounts, password resets); off without `smtp_host`.
+    pub email: EmailConfig,
     /// MatrixRTC (Element Call) back-ends offered to clients.
     pub matrix_rtc: MatrixRtcConfig,
     /// Logging.
@@ -309,6 +311,40 @@ impl Default for VoipConfig {
     }
 }
 
+/// `[email]`: the SMTP server verification mails go through (Synapse's `email` keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// The SMTP server; unset: no email support (the email endpoints answer `M_THREEPID_DENIED`).
+    pub smtp_host: Option<String>,
+    /// Its port (25; 587 for submission with STARTTLS).
+    pub smtp_port: u16,
+    /// Login at the SMTP server, if it wants one.
+    pub smtp_user: Option<String>,
+    /// See `smtp_user`.
+    pub smtp_pass: Option<String>,
+    /// Refuse to send without STARTTLS; otherwise STARTTLS is used when the server offers it.
+    pub require_transport_security: bool,
+    /// The sender of the mails, e.g. `Example Matrix <noreply@example.org>`.
+    pub notif_from: Option<String>,
+    /// How long a verification link works (Synapse: one hour).
+    pub token_lifetime_ms: u64,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_host: None,
+            smtp_port: 25,
+            smtp_user: None,
+            smtp_pass: None,
+            require_transport_security: false,
+            notif_from: None,
+            token_lifetime_ms: 3_600_000,
+        }
+    }
+}
+
 /// `[sessions]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -433,6 +469,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             rooms: RoomsConfig::default(),
             voip: VoipConfig::default(),
+            email: EmailConfig::default(),
             matrix_rtc: MatrixRtcConfig::default(),
             log: LogConfig::default(),
             well_known: WellKnownConfig::default(),
@@ -670,6 +707,26 @@ impl Config {
         }
         if voip.turn_user_lifetime_ms < 1000 {
             bail!("configuration key `voip.turn_user_lifetime_ms`: must be at least 1000");
+        }
+        let email = &self.email;
+        if email.smtp_host.is_some() {
+            let Some(from) = &email.notif_from else {
+                bail!("configuration key `email.notif_from`: needed when `email.smtp_host` is set");
+            };
+            if from.parse::<lettre::message::Mailbox>().is_err() {
+                bail!("configuration key `email.notif_from`: not an address like `Name <user@example.org>`: {from}");
+            }
+            if self.public_baseurl.is_none() {
+                bail!(
+                    "configuration key `public_baseurl`: needed when `email.smtp_host` is set (the links in the mails)"
+                );
+            }
+            if email.smtp_user.is_some() != email.smtp_pass.is_some() {
+                bail!("configuration keys `email.smtp_user` and `email.smtp_pass`: give both or neither");
+            }
+            if email.token_lifetime_ms < 60_000 {
+                bail!("configuration key `email.token_lifetime_ms`: must be at least 60000");
+            }
         }
         let limits = &self.rate_limits;
         for (name, bucket) in [

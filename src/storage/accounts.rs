@@ -24,6 +24,10 @@ pub struct TokenOwner {
     pub is_admin: bool,
     /// When a refreshable token expires (ms); `None` for tokens that never do.
     pub expires_ts: Option<i64>,
+    /// The account is locked: its tokens serve only to log out.
+    pub locked: bool,
+    /// The account is suspended: it may read but not act in rooms.
+    pub suspended: bool,
 }
 
 /// A new access token to store for a device, with its refresh token if it is refreshable.
@@ -51,6 +55,8 @@ pub struct UserRow {
     pub displayname: Option<String>,
     /// Profile avatar.
     pub avatar_url: Option<String>,
+    /// Locked by an administrator: cannot log in, tokens refused.
+    pub locked: bool,
 }
 
 /// A stored device row.
@@ -66,7 +72,7 @@ pub struct DeviceRow {
     pub last_seen_ip: Option<String>,
 }
 
-type UserTuple = (String, Option<String>, i64, i64, Option<String>, Option<String>);
+type UserTuple = (String, Option<String>, i64, i64, Option<String>, Option<String>, i64);
 
 /// `device_id, display_name, last_seen_ts, last_seen_ip` as selected from `devices`.
 type DeviceTuple = (String, Option<String>, Option<i64>, Option<String>);
@@ -79,6 +85,7 @@ fn user_from(t: UserTuple) -> UserRow {
         deactivated: t.3 != 0,
         displayname: t.4,
         avatar_url: t.5,
+        locked: t.6 != 0,
     }
 }
 
@@ -109,7 +116,8 @@ impl Db {
     /// Looks a user up by full id.
     pub async fn get_user(&self, user_id: &str) -> Result<Option<UserRow>, sqlx::Error> {
         let row: Option<UserTuple> = sqlx::query_as(
-            "SELECT user_id, password_hash, is_admin, deactivated, displayname, avatar_url FROM users WHERE user_id = $1",
+            "SELECT user_id, password_hash, is_admin, deactivated, displayname, avatar_url, locked FROM users \
+             WHERE user_id = $1",
         )
         .bind(user_id)
         .fetch_optional(self.pool())
@@ -146,6 +154,8 @@ impl Db {
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         // A deactivated account is pushed nothing more.
         sqlx::query("DELETE FROM pushers WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
+        // Its email addresses are free for other accounts (Synapse removes them too).
+        sqlx::query("DELETE FROM user_threepids WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         tx.commit().await?;
         self.forget_tokens_of(user_id).await;
         Ok(())
@@ -276,22 +286,32 @@ impl Db {
     }
 
     async fn find_token_uncached(&self, token_hash: &str) -> Result<Option<TokenOwner>, sqlx::Error> {
-        // user, device, is_admin, expires_ts, retires_refresh
-        type Row = (String, String, i64, Option<i64>, Option<String>);
+        // user, device, is_admin, expires_ts, retires_refresh, locked, suspended
+        type Row = (String, String, i64, Option<i64>, Option<String>, i64, i64);
         let row: Option<Row> = sqlx::query_as(
-            "SELECT t.user_id, t.device_id, u.is_admin, t.expires_ts, t.retires_refresh FROM access_tokens t \
+            "SELECT t.user_id, t.device_id, u.is_admin, t.expires_ts, t.retires_refresh, u.locked, u.suspended \
+             FROM access_tokens t \
              JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = $1 AND u.deactivated = 0",
         )
         .bind(token_hash)
         .fetch_optional(self.pool())
         .await?;
-        let Some((user_id, device_id, is_admin, expires_ts, retires)) = row else { return Ok(None) };
+        let Some((user_id, device_id, is_admin, expires_ts, retires, locked, suspended)) = row else {
+            return Ok(None);
+        };
         if let Some(retired) = retires {
             // The first use of an access token from /refresh: the refresh token it came from
             // has served its purpose (see migration 16).
             self.retire_refresh_token(token_hash, &retired).await?;
         }
-        Ok(Some(TokenOwner { user_id, device_id, is_admin: is_admin != 0, expires_ts }))
+        Ok(Some(TokenOwner {
+            user_id,
+            device_id,
+            is_admin: is_admin != 0,
+            expires_ts,
+            locked: locked != 0,
+            suspended: suspended != 0,
+        }))
     }
 
     /// Deletes devices (and their tokens and pushers) of a user.

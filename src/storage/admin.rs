@@ -23,12 +23,17 @@ pub struct AdminUserRow {
     pub creation_ts: i64,
     /// Latest use of any of the user's devices, ms.
     pub last_seen_ts: Option<i64>,
+    /// Locked (tokens refused, no login).
+    pub locked: bool,
+    /// Suspended (read-only).
+    pub suspended: bool,
 }
 
-type AdminUserTuple = (String, i64, i64, i64, Option<String>, Option<String>, i64, Option<i64>);
+type AdminUserTuple = (String, i64, i64, i64, Option<String>, Option<String>, i64, Option<i64>, i64, i64);
 
 const USER_COLUMNS: &str = "SELECT user_id, is_admin, deactivated, erased, displayname, avatar_url, created_ts, \
-     (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = users.user_id) AS last_seen_ts FROM users";
+     (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = users.user_id) AS last_seen_ts, locked, suspended \
+     FROM users";
 
 fn admin_user(t: AdminUserTuple) -> AdminUserRow {
     AdminUserRow {
@@ -40,6 +45,8 @@ fn admin_user(t: AdminUserTuple) -> AdminUserRow {
         avatar_url: t.5,
         creation_ts: t.6,
         last_seen_ts: t.7,
+        locked: t.8 != 0,
+        suspended: t.9 != 0,
     }
 }
 
@@ -54,6 +61,8 @@ pub struct UserQuery {
     pub deactivated: Option<bool>,
     /// Only admins (`Some(true)`) or only non-admins (`Some(false)`).
     pub admins: Option<bool>,
+    /// Include locked accounts (Synapse leaves them out unless asked).
+    pub include_locked: bool,
     /// Column to sort by (one of [`USER_ORDER_COLUMNS`]' values).
     pub order_by: &'static str,
     /// Descending.
@@ -64,8 +73,8 @@ pub struct UserQuery {
     pub limit: i64,
 }
 
-/// `order_by` values of the users list and the column each sorts by. Guests, user types,
-/// shadow bans and locks do not exist here, so sorting by them is sorting by name. Display
+/// `order_by` values of the users list and the column each sorts by. Guests, user types and
+/// shadow bans do not exist here, so sorting by them is sorting by name. Display
 /// names sort without regard to case, the same on both backends (collations differ).
 pub const USER_ORDER_COLUMNS: &[(&str, &str)] = &[
     ("name", "user_id"),
@@ -78,7 +87,7 @@ pub const USER_ORDER_COLUMNS: &[(&str, &str)] = &[
     ("avatar_url", "avatar_url"),
     ("creation_ts", "created_ts"),
     ("last_seen_ts", "last_seen_ts"),
-    ("locked", "user_id"),
+    ("locked", "locked"),
 ];
 
 /// `%…%` for `LIKE … ESCAPE '\'` matching `needle` literally.
@@ -196,6 +205,9 @@ impl Db {
         if let Some(admins) = q.admins {
             conditions.push(format!("is_admin = {}", admins as i64));
         }
+        if !q.include_locked {
+            conditions.push("locked = 0".to_owned());
+        }
         let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
         let total_sql = format!("SELECT COUNT(*) FROM users{filter}");
         let mut total = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(total_sql));
@@ -236,6 +248,28 @@ impl Db {
             .execute(self.pool())
             .await?;
         // Sessions remember the flag for a few seconds (see `find_token`).
+        self.forget_tokens_of(user_id).await;
+        Ok(())
+    }
+
+    /// Locks or unlocks an account; its sessions see the change at once (tokens are cached).
+    pub async fn admin_set_locked(&self, user_id: &str, locked: bool) -> Result<()> {
+        sqlx::query("UPDATE users SET locked = $1 WHERE user_id = $2")
+            .bind(locked as i64)
+            .bind(user_id)
+            .execute(self.pool())
+            .await?;
+        self.forget_tokens_of(user_id).await;
+        Ok(())
+    }
+
+    /// Suspends or reinstates an account; its sessions see the change at once.
+    pub async fn admin_set_suspended(&self, user_id: &str, suspended: bool) -> Result<()> {
+        sqlx::query("UPDATE users SET suspended = $1 WHERE user_id = $2")
+            .bind(suspended as i64)
+            .bind(user_id)
+            .execute(self.pool())
+            .await?;
         self.forget_tokens_of(user_id).await;
         Ok(())
     }

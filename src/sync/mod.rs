@@ -26,6 +26,7 @@
 pub mod account_data;
 pub mod e2ee;
 pub mod filter;
+pub mod legacy;
 pub mod memo;
 pub mod presence;
 pub mod receipts;

@@ -10,6 +10,7 @@
 mod devices;
 mod federation;
 mod media;
+mod moderation;
 mod registration_tokens;
 mod reports;
 mod room_moderation;
@@ -139,6 +140,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{A}/v1/reset_password/{{user_id}}"), post(users::reset_password))
         .route(&format!("{A}/v1/whois/{{user_id}}"), get(users::whois))
         .ruma(users::client_whois)
+        .ruma(moderation::is_locked)
+        .ruma(moderation::lock)
+        .ruma(moderation::is_suspended)
+        .ruma(moderation::suspend)
         .route(&format!("{A}/v1/users/{{user_id}}/joined_rooms"), get(users::joined_rooms))
         .route(&format!("{A}/v1/users/{{user_id}}/pushers"), get(users::pushers))
         .route(&format!("{A}/v1/users/{{user_id}}/memberships"), get(users::memberships))

@@ -22,8 +22,8 @@ pub async fn server_version(_: Admin) -> Json<Value> {
     Json(json!({ "server_version": env!("CARGO_PKG_VERSION") }))
 }
 
-/// A user in the users list. Guests, user types, shadow bans and locks do not exist on this
-/// server, so those fields are constant. `creation_ts` is in seconds, as Synapse stores and
+/// A user in the users list. Guests, user types and shadow bans do not exist on this server,
+/// so those fields are constant. `creation_ts` is in seconds, as Synapse stores and
 /// serves it (its documentation says ms; synapse-admin/Ketesa multiply it by 1000).
 fn list_entry(u: &AdminUserRow) -> Value {
     json!({
@@ -38,7 +38,7 @@ fn list_entry(u: &AdminUserRow) -> Value {
         "avatar_url": u.avatar_url,
         "creation_ts": u.creation_ts / 1000,
         "last_seen_ts": u.last_seen_ts,
-        "locked": false,
+        "locked": u.locked,
     })
 }
 
@@ -52,7 +52,7 @@ fn details(u: &AdminUserRow) -> Value {
         ("consent_server_notice_sent", Value::Null),
         ("consent_version", Value::Null),
         ("consent_ts", Value::Null),
-        ("suspended", json!(false)),
+        ("suspended", json!(u.suspended)),
     ] {
         v[key] = value;
     }
@@ -68,6 +68,7 @@ pub struct ListUsers {
     name: Option<String>,
     deactivated: Option<bool>,
     admins: Option<bool>,
+    locked: Option<bool>,
     order_by: Option<String>,
     dir: Option<String>,
 }
@@ -85,6 +86,7 @@ async fn list(state: &AppState, q: ListUsers, deactivated: Option<bool>) -> Resu
         name: q.name.filter(|s| !s.is_empty()),
         deactivated,
         admins: q.admins,
+        include_locked: q.locked.unwrap_or(false),
         order_by,
         backwards: direction(q.dir.as_deref(), false)?,
         from,
@@ -151,9 +153,6 @@ pub async fn put(
     AdminJson(body): AdminJson<PutUser>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let user_id = local_user_id(&state, &user)?;
-    if body.locked == Some(true) {
-        return Err(Error::invalid_param("Locking accounts is not supported by this server"));
-    }
     if body.user_type.is_some() {
         return Err(Error::invalid_param("User types are not supported by this server"));
     }
@@ -179,6 +178,9 @@ pub async fn put(
         if body.deactivated == Some(true) {
             deactivate_account(&state, &user_id, false).await?;
         }
+        if body.locked == Some(true) {
+            db.admin_set_locked(user_id.as_str(), true).await?;
+        }
         return Ok((StatusCode::CREATED, Json(details(&existing(&state, &user_id).await?))));
     };
     if let Some(admin) = body.admin
@@ -188,6 +190,14 @@ pub async fn put(
             return Err(Error::invalid_param("You may not demote yourself."));
         }
         db.admin_set_admin(user_id.as_str(), admin).await?;
+    }
+    if let Some(locked) = body.locked
+        && locked != current.locked
+    {
+        if locked && user_id == caller.user_id {
+            return Err(Error::invalid_param("You may not lock yourself."));
+        }
+        db.admin_set_locked(user_id.as_str(), locked).await?;
     }
     let mut profile_changed = false;
     for (field, value) in [(ProfileField::DisplayName, &body.displayname), (ProfileField::AvatarUrl, &body.avatar_url)]

@@ -8,6 +8,9 @@ use ruma::api::client::account::{
 };
 use serde_json::{Value, json};
 
+use ruma::api::client::uiaa::AuthData;
+
+use crate::accounts::threepid::EMAIL_IDENTITY;
 use crate::accounts::uia::{self, UiaRequest};
 use crate::api::AppState;
 use crate::api::extract::{Ruma, RumaResponse};
@@ -29,6 +32,8 @@ pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Req
         RegistrationMode::Disabled => {
             return Err(Error::forbidden("Registration has been disabled"));
         }
+        // With email on, an address may be verified at registration (it is then the account's).
+        RegistrationMode::Open if state.accounts.email_enabled() => vec![vec![uia::DUMMY], vec![EMAIL_IDENTITY]],
         RegistrationMode::Open => vec![vec![uia::DUMMY]],
         RegistrationMode::Token => vec![vec![uia::REGISTRATION_TOKEN]],
     };
@@ -46,6 +51,14 @@ pub async fn register(State(state): State<AppState>, req: Ruma<register::v3::Req
     state.accounts.check_uia(body.auth.as_ref(), UiaRequest { flows, user_id: None, operation: "register" }).await?;
     let user_id = state.accounts.register(&localpart, body.password.clone(), false).await?;
     state.limits.registration.record(&address);
+    if let Some(AuthData::EmailIdentity(e)) = &body.auth {
+        let creds = &e.thirdparty_id_creds;
+        // The account exists now: a session used up meanwhile by a racing request is logged.
+        let bound = state.accounts.bind_registration_email(&user_id, creds.sid.as_str(), creds.client_secret.as_str());
+        if let Err(e) = bound.await {
+            tracing::warn!(%user_id, error = %e, "registered without the verified email address");
+        }
+    }
     login_new_user(&state, &req, user_id).await
 }
 
@@ -136,7 +149,7 @@ pub async fn change_password(
     State(state): State<AppState>,
     req: Ruma<change_password::v3::Request>,
 ) -> Result<RumaResponse<change_password::v3::Response>> {
-    let s = req.session()?;
+    let Some(s) = req.session.as_ref() else { return reset_password(&state, &req).await };
     let flows = vec![vec![uia::PASSWORD]];
     state
         .accounts
@@ -146,6 +159,31 @@ pub async fn change_password(
     if req.body.logout_devices {
         state.e2ee.keys_changed(s.user_id.as_str()).await;
     }
+    Ok(change_password::v3::Response::new().into())
+}
+
+/// `POST /account/password` without an access token: a password reset, authenticated by a
+/// verified email address of the account (`m.login.email.identity`).
+async fn reset_password(
+    state: &AppState,
+    req: &Ruma<change_password::v3::Request>,
+) -> Result<RumaResponse<change_password::v3::Response>> {
+    if !state.accounts.email_enabled() {
+        return Err(Error::missing_token());
+    }
+    let flows = vec![vec![EMAIL_IDENTITY]];
+    let auth = req.body.auth.as_ref();
+    state.accounts.check_uia(auth, UiaRequest { flows, user_id: None, operation: "password_reset" }).await?;
+    let Some(AuthData::EmailIdentity(e)) = auth else {
+        return Err(Error::forbidden("A password reset needs a verified email address"));
+    };
+    let creds = &e.thirdparty_id_creds;
+    let user_id = state.accounts.reset_target(creds.sid.as_str(), creds.client_secret.as_str()).await?;
+    let logout = req.body.logout_devices;
+    if state.accounts.admin_set_password(&user_id, req.body.new_password.clone(), logout).await? {
+        state.e2ee.keys_changed(user_id.as_str()).await;
+    }
+    tracing::info!(%user_id, "password reset by email");
     Ok(change_password::v3::Response::new().into())
 }
 
@@ -163,14 +201,17 @@ pub async fn deactivate(State(state): State<AppState>, req: Ruma<deactivate::v3:
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
 }
 
-/// `GET /_matrix/client/v3/account/3pid`
-///
-/// This server does not bind e-mail addresses or phone numbers to accounts (the endpoints that
-/// add them answer `M_UNRECOGNIZED`), so every account has none. Clients read this list on
-/// their settings screens and treat an error as a failure to load them.
-pub async fn threepids(State(_): State<AppState>, req: Ruma<get_3pids::v3::Request>) -> Result<Json<Value>> {
-    req.session()?;
-    Ok(Json(json!({ "threepids": [] })))
+/// `GET /_matrix/client/v3/account/3pid`: the account's email addresses.
+pub async fn threepids(State(state): State<AppState>, req: Ruma<get_3pids::v3::Request>) -> Result<Json<Value>> {
+    let s = req.session()?;
+    let list: Vec<Value> = state
+        .accounts
+        .threepids(&s.user_id)
+        .await?
+        .into_iter()
+        .map(|t| json!({ "medium": t.medium, "address": t.address, "validated_at": t.validated_ts, "added_at": t.added_ts }))
+        .collect();
+    Ok(Json(json!({ "threepids": list })))
 }
 
 /// `POST /_matrix/client/v3/user/{userId}/openid/request_token`

@@ -33,20 +33,25 @@ pub async fn versions(_: State<AppState>, _: Ruma<get_supported_versions::Reques
 /// `GET /_matrix/client/v3/capabilities`
 pub async fn capabilities(
     State(state): State<AppState>,
-    _: Ruma<get_capabilities::v3::Request>,
+    req: Ruma<get_capabilities::v3::Request>,
 ) -> Result<Json<Value>> {
     let available: serde_json::Map<String, Value> =
         SUPPORTED_ROOM_VERSIONS.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "capabilities": {
             "m.change_password": { "enabled": true },
             "m.room_versions": { "default": state.config.rooms.default_version, "available": available },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
-            "m.3pid_changes": { "enabled": false },
+            "m.3pid_changes": { "enabled": state.accounts.email_enabled() },
             "m.get_login_token": { "enabled": state.accounts.login_tokens_enabled() },
         }
-    })))
+    });
+    // Omitted when both would be false (spec v1.18): only server admins may lock and suspend.
+    if req.session.as_ref().is_some_and(|s| s.is_admin) {
+        body["capabilities"]["m.account_moderation"] = json!({ "suspend": true, "lock": true });
+    }
+    Ok(Json(body))
 }
 
 /// `GET /.well-known/matrix/client`

@@ -122,6 +122,9 @@ async fn upload_session(state: &AppState, parts: &http::request::Parts) -> Resul
     let ip = crate::api::extract::client_ip(parts, &state.trusted_proxies).to_string();
     let session = state.accounts.authenticate(&token, Some(&ip)).await?;
     state.limits.requests.check(session.user_id.as_str())?;
+    if session.suspended {
+        return Err(Error::user_suspended());
+    }
     Ok(session)
 }
 

@@ -45,7 +45,9 @@ pub async fn send(State(state): State<AppState>, req: Ruma<send_message_event::v
         && let Some(target) = ev.content.get("redacts")
     {
         let target = target.as_str().and_then(|t| ruma::EventId::parse(t).ok());
-        ev.redacts = Some(target.ok_or_else(|| Error::bad_json("content.redacts must be an event id"))?);
+        let target = target.ok_or_else(|| Error::bad_json("content.redacts must be an event id"))?;
+        crate::api::suspension::check_redaction(&state, s, &b.room_id, &target).await?;
+        ev.redacts = Some(target);
     }
     ev.origin_server_ts = massaged_ts(s, b.timestamp);
     let origin = Origin { user_id: &s.user_id, txn: Some((s.device_id.as_str(), b.txn_id.as_str())) };
@@ -57,6 +59,7 @@ pub async fn send(State(state): State<AppState>, req: Ruma<send_message_event::v
 pub async fn redact(State(state): State<AppState>, req: Ruma<redact_event::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     let b = &req.body;
+    crate::api::suspension::check_redaction(&state, s, &b.room_id, &b.event_id).await?;
     let content = content_of(req.json.clone())?;
     let ev = NewEvent {
         kind: "m.room.redaction".into(),

@@ -8,6 +8,7 @@ mod device;
 mod directory;
 mod discovery;
 mod keys;
+mod legacy;
 pub(crate) mod media;
 pub mod message;
 mod presence;
@@ -63,6 +64,13 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(threepid::register_token)
         .ruma(threepid::password_token)
         .ruma(threepid::add_token)
+        .ruma(threepid::register_email_token)
+        .ruma(threepid::password_email_token)
+        .ruma(threepid::add_email_token)
+        .ruma(threepid::add)
+        .ruma(threepid::delete)
+        .ruma(threepid::bind)
+        .ruma(threepid::unbind)
         .ruma(account::openid_token)
         .ruma(device::list)
         .ruma(device::get)
@@ -159,6 +167,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(backup::delete_room_keys)
         .ruma(backup::delete_session_key)
         .ruma(sync::sync)
+        .ruma(legacy::initial_sync)
+        .ruma(legacy::events)
+        .ruma(legacy::event)
+        .ruma(legacy::room_initial_sync)
         .ruma(sync::sliding_sync)
         .ruma(sync::create)
         .ruma(sync::get)
@@ -177,5 +189,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(to_device::send);
     let router = media::upload_routes(router);
     let router = directory::extra_routes(router);
+    let router = threepid::extra_routes(router);
     discovery::extra_routes(router)
 }

@@ -58,6 +58,8 @@ pub async fn login(
         }
         _ => return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type")),
     };
+    // The password check refuses a locked account itself; a login token does not.
+    state.accounts.refuse_locked(&user_id).await?;
     let issued = state
         .accounts
         .issue_token(

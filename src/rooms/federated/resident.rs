@@ -178,6 +178,26 @@ impl Rooms {
         Ok(out)
     }
 
+    /// Inbound v1 `invite` (`PUT /_matrix/federation/v1/invite`, for room versions 1 and 2): the
+    /// body is the invite PDU itself, its stripped state in `unsigned.invite_room_state`, and no
+    /// room version is given: the room's if it is held here, else version 1, as Synapse
+    /// assumes. Otherwise the v2 path ([`Rooms::receive_invite`]).
+    pub async fn receive_invite_v1(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &str,
+        pdu: Value,
+    ) -> Result<Value> {
+        let version = match self.db.get_room(room_id.as_str()).await? {
+            Some((version, _)) => version,
+            None => "1".to_owned(),
+        };
+        let invite_room_state = pdu["unsigned"]["invite_room_state"].clone();
+        let body = json!({ "room_version": version, "event": pdu, "invite_room_state": invite_room_state });
+        self.receive_invite(origin, room_id, event_id, &body).await
+    }
+
     /// Inbound v2 `invite`: countersigns an invite for a local user and records it.
     pub async fn receive_invite(
         &self,
