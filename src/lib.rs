@@ -8,6 +8,7 @@ pub mod config;
 pub mod e2ee;
 pub mod error;
 pub mod federation;
+pub mod import;
 pub mod lease;
 pub mod media;
 pub mod metrics;

@@ -139,6 +139,12 @@ impl PasswordHasher {
     }
 }
 
+/// Whether a stored hash is bcrypt (`$2a$`, `$2b$`, `$2y$`: Synapse's, brought by
+/// `myelin import-synapse`) rather than an argon2id PHC string.
+fn is_bcrypt(hash: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
+}
+
 /// SHA-256 of an access token, hex-encoded; the form in which tokens are stored.
 pub fn token_hash(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
@@ -272,7 +278,20 @@ impl Accounts {
             ));
         }
         let hash = user.password_hash.ok_or_else(forbidden)?;
-        if self.hasher.verify(password.to_owned(), hash).await? { Ok(()) } else { Err(forbidden()) }
+        if !is_bcrypt(&hash) {
+            return if self.hasher.verify(password.to_owned(), hash).await? { Ok(()) } else { Err(forbidden()) };
+        }
+        // A hash imported from Synapse: checked as bcrypt once, then replaced by argon2id.
+        let pw = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pw, &hash).unwrap_or(false))
+            .await
+            .map_err(Error::internal)?;
+        if !ok {
+            return Err(forbidden());
+        }
+        let rehashed = self.hasher.hash(password.to_owned()).await?;
+        self.db.set_password_hash(user_id.as_str(), &rehashed).await?;
+        Ok(())
     }
 
     /// Issues an access token for a (new or reused) device; with `refreshable`, one that

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod create;
 pub mod federated;
 pub mod filter;
+pub mod import;
 pub mod membership;
 pub mod pdu;
 pub mod push_actions;

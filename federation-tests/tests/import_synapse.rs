@@ -1,0 +1,366 @@
+//! `myelin import-synapse`: a real Synapse (SQLite) is given users, rooms with history and
+//! state changes, media, profiles, account data, push rules, device keys and a key backup; it
+//! is stopped, imported into a Myelin database (SQLite, then PostgreSQL), and Myelin, started
+//! with the same server name, must serve the same to the same clients: old access tokens,
+//! password login (Synapse's bcrypt hash), `/sync` and `/messages` with the same rooms, state and
+//! history in the same order, byte-identical media, keys and the backup. A rerun says it was
+//! already imported; refusals (Synapse running, a Myelin database that is not empty) are checked.
+//!
+//! Set `SKIP_SYNAPSE_TESTS=1` to skip it where PyPI is unreachable.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Instant;
+
+use common::synapse::SynapseServer;
+use common::*;
+use serde_json::{Value, json};
+
+/// What the clients saw on Synapse, to compare with what they see on Myelin.
+struct Seen {
+    rooms: Vec<String>,
+    state: BTreeMap<String, Vec<(String, String, String)>>,
+    history: BTreeMap<String, Vec<String>>,
+    media: Vec<(String, Vec<u8>)>,
+    device_keys: Value,
+    backup: Value,
+}
+
+fn run_import(args: &[&str]) -> (bool, String) {
+    let out = Command::new(myelin_bin()).arg("import-synapse").args(args).output().expect("running myelin");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+async fn history(c: &Client, room: &str) -> Vec<String> {
+    // Paged backwards in small pages, so that tokens from one page to the next are exercised.
+    let mut ids = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=7", enc(room));
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={}", enc(f)));
+        }
+        let (s, b) = c.get(&path).await;
+        assert_eq!(s, 200, "messages: {b}");
+        for e in b["chunk"].as_array().cloned().unwrap_or_default() {
+            ids.push(e["event_id"].as_str().expect("event_id").to_owned());
+        }
+        match b["end"].as_str() {
+            Some(end) if !b["chunk"].as_array().is_none_or(Vec::is_empty) => from = Some(end.to_owned()),
+            _ => break,
+        }
+    }
+    ids.reverse();
+    ids
+}
+
+async fn joined_rooms(c: &Client) -> Vec<String> {
+    let (s, b) = c.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(s, 200, "sync: {b}");
+    let mut rooms: Vec<String> =
+        b["rooms"]["join"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    rooms.sort();
+    rooms
+}
+
+async fn download(base: &str, mxc: &str, token: &str) -> Vec<u8> {
+    let (server, id) = mxc.trim_start_matches("mxc://").split_once('/').expect("mxc");
+    let url = format!("{base}/_matrix/client/v1/media/download/{}/{}", enc(server), enc(id));
+    let res = http().get(url).bearer_auth(token).send().await.expect("download");
+    assert_eq!(res.status(), 200, "download {mxc}");
+    res.bytes().await.expect("bytes").to_vec()
+}
+
+async fn upload(c: &Client, bytes: Vec<u8>, name: &str, ty: &str) -> String {
+    let url = format!("{}/_matrix/media/v3/upload?filename={}", c.base, enc(name));
+    let (s, b) = send(http().post(url).bearer_auth(&c.token).header("Content-Type", ty).body(bytes)).await;
+    assert_eq!(s, 200, "upload: {b}");
+    b["content_uri"].as_str().expect("content_uri").to_owned()
+}
+
+/// Fills Synapse with what the import must carry over.
+async fn populate(synapse: &SynapseServer) -> (Client, String, Client, Seen) {
+    let (alice, alice_dev) = synapse.register("alice").await;
+    let (bob, _) = synapse.register("bob").await;
+    let ok = |s: u16, b: &Value, what: &str| assert_eq!(s, 200, "{what}: {b}");
+    let (s, b) = alice
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.user_id)),
+            json!({"displayname": "Alice S"}),
+        )
+        .await;
+    ok(s, &b, "displayname");
+    let (s, b) = alice
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/org.example.settings", enc(&alice.user_id)),
+            json!({"theme": "dark"}),
+        )
+        .await;
+    ok(s, &b, "account data");
+    let (s, b) = alice
+        .put(
+            "/_matrix/client/v3/pushrules/global/content/cats",
+            json!({"pattern": "cats", "actions": ["notify", {"set_tweak": "highlight"}]}),
+        )
+        .await;
+    ok(s, &b, "push rule");
+
+    // A public room with an alias, history and state changes, two members.
+    let (s, b) = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({"preset": "public_chat", "name": "Imported", "room_alias_name": "imported", "visibility": "public"}),
+        )
+        .await;
+    ok(s, &b, "createRoom");
+    let room = b["room_id"].as_str().expect("room").to_owned();
+    let (s, b) = bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    ok(s, &b, "bob joins");
+    for i in 0..30 {
+        let who = if i % 3 == 0 { &bob } else { &alice };
+        who.say(&room, &format!("message {i}")).await;
+        if i == 10 {
+            let (s, b) = alice
+                .put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)), json!({"topic": "t1"}))
+                .await;
+            ok(s, &b, "topic");
+        }
+        if i == 20 {
+            let (s, b) = alice
+                .put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)), json!({"name": "Renamed"}))
+                .await;
+            ok(s, &b, "name");
+        }
+    }
+    let (s, b) = alice.get(&format!("/_matrix/client/v3/directory/list/room/{}", enc(&room))).await;
+    assert_eq!((s, &b["visibility"]), (200, &json!("public")), "published on Synapse: {b}");
+    let (s, b) = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/account_data/org.example.room",
+                enc(&alice.user_id),
+                enc(&room)
+            ),
+            json!({"pinned": true}),
+        )
+        .await;
+    ok(s, &b, "room account data");
+    let (s, b) = alice
+        .put(
+            &format!("/_matrix/client/v3/user/{}/rooms/{}/tags/u.work", enc(&alice.user_id), enc(&room)),
+            json!({"order": 0.5}),
+        )
+        .await;
+    ok(s, &b, "tag");
+    // A private room of Alice's alone, and one Bob left.
+    let (s, b) = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "private_chat", "name": "Notes"})).await;
+    ok(s, &b, "createRoom 2");
+    let notes = b["room_id"].as_str().expect("room").to_owned();
+    alice.say(&notes, "note to self").await;
+    let (s, b) = bob.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat", "name": "Left"})).await;
+    ok(s, &b, "createRoom 3");
+    let left = b["room_id"].as_str().expect("room").to_owned();
+    let (s, b) = alice.post(&format!("/_matrix/client/v3/join/{}", enc(&left)), json!({})).await;
+    ok(s, &b, "alice joins 3");
+    bob.say(&left, "bye").await;
+    let (s, b) = bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&left)), json!({})).await;
+    ok(s, &b, "bob leaves");
+
+    // Media: a PNG-ish blob and a text file.
+    let png: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mxc1 = upload(&alice, png.clone(), "blob.bin", "application/octet-stream").await;
+    let mxc2 = upload(&bob, b"hello from synapse\n".to_vec(), "hello.txt", "text/plain").await;
+
+    // Device keys, one-time and fallback keys of Alice's device, and a key backup.
+    let device_keys = json!({
+        "user_id": alice.user_id, "device_id": alice_dev,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{alice_dev}"): "Y3VydmUyNTUxOWtleWN1cnZlMjU1MTlrZXljdXJ2ZTI",
+                  format!("ed25519:{alice_dev}"): "ZWQyNTUxOWtleWVkMjU1MTlrZXllZDI1NTE5a2V5ZWQ" },
+        "signatures": { alice.user_id.clone(): { format!("ed25519:{alice_dev}"): "c2lnbmF0dXJl" } },
+    });
+    let (s, b) = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({
+                "device_keys": device_keys,
+                "one_time_keys": { "signed_curve25519:AAAAAQ": { "key": "b3RrMQ", "signatures": {} },
+                                   "signed_curve25519:AAAAAg": { "key": "b3RrMg", "signatures": {} } },
+                "fallback_keys": { "signed_curve25519:AAAAAw": { "key": "ZmFsbGJhY2s", "fallback": true, "signatures": {} } },
+            }),
+        )
+        .await;
+    ok(s, &b, "keys/upload");
+    assert_eq!(b["one_time_key_counts"]["signed_curve25519"], 2, "{b}");
+    let (s, b) = alice
+        .post(
+            "/_matrix/client/v3/room_keys/version",
+            json!({"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {"public_key": "cHVibGlj"}}),
+        )
+        .await;
+    ok(s, &b, "backup version");
+    let version = b["version"].as_str().expect("version").to_owned();
+    let (s, b) = alice
+        .put(
+            &format!("/_matrix/client/v3/room_keys/keys/{}/sess1?version={version}", enc(&room)),
+            json!({"first_message_index": 1, "forwarded_count": 0, "is_verified": false,
+                   "session_data": {"ephemeral": "ZXBo", "ciphertext": "Y2lwaGVy", "mac": "bWFj"}}),
+        )
+        .await;
+    ok(s, &b, "backup session");
+
+    let mut rooms = joined_rooms(&alice).await;
+    rooms.sort();
+    let mut state = BTreeMap::new();
+    let mut hist = BTreeMap::new();
+    for r in [&room, &notes, &left] {
+        state.insert(r.clone(), alice.state(r).await);
+        hist.insert(r.clone(), history(&alice, r).await);
+    }
+    let (s, keys) =
+        alice.post("/_matrix/client/v3/keys/query", json!({"device_keys": {alice.user_id.clone(): []}})).await;
+    ok(s, &keys, "keys/query");
+    let device_keys = keys["device_keys"][&alice.user_id][&alice_dev].clone();
+    assert!(device_keys.is_object(), "{keys}");
+    let (s, backup) = alice.get(&format!("/_matrix/client/v3/room_keys/keys?version={version}")).await;
+    ok(s, &backup, "backup keys");
+    let seen = Seen {
+        rooms,
+        state,
+        history: hist,
+        media: vec![(mxc1, png), (mxc2, b"hello from synapse\n".to_vec())],
+        device_keys,
+        backup,
+    };
+    (alice, alice_dev, bob, seen)
+}
+
+async fn import_synapse(backend: Backend, net: &str) {
+    if common::synapse::skip() {
+        eprintln!("SKIP_SYNAPSE_TESTS=1: skipping the import test");
+        return;
+    }
+    let ip = format!("{net}.1");
+    let mut synapse = SynapseServer::start(&ip).await;
+    let (alice, alice_dev, bob, seen) = populate(&synapse).await;
+    let mut myelin = FedServer::prepare(&ip, backend).await;
+    let synapse_config = synapse.config_path().display().to_string();
+    let myelin_config = myelin.config_path().display().to_string();
+    let args = ["--synapse-config", synapse_config.as_str(), "--config", myelin_config.as_str()];
+
+    // Refused while Synapse runs.
+    let (ok, out) = run_import(&args);
+    assert!(!ok && out.contains("still running"), "import while Synapse runs: {out}");
+    synapse.stop();
+
+    let t = Instant::now();
+    let (ok, out) = run_import(&args);
+    assert!(ok, "import failed: {out}");
+    report(&format!("import-synapse ({backend:?}) took {} ms:\n{out}", t.elapsed().as_millis()));
+    let (ok, again) = run_import(&args);
+    assert!(ok && again.contains("already imported"), "rerun: {again}");
+
+    myelin.start_again().await;
+    let on_myelin = |c: &Client| Client::new(myelin.url(), c.token.clone(), c.user_id.clone());
+    let (alice_m, bob_m) = (on_myelin(&alice), on_myelin(&bob));
+
+    // Old access tokens.
+    let (s, b) = alice_m.get("/_matrix/client/v3/account/whoami").await;
+    assert_eq!(s, 200, "old token on Myelin: {b}\n{}", tail(&myelin.log()));
+    assert_eq!(b["user_id"], alice.user_id);
+    assert_eq!(b["device_id"], alice_dev);
+    // Rooms, state, history.
+    assert_eq!(joined_rooms(&alice_m).await, seen.rooms, "joined rooms");
+    for (room, state) in &seen.state {
+        assert_eq!(&alice_m.state(room).await, state, "state of {room}");
+        assert_eq!(&history(&alice_m, room).await, &seen.history[room], "history of {room}");
+    }
+    // Profile, account data, tags, push rules.
+    let (s, b) = alice_m.get(&format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id))).await;
+    assert_eq!((s, &b["displayname"]), (200, &json!("Alice S")), "{b}");
+    let (s, b) = alice_m
+        .get(&format!("/_matrix/client/v3/user/{}/account_data/org.example.settings", enc(&alice.user_id)))
+        .await;
+    assert_eq!((s, b), (200, json!({"theme": "dark"})));
+    let room = seen.state.keys().find(|r| seen.history[*r].len() > 30).expect("the big room").clone();
+    let (s, b) = alice_m
+        .get(&format!(
+            "/_matrix/client/v3/user/{}/rooms/{}/account_data/org.example.room",
+            enc(&alice.user_id),
+            enc(&room)
+        ))
+        .await;
+    assert_eq!((s, b), (200, json!({"pinned": true})));
+    let (s, b) =
+        alice_m.get(&format!("/_matrix/client/v3/user/{}/rooms/{}/tags", enc(&alice.user_id), enc(&room))).await;
+    assert_eq!((s, &b["tags"]["u.work"]["order"]), (200, &json!(0.5)), "{b}");
+    let (s, b) = alice_m.get("/_matrix/client/v3/pushrules/global/content/cats").await;
+    assert_eq!(s, 200, "push rule: {b}");
+    assert_eq!(b["pattern"], "cats");
+    // Aliases and the directory.
+    let alias = format!("#imported:{}", myelin.name());
+    let (s, b) = alice_m.get(&format!("/_matrix/client/v3/directory/room/{}", enc(&alias))).await;
+    assert_eq!((s, &b["room_id"]), (200, &json!(room)), "{b}");
+    let (s, b) = alice_m.get(&format!("/_matrix/client/v3/directory/list/room/{}", enc(&room))).await;
+    assert_eq!((s, &b["visibility"]), (200, &json!("public")), "{b}");
+    // Media, byte-identical.
+    for (mxc, bytes) in &seen.media {
+        assert_eq!(&download(&myelin.url(), mxc, &alice.token).await, bytes, "{mxc}");
+    }
+    // Keys and the backup.
+    let (s, keys) =
+        alice_m.post("/_matrix/client/v3/keys/query", json!({"device_keys": {alice.user_id.clone(): []}})).await;
+    assert_eq!(s, 200, "{keys}");
+    let mut got = keys["device_keys"][&alice.user_id][&alice_dev].clone();
+    let mut want = seen.device_keys.clone();
+    for v in [&mut got, &mut want] {
+        v.as_object_mut().map(|o| o.remove("unsigned"));
+    }
+    assert_eq!(got, want, "device keys");
+    let (s, b) = alice_m.post("/_matrix/client/v3/keys/upload", json!({})).await;
+    assert_eq!((s, &b["one_time_key_counts"]["signed_curve25519"]), (200, &json!(2)), "{b}");
+    let (s, b) = alice_m.get("/_matrix/client/v3/room_keys/version").await;
+    assert_eq!(s, 200, "{b}");
+    let version = b["version"].as_str().expect("version").to_owned();
+    let (s, b) = alice_m.get(&format!("/_matrix/client/v3/room_keys/keys?version={version}")).await;
+    assert_eq!((s, &b), (200, &seen.backup), "backup");
+
+    // Password login with Synapse's bcrypt hash, twice (the second against the argon2id rehash).
+    for _ in 0..2 {
+        let (s, b) = send(http().post(format!("{}/_matrix/client/v3/login", myelin.url())).json(&json!({
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": PASSWORD,
+        })))
+        .await;
+        assert_eq!(s, 200, "password login: {b}");
+    }
+    // The room goes on: a new message, seen by the other member after his history.
+    let id = alice_m.say(&room, "first on myelin").await;
+    let ids = history(&bob_m, &room).await;
+    assert_eq!(ids.last(), Some(&id));
+    assert_eq!(&ids[..ids.len() - 1], &seen.history[&room][..]);
+
+    // Once Myelin has run on it, a rerun still only says it is done.
+    myelin.stop();
+    let (ok, out) = run_import(&args);
+    assert!(ok && out.contains("already imported"), "rerun after use: {out}");
+
+    // A Myelin database that is not empty is refused.
+    let mut other = FedServer::prepare(&ip, backend).await;
+    other.start_again().await;
+    other.register("someone").await;
+    other.stop();
+    let other_config = other.config_path().display().to_string();
+    let (ok, out) = run_import(&["--synapse-config", synapse_config.as_str(), "--config", other_config.as_str()]);
+    assert!(!ok && out.contains("not empty"), "import into a used database: {out}");
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+both_backends!(import_synapse, "140");
