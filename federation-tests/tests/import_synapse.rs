@@ -25,12 +25,24 @@ struct Seen {
     state: BTreeMap<String, Vec<(String, String, String)>>,
     history: BTreeMap<String, Vec<String>>,
     media: Vec<(String, Vec<u8>)>,
+    redacted: String,
+    read_up_to: String,
+    synapse_since: String,
     device_keys: Value,
     backup: Value,
 }
 
 fn run_import(args: &[&str]) -> (bool, String) {
-    let out = Command::new(myelin_bin()).arg("import-synapse").args(args).output().expect("running myelin");
+    run_import_env(args, &[])
+}
+
+fn run_import_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(myelin_bin())
+        .arg("import-synapse")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("running myelin");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
@@ -120,9 +132,10 @@ async fn populate(synapse: &SynapseServer) -> (Client, String, Client, Seen) {
     let room = b["room_id"].as_str().expect("room").to_owned();
     let (s, b) = bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
     ok(s, &b, "bob joins");
+    let mut said = Vec::new();
     for i in 0..30 {
         let who = if i % 3 == 0 { &bob } else { &alice };
-        who.say(&room, &format!("message {i}")).await;
+        said.push(who.say(&room, &format!("message {i}")).await);
         if i == 10 {
             let (s, b) = alice
                 .put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)), json!({"topic": "t1"}))
@@ -138,6 +151,20 @@ async fn populate(synapse: &SynapseServer) -> (Client, String, Client, Seen) {
     }
     let (s, b) = alice.get(&format!("/_matrix/client/v3/directory/list/room/{}", enc(&room))).await;
     assert_eq!((s, &b["visibility"]), (200, &json!("public")), "published on Synapse: {b}");
+    // A redaction, and a read receipt.
+    let redacted = said[3].clone();
+    let (s, b) = bob
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(&redacted)),
+            json!({"reason": "oops"}),
+        )
+        .await;
+    ok(s, &b, "redact");
+    let read_up_to = said[29].clone();
+    let (s, b) = bob
+        .post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&read_up_to)), json!({}))
+        .await;
+    ok(s, &b, "receipt");
     let (s, b) = alice
         .put(
             &format!(
@@ -215,6 +242,9 @@ async fn populate(synapse: &SynapseServer) -> (Client, String, Client, Seen) {
 
     let mut rooms = joined_rooms(&alice).await;
     rooms.sort();
+    let (s, b) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
+    ok(s, &b, "sync");
+    let synapse_since = b["next_batch"].as_str().expect("next_batch").to_owned();
     let mut state = BTreeMap::new();
     let mut hist = BTreeMap::new();
     for r in [&room, &notes, &left] {
@@ -233,6 +263,9 @@ async fn populate(synapse: &SynapseServer) -> (Client, String, Client, Seen) {
         state,
         history: hist,
         media: vec![(mxc1, png), (mxc2, b"hello from synapse\n".to_vec())],
+        redacted,
+        read_up_to,
+        synapse_since,
         device_keys,
         backup,
     };
@@ -257,9 +290,13 @@ async fn import_synapse(backend: Backend, net: &str) {
     assert!(!ok && out.contains("still running"), "import while Synapse runs: {out}");
     synapse.stop();
 
+    // Interrupted (as by a crash) after five units of work, then run again to the end.
+    let (ok, out) = run_import_env(&args, &[("IMPORT_SYNAPSE_INTERRUPT_AFTER", "5")]);
+    assert!(!ok && out.contains("interrupted after 5 units"), "interrupted import: {out}");
     let t = Instant::now();
     let (ok, out) = run_import(&args);
     assert!(ok, "import failed: {out}");
+    assert!(out.contains("done in an earlier run"), "the rerun resumed: {out}");
     report(&format!("import-synapse ({backend:?}) took {} ms:\n{out}", t.elapsed().as_millis()));
     let (ok, again) = run_import(&args);
     assert!(ok && again.contains("already imported"), "rerun: {again}");
@@ -273,12 +310,27 @@ async fn import_synapse(backend: Backend, net: &str) {
     assert_eq!(s, 200, "old token on Myelin: {b}\n{}", tail(&myelin.log()));
     assert_eq!(b["user_id"], alice.user_id);
     assert_eq!(b["device_id"], alice_dev);
+    // A client's Synapse sync token is answered as a first sync, not an error it would retry.
+    let (s, b) = alice_m.get(&format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&seen.synapse_since))).await;
+    assert_eq!(s, 200, "sync with Synapse's token {}: {b}", seen.synapse_since);
+    let mut again: Vec<String> =
+        b["rooms"]["join"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    again.sort();
+    assert_eq!(again, seen.rooms, "rooms of a sync with Synapse's token");
     // Rooms, state, history.
     assert_eq!(joined_rooms(&alice_m).await, seen.rooms, "joined rooms");
     for (room, state) in &seen.state {
         assert_eq!(&alice_m.state(room).await, state, "state of {room}");
         assert_eq!(&history(&alice_m, room).await, &seen.history[room], "history of {room}");
     }
+    // The redaction took effect; the receipt is there.
+    let (s, b) =
+        alice_m.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room_of(&seen)), enc(&seen.redacted))).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["content"], json!({}), "redacted on Myelin: {b}");
+    let (s, sync) = alice_m.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(s, 200);
+    assert!(sees_receipt(&sync, &room_of(&seen), &seen.read_up_to, &bob.user_id), "receipt: {sync}");
     // Profile, account data, tags, push rules.
     let (s, b) = alice_m.get(&format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id))).await;
     assert_eq!((s, &b["displayname"]), (200, &json!("Alice S")), "{b}");
@@ -286,7 +338,7 @@ async fn import_synapse(backend: Backend, net: &str) {
         .get(&format!("/_matrix/client/v3/user/{}/account_data/org.example.settings", enc(&alice.user_id)))
         .await;
     assert_eq!((s, b), (200, json!({"theme": "dark"})));
-    let room = seen.state.keys().find(|r| seen.history[*r].len() > 30).expect("the big room").clone();
+    let room = room_of(&seen);
     let (s, b) = alice_m
         .get(&format!(
             "/_matrix/client/v3/user/{}/rooms/{}/account_data/org.example.room",
@@ -356,6 +408,11 @@ async fn import_synapse(backend: Backend, net: &str) {
     let other_config = other.config_path().display().to_string();
     let (ok, out) = run_import(&["--synapse-config", synapse_config.as_str(), "--config", other_config.as_str()]);
     assert!(!ok && out.contains("not empty"), "import into a used database: {out}");
+}
+
+/// The room with the long history.
+fn room_of(seen: &Seen) -> String {
+    seen.state.keys().find(|r| seen.history[*r].len() > 30).expect("the big room").clone()
 }
 
 fn tail(log: &str) -> String {

@@ -10,6 +10,10 @@
 //! answers "already imported". Synapse's schema is read by [`synapse_db`]; Myelin's tables are
 //! written through the storage layer (`storage/import.rs`) and, for rooms, through the room
 //! engine (`rooms/import.rs`), so that events and state are stored as Myelin stores its own.
+//!
+//! `IMPORT_SYNAPSE_INTERRUPT_AFTER=N` (for tests of resumption; not `MYELIN_…`, which names
+//! configuration keys) ends the process abruptly, as a
+//! crash would, once this run has passed N units (committed or found committed before).
 
 pub mod synapse_db;
 
@@ -228,6 +232,26 @@ fn progress(what: &str) {
     eprintln!("import-synapse: {what}");
 }
 
+/// Ends the process after `IMPORT_SYNAPSE_INTERRUPT_AFTER` committed units (tests of resumption).
+struct Interrupt {
+    after: Option<usize>,
+    done: usize,
+}
+
+impl Interrupt {
+    fn from_env() -> Self {
+        Self { after: std::env::var("IMPORT_SYNAPSE_INTERRUPT_AFTER").ok().and_then(|v| v.parse().ok()), done: 0 }
+    }
+
+    fn committed(&mut self) {
+        self.done += 1;
+        if self.after.is_some_and(|n| self.done >= n) {
+            eprintln!("import-synapse: interrupted after {} units (IMPORT_SYNAPSE_INTERRUPT_AFTER)", self.done);
+            std::process::exit(3);
+        }
+    }
+}
+
 /// Runs the import into the database of `config`; answers the report (or "already imported").
 pub async fn run(config: Config, source: Source) -> anyhow::Result<String> {
     let started = Instant::now();
@@ -298,10 +322,14 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<String> {
         );
     }
     let ctx = Ctx { db: &db, synapse: &synapse, server_name: &server_name };
+    let mut interrupt = Interrupt::from_env();
 
     unit(&ctx, &mut report, "accounts", import_accounts).await?;
+    interrupt.committed();
     unit(&ctx, &mut report, "account_data", import_account_data).await?;
+    interrupt.committed();
     unit(&ctx, &mut report, "e2ee", import_e2ee).await?;
+    interrupt.committed();
     match &settings.media_store {
         Some(dir) => {
             let store = crate::media::store::FileStore::open(&server.state.config.media.dir)?;
@@ -310,6 +338,7 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<String> {
             } else {
                 progress("media");
                 import_media(&ctx, &mut report, dir, &store).await?;
+                interrupt.committed();
             }
         }
         None => {
@@ -338,6 +367,7 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<String> {
             Ok(None) => {}
             Err(e) => return Err(e.context(format!("importing {item}"))),
         }
+        interrupt.committed();
     }
     unit(&ctx, &mut report, "room_extras", import_room_extras).await?;
     let mut tx = db.begin_write().await?;
