@@ -13,7 +13,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
 
 use common::synapse::SynapseServer;
 use common::*;
@@ -95,7 +97,7 @@ async fn upload(c: &Client, bytes: Vec<u8>, name: &str, ty: &str) -> String {
 }
 
 /// Fills Synapse with what the import must carry over.
-async fn populate(synapse: &SynapseServer) -> (Client, String, Client, Seen) {
+async fn populate(synapse: &SynapseServer, remote: &Client) -> (Client, String, Client, Seen) {
     let (alice, alice_dev) = synapse.register("alice").await;
     let (bob, _) = synapse.register("bob").await;
     let ok = |s: u16, b: &Value, what: &str| assert_eq!(s, 200, "{what}: {b}");
@@ -240,6 +242,14 @@ async fn populate(synapse: &SynapseServer) -> (Client, String, Client, Seen) {
         .await;
     ok(s, &b, "backup session");
 
+    // A user of another server (Myelin) joins the public room over federation and talks.
+    remote.join_via_seen_by(&room, &synapse.name(), &alice).await;
+    remote.say(&room, "hello from the other server").await;
+    wait_until(T, "the remote message on Synapse", || async {
+        alice.messages(&room).await.iter().any(|m| m == "hello from the other server")
+    })
+    .await;
+
     let mut rooms = joined_rooms(&alice).await;
     rooms.sort();
     let (s, b) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
@@ -278,8 +288,11 @@ async fn import_synapse(backend: Backend, net: &str) {
         return;
     }
     let ip = format!("{net}.1");
+    // The imported server keeps Synapse's name (its address); the other server is a Myelin.
     let mut synapse = SynapseServer::start(&ip).await;
-    let (alice, alice_dev, bob, seen) = populate(&synapse).await;
+    let other_server = FedServer::start_on(&format!("{net}.2"), backend).await;
+    let carol = other_server.register("carol").await;
+    let (alice, alice_dev, bob, seen) = populate(&synapse, &carol).await;
     let mut myelin = FedServer::prepare(&ip, backend).await;
     let synapse_config = synapse.config_path().display().to_string();
     let myelin_config = myelin.config_path().display().to_string();
@@ -394,6 +407,17 @@ async fn import_synapse(backend: Backend, net: &str) {
     let ids = history(&bob_m, &room).await;
     assert_eq!(ids.last(), Some(&id));
     assert_eq!(&ids[..ids.len() - 1], &seen.history[&room][..]);
+    // And federation goes on with the same key: the other server gets the new message (signed
+    // by the imported key) and its user's answer comes back.
+    wait_until(T, "Myelin's message on the other server", || async {
+        carol.messages(&room).await.iter().any(|m| m == "first on myelin")
+    })
+    .await;
+    carol.say(&room, "answer from the other server").await;
+    wait_until(T, "the other server's answer on Myelin", || async {
+        alice_m.messages(&room).await.iter().any(|m| m == "answer from the other server")
+    })
+    .await;
 
     // Once Myelin has run on it, a rerun still only says it is done.
     myelin.stop();

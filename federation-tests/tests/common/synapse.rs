@@ -133,6 +133,19 @@ macaroon_secret_key: "macaroon-secret-for-tests"
 form_secret: "form-secret-for-tests"
 trusted_key_servers: []
 suppress_key_server_warning: true
+# Loopback peers (other test servers) are allowed; the rest of Synapse's default list stays.
+ip_range_blacklist:
+  - "10.0.0.0/8"
+  - "172.16.0.0/12"
+  - "192.168.0.0/16"
+  - "100.64.0.0/10"
+  - "169.254.0.0/16"
+  - "fe80::/10"
+  - "fc00::/7"
+federation:
+  destination_min_retry_interval: 200
+  destination_retry_multiplier: 2
+  destination_max_retry_interval: 2000
 # Synapse lets only admins publish rooms by default.
 room_list_publication_rules:
   - action: allow
