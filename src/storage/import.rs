@@ -461,6 +461,13 @@ impl Db {
         Ok(())
     }
 
+    /// Writes the rows a deferring transaction buffered so far (before statements that read
+    /// or change them).
+    pub async fn import_flush(&self, tx: &mut WriteTx) -> Result<()> {
+        super::rooms::flush_pending(tx).await?;
+        Ok(())
+    }
+
     /// Whether an event is held (a receipt or alias naming an event that was not imported is
     /// skipped).
     pub async fn import_has_event(&self, event_id: &str) -> Result<bool> {
