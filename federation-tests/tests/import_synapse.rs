@@ -268,6 +268,14 @@ async fn populate(synapse: &SynapseServer, remote: &Client) -> (Client, String, 
     assert!(device_keys.is_object(), "{keys}");
     let (s, backup) = alice.get(&format!("/_matrix/client/v3/room_keys/keys?version={version}")).await;
     ok(s, &backup, "backup keys");
+    // A to-device message waiting for Alice's device when Synapse stops.
+    let (s, b) = bob
+        .put(
+            "/_matrix/client/v3/sendToDevice/org.example.ping/td1",
+            json!({"messages": {alice.user_id.clone(): {alice_dev.clone(): {"n": 1}}}}),
+        )
+        .await;
+    ok(s, &b, "sendToDevice");
     let seen = Seen {
         rooms,
         state,
@@ -326,6 +334,13 @@ async fn import_synapse(backend: Backend, net: &str) {
     // A client's Synapse sync token is answered as a first sync, not an error it would retry.
     let (s, b) = alice_m.get(&format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&seen.synapse_since))).await;
     assert_eq!(s, 200, "sync with Synapse's token {}: {b}", seen.synapse_since);
+    let to_device = b["to_device"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        to_device
+            .iter()
+            .any(|e| e["type"] == "org.example.ping" && e["sender"] == bob.user_id && e["content"]["n"] == 1),
+        "the pending to-device message: {b}"
+    );
     let mut again: Vec<String> =
         b["rooms"]["join"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
     again.sort();
@@ -432,6 +447,12 @@ async fn import_synapse(backend: Backend, net: &str) {
     let other_config = other.config_path().display().to_string();
     let (ok, out) = run_import(&["--synapse-config", synapse_config.as_str(), "--config", other_config.as_str()]);
     assert!(!ok && out.contains("not empty"), "import into a used database: {out}");
+
+    // Nor is a Myelin of another server name.
+    let renamed = FedServer::prepare(&format!("{net}.3"), backend).await;
+    let renamed_config = renamed.config_path().display().to_string();
+    let (ok, out) = run_import(&["--synapse-config", synapse_config.as_str(), "--config", renamed_config.as_str()]);
+    assert!(!ok && out.contains("must be the same"), "import under another server name: {out}");
 }
 
 /// The room with the long history.

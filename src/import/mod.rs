@@ -489,6 +489,7 @@ async fn import_accounts(ctx: &Ctx<'_>, report: &mut Report, item: &'static str)
         .await?;
         report.add("refresh tokens", 1);
     }
+    let mut max_filter = -1;
     for (user, id, json) in syn.filters().await? {
         let user = ctx.user_id(&user);
         if !users.contains(&user) {
@@ -497,11 +498,14 @@ async fn import_accounts(ctx: &Ctx<'_>, report: &mut Report, item: &'static str)
         match String::from_utf8(json) {
             Ok(j) if serde_json::from_str::<Value>(&j).is_ok() => {
                 db.import_filter(&mut tx, &user, &id.to_string(), &j).await?;
+                max_filter = max_filter.max(id);
                 report.add("filters", 1);
             }
             _ => report.skip("filter", format!("{id} of {user}"), "not JSON"),
         }
     }
+    // New filter ids come from a counter: it must start past the imported ones.
+    Db::reserve_stream_positions(&mut tx, crate::storage::sync::streams::FILTERS, max_filter + 1).await?;
     db.import_mark_done(&mut tx, item).await?;
     tx.commit().await?;
     Ok(())
@@ -660,9 +664,24 @@ async fn import_e2ee(ctx: &Ctx<'_>, report: &mut Report, item: &'static str) -> 
         db.import_signature(&mut tx, &target_user, &target, &signer, &key_id, &sig).await?;
         report.add("key signatures", 1);
     }
+    let mut max_version = 0;
     for (user, version, alg, auth_data, deleted, etag) in syn.backup_versions().await? {
         db.import_backup_version(&mut tx, &user, version, &alg, &auth_data, etag, deleted).await?;
+        max_version = max_version.max(version);
         report.add("key backup versions", 1);
+    }
+    // Versions are never reused: new ones are numbered past Synapse's.
+    Db::reserve_stream_positions(&mut tx, crate::storage::e2ee::BACKUP_VERSION_COUNTER, max_version).await?;
+    // To-device messages waiting for their device (room keys among them).
+    for (user, device, message) in syn.device_inbox().await? {
+        let msg: Value = serde_json::from_str(&message).unwrap_or(Value::Null);
+        let (Some(sender), Some(ty)) = (msg["sender"].as_str(), msg["type"].as_str()) else {
+            report.skip("to-device message", format!("for {user} {device}"), "no sender or type");
+            continue;
+        };
+        let stream = Db::next_stream_position(&mut tx, crate::storage::sync::streams::TO_DEVICE).await?;
+        db.insert_to_device(&mut tx, stream, &user, &device, sender, ty, &msg["content"].to_string()).await?;
+        report.add("to-device messages", 1);
     }
     for s in syn.backup_sessions().await? {
         let Ok(session_data) = serde_json::from_str::<Value>(&s.session_data) else {

@@ -543,6 +543,13 @@ impl SynapseDb {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
+    /// To-device messages not yet delivered: `(user, device, message JSON)`, in order.
+    pub async fn device_inbox(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        Ok(sqlx::query_as("SELECT user_id, device_id, message_json FROM device_inbox ORDER BY stream_id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Room aliases: `(alias, room, creator)`.
     pub async fn aliases(&self) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
         Ok(sqlx::query_as("SELECT room_alias, room_id, creator FROM room_aliases").fetch_all(&self.pool).await?)
