@@ -1,10 +1,13 @@
-//! `myelin import-synapse`: a real Synapse (SQLite) is given users, rooms with history and
-//! state changes, media, profiles, account data, push rules, device keys and a key backup; it
-//! is stopped, imported into a Myelin database (SQLite, then PostgreSQL), and Myelin, started
-//! with the same server name, must serve the same to the same clients: old access tokens,
-//! password login (Synapse's bcrypt hash), `/sync` and `/messages` with the same rooms, state and
-//! history in the same order, byte-identical media, keys and the backup. A rerun says it was
-//! already imported; refusals (Synapse running, a Myelin database that is not empty) are checked.
+//! `myelin import-synapse`: a real Synapse (on SQLite, or on PostgreSQL) is given users, rooms
+//! with history, state changes and a redaction, media, profiles, account data, push rules, device
+//! keys, a key backup and a to-device message, and a second server (a Myelin) joins one of its
+//! rooms; Synapse is stopped and imported (once interrupted, then resumed) into a Myelin database
+//! on the same backend, and Myelin, started with the same server name, must serve the same to
+//! the same clients: old access tokens, password login (Synapse's bcrypt hash), `/sync` and
+//! `/messages` with the same rooms, state and history in the same order, byte-identical media,
+//! keys and the backup; and federation with the second server goes on both ways. A rerun says it
+//! was already imported; refusals (Synapse running, a Myelin database that is not empty, another
+//! server name) are checked.
 //!
 //! Set `SKIP_SYNAPSE_TESTS=1` to skip it where PyPI is unreachable.
 
@@ -297,7 +300,8 @@ async fn import_synapse(backend: Backend, net: &str) {
     }
     let ip = format!("{net}.1");
     // The imported server keeps Synapse's name (its address); the other server is a Myelin.
-    let mut synapse = SynapseServer::start(&ip).await;
+    // Synapse runs on the same backend as the Myelin it is imported into.
+    let mut synapse = SynapseServer::start_on(&ip, backend).await;
     let other_server = FedServer::start_on(&format!("{net}.2"), backend).await;
     let carol = other_server.register("carol").await;
     let (alice, alice_dev, bob, seen) = populate(&synapse, &carol).await;

@@ -43,23 +43,35 @@ pub fn ensure_synapse() -> PathBuf {
             .status()
             .is_ok_and(|s| s.success())
     };
+    let has_postgres = |py: &Path| Command::new(py).args(["-c", "import psycopg2"]).status().is_ok_and(|s| s.success());
+    let pip = venv.join("bin/pip");
     if python.exists() && ok(&python) {
+        // A virtualenv made by tests/synapse.rs has no PostgreSQL driver: add Synapse's extra.
+        if !has_postgres(&python) {
+            let status = Command::new(&pip)
+                .args(["install", "--quiet", "matrix-synapse[postgres]==1.163.*"])
+                .status()
+                .expect("pip");
+            assert!(status.success(), "pip install matrix-synapse[postgres] failed");
+        }
         return python;
     }
     let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
     assert!(status.success(), "creating the Synapse virtualenv failed");
-    let pip = venv.join("bin/pip");
     let status = Command::new(&pip).args(["install", "--quiet", "--upgrade", "pip"]).status().expect("pip");
     assert!(status.success(), "upgrading pip failed");
-    let status = Command::new(&pip).args(["install", "--quiet", "matrix-synapse==1.163.*"]).status().expect("pip");
+    let status =
+        Command::new(&pip).args(["install", "--quiet", "matrix-synapse[postgres]==1.163.*"]).status().expect("pip");
     assert!(status.success(), "pip install matrix-synapse failed");
-    assert!(ok(&python), "Synapse 1.163 does not import after installation");
+    assert!(ok(&python) && has_postgres(&python), "Synapse 1.163 does not import after installation");
     python
 }
 
-/// A Synapse process on SQLite, server name `ip:8448` (federation over TLS from the test CA on
-/// `ip:8448`, the client API in plain HTTP on another port of `ip`).
+/// A Synapse process on SQLite or PostgreSQL, server name `ip:8448` (federation over TLS from
+/// the test CA on `ip:8448`, the client API in plain HTTP on another port of `ip`).
 pub struct SynapseServer {
+    /// Its PostgreSQL database, dropped with it.
+    pg_database: Option<String>,
     /// Its IP address.
     pub ip: String,
     /// Its directory: `homeserver.yaml`, `homeserver.db`, `media/`, `signing.key`, logs.
@@ -87,8 +99,14 @@ impl SynapseServer {
         std::fs::read_to_string(self.dir.join("homeserver.log")).unwrap_or_default()
     }
 
-    /// Starts Synapse on `ip` and waits until it answers.
+    /// Starts Synapse on `ip` on SQLite and waits until it answers.
     pub async fn start(ip: &str) -> Self {
+        Self::start_on(ip, super::Backend::Sqlite).await
+    }
+
+    /// Starts Synapse on `ip` on `backend` (PostgreSQL: a new database with the `C` collation
+    /// Synapse asks for, on the server of `PG_TEST_URL`) and waits until it answers.
+    pub async fn start_on(ip: &str, backend: super::Backend) -> Self {
         let python = ensure_synapse();
         let ca = ca();
         let (cert, key) = ca.issue(ip);
@@ -96,6 +114,30 @@ impl SynapseServer {
         let client_port = free_port(ip);
         let d = dir.display().to_string();
         let rc = "{per_second: 1000, burst_count: 1000}";
+        let (pg_database, database) = match backend {
+            super::Backend::Sqlite => (None, format!("name: sqlite3\n  args:\n    database: \"{d}/homeserver.db\"")),
+            super::Backend::Postgres => {
+                use sqlx::Connection;
+                let admin = url::Url::parse(&super::pg_admin_url()).expect("PG_TEST_URL is not a URL");
+                let name = format!("myelin_synapse_{}", rand::random::<u64>());
+                let mut conn = sqlx::PgConnection::connect(admin.as_str()).await.expect("PostgreSQL");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE \"{name}\" TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C' ENCODING 'UTF8'"
+                )))
+                .execute(&mut conn)
+                .await
+                .expect("CREATE DATABASE for Synapse");
+                let _ = conn.close().await;
+                let host = admin.host_str().unwrap_or("127.0.0.1");
+                let port = admin.port().unwrap_or(5432);
+                let user = if admin.username().is_empty() { "postgres" } else { admin.username() };
+                let password = admin.password().map(|p| format!("\n    password: \"{p}\"")).unwrap_or_default();
+                let args = format!(
+                    "name: psycopg2\n  args:\n    user: \"{user}\"{password}\n    host: \"{host}\"\n    port: {port}\n    dbname: \"{name}\"\n    cp_min: 1\n    cp_max: 5"
+                );
+                (Some(name), args)
+            }
+        };
         let config = format!(
             r#"
 server_name: "{ip}:8448"
@@ -119,9 +161,7 @@ tls_certificate_path: "{cert}"
 tls_private_key_path: "{key}"
 federation_custom_ca_list: ["{ca}"]
 database:
-  name: sqlite3
-  args:
-    database: "{d}/homeserver.db"
+  {database}
 log_config: "{d}/log.yaml"
 media_store_path: "{d}/media"
 signing_key_path: "{d}/signing.key"
@@ -202,7 +242,7 @@ disable_existing_loggers: false
             .stderr(std::fs::File::create(dir.join("stderr.log")).expect("stderr"))
             .spawn()
             .expect("starting Synapse");
-        let mut s = Self { ip: ip.to_owned(), dir, child: Some(child), client_port };
+        let mut s = Self { ip: ip.to_owned(), dir, child: Some(child), client_port, pg_database };
         let http = http();
         let start = Instant::now();
         loop {
@@ -278,6 +318,9 @@ impl Drop for SynapseServer {
             eprintln!("Synapse kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        if let Some(name) = self.pg_database.take() {
+            super::drop_pg_database(name);
         }
     }
 }
