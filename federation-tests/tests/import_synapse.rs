@@ -34,6 +34,7 @@ struct Seen {
     read_up_to: String,
     synapse_since: String,
     device_keys: Value,
+    cross_signing: Value,
     backup: Value,
 }
 
@@ -228,6 +229,17 @@ async fn populate(synapse: &SynapseServer, remote: &Client) -> (Client, String, 
         .await;
     ok(s, &b, "keys/upload");
     assert_eq!(b["one_time_key_counts"]["signed_curve25519"], 2, "{b}");
+    // Cross-signing keys (User-Interactive Auth with the password when Synapse asks for it).
+    let (s, b) = alice.post("/_matrix/client/v3/keys/device_signing/upload", cross_signing(&alice.user_id)).await;
+    if s == 401 {
+        let mut body = cross_signing(&alice.user_id);
+        body["auth"] = json!({"type": "m.login.password", "session": b["session"],
+            "identifier": {"type": "m.id.user", "user": alice.user_id}, "password": PASSWORD});
+        let (s, b) = alice.post("/_matrix/client/v3/keys/device_signing/upload", body).await;
+        ok(s, &b, "cross-signing upload");
+    } else {
+        ok(s, &b, "cross-signing upload");
+    }
     let (s, b) = alice
         .post(
             "/_matrix/client/v3/room_keys/version",
@@ -269,6 +281,8 @@ async fn populate(synapse: &SynapseServer, remote: &Client) -> (Client, String, 
     ok(s, &keys, "keys/query");
     let device_keys = keys["device_keys"][&alice.user_id][&alice_dev].clone();
     assert!(device_keys.is_object(), "{keys}");
+    let cross_signing = json!([keys["master_keys"][&alice.user_id], keys["self_signing_keys"][&alice.user_id]]);
+    assert!(cross_signing[0]["keys"].is_object() && cross_signing[1]["keys"].is_object(), "{keys}");
     let (s, backup) = alice.get(&format!("/_matrix/client/v3/room_keys/keys?version={version}")).await;
     ok(s, &backup, "backup keys");
     // A to-device message waiting for Alice's device when Synapse stops.
@@ -288,6 +302,7 @@ async fn populate(synapse: &SynapseServer, remote: &Client) -> (Client, String, 
         read_up_to,
         synapse_since,
         device_keys,
+        cross_signing,
         backup,
     };
     (alice, alice_dev, bob, seen)
@@ -405,6 +420,9 @@ async fn import_synapse(backend: Backend, net: &str) {
         v.as_object_mut().map(|o| o.remove("unsigned"));
     }
     assert_eq!(got, want, "device keys");
+    for (i, kind) in ["master_keys", "self_signing_keys"].into_iter().enumerate() {
+        assert_eq!(keys[kind][&alice.user_id]["keys"], seen.cross_signing[i]["keys"], "{kind}: {keys}");
+    }
     let (s, b) = alice_m.post("/_matrix/client/v3/keys/upload", json!({})).await;
     assert_eq!((s, &b["one_time_key_counts"]["signed_curve25519"]), (200, &json!(2)), "{b}");
     let (s, b) = alice_m.get("/_matrix/client/v3/room_keys/version").await;
@@ -457,6 +475,28 @@ async fn import_synapse(backend: Backend, net: &str) {
     let renamed_config = renamed.config_path().display().to_string();
     let (ok, out) = run_import(&["--synapse-config", synapse_config.as_str(), "--config", renamed_config.as_str()]);
     assert!(!ok && out.contains("must be the same"), "import under another server name: {out}");
+}
+
+/// Master and self-signing keys for `user`, the self-signing key signed by the master key.
+fn cross_signing(user: &str) -> Value {
+    use base64::Engine;
+    use ruma::signatures::Ed25519KeyPair;
+    let key = || {
+        let der = Ed25519KeyPair::generate();
+        let probe = Ed25519KeyPair::from_der(&der, "p".into()).expect("key");
+        let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(probe.public_key());
+        (Ed25519KeyPair::from_der(&der, public.clone()).expect("key"), public)
+    };
+    let (master_pair, master_pub) = key();
+    let (_, ssk_pub) = key();
+    let master =
+        json!({ "user_id": user, "usage": ["master"], "keys": { format!("ed25519:{master_pub}"): master_pub } });
+    let ssk = json!({ "user_id": user, "usage": ["self_signing"], "keys": { format!("ed25519:{ssk_pub}"): ssk_pub } });
+    let ruma::CanonicalJsonValue::Object(mut obj) = ruma::CanonicalJsonValue::try_from(ssk).expect("JSON") else {
+        unreachable!("an object")
+    };
+    ruma::signatures::sign_json(user, &master_pair, &mut obj).expect("signing");
+    json!({ "master_key": master, "self_signing_key": obj })
 }
 
 /// The room with the long history.
