@@ -32,6 +32,8 @@ struct Seen {
     media: Vec<(String, Vec<u8>)>,
     redacted: String,
     read_up_to: String,
+    remote_room: String,
+    remote_state: Vec<(String, String, String)>,
     synapse_since: String,
     device_keys: Value,
     cross_signing: Value,
@@ -265,6 +267,13 @@ async fn populate(synapse: &SynapseServer, remote: &Client) -> (Client, String, 
     })
     .await;
 
+    // And Alice joins a room of the other server: Synapse holds its earlier state as outliers.
+    let remote_room = remote.create_public_room().await;
+    let remote_server = remote.user_id.split_once(':').expect("user id").1.to_owned();
+    let (s, b) = alice.join_via(&remote_room, &remote_server).await;
+    ok(s, &b, "join a room of the other server");
+    let remote_state = alice.state(&remote_room).await;
+
     let mut rooms = joined_rooms(&alice).await;
     rooms.sort();
     let (s, b) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
@@ -300,6 +309,8 @@ async fn populate(synapse: &SynapseServer, remote: &Client) -> (Client, String, 
         media: vec![(mxc1, png), (mxc2, b"hello from synapse\n".to_vec())],
         redacted,
         read_up_to,
+        remote_room,
+        remote_state,
         synapse_since,
         device_keys,
         cross_signing,
@@ -370,6 +381,11 @@ async fn import_synapse(backend: Backend, net: &str) {
         assert_eq!(&alice_m.state(room).await, state, "state of {room}");
         assert_eq!(&history(&alice_m, room).await, &seen.history[room], "history of {room}");
     }
+    // The room of the other server: its state, members who joined before us included.
+    assert_eq!(alice_m.state(&seen.remote_room).await, seen.remote_state, "state of the other server's room");
+    let (s, b) = alice_m.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&seen.remote_room))).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["joined"][&carol.user_id].is_object() && b["joined"][&alice.user_id].is_object(), "members: {b}");
     // The redaction took effect; the receipt is there.
     let (s, b) =
         alice_m.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room_of(&seen)), enc(&seen.redacted))).await;

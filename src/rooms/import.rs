@@ -118,6 +118,12 @@ impl Rooms {
                     .insert_event(tx, NewEventRow { pdu, stream, unsigned: None, outlier: true, state_group: None })
                     .await?;
                 counts.outliers += 1;
+                // The state a join over federation brought is outliers, and may be current state
+                // (the memberships of users who joined before this server did).
+                if pdu.is_state() && !pdu.rejected {
+                    written.insert(id.clone(), pdu.clone());
+                    streams.insert(id, stream);
+                }
                 continue;
             };
             let base = pdu.fields.prev_events.iter().find_map(|p| groups.get(p.as_str())).cloned();
