@@ -79,7 +79,7 @@ impl Report {
 
     /// The report as printed at the end.
     pub fn render(&self, elapsed: std::time::Duration) -> String {
-        let mut out = String::from("import-synapse report\n");
+        let mut out = String::from("import-synapse report (what this run imported)\n");
         for (kind, n) in &self.counts {
             out.push_str(&format!("  {kind:<24} {n}\n"));
         }
