@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod federation;
 pub mod ids;
+pub mod import;
 pub mod lease;
 pub mod media;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! The `myelin` command: `serve`, `register-user`, `generate-config`.
+//! The `myelin` command: `serve`, `register-user`, `generate-config`, `import-synapse`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,6 +45,24 @@ enum Command {
     },
     /// Print a commented default configuration.
     GenerateConfig,
+    /// Import a stopped Synapse's data into an empty Myelin database (docs/migrating-from-synapse.md).
+    ImportSynapse {
+        /// Myelin's configuration file (its server_name must be Synapse's).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Synapse's homeserver.yaml (database, media store, signing key, listeners are read from it).
+        #[arg(long, required_unless_present = "database")]
+        synapse_config: Option<PathBuf>,
+        /// Synapse's database: postgres://… or the path of its SQLite file.
+        #[arg(long)]
+        database: Option<String>,
+        /// Synapse's media store directory (media_store_path).
+        #[arg(long)]
+        media_store: Option<PathBuf>,
+        /// Synapse's signing key file (signing_key_path).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+    },
 }
 
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -103,6 +121,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             server.db.close().await;
             println!("registered {user_id}");
+            Ok(())
+        }
+        Command::ImportSynapse { config, synapse_config, database, media_store, signing_key } => {
+            let config = load_config(config)?;
+            let source = myelin::import::Source { synapse_config, database, media_store, signing_key };
+            print!("{}", myelin::import::run(config, source).await?);
             Ok(())
         }
     }

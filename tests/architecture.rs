@@ -21,11 +21,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("sync", &["sync"]),
     ("delivery", &["delivery"]),
     ("api", &["api"]),
-    ("process", &["cluster", "server", "main", "lib"]),
+    ("process", &["cluster", "server", "import", "main", "lib"]),
 ];
 
 /// Files outside `src/storage/` allowed to hold SQL, each with the reason.
-const SQL_ELSEWHERE: &[(&str, &str)] = &[];
+const SQL_ELSEWHERE: &[(&str, &str)] = &[(
+    "import/synapse_db.rs",
+    "reads a stopped Synapse's database, a foreign schema that Myelin's storage layer does not model",
+)];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -148,6 +148,12 @@ impl PasswordHasher {
     }
 }
 
+/// Whether a stored hash is bcrypt (`$2a$`, `$2b$`, `$2y$`: Synapse's, brought by
+/// `myelin import-synapse`) rather than an argon2id PHC string.
+fn is_bcrypt(hash: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
+}
+
 /// SHA-256 of an access token, hex-encoded; the form in which tokens are stored.
 pub fn token_hash(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
@@ -290,7 +296,21 @@ impl Accounts {
             ));
         }
         let hash = user.password_hash.ok_or_else(forbidden)?;
-        if !self.hasher.verify(password.to_owned(), hash).await? {
+        let ok = if is_bcrypt(&hash) {
+            // A hash imported from Synapse: checked as bcrypt once, then replaced by argon2id.
+            let pw = password.to_owned();
+            let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pw, &hash).unwrap_or(false))
+                .await
+                .map_err(Error::internal)?;
+            if ok {
+                let rehashed = self.hasher.hash(password.to_owned()).await?;
+                self.db.set_password_hash(user_id.as_str(), &rehashed).await?;
+            }
+            ok
+        } else {
+            self.hasher.verify(password.to_owned(), hash).await?
+        };
+        if !ok {
             return Err(forbidden());
         }
         // Said only to whoever knows the password, as Synapse does.

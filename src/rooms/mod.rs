@@ -14,6 +14,7 @@ pub mod cache;
 pub mod create;
 pub mod federated;
 pub mod filter;
+pub mod import;
 pub mod membership;
 pub mod moderation;
 pub mod push_actions;

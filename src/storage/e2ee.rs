@@ -18,7 +18,8 @@ type SqlResult<T> = Result<T, sqlx::Error>;
 pub const DEVICE_LISTS_STREAM: &str = "device_lists";
 
 /// Name of the counter that numbers key-backup versions (unique across users, never reused).
-const BACKUP_VERSION_COUNTER: &str = "room_keys_version";
+/// The counter of key backup version numbers.
+pub const BACKUP_VERSION_COUNTER: &str = "room_keys_version";
 
 /// A local device with its keys, as `/keys/query` and federation `user/devices` serve it.
 #[derive(Debug, Clone)]

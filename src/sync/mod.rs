@@ -331,7 +331,7 @@ impl SyncEngine {
     /// Answers one `/sync`: computes at once, and if there is nothing to send, waits for a
     /// wake-up or the timeout (only for incremental syncs without `full_state`).
     pub async fn sync(&self, user_id: &UserId, device_id: &DeviceId, opts: SyncOptions) -> Result<Value> {
-        let since = opts.since.as_deref().map(SyncToken::parse).transpose()?;
+        let since = opts.since.as_deref().map(SyncToken::parse_since).transpose()?.flatten();
         // Every await that touches the database is boxed: the request's future is as large as
         // its largest state, and a long-poll keeps it for as long as it waits, so only the
         // small waiting state below should be inline.

@@ -63,6 +63,19 @@ impl SyncToken {
         Ok(Self { events, typing, receipts, account_data, to_device, presence, device_lists })
     }
 
+    /// A `since` token: None for a token of Synapse's shape (more positions than ours, or its
+    /// multi-writer `m…` form), held by a client of a server imported with `myelin
+    /// import-synapse`. Its positions mean nothing here, so that client is answered as at its
+    /// first sync (every room afresh, timelines limited) instead of an error it would retry
+    /// forever. Any other token must parse.
+    pub fn parse_since(token: &str) -> Result<Option<Self>> {
+        match Self::parse(token) {
+            Ok(t) => Ok(Some(t)),
+            Err(_) if is_synapse_token(token) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The token text.
     pub fn to_token(&self) -> String {
         format!(
@@ -75,6 +88,16 @@ impl SyncToken {
             self.presence,
             self.device_lists
         )
+    }
+}
+
+/// `s1_2_…` with more than seven positions, or `m…~…` (Synapse's stream tokens).
+fn is_synapse_token(token: &str) -> bool {
+    let digits_or_sep = |c: char| c.is_ascii_digit() || "_~.-".contains(c);
+    match token.as_bytes().first() {
+        Some(b's') => token.split('_').count() > 7 && token[1..].chars().all(digits_or_sep),
+        Some(b'm') => token.contains('~') && token[1..].chars().all(digits_or_sep),
+        _ => false,
     }
 }
 
@@ -103,6 +126,17 @@ mod tests {
         assert_eq!(SyncToken::parse("s5").unwrap(), SyncToken { events: 5, ..Default::default() });
         for bad in ["", "t5_3", "s", "sx", "s1_2_3_4_5_6_7_8", "s-1", "s1__2"] {
             assert!(SyncToken::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn synapse_tokens_start_afresh() {
+        for synapse in ["s72594_4483_1934_0_0_0_0_0_0_0_0", "m1~2.3_4_5_6_7_8_9_10_11_12"] {
+            assert_eq!(SyncToken::parse_since(synapse).unwrap(), None, "{synapse}");
+        }
+        assert!(SyncToken::parse_since("s1_2_3_4_5_6_7").unwrap().is_some());
+        for bad in ["sx_1_2_3_4_5_6_7_8", "t1_2_3_4_5_6_7_8_9", "sx"] {
+            assert!(SyncToken::parse_since(bad).is_err(), "{bad}");
         }
     }
 }

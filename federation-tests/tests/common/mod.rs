@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod peer;
+pub mod synapse;
 
 /// Runs `$name(backend, net)` on SQLite (servers on `127.0.$net.*`) and on PostgreSQL (on
 /// `127.1.$net.*`): module `$name` holds the two `#[tokio::test]`s. Test files that use it
@@ -192,6 +193,19 @@ impl FedServer {
     }
 
     async fn start_with(ip: &str, backend: Backend, env: &[(&str, &str)]) -> Self {
+        let mut s = Self::prepare_with(ip, backend, env).await;
+        s.start_again().await;
+        s
+    }
+
+    /// A server on `ip` on `backend`, configured (and its database created) but not started:
+    /// for tools that fill its database first (`myelin import-synapse`); start it with
+    /// [`FedServer::start_again`].
+    pub async fn prepare(ip: &str, backend: Backend) -> Self {
+        Self::prepare_with(ip, backend, &[]).await
+    }
+
+    async fn prepare_with(ip: &str, backend: Backend, env: &[(&str, &str)]) -> Self {
         let ca = ca();
         let (cert, key) = ca.issue(ip);
         let dir = tempfile::Builder::new().prefix("myelin-fedtest-").tempdir().expect("tempdir").keep();
@@ -239,9 +253,7 @@ level = "info,sqlx=warn,tower_http=warn"
         );
         std::fs::write(dir.join("myelin.toml"), config).expect("config");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut s = Self { ip: ip.to_owned(), client_port, dir, child: None, http: http(), env, pg_database };
-        s.start_again().await;
-        s
+        Self { ip: ip.to_owned(), client_port, dir, child: None, http: http(), env, pg_database }
     }
 
     /// `ip:8448`.
