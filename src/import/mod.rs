@@ -657,7 +657,7 @@ async fn import_e2ee(ctx: &Ctx<'_>, report: &mut Report, item: &'static str) -> 
         report.add("fallback keys", 1);
     }
     for (user, ty, json) in syn.cross_signing_keys().await? {
-        db.import_cross_signing_key(&mut tx, &user, &ty, &json).await?;
+        db.e2e_set_cross_signing_key(&mut tx, &user, &ty, &json).await?;
         report.add("cross-signing keys", 1);
     }
     for (signer, key_id, target_user, target, sig) in syn.cross_signing_signatures().await? {
@@ -882,7 +882,7 @@ async fn import_room_extras(ctx: &Ctx<'_>, report: &mut Report, item: &'static s
             report.skip("alias", &alias, "its room was not imported");
             continue;
         }
-        db.import_alias(&mut tx, &alias, &room, creator.as_deref().unwrap_or_default()).await?;
+        db.insert_alias_in(&mut tx, &alias, &room, creator.as_deref().unwrap_or_default()).await?;
         report.add("aliases", 1);
     }
     for (room, ty, user, event, thread, data) in syn.receipts().await? {

@@ -191,7 +191,7 @@ impl Rooms {
             self.db.update_extremities(tx, room_id, &[], e).await?;
         }
         if room.is_public {
-            self.db.import_room_public(tx, room_id, true).await?;
+            self.db.publish_room_in(tx, room_id).await?;
         }
 
         // Redactions rewrite their targets' rows: those must be written first.

@@ -278,26 +278,6 @@ impl Db {
         Ok(())
     }
 
-    /// Inserts (or replaces with a newer one) a cross-signing key.
-    pub async fn import_cross_signing_key(
-        &self,
-        tx: &mut WriteTx,
-        user_id: &str,
-        key_type: &str,
-        json: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO e2e_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3) \
-             ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
-        )
-        .bind(user_id)
-        .bind(key_type)
-        .bind(json)
-        .execute(&mut *tx.tx)
-        .await?;
-        Ok(())
-    }
-
     /// Inserts a signature uploaded after the key it signs.
     pub async fn import_signature(
         &self,
@@ -408,27 +388,6 @@ impl Db {
         .bind(p.last_stream)
         .execute(&mut *tx.tx)
         .await?;
-        Ok(())
-    }
-
-    /// Inserts a room alias.
-    pub async fn import_alias(&self, tx: &mut WriteTx, alias: &str, room_id: &str, creator: &str) -> Result<()> {
-        sqlx::query("INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(alias)
-            .bind(room_id)
-            .bind(creator)
-            .execute(&mut *tx.tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Publishes (or not) a room in the directory.
-    pub async fn import_room_public(&self, tx: &mut WriteTx, room_id: &str, public: bool) -> Result<()> {
-        sqlx::query("UPDATE rooms SET is_public = $1 WHERE room_id = $2")
-            .bind(public as i64)
-            .bind(room_id)
-            .execute(&mut *tx.tx)
-            .await?;
         Ok(())
     }
 

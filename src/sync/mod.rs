@@ -468,21 +468,7 @@ impl SyncEngine {
         opts: &SyncOptions,
         now: SyncToken,
     ) -> Result<SyncResponse> {
-        let mut now = now;
-        let mut view = self.recent.view(now.events).await?;
-        let memberships = self.recent.memberships(user.as_str(), &view).await?;
-        // See the module doc: every position up to the newest membership row is visible.
-        if let Some(max) = memberships.iter().map(|m| m.stream).max()
-            && max > view.end
-        {
-            view = self.recent.view(max).await?;
-        }
-        now.events = now.events.max(view.end);
-        // A token from the client never moves backwards (e.g. the typing serial of another
-        // process): ranges past `now` are empty, and the client keeps its positions.
-        if let Some(s) = since {
-            now = now.at_least(s);
-        }
+        let (view, memberships, now) = self.moment(user, now, since).await?;
         let ctx = Ctx { user, device, opts, since, now, now_ms: now_ms(), view: &view };
         let mut body = Map::new();
 
@@ -552,5 +538,32 @@ impl SyncEngine {
         e2ee.write_into(&mut body);
 
         Ok(SyncResponse { next, body, empty })
+    }
+}
+
+impl SyncEngine {
+    /// The moment a sync (or sliding sync) answers for: the recent-events view at `now`, the
+    /// user's memberships, and `now` as the answer's token. See the module doc: every position
+    /// up to the newest membership row seen is visible, so the view and `now` move up to it. A
+    /// token from the client never moves backwards (e.g. the typing serial of another process):
+    /// ranges past `now` are empty, and the client keeps its positions.
+    pub(crate) async fn moment(
+        &self,
+        user: &UserId,
+        mut now: SyncToken,
+        since: Option<SyncToken>,
+    ) -> Result<(recent::View, recent::Memberships, SyncToken)> {
+        let mut view = self.recent.view(now.events).await?;
+        let memberships = self.recent.memberships(user.as_str(), &view).await?;
+        if let Some(max) = memberships.iter().map(|m| m.stream).max()
+            && max > view.end
+        {
+            view = self.recent.view(max).await?;
+        }
+        now.events = now.events.max(view.end);
+        if let Some(s) = since {
+            now = now.at_least(s);
+        }
+        Ok((view, memberships, now))
     }
 }

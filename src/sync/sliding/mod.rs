@@ -229,19 +229,7 @@ impl SyncEngine {
         prev_token: Option<SyncToken>,
         now: SyncToken,
     ) -> Result<Computed> {
-        let mut now = now;
-        let mut view = self.recent.view(now.events).await?;
-        let memberships = self.recent.memberships(user.as_str(), &view).await?;
-        // As in `/sync`: every position up to the newest membership row is visible.
-        if let Some(max) = memberships.iter().map(|m| m.stream).max()
-            && max > view.end
-        {
-            view = self.recent.view(max).await?;
-        }
-        now.events = now.events.max(view.end);
-        if let Some(p) = prev_token {
-            now = now.at_least(p);
-        }
+        let (view, memberships, now) = self.moment(user, now, prev_token).await?;
         let base = lists::Base { user, device, now, prev: prev_token, view: &view, memberships: &memberships };
         let selection = self.sliding_lists(&base, req).await?;
         let mut state = ConnState {
