@@ -848,7 +848,6 @@ fn bad_config_names_the_key() {
     assert_bad_config(&base("colour = \"blue\""), &[], &["colour"]);
     assert_bad_config(&base("server_name = \"bad name!\""), &[], &["server_name"]);
     assert_bad_config(&base("[database]\nurl = \"mysql://x\""), &[], &["database.url"]);
-    assert_bad_config(&base("[registration]\nmode = \"token\""), &[], &["registration.tokens"]);
     assert_bad_config(&base("[rate_limits]\nburst = -1"), &[], &["rate_limits.burst"]);
     assert_bad_config("[listen]\nclient = \"not an address\"\n", &[], &["listen.client"]);
     assert_bad_config(&base("[log]\nformat = \"xml\""), &[], &["log.format"]);
