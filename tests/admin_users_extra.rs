@@ -97,3 +97,89 @@ both_backends!(override_ratelimit_lets_a_user_exceed_the_normal_request_rate, wi
     let nobody = enc(&server.user_id("nobody"));
     assert_error(&admin.get(&format!("{A}/v1/users/{nobody}/override_ratelimit")).await, 404, "M_NOT_FOUND");
 });
+
+/// The bodies of the messages `c` sees in `room`, newest first.
+async fn bodies(c: &Client, room: &str) -> Vec<String> {
+    let page = ok(&c.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(room))).await).clone();
+    page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn say(c: &Client, room: &str, body: &str) -> common::Resp {
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{body}", enc(room));
+    c.put(&path, &json!({"msgtype": "m.text", "body": body})).await
+}
+
+/// The rooms `user` has a membership in, as the admin API lists them.
+async fn memberships(admin: &Client, user: &str) -> serde_json::Value {
+    ok(&admin.get(&format!("{A}/v1/users/{}/memberships", enc(user))).await)["memberships"].clone()
+}
+
+both_backends!(a_shadow_banned_user_is_answered_but_nobody_sees_what_they_do, |server| async move {
+    let admin = make_admin(&server).await;
+    let alice = server.register("alice").await;
+    let carol = server.register("carol").await;
+    let mallory = server.register("mallory").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    common::join(&mallory, &room).await;
+    let user_path = format!("{A}/v2/users/{}", enc(&mallory.user_id));
+    assert_eq!(ok(&admin.get(&user_path).await)["shadow_banned"], false);
+
+    let ban = format!("{A}/v1/users/{}/shadow_ban", enc(&mallory.user_id));
+    assert_eq!(ok(&admin.post(&ban, &json!({})).await), &json!({}));
+    assert_eq!(ok(&admin.get(&user_path).await)["shadow_banned"], true);
+    let listed = ok(&admin.get(&format!("{A}/v2/users?name=mallory")).await).clone();
+    assert_eq!(listed["users"][0]["shadow_banned"], true, "{listed}");
+    let sorted = ok(&admin.get(&format!("{A}/v2/users?order_by=shadow_banned&dir=b")).await).clone();
+    assert_eq!(sorted["users"][0]["name"], mallory.user_id, "{sorted}");
+
+    // A message: 200 with an event id that exists nowhere.
+    let sent = say(&mallory, &room, "spam").await;
+    let fake = ok(&sent)["event_id"].as_str().unwrap().to_owned();
+    assert!(fake.starts_with('$'), "{fake}");
+    ok(&say(&alice, &room, "hello").await);
+    assert_eq!(bodies(&alice, &room).await, ["hello"]);
+    let fetched = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&fake))).await;
+    assert_error(&fetched, 404, "M_NOT_FOUND");
+
+    // State: answered, not applied.
+    let own = create_room(&mallory, json!({"invite": [carol.user_id]})).await;
+    let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&own));
+    assert!(ok(&mallory.put(&topic, &json!({"topic": "buy now"})).await)["event_id"].is_string());
+    assert_error(&mallory.get(&topic).await, 404, "M_NOT_FOUND");
+    // createRoom worked, its invite and a later one were dropped.
+    let invite = json!({"user_id": carol.user_id});
+    ok(&mallory.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), &invite).await);
+    ok(&mallory.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&own)), &invite).await);
+    let carols = memberships(&admin, &carol.user_id).await;
+    assert!(carols.get(&own).is_none() && carols.get(&room).is_none(), "{carols}");
+    assert_eq!(memberships(&admin, &mallory.user_id).await[&own], "join");
+
+    // Typing: answered, not shown.
+    let typing = |c: &Client| format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&c.user_id));
+    ok(&mallory.put(&typing(&mallory), &json!({"typing": true, "timeout": 30000})).await);
+    ok(&alice.put(&typing(&alice), &json!({"typing": true, "timeout": 30000})).await);
+    let sync = ok(&alice.get("/_matrix/client/v3/sync").await).clone();
+    let ephemeral = &sync["rooms"]["join"][&room]["ephemeral"]["events"];
+    let typers: Vec<&serde_json::Value> =
+        ephemeral.as_array().unwrap().iter().filter(|e| e["type"] == "m.typing").collect();
+    assert_eq!(typers.len(), 1, "{ephemeral}");
+    assert_eq!(typers[0]["content"]["user_ids"], json!([alice.user_id]), "{ephemeral}");
+
+    // Lifted: seen again.
+    assert_eq!(ok(&admin.delete(&ban, &json!({})).await), &json!({}));
+    assert_eq!(ok(&admin.get(&user_path).await)["shadow_banned"], false);
+    ok(&say(&mallory, &room, "sorry").await);
+    assert_eq!(bodies(&alice, &room).await, ["sorry", "hello"]);
+
+    assert_error(&mallory.post(&ban, &json!({})).await, 403, "M_FORBIDDEN");
+    let nobody = format!("{A}/v1/users/{}/shadow_ban", enc(&server.user_id("nobody")));
+    assert_error(&admin.post(&nobody, &json!({})).await, 404, "M_NOT_FOUND");
+    let remote = format!("{A}/v1/users/{}/shadow_ban", enc("@x:elsewhere.test"));
+    assert_error(&admin.post(&remote, &json!({})).await, 400, "M_INVALID_PARAM");
+});

@@ -1,5 +1,6 @@
-//! SQL of per-user overrides of the request rate limit (table `ratelimit_overrides`, migration
-//! 22), set with `/_synapse/admin/v1/users/{userId}/override_ratelimit`.
+//! SQL of per-user overrides set with the admin API (migration 22): the request rate limit
+//! (table `ratelimit_overrides`, `/override_ratelimit`) and shadow bans (table
+//! `shadow_banned_users`, `/shadow_ban`).
 
 use super::Db;
 use crate::error::Result;
@@ -43,6 +44,28 @@ impl Db {
     /// Removes the override of `user_id` (none is fine).
     pub async fn delete_ratelimit_override(&self, user_id: &str) -> Result<()> {
         sqlx::query("DELETE FROM ratelimit_overrides WHERE user_id = $1").bind(user_id).execute(self.pool()).await?;
+        Ok(())
+    }
+}
+
+impl Db {
+    /// Whether `user_id` is shadow-banned.
+    pub async fn is_shadow_banned(&self, user_id: &str) -> Result<bool> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT user_id FROM shadow_banned_users WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Shadow-bans `user_id` (`true`) or lifts the ban.
+    pub async fn set_shadow_banned(&self, user_id: &str, banned: bool) -> Result<()> {
+        let sql = if banned {
+            "INSERT INTO shadow_banned_users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING"
+        } else {
+            "DELETE FROM shadow_banned_users WHERE user_id = $1"
+        };
+        sqlx::query(sql).bind(user_id).execute(self.pool()).await?;
         Ok(())
     }
 }

@@ -153,6 +153,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
             &format!("{A}/v1/users/{{user_id}}/override_ratelimit"),
             get(user_extras::get_ratelimit).post(user_extras::set_ratelimit).delete(user_extras::delete_ratelimit),
         )
+        .route(
+            &format!("{A}/v1/users/{{user_id}}/shadow_ban"),
+            post(user_extras::shadow_ban).delete(user_extras::lift_shadow_ban),
+        )
         .route(&format!("{A}/v2/users/{{user_id}}/devices"), get(devices::list))
         .route(
             &format!("{A}/v2/users/{{user_id}}/devices/{{device_id}}"),

@@ -1,6 +1,7 @@
 //! Per-user admin endpoints that tools call besides the account itself:
 //! `GET /_synapse/admin/v1/users/{userId}/accountdata` and
-//! `GET`/`POST`/`DELETE /_synapse/admin/v1/users/{userId}/override_ratelimit`.
+//! `GET`/`POST`/`DELETE /_synapse/admin/v1/users/{userId}/override_ratelimit` and
+//! `POST`/`DELETE /_synapse/admin/v1/users/{userId}/shadow_ban` (its effects: `rooms::shadow_ban`).
 
 use axum::Json;
 use axum::extract::State;
@@ -101,5 +102,27 @@ pub async fn delete_ratelimit(
     let user_id = existing(&state, &user).await?;
     state.accounts.db().delete_ratelimit_override(user_id.as_str()).await?;
     state.limits.forget_override(user_id.as_str());
+    Ok(Json(json!({})))
+}
+
+/// `POST /_synapse/admin/v1/users/{userId}/shadow_ban`: `{}`.
+pub async fn shadow_ban(
+    State(state): State<AppState>,
+    _: Admin,
+    AdminPath(user): AdminPath<String>,
+) -> Result<Json<Value>> {
+    let user_id = existing(&state, &user).await?;
+    state.accounts.db().set_shadow_banned(user_id.as_str(), true).await?;
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /_synapse/admin/v1/users/{userId}/shadow_ban`: `{}`.
+pub async fn lift_shadow_ban(
+    State(state): State<AppState>,
+    _: Admin,
+    AdminPath(user): AdminPath<String>,
+) -> Result<Json<Value>> {
+    let user_id = existing(&state, &user).await?;
+    state.accounts.db().set_shadow_banned(user_id.as_str(), false).await?;
     Ok(Json(json!({})))
 }

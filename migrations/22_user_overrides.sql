@@ -5,3 +5,9 @@ CREATE TABLE ratelimit_overrides (
     messages_per_second BIGINT NOT NULL,
     burst_count BIGINT NOT NULL
 );
+
+-- Shadow-banned users (`/_synapse/admin/v1/users/{userId}/shadow_ban`): their events, invites
+-- and typing are answered as if accepted but dropped (see `rooms::shadow_ban`).
+CREATE TABLE shadow_banned_users (
+    user_id TEXT PRIMARY KEY NOT NULL
+);
