@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Bucket, RateLimitConfig};
 use crate::error::{Error, Result};
 use crate::storage::Db;
-use crate::storage::ratelimit_overrides::RateOverride;
+use crate::storage::user_overrides::RateOverride;
 
 /// How long a user's rate override (or its absence) is trusted before it is read again.
 pub const OVERRIDE_TTL: Duration = Duration::from_secs(5);

@@ -24,7 +24,6 @@ pub mod media_admin;
 mod nodelay;
 pub mod outbox;
 pub mod push;
-pub mod ratelimit_overrides;
 pub mod registration_tokens;
 pub mod reports;
 pub mod room_admin;
@@ -35,6 +34,7 @@ pub mod sync;
 pub mod threepid;
 pub mod tokens;
 pub mod user_directory;
+pub mod user_overrides;
 
 use std::borrow::Cow;
 use std::str::FromStr;

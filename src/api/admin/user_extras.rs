@@ -12,7 +12,7 @@ use ruma::OwnedUserId;
 use super::{Admin, AdminJson, AdminPath, local_user_id};
 use crate::api::AppState;
 use crate::error::{Error, Result};
-use crate::storage::ratelimit_overrides::RateOverride;
+use crate::storage::user_overrides::RateOverride;
 
 /// The local account named in the path, which must exist.
 async fn existing(state: &AppState, raw: &str) -> Result<OwnedUserId> {
