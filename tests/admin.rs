@@ -255,7 +255,7 @@ both_backends!(admin_api_is_for_server_admins_only, |server| async move {
     let res = admin.request(Method::GET, &format!("{A}/v2/users")).send().await.unwrap();
     assert_eq!(res.headers()["access-control-allow-origin"], "*");
     // Endpoints not served answer M_UNRECOGNIZED.
-    assert_error(&admin.get(&format!("{A}/v1/users/{user}/accountdata")).await, 404, "M_UNRECOGNIZED");
+    assert_error(&admin.get(&format!("{A}/v1/room_reports")).await, 404, "M_UNRECOGNIZED");
 });
 
 both_backends!(users_list_filters_sorts_and_pages, |server| async move {

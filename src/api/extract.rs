@@ -203,11 +203,10 @@ where
             .and_then(|s| s.appservice.as_ref().map(|reg| !reg.rate_limited || s.user_id == reg.sender))
             .unwrap_or(false);
         if T::RATE_LIMITED && parts.method != http::Method::GET && !exempt {
-            let key = match &session {
-                Some(s) => s.user_id.to_string(),
-                None => ip.to_string(),
-            };
-            state.limits.requests.check(&key)?;
+            match &session {
+                Some(s) => Box::pin(state.limits.check_user_request(state.accounts.db(), s.user_id.as_str())).await?,
+                None => state.limits.requests.check(&ip.to_string())?,
+            }
         }
 
         let bytes = Box::pin(axum::body::to_bytes(body, MAX_JSON_BODY)).await.map_err(body_error)?;

@@ -169,7 +169,9 @@ impl Rooms {
             ));
         }
         let mut invites = Vec::new();
-        for invitee in &req.invite {
+        // A shadow-banned creator's room is made, its invites are dropped (`shadow_ban`).
+        let invitees = if self.is_shadow_banned(creator).await? { &[][..] } else { &req.invite[..] };
+        for invitee in invitees {
             if invitee.server_name() != self.server_name {
                 return Err(Error::forbidden(
                     "Inviting users on other servers while creating a room is not supported yet",

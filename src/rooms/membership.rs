@@ -223,6 +223,10 @@ impl Rooms {
         if is_direct {
             ev.content["is_direct"] = Value::Bool(true);
         }
+        // Dropped unseen (`shadow_ban`); checked here so that remote invites are dropped too.
+        if self.is_shadow_banned(sender).await? {
+            return Ok(());
+        }
         if remote {
             return self.invite_remote(room_id, sender, target, ev.content).await;
         }

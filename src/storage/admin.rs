@@ -27,13 +27,15 @@ pub struct AdminUserRow {
     pub locked: bool,
     /// Suspended (read-only).
     pub suspended: bool,
+    /// Shadow-banned (what they send is dropped unseen).
+    pub shadow_banned: bool,
 }
 
-type AdminUserTuple = (String, i64, i64, i64, Option<String>, Option<String>, i64, Option<i64>, i64, i64);
+type AdminUserTuple = (String, i64, i64, i64, Option<String>, Option<String>, i64, Option<i64>, i64, i64, i64);
 
 const USER_COLUMNS: &str = "SELECT user_id, is_admin, deactivated, erased, displayname, avatar_url, created_ts, \
-     (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = users.user_id) AS last_seen_ts, locked, suspended \
-     FROM users";
+     (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = users.user_id) AS last_seen_ts, locked, suspended, \
+     (SELECT COUNT(*) FROM shadow_banned_users s WHERE s.user_id = users.user_id) AS shadow_banned FROM users";
 
 fn admin_user(t: AdminUserTuple) -> AdminUserRow {
     AdminUserRow {
@@ -47,6 +49,7 @@ fn admin_user(t: AdminUserTuple) -> AdminUserRow {
         last_seen_ts: t.7,
         locked: t.8 != 0,
         suspended: t.9 != 0,
+        shadow_banned: t.10 != 0,
     }
 }
 
@@ -73,8 +76,8 @@ pub struct UserQuery {
     pub limit: i64,
 }
 
-/// `order_by` values of the users list and the column each sorts by. Guests, user types and
-/// shadow bans do not exist here, so sorting by them is sorting by name. Display
+/// `order_by` values of the users list and the column each sorts by. Guests and user types do
+/// not exist here, so sorting by them is sorting by name. Display
 /// names sort without regard to case, the same on both backends (collations differ).
 pub const USER_ORDER_COLUMNS: &[(&str, &str)] = &[
     ("name", "user_id"),
@@ -82,7 +85,7 @@ pub const USER_ORDER_COLUMNS: &[(&str, &str)] = &[
     ("admin", "is_admin"),
     ("user_type", "user_id"),
     ("deactivated", "deactivated"),
-    ("shadow_banned", "user_id"),
+    ("shadow_banned", "shadow_banned"),
     ("displayname", "LOWER(displayname)"),
     ("avatar_url", "avatar_url"),
     ("creation_ts", "created_ts"),

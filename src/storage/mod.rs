@@ -34,6 +34,7 @@ pub mod sync;
 pub mod threepid;
 pub mod tokens;
 pub mod user_directory;
+pub mod user_overrides;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -225,7 +226,7 @@ macro_rules! migration_sql {
 /// checksums), a change is a new migration.
 macro_rules! all_migrations {
     ($dir:literal) => {
-        migrations!($dir: 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets" per_dialect, 19 "accounts_moderation_email", 20 "admin_api", 21 "synapse_import")
+        migrations!($dir: 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets" per_dialect, 19 "accounts_moderation_email", 20 "admin_api", 21 "synapse_import", 22 "user_overrides")
     };
 }
 

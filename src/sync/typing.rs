@@ -275,6 +275,9 @@ impl SyncEngine {
         if self.rooms.membership_of(room_id, user_id).await?.as_deref() != Some("join") {
             return Err(Error::forbidden(format!("User {user_id} not in room {room_id}")));
         }
+        if matches!(origin, TypingOrigin::Local) && self.rooms.is_shadow_banned(user_id).await? {
+            return Ok(());
+        }
         let timeout = match origin {
             TypingOrigin::Local => timeout.unwrap_or(DEFAULT_TIMEOUT).min(MAX_TIMEOUT),
             TypingOrigin::Remote => DEFAULT_TIMEOUT,

@@ -16,6 +16,7 @@ mod reports;
 mod room_moderation;
 mod rooms;
 mod server_notices;
+mod user_extras;
 mod users;
 
 use axum::Router;
@@ -147,6 +148,15 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{A}/v1/users/{{user_id}}/joined_rooms"), get(users::joined_rooms))
         .route(&format!("{A}/v1/users/{{user_id}}/pushers"), get(users::pushers))
         .route(&format!("{A}/v1/users/{{user_id}}/memberships"), get(users::memberships))
+        .route(&format!("{A}/v1/users/{{user_id}}/accountdata"), get(user_extras::account_data))
+        .route(
+            &format!("{A}/v1/users/{{user_id}}/override_ratelimit"),
+            get(user_extras::get_ratelimit).post(user_extras::set_ratelimit).delete(user_extras::delete_ratelimit),
+        )
+        .route(
+            &format!("{A}/v1/users/{{user_id}}/shadow_ban"),
+            post(user_extras::shadow_ban).delete(user_extras::lift_shadow_ban),
+        )
         .route(&format!("{A}/v2/users/{{user_id}}/devices"), get(devices::list))
         .route(
             &format!("{A}/v2/users/{{user_id}}/devices/{{device_id}}"),

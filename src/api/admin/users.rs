@@ -22,8 +22,8 @@ pub async fn server_version(_: Admin) -> Json<Value> {
     Json(json!({ "server_version": env!("CARGO_PKG_VERSION") }))
 }
 
-/// A user in the users list. Guests, user types and shadow bans do not exist on this server,
-/// so those fields are constant. `creation_ts` is in seconds, as Synapse stores and
+/// A user in the users list. Guests and user types do not exist on this server, so those
+/// fields are constant. `creation_ts` is in seconds, as Synapse stores and
 /// serves it (its documentation says ms; synapse-admin/Ketesa multiply it by 1000).
 fn list_entry(u: &AdminUserRow) -> Value {
     json!({
@@ -33,7 +33,7 @@ fn list_entry(u: &AdminUserRow) -> Value {
         "user_type": null,
         "deactivated": u.deactivated,
         "erased": u.erased,
-        "shadow_banned": false,
+        "shadow_banned": u.shadow_banned,
         "displayname": u.displayname,
         "avatar_url": u.avatar_url,
         "creation_ts": u.creation_ts / 1000,
