@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use common::{Backend, Client, PASSWORD, TestServer, assert_error, create_room, enc, ok, send, set_config};
+use common::{Backend, PASSWORD, TestServer, assert_error, create_room, enc, make_admin, ok, send, set_config};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -165,16 +165,6 @@ fn bad_delegation_settings_stop_start_up_naming_the_key() {
 // Admin API
 
 const A: &str = "/_synapse/admin";
-
-/// Asserts a 200 and returns the body.
-/// A server admin made with `myelin register-user --admin`, logged in.
-async fn make_admin(server: &TestServer) -> Client {
-    let config = server.config_path().to_str().unwrap().to_owned();
-    let (done, _, stderr) =
-        server.cli(&["register-user", "--config", &config, "root", "--password", "rootpw", "--admin"]);
-    assert!(done, "{stderr}");
-    server.login("root", "rootpw").await
-}
 
 /// Whether `token` is accepted by the client API.
 async fn token_works(server: &TestServer, token: &str) -> bool {

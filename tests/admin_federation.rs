@@ -7,31 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Resp, TestServer, enc, send, set_config};
+use common::{Client, assert_error, enc, make_admin, ok, send, set_config};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const D: &str = "/_synapse/admin/v1/federation/destinations";
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-async fn make_admin(server: &TestServer) -> Client {
-    let config = server.config_path().to_str().unwrap().to_owned();
-    let (done, _, stderr) =
-        server.cli(&["register-user", "--config", &config, "root", "--password", "rootpw", "--admin"]);
-    assert!(done, "{stderr}");
-    server.login("root", "rootpw").await
-}
 
 /// Polls the destination until `done` holds for it.
 async fn wait_for(admin: &Client, dest: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {

@@ -8,32 +8,12 @@ mod common;
 
 use std::io::Cursor;
 
-use common::{Client, Resp, TestServer, enc, send};
+use common::{Client, assert_error, enc, make_admin, ok, send};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const A: &str = "/_synapse/admin/v1";
 const UPLOAD: &str = "/_matrix/media/v3/upload";
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-async fn make_admin(server: &TestServer) -> Client {
-    let config = server.config_path().to_str().unwrap().to_owned();
-    let (done, _, stderr) =
-        server.cli(&["register-user", "--config", &config, "root", "--password", "rootpw", "--admin"]);
-    assert!(done, "{stderr}");
-    server.login("root", "rootpw").await
-}
 
 /// Uploads `bytes`; returns the media id.
 async fn upload(client: &Client, bytes: Vec<u8>, content_type: &str, filename: &str) -> String {

@@ -5,33 +5,13 @@
 #[macro_use]
 mod common;
 
-use common::{Client, PASSWORD, Resp, TestServer, send, set_config};
+use common::{PASSWORD, Resp, TestServer, assert_error, make_admin, ok, send, set_config};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const A: &str = "/_synapse/admin/v1/registration_tokens";
 const REGISTER: &str = "/_matrix/client/v3/register";
 const VALIDITY: &str = "/_matrix/client/v1/register/m.login.registration_token/validity";
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-async fn make_admin(server: &TestServer) -> Client {
-    let config = server.config_path().to_str().unwrap().to_owned();
-    let (done, _, stderr) =
-        server.cli(&["register-user", "--config", &config, "root", "--password", "rootpw", "--admin"]);
-    assert!(done, "{stderr}");
-    server.login("root", "rootpw").await
-}
 
 /// Registers `name` with `token` in one request; returns the status.
 async fn register_with(server: &TestServer, name: &str, token: &str) -> Resp {

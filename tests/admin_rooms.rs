@@ -7,36 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Resp, TestServer, enc, send};
+use common::{Client, Resp, assert_error, create_room, enc, make_admin, ok, send};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const A: &str = "/_synapse/admin";
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-async fn make_admin(server: &TestServer) -> Client {
-    let config = server.config_path().to_str().unwrap().to_owned();
-    let (done, _, stderr) =
-        server.cli(&["register-user", "--config", &config, "root", "--password", "rootpw", "--admin"]);
-    assert!(done, "{stderr}");
-    server.login("root", "rootpw").await
-}
-
-async fn create_room(c: &Client, body: Value) -> String {
-    let resp = c.post("/_matrix/client/v3/createRoom", &body).await;
-    ok(&resp)["room_id"].as_str().expect("room_id").to_owned()
-}
 
 async fn join(c: &Client, room: &str) -> Resp {
     c.post(&format!("/_matrix/client/v3/join/{}", enc(room)), &json!({})).await

@@ -5,31 +5,11 @@
 #[macro_use]
 mod common;
 
-use common::{Client, Resp, TestServer, enc, send, set_config};
+use common::{Client, assert_error, enc, make_admin, ok, send, set_config};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const NOTICE: &str = "/_synapse/admin/v1/send_server_notice";
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-async fn make_admin(server: &TestServer) -> Client {
-    let config = server.config_path().to_str().unwrap().to_owned();
-    let (done, _, stderr) =
-        server.cli(&["register-user", "--config", &config, "root", "--password", "rootpw", "--admin"]);
-    assert!(done, "{stderr}");
-    server.login("root", "rootpw").await
-}
 
 /// The rooms alice is invited to, from an initial sync.
 async fn invites(c: &Client) -> Vec<String> {

@@ -4,18 +4,10 @@
 #[macro_use]
 mod common;
 
-use common::{Client, TestServer, assert_error, create_room, enc, ok, set_config};
+use common::{Client, assert_error, create_room, enc, make_admin, ok, set_config};
 use serde_json::json;
 
 const A: &str = "/_synapse/admin";
-
-async fn make_admin(server: &TestServer) -> Client {
-    let config = server.config_path().to_str().unwrap().to_owned();
-    let (done, _, stderr) =
-        server.cli(&["register-user", "--config", &config, "root", "--password", "rootpw", "--admin"]);
-    assert!(done, "{stderr}");
-    server.login("root", "rootpw").await
-}
 
 both_backends!(account_data_lists_global_and_room_entries, |server| async move {
     let admin = make_admin(&server).await;

@@ -11,21 +11,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Resp, TestServer, free_port, send, set_config};
+use common::{Resp, TestServer, assert_error, free_port, ok, send, set_config};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
 
 /// An `aiosmtpd` server on 127.0.0.1 writing every mail it receives into a maildir.
 struct SmtpSink {

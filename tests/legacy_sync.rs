@@ -8,24 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Resp, enc};
+use common::{Client, assert_error, create_room, enc, ok};
 use serde_json::{Value, json};
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-async fn create_room(client: &Client, body: Value) -> String {
-    ok(&client.post("/_matrix/client/v3/createRoom", &body).await)["room_id"].as_str().unwrap().to_owned()
-}
 
 async fn say(client: &Client, room: &str, body: &str) -> String {
     let txn = format!("t{}", rand_suffix());

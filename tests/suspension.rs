@@ -6,33 +6,11 @@
 #[macro_use]
 mod common;
 
-use common::{Client, Resp, TestServer, enc, send};
+use common::{Client, Resp, TestServer, assert_error, create_room, enc, make_admin, ok, send};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const A: &str = "/_synapse/admin";
-
-/// Asserts a Matrix error response.
-#[track_caller]
-fn assert_error(resp: &Resp, status: u16, errcode: &str) {
-    assert_eq!(resp.0, status, "expected {status} {errcode}, got {resp:?}");
-    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}, got {resp:?}");
-}
-
-#[track_caller]
-fn ok(resp: &Resp) -> &Value {
-    assert_eq!(resp.0, 200, "expected 200, got {resp:?}");
-    &resp.1
-}
-
-/// A server admin made with `myelin register-user --admin`, logged in.
-async fn make_admin(server: &TestServer) -> Client {
-    let config = server.config_path().to_str().unwrap().to_owned();
-    let (done, _, stderr) =
-        server.cli(&["register-user", "--config", &config, "root", "--password", "rootpw", "--admin"]);
-    assert!(done, "{stderr}");
-    server.login("root", "rootpw").await
-}
 
 fn lock_path(user: &str) -> String {
     format!("/_matrix/client/v1/admin/lock/{}", enc(user))
@@ -177,10 +155,6 @@ both_backends!(a_locked_account_is_soft_logged_out_until_unlocked, |server| asyn
 async fn say(client: &Client, room: &str, txn: &str, body: &str) -> Resp {
     let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
     client.put(&path, &json!({ "msgtype": "m.text", "body": body })).await
-}
-
-async fn create_room(client: &Client, body: Value) -> String {
-    ok(&client.post("/_matrix/client/v3/createRoom", &body).await)["room_id"].as_str().unwrap().to_owned()
 }
 
 both_backends!(a_suspended_account_reads_but_cannot_act, |server| async move {

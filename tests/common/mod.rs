@@ -245,6 +245,15 @@ pub async fn create_room(c: &Client, body: Value) -> String {
     ok(&c.post("/_matrix/client/v3/createRoom", &body).await)["room_id"].as_str().expect("room_id").to_owned()
 }
 
+/// A server admin, `root`, made with `myelin register-user --admin` (as an operator does).
+pub async fn make_admin(server: &TestServer) -> Client {
+    let config = server.config_path().to_str().unwrap().to_owned();
+    let (done, _, stderr) =
+        server.cli(&["register-user", "--config", &config, "root", "--password", "rootpw", "--admin"]);
+    assert!(done, "{stderr}");
+    server.login("root", "rootpw").await
+}
+
 /// Joins a room (by id or alias) through `POST /join/{roomIdOrAlias}`.
 pub async fn join(c: &Client, room: &str) {
     ok(&c.post(&format!("/_matrix/client/v3/join/{}", enc(room)), &json!({})).await);
