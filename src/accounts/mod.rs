@@ -8,9 +8,11 @@
 //! database leak reveals no usable token, and lookups by hash do not compare secrets byte by byte.
 
 pub mod admin;
+pub mod devices;
 pub mod threepid;
 pub mod tokens;
 pub mod uia;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -220,11 +222,6 @@ impl Accounts {
             mailer,
             mails_per_address,
         }
-    }
-
-    /// The database handle.
-    pub fn db(&self) -> &Db {
-        &self.db
     }
 
     /// The full user id for a localpart on this server.
