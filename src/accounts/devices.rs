@@ -25,12 +25,18 @@ impl Accounts {
 
     /// Sets (or clears) a device's display name; false when the user has no such device.
     pub async fn rename_device(&self, user_id: &UserId, device_id: &str, name: Option<&str>) -> Result<bool> {
-        Ok(self.db.rename_device(user_id.as_str(), device_id, name).await?)
+        Ok(self
+            .db
+            .rename_device(user_id.as_str(), device_id, name, crate::e2ee::device_lists::device_list_update_edu)
+            .await?)
     }
 
     /// Deletes these devices of the user with their tokens and keys.
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {
-        Ok(self.db.delete_devices(user_id.as_str(), device_ids).await?)
+        Ok(self
+            .db
+            .delete_devices(user_id.as_str(), device_ids, crate::e2ee::device_lists::device_list_update_edu)
+            .await?)
     }
 
     /// Deletes every device of the user (logs them out everywhere); returns whether there was

@@ -28,7 +28,7 @@ impl Accounts {
 
     /// Deactivates the account: password, devices, tokens, keys and pushers go.
     pub async fn deactivate(&self, user_id: &UserId) -> Result<()> {
-        Ok(self.db.deactivate_user(user_id.as_str()).await?)
+        Ok(self.db.deactivate_user(user_id.as_str(), crate::e2ee::device_lists::device_list_update_edu).await?)
     }
 
     /// Whether the database answers a trivial query (the health check).
