@@ -1,6 +1,7 @@
 //! The layer rule of `docs/ARCHITECTURE.md`, checked on the source: a module may use modules of
 //! its own layer or of layers below it, never above; cycles between the top-level modules of
-//! one layer are refused too; and SQL is written only in `src/storage/`.
+//! one layer are refused too; SQL is written only in `src/storage/`; and handlers (`src/api/`)
+//! reach storage only through the engines, never through a `Db` handle.
 //!
 //! The check reads `crate::…` and `super::…` paths in `src/` (every `use` and every inline
 //! path, test modules included), so an upward dependency cannot hide in a function body.
@@ -236,6 +237,40 @@ fn sql_is_written_only_in_storage() {
     assert!(found.is_empty(), "SQL outside src/storage/:\n{}", found.join("\n"));
 }
 
+/// Where a handler's code reaches storage itself: a `.db()` handle, the `Db` type or its pool.
+/// Row types of `storage` may appear (engines return them); queries may not.
+fn storage_reach(text: &str) -> Vec<(usize, String)> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let names_db = |l: &str| {
+        l.match_indices("Db").any(|(i, _)| {
+            !l[..i].chars().next_back().is_some_and(ident) && !l[i + 2..].chars().next().is_some_and(ident)
+        })
+    };
+    code_of(text)
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(".db()") || l.contains(".pool()") || names_db(l))
+        .map(|(n, l)| (n + 1, l.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn handlers_reach_storage_only_through_the_engines() {
+    let mut found = Vec::new();
+    for (file, text) in files() {
+        let rel = file.strip_prefix(src_dir()).unwrap().to_string_lossy().into_owned();
+        if !rel.starts_with("api/") {
+            continue;
+        }
+        found.extend(storage_reach(&text).into_iter().map(|(n, l)| format!("src/{rel}:{n}: {l}")));
+    }
+    assert!(
+        found.is_empty(),
+        "handlers that reach storage instead of calling an engine method (docs/ARCHITECTURE.md):\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn the_checker_sees_what_it_must() {
     // The reader itself: paths are found in `use` lines and inline, `super` is resolved.
@@ -246,4 +281,9 @@ fn the_checker_sees_what_it_must() {
     assert!(refs.contains(&vec!["rooms".to_owned(), "federated".to_owned(), "fetch".to_owned(), "g".to_owned()]));
     assert_eq!(layer_of(&["delivery".to_owned(), "push".to_owned()]).map(|l| l.0), Some(8));
     assert!(layer_of(&["sync".to_owned()]).unwrap().0 > layer_of(&["rooms".to_owned()]).unwrap().0);
+    // A handler's reach into storage, in any of its spellings; row types and comments pass.
+    let reach = storage_reach(
+        "let a = state.rooms.db().get_event(id);\nstate\n    .accounts\n    .db()\nuse crate::storage::{Db, x};\nfn f(db: &Db) {}\nlet r: DbRow = x; // state.rooms.db()\nlet p = db.pool();",
+    );
+    assert_eq!(reach.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 4, 5, 6, 8]);
 }

@@ -5,6 +5,9 @@ use ruma::UserId;
 
 use super::{Accounts, validate_localpart};
 use crate::error::{Error, Result};
+use crate::storage::admin::{AdminUserRow, UserQuery};
+use crate::storage::registration_tokens::RegistrationToken;
+use crate::storage::user_overrides::RateOverride;
 
 impl Accounts {
     /// Creates an account as an admin asks (`PUT /_synapse/admin/v2/users/{userId}`): any
@@ -39,10 +42,7 @@ impl Accounts {
         if !logout_devices {
             return Ok(false);
         }
-        let devices: Vec<String> =
-            self.db.list_devices(user_id.as_str()).await?.into_iter().map(|d| d.device_id).collect();
-        self.db.delete_devices(user_id.as_str(), &devices).await?;
-        Ok(!devices.is_empty())
+        self.delete_all_devices(user_id).await
     }
 }
 
@@ -102,5 +102,100 @@ impl Accounts {
             Some(row) if !row.deactivated => Ok(row),
             _ => Err(Error::not_found("User not found.")),
         }
+    }
+}
+
+/// The records the server administration API reads and changes directly: the user list,
+/// flags, registration tokens and per-user overrides.
+impl Accounts {
+    /// A page of the user list, and how many users match (`GET /_synapse/admin/v2/users`).
+    pub async fn admin_users(&self, query: &UserQuery) -> Result<(Vec<AdminUserRow>, i64)> {
+        self.db.admin_list_users(query).await
+    }
+
+    /// One user as the admin API shows it.
+    pub async fn admin_user(&self, user_id: &UserId) -> Result<Option<AdminUserRow>> {
+        self.db.admin_get_user(user_id.as_str()).await
+    }
+
+    /// Grants or revokes server admin rights.
+    pub async fn admin_set_admin(&self, user_id: &UserId, admin: bool) -> Result<()> {
+        self.db.admin_set_admin(user_id.as_str(), admin).await
+    }
+
+    /// Locks or unlocks an account (its tokens are forgotten from the cache).
+    pub async fn admin_set_locked(&self, user_id: &UserId, locked: bool) -> Result<()> {
+        self.db.admin_set_locked(user_id.as_str(), locked).await
+    }
+
+    /// Reactivates a deactivated (or erased) account.
+    pub async fn admin_reactivate(&self, user_id: &UserId) -> Result<()> {
+        self.db.admin_reactivate(user_id.as_str()).await
+    }
+
+    /// Marks the account erased and removes its profile.
+    pub async fn admin_erase(&self, user_id: &UserId) -> Result<()> {
+        self.db.admin_erase(user_id.as_str()).await
+    }
+
+    /// Every room the user has a membership in, with that membership.
+    pub async fn admin_memberships(&self, user_id: &UserId) -> Result<Vec<(String, String)>> {
+        self.db.admin_memberships_of(user_id.as_str()).await
+    }
+
+    /// The registration tokens, all or only the (in)valid ones.
+    pub async fn registration_tokens(&self, valid: Option<bool>) -> Result<Vec<RegistrationToken>> {
+        self.db.registration_tokens(valid).await
+    }
+
+    /// One registration token.
+    pub async fn registration_token(&self, token: &str) -> Result<Option<RegistrationToken>> {
+        self.db.registration_token(token).await
+    }
+
+    /// Adds a registration token; false when it exists already.
+    pub async fn insert_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_time: Option<i64>,
+    ) -> Result<bool> {
+        self.db.insert_registration_token(token, uses_allowed, expiry_time).await
+    }
+
+    /// Changes the limits of a registration token (`Some(None)` clears one); false when there
+    /// is no such token.
+    pub async fn update_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<Option<i64>>,
+        expiry_time: Option<Option<i64>>,
+    ) -> Result<bool> {
+        self.db.update_registration_token(token, uses_allowed, expiry_time).await
+    }
+
+    /// Deletes a registration token; false when there is no such token.
+    pub async fn delete_registration_token(&self, token: &str) -> Result<bool> {
+        self.db.delete_registration_token(token).await
+    }
+
+    /// The user's rate-limit override, if an admin set one.
+    pub async fn ratelimit_override(&self, user_id: &UserId) -> Result<Option<RateOverride>> {
+        self.db.ratelimit_override(user_id.as_str()).await
+    }
+
+    /// Sets the user's rate-limit override.
+    pub async fn set_ratelimit_override(&self, user_id: &UserId, rate: RateOverride) -> Result<()> {
+        self.db.set_ratelimit_override(user_id.as_str(), rate).await
+    }
+
+    /// Removes the user's rate-limit override.
+    pub async fn delete_ratelimit_override(&self, user_id: &UserId) -> Result<()> {
+        self.db.delete_ratelimit_override(user_id.as_str()).await
+    }
+
+    /// Shadow-bans the user or lifts the ban.
+    pub async fn set_shadow_banned(&self, user_id: &UserId, banned: bool) -> Result<()> {
+        self.db.set_shadow_banned(user_id.as_str(), banned).await
     }
 }

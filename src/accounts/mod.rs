@@ -8,9 +8,11 @@
 //! database leak reveals no usable token, and lookups by hash do not compare secrets byte by byte.
 
 pub mod admin;
+pub mod devices;
 pub mod threepid;
 pub mod tokens;
 pub mod uia;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -222,11 +224,6 @@ impl Accounts {
         }
     }
 
-    /// The database handle.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     /// The full user id for a localpart on this server.
     pub fn user_id(&self, localpart: &str) -> Result<OwnedUserId> {
         UserId::parse(format!("@{localpart}:{}", self.config.server_name))
@@ -343,7 +340,16 @@ impl Accounts {
             expires_ts: expires_in.map(|d| crate::storage::now_ms() + d.as_millis() as i64),
             refresh: refresh_hash.as_deref().map(|h| (h, self.refresh_token_expiry())),
         };
-        self.db.create_session(user_id.as_str(), device_id.as_str(), display_name, token, ip).await?;
+        self.db
+            .create_session(
+                user_id.as_str(),
+                device_id.as_str(),
+                display_name,
+                token,
+                ip,
+                crate::e2ee::device_lists::device_list_update_edu,
+            )
+            .await?;
         Ok(IssuedToken { access_token, device_id, refresh_token, expires_in })
     }
 
@@ -424,7 +430,9 @@ impl Accounts {
                 .map(|d| d.device_id)
                 .filter(|d| d != session.device_id.as_str())
                 .collect();
-            self.db.delete_devices(session.user_id.as_str(), &others).await?;
+            self.db
+                .delete_devices(session.user_id.as_str(), &others, crate::e2ee::device_lists::device_list_update_edu)
+                .await?;
         }
         Ok(())
     }

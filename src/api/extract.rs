@@ -204,7 +204,7 @@ where
             .unwrap_or(false);
         if T::RATE_LIMITED && parts.method != http::Method::GET && !exempt {
             match &session {
-                Some(s) => Box::pin(state.limits.check_user_request(state.accounts.db(), s.user_id.as_str())).await?,
+                Some(s) => Box::pin(state.accounts.check_request_rate(&state.limits, &s.user_id)).await?,
                 None => state.limits.requests.check(&ip.to_string())?,
             }
         }
@@ -277,8 +277,7 @@ async fn appservice_session(
     let user_id = state.appservices.masquerade(reg, param("user_id").as_deref(), must_exist).await?;
     let device_id = match param("device_id").or_else(|| param("org.matrix.msc3202.device_id")) {
         Some(device) => {
-            let known =
-                state.accounts.db().list_devices(user_id.as_str()).await?.into_iter().any(|d| d.device_id == device);
+            let known = state.accounts.has_device(&user_id, &device).await?;
             if !known {
                 return Err(Error::forbidden(format!("Application service has not registered this device ({device})")));
             }

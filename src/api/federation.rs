@@ -116,8 +116,7 @@ pub async fn send_transaction(
 ) -> Result<Json<Value>> {
     let origin = req.origin()?.to_owned();
     let txn_id = req.body.transaction_id.to_string();
-    let db = state.rooms.db();
-    if let Some(response) = db.federation_txn_answer(origin.as_str(), &txn_id).await? {
+    if let Some(response) = state.rooms.federation_txn_answer(origin.as_str(), &txn_id).await? {
         return Ok(Json(serde_json::from_str(&response)?));
     }
     let body = req.json.clone().unwrap_or(Value::Null);
@@ -162,7 +161,7 @@ pub async fn send_transaction(
         handle_edu(&state, &origin, &edu).await;
     }
     let response = json!({ "pdus": results });
-    db.record_federation_txn(origin.as_str(), &txn_id, &response.to_string()).await?;
+    state.rooms.record_federation_txn(origin.as_str(), &txn_id, &response.to_string()).await?;
     Ok(Json(response))
 }
 
@@ -393,8 +392,7 @@ async fn require_participant(state: &AppState, room_id: &RoomId, origin: &Server
     }
     state.rooms.require_server_allowed(room_id, origin).await?;
     let suffix = format!(":{origin}");
-    let in_room =
-        state.rooms.db().members_with(room_id.as_str(), "join").await?.into_iter().any(|u| u.ends_with(&suffix));
+    let in_room = state.rooms.joined_members(room_id).await?.into_iter().any(|u| u.ends_with(&suffix));
     if in_room { Ok(()) } else { Err(Error::forbidden(format!("{origin} is not in room {room_id}"))) }
 }
 
@@ -416,8 +414,7 @@ pub async fn event(State(state): State<AppState>, req: Ruma<get_event::v1::Reque
     let origin = req.origin()?;
     let ev = state
         .rooms
-        .db()
-        .get_event(req.body.event_id.as_str())
+        .stored_event(req.body.event_id.as_str())
         .await?
         .filter(|e| !e.pdu.rejected)
         .ok_or_else(|| Error::not_found("Event not found"))?;
@@ -432,8 +429,7 @@ pub async fn event(State(state): State<AppState>, req: Ruma<get_event::v1::Reque
 async fn state_at(state: &AppState, room_id: &RoomId, event_id: &str) -> Result<(Vec<String>, Vec<String>)> {
     let ev = state
         .rooms
-        .db()
-        .get_event(event_id)
+        .stored_event(event_id)
         .await?
         .filter(|e| e.pdu.room_id == room_id && !e.pdu.rejected)
         .ok_or_else(|| Error::not_found("Event not found"))?;
@@ -457,9 +453,9 @@ pub async fn state_ids(
 pub async fn state(State(state): State<AppState>, req: Ruma<get_room_state::v1::Request>) -> Result<Json<Value>> {
     require_participant(&state, &req.body.room_id, req.origin()?).await?;
     let (ids, chain) = state_at(&state, &req.body.room_id, req.body.event_id.as_str()).await?;
-    let db = state.rooms.db();
-    let pdus: Vec<Value> = db.get_events(&ids).await?.into_iter().map(|e| e.pdu.federation_json()).collect();
-    let auth: Vec<Value> = db.get_events(&chain).await?.into_iter().map(|e| e.pdu.federation_json()).collect();
+    let rooms = &state.rooms;
+    let pdus: Vec<Value> = rooms.stored_events(&ids).await?.into_iter().map(|e| e.pdu.federation_json()).collect();
+    let auth: Vec<Value> = rooms.stored_events(&chain).await?.into_iter().map(|e| e.pdu.federation_json()).collect();
     Ok(Json(json!({ "pdus": pdus, "auth_chain": auth })))
 }
 
@@ -487,20 +483,20 @@ async fn walk_back(
     min_depth: i64,
     include_from: bool,
 ) -> Result<Vec<Value>> {
-    let db = state.rooms.db();
+    let rooms = &state.rooms;
     let mut seen: HashSet<String> = stop.clone();
     let mut frontier: Vec<String> = Vec::new();
     let mut out = Vec::new();
     if include_from {
         frontier = from;
     } else {
-        for ev in db.get_events(&from).await? {
+        for ev in rooms.stored_events(&from).await? {
             frontier.extend(ev.pdu.fields.prev_events.iter().map(|e| e.to_string()));
         }
     }
     while !frontier.is_empty() && out.len() < limit {
         let ids: Vec<String> = frontier.drain(..).filter(|id| seen.insert(id.clone())).collect();
-        let mut evs = db.get_events(&ids).await?;
+        let mut evs = rooms.stored_events(&ids).await?;
         evs.sort_by_key(|e| std::cmp::Reverse(e.topo));
         for ev in evs {
             if ev.pdu.room_id != room_id || ev.pdu.rejected || ev.pdu.fields.depth < min_depth {
@@ -548,12 +544,8 @@ pub async fn query_directory(
     req: Ruma<get_room_information::v1::Request>,
 ) -> Result<Json<Value>> {
     let alias = req.body.room_alias.as_str();
-    let (room_id, _) = state
-        .rooms
-        .db()
-        .get_alias(alias)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
+    let (room_id, _) =
+        state.rooms.alias(alias).await?.ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
     let mut servers = vec![state.config.server_name.clone()];
     servers.extend(state.rooms.remote_destinations(&room_id).await?);
     Ok(Json(json!({ "room_id": room_id, "servers": servers })))
@@ -592,8 +584,7 @@ pub async fn query_profile(
     if *user.server_name() != *state.config.server_name() {
         return Err(Error::not_found("User is not on this server"));
     }
-    let profile =
-        state.rooms.db().get_user(user.as_str()).await?.ok_or_else(|| Error::not_found("Profile not found"))?;
+    let profile = state.accounts.user(user).await?.ok_or_else(|| Error::not_found("Profile not found"))?;
     let mut out = json!({});
     let field = req.body.field.as_ref().map(|f| f.as_str().to_owned());
     if field.as_deref().is_none_or(|f| f == "displayname")
@@ -611,7 +602,7 @@ pub async fn query_profile(
 
 async fn public_rooms_chunk(state: &AppState) -> Result<Value> {
     let mut chunk = Vec::new();
-    for room in state.rooms.db().public_rooms().await? {
+    for room in state.rooms.public_rooms().await? {
         let Ok(room_id) = RoomId::parse(&room) else { continue };
         let text = |t: &'static str, k: &'static str| {
             let rooms = state.rooms.clone();
@@ -625,7 +616,7 @@ async fn public_rooms_chunk(state: &AppState) -> Result<Value> {
                     .and_then(|p| p.content()[k].as_str().map(str::to_owned))
             }
         };
-        let joined = state.rooms.db().members_with(&room, "join").await?.len();
+        let joined = state.rooms.joined_members(&room_id).await?.len();
         let mut entry = json!({
             "room_id": room,
             "num_joined_members": joined,

@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::device_lists::device_list_update_edu;
 use super::{E2ee, cross_signing_public_key, parse_stored, signed_part, verify_signature};
 use crate::error::{Error, Result};
 use crate::storage::e2ee::SignatureRow;
@@ -79,7 +80,7 @@ impl E2ee {
         for (kind, key) in &new_keys {
             self.db.e2e_set_cross_signing_key(&mut tx, user_id, kind, &key.to_string()).await?;
         }
-        self.db.e2e_record_device_change(&mut tx, user_id, None, false).await?;
+        self.db.e2e_record_device_change(&mut tx, user_id, None, false, device_list_update_edu).await?;
         // Remote servers learn master and self-signing keys (the user-signing key is private
         // to the user's own devices).
         let mut content = json!({ "user_id": user_id });
@@ -130,7 +131,7 @@ impl E2ee {
             // must re-query; a user-signing signature on someone else is seen by the signer only.
             let changed = if target_user == user_id { target_user } else { user_id };
             let device = if target_user == user_id { device.as_deref() } else { None };
-            self.db.e2e_record_device_change(&mut tx, changed, device, false).await?;
+            self.db.e2e_record_device_change(&mut tx, changed, device, false, device_list_update_edu).await?;
             changed_users.push(changed.to_owned());
         }
         tx.commit().await?;

@@ -11,7 +11,33 @@ use std::collections::BTreeSet;
 
 use super::E2ee;
 use crate::error::{Error, Result};
-use crate::storage::e2ee::DEVICE_LISTS_STREAM;
+use crate::storage::e2ee::{DEVICE_LISTS_STREAM, DeviceListChange};
+use serde_json::{Value, json};
+
+/// The `m.device_list_update` EDU that tells the servers sharing a room with a local user of
+/// a change of one of the user's devices: a remaining device with its display name and its
+/// keys (with the user's own later signatures, e.g. the self-signing key's), a deleted one
+/// marked `deleted`. Storage reads the change in the transaction that makes it and queues
+/// what this builds.
+pub fn device_list_update_edu(change: &DeviceListChange<'_>) -> String {
+    let mut content = json!({
+        "user_id": change.user_id,
+        "device_id": change.device_id,
+        "stream_id": change.stream_id,
+        "prev_id": change.prev_id.into_iter().collect::<Vec<_>>(),
+        "deleted": change.deleted,
+    });
+    if let Some(name) = &change.display_name {
+        content["device_display_name"] = json!(name);
+    }
+    if let Some(mut keys) = change.keys.as_deref().and_then(|k| serde_json::from_str::<Value>(k).ok()) {
+        for (key_id, sig) in &change.own_signatures {
+            crate::events::signed::add_signature(&mut keys, change.user_id, key_id, sig);
+        }
+        content["keys"] = keys;
+    }
+    json!({ "edu_type": "m.device_list_update", "content": content }).to_string()
+}
 
 /// A position in the two streams device lists depend on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

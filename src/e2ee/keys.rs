@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use super::device_lists::device_list_update_edu;
 use super::{E2ee, cross_signing_public_key, parse_stored};
 use crate::error::{Error, Result};
 use crate::events::signed::add_signature;
@@ -113,7 +114,7 @@ impl E2ee {
             }
         }
         if changed {
-            self.db.e2e_record_device_change(&mut tx, user_id, Some(device_id), false).await?;
+            self.db.e2e_record_device_change(&mut tx, user_id, Some(device_id), false, device_list_update_edu).await?;
         }
         tx.commit().await?;
         self.counts_changed();

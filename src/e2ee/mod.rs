@@ -82,11 +82,6 @@ impl E2ee {
         self.remote.as_ref()
     }
 
-    /// The database handle.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     /// Whether `user_id` belongs to this server.
     pub fn is_local(&self, user_id: &str) -> bool {
         server_of(user_id) == self.server_name.as_str()

@@ -6,6 +6,7 @@
 //! `rooms::federated`; this module only moves signed bytes between servers.
 
 pub mod client;
+pub mod destinations;
 pub mod keys;
 
 use std::collections::HashMap;
@@ -70,8 +71,9 @@ impl Federation {
         &self.config
     }
 
-    /// The database.
-    pub fn db(&self) -> &Db {
+    /// The database, for the senders in `delivery`, which keep the destinations' rows
+    /// (handlers go through the methods of `destinations`).
+    pub(crate) fn db(&self) -> &Db {
         &self.db
     }
 

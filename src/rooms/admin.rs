@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 
 use super::Rooms;
 use crate::error::{Error, Result};
+use crate::storage::admin::{EventReportRow, ReportQuery};
+use crate::storage::reports::Reported;
+use crate::storage::room_admin::{Extremity, RoomDeletion};
 
 /// State events whose content the room list shows.
 const LISTED_STATE: &[&str] = &[
@@ -145,5 +148,79 @@ impl Rooms {
         let total = rooms.len();
         let page = rooms.into_iter().skip(q.from).take(q.limit).collect();
         Ok((page, total))
+    }
+}
+
+/// The moderation records the admin API and `/report` read and write directly: reports,
+/// room blocks and deletions, forward extremities, server notices.
+impl Rooms {
+    /// Stores a user's report of an event, a room or a user.
+    pub async fn insert_report(&self, reporter: &ruma::UserId, what: Reported<'_>, reason: Option<&str>) -> Result<()> {
+        self.db.insert_report(&crate::ids::random_alpha(24), reporter.as_str(), what, reason).await
+    }
+
+    /// Whether the server knows the user (a local account, or a member of one of its rooms).
+    pub async fn user_known(&self, user_id: &ruma::UserId) -> Result<bool> {
+        self.db.user_known(user_id.as_str()).await
+    }
+
+    /// A page of the event reports, and how many match.
+    pub async fn event_reports(&self, query: &ReportQuery) -> Result<(Vec<EventReportRow>, i64)> {
+        self.db.admin_event_reports(query).await
+    }
+
+    /// One event report.
+    pub async fn event_report(&self, id: &str) -> Result<Option<EventReportRow>> {
+        self.db.admin_event_report(id).await
+    }
+
+    /// Deletes an event report; false when there is no such report.
+    pub async fn delete_event_report(&self, id: &str) -> Result<bool> {
+        self.db.admin_delete_event_report(id).await
+    }
+
+    /// The deletions of a room, started or done.
+    pub async fn room_deletions_of(&self, room_id: &RoomId) -> Result<Vec<RoomDeletion>> {
+        self.db.room_deletions_of(room_id.as_str()).await
+    }
+
+    /// One room deletion by its id.
+    pub async fn room_deletion(&self, delete_id: &str) -> Result<Option<RoomDeletion>> {
+        self.db.room_deletion(delete_id).await
+    }
+
+    /// Blocks the room (no local user may join it) or lifts the block.
+    pub async fn set_room_blocked(&self, room_id: &RoomId, by: &ruma::UserId, block: bool) -> Result<()> {
+        self.db.set_room_blocked(room_id.as_str(), by.as_str(), block).await
+    }
+
+    /// Who blocked the room, if it is blocked.
+    pub async fn room_blocked_by(&self, room_id: &RoomId) -> Result<Option<String>> {
+        self.db.room_blocked_by(room_id.as_str()).await
+    }
+
+    /// The room's forward extremities.
+    pub async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<Extremity>> {
+        self.db.admin_forward_extremities(room_id.as_str()).await
+    }
+
+    /// The event a server notice sent under `(admin, txn_id)` became, if it was sent.
+    pub async fn server_notice_txn(&self, admin: &ruma::UserId, txn_id: &str) -> Result<Option<String>> {
+        self.db.server_notice_txn(admin.as_str(), txn_id).await
+    }
+
+    /// Records the event a server notice sent under `(admin, txn_id)` became.
+    pub async fn set_server_notice_txn(&self, admin: &ruma::UserId, txn_id: &str, event_id: &str) -> Result<()> {
+        self.db.set_server_notice_txn(admin.as_str(), txn_id, event_id).await
+    }
+
+    /// The user's server notices room, as last recorded.
+    pub async fn server_notice_room(&self, user_id: &ruma::UserId) -> Result<Option<String>> {
+        self.db.server_notice_room(user_id.as_str()).await
+    }
+
+    /// Records the user's server notices room.
+    pub async fn set_server_notice_room(&self, user_id: &ruma::UserId, room_id: &RoomId) -> Result<()> {
+        self.db.set_server_notice_room(user_id.as_str(), room_id.as_str()).await
     }
 }

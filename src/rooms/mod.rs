@@ -12,12 +12,14 @@ pub mod backfill;
 pub mod build;
 pub mod cache;
 pub mod create;
+pub mod directory;
 pub mod federated;
 pub mod filter;
 pub mod import;
 pub mod membership;
 pub mod moderation;
 pub mod push_actions;
+pub mod queries;
 pub mod read;
 pub mod relations;
 pub mod search;
@@ -116,11 +118,6 @@ impl Rooms {
     /// The federation transport, if federation is enabled.
     pub fn federation(&self) -> Option<&Arc<Federation>> {
         Some(&self.federation).filter(|f| f.enabled())
-    }
-
-    /// The database handle.
-    pub fn db(&self) -> &Db {
-        &self.db
     }
 
     /// This server's name.

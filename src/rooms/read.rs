@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::Rooms;
 use crate::error::{Error, Result};
 use crate::events::pdu::Pdu;
-use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
+use crate::storage::rooms::{StateIds, StoredEvent};
 
 /// Power levels as clients and the server read them.
 #[derive(Debug, Clone)]
@@ -191,6 +191,15 @@ impl From<ruma::api::Direction> for Dir {
         match dir {
             ruma::api::Direction::Forward => Dir::Forward,
             ruma::api::Direction::Backward => Dir::Backward,
+        }
+    }
+}
+
+impl From<Dir> for ruma::api::Direction {
+    fn from(dir: Dir) -> Self {
+        match dir {
+            Dir::Forward => ruma::api::Direction::Forward,
+            Dir::Backward => ruma::api::Direction::Backward,
         }
     }
 }
@@ -512,22 +521,10 @@ impl Rooms {
         let batch = (limit + 1).clamp(20, 500) as i64;
         let mut visibility = VisibilityMemo::new(user_id, membership);
         loop {
-            let (cmp, order) = match dir {
-                Dir::Forward => (">", "ASC"),
-                Dir::Backward => ("<", "DESC"),
-            };
-            let mut binds = vec![BindValue::Str(room_id.as_str())];
-            let mut tail = String::from("WHERE room_id = $1 AND outlier = 0 AND rejected = 0");
-            if let Some(c) = cursor {
-                // A row value, not `topo < $2 OR (topo = $2 AND stream < $3)`: PostgreSQL turns
-                // only the row value into an index range, where the OR form scans every newer
-                // row of the room again on each page.
-                tail.push_str(&format!(" AND (topological_ordering, stream_ordering) {cmp} ($2, $3)"));
-                binds.push(BindValue::Int(c.depth));
-                binds.push(BindValue::Int(c.stream));
-            }
-            tail.push_str(&format!(" ORDER BY topological_ordering {order}, stream_ordering {order} LIMIT {batch}"));
-            let rows = self.db.query_events(&tail, &binds).await?;
+            let rows = self
+                .db
+                .timeline_batch(room_id.as_str(), cursor.map(|c| (c.depth, c.stream)), dir.into(), batch)
+                .await?;
             let exhausted = (rows.len() as i64) < batch;
             for ev in rows {
                 let pos = TopoToken::of(&ev);
@@ -561,15 +558,7 @@ impl Rooms {
 
     /// The `(prev event, event)` edges of the first timeline events at or after a position.
     async fn events_from(&self, room_id: &RoomId, from: TopoToken) -> Result<Vec<(String, String)>> {
-        let rows = self
-            .db
-            .query_events(
-                "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 AND (topological_ordering > $2 \
-                 OR (topological_ordering = $2 AND stream_ordering >= $3)) \
-                 ORDER BY topological_ordering, stream_ordering LIMIT 20",
-                &[BindValue::Str(room_id.as_str()), BindValue::Int(from.depth), BindValue::Int(from.stream)],
-            )
-            .await?;
+        let rows = self.db.timeline_from(room_id.as_str(), (from.depth, from.stream), 20).await?;
         let mut edges = Vec::new();
         for ev in &rows {
             push_edges(&mut edges, ev);
@@ -579,46 +568,21 @@ impl Rooms {
 
     /// The latest topological position of a room (for `/messages` without `from`).
     pub async fn latest_position(&self, room_id: &RoomId) -> Result<Option<TopoToken>> {
-        let rows = self
-            .db
-            .query_events(
-                "WHERE room_id = $1 AND outlier = 0 ORDER BY topological_ordering DESC, stream_ordering DESC LIMIT 1",
-                &[BindValue::Str(room_id.as_str())],
-            )
-            .await?;
-        Ok(rows.first().map(TopoToken::of))
+        Ok(self.db.last_in_topological_order(room_id.as_str()).await?.as_ref().map(TopoToken::of))
     }
 
     /// The topological position of the last event at or before a stream position (for sync
     /// `prev_batch` tokens used with `/messages`).
     pub async fn position_at_stream(&self, room_id: &RoomId, stream: i64) -> Result<Option<TopoToken>> {
-        let rows = self
-            .db
-            .query_events(
-                "WHERE room_id = $1 AND outlier = 0 AND stream_ordering <= $2 ORDER BY stream_ordering DESC LIMIT 1",
-                &[BindValue::Str(room_id.as_str()), BindValue::Int(stream)],
-            )
-            .await?;
-        Ok(rows.first().map(TopoToken::of))
+        Ok(self.db.last_at_stream(room_id.as_str(), stream).await?.as_ref().map(TopoToken::of))
     }
 
     /// The last timeline event at or before a position, as `/members?at=` reads the state at it.
     pub async fn last_event_at(&self, room_id: &RoomId, at: Position) -> Result<Option<StoredEvent>> {
-        let room = BindValue::Str(room_id.as_str());
-        let rows = match at {
-            Position::Topo(t) => {
-                let tail = "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 \
-                            AND (topological_ordering, stream_ordering) <= ($2, $3) \
-                            ORDER BY topological_ordering DESC, stream_ordering DESC LIMIT 1";
-                self.db.query_events(tail, &[room, BindValue::Int(t.depth), BindValue::Int(t.stream)]).await?
-            }
-            Position::Stream(stream) => {
-                let tail = "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 AND stream_ordering <= $2 \
-                            ORDER BY stream_ordering DESC LIMIT 1";
-                self.db.query_events(tail, &[room, BindValue::Int(stream)]).await?
-            }
-        };
-        Ok(rows.into_iter().next())
+        match at {
+            Position::Topo(t) => self.db.last_accepted_at_topo(room_id.as_str(), (t.depth, t.stream)).await,
+            Position::Stream(stream) => self.db.last_accepted_at_stream(room_id.as_str(), stream).await,
+        }
     }
 
     /// Client JSON for a stored event, with `transaction_id` for the sending device.

@@ -11,7 +11,7 @@ use super::build::NewEvent;
 use super::create::CreateRoom;
 use super::read::{Dir, TopoToken};
 use crate::error::{Error, Result};
-use crate::storage::rooms::{BindValue, StoredEvent};
+use crate::storage::rooms::StoredEvent;
 
 /// What `/threads` tells of one thread, from the replies the user may see.
 struct ThreadSummary {
@@ -59,31 +59,11 @@ impl Rooms {
         // The parent must be visible to the user (and the room readable: not forgotten).
         self.event_for(room_id, user, parent).await?;
         let membership = self.require_read_access(room_id, user).await?.map(|a| a.0);
-        let (cmp, order) = match dir {
-            Dir::Forward => (">", "ASC"),
-            Dir::Backward => ("<", "DESC"),
-        };
-        let mut tail = String::from("WHERE room_id = $1 AND relates_to = $2 AND outlier = 0 AND rejected = 0");
-        let mut binds = vec![BindValue::Str(room_id.as_str()), BindValue::Str(parent)];
-        if let Some(r) = rel_type {
-            binds.push(BindValue::Str(r));
-            tail.push_str(&format!(" AND rel_type = ${}", binds.len()));
-        }
-        if let Some(t) = event_type {
-            binds.push(BindValue::Str(t));
-            tail.push_str(&format!(" AND event_type = ${}", binds.len()));
-        }
-        if let Some(f) = from {
-            binds.push(BindValue::Int(f.depth));
-            let d = binds.len();
-            binds.push(BindValue::Int(f.stream));
-            let s = binds.len();
-            tail.push_str(&format!(
-                " AND (topological_ordering {cmp} ${d} OR (topological_ordering = ${d} AND stream_ordering {cmp} ${s}))"
-            ));
-        }
-        tail.push_str(&format!(" ORDER BY topological_ordering {order}, stream_ordering {order} LIMIT {}", limit + 1));
-        let rows = self.db.query_events(&tail, &binds).await?;
+        let from = from.map(|f| (f.depth, f.stream));
+        let rows = self
+            .db
+            .relations_batch(room_id.as_str(), parent, rel_type, event_type, from, dir.into(), limit as i64 + 1)
+            .await?;
         let more = rows.len() > limit;
         let mut events = Vec::new();
         for ev in rows.into_iter().take(limit) {
@@ -196,17 +176,7 @@ impl Rooms {
     /// Up to 50 timeline events at or after (`Forward`) or at or before (`Backward`) `ts`,
     /// nearest first.
     async fn events_near_timestamp(&self, room_id: &RoomId, ts: i64, dir: Dir) -> Result<Vec<StoredEvent>> {
-        let tail = match dir {
-            Dir::Forward => {
-                "WHERE room_id = $1 AND origin_server_ts >= $2 AND outlier = 0 AND rejected = 0 \
-                 ORDER BY origin_server_ts ASC, stream_ordering ASC LIMIT 50"
-            }
-            Dir::Backward => {
-                "WHERE room_id = $1 AND origin_server_ts <= $2 AND outlier = 0 AND rejected = 0 \
-                 ORDER BY origin_server_ts DESC, stream_ordering DESC LIMIT 50"
-            }
-        };
-        self.db.query_events(tail, &[BindValue::Str(room_id.as_str()), BindValue::Int(ts)]).await
+        self.db.events_near_timestamp(room_id.as_str(), ts, dir.into(), 50).await
     }
 
     /// Upgrades a room: a new room with the old room's important state, a tombstone in the old
@@ -227,17 +197,10 @@ impl Rooms {
         let state = self.current_state(old).await?;
         let last = self.latest_position(old).await?;
         let mut predecessor = json!({ "room_id": old });
-        if let Some(pos) = last {
-            let rows = self
-                .db
-                .query_events(
-                    "WHERE room_id = $1 AND stream_ordering = $2",
-                    &[BindValue::Str(old.as_str()), BindValue::Int(pos.stream)],
-                )
-                .await?;
-            if let Some(e) = rows.first() {
-                predecessor["event_id"] = json!(e.pdu.event_id);
-            }
+        if let Some(pos) = last
+            && let Some(e) = self.db.event_at_stream(old.as_str(), pos.stream).await?
+        {
+            predecessor["event_id"] = json!(e.pdu.event_id);
         }
         let mut creation = Map::new();
         creation.insert("predecessor".into(), predecessor);

@@ -23,7 +23,8 @@ use super::Rooms;
 use super::filter::EventFilter;
 use super::user_directory::words;
 use crate::error::Result;
-use crate::storage::rooms::{BindValue, StoredEvent};
+use crate::storage::rooms::StoredEvent;
+use crate::storage::timeline::SearchCandidates;
 
 /// Candidate rows read per database query.
 const BATCH: i64 = 100;
@@ -126,29 +127,17 @@ impl Rooms {
             return Ok(empty);
         }
 
-        // The part of the WHERE clause shared by the count and the scan; binds from $1.
+        // What the count and the scan read: the LIKE patterns narrow the rows, the words decide.
         let patterns: Vec<String> = terms.iter().map(|t| format!("%{t}%")).collect();
-        let mut binds: Vec<BindValue<'_>> = rooms.iter().map(|r| BindValue::Str(r)).collect();
         let mut types: Vec<&str> = q.keys.iter().map(|k| k.event_type()).collect();
         types.dedup();
-        let rooms_in = crate::storage::placeholders(1, rooms.len());
-        let types_in = crate::storage::placeholders(rooms.len() + 1, types.len());
-        binds.extend(types.iter().map(|t| BindValue::Str(t)));
-        let mut where_ = format!(
-            "WHERE room_id IN ({rooms_in}) AND event_type IN ({types_in}) AND outlier = 0 AND rejected = 0 \
-             AND redacted_by IS NULL"
-        );
-        for p in &patterns {
-            binds.push(BindValue::Str(p));
-            where_.push_str(&format!(" AND LOWER(json) LIKE ${}", binds.len()));
-        }
+        let candidates = SearchCandidates { rooms: &rooms, types: &types, patterns: &patterns };
         let scan = |below: i64, keep: usize, stop_when_kept: bool| Scan {
             rooms: self,
             user,
             q,
             terms: &terms,
-            where_: &where_,
-            binds: &binds,
+            candidates,
             below,
             keep,
             stop_when_kept,
@@ -188,8 +177,7 @@ struct Scan<'a> {
     user: &'a UserId,
     q: &'a SearchQuery,
     terms: &'a [String],
-    where_: &'a str,
-    binds: &'a [BindValue<'a>],
+    candidates: SearchCandidates<'a>,
     below: i64,
     /// Matches to keep (the page).
     keep: usize,
@@ -215,14 +203,7 @@ impl Scan<'_> {
         let mut scanned = 0;
         let mut vis = super::read::VisibilityMemo::new(self.user, Some("join"));
         'scan: while scanned < MAX_SCANNED {
-            let mut page_binds = self.binds.to_vec();
-            page_binds.push(BindValue::Int(found.cursor));
-            let tail = format!(
-                "{} AND stream_ordering < ${} ORDER BY stream_ordering DESC LIMIT {BATCH}",
-                self.where_,
-                page_binds.len()
-            );
-            let rows = self.rooms.db.query_events(&tail, &page_binds).await?;
+            let rows = self.rooms.db.search_candidates(self.candidates, found.cursor, BATCH).await?;
             found.exhausted = (rows.len() as i64) < BATCH;
             for ev in rows {
                 scanned += 1;

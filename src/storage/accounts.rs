@@ -1,5 +1,6 @@
 //! Tables of accounts: users, devices, access tokens and User-Interactive Auth sessions.
 
+use super::e2ee::DeviceListEdu;
 use super::{Db, bus, now_ms};
 
 /// How long a resolved access token is remembered (see [`Db::find_token`]).
@@ -137,7 +138,7 @@ impl Db {
 
     /// Marks a user deactivated and removes its password, devices, tokens and pushers in one
     /// transaction.
-    pub async fn deactivate_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
+    pub async fn deactivate_user(&self, user_id: &str, edu: DeviceListEdu) -> Result<(), sqlx::Error> {
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1")
             .bind(user_id)
@@ -148,7 +149,7 @@ impl Db {
             .fetch_all(&mut *tx.tx)
             .await?;
         let devices: Vec<String> = devices.into_iter().map(|d| d.0).collect();
-        self.e2e_devices_removed(&mut tx, user_id, &devices).await?;
+        self.e2e_devices_removed(&mut tx, user_id, &devices, edu).await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx.tx).await?;
@@ -186,6 +187,7 @@ impl Db {
         display_name: Option<&str>,
         token: NewToken<'_>,
         ip: Option<&str>,
+        edu: DeviceListEdu,
     ) -> Result<(), sqlx::Error> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -209,7 +211,7 @@ impl Db {
         .await?;
         if existed.is_none() {
             // A new device is a device-list change (end-to-end encryption), in this transaction.
-            self.e2e_device_added(&mut tx, user_id, device_id).await?;
+            self.e2e_device_added(&mut tx, user_id, device_id, edu).await?;
         }
         for sql in [
             "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
@@ -315,10 +317,15 @@ impl Db {
     }
 
     /// Deletes devices (and their tokens and pushers) of a user.
-    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<(), sqlx::Error> {
+    pub async fn delete_devices(
+        &self,
+        user_id: &str,
+        device_ids: &[String],
+        edu: DeviceListEdu,
+    ) -> Result<(), sqlx::Error> {
         let mut tx = self.begin_write().await?;
         // Their end-to-end keys go with them, and each deletion is a device-list change.
-        self.e2e_devices_removed(&mut tx, user_id, device_ids).await?;
+        self.e2e_devices_removed(&mut tx, user_id, device_ids, edu).await?;
         for device_id in device_ids {
             sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
@@ -372,7 +379,13 @@ impl Db {
     }
 
     /// Renames a device; false if it does not exist.
-    pub async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool, sqlx::Error> {
+    pub async fn rename_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        name: Option<&str>,
+        edu: DeviceListEdu,
+    ) -> Result<bool, sqlx::Error> {
         let mut tx = self.begin_write().await?;
         let res = sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
             .bind(name)
@@ -382,7 +395,7 @@ impl Db {
             .await?;
         if res.rows_affected() == 1 {
             // The display name is part of what /keys/query serves: a device-list change.
-            self.e2e_record_device_change(&mut tx, user_id, Some(device_id), false).await?;
+            self.e2e_record_device_change(&mut tx, user_id, Some(device_id), false, edu).await?;
         }
         tx.commit().await?;
         Ok(res.rows_affected() == 1)

@@ -6,8 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
-
 use super::outbox::Outbox;
 use super::{Backend, Db, WriteTx, now_ms};
 use crate::ids::server_of;
@@ -20,6 +18,33 @@ pub const DEVICE_LISTS_STREAM: &str = "device_lists";
 /// Name of the counter that numbers key-backup versions (unique across users, never reused).
 /// The counter of key backup version numbers.
 pub const BACKUP_VERSION_COUNTER: &str = "room_keys_version";
+
+/// A change of a local device as the servers sharing a room with its user learn it, read in
+/// the transaction of the change.
+#[derive(Debug, Clone)]
+pub struct DeviceListChange<'a> {
+    /// The device's user.
+    pub user_id: &'a str,
+    /// The device.
+    pub device_id: &'a str,
+    /// The change's position on the device-list stream.
+    pub stream_id: i64,
+    /// The position of the user's previous device change, if any.
+    pub prev_id: Option<i64>,
+    /// Whether the device is gone.
+    pub deleted: bool,
+    /// The device's display name (a device that remains).
+    pub display_name: Option<String>,
+    /// The device's uploaded DeviceKeys JSON as stored (a device that remains).
+    pub keys: Option<String>,
+    /// The user's own later signatures of the device, as `(signer key id, signature)`.
+    pub own_signatures: Vec<(String, String)>,
+}
+
+/// Builds the EDU (JSON text) that tells other servers of a [`DeviceListChange`]; the engine's
+/// `crate::e2ee::device_lists::device_list_update_edu`, passed down by whoever changes devices
+/// (storage stores the EDU, the protocol says what it holds).
+pub type DeviceListEdu = fn(&DeviceListChange<'_>) -> String;
 
 /// A local device with its keys, as `/keys/query` and federation `user/devices` serve it.
 #[derive(Debug, Clone)]
@@ -389,14 +414,16 @@ impl Db {
     // ---- the device-list stream --------------------------------------------------------
 
     /// Records that local `user_id`'s device `device_id` (None: cross-signing keys) changed;
-    /// returns the stream position. Queues an `m.device_list_update` EDU for every remote server that
-    /// shares a room with a local user (`deleted` says whether the device is gone).
+    /// returns the stream position. For a device, queues the EDU that `edu` builds from the
+    /// change (read here, in the transaction of the change) for every remote server that
+    /// shares a room with the user (`deleted` says whether the device is gone).
     pub async fn e2e_record_device_change(
         &self,
         tx: &mut WriteTx,
         user_id: &str,
         device_id: Option<&str>,
         deleted: bool,
+        edu: DeviceListEdu,
     ) -> SqlResult<i64> {
         let prev: Option<(Option<i64>,)> = sqlx::query_as(
             "SELECT MAX(stream_id) FROM device_list_changes WHERE user_id = $1 AND device_id IS NOT NULL",
@@ -404,18 +431,21 @@ impl Db {
         .bind(user_id)
         .fetch_optional(&mut *tx.tx)
         .await?;
-        let prev = prev.and_then(|p| p.0);
+        let prev_id = prev.and_then(|p| p.0);
         let stream_id = self.e2e_insert_change(tx, user_id, device_id).await?;
         if let Some(device_id) = device_id {
             let servers = self.e2e_remote_servers_sharing(tx, user_id).await?;
             if !servers.is_empty() {
-                let mut content = json!({
-                    "user_id": user_id,
-                    "device_id": device_id,
-                    "stream_id": stream_id,
-                    "prev_id": prev.into_iter().collect::<Vec<_>>(),
-                    "deleted": deleted,
-                });
+                let mut change = DeviceListChange {
+                    user_id,
+                    device_id,
+                    stream_id,
+                    prev_id,
+                    deleted,
+                    display_name: None,
+                    keys: None,
+                    own_signatures: Vec::new(),
+                };
                 if !deleted {
                     let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
                         "SELECT d.display_name, k.key_json FROM devices d LEFT JOIN e2e_device_keys k \
@@ -426,12 +456,9 @@ impl Db {
                     .fetch_optional(&mut *tx.tx)
                     .await?;
                     if let Some((name, keys)) = row {
-                        if let Some(name) = name {
-                            content["device_display_name"] = json!(name);
-                        }
-                        if let Some(mut keys) = keys.and_then(|k| serde_json::from_str::<Value>(&k).ok()) {
-                            // With the user's own later signatures (self-signing key on the device).
-                            let sigs: Vec<(String, String)> = sqlx::query_as(
+                        change.display_name = name;
+                        if keys.is_some() {
+                            change.own_signatures = sqlx::query_as(
                                 "SELECT signer_key_id, signature FROM e2e_signatures WHERE target_user_id = $1 \
                                  AND target_key_id = $2 AND signer_user_id = $1",
                             )
@@ -439,14 +466,11 @@ impl Db {
                             .bind(device_id)
                             .fetch_all(&mut *tx.tx)
                             .await?;
-                            for (key_id, sig) in sigs {
-                                crate::events::signed::add_signature(&mut keys, user_id, &key_id, &sig);
-                            }
-                            content["keys"] = keys;
                         }
+                        change.keys = keys;
                     }
                 }
-                let edu = json!({ "edu_type": "m.device_list_update", "content": content }).to_string();
+                let edu = edu(&change);
                 for server in servers {
                     self.queue_outbox(tx, &server, Outbox::Edu(&edu)).await?;
                 }
@@ -489,14 +513,26 @@ impl Db {
     }
 
     /// Hook for accounts storage: a device was created (login, registration) in `tx`.
-    pub async fn e2e_device_added(&self, tx: &mut WriteTx, user_id: &str, device_id: &str) -> SqlResult<()> {
-        self.e2e_record_device_change(tx, user_id, Some(device_id), false).await?;
+    pub async fn e2e_device_added(
+        &self,
+        tx: &mut WriteTx,
+        user_id: &str,
+        device_id: &str,
+        edu: DeviceListEdu,
+    ) -> SqlResult<()> {
+        self.e2e_record_device_change(tx, user_id, Some(device_id), false, edu).await?;
         Ok(())
     }
 
     /// Hook for accounts storage: devices are being deleted in `tx` (logout, device deletion,
     /// deactivation): their keys go, and each deletion is a device-list change.
-    pub async fn e2e_devices_removed(&self, tx: &mut WriteTx, user_id: &str, device_ids: &[String]) -> SqlResult<()> {
+    pub async fn e2e_devices_removed(
+        &self,
+        tx: &mut WriteTx,
+        user_id: &str,
+        device_ids: &[String],
+        edu: DeviceListEdu,
+    ) -> SqlResult<()> {
         for device_id in device_ids {
             let existed: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
@@ -512,7 +548,7 @@ impl Db {
                 sqlx::query(sql).bind(user_id).bind(device_id).execute(&mut *tx.tx).await?;
             }
             if existed.is_some() {
-                self.e2e_record_device_change(tx, user_id, Some(device_id), true).await?;
+                self.e2e_record_device_change(tx, user_id, Some(device_id), true, edu).await?;
             }
         }
         Ok(())

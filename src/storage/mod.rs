@@ -32,6 +32,7 @@ pub mod server_notices;
 pub mod sliding_sync;
 pub mod sync;
 pub mod threepid;
+pub mod timeline;
 pub mod tokens;
 pub mod user_directory;
 pub mod user_overrides;

@@ -324,8 +324,9 @@ impl Db {
         Ok(found.into_iter().filter(|e| e.pdu.redacts_target.as_ref().is_some_and(|t| t.as_str() == target)).collect())
     }
 
-    /// Runs an event query with a custom WHERE/ORDER tail and binds, for timeline readers.
-    pub async fn query_events(&self, tail: &str, binds: &[BindValue<'_>]) -> Result<Vec<StoredEvent>> {
+    /// Runs an event query with a WHERE/ORDER tail and binds written in storage (the typed
+    /// readers of `timeline`).
+    pub(super) async fn query_events(&self, tail: &str, binds: &[BindValue<'_>]) -> Result<Vec<StoredEvent>> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events {tail}"));
         let q = bind_all(sqlx::query_as::<_, EventTuple>(sql), binds);
         q.fetch_all(self.pool()).await?.into_iter().map(stored_from).collect()
@@ -890,7 +891,7 @@ fn bind_all<'q, O>(
 
 /// A bind value for [`Db::query_events`].
 #[derive(Debug, Clone, Copy)]
-pub enum BindValue<'a> {
+pub(super) enum BindValue<'a> {
     /// Text.
     Str(&'a str),
     /// Integer.

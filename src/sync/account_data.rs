@@ -53,6 +53,24 @@ impl SyncEngine {
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
+    /// Every account data entry of the user, as the admin API shows them:
+    /// `{"global": {type: content}, "rooms": {room: {type: content}}}`.
+    pub async fn all_account_data(&self, user_id: &UserId) -> Result<Value> {
+        // Every entry ever written: the stream positions only order changes, each key has one row.
+        let rows = self.db.account_data_since(user_id.as_str(), i64::MIN, i64::MAX).await?;
+        let mut global = serde_json::Map::new();
+        let mut rooms = serde_json::Map::new();
+        for row in rows {
+            let content: Value = serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}));
+            if row.room_id.is_empty() {
+                global.insert(row.data_type, content);
+            } else if let Value::Object(room) = rooms.entry(row.room_id).or_insert_with(|| json!({})) {
+                room.insert(row.data_type, content);
+            }
+        }
+        Ok(json!({ "global": global, "rooms": rooms }))
+    }
+
     /// The user's tags of a room: `{"tags": {...}}`.
     pub async fn tags(&self, user_id: &UserId, room_id: &RoomId) -> Result<Value> {
         let mut tags = self.account_data(user_id, Some(room_id), TAGS).await?.unwrap_or_else(|| json!({}));

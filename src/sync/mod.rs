@@ -287,6 +287,16 @@ impl SyncEngine {
         Ok(())
     }
 
+    /// Stores a filter as the client wrote it (`POST /user/{userId}/filter`); returns its id.
+    pub async fn store_filter(&self, user_id: &UserId, json: &Value) -> Result<String> {
+        self.db.insert_filter(user_id.as_str(), &json.to_string()).await
+    }
+
+    /// A stored filter's JSON text, as the client wrote it.
+    pub async fn stored_filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<String>> {
+        self.db.get_filter(user_id.as_str(), filter_id).await
+    }
+
     /// The filter of a request: a stored filter id, inline JSON, or none. Parsed filters are
     /// shared between requests, so that thousands of waiting long-polls with the same filter
     /// hold one copy.

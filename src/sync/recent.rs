@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::memo::Memo;
 use crate::error::Result;
 use crate::storage::Db;
-use crate::storage::rooms::{BindValue, StoredEvent};
+use crate::storage::rooms::StoredEvent;
 use crate::storage::sync::MembershipRow;
 
 /// Events the log keeps; older ones fall off the front (readers that far behind use the database).
@@ -203,15 +203,7 @@ impl Recent {
         // Membership changes first, without an upper bound (see the module doc).
         let changes = self.db.membership_changes_after(end).await?;
         let upto = changes.iter().map(|c| c.2).max().map_or(upto, |m| m.max(upto));
-        let binds = [BindValue::Int(end), BindValue::Int(upto)];
-        let events = self
-            .db
-            .query_events(
-                "WHERE stream_ordering > $1 AND stream_ordering <= $2 AND outlier = 0 AND rejected = 0 \
-                 ORDER BY stream_ordering",
-                &binds,
-            )
-            .await?;
+        let events = self.db.events_in_range(end, upto).await?;
         let mut next = Log { range: Some((start, upto)), events: log.events.clone(), members: log.members.clone() };
         let redacted: Vec<String> =
             events.iter().filter_map(|e| e.pdu.redacts_target.as_ref()).map(|t| t.to_string()).collect();

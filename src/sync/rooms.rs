@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::events::STRIPPED_STATE_TYPES;
 use crate::rooms::read::{TopoToken, VisibilityMemo};
 use crate::storage::push::{Counts, UnreadCounts};
-use crate::storage::rooms::{BindValue, StateIds, StoredEvent};
+use crate::storage::rooms::{StateIds, StoredEvent};
 use crate::storage::sync::{AccountDataRow, MembershipRow, ReceiptRow, by_room};
 
 /// How many batches of events a timeline scan reads before it gives up looking for visible
@@ -446,12 +446,7 @@ impl SyncEngine {
             let rows = if let Some(rows) = from_log {
                 rows
             } else {
-                let binds = [BindValue::Str(plan.room_id), BindValue::Int(floor), BindValue::Int(cursor)];
-                let tail = format!(
-                    "WHERE room_id = $1 AND outlier = 0 AND rejected = 0 AND stream_ordering > $2 \
-                     AND stream_ordering <= $3 ORDER BY stream_ordering DESC LIMIT {batch}"
-                );
-                self.db.query_events(&tail, &binds).await?
+                self.db.room_events_in_range(plan.room_id, floor, cursor, batch).await?
             };
             let exhausted = (rows.len() as i64) < batch;
             for ev in rows {

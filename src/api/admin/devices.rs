@@ -27,7 +27,7 @@ fn device_json(user_id: &str, d: &DeviceRow) -> Value {
 /// The local user of the path, who must exist.
 async fn known_user(state: &AppState, raw: &str) -> Result<OwnedUserId> {
     let user_id = local_user_id(state, raw)?;
-    if state.accounts.db().get_user(user_id.as_str()).await?.is_none() {
+    if !state.accounts.user_exists(&user_id).await? {
         return Err(Error::not_found("Unknown user"));
     }
     Ok(user_id)
@@ -36,7 +36,7 @@ async fn known_user(state: &AppState, raw: &str) -> Result<OwnedUserId> {
 /// `GET /_synapse/admin/v2/users/{userId}/devices`
 pub async fn list(State(state): State<AppState>, _: Admin, AdminPath(user): AdminPath<String>) -> Result<Json<Value>> {
     let user_id = known_user(&state, &user).await?;
-    let devices = state.accounts.db().list_devices(user_id.as_str()).await?;
+    let devices = state.accounts.devices(&user_id).await?;
     let devices: Vec<Value> = devices.iter().map(|d| device_json(user_id.as_str(), d)).collect();
     Ok(Json(json!({ "total": devices.len(), "devices": devices })))
 }
@@ -48,7 +48,7 @@ pub async fn get(
     AdminPath((user, device)): AdminPath<(String, String)>,
 ) -> Result<Json<Value>> {
     let user_id = known_user(&state, &user).await?;
-    let d = state.accounts.db().get_device(user_id.as_str(), &device).await?;
+    let d = state.accounts.device(&user_id, &device).await?;
     let d = d.ok_or_else(|| Error::not_found("No device found"))?;
     Ok(Json(device_json(user_id.as_str(), &d)))
 }
@@ -67,7 +67,7 @@ pub async fn update(
     AdminJson(body): AdminJson<UpdateDevice>,
 ) -> Result<Json<Value>> {
     let user_id = known_user(&state, &user).await?;
-    if !state.accounts.db().rename_device(user_id.as_str(), &device, body.display_name.as_deref()).await? {
+    if !state.accounts.rename_device(&user_id, &device, body.display_name.as_deref()).await? {
         return Err(Error::not_found("No device found"));
     }
     Ok(Json(json!({})))
@@ -81,7 +81,7 @@ pub async fn delete(
     AdminPath((user, device)): AdminPath<(String, String)>,
 ) -> Result<Json<Value>> {
     let user_id = known_user(&state, &user).await?;
-    state.accounts.db().delete_devices(user_id.as_str(), &[device]).await?;
+    state.accounts.delete_devices(&user_id, &[device]).await?;
     state.e2ee.keys_changed(user_id.as_str()).await;
     Ok(Json(json!({})))
 }
@@ -100,7 +100,7 @@ pub async fn delete_many(
     AdminJson(body): AdminJson<DeleteDevices>,
 ) -> Result<Json<Value>> {
     let user_id = known_user(&state, &user).await?;
-    state.accounts.db().delete_devices(user_id.as_str(), &body.devices).await?;
+    state.accounts.delete_devices(&user_id, &body.devices).await?;
     state.e2ee.keys_changed(user_id.as_str()).await;
     Ok(Json(json!({})))
 }

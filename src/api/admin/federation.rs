@@ -54,8 +54,7 @@ pub async fn list(
     let backwards = direction(q.dir.as_deref(), false)?;
     let search = q.destination.filter(|d| !d.is_empty()).map(|d| d.to_lowercase());
     let mut items: Vec<Value> = state
-        .rooms
-        .db()
+        .federation
         .destinations()
         .await?
         .into_iter()
@@ -79,7 +78,7 @@ pub async fn list(
 
 /// `GET /_synapse/admin/v1/federation/destinations/{destination}`
 pub async fn get(State(state): State<AppState>, _: Admin, AdminPath(dest): AdminPath<String>) -> Result<Json<Value>> {
-    let d = state.rooms.db().destination(&dest).await?.ok_or_else(|| Error::not_found("Unknown destination"))?;
+    let d = state.federation.destination(&dest).await?.ok_or_else(|| Error::not_found("Unknown destination"))?;
     Ok(Json(serde_json::to_value(d)?))
 }
 
@@ -102,9 +101,8 @@ pub async fn rooms(
 ) -> Result<Json<Value>> {
     let (from, limit) = paging(q.from, q.limit)?;
     let backwards = direction(q.dir.as_deref(), false)?;
-    let db = state.rooms.db();
-    let d = db.destination(&dest).await?.ok_or_else(|| Error::not_found("Unknown destination"))?;
-    let mut rooms = db.destination_rooms(&dest, d.last_successful_stream_ordering).await?;
+    let d = state.federation.destination(&dest).await?.ok_or_else(|| Error::not_found("Unknown destination"))?;
+    let mut rooms = state.federation.destination_rooms(&dest, d.last_successful_stream_ordering).await?;
     if backwards {
         rooms.reverse();
     }
@@ -133,7 +131,7 @@ pub async fn reset_connection(
     if dest == state.config.server_name() {
         return Err(Error::invalid_param("Cannot reset connection to the local server"));
     }
-    if !state.rooms.db().reset_destination(&dest).await? {
+    if !state.federation.reset_destination(&dest).await? {
         return Err(Error::not_found("Unknown destination"));
     }
     // Wakes the sender's destination tasks (in whichever process holds the sender's lease).

@@ -77,7 +77,7 @@ pub async fn user_media(
     AdminQuery(q): AdminQuery<UserMediaQuery>,
 ) -> Result<Json<Value>> {
     let user_id = local_user_id(&state, &user)?;
-    if state.accounts.db().get_user(user_id.as_str()).await?.is_none() {
+    if !state.accounts.user_exists(&user_id).await? {
         return Err(Error::not_found("Unknown user"));
     }
     let (from, limit) = paging(q.from, q.limit)?;
@@ -102,7 +102,7 @@ pub async fn delete_user_media(
     AdminPath(user): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let user_id = local_user_id(&state, &user)?;
-    if state.accounts.db().get_user(user_id.as_str()).await?.is_none() {
+    if !state.accounts.user_exists(&user_id).await? {
         return Err(Error::not_found("Unknown user"));
     }
     let local = state.config.server_name().to_string();

@@ -34,13 +34,13 @@ pub async fn list(
     _: Admin,
     AdminQuery(q): AdminQuery<ListQuery>,
 ) -> Result<Json<Value>> {
-    let tokens = state.accounts.db().registration_tokens(q.valid).await?;
+    let tokens = state.accounts.registration_tokens(q.valid).await?;
     Ok(Json(json!({ "registration_tokens": tokens.iter().map(token_json).collect::<Vec<_>>() })))
 }
 
 /// `GET /_synapse/admin/v1/registration_tokens/{token}`
 pub async fn get(State(state): State<AppState>, _: Admin, AdminPath(token): AdminPath<String>) -> Result<Json<Value>> {
-    let t = state.accounts.db().registration_token(&token).await?;
+    let t = state.accounts.registration_token(&token).await?;
     Ok(Json(token_json(&t.ok_or_else(|| Error::not_found(format!("No such registration token: {token}")))?)))
 }
 
@@ -79,7 +79,7 @@ pub async fn create(
     AdminJson(body): AdminJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>> {
     let (uses_allowed, expiry_time) = limits(&body)?;
-    let db = state.accounts.db();
+    let accounts = &state.accounts;
     let token = match body.get("token") {
         Some(Value::String(t)) => {
             if t.is_empty() || t.len() > MAX_TOKEN_LEN || !t.bytes().all(|b| TOKEN_CHARS.contains(&b)) {
@@ -87,7 +87,7 @@ pub async fn create(
                     "token must consist only of characters matched by the regex [A-Za-z0-9._~-] and be 1 to 64 characters",
                 ));
             }
-            if !db.insert_registration_token(t, uses_allowed.flatten(), expiry_time.flatten()).await? {
+            if !accounts.insert_registration_token(t, uses_allowed.flatten(), expiry_time.flatten()).await? {
                 return Err(Error::invalid_param(format!("Token already in use: {t}")));
             }
             t.clone()
@@ -104,7 +104,7 @@ pub async fn create(
             let mut made = None;
             for _ in 0..5 {
                 let t = random_token(length);
-                if db.insert_registration_token(&t, uses_allowed.flatten(), expiry_time.flatten()).await? {
+                if accounts.insert_registration_token(&t, uses_allowed.flatten(), expiry_time.flatten()).await? {
                     made = Some(t);
                     break;
                 }
@@ -113,7 +113,7 @@ pub async fn create(
         }
         Some(_) => return Err(Error::invalid_param("token must be a string")),
     };
-    let t = db.registration_token(&token).await?.ok_or_else(|| Error::internal("token vanished"))?;
+    let t = accounts.registration_token(&token).await?.ok_or_else(|| Error::internal("token vanished"))?;
     Ok(Json(token_json(&t)))
 }
 
@@ -133,11 +133,10 @@ pub async fn update(
     AdminJson(body): AdminJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Value>> {
     let (uses_allowed, expiry_time) = limits(&body)?;
-    let db = state.accounts.db();
-    if !db.update_registration_token(&token, uses_allowed, expiry_time).await? {
+    if !state.accounts.update_registration_token(&token, uses_allowed, expiry_time).await? {
         return Err(Error::not_found(format!("No such registration token: {token}")));
     }
-    let t = db.registration_token(&token).await?;
+    let t = state.accounts.registration_token(&token).await?;
     Ok(Json(token_json(&t.ok_or_else(|| Error::not_found(format!("No such registration token: {token}")))?)))
 }
 
@@ -147,7 +146,7 @@ pub async fn delete(
     _: Admin,
     AdminPath(token): AdminPath<String>,
 ) -> Result<Json<Value>> {
-    if !state.accounts.db().delete_registration_token(&token).await? {
+    if !state.accounts.delete_registration_token(&token).await? {
         return Err(Error::not_found(format!("No such registration token: {token}")));
     }
     Ok(Json(json!({})))

@@ -62,7 +62,7 @@ pub async fn list(
         from,
         limit,
     };
-    let (rows, total) = state.rooms.db().admin_event_reports(&query).await?;
+    let (rows, total) = state.rooms.event_reports(&query).await?;
     let mut reports = Vec::with_capacity(rows.len());
     for r in &rows {
         reports.push(report_json(&state, r).await?);
@@ -76,7 +76,7 @@ pub async fn list(
 
 /// `GET /_synapse/admin/v1/event_reports/{reportId}`: the report and the event as stored.
 pub async fn get(State(state): State<AppState>, _: Admin, AdminPath(id): AdminPath<String>) -> Result<Json<Value>> {
-    let r = state.rooms.db().admin_event_report(&id).await?;
+    let r = state.rooms.event_report(&id).await?;
     let r = r.ok_or_else(|| Error::not_found("Event report not found"))?;
     let mut body = report_json(&state, &r).await?;
     let pdus = state.rooms.cached_pdus(std::slice::from_ref(&r.event_id)).await?;
@@ -86,7 +86,7 @@ pub async fn get(State(state): State<AppState>, _: Admin, AdminPath(id): AdminPa
 
 /// `DELETE /_synapse/admin/v1/event_reports/{reportId}`
 pub async fn delete(State(state): State<AppState>, _: Admin, AdminPath(id): AdminPath<String>) -> Result<Json<Value>> {
-    if !state.rooms.db().admin_delete_event_report(&id).await? {
+    if !state.rooms.delete_event_report(&id).await? {
         return Err(Error::not_found("Event report not found"));
     }
     Ok(Json(json!({})))

@@ -79,7 +79,7 @@ pub async fn delete_status_of_room(
     AdminPath(room): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let room_id = room_id(&room)?;
-    let deletions = state.rooms.db().room_deletions_of(room_id.as_str()).await?;
+    let deletions = state.rooms.room_deletions_of(&room_id).await?;
     if deletions.is_empty() {
         return Err(Error::not_found("No delete task for room"));
     }
@@ -92,7 +92,7 @@ pub async fn delete_status(
     _: Admin,
     AdminPath(delete_id): AdminPath<String>,
 ) -> Result<Json<Value>> {
-    let d = state.rooms.db().room_deletion(&delete_id).await?;
+    let d = state.rooms.room_deletion(&delete_id).await?;
     Ok(Json(status_json(&d.ok_or_else(|| Error::not_found("delete id not found"))?)))
 }
 
@@ -110,7 +110,7 @@ pub async fn set_block(
     AdminJson(body): AdminJson<BlockBody>,
 ) -> Result<Json<Value>> {
     let room_id = room_id(&room)?;
-    state.rooms.db().set_room_blocked(room_id.as_str(), admin.user_id.as_str(), body.block).await?;
+    state.rooms.set_room_blocked(&room_id, &admin.user_id, body.block).await?;
     Ok(Json(json!({ "block": body.block })))
 }
 
@@ -121,7 +121,7 @@ pub async fn get_block(
     AdminPath(room): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let room_id = room_id(&room)?;
-    Ok(Json(match state.rooms.db().room_blocked_by(room_id.as_str()).await? {
+    Ok(Json(match state.rooms.room_blocked_by(&room_id).await? {
         Some(by) => json!({ "block": true, "user_id": by }),
         None => json!({ "block": false }),
     }))
@@ -164,7 +164,7 @@ pub async fn join(
 ) -> Result<Json<Value>> {
     let raw = body.user_id.ok_or_else(|| Error::missing_param("Missing params: ['user_id']"))?;
     let user = local_user_id(&state, &raw)?;
-    if state.accounts.db().get_user(user.as_str()).await?.is_none() {
+    if !state.accounts.user_exists(&user).await? {
         return Err(Error::not_found("User not found"));
     }
     let room_id = state.rooms.admin_resolve_room(&room).await?;
@@ -182,7 +182,7 @@ pub async fn forward_extremities(
     if !state.rooms.exists(&room_id).await? {
         return Err(Error::not_found("Room not found"));
     }
-    let rows = state.rooms.db().admin_forward_extremities(room_id.as_str()).await?;
+    let rows = state.rooms.forward_extremities(&room_id).await?;
     let results: Vec<Value> = rows
         .iter()
         .map(|e| {

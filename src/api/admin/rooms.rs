@@ -70,7 +70,7 @@ pub async fn members(
     AdminPath(room): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let room_id = known_room(&state, &room).await?;
-    let members = state.rooms.db().members_with(room_id.as_str(), "join").await?;
+    let members = state.rooms.joined_members(&room_id).await?;
     Ok(Json(json!({ "total": members.len(), "members": members })))
 }
 

@@ -41,13 +41,12 @@ pub async fn send_txn(
     if txn_id.is_empty() || txn_id.len() > 255 {
         return Err(Error::invalid_param("Transaction ids are 1 to 255 bytes long"));
     }
-    let db = state.rooms.db();
-    if let Some(event_id) = db.server_notice_txn(admin.user_id.as_str(), &txn_id).await? {
+    if let Some(event_id) = state.rooms.server_notice_txn(&admin.user_id, &txn_id).await? {
         return Ok(Json(json!({ "event_id": event_id })));
     }
     let answer = send_notice(&state, body).await?;
     if let Some(event_id) = answer["event_id"].as_str() {
-        db.set_server_notice_txn(admin.user_id.as_str(), &txn_id, event_id).await?;
+        state.rooms.set_server_notice_txn(&admin.user_id, &txn_id, event_id).await?;
     }
     Ok(Json(answer))
 }
@@ -70,7 +69,7 @@ async fn send_notice(state: &AppState, body: Notice) -> Result<Value> {
     let user = local_user_id(state, &raw)
         .map_err(|_| Error::invalid_param("Server notices can only be sent to local users"))?;
     let content = body.content.ok_or_else(|| Error::missing_param("Missing params: ['content']"))?;
-    let account = state.accounts.db().get_user(user.as_str()).await?;
+    let account = state.accounts.user(&user).await?;
     if account.is_none() {
         return Err(Error::not_found("User not found"));
     }
@@ -79,7 +78,7 @@ async fn send_notice(state: &AppState, body: Notice) -> Result<Value> {
     if user == system {
         return Err(Error::invalid_param("Cannot send server notices to the system user"));
     }
-    if state.accounts.db().get_user(system.as_str()).await?.is_none() {
+    if !state.accounts.user_exists(&system).await? {
         state.accounts.admin_create(&system, None, false, Some(&cfg.system_mxid_display_name)).await?;
     }
     let room_id = notice_room(state, &system, &user).await?;
@@ -95,8 +94,7 @@ async fn send_notice(state: &AppState, body: Notice) -> Result<Value> {
 /// The user's notices room: the recorded one while the system user is in it and the user is
 /// joined or invited, else a new one.
 async fn notice_room(state: &AppState, system: &UserId, user: &UserId) -> Result<OwnedRoomId> {
-    let db = state.rooms.db();
-    if let Some(room) = db.server_notice_room(user.as_str()).await?
+    if let Some(room) = state.rooms.server_notice_room(user).await?
         && let Ok(room_id) = RoomId::parse(&room)
         && state.rooms.membership_of(&room_id, system).await?.as_deref() == Some("join")
         && matches!(state.rooms.membership_of(&room_id, user).await?.as_deref(), Some("join") | Some("invite"))
@@ -111,7 +109,7 @@ async fn notice_room(state: &AppState, system: &UserId, user: &UserId) -> Result
         ..Default::default()
     };
     let room_id = state.rooms.create_room(system, create).await?;
-    db.set_server_notice_room(user.as_str(), room_id.as_str()).await?;
+    state.rooms.set_server_notice_room(user, &room_id).await?;
     state.sync.set_tag(user, &room_id, NOTICE_TAG, Some(&json!({}))).await?;
     Ok(room_id)
 }

@@ -17,7 +17,7 @@ use crate::storage::user_overrides::RateOverride;
 /// The local account named in the path, which must exist.
 async fn existing(state: &AppState, raw: &str) -> Result<OwnedUserId> {
     let user_id = local_user_id(state, raw)?;
-    if state.accounts.db().admin_get_user(user_id.as_str()).await?.is_none() {
+    if state.accounts.admin_user(&user_id).await?.is_none() {
         return Err(Error::not_found("User not found"));
     }
     Ok(user_id)
@@ -31,19 +31,7 @@ pub async fn account_data(
     AdminPath(user): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let user_id = existing(&state, &user).await?;
-    // Every entry ever written: the stream positions only order changes, each key has one row.
-    let rows = state.rooms.db().account_data_since(user_id.as_str(), i64::MIN, i64::MAX).await?;
-    let mut global = Map::new();
-    let mut rooms: Map<String, Value> = Map::new();
-    for row in rows {
-        let content: Value = serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}));
-        if row.room_id.is_empty() {
-            global.insert(row.data_type, content);
-        } else if let Value::Object(room) = rooms.entry(row.room_id).or_insert_with(|| json!({})) {
-            room.insert(row.data_type, content);
-        }
-    }
-    Ok(Json(json!({ "account_data": { "global": global, "rooms": rooms } })))
+    Ok(Json(json!({ "account_data": state.sync.all_account_data(&user_id).await? })))
 }
 
 fn rate_json(rate: Option<RateOverride>) -> Value {
@@ -60,7 +48,7 @@ pub async fn get_ratelimit(
     AdminPath(user): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let user_id = existing(&state, &user).await?;
-    Ok(Json(rate_json(state.accounts.db().ratelimit_override(user_id.as_str()).await?)))
+    Ok(Json(rate_json(state.accounts.ratelimit_override(&user_id).await?)))
 }
 
 /// Reads a non-negative integer field of the override body (absent: 0).
@@ -88,7 +76,7 @@ pub async fn set_ratelimit(
         messages_per_second: count(&body, "messages_per_second")?,
         burst_count: count(&body, "burst_count")?,
     };
-    state.accounts.db().set_ratelimit_override(user_id.as_str(), rate).await?;
+    state.accounts.set_ratelimit_override(&user_id, rate).await?;
     state.limits.forget_override(user_id.as_str());
     Ok(Json(rate_json(Some(rate))))
 }
@@ -100,7 +88,7 @@ pub async fn delete_ratelimit(
     AdminPath(user): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let user_id = existing(&state, &user).await?;
-    state.accounts.db().delete_ratelimit_override(user_id.as_str()).await?;
+    state.accounts.delete_ratelimit_override(&user_id).await?;
     state.limits.forget_override(user_id.as_str());
     Ok(Json(json!({})))
 }
@@ -112,7 +100,7 @@ pub async fn shadow_ban(
     AdminPath(user): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let user_id = existing(&state, &user).await?;
-    state.accounts.db().set_shadow_banned(user_id.as_str(), true).await?;
+    state.accounts.set_shadow_banned(&user_id, true).await?;
     Ok(Json(json!({})))
 }
 
@@ -123,6 +111,6 @@ pub async fn lift_shadow_ban(
     AdminPath(user): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let user_id = existing(&state, &user).await?;
-    state.accounts.db().set_shadow_banned(user_id.as_str(), false).await?;
+    state.accounts.set_shadow_banned(&user_id, false).await?;
     Ok(Json(json!({})))
 }

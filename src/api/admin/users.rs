@@ -92,7 +92,7 @@ async fn list(state: &AppState, q: ListUsers, deactivated: Option<bool>) -> Resu
         from,
         limit,
     };
-    let (users, total) = state.accounts.db().admin_list_users(&query).await?;
+    let (users, total) = state.accounts.admin_users(&query).await?;
     let mut body = json!({ "users": users.iter().map(list_entry).collect::<Vec<_>>(), "total": total });
     if from + (users.len() as i64) < total {
         body["next_token"] = json!((from + users.len() as i64).to_string());
@@ -121,7 +121,7 @@ pub async fn list_v3(
 }
 
 async fn existing(state: &AppState, user_id: &UserId) -> Result<AdminUserRow> {
-    state.accounts.db().admin_get_user(user_id.as_str()).await?.ok_or_else(|| Error::not_found("User not found"))
+    state.accounts.admin_user(user_id).await?.ok_or_else(|| Error::not_found("User not found"))
 }
 
 /// `GET /_synapse/admin/v2/users/{userId}`
@@ -166,20 +166,20 @@ pub async fn put(
     {
         return Err(Error::invalid_param("displayname is too long"));
     }
-    let db = state.accounts.db();
-    let Some(current) = db.admin_get_user(user_id.as_str()).await? else {
+    let accounts = &state.accounts;
+    let Some(current) = accounts.admin_user(&user_id).await? else {
         state
             .accounts
             .admin_create(&user_id, body.password, body.admin.unwrap_or(false), body.displayname.as_deref())
             .await?;
         if let Some(url) = body.avatar_url.as_deref().filter(|u| !u.is_empty()) {
-            db.set_profile_field(user_id.as_str(), ProfileField::AvatarUrl, Some(url)).await?;
+            accounts.set_profile_field(&user_id, ProfileField::AvatarUrl, Some(url)).await?;
         }
         if body.deactivated == Some(true) {
             deactivate_account(&state, &user_id, false).await?;
         }
         if body.locked == Some(true) {
-            db.admin_set_locked(user_id.as_str(), true).await?;
+            accounts.admin_set_locked(&user_id, true).await?;
         }
         return Ok((StatusCode::CREATED, Json(details(&existing(&state, &user_id).await?))));
     };
@@ -189,7 +189,7 @@ pub async fn put(
         if !admin && user_id == caller.user_id {
             return Err(Error::invalid_param("You may not demote yourself."));
         }
-        db.admin_set_admin(user_id.as_str(), admin).await?;
+        accounts.admin_set_admin(&user_id, admin).await?;
     }
     if let Some(locked) = body.locked
         && locked != current.locked
@@ -197,14 +197,14 @@ pub async fn put(
         if locked && user_id == caller.user_id {
             return Err(Error::invalid_param("You may not lock yourself."));
         }
-        db.admin_set_locked(user_id.as_str(), locked).await?;
+        accounts.admin_set_locked(&user_id, locked).await?;
     }
     let mut profile_changed = false;
     for (field, value) in [(ProfileField::DisplayName, &body.displayname), (ProfileField::AvatarUrl, &body.avatar_url)]
     {
         if let Some(value) = value {
             let value = Some(value.as_str()).filter(|v| !v.is_empty());
-            db.set_profile_field(user_id.as_str(), field, value).await?;
+            accounts.set_profile_field(&user_id, field, value).await?;
             profile_changed = true;
         }
     }
@@ -214,7 +214,7 @@ pub async fn put(
             if body.password.is_none() {
                 return Err(Error::invalid_param("Must provide a password to re-activate an account."));
             }
-            db.admin_reactivate(user_id.as_str()).await?;
+            accounts.admin_reactivate(&user_id).await?;
         }
         _ => {}
     }
@@ -238,14 +238,13 @@ pub async fn put(
 /// leaves every room and declines every invite; `erase` also removes the profile and marks
 /// the account erased.
 async fn deactivate_account(state: &AppState, user_id: &UserId, erase: bool) -> Result<()> {
-    let db = state.accounts.db();
     if erase {
-        db.admin_erase(user_id.as_str()).await?;
+        state.accounts.admin_erase(user_id).await?;
     }
-    db.deactivate_user(user_id.as_str()).await?;
+    state.accounts.deactivate(user_id).await?;
     state.e2ee.keys_changed(user_id.as_str()).await;
     for membership in ["join", "invite", "knock"] {
-        for room in state.rooms.db().rooms_with_membership(user_id.as_str(), membership).await? {
+        for room in state.rooms.rooms_with_membership(user_id, membership).await? {
             let Ok(room_id) = RoomId::parse(&room) else { continue };
             if let Err(e) = state.rooms.leave(&room_id, user_id, None).await {
                 // The account is deactivated either way; a room we cannot leave is logged.
@@ -306,7 +305,7 @@ pub async fn reset_password(
 /// The whois answer: each device's last connection (the user agent is not recorded).
 async fn whois_of(state: &AppState, user_id: &UserId) -> Result<Value> {
     let mut devices = serde_json::Map::new();
-    for d in state.accounts.db().list_devices(user_id.as_str()).await? {
+    for d in state.accounts.devices(user_id).await? {
         let connections: Vec<Value> = match (&d.last_seen_ip, d.last_seen_ts) {
             (Some(ip), Some(ts)) => vec![json!({ "ip": ip, "last_seen": ts })],
             _ => Vec::new(),
@@ -361,7 +360,7 @@ pub async fn set_admin(
     if !body.admin && user_id == caller.user_id {
         return Err(Error::invalid_param("You may not demote yourself."));
     }
-    state.accounts.db().admin_set_admin(user_id.as_str(), body.admin).await?;
+    state.accounts.admin_set_admin(&user_id, body.admin).await?;
     Ok(Json(json!({})))
 }
 
@@ -372,7 +371,7 @@ pub async fn joined_rooms(
     AdminPath(user): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let user_id = super::user_id(&user)?;
-    let rooms = state.rooms.db().rooms_with_membership(user_id.as_str(), "join").await?;
+    let rooms = state.rooms.joined_rooms(&user_id).await?;
     Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))
 }
 
@@ -383,7 +382,7 @@ pub async fn memberships(
     AdminPath(user): AdminPath<String>,
 ) -> Result<Json<Value>> {
     let user_id = super::user_id(&user)?;
-    let rows = state.accounts.db().admin_memberships_of(user_id.as_str()).await?;
+    let rows = state.accounts.admin_memberships(&user_id).await?;
     let memberships: serde_json::Map<String, Value> = rows.into_iter().map(|(room, m)| (room, json!(m))).collect();
     Ok(Json(json!({ "memberships": memberships })))
 }
@@ -396,7 +395,7 @@ pub async fn pushers(
 ) -> Result<Json<Value>> {
     let user_id = local_user_id(&state, &user)?;
     existing(&state, &user_id).await?;
-    let mut body = crate::push::pushers::list(state.accounts.db(), &user_id).await?;
+    let mut body = state.accounts.pushers(&user_id).await?;
     body["total"] = json!(body["pushers"].as_array().map_or(0, Vec::len));
     Ok(Json(body))
 }

@@ -195,7 +195,7 @@ pub async fn deactivate(State(state): State<AppState>, req: Ruma<deactivate::v3:
         .accounts
         .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "deactivate" })
         .await?;
-    state.accounts.db().deactivate_user(s.user_id.as_str()).await?;
+    state.accounts.deactivate(&s.user_id).await?;
     state.e2ee.keys_changed(s.user_id.as_str()).await;
     tracing::info!(user_id = %s.user_id, "deactivated");
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })))

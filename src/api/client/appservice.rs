@@ -106,10 +106,6 @@ pub async fn set_network_visibility(
         return Err(Error::not_found("Unknown room"));
     }
     let listed = req.body.visibility == ruma::api::client::room::Visibility::Public;
-    state
-        .rooms
-        .db()
-        .set_appservice_room_listed(&reg.id, &req.body.network_id, req.body.room_id.as_str(), listed)
-        .await?;
+    state.rooms.set_appservice_room_listed(&reg.id, &req.body.network_id, &req.body.room_id, listed).await?;
     Ok(set_room_visibility::v3::Response::new().into())
 }

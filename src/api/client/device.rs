@@ -23,26 +23,21 @@ fn device_json(d: &DeviceRow) -> Value {
 /// `GET /_matrix/client/v3/devices`
 pub async fn list(State(state): State<AppState>, req: Ruma<get_devices::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    let devices = state.accounts.db().list_devices(s.user_id.as_str()).await?;
+    let devices = state.accounts.devices(&s.user_id).await?;
     Ok(Json(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() })))
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`
 pub async fn get(State(state): State<AppState>, req: Ruma<get_device::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    let device = state.accounts.db().get_device(s.user_id.as_str(), req.body.device_id.as_str()).await?;
+    let device = state.accounts.device(&s.user_id, req.body.device_id.as_str()).await?;
     device.map(|d| Json(device_json(&d))).ok_or_else(|| Error::not_found("Device not found"))
 }
 
 /// `PUT /_matrix/client/v3/devices/{deviceId}`
 pub async fn update(State(state): State<AppState>, req: Ruma<update_device::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    if !state
-        .accounts
-        .db()
-        .rename_device(s.user_id.as_str(), req.body.device_id.as_str(), req.body.display_name.as_deref())
-        .await?
-    {
+    if !state.accounts.rename_device(&s.user_id, req.body.device_id.as_str(), req.body.display_name.as_deref()).await? {
         return Err(Error::not_found("Device not found"));
     }
     state.e2ee.keys_changed(s.user_id.as_str()).await;
@@ -52,7 +47,7 @@ pub async fn update(State(state): State<AppState>, req: Ruma<update_device::v3::
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`
 pub async fn delete(State(state): State<AppState>, req: Ruma<delete_device::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    if state.accounts.db().get_device(s.user_id.as_str(), req.body.device_id.as_str()).await?.is_none() {
+    if state.accounts.device(&s.user_id, req.body.device_id.as_str()).await?.is_none() {
         return Err(Error::not_found("Device not found"));
     }
     let flows = vec![vec![uia::PASSWORD]];
@@ -60,7 +55,7 @@ pub async fn delete(State(state): State<AppState>, req: Ruma<delete_device::v3::
         .accounts
         .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "delete_device" })
         .await?;
-    state.accounts.db().delete_devices(s.user_id.as_str(), &[req.body.device_id.to_string()]).await?;
+    state.accounts.delete_devices(&s.user_id, &[req.body.device_id.to_string()]).await?;
     state.e2ee.keys_changed(s.user_id.as_str()).await;
     Ok(Json(json!({})))
 }
@@ -74,7 +69,7 @@ pub async fn delete_many(State(state): State<AppState>, req: Ruma<delete_devices
         .check_uia(req.body.auth.as_ref(), UiaRequest { flows, user_id: Some(&s.user_id), operation: "delete_devices" })
         .await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
-    state.accounts.db().delete_devices(s.user_id.as_str(), &ids).await?;
+    state.accounts.delete_devices(&s.user_id, &ids).await?;
     state.e2ee.keys_changed(s.user_id.as_str()).await;
     Ok(Json(json!({})))
 }

@@ -31,7 +31,7 @@ pub async fn put_alias(State(state): State<AppState>, req: Ruma<create_alias::v3
     if !state.rooms.exists(&req.body.room_id).await? {
         return Err(Error::not_found("Unknown room"));
     }
-    if !state.rooms.db().insert_alias(alias.as_str(), req.body.room_id.as_str(), s.user_id.as_str()).await? {
+    if !state.rooms.insert_alias(alias.as_str(), &req.body.room_id, &s.user_id).await? {
         return Err(Error::new(http::StatusCode::CONFLICT, "M_UNKNOWN", format!("Room alias {alias} already exists")));
     }
     Ok(Json(json!({})))
@@ -56,7 +56,7 @@ pub async fn delete_alias_handler(
 ) -> Result<Json<Value>> {
     let s = req.session()?;
     let alias = &req.body.room_alias;
-    let Some((room_id, creator)) = state.rooms.db().get_alias(alias.as_str()).await? else {
+    let Some((room_id, creator)) = state.rooms.alias(alias.as_str()).await? else {
         return Err(Error::not_found(format!("Room alias {alias} not found")));
     };
     let allowed = creator == s.user_id.as_str() || s.is_admin || {
@@ -67,7 +67,7 @@ pub async fn delete_alias_handler(
     if !allowed {
         return Err(Error::forbidden("You don't have permission to delete the alias."));
     }
-    state.rooms.db().delete_alias(alias.as_str()).await?;
+    state.rooms.delete_alias(alias.as_str()).await?;
     Ok(Json(json!({})))
 }
 
@@ -81,7 +81,7 @@ pub async fn room_aliases(State(state): State<AppState>, req: Ruma<aliases::v3::
             return Err(Error::forbidden("You are not in the room"));
         }
     }
-    Ok(Json(json!({ "aliases": state.rooms.db().room_aliases(room_id.as_str()).await? })))
+    Ok(Json(json!({ "aliases": state.rooms.room_aliases(room_id).await? })))
 }
 
 /// `GET /_matrix/client/v3/directory/list/room/{roomId}`
@@ -92,7 +92,7 @@ pub async fn get_visibility(
     if !state.rooms.exists(&req.body.room_id).await? {
         return Err(Error::not_found("Unknown room"));
     }
-    let public = state.rooms.db().is_room_public(req.body.room_id.as_str()).await?;
+    let public = state.rooms.is_public(&req.body.room_id).await?;
     Ok(Json(json!({ "visibility": if public { "public" } else { "private" } })))
 }
 
@@ -112,7 +112,7 @@ pub async fn set_visibility(
         return Err(Error::forbidden("You don't have permission to change the room's directory visibility"));
     }
     let public = req.body.visibility == ruma::api::client::room::Visibility::Public;
-    state.rooms.db().set_room_public(room_id.as_str(), public).await?;
+    state.rooms.set_public(room_id, public).await?;
     Ok(Json(json!({})))
 }
 
@@ -128,7 +128,7 @@ enum Networks<'a> {
 async fn directory_rooms(state: &AppState, networks: Networks<'_>) -> Result<Vec<String>> {
     let mut rooms = match networks {
         Networks::Instance(_) => Vec::new(),
-        _ => state.rooms.db().public_rooms().await?,
+        _ => state.rooms.public_rooms().await?,
     };
     let listed = match networks {
         Networks::Matrix => Vec::new(),
@@ -136,9 +136,9 @@ async fn directory_rooms(state: &AppState, networks: Networks<'_>) -> Result<Vec
             let Some((appservice, network)) = instance.split_once('|') else {
                 return Err(Error::invalid_param("third_party_instance_id must be <appservice id>|<network id>"));
             };
-            state.rooms.db().appservice_listed_rooms(Some((appservice, network))).await?
+            state.rooms.appservice_listed_rooms(Some((appservice, network))).await?
         }
-        Networks::All => state.rooms.db().appservice_listed_rooms(None).await?,
+        Networks::All => state.rooms.appservice_listed_rooms(None).await?,
     };
     rooms.extend(listed.into_iter().map(|(_, _, room)| room));
     rooms.sort();
@@ -285,11 +285,7 @@ pub async fn mutual_rooms(
         Some(from) => Some(RoomId::parse(from).map_err(|_| Error::invalid_param("Invalid from token"))?),
         None => None,
     };
-    let (joined, count) = state
-        .rooms
-        .db()
-        .mutual_rooms(s.user_id.as_str(), other.as_str(), after.as_ref().map(|r| r.as_str()), MUTUAL_ROOMS_PAGE + 1)
-        .await?;
+    let (joined, count) = state.rooms.mutual_rooms(&s.user_id, other, after.as_deref(), MUTUAL_ROOMS_PAGE + 1).await?;
     let more = joined.len() as i64 > MUTUAL_ROOMS_PAGE;
     let joined: Vec<String> = joined.into_iter().take(MUTUAL_ROOMS_PAGE as usize).collect();
     let mut out = json!({ "joined": joined, "count": count });

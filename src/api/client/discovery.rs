@@ -153,7 +153,7 @@ const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `GET /health`: 200 `OK` while the database answers a trivial query, 503 otherwise.
 async fn health(State(state): State<AppState>) -> Response {
-    match tokio::time::timeout(HEALTH_TIMEOUT, state.accounts.db().ping()).await {
+    match tokio::time::timeout(HEALTH_TIMEOUT, state.accounts.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "OK").into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "health check: the database does not answer");

@@ -93,7 +93,7 @@ pub async fn send_state(
             Some("ban") => state.rooms.ban(&b.room_id, &s.user_id, &target, reason).await?,
             _ => return Err(Error::forbidden("Cannot set this membership for another user")),
         }
-        let id = state.rooms.db().current_state_event_id(b.room_id.as_str(), &kind, &b.state_key).await?;
+        let id = state.rooms.current_state_event_id(&b.room_id, &kind, &b.state_key).await?;
         return Ok(Json(json!({ "event_id": id })));
     }
     if kind == "m.room.canonical_alias" {
@@ -114,7 +114,7 @@ async fn check_canonical_alias(state: &AppState, room_id: &RoomId, content: &Val
         let parsed =
             ruma::RoomAliasId::parse(alias).map_err(|_| Error::invalid_param(format!("Invalid alias {alias}")))?;
         if parsed.server_name() == state.rooms.server_name() {
-            match state.rooms.db().get_alias(alias).await? {
+            match state.rooms.alias(alias).await? {
                 Some((r, _)) if r == room_id.as_str() => {}
                 _ => {
                     return Err(Error::new(

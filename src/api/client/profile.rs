@@ -29,7 +29,7 @@ async fn profile_json(state: &AppState, user_id: &ruma::UserId) -> Result<Value>
         return remote_profile(state, user_id).await;
     }
     state.appservices.ensure_user(user_id.as_str()).await?;
-    let user = state.accounts.db().get_user(user_id.as_str()).await?.filter(|u| !u.deactivated);
+    let user = state.accounts.user(user_id).await?.filter(|u| !u.deactivated);
     let Some(user) = user else { return Err(Error::not_found("Profile was not found")) };
     let mut out = json!({});
     if let Some(d) = user.displayname {
@@ -111,7 +111,7 @@ async fn store_field(
     if *user_id != session.user_id {
         return Err(Error::forbidden("Cannot change another user's profile"));
     }
-    state.accounts.db().set_profile_field(session.user_id.as_str(), field, value).await?;
+    state.accounts.set_profile_field(&session.user_id, field, value).await?;
     state.rooms.propagate_profile(&session.user_id).await?;
     Ok(Json(json!({})))
 }

@@ -117,14 +117,14 @@ pub async fn set_actions(
 /// `GET /_matrix/client/v3/pushers`
 pub async fn pushers(State(state): State<AppState>, req: Ruma<get_pushers::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    Ok(Json(push::pushers::list(state.rooms.db(), &s.user_id).await?))
+    Ok(Json(state.accounts.pushers(&s.user_id).await?))
 }
 
 /// `POST /_matrix/client/v3/pushers/set`
 pub async fn set_pusher(State(state): State<AppState>, req: Ruma<set_pusher::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     let body = req.json.clone().unwrap_or(Value::Null);
-    push::pushers::set(state.rooms.db(), &s.user_id, s.device_id.as_str(), &body).await?;
+    state.accounts.set_pusher(&s.user_id, s.device_id.as_str(), &body).await?;
     Ok(Json(json!({})))
 }
 

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
-use crate::ids::random_alpha;
 use crate::storage::reports::Reported;
 
 /// Longest reason kept, in bytes: a report is read by a person.
@@ -27,7 +26,7 @@ fn checked_reason(reason: Option<&str>) -> Result<Option<&str>> {
 
 async fn store(state: &AppState, reporter: &ruma::UserId, what: Reported<'_>, reason: Option<&str>) -> Result<()> {
     let reason = checked_reason(reason)?;
-    state.rooms.db().insert_report(&random_alpha(24), reporter.as_str(), what, reason).await?;
+    state.rooms.insert_report(reporter, what, reason).await?;
     tracing::info!(reporter = %reporter, ?what, "report received");
     Ok(())
 }
@@ -61,7 +60,7 @@ pub async fn room(State(state): State<AppState>, req: Ruma<report_room::v3::Requ
 pub async fn user(State(state): State<AppState>, req: Ruma<report_user::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
     let user_id = &req.body.user_id;
-    if !state.rooms.db().user_known(user_id.as_str()).await? {
+    if !state.rooms.user_known(user_id).await? {
         return Err(Error::not_found("The user was not found on this server"));
     }
     store(&state, &s.user_id, Reported::User { user_id: user_id.as_str() }, Some(&req.body.reason)).await?;

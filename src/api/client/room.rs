@@ -180,7 +180,7 @@ pub async fn knock(State(state): State<AppState>, req: Ruma<knock_room::v3::Requ
 /// `GET /_matrix/client/v3/joined_rooms`
 pub async fn joined(State(state): State<AppState>, req: Ruma<joined_rooms::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    let rooms = state.rooms.db().rooms_with_membership(s.user_id.as_str(), "join").await?;
+    let rooms = state.rooms.joined_rooms(&s.user_id).await?;
     Ok(Json(json!({ "joined_rooms": rooms })))
 }
 
@@ -189,18 +189,18 @@ pub async fn members(State(state): State<AppState>, req: Ruma<get_member_events:
     let s = req.session()?;
     let room_id = &req.body.room_id;
     // A forgotten room reads as one never joined.
-    let membership = state.rooms.db().remembered_membership(room_id.as_str(), s.user_id.as_str()).await?;
+    let membership = state.rooms.remembered_membership(room_id, &s.user_id).await?;
     let ids = match (membership, &req.body.at) {
         (Some((m, ..)), Some(at)) if matches!(m.as_str(), "join" | "leave" | "ban") => {
             // As of the event at `at`, if the user may see it (as Synapse does): a token from
             // before a `joined`-visibility join or after a leave reveals nothing.
             state_ids_at_token(&state, room_id, &s.user_id, &m, at).await?
         }
-        (Some((m, ..)), None) if m == "join" => state.rooms.db().current_state_ids(room_id.as_str()).await?,
+        (Some((m, ..)), None) if m == "join" => state.rooms.current_state_ids(room_id).await?,
         // Members of a room the user left are shown as of the leave (as Synapse does).
         (Some((m, ev_id, _)), None) if m == "leave" || m == "ban" => {
             let ev =
-                state.rooms.db().get_event(&ev_id).await?.ok_or_else(|| Error::internal("membership event missing"))?;
+                state.rooms.stored_event(&ev_id).await?.ok_or_else(|| Error::internal("membership event missing"))?;
             let group = ev.state_group.ok_or_else(|| Error::internal("membership event without state"))?;
             (*state.rooms.state_at_group(group).await?).clone()
         }

@@ -119,7 +119,7 @@ pub async fn logout(
     req: Ruma<logout::v3::Request>,
 ) -> Result<RumaResponse<logout::v3::Response>> {
     let s = req.session()?;
-    state.accounts.db().delete_devices(s.user_id.as_str(), &[s.device_id.to_string()]).await?;
+    state.accounts.delete_devices(&s.user_id, &[s.device_id.to_string()]).await?;
     state.e2ee.keys_changed(s.user_id.as_str()).await;
     Ok(logout::v3::Response::new().into())
 }
@@ -130,9 +130,7 @@ pub async fn logout_all(
     req: Ruma<logout_all::v3::Request>,
 ) -> Result<RumaResponse<logout_all::v3::Response>> {
     let s = req.session()?;
-    let devices: Vec<String> =
-        state.accounts.db().list_devices(s.user_id.as_str()).await?.into_iter().map(|d| d.device_id).collect();
-    state.accounts.db().delete_devices(s.user_id.as_str(), &devices).await?;
+    state.accounts.delete_all_devices(&s.user_id).await?;
     state.e2ee.keys_changed(s.user_id.as_str()).await;
     Ok(logout_all::v3::Response::new().into())
 }

@@ -82,7 +82,7 @@ pub async fn create(State(state): State<AppState>, req: Ruma<create_filter::v3::
     require_self(&s.user_id, &req.body.user_id, "create filters")?;
     // Stored as sent (ruma has checked its shape), so that GET returns what the client wrote.
     let json = req.json.clone().unwrap_or_else(|| json!({}));
-    let id = state.rooms.db().insert_filter(s.user_id.as_str(), &json.to_string()).await?;
+    let id = state.sync.store_filter(&s.user_id, &json).await?;
     Ok(Json(json!({ "filter_id": id })))
 }
 
@@ -91,9 +91,8 @@ pub async fn get(State(state): State<AppState>, req: Ruma<get_filter::v3::Reques
     let s = req.session()?;
     require_self(&s.user_id, &req.body.user_id, "read filters")?;
     let raw = state
-        .rooms
-        .db()
-        .get_filter(s.user_id.as_str(), &req.body.filter_id)
+        .sync
+        .stored_filter(&s.user_id, &req.body.filter_id)
         .await?
         .ok_or_else(|| Error::not_found("No such filter"))?;
     Ok(Json(serde_json::from_str(&raw)?))
