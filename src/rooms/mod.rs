@@ -64,6 +64,8 @@ pub struct Rooms {
     /// Registered application services: events they are interested in are queued for them in
     /// the event's own transaction.
     appservices: Arc<Appservices>,
+    /// The SSRF-guarded client for identity servers (third-party invites).
+    identity: crate::media::preview::Fetcher,
 }
 
 /// Who sends a client event, and with which transaction id.
@@ -90,6 +92,7 @@ impl Rooms {
         Arc::new_cyclic(|weak| {
             writer::spawn(weak.clone(), rx);
             Self {
+                identity: federated::third_party::identity_fetcher(&config),
                 server_name: config.server_name(),
                 outbox_wakeup,
                 db,

@@ -27,6 +27,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod resident;
 pub mod resolve;
+pub mod third_party;
 
 use std::sync::Arc;
 
