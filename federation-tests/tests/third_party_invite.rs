@@ -12,6 +12,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::peer::{EventSpec, Peer};
 use common::{Backend, FedServer, enc, sync_until, wait_until, workspace_root};
 use serde_json::{Value, json};
 
@@ -135,3 +136,44 @@ async fn invite_over_federation(backend: Backend, net: &str) {
 }
 
 both_backends!(invite_over_federation, "143");
+
+/// Member events with `third_party_invite` that arrive over `/send` pass the auth rules only
+/// with a matching `m.room.third_party_invite` of the same sender and a signature by one of its
+/// keys: a peer's invite with an unknown token, or with alice's token and a valid signature but
+/// sent by its own user, is rejected.
+async fn forged_third_party_invites_over_send_are_rejected(backend: Backend, net: &str) {
+    let a = FedServer::start_on(&format!("{net}.1"), backend).await;
+    let peer = Peer::start(&format!("{net}.2")).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_public_room().await;
+    peer.join(&a, &room, "mallory").await;
+    let victim = peer.user_id("victim");
+    // Alice's invitation, whose key the peer holds (so that it can make a valid signature).
+    let (s, b) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.third_party_invite/tok", enc(&room)),
+            json!({ "display_name": "v...@example.org", "key_validity_url": "https://is.example/isvalid",
+                    "public_key": peer.policy_public_key() }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    wait_until(Duration::from_secs(30), "the peer receives the invitation", || async {
+        peer.state().state.contains_key(&("m.room.third_party_invite".to_owned(), "tok".to_owned()))
+    })
+    .await;
+
+    for token in ["unknown", "tok"] {
+        let signed = peer.sign_with_policy_key(json!({ "mxid": victim, "sender": alice.user_id, "token": token }));
+        let invite = peer.build(EventSpec::state(
+            "m.room.member",
+            &victim,
+            json!({ "membership": "invite", "third_party_invite": { "display_name": "v", "signed": signed } }),
+        ));
+        let (s, answer) = peer.send_pdus(&a, &[&invite]).await;
+        assert_eq!(s, 200, "{answer}");
+        assert!(answer["pdus"][&invite.id]["error"].is_string(), "token {token}: accepted: {answer}");
+    }
+    assert_eq!(alice.membership(&room, &victim).await, None);
+}
+
+both_backends!(forged_third_party_invites_over_send_are_rejected, "145");

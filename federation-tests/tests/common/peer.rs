@@ -225,6 +225,14 @@ impl Peer {
         policy_signature_of(&self.inner, event).expect("policy signature")
     }
 
+    /// `object` signed with its `ed25519:policy_server` key as it is (a third-party invitation's
+    /// `signed` block, when the test names that key in an `m.room.third_party_invite`).
+    pub fn sign_with_policy_key(&self, object: Value) -> Value {
+        let mut object: CanonicalJsonObject = serde_json::from_value(object).expect("canonical JSON");
+        ruma::signatures::sign_json(&self.inner.name, &self.inner.policy_key, &mut object).expect("sign");
+        serde_json::to_value(object).expect("json")
+    }
+
     /// `@local:ip:8448`.
     pub fn user_id(&self, local: &str) -> String {
         format!("@{local}:{}", self.inner.name)
