@@ -1,7 +1,7 @@
 //! The one SSRF guard of every outbound connection: which addresses the server may connect to
-//! on behalf of someone else (federation, URL previews, push gateways; appservices later), and
-//! the operator's allow-lists of ranges that are not public but wanted (an intranet, a test
-//! network).
+//! on behalf of someone else (federation, URL previews, push gateways, identity servers;
+//! appservices later), and the operator's allow-lists of ranges that are not public but wanted
+//! (an intranet, a test network).
 //!
 //! An address is public when it is global unicast by IANA's special-purpose registries (IPv4
 //! and IPv6). IPv6 forms that reach an embedded IPv4 address (IPv4-mapped `::ffff:0:0/96`,

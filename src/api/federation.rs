@@ -27,6 +27,7 @@ use ruma::api::federation::membership::{
 use ruma::api::federation::openid::get_openid_userinfo;
 use ruma::api::federation::query::{get_profile_information, get_room_information};
 use ruma::api::federation::space::get_hierarchy;
+use ruma::api::federation::thirdparty::{bind_callback, exchange_invite};
 use ruma::api::federation::transactions::send_transaction_message;
 use ruma::{RoomId, ServerName};
 use serde_json::{Value, json};
@@ -69,6 +70,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(user_devices)
         .ruma(keys_query)
         .ruma(keys_claim)
+        .ruma(third_party_onbind)
+        .ruma(exchange_third_party_invite)
 }
 
 /// `GET /_matrix/key/v2/server`
@@ -374,6 +377,29 @@ pub async fn invite_v1(State(state): State<AppState>, req: Ruma<create_invite::v
     let pdu = req.json.clone().unwrap_or(Value::Null);
     let signed = state.rooms.receive_invite_v1(origin, &req.body.room_id, req.body.event_id.as_str(), pdu).await?;
     Ok(Json(json!([200, signed])))
+}
+
+/// `PUT /_matrix/federation/v1/3pid/onbind`: an identity server (unauthenticated) says one of
+/// our users bound an address with pending third-party invitations.
+pub async fn third_party_onbind(
+    State(state): State<AppState>,
+    req: Ruma<bind_callback::v1::Request>,
+) -> Result<Json<Value>> {
+    let body = req.json.clone().unwrap_or(Value::Null);
+    state.rooms.on_bind_third_party(&body).await?;
+    Ok(Json(json!({})))
+}
+
+/// `PUT /_matrix/federation/v1/exchange_third_party_invite/{roomId}`: a server exchanges a
+/// signed third-party invitation of its user for an invite into a room whose inviter is ours.
+pub async fn exchange_third_party_invite(
+    State(state): State<AppState>,
+    req: Ruma<exchange_invite::v1::Request>,
+) -> Result<Json<Value>> {
+    let origin = req.origin()?;
+    let body = req.json.clone().unwrap_or(Value::Null);
+    state.rooms.exchange_third_party_invite(Some(origin), &req.body.room_id, &body).await?;
+    Ok(Json(json!({})))
 }
 
 /// The origin must have a user joined to the room now to read its events, state, auth chains

@@ -40,6 +40,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Push notifications.
     pub push: PushConfig,
+    /// Identity servers reached for third-party invites.
+    pub identity: IdentityConfig,
     /// Rate limiting.
     pub rate_limits: RateLimitConfig,
     /// Rooms.
@@ -269,6 +271,20 @@ pub struct PushConfig {
     pub gateway_ip_allowlist: Vec<String>,
 }
 
+/// `[identity]`: how identity servers are reached for third-party invites (the client names
+/// the identity server in its `/invite` request; docs/identity-servers.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Addresses or CIDR ranges identity servers may be at although they are not public; empty
+    /// by default (the client chooses the identity server, so the server must not become a
+    /// proxy into its own network). `federation.allow_private_addresses` allows every address.
+    pub ip_allowlist: Vec<String>,
+    /// Reach identity servers over plain `http://` instead of `https://`: for tests and closed
+    /// networks only (the identity server's answers decide who gets invited).
+    pub plain_http: bool,
+}
+
 /// `[matrix_rtc]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -466,6 +482,7 @@ impl Default for Config {
             federation: FederationConfig::default(),
             media: MediaConfig::default(),
             push: PushConfig::default(),
+            identity: IdentityConfig::default(),
             rate_limits: RateLimitConfig::default(),
             rooms: RoomsConfig::default(),
             voip: VoipConfig::default(),
@@ -678,6 +695,11 @@ impl Config {
         for range in &self.media.url_preview_ip_allowlist {
             if crate::ssrf::IpRange::parse(range).is_none() {
                 bail!("configuration key `media.url_preview_ip_allowlist`: {range:?} is not an address or CIDR range");
+            }
+        }
+        for range in &self.identity.ip_allowlist {
+            if crate::ssrf::IpRange::parse(range).is_none() {
+                bail!("configuration key `identity.ip_allowlist`: {range:?} is not an address or CIDR range");
             }
         }
         for range in &self.push.gateway_ip_allowlist {

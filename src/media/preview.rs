@@ -161,17 +161,33 @@ impl Fetcher {
         body: &serde_json::Value,
         limit: usize,
     ) -> Result<(u16, serde_json::Value)> {
+        self.request_json(http::Method::POST, url, None, Some(body), limit).await
+    }
+
+    /// Sends a JSON request (a push gateway, an identity server), checked like a fetch and
+    /// without following redirects, with `bearer` as its `Authorization`; returns the status
+    /// and the JSON answer (`Null` if it is not JSON), read up to `limit` bytes.
+    pub async fn request_json(
+        &self,
+        method: http::Method,
+        url: &str,
+        bearer: Option<&str>,
+        body: Option<&serde_json::Value>,
+        limit: usize,
+    ) -> Result<(u16, serde_json::Value)> {
         let url = url::Url::parse(url).map_err(|_| Error::invalid_param("Invalid URL"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::invalid_param("Only http and https URLs can be reached"));
         }
         let client = self.client_for(&url, concat!("Myelin/", env!("CARGO_PKG_VERSION"))).await?;
-        let res = client
-            .post(url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| bad_gateway(format!("Posting to the URL failed: {}", e.without_url())))?;
+        let mut req = client.request(method, url);
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await.map_err(|e| bad_gateway(format!("Reaching the URL failed: {}", e.without_url())))?;
         let status = res.status().as_u16();
         let bytes = read_limited(res, limit, true).await?;
         Ok((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))

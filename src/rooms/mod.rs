@@ -66,6 +66,8 @@ pub struct Rooms {
     /// Registered application services: events they are interested in are queued for them in
     /// the event's own transaction.
     appservices: Arc<Appservices>,
+    /// The SSRF-guarded client for identity servers (third-party invites).
+    identity: crate::media::preview::Fetcher,
 }
 
 /// Who sends a client event, and with which transaction id.
@@ -92,6 +94,7 @@ impl Rooms {
         Arc::new_cyclic(|weak| {
             writer::spawn(weak.clone(), rx);
             Self {
+                identity: federated::third_party::identity_fetcher(&config),
                 server_name: config.server_name(),
                 outbox_wakeup,
                 db,
@@ -179,6 +182,8 @@ impl Rooms {
         // A retried txn id is answered by the writer, which reads every txn id of its batch in
         // one statement: checking here first would cost each new event a query of its own.
         let (reply, answer) = tokio::sync::oneshot::channel();
+        // Kept for a room with a policy server, whose events the writer hands back.
+        let kept = ev.clone();
         let job = writer::Job {
             room_id: room_id.to_owned(),
             user_id: origin.user_id.to_owned(),
@@ -187,7 +192,12 @@ impl Rooms {
             reply,
         };
         self.writer.send(job).await.map_err(|_| Error::internal("event writer stopped"))?;
-        answer.await.map_err(|_| Error::internal("event writer dropped a request"))?
+        match answer.await.map_err(|_| Error::internal("event writer dropped a request"))? {
+            Err(e) if e.errcode == federated::policy::POLICY_NEEDED => {
+                self.send_with_policy(room_id, origin, kept).await
+            }
+            other => other,
+        }
     }
 
     /// A redaction by a client needs the redact power level unless it redacts the sender's own event.

@@ -140,6 +140,12 @@ impl Rooms {
                 outcomes.push(Outcome::Refused(Error::not_found("Unknown room")));
                 continue;
             };
+            // A room with a policy server: the event is built and sent outside the writer,
+            // which must not wait for another server (`federated::policy`).
+            if crate::rooms::federated::policy::writer_defers(ctx, &job.ev) {
+                outcomes.push(Outcome::Refused(crate::rooms::federated::policy::policy_needed()));
+                continue;
+            }
             let built = async {
                 if let Some(target) = &job.ev.redacts {
                     self.check_redaction_allowed(ctx, &job.user_id, target).await?;

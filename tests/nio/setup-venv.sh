@@ -19,7 +19,7 @@ flock 9
 # The stamp records which requirements the venv was built from.
 want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 if [[ -x "$venv/bin/python" && "$(cat "$venv/.requirements-sha256" 2>/dev/null)" == "$want" ]] \
-    && "$venv/bin/python" -c 'import nio, prometheus_client, mautrix.appservice, aiosmtpd' 2>/dev/null; then
+    && "$venv/bin/python" -c 'import nio, prometheus_client, mautrix.appservice, aiosmtpd, nacl.signing' 2>/dev/null; then
     echo "$venv/bin/python"
     exit 0
 fi
@@ -29,7 +29,7 @@ fi
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet -r "$requirements"
-    "$venv/bin/python" -c 'import nio, prometheus_client, mautrix.appservice, aiosmtpd'
+    "$venv/bin/python" -c 'import nio, prometheus_client, mautrix.appservice, aiosmtpd, nacl.signing'
     echo "$want" > "$venv/.requirements-sha256"
 } >&2
 echo "$venv/bin/python"

@@ -192,6 +192,11 @@ impl FedServer {
         Self::start_with(ip, Backend::Sqlite, env).await
     }
 
+    /// Starts a server on `ip` on `backend` with extra environment.
+    pub async fn start_on_with_env(ip: &str, backend: Backend, env: &[(&str, &str)]) -> Self {
+        Self::start_with(ip, backend, env).await
+    }
+
     async fn start_with(ip: &str, backend: Backend, env: &[(&str, &str)]) -> Self {
         let mut s = Self::prepare_with(ip, backend, env).await;
         s.start_again().await;

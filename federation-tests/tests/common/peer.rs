@@ -70,11 +70,18 @@ pub struct PeerState {
     /// Entries that replace the peer's state in its `send_join` answers (as a resident of a
     /// room it created with [`Peer::create_room`]): a hostile resident's forged state.
     pub join_answer_state: BTreeMap<(String, String), String>,
+    /// As a policy server (`POST /_matrix/policy/v1/sign`): events whose `content.body`
+    /// contains this are refused (400 `M_FORBIDDEN`) instead of signed.
+    pub policy_refuse_body: Option<String>,
+    /// How many events the peer was asked to sign as a policy server.
+    pub policy_requests: usize,
 }
 
 struct Inner {
     name: String,
     key: Ed25519KeyPair,
+    /// The `ed25519:policy_server` key it signs with as a room's policy server.
+    policy_key: Ed25519KeyPair,
     state: Mutex<PeerState>,
 }
 
@@ -171,7 +178,10 @@ impl Peer {
         init_crypto();
         let der = Ed25519KeyPair::generate();
         let key = Ed25519KeyPair::from_der(&der, "peer".into()).expect("key");
-        let inner = Arc::new(Inner { name: format!("{ip}:8448"), key, state: Mutex::new(PeerState::default()) });
+        let policy_der = Ed25519KeyPair::generate();
+        let policy_key = Ed25519KeyPair::from_der(&policy_der, "policy_server".into()).expect("key");
+        let inner =
+            Arc::new(Inner { name: format!("{ip}:8448"), key, policy_key, state: Mutex::new(PeerState::default()) });
         let app = Router::new()
             .route("/_matrix/key/v2/server", get(keys))
             .route("/_matrix/federation/v1/send/{txn}", put(receive_txn))
@@ -181,6 +191,7 @@ impl Peer {
             .route("/_matrix/federation/v1/get_missing_events/{room}", post(missing_events))
             .route("/_matrix/federation/v1/make_join/{room}/{user}", get(make_join))
             .route("/_matrix/federation/v2/send_join/{room}/{id}", put(send_join))
+            .route("/_matrix/policy/v1/sign", post(policy_sign))
             .fallback(|| async { error(404, "M_UNRECOGNIZED", "not implemented by the test peer") })
             .with_state(inner.clone());
         let (cert, key) = ca().issue(ip);
@@ -202,6 +213,24 @@ impl Peer {
     /// `ip:8448`.
     pub fn name(&self) -> String {
         self.inner.name.clone()
+    }
+
+    /// The public key of its `ed25519:policy_server` key (unpadded base64), for `m.room.policy`.
+    pub fn policy_public_key(&self) -> String {
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.inner.policy_key.public_key())
+    }
+
+    /// Signs `event` as the room's policy server would (its redacted form, `ed25519:policy_server`).
+    pub fn policy_signature(&self, event: &Value) -> String {
+        policy_signature_of(&self.inner, event).expect("policy signature")
+    }
+
+    /// `object` signed with its `ed25519:policy_server` key as it is (a third-party invitation's
+    /// `signed` block, when the test names that key in an `m.room.third_party_invite`).
+    pub fn sign_with_policy_key(&self, object: Value) -> Value {
+        let mut object: CanonicalJsonObject = serde_json::from_value(object).expect("canonical JSON");
+        ruma::signatures::sign_json(&self.inner.name, &self.inner.policy_key, &mut object).expect("sign");
+        serde_json::to_value(object).expect("json")
     }
 
     /// `@local:ip:8448`.
@@ -442,6 +471,34 @@ fn auth_closure(st: &PeerState, ids: &[String]) -> Vec<String> {
         }
     }
     seen.into_iter().collect()
+}
+
+fn policy_signature_of(inner: &Inner, event: &Value) -> Option<String> {
+    let rules = inner.state.lock().unwrap_or_else(|e| e.into_inner()).rules.clone()?;
+    let object: CanonicalJsonObject = serde_json::from_value(event.clone()).ok()?;
+    let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).ok()?;
+    redacted.remove("signatures");
+    ruma::signatures::sign_json(&inner.name, &inner.policy_key, &mut redacted).ok()?;
+    let signed = serde_json::to_value(redacted).ok()?;
+    signed["signatures"][&inner.name]["ed25519:policy_server"].as_str().map(str::to_owned)
+}
+
+/// `POST /_matrix/policy/v1/sign`: signs every event, unless its body contains the refused text.
+async fn policy_sign(State(inner): State<Arc<Inner>>, axum::Json(event): axum::Json<Value>) -> Response {
+    let refuse = {
+        let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.policy_requests += 1;
+        st.policy_refuse_body.clone()
+    };
+    if let Some(text) = refuse
+        && event["content"]["body"].as_str().is_some_and(|b| b.contains(&text))
+    {
+        return error(400, "M_FORBIDDEN", "this event looks like spam");
+    }
+    match policy_signature_of(&inner, &event) {
+        Some(sig) => axum::Json(json!({ inner.name.clone(): { "ed25519:policy_server": sig } })).into_response(),
+        None => error(400, "M_BAD_JSON", "cannot sign this"),
+    }
 }
 
 async fn keys(State(inner): State<Arc<Inner>>) -> Response {

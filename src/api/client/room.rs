@@ -135,12 +135,21 @@ pub async fn forget(State(state): State<AppState>, req: Ruma<forget_room::v3::Re
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`
 pub async fn invite(State(state): State<AppState>, req: Ruma<invite_user::v3::Request>) -> Result<Json<Value>> {
     let s = req.session()?;
-    let invite_user::v3::InvitationRecipient::UserId(target) = &req.body.recipient else {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            "M_UNRECOGNIZED",
-            "Third-party invites are not supported",
-        ));
+    let target = match &req.body.recipient {
+        invite_user::v3::InvitationRecipient::UserId(target) => target,
+        invite_user::v3::InvitationRecipient::ThirdPartyId(_) => {
+            let b = req.json.as_ref().ok_or_else(|| Error::not_json("Body is not JSON"))?;
+            let field = |k: &str| b[k].as_str().ok_or_else(|| Error::missing_param(format!("{k} is required")));
+            let invitee = crate::rooms::federated::third_party::ThirdPartyInvitee {
+                id_server: field("id_server")?,
+                id_access_token: field("id_access_token")?,
+                medium: field("medium")?,
+                address: field("address")?,
+            };
+            state.rooms.invite_third_party(&req.body.room_id, &s.user_id, invitee).await?;
+            return Ok(Json(json!({})));
+        }
+        _ => return Err(Error::bad_json("Unknown kind of invitee")),
     };
     let is_direct = req.json.as_ref().and_then(|j| j["is_direct"].as_bool()).unwrap_or(false);
     state.rooms.invite(&req.body.room_id, &s.user_id, &target.user_id, target.reason.as_deref(), is_direct).await?;

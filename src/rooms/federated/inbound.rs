@@ -224,6 +224,15 @@ impl Rooms {
             inbound_pdu("soft_failed");
             return Ok(Processed { pdu, state_before, soft_failed: true });
         }
+        // A room with a policy server: events it did not sign are treated as spam.
+        if let Some(policy) = super::policy::enabled_policy_in(&current_pdus)
+            && !super::policy::policy_signed(&policy, &pdu, rules)
+        {
+            tracing::info!(event_id = %pdu.event_id, via = %policy.via, "soft-failing event without the policy server's signature");
+            self.persist_soft_failed(&pdu, &state_before, before_group).await?;
+            inbound_pdu("soft_failed");
+            return Ok(Processed { pdu, state_before, soft_failed: true });
+        }
         self.persist_remote(origin, version, rules, &pdu, &state_before, before_group, forward_except).await?;
         inbound_pdu("accepted");
         Ok(Processed { pdu, state_before, soft_failed: false })

@@ -25,8 +25,10 @@ pub mod acl;
 pub mod fetch;
 pub mod inbound;
 pub mod outbound;
+pub mod policy;
 pub mod resident;
 pub mod resolve;
+pub mod third_party;
 
 use std::sync::Arc;
 
