@@ -90,6 +90,7 @@ impl Cluster {
     /// waiting request and sender of this process.
     fn forget_everything(&self) {
         self.db.forget_cached_tokens(None);
+        self.db.forget_cached_shadow_bans(None);
         self.e2ee.forget_key_counts();
         self.sync.recent.forget_user_local(None);
         self.rooms.notifier().wake_all_local();
@@ -123,6 +124,7 @@ impl Cluster {
             }
             Signal::Outbox => self.outbox_wakeup.notify_local(),
             Signal::Tokens { u } => self.db.forget_cached_tokens(Some(&u)),
+            Signal::ShadowBan { u } => self.db.forget_cached_shadow_bans(Some(&u)),
             Signal::KeyCounts => self.e2ee.forget_key_counts(),
             Signal::Memberships { u } => self.sync.recent.forget_user_local(Some(&u)),
             Signal::Redacted { e } => self.rooms.evict_cached_event(&e),

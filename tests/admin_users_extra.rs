@@ -112,6 +112,25 @@ async fn memberships(admin: &Client, user: &str) -> serde_json::Value {
     ok(&admin.get(&format!("{A}/v1/users/{}/memberships", enc(user))).await)["memberships"].clone()
 }
 
+both_backends!(a_shadow_ban_takes_effect_at_the_next_send, |server| async move {
+    // Each send asks whether the sender is shadow-banned and the answer is cached: a ban set
+    // (or lifted) through the admin API must still count from the very next send.
+    let admin = make_admin(&server).await;
+    let alice = server.register("alice").await;
+    let mallory = server.register("mallory").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    common::join(&mallory, &room).await;
+    ok(&say(&mallory, &room, "before").await);
+    assert_eq!(bodies(&alice, &room).await, ["before"]);
+    let ban = format!("{A}/v1/users/{}/shadow_ban", enc(&mallory.user_id));
+    ok(&admin.post(&ban, &json!({})).await);
+    ok(&say(&mallory, &room, "during").await);
+    assert_eq!(bodies(&alice, &room).await, ["before"]);
+    ok(&admin.delete(&ban, &json!({})).await);
+    ok(&say(&mallory, &room, "after").await);
+    assert_eq!(bodies(&alice, &room).await, ["after", "before"]);
+});
+
 both_backends!(a_shadow_banned_user_is_answered_but_nobody_sees_what_they_do, |server| async move {
     let admin = make_admin(&server).await;
     let alice = server.register("alice").await;

@@ -85,6 +85,12 @@ pub enum Signal {
         /// User id.
         u: String,
     },
+    /// A user's shadow ban was set or lifted: cached answers are stale.
+    #[serde(rename = "sb")]
+    ShadowBan {
+        /// User id.
+        u: String,
+    },
     /// One-time or fallback keys were uploaded or claimed.
     #[serde(rename = "keys")]
     KeyCounts,

@@ -75,6 +75,8 @@ pub struct Db {
     event_lock: Arc<Mutex<()>>,
     /// Recently resolved access tokens (see `Db::find_token`).
     pub(crate) tokens: Arc<std::sync::Mutex<accounts::TokenCache>>,
+    /// Users' shadow bans as last read (see `Db::is_shadow_banned`).
+    shadow_bans: Arc<std::sync::Mutex<user_overrides::ShadowBanCache>>,
     /// News for the other processes on the same PostgreSQL database.
     bus: bus::Bus,
     /// PostgreSQL: events written since the table's statistics were last refreshed.
@@ -355,6 +357,7 @@ impl Db {
             write_lock,
             event_lock: Arc::new(Mutex::new(())),
             tokens: Default::default(),
+            shadow_bans: Default::default(),
             bus,
             growth,
         })
