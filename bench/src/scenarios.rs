@@ -419,6 +419,7 @@ async fn delivery(
     tokio::time::sleep(Duration::from_millis(1000 + 2 * n_rec as u64)).await;
 
     let mut starts = Vec::with_capacity(msgs);
+    let mut answered = Vec::with_capacity(msgs);
     let mut send_lat = Vec::with_capacity(msgs);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -428,7 +429,10 @@ async fn delivery(
         let t = Instant::now();
         starts.push(t);
         match sender.send_text(room.as_ref(), &format!("d{seq}-{}", marker.trim()), &format!("{marker}{seq}")).await {
-            Ok(_) => send_lat.push(ms(t.elapsed())),
+            Ok(_) => {
+                answered.push(Instant::now());
+                send_lat.push(ms(t.elapsed()));
+            }
             Err(e) => {
                 send_error = Some(e);
                 break;
@@ -453,6 +457,10 @@ async fn delivery(
     }
 
     let (mut lat, mut lost, mut dup, mut ooo, mut limited, mut errors) = (Vec::new(), 0u64, 0u64, 0u64, 0u64, 0u64);
+    // Delivery after the sender had its answer (the commit is behind it), and the slowest
+    // delivery of each message: which part of the tail is the send, which the fan-out.
+    let mut after_answer = Vec::new();
+    let mut slowest = vec![0.0f64; starts.len()];
     let (mut rec_lost, mut rec_dup, mut rec_ooo) = (0u64, 0u64, 0u64);
     let mut last_error = None;
     for st in &states {
@@ -473,7 +481,10 @@ async fn delivery(
             }
             max_seq = Some(max_seq.map_or(seq, |m| m.max(seq)));
             if seq < starts.len() {
-                lat.push(ms(at.saturating_duration_since(starts[seq])));
+                let l = ms(at.saturating_duration_since(starts[seq]));
+                lat.push(l);
+                slowest[seq] = slowest[seq].max(l);
+                after_answer.push(ms(at.saturating_duration_since(answered[seq])));
             }
         }
         let l = (msgs - seen.len()) as u64;
@@ -494,6 +505,8 @@ async fn delivery(
         "messages": msgs,
         "interval_ms": interval.as_millis() as u64,
         "delivery": summary(lat),
+        "delivery_after_send_answer": summary(after_answer),
+        "slowest_delivery_per_message": summary(slowest),
         "send": summary(send_lat),
         "lost": lost,
         "duplicated": dup,

@@ -586,8 +586,9 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        // MYELIN_PASSWORD is `register-user`'s password, not a configuration key.
-        figment = figment.merge(Env::prefixed("MYELIN_").split("__").ignore(&["password"]));
+        // MYELIN_PASSWORD is `register-user`'s password and MYELIN_HEAP_STATS_SECS asks for heap
+        // profiling (`src/main.rs`), not configuration keys.
+        figment = figment.merge(Env::prefixed("MYELIN_").split("__").ignore(&["password", "heap_stats_secs"]));
         let mut config: Config = figment.extract().map_err(|e| {
             let mut msg = String::new();
             for err in e {

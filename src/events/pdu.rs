@@ -183,6 +183,60 @@ impl Pdu {
         ev["unsigned"] = Value::Object(unsigned);
         ev
     }
+
+    /// [`Pdu::client_json`] written as JSON text to `out`, with `extra` entries added to
+    /// `unsigned` (replacing stored ones of the same name). The content is copied as stored
+    /// instead of parsed into a tree and written again: for a `/messages` page of 100 events
+    /// building and dropping those trees was a fifth of the page's CPU time.
+    pub fn write_client_json(&self, out: &mut Vec<u8>, unsigned: Option<&Value>, extra: &[(&str, Value)], now_ms: i64) {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec cannot fail");
+        }
+        fn value(out: &mut Vec<u8>, v: &Value) {
+            serde_json::to_writer(&mut *out, v).expect("writing a Value to a Vec cannot fail");
+        }
+        out.extend_from_slice(b"{\"type\":");
+        string(out, &self.fields.kind.to_string());
+        out.extend_from_slice(b",\"content\":");
+        out.extend_from_slice(self.fields.content.get().as_bytes());
+        out.extend_from_slice(b",\"event_id\":");
+        string(out, self.event_id.as_str());
+        out.extend_from_slice(b",\"sender\":");
+        string(out, self.fields.sender.as_str());
+        out.extend_from_slice(
+            format!(",\"origin_server_ts\":{}", u64::from(self.fields.origin_server_ts.get())).as_bytes(),
+        );
+        out.extend_from_slice(b",\"room_id\":");
+        string(out, self.room_id.as_str());
+        if let Some(key) = &self.fields.state_key {
+            out.extend_from_slice(b",\"state_key\":");
+            string(out, key);
+        }
+        if let Some(r) = self.fields.redacts.as_ref().or(self.redacts_target.as_ref()) {
+            out.extend_from_slice(b",\"redacts\":");
+            string(out, r.as_str());
+        }
+        out.extend_from_slice(b",\"unsigned\":{");
+        if let Some(Value::Object(map)) = unsigned {
+            for (k, v) in map {
+                if k == "age" || extra.iter().any(|(e, _)| e == k) {
+                    continue;
+                }
+                string(out, k);
+                out.push(b':');
+                value(out, v);
+                out.push(b',');
+            }
+        }
+        for (k, v) in extra {
+            string(out, k);
+            out.push(b':');
+            value(out, v);
+            out.push(b',');
+        }
+        let age = (now_ms - i64::from(self.fields.origin_server_ts.get())).max(0);
+        out.extend_from_slice(format!("\"age\":{age}}}}}").as_bytes());
+    }
 }
 
 impl ruma::state_res::Event for Pdu {

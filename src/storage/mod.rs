@@ -261,6 +261,9 @@ fn run_on_connect<const N: usize>(options: AnyPoolOptions, statements: [&'static
     })
 }
 
+/// A pooled connection idle for longer than this is pinged before it is used (see `Db::connect`).
+const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
+
 impl Db {
     /// Connects, applies SQLite pragmas and runs pending migrations.
     pub async fn connect(url: &str, max_connections: u32, sqlite_synchronous: &str) -> anyhow::Result<Self> {
@@ -282,8 +285,24 @@ impl Db {
             Backend::Postgres => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url).with_context(|| "parsing database.url")?;
-        let mut pool_options =
-            AnyPoolOptions::new().max_connections(max_connections.max(2)).acquire_timeout(Duration::from_secs(30));
+        // sqlx pings every pooled connection before it hands it out (`test_before_acquire`): a
+        // round trip before every statement, half of those of a `/messages` page or of the
+        // reads every woken long-poll waits for (perf: `PgConnection::ping` under
+        // `Pool::acquire`; docs/performance.md). Under load each round trip is a wake-up of
+        // another process. A connection idle for a while is still checked before use (a
+        // database restart or a dropped link shows there); one in use moments ago is not.
+        let mut pool_options = AnyPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            });
         // Page cache of the connections that read (SQLite's default is 2 MiB each, 20 of
         // them here). In WAL mode a connection empties its cache whenever another one has
         // committed since its last transaction, so under writes a reader's cache lives for

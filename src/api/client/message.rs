@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use ruma::api::client::context::get_context;
 use ruma::api::client::message::{get_message_events, send_message_event};
 use ruma::api::client::redact::redact_event;
@@ -211,7 +212,7 @@ async fn lazy_members(state: &AppState, events: &[StoredEvent]) -> Result<Vec<Va
 pub async fn messages(
     State(state): State<AppState>,
     req: Ruma<get_message_events::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<axum::response::Response> {
     let s = req.session()?;
     let b = &req.body;
     let dir = Dir::from(b.dir);
@@ -230,7 +231,8 @@ pub async fn messages(
     };
     let page = state.rooms.messages(&b.room_id, &s.user_id, from, to, dir, limit, &|e| filter.matches(e)).await?;
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
-    let chunk = state.rooms.client_events(&page.events, viewer).await?;
+    // Written as text: the events are most of the answer (see `Pdu::write_client_json`).
+    let chunk = state.rooms.client_events_text(&page.events, viewer).await?;
     let start = match from_token {
         Some(t) => t.to_owned(),
         None => match dir {
@@ -244,14 +246,21 @@ pub async fn messages(
         .map(TopoToken::to_token)
         .unwrap_or_else(|| "t0_0".into()),
     };
-    let mut res = json!({ "start": start, "chunk": chunk });
+    let mut body = Vec::with_capacity(chunk.len() + 128);
+    body.extend_from_slice(b"{\"start\":");
+    serde_json::to_writer(&mut body, &start)?;
+    body.extend_from_slice(b",\"chunk\":");
+    body.extend_from_slice(&chunk);
     if let Some(end) = page.end {
-        res["end"] = json!(end);
+        body.extend_from_slice(b",\"end\":");
+        serde_json::to_writer(&mut body, &end)?;
     }
     if filter.lazy_load_members {
-        res["state"] = json!(lazy_members(&state, &page.events).await?);
+        body.extend_from_slice(b",\"state\":");
+        serde_json::to_writer(&mut body, &lazy_members(&state, &page.events).await?)?;
     }
-    Ok(Json(res))
+    body.push(b'}');
+    Ok(([(http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
