@@ -35,33 +35,77 @@ const CACHE_LIMIT: usize = 4096;
 impl StateCache {
     /// The full state of a group, and its chain length.
     pub async fn load(&self, db: &Db, group: i64) -> Result<(Arc<StateIds>, i64)> {
-        if let Some(hit) = self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&group) {
-            return Ok(hit.clone());
+        if let Some(hit) = self.get(group) {
+            return Ok(hit);
         }
-        // Walk the chain down to a cached group or a snapshot, then apply deltas upwards.
-        let mut chain = Vec::new();
-        let mut next = Some(group);
-        let mut base: Option<Arc<StateIds>> = None;
-        while let Some(id) = next {
-            if let Some((state, _)) = self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned() {
-                base = Some(state);
-                break;
+        let mut loaded = self.load_many(db, &[group]).await?;
+        match loaded.remove(&group) {
+            Some(found) => Ok(found),
+            // Cached by a concurrent load in between.
+            None => {
+                self.get(group).ok_or_else(|| crate::error::Error::internal(format!("state group {group} missing")))
             }
-            let (prev, len, entries) = db.state_group_row(id).await?;
-            chain.push((id, len, entries));
-            next = prev;
         }
-        let mut state = base.map(|b| (*b).clone()).unwrap_or_default();
-        let mut result = None;
-        for (id, len, entries) in chain.into_iter().rev() {
-            state.extend(entries);
-            let arc = Arc::new(state.clone());
-            self.insert(id, arc.clone(), len);
-            result = Some((arc, len));
+    }
+
+    fn get(&self, group: i64) -> Option<(Arc<StateIds>, i64)> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&group).cloned()
+    }
+
+    /// Loads and caches the groups not cached yet: their chains in one statement, the entries
+    /// of the links above the first cached one (or the snapshot) in another, whatever the
+    /// number of groups (an initial sync asks for one per room). Answers the groups it loaded.
+    pub async fn load_many(&self, db: &Db, groups: &[i64]) -> Result<HashMap<i64, (Arc<StateIds>, i64)>> {
+        let wanted: Vec<i64> = groups.iter().copied().filter(|g| self.get(*g).is_none()).collect();
+        let mut loaded = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(loaded);
         }
-        Ok(result.unwrap_or_else(|| {
-            self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&group).cloned().expect("cached above")
-        }))
+        let links = db.state_group_chains(&wanted).await?;
+        // Each wanted group's chain, top down, to a cached group or a snapshot.
+        let mut chains: Vec<(Vec<i64>, Option<Arc<StateIds>>)> = Vec::new();
+        let mut uncached = std::collections::HashSet::new();
+        for &g in &wanted {
+            let mut chain = Vec::new();
+            let mut base = None;
+            let mut next = Some(g);
+            while let Some(id) = next {
+                if let Some((state, _)) = self.get(id) {
+                    base = Some(state);
+                    break;
+                }
+                let Some(&(prev, _)) = links.get(&id) else {
+                    return Err(crate::error::Error::internal(format!("state group {id} missing")));
+                };
+                chain.push(id);
+                uncached.insert(id);
+                next = prev;
+            }
+            chains.push((chain, base));
+        }
+        let few = wanted.len() <= 16;
+        let mut entries = db.state_group_entries_of(&uncached.into_iter().collect::<Vec<_>>()).await?;
+        for (chain, base) in chains {
+            let chain_top = chain.first().copied().unwrap_or_default();
+            let mut state = base.map(|b| (*b).clone()).unwrap_or_default();
+            for id in chain.into_iter().rev() {
+                if let Some(own) = entries.get(&id) {
+                    state.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                // The links below a wanted group are cached too when few groups are wanted
+                // (an event's neighbours are read next); not for a batch, whose links would
+                // push the wanted groups out of the cache.
+                if id == chain_top || few {
+                    let arc = Arc::new(state.clone());
+                    self.insert(id, arc.clone(), links[&id].1);
+                    if id == chain_top {
+                        loaded.insert(id, (arc, links[&id].1));
+                    }
+                }
+            }
+        }
+        entries.clear();
+        Ok(loaded)
     }
 
     /// Remembers a group just written.
