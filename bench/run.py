@@ -32,6 +32,8 @@ CACHE = Path(os.environ.get("MYELINBENCH_CACHE", Path.home() / ".cache" / "myeli
 VENV = CACHE / "synapse-venv"
 SYNAPSE_SPEC = "matrix-synapse==1.163.*"
 PG = dict(host="127.0.0.1", port=5432, user="root")
+# Prefix of the PostgreSQL databases a run creates (runs of several checkouts on one machine).
+PG_PREFIX = os.environ.get("MYELINBENCH_PG_PREFIX", "")
 
 ALL_SERVERS = ["myelin-sqlite", "myelin-postgres", "synapse-sqlite", "synapse-postgres"]
 SCENARIOS = ["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm", "federation",
@@ -234,7 +236,7 @@ class Myelin(Server):
     def prepare(self):
         super().prepare()
         if self.db == "postgres":
-            dbname = "myelin_bench_" + self.name.replace("-", "_")
+            dbname = PG_PREFIX + "myelin_bench_" + self.name.replace("-", "_")
             fresh_pg_db(dbname)
             url = f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{dbname}"
         else:
@@ -295,7 +297,7 @@ class Synapse(Server):
     def prepare(self):
         super().prepare()
         if self.db == "postgres":
-            dbname = "synapse_bench_" + self.name.replace("-", "_")
+            dbname = PG_PREFIX + "synapse_bench_" + self.name.replace("-", "_")
             fresh_pg_db(dbname)
             database = {"name": "psycopg2", "args": {"user": PG["user"], "host": PG["host"], "port": PG["port"],
                                                      "database": dbname, "cp_min": 5, "cp_max": 10}}
