@@ -24,13 +24,35 @@ use crate::storage::{Db, WriteTx};
 /// Longest delta chain before a full snapshot is written.
 pub const MAX_CHAIN: i64 = 50;
 
-/// Cache of resolved state groups.
+/// Cache of resolved state groups, in two generations: new entries go into the young one; when
+/// it is full it becomes the old one (the previous old one is dropped), and a hit in the old one
+/// moves the entry back. The groups in use survive a turn over, where clearing the whole cache
+/// when full made an initial sync of 1,000 rooms evict its own groups and load them again,
+/// thousands of times.
 #[derive(Default)]
 pub struct StateCache {
-    groups: Mutex<HashMap<i64, (Arc<StateIds>, i64)>>,
+    groups: Mutex<Generations>,
 }
 
+type Cached = (Arc<StateIds>, i64);
+
+#[derive(Default)]
+struct Generations {
+    young: HashMap<i64, Cached>,
+    old: HashMap<i64, Cached>,
+}
+
+/// Entries of one generation (so at most twice as many are held).
 const CACHE_LIMIT: usize = 4096;
+
+impl Generations {
+    fn put(&mut self, id: i64, entry: Cached) {
+        if self.young.len() >= CACHE_LIMIT {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(id, entry);
+    }
+}
 
 impl StateCache {
     /// The full state of a group, and its chain length.
@@ -49,7 +71,13 @@ impl StateCache {
     }
 
     fn get(&self, group: i64) -> Option<(Arc<StateIds>, i64)> {
-        self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&group).cloned()
+        let mut g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = g.young.get(&group) {
+            return Some(hit.clone());
+        }
+        let hit = g.old.remove(&group)?;
+        g.put(group, hit.clone());
+        Some(hit)
     }
 
     /// Loads and caches the groups not cached yet: their chains in one statement, the entries
@@ -83,26 +111,20 @@ impl StateCache {
             }
             chains.push((chain, base));
         }
-        let few = wanted.len() <= 16;
         let mut entries = db.state_group_entries_of(&uncached.into_iter().collect::<Vec<_>>()).await?;
         for (chain, base) in chains {
-            let chain_top = chain.first().copied().unwrap_or_default();
+            let Some(&top) = chain.first() else { continue };
             let mut state = base.map(|b| (*b).clone()).unwrap_or_default();
-            for id in chain.into_iter().rev() {
-                if let Some(own) = entries.get(&id) {
+            for id in chain.iter().rev() {
+                if let Some(own) = entries.get(id) {
                     state.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
-                // The links below a wanted group are cached too when few groups are wanted
-                // (an event's neighbours are read next); not for a batch, whose links would
-                // push the wanted groups out of the cache.
-                if id == chain_top || few {
-                    let arc = Arc::new(state.clone());
-                    self.insert(id, arc.clone(), links[&id].1);
-                    if id == chain_top {
-                        loaded.insert(id, (arc, links[&id].1));
-                    }
-                }
             }
+            // Only the wanted groups are kept: the links below them would push other rooms'
+            // groups out of the cache, and a chain is two statements to read again.
+            let arc = Arc::new(state);
+            self.insert(top, arc.clone(), links[&top].1);
+            loaded.insert(top, (arc, links[&top].1));
         }
         entries.clear();
         Ok(loaded)
@@ -110,11 +132,7 @@ impl StateCache {
 
     /// Remembers a group just written.
     pub fn insert(&self, id: i64, state: Arc<StateIds>, chain_length: i64) {
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        if groups.len() >= CACHE_LIMIT {
-            groups.clear();
-        }
-        groups.insert(id, (state, chain_length));
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).put(id, (state, chain_length));
     }
 }
 

@@ -37,10 +37,10 @@ use crate::storage::sync::{AccountDataRow, MembershipRow, ReceiptRow, by_room};
 /// How many batches of events a timeline scan reads before it gives up looking for visible
 /// events and reports the timeline as limited (the client pages on with `/messages`).
 const MAX_SCAN_BATCHES: usize = 5;
-/// One joined room being computed: its id and its entry, if any.
-type RoomComputation<'a> = futures::future::BoxFuture<'a, Result<(&'a str, Option<RoomEntry>)>>;
 /// Joined rooms computed concurrently in one sync.
 const ROOMS_AT_ONCE: usize = 8;
+/// Rooms whose reads are batched together (see `SyncEngine::prefetch`).
+const PREFETCH_ROOMS: usize = 100;
 /// Unread counts stop at this number.
 const UNREAD_CAP: i64 = 1000;
 
@@ -224,28 +224,37 @@ impl SyncEngine {
             }
         }
 
-        let pre = self.prefetch(ctx, &plans).await?;
-
         let mut out = Map::new();
         let mut join = Map::new();
         // Several rooms at a time: their database reads overlap (an initial sync of a user in
-        // many rooms is mostly waiting for them); answers keep the plans' order.
-        let (typing, receipts, room_data, pre) = (&typing, &receipts, &room_data, &pre);
-        let computations: Vec<RoomComputation<'_>> = plans
-            .iter()
-            .map(|plan| {
-                let room = plan.room_id;
-                let f =
-                    self.joined_room(ctx, plan, Some(pre), typing.get(room), receipts.get(room), room_data.get(room));
-                Box::pin(async move { Ok((room, f.await?)) }) as futures::future::BoxFuture<'_, _>
-            })
-            .collect();
-        let mut rooms = futures::stream::iter(computations).buffered(ROOMS_AT_ONCE);
+        // many rooms is mostly waiting for them); answers keep the plans' order. The reads of a
+        // chunk of rooms are batched first (`prefetch`); a chunk at a time, so that the state
+        // groups it loads are still cached when its rooms read them.
+        let (typing, receipts, room_data) = (&typing, &receipts, &room_data);
         let mut entries = Vec::new();
-        while let Some((room, v)) = rooms.try_next().await? {
-            entries.extend(v.map(|v| (room, v)));
+        for chunk in plans.chunks(PREFETCH_ROOMS) {
+            let pre = self.prefetch(ctx, chunk).await?;
+            let pre = &pre;
+            let computations: Vec<futures::future::BoxFuture<'_, Result<(&str, Option<RoomEntry>)>>> = chunk
+                .iter()
+                .map(|plan| {
+                    let room = plan.room_id;
+                    let f = self.joined_room(
+                        ctx,
+                        plan,
+                        Some(pre),
+                        typing.get(room),
+                        receipts.get(room),
+                        room_data.get(room),
+                    );
+                    Box::pin(async move { Ok((room, f.await?)) }) as futures::future::BoxFuture<'_, _>
+                })
+                .collect();
+            let mut rooms = futures::stream::iter(computations).buffered(ROOMS_AT_ONCE);
+            while let Some((room, v)) = rooms.try_next().await? {
+                entries.extend(v.map(|v| (room, v)));
+            }
         }
-        drop(rooms);
         let mut lefts = Vec::new();
         for plan in leaves {
             lefts.push((plan.room_id, self.left_room(ctx, &plan, room_data.get(plan.room_id)).await?));
