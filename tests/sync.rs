@@ -112,6 +112,80 @@ both_backends!(bad_tokens_and_filters_are_rejected, |server| async move {
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "{body}");
 });
 
+/// `unsigned.age` of every event, which moves with the clock, removed.
+fn without_age(mut v: serde_json::Value) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(serde_json::Value::Object(u)) = o.get_mut("unsigned") {
+                    u.remove("age");
+                }
+                o.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
+
+both_backends!(initial_sync_of_many_rooms_answers_each_room_as_alone, |server| async move {
+    // An initial sync of a user in several rooms reads what the rooms need (timelines, state
+    // groups, summaries, unread counts, state events) in batched statements; a filter naming one
+    // room takes the one-room path. Each room must come out the same both ways.
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let mut rooms = Vec::new();
+    for i in 0..8usize {
+        let room = create_room(&alice, json!({ "name": format!("room {i}"), "preset": "public_chat" })).await;
+        if i % 2 == 0 {
+            join(&bob, &room).await;
+        }
+        if i % 3 == 0 {
+            join(&carol, &room).await;
+        }
+        if i == 4 {
+            put_state(&alice, &room, "m.room.encryption", "", json!({ "algorithm": "m.megolm.v1.aes-sha2" })).await;
+        }
+        // Rooms of different lengths: some hold more than a timeline.
+        send_texts(&alice, &room, &format!("a{i}"), i * 3).await;
+        if i % 2 == 0 {
+            let sent = send_texts(&bob, &room, &format!("b{i}"), 3).await;
+            if i == 2 {
+                // Alice read up to the first: two stay unread.
+                let (status, res) = alice
+                    .post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", sent[0]), &json!({}))
+                    .await;
+                assert_eq!(status, 200, "{res}");
+            }
+        }
+        if i == 6 {
+            put_state(&alice, &room, "m.room.topic", "", json!({ "topic": "late" })).await;
+            send_texts(&carol, &room, "c6", 1).await;
+        }
+        rooms.push(room);
+    }
+    let lazy = json!({ "room": { "timeline": { "limit": 5 }, "state": { "lazy_load_members": true } } });
+    for filter in [None, Some(lazy)] {
+        let all = sync(&alice, None, filter.clone(), 0).await;
+        assert_eq!(all["rooms"]["join"].as_object().map(|o| o.len()), Some(rooms.len()), "{all}");
+        for room in &rooms {
+            let mut one_filter = filter.clone().unwrap_or_else(|| json!({}));
+            one_filter["room"]["rooms"] = json!([room]);
+            let one = sync(&alice, None, Some(one_filter), 0).await;
+            assert_eq!(
+                without_age(all["rooms"]["join"][room].clone()),
+                without_age(one["rooms"]["join"][room].clone()),
+                "room {room} differs between the sync of all rooms and the sync of it alone (filter {filter:?})"
+            );
+        }
+        let unread = &all["rooms"]["join"][&rooms[2]]["unread_notifications"];
+        assert_eq!(unread["notification_count"], 2, "{unread}");
+    }
+});
+
 // ---------------------------------------------------------------------------------------------
 // Ordering: no skip, no repeat
 

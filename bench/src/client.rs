@@ -299,6 +299,55 @@ impl User {
         }
     }
 
+    /// `POST /createRoom` with any body; returns the room id.
+    pub async fn create_room(&self, body: &Value) -> Result<String> {
+        let v = self.call(Method::POST, "/_matrix/client/v3/createRoom", Some(body), T).await?;
+        v["room_id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("createRoom: no room_id in {v}"))
+    }
+
+    /// Sends an event of any type and returns its event id.
+    pub async fn send_event(&self, room_id: &str, kind: &str, txn: &str, content: &Value) -> Result<String> {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/{}/{}", enc(room_id), enc(kind), enc(txn));
+        let v = self.call(Method::PUT, &path, Some(content), T).await?;
+        v["event_id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("send: no event_id in {v}"))
+    }
+
+    /// Sets a state event and returns its event id.
+    pub async fn put_state(&self, room_id: &str, kind: &str, state_key: &str, content: &Value) -> Result<String> {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/{}/{}", enc(room_id), enc(kind), enc(state_key));
+        let v = self.call(Method::PUT, &path, Some(content), T).await?;
+        v["event_id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("state: no event_id in {v}"))
+    }
+
+    /// Sets a global account data event.
+    pub async fn put_account_data(&self, kind: &str, content: &Value) -> Result<()> {
+        let path = format!("/_matrix/client/v3/user/{}/account_data/{}", enc(&self.user_id), enc(kind));
+        self.call(Method::PUT, &path, Some(content), T).await?;
+        Ok(())
+    }
+
+    /// Uploads a filter (`POST /user/{userId}/filter`) and returns its id.
+    pub async fn upload_filter(&self, filter: &Value) -> Result<String> {
+        let path = format!("/_matrix/client/v3/user/{}/filter", enc(&self.user_id));
+        let v = self.call(Method::POST, &path, Some(filter), T).await?;
+        v["filter_id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("filter: no filter_id in {v}"))
+    }
+
+    /// `GET /sync` with a given filter (an id or inline JSON) or none.
+    pub async fn sync_with(&self, since: Option<&str>, timeout_ms: u64, filter: Option<&str>) -> Result<Value> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}&set_presence=offline");
+        if let Some(s) = since {
+            path.push_str("&since=");
+            path.push_str(&enc(s));
+        }
+        if let Some(f) = filter {
+            path.push_str("&filter=");
+            path.push_str(&enc(f));
+        }
+        let t = Duration::from_millis(timeout_ms) + Duration::from_secs(600);
+        self.call(Method::GET, &path, None, t).await
+    }
+
     /// `GET /rooms/{roomId}/messages`.
     pub async fn messages(&self, room_id: &str, from: Option<&str>, limit: u32) -> Result<Value> {
         let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}", enc(room_id));

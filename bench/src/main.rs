@@ -2,6 +2,7 @@
 //! only. It registers its own users (`m.login.dummy`, a random prefix per run) and prints one JSON
 //! line per scenario case on stdout; progress goes to stderr. See docs/benchmarks.md.
 
+mod big;
 mod client;
 mod scenarios;
 mod stats;
@@ -25,6 +26,9 @@ const ALL: &[&str] = &[
     "join_storm",
     "federation",
     "sliding_sync",
+    "big_account",
+    "storage",
+    "at_rest",
 ];
 
 #[derive(Parser, Debug)]
@@ -38,7 +42,7 @@ struct Cli {
     #[arg(long)]
     url2: Option<String>,
     /// Scenarios, comma-separated, or `all`: send_latency, send_throughput, fanout, idle_syncers,
-    /// history, join_storm, federation, sliding_sync.
+    /// history, join_storm, federation, sliding_sync, big_account, storage, at_rest.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Tiny sizes: every scenario runs in seconds.
@@ -47,6 +51,10 @@ struct Cli {
     /// PID of the server process, for RSS readings (`idle_syncers` needs it).
     #[arg(long)]
     pid: Option<u32>,
+    /// The server's database, for `storage`: its SQLite file (a path or `sqlite://PATH`) or a
+    /// PostgreSQL URL (read with `psql`).
+    #[arg(long)]
+    db: Option<String>,
     /// Label copied into every output line (e.g. `myelin-sqlite`).
     #[arg(long, default_value = "")]
     label: String,
@@ -62,6 +70,9 @@ struct Cli {
     /// Messages in the history room.
     #[arg(long)]
     history_messages: Option<usize>,
+    /// Rooms of the big account (`big_account`; a twentieth of them, at most 50, direct chats).
+    #[arg(long)]
+    big_account_rooms: Option<usize>,
     /// Users in the join storm.
     #[arg(long)]
     join_users: Option<usize>,
@@ -114,6 +125,10 @@ async fn main() -> Result<()> {
     if let Some(n) = cli.history_messages {
         sizes.history_msgs = n;
     }
+    if let Some(n) = cli.big_account_rooms {
+        sizes.ba_rooms = n;
+        sizes.ba_dms = (n / 20).min(50);
+    }
     if let Some(n) = cli.join_users {
         sizes.join_users = n;
     }
@@ -140,7 +155,8 @@ async fn main() -> Result<()> {
     let hs2 = cli.url2.as_deref().map(Hs::new).transpose()?;
     let prefix = random_prefix();
     eprintln!("myelin-bench: run prefix {prefix}, sizes {sizes:?}");
-    let ctx = Ctx::new(hs.clone(), hs2, cli.pid, sizes.clone(), prefix.clone(), cli.setup_concurrency.max(1));
+    let mut ctx = Ctx::new(hs.clone(), hs2, cli.pid, sizes.clone(), prefix.clone(), cli.setup_concurrency.max(1));
+    ctx.db = cli.db.clone();
 
     let mut cases: Vec<(&str, String)> = Vec::new();
     for &n in &names {
@@ -172,6 +188,9 @@ async fn main() -> Result<()> {
                 "join_storm" => scenarios::join_storm(&ctx).await,
                 "federation" => scenarios::federation(&ctx).await,
                 "sliding_sync" => scenarios::sliding_sync(&ctx).await,
+                "big_account" => big::big_account(&ctx).await,
+                "storage" => big::storage(&ctx).await,
+                "at_rest" => big::at_rest(&ctx).await,
                 _ => unreachable!(),
             }
         };

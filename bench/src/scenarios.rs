@@ -52,6 +52,20 @@ pub struct Sizes {
     pub ss_rooms: usize,
     pub ss_repeats: usize,
     pub ss_wakes: usize,
+    /// big_account: rooms of the user (DMs among them), helpers who fill them, messages per
+    /// room, repeats of each initial sync, incremental syncs measured, rooms of the small account
+    /// the incremental sync is compared with.
+    pub ba_rooms: usize,
+    pub ba_dms: usize,
+    pub ba_helpers: usize,
+    pub ba_msgs: usize,
+    pub ba_repeats: usize,
+    pub ba_incr: usize,
+    pub ba_small_rooms: usize,
+    /// storage: messages sent, members of the large room, state changes in it.
+    pub st_msgs: usize,
+    pub st_members: usize,
+    pub st_changes: usize,
     /// How long to wait for the last deliveries after the last send.
     pub grace_secs: u64,
 }
@@ -81,6 +95,16 @@ impl Sizes {
             ss_rooms: 500,
             ss_repeats: 10,
             ss_wakes: 100,
+            ba_rooms: 1000,
+            ba_dms: 50,
+            ba_helpers: 60,
+            ba_msgs: 5,
+            ba_repeats: 5,
+            ba_incr: 20,
+            ba_small_rooms: 10,
+            st_msgs: 10_000,
+            st_members: 1000,
+            st_changes: 1000,
             grace_secs: 60,
         }
     }
@@ -109,6 +133,16 @@ impl Sizes {
             ss_rooms: 5,
             ss_repeats: 2,
             ss_wakes: 5,
+            ba_rooms: 12,
+            ba_dms: 2,
+            ba_helpers: 6,
+            ba_msgs: 2,
+            ba_repeats: 2,
+            ba_incr: 3,
+            ba_small_rooms: 2,
+            st_msgs: 50,
+            st_members: 5,
+            st_changes: 20,
             grace_secs: 10,
         }
     }
@@ -128,6 +162,10 @@ pub struct Ctx {
     /// set-up, and the slowest part of it on some servers).
     pool: Mutex<Vec<User>>,
     counter: AtomicU64,
+    /// The server's database (`--db`), for `storage`.
+    pub db: Option<String>,
+    /// The big account once `big_account` built it (for `at_rest`): the user and its filter.
+    pub big_account: Mutex<Option<(User, String)>>,
 }
 
 impl Ctx {
@@ -148,17 +186,19 @@ impl Ctx {
             setup_concurrency,
             pool: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
+            db: None,
+            big_account: Mutex::new(None),
         }
     }
 
     /// A fresh localpart stem, unique within the run.
-    fn stem(&self, what: &str) -> String {
+    pub(crate) fn stem(&self, what: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("mb{}_{what}{n}", self.prefix)
     }
 
     /// Registers `n` users on `hs`, `setup_concurrency` at a time.
-    async fn register_many(&self, hs: &Hs, what: &str, n: usize) -> Result<Vec<User>> {
+    pub(crate) async fn register_many(&self, hs: &Hs, what: &str, n: usize) -> Result<Vec<User>> {
         let stem = self.stem(what);
         let started = Instant::now();
         let users: Vec<User> = stream::iter(0..n)
@@ -177,7 +217,7 @@ impl Ctx {
     }
 
     /// The first `n` users of the run's shared pool, registering more as needed.
-    async fn pooled_users(&self, n: usize) -> Result<Vec<User>> {
+    pub(crate) async fn pooled_users(&self, n: usize) -> Result<Vec<User>> {
         let mut pool = self.pool.lock().await;
         if pool.len() < n {
             let more = self.register_many(&self.hs, "u", n - pool.len()).await?;
@@ -187,13 +227,13 @@ impl Ctx {
     }
 
     /// Fails fast (before any costly set-up) if the server has no `/sync`.
-    async fn probe_sync(&self) -> Result<()> {
+    pub(crate) async fn probe_sync(&self) -> Result<()> {
         let u = self.pooled_users(1).await?;
         u[0].sync(None, 0, true).await.map(|_| ())
     }
 
     /// Joins every user to `room`, `setup_concurrency` at a time.
-    async fn join_all(&self, users: &[User], room: &str) -> Result<()> {
+    pub(crate) async fn join_all(&self, users: &[User], room: &str) -> Result<()> {
         let started = Instant::now();
         stream::iter(users)
             .map(|u| u.join(room, None))
@@ -219,11 +259,11 @@ impl Ctx {
     }
 }
 
-fn next_batch(v: &Value) -> Result<String> {
+pub(crate) fn next_batch(v: &Value) -> Result<String> {
     v["next_batch"].as_str().map(str::to_string).ok_or_else(|| anyhow!("sync answer without next_batch"))
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -826,7 +866,7 @@ pub async fn history_initial_sync(ctx: &Ctx) -> Result<Value> {
 
 /// The room list request Element X's room list starts with (matrix-rust-sdk's `RoomListService`):
 /// the first 20 rooms by recency, one timeline event each, the state the list shows.
-fn room_list_request(conn_id: &str) -> Value {
+pub(crate) fn room_list_request(conn_id: &str) -> Value {
     json!({
         "conn_id": conn_id,
         "lists": { "all_rooms": {

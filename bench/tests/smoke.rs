@@ -1,6 +1,6 @@
 //! The benchmark's smoke mode against a real Myelin on SQLite, so the load generator never rots:
 //! every scenario (but `federation`, which needs a second server) runs at tiny sizes and must
-//! finish without error. Figures are not checked here; `bench/run.py` measures them.
+//! finish without error (`storage` reads the server's SQLite file, `at_rest` its RSS). Figures are not checked here; `bench/run.py` measures them.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -51,7 +51,12 @@ fn smoke_every_scenario_against_myelin() {
 
     let out = Command::new(env!("CARGO_BIN_EXE_myelin-bench"))
         .args(["--url", &url, "--smoke", "--fail-on-error", "--label", "smoke", "--pid", &pid.to_string()])
-        .args(["--scenario", "send_latency,send_throughput,fanout,idle_syncers,history,join_storm,sliding_sync"])
+        .args([
+            "--scenario",
+            "send_latency,send_throughput,fanout,idle_syncers,history,join_storm,sliding_sync,big_account,storage,at_rest",
+        ])
+        .arg("--db")
+        .arg(dir.path().join("data").join("myelin.db"))
         .args(["--case-timeout", "300"])
         .output()
         .expect("run myelin-bench");
@@ -64,9 +69,18 @@ fn smoke_every_scenario_against_myelin() {
     );
     let lines: Vec<serde_json::Value> =
         stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-    for scenario in
-        ["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm", "sliding_sync"]
-    {
+    for scenario in [
+        "send_latency",
+        "send_throughput",
+        "fanout",
+        "idle_syncers",
+        "history",
+        "join_storm",
+        "sliding_sync",
+        "big_account",
+        "storage",
+        "at_rest",
+    ] {
         let mine: Vec<&serde_json::Value> = lines.iter().filter(|l| l["scenario"] == scenario).collect();
         assert!(!mine.is_empty(), "no result line for {scenario}: {stdout}");
         for l in mine {

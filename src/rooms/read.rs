@@ -210,6 +210,11 @@ impl Rooms {
         Ok(self.state_cache.load(&self.db, group).await?.0)
     }
 
+    /// Loads the states of several groups into the cache at once (see `StateCache::load_many`).
+    pub async fn preload_state_groups(&self, groups: &[i64]) -> Result<()> {
+        self.state_cache.load_many(&self.db, groups).await.map(|_| ())
+    }
+
     /// The room's current state as PDUs keyed by `(type, state_key)`.
     pub async fn current_state(&self, room_id: &RoomId) -> Result<HashMap<(String, String), Pdu>> {
         let ids = self.db.current_state_ids(room_id.as_str()).await?;

@@ -24,53 +24,115 @@ use crate::storage::{Db, WriteTx};
 /// Longest delta chain before a full snapshot is written.
 pub const MAX_CHAIN: i64 = 50;
 
-/// Cache of resolved state groups.
+/// Cache of resolved state groups, in two generations: new entries go into the young one; when
+/// it is full it becomes the old one (the previous old one is dropped), and a hit in the old one
+/// moves the entry back. The groups in use survive a turn over, where clearing the whole cache
+/// when full made an initial sync of 1,000 rooms evict its own groups and load them again,
+/// thousands of times.
 #[derive(Default)]
 pub struct StateCache {
-    groups: Mutex<HashMap<i64, (Arc<StateIds>, i64)>>,
+    groups: Mutex<Generations>,
 }
 
+type Cached = (Arc<StateIds>, i64);
+
+#[derive(Default)]
+struct Generations {
+    young: HashMap<i64, Cached>,
+    old: HashMap<i64, Cached>,
+}
+
+/// Entries of one generation (so at most twice as many are held).
 const CACHE_LIMIT: usize = 4096;
+
+impl Generations {
+    fn put(&mut self, id: i64, entry: Cached) {
+        if self.young.len() >= CACHE_LIMIT {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(id, entry);
+    }
+}
 
 impl StateCache {
     /// The full state of a group, and its chain length.
     pub async fn load(&self, db: &Db, group: i64) -> Result<(Arc<StateIds>, i64)> {
-        if let Some(hit) = self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&group) {
-            return Ok(hit.clone());
+        if let Some(hit) = self.get(group) {
+            return Ok(hit);
         }
-        // Walk the chain down to a cached group or a snapshot, then apply deltas upwards.
-        let mut chain = Vec::new();
-        let mut next = Some(group);
-        let mut base: Option<Arc<StateIds>> = None;
-        while let Some(id) = next {
-            if let Some((state, _)) = self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned() {
-                base = Some(state);
-                break;
+        let mut loaded = self.load_many(db, &[group]).await?;
+        match loaded.remove(&group) {
+            Some(found) => Ok(found),
+            // Cached by a concurrent load in between.
+            None => {
+                self.get(group).ok_or_else(|| crate::error::Error::internal(format!("state group {group} missing")))
             }
-            let (prev, len, entries) = db.state_group_row(id).await?;
-            chain.push((id, len, entries));
-            next = prev;
         }
-        let mut state = base.map(|b| (*b).clone()).unwrap_or_default();
-        let mut result = None;
-        for (id, len, entries) in chain.into_iter().rev() {
-            state.extend(entries);
-            let arc = Arc::new(state.clone());
-            self.insert(id, arc.clone(), len);
-            result = Some((arc, len));
+    }
+
+    fn get(&self, group: i64) -> Option<(Arc<StateIds>, i64)> {
+        let mut g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = g.young.get(&group) {
+            return Some(hit.clone());
         }
-        Ok(result.unwrap_or_else(|| {
-            self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&group).cloned().expect("cached above")
-        }))
+        let hit = g.old.remove(&group)?;
+        g.put(group, hit.clone());
+        Some(hit)
+    }
+
+    /// Loads and caches the groups not cached yet: their chains in one statement, the entries
+    /// of the links above the first cached one (or the snapshot) in another, whatever the
+    /// number of groups (an initial sync asks for one per room). Answers the groups it loaded.
+    pub async fn load_many(&self, db: &Db, groups: &[i64]) -> Result<HashMap<i64, (Arc<StateIds>, i64)>> {
+        let wanted: Vec<i64> = groups.iter().copied().filter(|g| self.get(*g).is_none()).collect();
+        let mut loaded = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(loaded);
+        }
+        let links = db.state_group_chains(&wanted).await?;
+        // Each wanted group's chain, top down, to a cached group or a snapshot.
+        let mut chains: Vec<(Vec<i64>, Option<Arc<StateIds>>)> = Vec::new();
+        let mut uncached = std::collections::HashSet::new();
+        for &g in &wanted {
+            let mut chain = Vec::new();
+            let mut base = None;
+            let mut next = Some(g);
+            while let Some(id) = next {
+                if let Some((state, _)) = self.get(id) {
+                    base = Some(state);
+                    break;
+                }
+                let Some(&(prev, _)) = links.get(&id) else {
+                    return Err(crate::error::Error::internal(format!("state group {id} missing")));
+                };
+                chain.push(id);
+                uncached.insert(id);
+                next = prev;
+            }
+            chains.push((chain, base));
+        }
+        let mut entries = db.state_group_entries_of(&uncached.into_iter().collect::<Vec<_>>()).await?;
+        for (chain, base) in chains {
+            let Some(&top) = chain.first() else { continue };
+            let mut state = base.map(|b| (*b).clone()).unwrap_or_default();
+            for id in chain.iter().rev() {
+                if let Some(own) = entries.get(id) {
+                    state.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+            // Only the wanted groups are kept: the links below them would push other rooms'
+            // groups out of the cache, and a chain is two statements to read again.
+            let arc = Arc::new(state);
+            self.insert(top, arc.clone(), links[&top].1);
+            loaded.insert(top, (arc, links[&top].1));
+        }
+        entries.clear();
+        Ok(loaded)
     }
 
     /// Remembers a group just written.
     pub fn insert(&self, id: i64, state: Arc<StateIds>, chain_length: i64) {
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        if groups.len() >= CACHE_LIMIT {
-            groups.clear();
-        }
-        groups.insert(id, (state, chain_length));
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).put(id, (state, chain_length));
     }
 }
 

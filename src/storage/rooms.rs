@@ -332,6 +332,42 @@ impl Db {
         q.fetch_all(self.pool()).await?.into_iter().map(stored_from).collect()
     }
 
+    /// The newest `limit` accepted timeline events of each of `rooms` at or before `upto`,
+    /// newest first: one statement per 50 rooms, each room's part the same index range read as
+    /// a one-room timeline query (an initial sync asks this for every room).
+    pub async fn newest_events_of(
+        &self,
+        rooms: &[&str],
+        upto: i64,
+        limit: i64,
+    ) -> Result<HashMap<String, Vec<StoredEvent>>> {
+        let mut out: HashMap<String, Vec<StoredEvent>> = HashMap::with_capacity(rooms.len());
+        for chunk in rooms.chunks(50) {
+            let parts: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ${} AND outlier = 0 \
+                         AND rejected = 0 AND stream_ordering <= $1 ORDER BY stream_ordering DESC LIMIT $2) AS t{i}",
+                        i + 3
+                    )
+                })
+                .collect();
+            let sql = sqlx::AssertSqlSafe(parts.join(" UNION ALL "));
+            let mut q = sqlx::query_as::<_, EventTuple>(sql).bind(upto).bind(limit);
+            for room in chunk {
+                q = q.bind(*room);
+            }
+            for row in q.fetch_all(self.pool()).await? {
+                let ev = stored_from(row)?;
+                out.entry(ev.pdu.room_id.to_string()).or_default().push(ev);
+            }
+        }
+        for evs in out.values_mut() {
+            evs.sort_by_key(|e| std::cmp::Reverse(e.stream));
+        }
+        Ok(out)
+    }
+
     /// Every accepted thread reply (`rel_type` `m.thread`) of a room, newest first, without its
     /// JSON: `/threads` judges each one's visibility and needs only what that takes.
     pub async fn thread_replies(&self, room_id: &str) -> Result<Vec<ThreadReply>> {
@@ -500,6 +536,48 @@ impl Db {
                 .fetch_all(self.pool())
                 .await?;
         Ok((prev, len, rows.into_iter().map(|(t, k, e)| ((t, k), e)).collect()))
+    }
+
+    /// The delta chains below `ids`: `id -> (prev_group, chain_length)` for every group from
+    /// each of them down to its snapshot, in one recursive statement (chains are at most 50
+    /// long; reading them a link at a time was two round trips per link).
+    pub async fn state_group_chains(&self, ids: &[i64]) -> Result<HashMap<i64, (Option<i64>, i64)>> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "WITH RECURSIVE c(id, prev_group, chain_length) AS (SELECT id, prev_group, chain_length \
+                 FROM state_groups WHERE id IN ({}) UNION SELECT g.id, g.prev_group, g.chain_length \
+                 FROM state_groups g JOIN c ON g.id = c.prev_group) SELECT id, prev_group, chain_length FROM c",
+                super::placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query_as::<_, (i64, Option<i64>, i64)>(sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for (id, prev, len) in q.fetch_all(self.pool()).await? {
+                out.insert(id, (prev, len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entries of several state groups (each relative to its previous group).
+    pub async fn state_group_entries_of(&self, ids: &[i64]) -> Result<HashMap<i64, StateIds>> {
+        let mut out: HashMap<i64, StateIds> = ids.iter().map(|id| (*id, StateIds::new())).collect();
+        for chunk in ids.chunks(500) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT group_id, event_type, state_key, event_id FROM state_group_entries WHERE group_id IN ({})",
+                super::placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query_as::<_, (i64, String, String, String)>(sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for (g, t, k, e) in q.fetch_all(self.pool()).await? {
+                out.entry(g).or_default().insert((t, k), e);
+            }
+        }
+        Ok(out)
     }
 
     /// Removes one entry of the current state.

@@ -726,3 +726,93 @@ impl Db {
         Ok(q.fetch_all(self.pool()).await?.into_iter().map(|r| r.0).collect())
     }
 }
+
+/// Rooms per statement of the batched reads below (well under both databases' bind limits).
+const ROOMS_PER_STATEMENT: usize = 500;
+
+impl Db {
+    /// [`Db::state_group_at_stream`] for several `(room, position)` pairs in one statement per
+    /// 500: an initial sync asks it for every room, and one round trip per room was most of its
+    /// time on PostgreSQL. Pairs without a state group are absent from the answer.
+    pub async fn state_groups_at_streams(&self, pairs: &[(&str, i64)]) -> Result<HashMap<(String, i64), i64>> {
+        let mut out = HashMap::with_capacity(pairs.len());
+        for chunk in pairs.chunks(ROOMS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(CAST(${} AS TEXT), CAST(${} AS BIGINT))", 2 * i + 1, 2 * i + 2))
+                .collect();
+            // A correlated subquery per pair: each is the same index probe as the one-room read.
+            let sql = sqlx::AssertSqlSafe(format!(
+                "WITH q(room_id, pos) AS (VALUES {}) SELECT q.room_id, q.pos, (SELECT e.state_group FROM events e \
+                 WHERE e.room_id = q.room_id AND e.stream_ordering <= q.pos AND e.outlier = 0 AND e.rejected = 0 \
+                 AND e.state_group IS NOT NULL ORDER BY e.stream_ordering DESC LIMIT 1) FROM q",
+                values.join(",")
+            ));
+            let mut q = sqlx::query_as::<_, (String, i64, Option<i64>)>(sql);
+            for (room, pos) in chunk {
+                q = q.bind(*room).bind(*pos);
+            }
+            for (room, pos, group) in q.fetch_all(self.pool()).await? {
+                if let Some(g) = group {
+                    out.insert((room, pos), g);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Db::member_counts`] of several rooms, one statement per 500; rooms without joined or
+    /// invited members are absent.
+    pub async fn member_counts_of(&self, room_ids: &[&str]) -> Result<HashMap<String, (i64, i64)>> {
+        let mut out: HashMap<String, (i64, i64)> = HashMap::with_capacity(room_ids.len());
+        for chunk in room_ids.chunks(ROOMS_PER_STATEMENT) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT room_id, membership, COUNT(*) FROM room_memberships WHERE room_id IN ({}) \
+                 AND membership IN ('join', 'invite') GROUP BY room_id, membership",
+                placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query_as::<_, (String, String, i64)>(sql);
+            for r in chunk {
+                q = q.bind(*r);
+            }
+            for (room, membership, n) in q.fetch_all(self.pool()).await? {
+                let e = out.entry(room).or_default();
+                if membership == "join" {
+                    e.0 = n;
+                } else {
+                    e.1 = n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Db::members_in_order`] of several rooms: per room, up to `limit` users who are joined
+    /// or invited, and up to `limit` who left or were banned, each in the order they got it.
+    /// Answers `(room, (current, former))`.
+    pub async fn members_in_order_of(
+        &self,
+        room_ids: &[&str],
+        limit: i64,
+    ) -> Result<HashMap<String, (Vec<String>, Vec<String>)>> {
+        let mut out: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::with_capacity(room_ids.len());
+        for chunk in room_ids.chunks(ROOMS_PER_STATEMENT) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT room_id, user_id, is_current FROM (SELECT room_id, user_id, is_current, ROW_NUMBER() OVER \
+                 (PARTITION BY room_id, is_current ORDER BY stream_ordering, user_id) AS n FROM (SELECT room_id, user_id, \
+                 stream_ordering, CASE WHEN membership IN ('join', 'invite') THEN 1 ELSE 0 END AS is_current \
+                 FROM room_memberships WHERE room_id IN ({}) AND membership IN ('join', 'invite', 'leave', 'ban')) m) r \
+                 WHERE n <= {limit} ORDER BY room_id, is_current, n",
+                placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query_as::<_, (String, String, i32)>(sql);
+            for r in chunk {
+                q = q.bind(*r);
+            }
+            for (room, user, is_current) in q.fetch_all(self.pool()).await? {
+                let e = out.entry(room).or_default();
+                if is_current == 1 { e.0.push(user) } else { e.1.push(user) }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -109,6 +109,15 @@ impl View {
         self.after(since).map(|e| &**e)
     }
 
+    /// How many events of each room the log holds.
+    pub fn counts_by_room(&self) -> std::collections::HashMap<&str, usize> {
+        let mut out = std::collections::HashMap::new();
+        for e in self.after(self.start) {
+            *out.entry(e.pdu.room_id.as_str()).or_default() += 1;
+        }
+        out
+    }
+
     fn after(&self, since: i64) -> impl DoubleEndedIterator<Item = &Arc<StoredEvent>> {
         let first = self.log.events.partition_point(|e| e.stream <= since);
         self.log.events.range(first..)

@@ -37,10 +37,10 @@ use crate::storage::sync::{AccountDataRow, MembershipRow, ReceiptRow, by_room};
 /// How many batches of events a timeline scan reads before it gives up looking for visible
 /// events and reports the timeline as limited (the client pages on with `/messages`).
 const MAX_SCAN_BATCHES: usize = 5;
-/// One joined room being computed: its id and its entry, if any.
-type RoomComputation<'a> = futures::future::BoxFuture<'a, Result<(&'a str, Option<RoomEntry>)>>;
 /// Joined rooms computed concurrently in one sync.
 const ROOMS_AT_ONCE: usize = 8;
+/// Rooms whose reads are batched together (see `SyncEngine::prefetch`).
+const PREFETCH_ROOMS: usize = 100;
 /// Unread counts stop at this number.
 const UNREAD_CAP: i64 = 1000;
 
@@ -59,6 +59,16 @@ pub(super) struct Plan<'a> {
     pub(super) membership_changed: bool,
     /// Stream position of the user's current membership.
     pub(super) member_stream: i64,
+}
+
+/// What [`SyncEngine::prefetch`] read for all rooms at once and the per-room code takes.
+#[derive(Default)]
+struct Prefetched {
+    /// Each room's newest `limit + 1` events up to the sync's end, newest first, for rooms the
+    /// recent-events log cannot answer.
+    timelines: HashMap<String, Vec<StoredEvent>>,
+    /// The state events the rooms will send, as far as they could be told in advance.
+    events: HashMap<String, StoredEvent>,
 }
 
 /// A room's entry whose timeline and state events are not rendered yet: the transaction ids of
@@ -217,22 +227,34 @@ impl SyncEngine {
         let mut out = Map::new();
         let mut join = Map::new();
         // Several rooms at a time: their database reads overlap (an initial sync of a user in
-        // many rooms is mostly waiting for them); answers keep the plans' order.
+        // many rooms is mostly waiting for them); answers keep the plans' order. The reads of a
+        // chunk of rooms are batched first (`prefetch`); a chunk at a time, so that the state
+        // groups it loads are still cached when its rooms read them.
         let (typing, receipts, room_data) = (&typing, &receipts, &room_data);
-        let computations: Vec<RoomComputation<'_>> = plans
-            .iter()
-            .map(|plan| {
-                let room = plan.room_id;
-                let f = self.joined_room(ctx, plan, typing.get(room), receipts.get(room), room_data.get(room));
-                Box::pin(async move { Ok((room, f.await?)) }) as futures::future::BoxFuture<'_, _>
-            })
-            .collect();
-        let mut rooms = futures::stream::iter(computations).buffered(ROOMS_AT_ONCE);
         let mut entries = Vec::new();
-        while let Some((room, v)) = rooms.try_next().await? {
-            entries.extend(v.map(|v| (room, v)));
+        for chunk in plans.chunks(PREFETCH_ROOMS) {
+            let pre = self.prefetch(ctx, chunk).await?;
+            let pre = &pre;
+            let computations: Vec<futures::future::BoxFuture<'_, Result<(&str, Option<RoomEntry>)>>> = chunk
+                .iter()
+                .map(|plan| {
+                    let room = plan.room_id;
+                    let f = self.joined_room(
+                        ctx,
+                        plan,
+                        Some(pre),
+                        typing.get(room),
+                        receipts.get(room),
+                        room_data.get(room),
+                    );
+                    Box::pin(async move { Ok((room, f.await?)) }) as futures::future::BoxFuture<'_, _>
+                })
+                .collect();
+            let mut rooms = futures::stream::iter(computations).buffered(ROOMS_AT_ONCE);
+            while let Some((room, v)) = rooms.try_next().await? {
+                entries.extend(v.map(|v| (room, v)));
+            }
         }
-        drop(rooms);
         let mut lefts = Vec::new();
         for plan in leaves {
             lefts.push((plan.room_id, self.left_room(ctx, &plan, room_data.get(plan.room_id)).await?));
@@ -275,6 +297,155 @@ impl SyncEngine {
         Ok(out)
     }
 
+    /// Reads what the full-state rooms of a sync (all rooms of an initial sync) would each ask
+    /// the database for, in a few statements for all of them, and leaves the answers where the
+    /// per-room code looks first: the state group at the newest position and the room summary
+    /// (`groups`, `summaries`) and the unread counts (`unread`). A user in 1,000 rooms otherwise
+    /// pays five round trips per room before the first byte of the answer.
+    async fn prefetch(&self, ctx: &Ctx<'_>, plans: &[Plan<'_>]) -> Result<Prefetched> {
+        let mut pre = Prefetched::default();
+        let full: Vec<&Plan<'_>> =
+            plans.iter().filter(|p| p.full_state && p.after.is_none() && p.upto == ctx.now.events).collect();
+        if full.len() < 2 {
+            return Ok(pre);
+        }
+        let end = ctx.view.end;
+        // Timelines the recent-events log cannot answer (see `timeline_from`).
+        let limit = ctx.opts.filter.timeline_limit();
+        let batch = limit + 1;
+        let in_log = ctx.view.counts_by_room();
+        let from_db: Vec<&str> = full
+            .iter()
+            .filter(|p| !ctx.view.covers(0) && in_log.get(p.room_id).copied().unwrap_or(0) < batch)
+            .map(|p| p.room_id)
+            .collect();
+        if !from_db.is_empty() {
+            pre.timelines = self.db.newest_events_of(&from_db, ctx.now.events, batch as i64).await?;
+        }
+        // The state before each timeline's first event, as it will be when no event is hidden
+        // or filtered out (a wrong guess costs the one-room read it saves), and the state groups
+        // the timelines' events carry.
+        let mut starts = Vec::new();
+        let mut groups = Vec::new();
+        for p in &full {
+            let rows = match pre.timelines.get(p.room_id) {
+                Some(rows) => rows.clone(),
+                None => ctx.view.window(p.room_id, ctx.view.start, p.upto, batch),
+            };
+            groups.extend(rows.iter().filter_map(|e| e.state_group));
+            if !ctx.opts.use_state_after
+                && let Some(oldest) = rows.get(limit.min(rows.len()).saturating_sub(1))
+            {
+                starts.push((p.room_id, oldest.stream - 1));
+            }
+        }
+        let mut unknown: Vec<(&str, i64)> = full.iter().map(|p| (p.room_id, end)).collect();
+        unknown.extend(starts);
+        unknown.retain(|(room, pos)| self.groups.get(&((*room).to_owned(), *pos)).is_none_or(|c| c.get().is_none()));
+        if !unknown.is_empty() {
+            let found = self.db.state_groups_at_streams(&unknown).await?;
+            for (room, pos) in unknown {
+                let cell = self.groups.get_or_insert_with((room.to_owned(), pos), Default::default);
+                let _ = cell.set(found.get(&(room.to_owned(), pos)).copied());
+            }
+            groups.extend(found.into_values());
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        self.rooms.preload_state_groups(&groups).await?;
+        // What history visibility reads at each of those groups (its setting and the user's
+        // membership), into the PDU cache it reads from.
+        let user_key = ("m.room.member".to_owned(), ctx.user.to_string());
+        let hv_key = ("m.room.history_visibility".to_owned(), String::new());
+        let mut pdus = Vec::new();
+        for g in &groups {
+            let state = self.rooms.state_at_group(*g).await?;
+            pdus.extend(state.get(&hv_key).cloned());
+            pdus.extend(state.get(&user_key).cloned());
+        }
+        pdus.sort_unstable();
+        pdus.dedup();
+        self.rooms.cached_pdus(&pdus).await?;
+        // Summaries not remembered at the room's current state group.
+        let mut stale = Vec::new();
+        for p in &full {
+            let Some(Some(g)) = self.groups.get(&(p.room_id.to_owned(), end)).and_then(|c| c.get().copied()) else {
+                continue;
+            };
+            if self.summaries.get(p.room_id).is_none_or(|s| s.0 != g) {
+                stale.push((p.room_id, g));
+            }
+        }
+        if !stale.is_empty() {
+            let rooms: Vec<&str> = stale.iter().map(|(r, _)| *r).collect();
+            let counts = self.db.member_counts_of(&rooms).await?;
+            let mut members = self.db.members_in_order_of(&rooms, 6).await?;
+            for (room, g) in stale {
+                let (joined, invited) = counts.get(room).copied().unwrap_or_default();
+                let (first, former) = members.remove(room).unwrap_or_default();
+                let former = if first.len() <= 1 { former } else { Vec::new() };
+                let entry = Arc::new(super::Summary { joined, invited, first, former });
+                self.summaries.insert(room.to_owned(), (g, entry));
+            }
+        }
+        // Unread counts not carried forward from an earlier sync.
+        let user = ctx.user.as_str();
+        let uncounted: Vec<(&str, i64)> = full
+            .iter()
+            .filter(|p| self.unread.get(&(user.to_owned(), p.room_id.to_owned())).is_none())
+            .map(|p| (p.room_id, p.member_stream))
+            .collect();
+        if uncounted.len() >= 2 {
+            let counts = self.db.unread_counts_of(user, &uncounted, ctx.now.events, UNREAD_CAP).await?;
+            for (room, member_stream) in uncounted {
+                let counts = counts.get(room).cloned().unwrap_or_default();
+                let entry = super::Unread {
+                    upto: ctx.now.events,
+                    receipts: ctx.now.receipts,
+                    member_stream,
+                    counts: Arc::new(counts),
+                };
+                self.unread.insert((user.to_owned(), room.to_owned()), entry);
+            }
+        }
+        // The state each room will send (see `room_state`): all of it at the timeline's start
+        // but the timeline's own events; lazily loaded members only for the user, the timeline's
+        // senders and the heroes.
+        let lazy = ctx.opts.filter.lazy_load_members();
+        let mut wanted = Vec::new();
+        for p in &full {
+            let rows = match pre.timelines.get(p.room_id) {
+                Some(rows) => rows.clone(),
+                None => ctx.view.window(p.room_id, ctx.view.start, p.upto, batch),
+            };
+            let shown = &rows[..limit.min(rows.len())];
+            let at = if ctx.opts.use_state_after { p.upto } else { shown.last().map_or(p.upto, |e| e.stream - 1) };
+            let Some(Some(g)) = self.groups.get(&(p.room_id.to_owned(), at)).and_then(|c| c.get().copied()) else {
+                continue;
+            };
+            let state = self.rooms.state_at_group(g).await?;
+            let senders: HashSet<&str> = shown.iter().map(|e| e.pdu.fields.sender.as_str()).collect();
+            let heroes = self.summaries.get(p.room_id).map(|s| s.1.first.clone()).unwrap_or_default();
+            for ((kind, key), id) in state.iter() {
+                if !lazy
+                    || kind != "m.room.member"
+                    || key == ctx.user.as_str()
+                    || senders.contains(key.as_str())
+                    || heroes.contains(key)
+                {
+                    wanted.push(id.clone());
+                }
+            }
+        }
+        if !wanted.is_empty() {
+            wanted.sort_unstable();
+            wanted.dedup();
+            pre.events =
+                self.recent.events(&wanted).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e)).collect();
+        }
+        Ok(pre)
+    }
+
     /// A room's entry with its events in client form.
     async fn render(&self, e: RoomEntry, txns: &HashMap<String, String>, state_key: &str) -> Result<Value> {
         let mut entry = e.entry;
@@ -288,15 +459,17 @@ impl SyncEngine {
         &self,
         ctx: &Ctx<'_>,
         plan: &Plan<'_>,
+        pre: Option<&Prefetched>,
         typing: Option<&Vec<String>>,
         receipts: Option<&Vec<ReceiptRow>>,
         account_data: Option<&Vec<AccountDataRow>>,
     ) -> Result<Option<RoomEntry>> {
-        let tl = self.timeline(ctx, plan).await?;
+        let first = pre.and_then(|p| p.timelines.get(plan.room_id)).map(Vec::as_slice);
+        let tl = self.timeline_from(ctx, plan, first).await?;
         // A full-state room carries its summary; lazy-loading then also sends the heroes.
         let mut summary = if plan.full_state { Some(self.summary(ctx, plan).await?) } else { None };
         let heroes = summary.as_ref().map(|(_, h)| h.as_slice()).unwrap_or_default();
-        let state = self.room_state(ctx, plan, &tl, heroes).await?;
+        let state = self.room_state(ctx, plan, &tl, heroes, pre).await?;
 
         let mut ephemeral = Vec::new();
         if let Some(users) = typing {
@@ -408,7 +581,7 @@ impl SyncEngine {
         account_data: Option<&Vec<AccountDataRow>>,
     ) -> Result<RoomEntry> {
         let tl = self.timeline(ctx, plan).await?;
-        let state = self.room_state(ctx, plan, &tl, &[]).await?;
+        let state = self.room_state(ctx, plan, &tl, &[], None).await?;
         let entry = json!({
             "timeline": { "limited": tl.limited, "prev_batch": tl.prev_batch },
             "account_data": events_obj(account_data_events(ctx, account_data)),
@@ -418,6 +591,12 @@ impl SyncEngine {
 
     /// The last `limit` visible, matching events of `(after, upto]`, oldest first.
     pub(super) async fn timeline(&self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Result<Timeline> {
+        self.timeline_from(ctx, plan, None).await
+    }
+
+    /// [`Self::timeline`], given the room's newest `limit + 1` events up to the plan's end when
+    /// [`Self::prefetch`] read them.
+    async fn timeline_from(&self, ctx: &Ctx<'_>, plan: &Plan<'_>, first: Option<&[StoredEvent]>) -> Result<Timeline> {
         let filter = &ctx.opts.filter.timeline;
         let limit = ctx.opts.filter.timeline_limit();
         // The first batch is just enough for a full timeline and the `limited` flag, which is what
@@ -443,8 +622,11 @@ impl SyncEngine {
             let from_log = (cursor <= ctx.view.end)
                 .then(|| ctx.view.window(plan.room_id, floor.max(ctx.view.start), cursor, batch as usize))
                 .filter(|rows| ctx.view.covers(floor) || rows.len() as i64 == batch);
+            let prefetched = first.filter(|_| round == 0 && floor == 0 && cursor == plan.upto);
             let rows = if let Some(rows) = from_log {
                 rows
+            } else if let Some(rows) = prefetched {
+                rows.to_vec()
             } else {
                 self.db.room_events_in_range(plan.room_id, floor, cursor, batch).await?
             };
@@ -484,6 +666,7 @@ impl SyncEngine {
         plan: &Plan<'_>,
         tl: &Timeline,
         heroes: &[String],
+        pre: Option<&Prefetched>,
     ) -> Result<Vec<StoredEvent>> {
         let after_state = ctx.opts.use_state_after;
         let lazy = ctx.opts.filter.lazy_load_members();
@@ -553,7 +736,19 @@ impl SyncEngine {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut events = self.recent.events(&ids).await?;
+        let mut events = Vec::with_capacity(ids.len());
+        if let Some(pre) = pre.filter(|p| !p.events.is_empty()) {
+            ids.retain(|id| match pre.events.get(id) {
+                Some(ev) => {
+                    events.push(ev.clone());
+                    false
+                }
+                None => true,
+            });
+        }
+        if !ids.is_empty() {
+            events.extend(self.recent.events(&ids).await?);
+        }
         events.retain(|e| ctx.opts.filter.state.matches(e));
         events.sort_by_key(|e| e.stream);
         Ok(events)
