@@ -27,7 +27,7 @@ pub fn element_filter() -> Value {
 /// How many helpers join group room `g` (besides the account): every 50th room is large, every
 /// 5th medium, the others hold one to three more people.
 fn helpers_in(g: usize, helpers: usize) -> usize {
-    if g % 50 == 0 {
+    if g.is_multiple_of(50) {
         helpers.min(50)
     } else if g % 5 == 1 {
         helpers.min(10)
@@ -141,7 +141,7 @@ pub async fn big_account(ctx: &Ctx) -> Result<Value> {
     let helpers = ctx.register_many(&ctx.hs, "bah", s.ba_helpers.max(1)).await?;
     let groups = s.ba_rooms.saturating_sub(s.ba_dms);
     let encrypted_groups = (s.ba_rooms / 10).saturating_sub(s.ba_dms);
-    let every = if encrypted_groups == 0 { usize::MAX } else { (groups / encrypted_groups).max(1) };
+    let every = groups.checked_div(encrypted_groups).map_or(usize::MAX, |e| e.max(1));
     // (members, encrypted, direct) of every room; direct chats first in creation order.
     let mut specs = Vec::new();
     for d in 0..s.ba_dms.min(s.ba_rooms) {

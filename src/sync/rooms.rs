@@ -37,6 +37,9 @@ use crate::storage::sync::{AccountDataRow, MembershipRow, ReceiptRow, by_room};
 /// How many batches of events a timeline scan reads before it gives up looking for visible
 /// events and reports the timeline as limited (the client pages on with `/messages`).
 const MAX_SCAN_BATCHES: usize = 5;
+/// One joined room being computed (borrowing its chunk's prefetched reads): its id and its
+/// entry, if any.
+type RoomComputation<'a, 'r> = futures::future::BoxFuture<'a, Result<(&'r str, Option<RoomEntry>)>>;
 /// Joined rooms computed concurrently in one sync.
 const ROOMS_AT_ONCE: usize = 8;
 /// Rooms whose reads are batched together (see `SyncEngine::prefetch`).
@@ -235,7 +238,7 @@ impl SyncEngine {
         for chunk in plans.chunks(PREFETCH_ROOMS) {
             let pre = self.prefetch(ctx, chunk).await?;
             let pre = &pre;
-            let computations: Vec<futures::future::BoxFuture<'_, Result<(&str, Option<RoomEntry>)>>> = chunk
+            let computations: Vec<RoomComputation<'_, '_>> = chunk
                 .iter()
                 .map(|plan| {
                     let room = plan.room_id;
