@@ -29,7 +29,7 @@ impl Coturn {
             .find(|p| std::path::Path::new(p).exists())
             .expect("coturn is not installed (apt-get install coturn; .ci/run installs it)");
         let port = free_port();
-        let relay = free_port();
+        let relay = free_relay_range();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(turnserver)
             .args(["--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--realm=myelin.test"])
@@ -49,12 +49,15 @@ impl Coturn {
 
     /// Allocates relays with `username`/`password` and sends a few messages through them with
     /// coturn's test client; whether that worked. The client speaks TCP to the server, so
-    /// that a loaded machine dropping a datagram is not taken for a refusal; an allocation that
-    /// fails is tried three times for the same reason (a refusal fails every time).
+    /// that a loaded machine dropping a datagram is not taken for a refusal; an attempt that
+    /// fails is repeated (up to five times, a second apart) for the same reason: a refusal
+    /// fails every time. The client's output of the last failed attempt goes to stderr, which
+    /// the test harness shows when the test fails.
     fn relays(&self, username: &str, password: &str) -> bool {
-        (0..3).any(|attempt| {
+        let mut last = String::new();
+        for attempt in 0..5 {
             if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(Duration::from_secs(1));
             }
             let output = Command::new("turnutils_uclient")
                 .args(["-t", "-p", &self.port.to_string(), "-u", username, "-w", password])
@@ -62,8 +65,13 @@ impl Coturn {
                 .output()
                 .expect("running turnutils_uclient");
             let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-            output.status.success() && !text.contains("ERROR") && text.contains("tot_recv_msgs=2")
-        })
+            if output.status.success() && !text.contains("ERROR") && text.contains("tot_recv_msgs=2") {
+                return true;
+            }
+            last = text;
+        }
+        eprintln!("turnutils_uclient's last failed attempt:\n{last}");
+        false
     }
 }
 
@@ -72,6 +80,21 @@ impl Drop for Coturn {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The first of 33 consecutive UDP ports free on loopback, below Linux's ephemeral range
+/// (32768 and up), so that no socket of the test's other clients is handed one of coturn's
+/// relay ports, and tried at a random place so that the tests running at once (each with its
+/// own coturn) do not pick the same range.
+fn free_relay_range() -> u16 {
+    let free = |p: u16| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..200 {
+        let base = 20_000 + (rand::random::<u16>() % 12_000);
+        if (base..=base + 32).all(free) {
+            return base;
+        }
+    }
+    panic!("no 33 consecutive free UDP ports between 20000 and 32000");
 }
 
 fn turn_config(coturn_port: u16, lifetime_ms: i64) -> impl Fn(&mut toml::Table) {
