@@ -7,8 +7,7 @@
 mod common;
 mod sync_util;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 use common::{Backend, Client, Resp, TestServer, assert_error, create_room, enc, free_port, join, ok, set_config};
 use serde_json::{Value, json};
@@ -25,20 +24,7 @@ struct IdentityServer {
 impl IdentityServer {
     fn start() -> Self {
         let port = free_port();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nio/identity_server.py");
-        let child = Command::new(common::nio_python())
-            .arg(script)
-            .arg(port.to_string())
-            .arg(IS_TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting the identity server");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "the identity server did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = test_support::spawn_identity_server(&common::nio_python(), port, IS_TOKEN);
         Self { child, port, http: common::http_client() }
     }
 

@@ -10,7 +10,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::peer::{EventSpec, Peer};
 use common::{Backend, FedServer, enc, sync_until, wait_until, workspace_root};
@@ -41,19 +41,7 @@ fn start_identity_server() -> IdentityServer {
     assert!(out.status.success(), "tests/nio/setup-venv.sh failed");
     let python = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let port = common::free_port("127.0.0.1");
-    let child = Command::new(python)
-        .arg(root.join("tests/nio/identity_server.py"))
-        .arg(port.to_string())
-        .arg(IS_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting the identity server");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "the identity server did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = test_support::spawn_identity_server(std::path::Path::new(&python), port, IS_TOKEN);
     IdentityServer { child, port }
 }
 

@@ -1,6 +1,7 @@
-//! What the workspace's test crates (`federation-tests`, `sdk-tests`, `bench`'s smoke test)
-//! share: the `myelin` binary they start, built once and only when stale, and the
-//! percent-encoding of path segments. No dependencies, so depending on it compiles nothing new.
+//! What the workspace's test crates (`tests/`, `federation-tests`, `sdk-tests`, `bench`'s smoke
+//! test) share: the `myelin` binary they start, built once and only when stale, the
+//! percent-encoding of path segments, and the identity server of the third-party invite tests.
+//! No dependencies, so depending on it compiles nothing new.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,6 +74,26 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// Starts the identity server the third-party invite tests talk to (`tests/nio/identity_server.py`,
+/// run by `python` from the test virtualenv) on loopback `port`, accepting `token` as its access
+/// token, and waits until it listens.
+pub fn spawn_identity_server(python: &Path, port: u16, token: &str) -> std::process::Child {
+    let child = Command::new(python)
+        .arg(workspace_root().join("tests/nio/identity_server.py"))
+        .arg(port.to_string())
+        .arg(token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("starting the identity server");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the identity server did not start listening");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
 }
 
 #[cfg(test)]
