@@ -615,3 +615,104 @@ both_backends!(extension_settings_are_sticky, |server| async move {
     let body = ss(&alice, Some(&p2), 0, &json!({ "conn_id": "encryption" })).await;
     assert_eq!(body["extensions"]["to_device"]["events"][0]["content"]["key"], "k", "{body}");
 });
+
+/// `unsigned.age` of every event, which moves with the clock, removed.
+fn without_age(mut v: Value) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::Object(u)) = o.get_mut("unsigned") {
+                    u.remove("age");
+                }
+                o.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
+
+both_backends!(window_of_many_rooms_answers_each_room_as_alone, |server| async move {
+    // A window of many fresh rooms reads what they need (timelines, state groups, summaries,
+    // unread counts, required state) in batched statements for all of them; a window of one
+    // room reads only that room's. Each room must come out the same both ways: nothing of one
+    // room may leak into another's entry, and nothing may be missed.
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let mut rooms = Vec::new();
+    for i in 0..9usize {
+        // Odd rooms have no name: their heroes name them.
+        let mut body = json!({ "preset": "public_chat" });
+        if i % 2 == 0 {
+            body["name"] = json!(format!("room {i}"));
+        }
+        let room = create_room(&alice, body).await;
+        if i % 2 == 1 || i == 4 {
+            join(&bob, &room).await;
+        }
+        if i % 3 == 0 {
+            join(&carol, &room).await;
+        }
+        if i == 4 {
+            put_state(&alice, &room, "m.room.encryption", "", json!({ "algorithm": "m.megolm.v1.aes-sha2" })).await;
+        }
+        if i == 5 {
+            put_state(&alice, &room, "m.room.avatar", "", json!({ "url": "mxc://localhost/a" })).await;
+        }
+        // Rooms of different lengths: some hold more than a timeline.
+        send_texts(&alice, &room, &format!("a{i}"), i).await;
+        if i % 2 == 1 {
+            let sent = send_texts(&bob, &room, &format!("b{i}"), 3).await;
+            if i == 3 {
+                // Alice read up to the first: two stay unread.
+                let (status, res) = alice
+                    .post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", sent[0]), &json!({}))
+                    .await;
+                assert_eq!(status, 200, "{res}");
+            }
+        }
+        if i == 6 {
+            put_state(&alice, &room, "m.room.topic", "", json!({ "topic": "late" })).await;
+            send_text(&carol, &room, "c6", "from carol").await;
+        }
+        rooms.push(room);
+    }
+    // An invite (marked direct) among the joined rooms.
+    let invited = create_room(&bob, json!({ "name": "invite", "invite": [alice.user_id], "is_direct": true })).await;
+    rooms.push(invited.clone());
+    let element_x = json!([
+        ["m.room.encryption", ""],
+        ["m.room.member", "$LAZY"],
+        ["m.room.member", "$ME"],
+        ["m.room.name", ""],
+        ["m.room.topic", ""],
+        ["m.room.avatar", ""],
+        ["m.room.create", ""],
+        ["m.room.join_rules", ""],
+        ["m.room.history_visibility", ""],
+    ]);
+    let n = rooms.len() as u64;
+    for (limit, required) in [(1, element_x), (4, json!([["*", "*"]])), (0, json!([["m.room.member", "*"]]))] {
+        let all =
+            ss(&alice, None, 0, &json!({ "lists": { "l": list(json!([[0, n - 1]]), limit, required.clone()) } })).await;
+        assert_eq!(room_ids(&all).len(), rooms.len(), "{all}");
+        for i in 0..n {
+            let one =
+                ss(&alice, None, 0, &json!({ "lists": { "l": list(json!([[i, i]]), limit, required.clone()) } })).await;
+            let ids = room_ids(&one);
+            assert_eq!(ids.len(), 1, "{one}");
+            let room = &ids[0];
+            assert_eq!(
+                without_age(all["rooms"][room].clone()),
+                without_age(one["rooms"][room].clone()),
+                "room {room} differs between the window of all rooms and the window of it alone \
+                 (timeline_limit {limit}, required_state {required})"
+            );
+        }
+        assert_eq!(all["rooms"][&rooms[3]]["notification_count"], 2, "{all}");
+        assert_eq!(all["rooms"][&invited]["is_dm"], true, "{all}");
+    }
+});

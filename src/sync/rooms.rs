@@ -43,7 +43,7 @@ type RoomComputation<'a, 'r> = futures::future::BoxFuture<'a, Result<(&'r str, O
 /// Joined rooms computed concurrently in one sync.
 const ROOMS_AT_ONCE: usize = 8;
 /// Rooms whose reads are batched together (see `SyncEngine::prefetch`).
-const PREFETCH_ROOMS: usize = 100;
+pub(super) const PREFETCH_ROOMS: usize = 100;
 /// Unread counts stop at this number.
 const UNREAD_CAP: i64 = 1000;
 
@@ -66,13 +66,22 @@ pub(super) struct Plan<'a> {
 
 /// What [`SyncEngine::prefetch`] read for all rooms at once and the per-room code takes.
 #[derive(Default)]
-struct Prefetched {
+pub(super) struct Prefetched {
     /// Each room's newest `limit + 1` events up to the sync's end, newest first, for rooms the
     /// recent-events log cannot answer.
-    timelines: HashMap<String, Vec<StoredEvent>>,
+    pub(super) timelines: HashMap<String, Vec<StoredEvent>>,
     /// The state events the rooms will send, as far as they could be told in advance.
-    events: HashMap<String, StoredEvent>,
+    pub(super) events: HashMap<String, StoredEvent>,
 }
+
+/// Which state events of a room [`SyncEngine::prefetch`] reads ahead: given the room's plan, the
+/// newest events its timeline will show (newest first), its state where the entry's state is
+/// taken from (the timeline's start, or its end with `use_state_after`) and its first members
+/// (the heroes of its summary), pushes the ids of the events the room will send. `/sync` and
+/// sliding sync (whose `required_state` decides) each pass their own; a wrong guess only costs
+/// the one-room read it would have saved.
+pub(super) type WantState<'w> =
+    dyn Fn(&Plan<'_>, &[StoredEvent], &StateIds, &[String], &mut Vec<String>) + Send + Sync + 'w;
 
 /// A room's entry whose timeline and state events are not rendered yet: the transaction ids of
 /// the syncing device's events are looked up for all rooms in one query (one per room was half
@@ -234,9 +243,28 @@ impl SyncEngine {
         // chunk of rooms are batched first (`prefetch`); a chunk at a time, so that the state
         // groups it loads are still cached when its rooms read them.
         let (typing, receipts, room_data) = (&typing, &receipts, &room_data);
+        // The state each room will send (see `room_state`): all of it at the timeline's start
+        // but the timeline's own events; lazily loaded members only for the user, the timeline's
+        // senders and the heroes.
+        let lazy = ctx.opts.filter.lazy_load_members();
+        let user = ctx.user.as_str();
+        let want =
+            move |_: &Plan<'_>, shown: &[StoredEvent], state: &StateIds, heroes: &[String], out: &mut Vec<String>| {
+                let senders: HashSet<&str> = shown.iter().map(|e| e.pdu.fields.sender.as_str()).collect();
+                for ((kind, key), id) in state.iter() {
+                    if !lazy
+                        || kind != "m.room.member"
+                        || key == user
+                        || senders.contains(key.as_str())
+                        || heroes.contains(key)
+                    {
+                        out.push(id.clone());
+                    }
+                }
+            };
         let mut entries = Vec::new();
         for chunk in plans.chunks(PREFETCH_ROOMS) {
-            let pre = self.prefetch(ctx, chunk).await?;
+            let pre = self.prefetch(ctx, chunk, &want, 2).await?;
             let pre = &pre;
             let computations: Vec<RoomComputation<'_, '_>> = chunk
                 .iter()
@@ -300,16 +328,27 @@ impl SyncEngine {
         Ok(out)
     }
 
-    /// Reads what the full-state rooms of a sync (all rooms of an initial sync) would each ask
-    /// the database for, in a few statements for all of them, and leaves the answers where the
-    /// per-room code looks first: the state group at the newest position and the room summary
-    /// (`groups`, `summaries`) and the unread counts (`unread`). A user in 1,000 rooms otherwise
-    /// pays five round trips per room before the first byte of the answer.
-    async fn prefetch(&self, ctx: &Ctx<'_>, plans: &[Plan<'_>]) -> Result<Prefetched> {
+    /// Reads what the full-state rooms of a sync (all rooms of an initial sync, the fresh rooms
+    /// of a sliding sync window) would each ask the database for, in a few statements for all
+    /// of them, and leaves the answers where the per-room code looks first: the state group at
+    /// the newest position and the room summary (`groups`, `summaries`), the unread counts
+    /// (`unread`), the state events `want` picks (returned, and in the recent-events memo). A
+    /// user in 1,000 rooms otherwise pays five round trips per room before the first byte of
+    /// the answer. Nothing is read for fewer than `min_rooms` such rooms: `/sync` leaves a
+    /// single room to the one-room reads, while sliding sync batches even one room's reads
+    /// (a room that a new message brings into a window is one such room, on every wake-up).
+    pub(super) async fn prefetch(
+        &self,
+        ctx: &Ctx<'_>,
+        plans: &[Plan<'_>],
+        want: &WantState<'_>,
+        min_rooms: usize,
+    ) -> Result<Prefetched> {
         let mut pre = Prefetched::default();
+        let min_rooms = min_rooms.max(1);
         let full: Vec<&Plan<'_>> =
             plans.iter().filter(|p| p.full_state && p.after.is_none() && p.upto == ctx.now.events).collect();
-        if full.len() < 2 {
+        if full.len() < min_rooms {
             return Ok(pre);
         }
         let end = ctx.view.end;
@@ -398,7 +437,7 @@ impl SyncEngine {
             .filter(|p| self.unread.get(&(user.to_owned(), p.room_id.to_owned())).is_none())
             .map(|p| (p.room_id, p.member_stream))
             .collect();
-        if uncounted.len() >= 2 {
+        if uncounted.len() >= min_rooms {
             let counts = self.db.unread_counts_of(user, &uncounted, ctx.now.events, UNREAD_CAP).await?;
             for (room, member_stream) in uncounted {
                 let counts = counts.get(room).cloned().unwrap_or_default();
@@ -411,10 +450,7 @@ impl SyncEngine {
                 self.unread.insert((user.to_owned(), room.to_owned()), entry);
             }
         }
-        // The state each room will send (see `room_state`): all of it at the timeline's start
-        // but the timeline's own events; lazily loaded members only for the user, the timeline's
-        // senders and the heroes.
-        let lazy = ctx.opts.filter.lazy_load_members();
+        // The state events each room will send (see `want`).
         let mut wanted = Vec::new();
         for p in &full {
             let rows = match pre.timelines.get(p.room_id) {
@@ -427,18 +463,8 @@ impl SyncEngine {
                 continue;
             };
             let state = self.rooms.state_at_group(g).await?;
-            let senders: HashSet<&str> = shown.iter().map(|e| e.pdu.fields.sender.as_str()).collect();
             let heroes = self.summaries.get(p.room_id).map(|s| s.1.first.clone()).unwrap_or_default();
-            for ((kind, key), id) in state.iter() {
-                if !lazy
-                    || kind != "m.room.member"
-                    || key == ctx.user.as_str()
-                    || senders.contains(key.as_str())
-                    || heroes.contains(key)
-                {
-                    wanted.push(id.clone());
-                }
-            }
+            want(p, shown, &state, &heroes, &mut wanted);
         }
         if !wanted.is_empty() {
             wanted.sort_unstable();
@@ -599,7 +625,12 @@ impl SyncEngine {
 
     /// [`Self::timeline`], given the room's newest `limit + 1` events up to the plan's end when
     /// [`Self::prefetch`] read them.
-    async fn timeline_from(&self, ctx: &Ctx<'_>, plan: &Plan<'_>, first: Option<&[StoredEvent]>) -> Result<Timeline> {
+    pub(super) async fn timeline_from(
+        &self,
+        ctx: &Ctx<'_>,
+        plan: &Plan<'_>,
+        first: Option<&[StoredEvent]>,
+    ) -> Result<Timeline> {
         let filter = &ctx.opts.filter.timeline;
         let limit = ctx.opts.filter.timeline_limit();
         // The first batch is just enough for a full timeline and the `limited` flag, which is what

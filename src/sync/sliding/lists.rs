@@ -321,14 +321,20 @@ impl SyncEngine {
             }
         };
         let mut out = HashSet::clone(&direct);
-        for m in candidates.iter().filter(|m| m.membership == "invite") {
-            if out.contains(&m.room_id) {
-                continue;
-            }
-            if let Some(ev) = self.recent.events(std::slice::from_ref(&m.event_id)).await?.first()
-                && ev.pdu.content()["is_direct"].as_bool() == Some(true)
-            {
-                out.insert(m.room_id.clone());
+        // The invites' member events, read together (one round trip, not one per invite).
+        let invites: HashMap<&str, &str> = candidates
+            .iter()
+            .filter(|m| m.membership == "invite" && !out.contains(&m.room_id))
+            .map(|m| (m.event_id.as_str(), m.room_id.as_str()))
+            .collect();
+        if !invites.is_empty() {
+            let ids: Vec<String> = invites.keys().map(|id| (*id).to_owned()).collect();
+            for ev in self.recent.events(&ids).await? {
+                if ev.pdu.content()["is_direct"].as_bool() == Some(true)
+                    && let Some(room) = invites.get(ev.pdu.event_id.as_str())
+                {
+                    out.insert((*room).to_owned());
+                }
             }
         }
         Ok(out)

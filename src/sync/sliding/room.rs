@@ -24,7 +24,7 @@ use super::{ConnState, RoomSent};
 use crate::error::Result;
 use crate::storage::rooms::{StateIds, StoredEvent};
 use crate::sync::filter::SyncFilter;
-use crate::sync::rooms::{Plan, Timeline};
+use crate::sync::rooms::{PREFETCH_ROOMS, Plan, Prefetched, Timeline};
 use crate::sync::{Ctx, SyncEngine, SyncOptions};
 
 /// Rooms computed concurrently in one response.
@@ -51,14 +51,29 @@ fn wanted(cfg: &[(String, String)], kind: &str, key: &str, user: &str, senders: 
     })
 }
 
+/// Who a timeline shows: its senders and the targets of its member events (`$LAZY`).
+fn people(timeline: &[StoredEvent]) -> HashSet<&str> {
+    timeline
+        .iter()
+        .flat_map(|e| {
+            let target = (e.pdu.fields.kind.to_string() == "m.room.member")
+                .then_some(e.pdu.fields.state_key.as_deref())
+                .flatten();
+            std::iter::once(e.pdu.fields.sender.as_str()).chain(target)
+        })
+        .collect()
+}
+
 /// Options whose filter carries a timeline limit (the `/sync` timeline reader takes it there).
+/// `required_state` is the state at the end of the timeline: `use_state_after`, which tells
+/// the shared prefetch which state to read ahead.
 fn options(limit: u64) -> SyncOptions {
     let filter = SyncFilter::from_json(&json!({ "room": { "timeline": { "limit": limit } } }));
     SyncOptions {
         since: None,
         filter: Arc::new(filter),
         full_state: false,
-        use_state_after: false,
+        use_state_after: true,
         set_presence: "offline".into(),
         timeout: Default::default(),
     }
@@ -73,17 +88,22 @@ impl SyncEngine {
         state: &mut ConnState,
     ) -> Result<Map<String, Value>> {
         let held = &state.rooms;
-        let computations: Vec<_> = sel
-            .configs
-            .iter()
-            .map(|(room, cfg)| Box::pin(self.sliding_room(base, sel, room, cfg, held.get(*room))))
-            .collect();
-        let mut stream = futures::stream::iter(computations).buffered(ROOMS_AT_ONCE);
+        let configs: Vec<(&str, &RoomConfig)> = sel.configs.iter().map(|(r, c)| (*r, c)).collect();
         let mut outs = Vec::new();
-        while let Some(out) = stream.try_next().await? {
-            outs.extend(out);
+        // A chunk at a time, its reads batched first (as `/sync` does, see `prefetch`), so that
+        // the state groups it loads are still cached when its rooms read them.
+        for chunk in configs.chunks(PREFETCH_ROOMS) {
+            let pre = self.sliding_prefetch(base, sel, chunk, held).await?;
+            let pre = &pre;
+            let computations: Vec<_> = chunk
+                .iter()
+                .map(|(room, cfg)| Box::pin(self.sliding_room(base, sel, room, cfg, held.get(*room), pre)))
+                .collect();
+            let mut stream = futures::stream::iter(computations).buffered(ROOMS_AT_ONCE);
+            while let Some(out) = stream.try_next().await? {
+                outs.extend(out);
+            }
         }
-        drop(stream);
         let all: Vec<&StoredEvent> = outs.iter().flat_map(|o| o.timeline.iter().chain(&o.state)).collect();
         let txns = self.rooms.txn_ids(&all, Some((base.user, base.device.as_str()))).await?;
         drop(all);
@@ -103,6 +123,67 @@ impl SyncEngine {
         Ok(rooms)
     }
 
+    /// Reads ahead, for all the joined rooms of a chunk that will be sent afresh, what each
+    /// would read on its own (`SyncEngine::prefetch`, shared with `/sync`): timelines the log
+    /// cannot answer, state groups and their states, summaries, unread counts and the state
+    /// events `required_state` (with name, avatar and heroes) picks. Rooms are grouped by
+    /// timeline limit, which the prefetch takes from its options.
+    async fn sliding_prefetch(
+        &self,
+        base: &Base<'_>,
+        sel: &Selection<'_>,
+        chunk: &[(&str, &RoomConfig)],
+        held: &std::collections::BTreeMap<String, RoomSent>,
+    ) -> Result<Prefetched> {
+        let mut by_limit: std::collections::BTreeMap<u64, Vec<Plan<'_>>> = Default::default();
+        for (room, cfg) in chunk {
+            let m = sel.membership[room];
+            // A changed membership row of a joined user may be only a profile change (then the
+            // room is incremental); guessing fresh costs reads, not answers.
+            if m.membership != "join" || held.get(*room).is_some_and(|h| h.member == m.stream) {
+                continue;
+            }
+            by_limit.entry(cfg.timeline_limit).or_default().push(Plan {
+                room_id: room,
+                after: None,
+                upto: base.now.events,
+                full_state: true,
+                membership: &m.membership,
+                membership_changed: true,
+                member_stream: m.stream,
+            });
+        }
+        let user = base.user.as_str();
+        let want = |p: &Plan<'_>, shown: &[StoredEvent], state: &StateIds, heroes: &[String], out: &mut Vec<String>| {
+            let Some(cfg) = sel.configs.get(p.room_id) else { return };
+            let senders = people(shown);
+            for ((kind, key), id) in state.iter() {
+                let meta = key.is_empty() && (kind == "m.room.name" || kind == "m.room.avatar");
+                let hero = kind == "m.room.member" && heroes.contains(key);
+                if meta || hero || wanted(&cfg.required_state, kind, key, user, &senders) {
+                    out.push(id.clone());
+                }
+            }
+        };
+        let mut pre = Prefetched::default();
+        for (limit, plans) in by_limit {
+            let opts = options(limit);
+            let ctx = Ctx {
+                user: base.user,
+                device: base.device,
+                opts: &opts,
+                since: base.prev,
+                now: base.now,
+                now_ms: crate::storage::now_ms(),
+                view: base.view,
+            };
+            let read = self.prefetch(&ctx, &plans, &want, 1).await?;
+            pre.timelines.extend(read.timelines);
+            pre.events.extend(read.events);
+        }
+        Ok(pre)
+    }
+
     /// One room, or None when the client holds everything of it.
     async fn sliding_room(
         &self,
@@ -111,6 +192,7 @@ impl SyncEngine {
         room: &str,
         cfg: &RoomConfig,
         held: Option<&RoomSent>,
+        pre: &Prefetched,
     ) -> Result<Option<RoomOut>> {
         let m = sel.membership[room];
         let user = base.user.as_str();
@@ -194,7 +276,7 @@ impl SyncEngine {
         } else if expanded {
             Some(self.timeline(&ctx, &plan_after(None)).await?)
         } else {
-            Some(self.timeline(&ctx, &plan).await?)
+            Some(self.timeline_from(&ctx, &plan, pre.timelines.get(room).map(Vec::as_slice)).await?)
         };
         let Timeline { events: timeline, limited, prev_batch, .. } = match tl {
             Some(t) => t,
@@ -203,15 +285,7 @@ impl SyncEngine {
 
         // State: all that `required_state` asks for, or what changed of it since the client's.
         // Who the timeline shows: its senders and the targets of its member events.
-        let senders: HashSet<&str> = timeline
-            .iter()
-            .flat_map(|e| {
-                let target = (e.pdu.fields.kind.to_string() == "m.room.member")
-                    .then_some(e.pdu.fields.state_key.as_deref())
-                    .flatten();
-                std::iter::once(e.pdu.fields.sender.as_str()).chain(target)
-            })
-            .collect();
+        let senders = people(&timeline);
         let target = self.state_at(&ctx, room, upto).await?;
         let old = match held_at {
             Some(at) if !wider_state => Some(self.state_at(&ctx, room, at).await?),
@@ -231,7 +305,7 @@ impl SyncEngine {
                 ids.push(id.clone());
             }
         }
-        let mut state = self.recent.events(&ids).await?;
+        let mut state = self.prefetched_events(pre, ids).await?;
         state.sort_by_key(|e| e.stream);
 
         // Name and avatar: when fresh, or when they changed.
@@ -244,7 +318,7 @@ impl SyncEngine {
             })
             .cloned()
             .collect();
-        for ev in self.recent.events(&meta_ids).await? {
+        for ev in self.prefetched_events(pre, meta_ids).await? {
             let content = ev.pdu.content();
             match ev.pdu.fields.kind.to_string().as_str() {
                 "m.room.name" => {
@@ -271,15 +345,14 @@ impl SyncEngine {
             let name_id = target.get(&("m.room.name".to_owned(), String::new())).cloned();
             let named = match name_id {
                 Some(id) => self
-                    .recent
-                    .events(&[id])
+                    .prefetched_events(pre, vec![id])
                     .await?
                     .first()
                     .is_some_and(|e| e.pdu.content()["name"].as_str().is_some_and(|n| !n.is_empty())),
                 None => false,
             };
             if !named {
-                entry.insert("heroes".into(), Value::Array(self.heroes(&target, &hero_ids).await?));
+                entry.insert("heroes".into(), Value::Array(self.heroes(&target, &hero_ids, pre).await?));
             }
         }
 
@@ -321,13 +394,29 @@ impl SyncEngine {
         }
     }
 
+    /// Events by id, those the chunk's prefetch read taken from it (in the order asked, then
+    /// the others).
+    async fn prefetched_events(&self, pre: &Prefetched, mut ids: Vec<String>) -> Result<Vec<StoredEvent>> {
+        let mut events = Vec::with_capacity(ids.len());
+        ids.retain(|id| match pre.events.get(id) {
+            Some(ev) => {
+                events.push(ev.clone());
+                false
+            }
+            None => true,
+        });
+        if !ids.is_empty() {
+            events.extend(self.recent.events(&ids).await?);
+        }
+        Ok(events)
+    }
+
     /// Heroes with their display names and avatars from the room's member events.
-    async fn heroes(&self, state: &StateIds, ids: &[String]) -> Result<Vec<Value>> {
+    async fn heroes(&self, state: &StateIds, ids: &[String], pre: &Prefetched) -> Result<Vec<Value>> {
         let event_ids: Vec<String> =
             ids.iter().filter_map(|u| state.get(&("m.room.member".to_owned(), u.clone())).cloned()).collect();
         let by_user: HashMap<String, Value> = self
-            .recent
-            .events(&event_ids)
+            .prefetched_events(pre, event_ids)
             .await?
             .iter()
             .filter_map(|e| Some((e.pdu.fields.state_key.clone()?, e.pdu.content())))
