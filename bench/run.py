@@ -809,7 +809,8 @@ TABLES = [
         ("B→A delivery p99", ("b_to_a", "delivery", "p99_ms"), " ms"),
         ("lost (A→B + B→A)", ("lost_total",), ""),
     ]),
-    ("big_room_join — a user of B joins a room of A with 2,000 members, 5,000 state events, 20,000 messages",
+    ("big_room_join — a user of B joins a big room of A (full size: 2,000 members, 5,000 state events, "
+     "20,000 messages; this run's sizes in the set-up row)",
      "big_room_join", "", [
         ("/join answered", ("join_ms",), " ms"),
         ("room with its timeline in B's /sync", ("sync_ms",), " ms"),
