@@ -506,7 +506,7 @@ FED_PAIRS = [
 
 def run_federation(bench: Path, workdir: Path, myelin_bin: Path, synapse_py: Path | None, smoke: bool,
                    extra: list[str], results: list[dict], out_jsonl: Path, pairs: list[str],
-                   scenario: str = "federation"):
+                   scenario: str = "federation", suffix: str = ""):
     """Runs a two-server scenario (`federation` or `big_room_join`) once per pair, each pair on two
     fresh servers. For `big_room_join` each server's federation port sits behind a counting relay
     (the port of its server name), and the bytes the relays carry between the generator's
@@ -527,7 +527,7 @@ def run_federation(bench: Path, workdir: Path, myelin_bin: Path, synapse_py: Pat
                 servers.append(Synapse(name, workdir, port, synapse_py, "sqlite", fed_port=fed_port, tls=tls))
             if counted and len(servers) == (1 if side == "a" else 2):
                 servers[-1].public_fed_port = free_port(base + 8)
-        rec = {"scenario": scenario, "case": "", "label": label}
+        rec = {"scenario": scenario, "case": "", "label": label + suffix}
         try:
             if len(servers) < 2:
                 raise RuntimeError("Synapse is not installed in this run")
@@ -563,7 +563,7 @@ def run_federation(bench: Path, workdir: Path, myelin_bin: Path, synapse_py: Pat
             if line is None:
                 raise RuntimeError(f"myelin-bench printed nothing; see {a.dir}/bench.log")
             rec = json.loads(line)
-            rec["label"] = label
+            rec["label"] = label + suffix
             if counted and "start" in marks and "end" in marks:
                 (a0, b0), (a1, b1) = marks["start"], marks["end"]
                 da, db = relay_delta(a0, a1), relay_delta(b0, b1)
@@ -1218,6 +1218,8 @@ def main():
                          "scenario and case (the replaced lines stay in the raw results, relabelled)")
     ap.add_argument("--fed-pairs", help="comma-separated federation pairs: "
                     + ",".join(p for p, _, _ in FED_PAIRS) + " (default: all whose servers are in the run)")
+    ap.add_argument("--label-suffix", default="", help="appended to the pair labels of two-server scenarios "
+                    "(results of a variant build, reported beside the others)")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's run section (repeatable)")
     ap.add_argument("--server-bench-arg", action="append", default=[], metavar="SERVER=ARG",
                     help="extra myelin-bench argument for one server, e.g. myelin-sqlite=--setup-concurrency=1")
@@ -1344,7 +1346,7 @@ def main():
             meta["synapse_version"] = synapse_version(synapse_py)
         t0 = time.time()
         run_federation(bench_bin, workdir, myelin_bin, synapse_py, args.smoke, args.bench_arg, results,
-                       out_jsonl, pairs, scenario)
+                       out_jsonl, pairs, scenario, args.label_suffix)
         meta["fed_pairs"] = pairs
         log(f"{scenario}: {(time.time() - t0) / 60:.1f} min, load {loadavg()}")
 
