@@ -2,7 +2,8 @@
 """Runs the myelin-bench scenarios against Myelin and Synapse in one run and writes docs/benchmarks.md.
 
     python3 bench/run.py                 # full: Myelin + Synapse, SQLite + PostgreSQL, every scenario
-    python3 bench/run.py --smoke         # CI: Myelin on SQLite only, tiny sizes, fails on any error
+    python3 bench/run.py --smoke         # CI: Myelin on SQLite only (big_room_join between two Myelins),
+                                         # tiny sizes, fails on any error
 
 Synapse (1.163, or the newest 1.x on PyPI) is installed into $HOME/.cache/myelin-bench/synapse-venv.
 PostgreSQL is expected at postgres://root@127.0.0.1:5432 with trust auth; each run creates fresh
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,9 +37,12 @@ PG = dict(host="127.0.0.1", port=5432, user="root")
 # Prefix of the PostgreSQL databases a run creates (runs of several checkouts on one machine).
 PG_PREFIX = os.environ.get("MYELINBENCH_PG_PREFIX", "")
 
+# Scenarios that run on a pair of servers (FED_PAIRS), not on each server of the run.
+PAIR_SCENARIOS = ("federation", "big_room_join")
+
 ALL_SERVERS = ["myelin-sqlite", "myelin-postgres", "synapse-sqlite", "synapse-postgres"]
 SCENARIOS = ["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm", "federation",
-             "sliding_sync", "big_account", "storage", "at_rest"]
+             "big_room_join", "sliding_sync", "big_account", "storage", "at_rest"]
 
 
 def log(*a):
@@ -157,6 +162,8 @@ class Server:
         self.port = port
         # With a federation port the server also listens there with TLS, and is named after it.
         self.fed_port = fed_port
+        # A port in front of fed_port (a counting relay) that peers reach it at: the name's port.
+        self.public_fed_port: int | None = None
         self.tls = tls
         self.proc: subprocess.Popen | None = None
         self.logfile = None
@@ -167,7 +174,7 @@ class Server:
 
     @property
     def server_name(self):
-        return f"127.0.0.1:{self.fed_port or self.port}"
+        return f"127.0.0.1:{self.public_fed_port or self.fed_port or self.port}"
 
     def federation_probe(self) -> str | None:
         """None if the server answers GET /_matrix/federation/v1/version on its TLS port, else why not."""
@@ -175,7 +182,7 @@ class Server:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        url = f"https://127.0.0.1:{self.fed_port}/_matrix/federation/v1/version"
+        url = f"https://127.0.0.1:{self.public_fed_port or self.fed_port}/_matrix/federation/v1/version"
         try:
             with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
                 return None if r.status == 200 else f"{url} answered {r.status}"
@@ -412,6 +419,82 @@ def make_tls(dir: Path) -> dict:
     return {"ca": str(dir / "ca.pem"), "cert": str(dir / "server.pem"), "key": str(dir / "server.key")}
 
 
+class CountingRelay:
+    """A TCP relay on `listen_port` to `target_port` on loopback that counts the bytes each way:
+    put in front of a server's federation port, it sees every byte its peers exchange with it
+    (TLS records included, TCP/IP headers not)."""
+
+    def __init__(self, listen_port: int, target_port: int):
+        self.target_port = target_port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", listen_port))
+        self.sock.listen(256)
+        self.lock = threading.Lock()
+        self.to_server = 0
+        self.from_server = 0
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.connections += 1
+            done = threading.Semaphore(0)
+            for src, dst, up in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pipe, args=(src, dst, up, done), daemon=True).start()
+            threading.Thread(target=self._close_after, args=(client, server, done), daemon=True).start()
+
+    def _pipe(self, src, dst, up, done):
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+                with self.lock:
+                    if up:
+                        self.to_server += len(data)
+                    else:
+                        self.from_server += len(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            done.release()
+
+    @staticmethod
+    def _close_after(a, b, done):
+        done.acquire()
+        done.acquire()
+        a.close()
+        b.close()
+
+    def counts(self) -> dict:
+        with self.lock:
+            return {"to_server": self.to_server, "from_server": self.from_server, "connections": self.connections}
+
+    def close(self):
+        self.sock.close()
+
+
+def relay_delta(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in after}
+
+
 # (label, kind of A, kind of B): A's user creates the rooms, B's users join them through A.
 FED_PAIRS = [
     ("myelin→myelin", "myelin", "myelin"),
@@ -422,25 +505,36 @@ FED_PAIRS = [
 
 
 def run_federation(bench: Path, workdir: Path, myelin_bin: Path, synapse_py: Path | None, smoke: bool,
-                   extra: list[str], results: list[dict], out_jsonl: Path, pairs: list[str]):
+                   extra: list[str], results: list[dict], out_jsonl: Path, pairs: list[str],
+                   scenario: str = "federation", suffix: str = ""):
+    """Runs a two-server scenario (`federation` or `big_room_join`) once per pair, each pair on two
+    fresh servers. For `big_room_join` each server's federation port sits behind a counting relay
+    (the port of its server name), and the bytes the relays carry between the generator's
+    start and end marks are added to the result, with B's PID for its memory."""
     tls = make_tls(workdir / "tls")
+    counted = scenario == "big_room_join"
     for label, ka, kb in FED_PAIRS:
         if label not in pairs:
             continue
         servers = []
+        relays: list[CountingRelay] = []
         for side, kind, base in (("a", ka, 18300), ("b", kb, 18310)):
             port, fed_port = free_port(base), free_port(base + 5)
-            name = f"fed-{label.replace('→', '-')}-{side}"
+            name = f"{'fed' if scenario == 'federation' else 'bigjoin'}-{label.replace('→', '-')}-{side}"
             if kind == "myelin":
                 servers.append(Myelin(name, workdir, port, myelin_bin, "sqlite", fed_port=fed_port, tls=tls))
             elif synapse_py is not None:
                 servers.append(Synapse(name, workdir, port, synapse_py, "sqlite", fed_port=fed_port, tls=tls))
-        rec = {"scenario": "federation", "case": "", "label": label}
+            if counted and len(servers) == (1 if side == "a" else 2):
+                servers[-1].public_fed_port = free_port(base + 8)
+        rec = {"scenario": scenario, "case": "", "label": label + suffix}
         try:
             if len(servers) < 2:
                 raise RuntimeError("Synapse is not installed in this run")
             for srv in servers:
                 srv.prepare()
+                if srv.public_fed_port:
+                    relays.append(CountingRelay(srv.public_fed_port, srv.fed_port))
                 srv.start()
             time.sleep(1)
             why = next((w for w in (srv.federation_probe() for srv in servers) if w), None)
@@ -451,15 +545,35 @@ def run_federation(bench: Path, workdir: Path, myelin_bin: Path, synapse_py: Pat
                 continue
             a, b = servers
             cmd = [str(bench), "--url", a.url, "--url2", b.url, "--pid", str(a.proc.pid), "--label", label,
-                   "--scenario", "federation"] + (["--smoke"] if smoke else []) + extra
+                   "--scenario", scenario] + (["--smoke"] if smoke else []) + extra
+            if counted:
+                # Set-up on a Synapse host is long: the case gets two hours.
+                cmd += ["--pid2", str(b.proc.pid), "--case-timeout", "7200"]
             log("$", " ".join(cmd))
+            marks: dict[str, list[dict]] = {}
+            line = None
             with open(a.dir / "bench.log", "wb") as err:
-                out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, timeout=3600).stdout
-            line = next((x for x in out.splitlines() if x.startswith("{")), None)
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+                for x in proc.stdout:
+                    if x.startswith("#mark "):
+                        marks[x.split()[-1]] = [r.counts() for r in relays]
+                    elif x.startswith("{") and line is None:
+                        line = x
+                proc.wait(timeout=7800)
             if line is None:
                 raise RuntimeError(f"myelin-bench printed nothing; see {a.dir}/bench.log")
             rec = json.loads(line)
-            rec["label"] = label
+            rec["label"] = label + suffix
+            if counted and "start" in marks and "end" in marks:
+                (a0, b0), (a1, b1) = marks["start"], marks["end"]
+                da, db = relay_delta(a0, a1), relay_delta(b0, b1)
+                # Every connection between the two servers goes through exactly one relay: B's
+                # requests to A through A's, A's requests to B through B's.
+                rec["fed_bytes"] = {"b_to_a_port": da["to_server"], "a_port_to_b": da["from_server"],
+                                    "a_to_b_port": db["to_server"], "b_port_to_a": db["from_server"],
+                                    "connections": da["connections"] + db["connections"],
+                                    "total": da["to_server"] + da["from_server"] + db["to_server"]
+                                    + db["from_server"]}
             results.append(rec)
             log(f"{label}: {rec['status']}" + (f" ({rec.get('error') or rec.get('reason')})"
                                                  if rec["status"] != "ok" else ""))
@@ -470,6 +584,8 @@ def run_federation(bench: Path, workdir: Path, myelin_bin: Path, synapse_py: Pat
         finally:
             for srv in servers:
                 srv.stop()
+            for r in relays:
+                r.close()
             with open(out_jsonl, "a") as f:
                 f.write(json.dumps(results[-1]) + "\n")
 
@@ -594,6 +710,7 @@ TARGETS_MD = """\
 | incremental sync independent of the number of rooms (issue 23) | `big_account` incremental p50 in 1,000 rooms ÷ in 10 rooms ≤ 2 (absolute) |
 | ≤ 1/5 of Synapse's bytes per event (issue 23) | `storage` bytes per message and per state change in the large room, Synapse ÷ Myelin ≥ 5 |
 | ≤ 1/5 of Synapse's memory at rest (issue 23) | `at_rest` RSS, Synapse ÷ Myelin ≥ 5 |
+| big room join ≥ 10× faster (issue 23) | `big_room_join` time to the full member list on B, Synapse joining ÷ Myelin joining the same host ≥ 10 |
 """
 
 
@@ -609,6 +726,8 @@ def g(rec, *path):
 def fmt_num(v, unit="", digits=1):
     if v is None:
         return "–"
+    if isinstance(v, str):
+        return v
     if isinstance(v, float):
         if abs(v) >= 100:
             s = f"{v:,.0f}"
@@ -690,7 +809,29 @@ TABLES = [
         ("B→A delivery p99", ("b_to_a", "delivery", "p99_ms"), " ms"),
         ("lost (A→B + B→A)", ("lost_total",), ""),
     ]),
+    ("big_room_join — a user of B joins a big room of A (full size: 2,000 members, 5,000 state events, "
+     "20,000 messages; this run's sizes in the set-up row)",
+     "big_room_join", "", [
+        ("/join answered", ("join_ms",), " ms"),
+        ("room with its timeline in B's /sync", ("sync_ms",), " ms"),
+        ("all members in B's /joined_members", ("members_ms",), " ms"),
+        ("bytes between the servers", ("fed_mib",), " MiB"),
+        ("… A to B", ("fed_a_to_b_mib",), " MiB"),
+        ("… B to A", ("fed_b_to_a_mib",), " MiB"),
+        ("B's peak RSS (VmHWM)", ("b_peak_mib",), " MiB"),
+        ("B's RSS growth during the join", ("b_growth_mib",), " MiB"),
+        ("room state on B (events)", ("room_state_on_b",), ""),
+        ("timeline events in the first sync", ("timeline_events",), ""),
+        ("(set-up on A) members, state, messages", ("sizes",), ""),
+        ("(set-up on A) time", ("setup_min",), " min"),
+    ]),
 ]
+
+# big_room_join: (host, pair where Myelin joins, pair where Synapse joins).
+BIGJOIN_HOSTS = [("Myelin", "myelin→myelin", "myelin→synapse"), ("Synapse", "synapse→myelin", "synapse→synapse")]
+BIGJOIN_RATIOS = [("/join answered", ("join_ms",)), ("room in /sync", ("sync_ms",)),
+                  ("full member list", ("members_ms",)), ("bytes between the servers", ("fed_mib",)),
+                  ("B's peak RSS", ("b_peak_mib",))]
 
 
 def derive(rec):
@@ -711,6 +852,18 @@ def derive(rec):
         rec["before_mib"] = rec["bytes_before"] / 2**20
     if rec.get("scenario") == "at_rest" and rec.get("status") == "ok":
         rec["rss_mib"] = rec["rss_bytes"] / 2**20
+    if rec.get("scenario") == "big_room_join" and rec.get("status") == "ok":
+        fb = rec.get("fed_bytes") or {}
+        if fb:
+            rec["fed_mib"] = fb["total"] / 2**20
+            rec["fed_a_to_b_mib"] = (fb["a_port_to_b"] + fb["a_to_b_port"]) / 2**20
+            rec["fed_b_to_a_mib"] = (fb["b_to_a_port"] + fb["b_port_to_a"]) / 2**20
+        if rec.get("b_peak_rss_bytes") is not None:
+            rec["b_peak_mib"] = rec["b_peak_rss_bytes"] / 2**20
+        if rec.get("b_rss_growth_bytes") is not None:
+            rec["b_growth_mib"] = rec["b_rss_growth_bytes"] / 2**20
+        rec["setup_min"] = (rec.get("setup_s") or 0) / 60
+        rec["sizes"] = f"{rec.get('members', 0):,} / {rec.get('state_events', 0):,} / {rec.get('messages', 0):,}"
     if rec.get("scenario") == "federation" and rec.get("status") == "ok":
         rec["lost_total"] = (g(rec, "a_to_b", "lost") or 0) + (g(rec, "b_to_a", "lost") or 0)
     return rec
@@ -796,6 +949,20 @@ def ratio_rows(results, pairs):
                 continue
             rows.append((title, f"{my} ({syn} for reference)", fmt_num(v, unit), fmt_num(sv, unit), "–",
                          "met" if v <= limit else "missed"))
+    for host, my, syn in BIGJOIN_HOSTS:
+        m, ms_ = val(my, "big_room_join", "", ("members_ms",))
+        s, ss = val(syn, "big_room_join", "", ("members_ms",))
+        if find(results, my, "big_room_join", "") is None and find(results, syn, "big_room_join", "") is None:
+            continue
+        title = "big room join ≥ 10× faster (full member list)"
+        if m is None or s is None or m == 0:
+            why = f"{my} {ms_.replace('_', ' ')}" if m is None else f"{syn} {ss.replace('_', ' ')}"
+            rows.append((title, f"{host} hosts: {my} vs {syn}", fmt_num(m, " ms"), fmt_num(s, " ms"), "–",
+                         f"not measurable ({why})"))
+            continue
+        ratio = s / m
+        rows.append((title, f"{host} hosts: {my} vs {syn}", fmt_num(m, " ms"), fmt_num(s, " ms"),
+                     f"{ratio:.2f}×", "met" if ratio >= 10 else "missed"))
     labels = []
     for my, syn in pairs:
         labels += [my, syn]
@@ -813,6 +980,28 @@ def ratio_rows(results, pairs):
         rows.append(("0 lost / duplicated / reordered", label, "", "", "",
                      ("missed (" + ", ".join(bad) + ")") if bad else ("met" if measured else "not measurable")))
     return rows
+
+
+def bigjoin_ratios(w, recs: dict):
+    """The table under big_room_join's: for each host, Synapse joining ÷ Myelin joining."""
+    rows = []
+    for host, my, syn in BIGJOIN_HOSTS:
+        m, s = recs.get(my), recs.get(syn)
+        if not (m and s and m.get("status") == "ok" and s.get("status") == "ok"):
+            continue
+        cells = []
+        for _, path in BIGJOIN_RATIOS:
+            mv, sv = g(m, *path), g(s, *path)
+            cells.append(f"{sv / mv:.2f}×" if mv and sv is not None else "–")
+        rows.append(f"| {host} hosts ({syn} ÷ {my}) | " + " | ".join(cells) + " |")
+    if not rows:
+        return
+    w("Synapse joining ÷ Myelin joining the same host (higher is better for Myelin):\n")
+    w("| | " + " | ".join(t for t, _ in BIGJOIN_RATIOS) + " |")
+    w("|---" * (len(BIGJOIN_RATIOS) + 1) + "|")
+    for r in rows:
+        w(r)
+    w("")
 
 
 def write_report(path: Path, results: list[dict], meta: dict, servers: list[str]):
@@ -861,9 +1050,10 @@ def write_report(path: Path, results: list[dict], meta: dict, servers: list[str]
             expanded.append((title, sc, case, metrics))
     for title, sc, case, metrics in expanded:
         cols = servers
-        if sc == "federation":
-            cols = list(dict.fromkeys(r["label"] for r in results if r.get("scenario") == "federation"))
-            title += " (A→B: A's user creates the rooms, B's users join them through A; both on SQLite)"
+        if sc in PAIR_SCENARIOS:
+            cols = list(dict.fromkeys(r["label"] for r in results if r.get("scenario") == sc))
+            title += (" (A→B: A's user creates the rooms, B's users join them through A; both on SQLite)"
+                      if sc == "federation" else " (A→B: A hosts, B joins; both on SQLite)")
         recs = {s: find(results, s, sc, case) for s in cols}
         if all(r is None for r in recs.values()):
             continue
@@ -890,6 +1080,8 @@ def write_report(path: Path, results: list[dict], meta: dict, servers: list[str]
             for n in notes:
                 w(f"- {n}")
         w("")
+        if sc == "big_room_join":
+            bigjoin_ratios(w, recs)
     w("## What the scenarios do\n")
     w(SCENARIOS_MD)
     w("## How to reproduce\n")
@@ -967,6 +1159,21 @@ an inline filter (timeline limit 100, lazy-loaded members, no presence or accoun
 - **federation**: a user on server A creates 10 public rooms; a user on server B joins each through
   `?via=A` (each a first join of B into the room); then 50 messages 100 ms apart A→B and B→A, measured
   like fan-out.
+- **big_room_join**: on server A (not timed, as fast as A allows: 16 requests at a time, 429s honoured) a
+  public room with an alias gets 2,000 members (users of A, the creator included), then 5,000 state
+  events and 20,000 messages interleaved (one unit of state per batch of messages): the state comes in
+  cycles of a name, a topic, a power-level change (a member promoted), a ban of a user who never joined
+  and its unban, so the room's state ends with ~3,000 member entries. A fresh user of server B (a fresh
+  process) takes an initial sync, starts a long-poll, then `POST /join/#alias?server_name=A&via=A`.
+  From the `/join` request: its 200; the first `/sync` answer (Element Web's filter: 20 events,
+  lazy-loaded members) that shows the room with a non-empty timeline; the first
+  `GET /rooms/{id}/joined_members` on B that lists all 2,001 members (polled every 50 ms: a server that
+  joins with partial state lists only some at first). Bytes between the servers: `bench/run.py` puts a
+  counting TCP relay in front of each server's federation port (the port of its server name), so every
+  byte of every connection between them is counted once, TLS records included, from the moment the
+  generator marks the start of the join to the moment the member list is complete. B's memory:
+  `VmHWM` (peak RSS since B started, which includes its start-up) and `VmRSS` before and after the
+  join, from `/proc/PID/status`. Four pairs, each on two fresh servers on SQLite.
 
 Synapse is configured for loopback: registration open without verification, every `rc_*` rate limit
 raised to 1,000,000/s, `trusted_key_servers: []`, `report_stats: false`, presence disabled (Myelin has
@@ -978,7 +1185,9 @@ REPRODUCE_MD = """\
 ```sh
 export CARGO_TARGET_DIR=$HOME/.cache/myelin-target
 python3 bench/run.py             # the full run: builds Myelin (release), installs Synapse, writes this file
-python3 bench/run.py --smoke     # CI smoke: Myelin on SQLite, tiny sizes, no Synapse, exit 1 on any error
+python3 bench/run.py --smoke     # CI smoke: Myelin on SQLite (big_room_join: two Myelins), tiny sizes, no Synapse, exit 1 on any error
+# big_room_join alone, at a chosen size (the same for every pair):
+python3 bench/run.py --scenarios big_room_join --bench-arg=--big-room-messages=5000 --output /tmp/b.md
 # parts of a run (report goes elsewhere unless --output is given):
 python3 bench/run.py --servers myelin-sqlite,synapse-sqlite --scenarios send_latency,fanout --output /tmp/b.md
 # the load generator alone against any homeserver:
@@ -1009,6 +1218,8 @@ def main():
                          "scenario and case (the replaced lines stay in the raw results, relabelled)")
     ap.add_argument("--fed-pairs", help="comma-separated federation pairs: "
                     + ",".join(p for p, _, _ in FED_PAIRS) + " (default: all whose servers are in the run)")
+    ap.add_argument("--label-suffix", default="", help="appended to the pair labels of two-server scenarios "
+                    "(results of a variant build, reported beside the others)")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's run section (repeatable)")
     ap.add_argument("--server-bench-arg", action="append", default=[], metavar="SERVER=ARG",
                     help="extra myelin-bench argument for one server, e.g. myelin-sqlite=--setup-concurrency=1")
@@ -1100,7 +1311,7 @@ def main():
         else:
             server = Synapse(name, workdir, port, synapse_py, db)
         t0 = time.time()
-        per_server = [x for x in scenarios if x != "federation"]
+        per_server = [x for x in scenarios if x not in PAIR_SCENARIOS]
         if not per_server:
             continue
         try:
@@ -1123,9 +1334,11 @@ def main():
                 meta["server_notes"][name] = "first errors in its log: " + " | ".join(f"`{e}`" for e in errs)
         log(f"{name}: {(time.time() - t0) / 60:.1f} min, load {loadavg()}")
 
-    if "federation" in scenarios:
+    for scenario in [x for x in scenarios if x in PAIR_SCENARIOS]:
         pairs = [p for p, ka, kb in FED_PAIRS
                  if (ka == "myelin" or synapse_py) and (kb == "myelin" or synapse_py)]
+        if args.smoke:
+            pairs = ["myelin→myelin"]
         if args.fed_pairs:
             pairs = args.fed_pairs.split(",")
         if "synapse" in ",".join(pairs) and synapse_py is None:
@@ -1133,9 +1346,9 @@ def main():
             meta["synapse_version"] = synapse_version(synapse_py)
         t0 = time.time()
         run_federation(bench_bin, workdir, myelin_bin, synapse_py, args.smoke, args.bench_arg, results,
-                       out_jsonl, pairs)
+                       out_jsonl, pairs, scenario, args.label_suffix)
         meta["fed_pairs"] = pairs
-        log(f"federation: {(time.time() - t0) / 60:.1f} min, load {loadavg()}")
+        log(f"{scenario}: {(time.time() - t0) / 60:.1f} min, load {loadavg()}")
 
     meta["load_after"] = loadavg()
     meta["wall_min"] = (time.time() - started) / 60

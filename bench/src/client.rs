@@ -267,6 +267,43 @@ impl User {
         Ok(())
     }
 
+    /// Joins a room by id or alias (`POST /join/{roomIdOrAlias}`) and returns the room id the
+    /// server answers with; `via` names a server to join through.
+    pub async fn join_room(&self, room: &str, via: Option<&str>) -> Result<String> {
+        let mut path = format!("/_matrix/client/v3/join/{}", enc(room));
+        if let Some(s) = via {
+            path.push_str(&format!("?via={0}&server_name={0}", enc(s)));
+        }
+        let v = self.call(Method::POST, &path, Some(&json!({})), Duration::from_secs(1800)).await?;
+        v["room_id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("join: no room_id in {v}"))
+    }
+
+    /// Bans `user_id` (who need not exist) from a room.
+    pub async fn ban(&self, room_id: &str, user_id: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/rooms/{}/ban", enc(room_id));
+        self.call(Method::POST, &path, Some(&json!({"user_id": user_id, "reason": "benchmark"})), T).await?;
+        Ok(())
+    }
+
+    /// Lifts a ban.
+    pub async fn unban(&self, room_id: &str, user_id: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/rooms/{}/unban", enc(room_id));
+        self.call(Method::POST, &path, Some(&json!({"user_id": user_id})), T).await?;
+        Ok(())
+    }
+
+    /// The content of one current state event.
+    pub async fn state_content(&self, room_id: &str, kind: &str, state_key: &str) -> Result<Value> {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/{}/{}", enc(room_id), enc(kind), enc(state_key));
+        self.call(Method::GET, &path, None, T).await
+    }
+
+    /// `GET /rooms/{roomId}/state`: the room's current state events.
+    pub async fn room_state(&self, room_id: &str) -> Result<Value> {
+        let path = format!("/_matrix/client/v3/rooms/{}/state", enc(room_id));
+        self.call(Method::GET, &path, None, T).await
+    }
+
     /// Sends an `m.text` message and returns its event id.
     pub async fn send_text(&self, room_id: &str, txn: &str, body: &str) -> Result<String> {
         let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", enc(room_id), enc(txn));

@@ -3,6 +3,7 @@
 //! line per scenario case on stdout; progress goes to stderr. See docs/benchmarks.md.
 
 mod big;
+mod bigjoin;
 mod client;
 mod scenarios;
 mod stats;
@@ -25,6 +26,7 @@ const ALL: &[&str] = &[
     "history",
     "join_storm",
     "federation",
+    "big_room_join",
     "sliding_sync",
     "big_account",
     "storage",
@@ -42,7 +44,7 @@ struct Cli {
     #[arg(long)]
     url2: Option<String>,
     /// Scenarios, comma-separated, or `all`: send_latency, send_throughput, fanout, idle_syncers,
-    /// history, join_storm, federation, sliding_sync, big_account, storage, at_rest.
+    /// history, join_storm, federation, big_room_join, sliding_sync, big_account, storage, at_rest.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Tiny sizes: every scenario runs in seconds.
@@ -51,6 +53,9 @@ struct Cli {
     /// PID of the server process, for RSS readings (`idle_syncers` needs it).
     #[arg(long)]
     pid: Option<u32>,
+    /// PID of the second server (`--url2`), for its memory in `big_room_join`.
+    #[arg(long)]
+    pid2: Option<u32>,
     /// The server's database, for `storage`: its SQLite file (a path or `sqlite://PATH`) or a
     /// PostgreSQL URL (read with `psql`).
     #[arg(long)]
@@ -73,6 +78,15 @@ struct Cli {
     /// Rooms of the big account (`big_account`; a twentieth of them, at most 50, direct chats).
     #[arg(long)]
     big_account_rooms: Option<usize>,
+    /// big_room_join: members of the big room (its creator included).
+    #[arg(long)]
+    big_room_members: Option<usize>,
+    /// big_room_join: state events sent into the big room after the joins.
+    #[arg(long)]
+    big_room_state: Option<usize>,
+    /// big_room_join: messages in the big room.
+    #[arg(long)]
+    big_room_messages: Option<usize>,
     /// Users in the join storm.
     #[arg(long)]
     join_users: Option<usize>,
@@ -129,6 +143,15 @@ async fn main() -> Result<()> {
         sizes.ba_rooms = n;
         sizes.ba_dms = (n / 20).min(50);
     }
+    if let Some(n) = cli.big_room_members {
+        sizes.bj_members = n;
+    }
+    if let Some(n) = cli.big_room_state {
+        sizes.bj_state = n;
+    }
+    if let Some(n) = cli.big_room_messages {
+        sizes.bj_msgs = n;
+    }
     if let Some(n) = cli.join_users {
         sizes.join_users = n;
     }
@@ -157,6 +180,7 @@ async fn main() -> Result<()> {
     eprintln!("myelin-bench: run prefix {prefix}, sizes {sizes:?}");
     let mut ctx = Ctx::new(hs.clone(), hs2, cli.pid, sizes.clone(), prefix.clone(), cli.setup_concurrency.max(1));
     ctx.db = cli.db.clone();
+    ctx.pid2 = cli.pid2;
 
     let mut cases: Vec<(&str, String)> = Vec::new();
     for &n in &names {
@@ -187,6 +211,7 @@ async fn main() -> Result<()> {
                 "history" => scenarios::history_initial_sync(&ctx).await,
                 "join_storm" => scenarios::join_storm(&ctx).await,
                 "federation" => scenarios::federation(&ctx).await,
+                "big_room_join" => bigjoin::big_room_join(&ctx).await,
                 "sliding_sync" => scenarios::sliding_sync(&ctx).await,
                 "big_account" => big::big_account(&ctx).await,
                 "storage" => big::storage(&ctx).await,

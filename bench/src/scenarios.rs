@@ -66,6 +66,10 @@ pub struct Sizes {
     pub st_msgs: usize,
     pub st_members: usize,
     pub st_changes: usize,
+    /// big_room_join: members of the big room (its creator included), state events, messages.
+    pub bj_members: usize,
+    pub bj_state: usize,
+    pub bj_msgs: usize,
     /// How long to wait for the last deliveries after the last send.
     pub grace_secs: u64,
 }
@@ -105,6 +109,9 @@ impl Sizes {
             st_msgs: 10_000,
             st_members: 1000,
             st_changes: 1000,
+            bj_members: 2000,
+            bj_state: 5000,
+            bj_msgs: 20_000,
             grace_secs: 60,
         }
     }
@@ -143,6 +150,9 @@ impl Sizes {
             st_msgs: 50,
             st_members: 5,
             st_changes: 20,
+            bj_members: 8,
+            bj_state: 12,
+            bj_msgs: 40,
             grace_secs: 10,
         }
     }
@@ -153,6 +163,8 @@ pub struct Ctx {
     pub hs: Hs,
     pub hs2: Option<Hs>,
     pub pid: Option<u32>,
+    /// PID of the second server (`--pid2`), for the joining server's memory in `big_room_join`.
+    pub pid2: Option<u32>,
     pub sizes: Sizes,
     /// Random per run, so runs against the same server never collide.
     pub prefix: String,
@@ -181,6 +193,7 @@ impl Ctx {
             hs,
             hs2,
             pid,
+            pid2: None,
             sizes,
             prefix,
             setup_concurrency,
