@@ -66,6 +66,8 @@ pub struct Sizes {
     pub st_msgs: usize,
     pub st_members: usize,
     pub st_changes: usize,
+    /// deep_history: the sizes (in messages) the deep room is grown to, one case each.
+    pub dh_messages: Vec<usize>,
     /// How long to wait for the last deliveries after the last send.
     pub grace_secs: u64,
 }
@@ -105,6 +107,7 @@ impl Sizes {
             st_msgs: 10_000,
             st_members: 1000,
             st_changes: 1000,
+            dh_messages: vec![10_000, 1_000_000],
             grace_secs: 60,
         }
     }
@@ -143,6 +146,7 @@ impl Sizes {
             st_msgs: 50,
             st_members: 5,
             st_changes: 20,
+            dh_messages: vec![150, 400],
             grace_secs: 10,
         }
     }
@@ -166,6 +170,8 @@ pub struct Ctx {
     pub db: Option<String>,
     /// The big account once `big_account` built it (for `at_rest`): the user and its filter.
     pub big_account: Mutex<Option<(User, String)>>,
+    /// The room `deep_history` grows from one case to the next.
+    pub deep_room: Mutex<Option<crate::deep::DeepRoom>>,
 }
 
 impl Ctx {
@@ -188,6 +194,7 @@ impl Ctx {
             counter: AtomicU64::new(0),
             db: None,
             big_account: Mutex::new(None),
+            deep_room: Mutex::new(None),
         }
     }
 
