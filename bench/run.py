@@ -42,7 +42,11 @@ PAIR_SCENARIOS = ("federation", "big_room_join")
 
 ALL_SERVERS = ["myelin-sqlite", "myelin-postgres", "synapse-sqlite", "synapse-postgres"]
 SCENARIOS = ["send_latency", "send_throughput", "fanout", "idle_syncers", "history", "join_storm", "federation",
-             "big_room_join", "sliding_sync", "big_account", "storage", "at_rest"]
+             "big_room_join", "sliding_sync", "big_account", "storage", "at_rest", "deep_history"]
+# deep_history grows one room to 10,000 and then 1,000,000 messages through the client API. At
+# Synapse's ~100 messages/s the second size would take about three hours to build, so Synapse is
+# measured at the first size only (its figures there are the reference for the flat-cost target).
+SYNAPSE_DEEP_HISTORY = ["--deep-history-messages", "10000"]
 
 
 def log(*a):
@@ -711,6 +715,7 @@ TARGETS_MD = """\
 | ≤ 1/5 of Synapse's bytes per event (issue 23) | `storage` bytes per message and per state change in the large room, Synapse ÷ Myelin ≥ 5 |
 | ≤ 1/5 of Synapse's memory at rest (issue 23) | `at_rest` RSS, Synapse ÷ Myelin ≥ 5 |
 | big room join ≥ 10× faster (issue 23) | `big_room_join` time to the full member list on B, Synapse joining ÷ Myelin joining the same host ≥ 10 |
+| history reads flat in the room's size (issue 23) | `deep_history` p50 of `/context` and `/messages` (both ways) at the start, middle and end: at 1,000,000 messages ÷ at 10,000 ≤ 2, the worst of the nine (absolute) |
 """
 
 
@@ -800,6 +805,19 @@ TABLES = [
     ]),
     ("at_rest — idle server after every scenario, holding the big account", "at_rest", "", [
         ("RSS", ("rss_mib",), " MiB"),
+    ]),
+    ("deep_history — one room grown to {n} messages: reads at its oldest, middle and newest message",
+     "deep_history", "*", [
+        ("/context p50 at the start", ("points", "start", "context", "p50_ms"), " ms"),
+        ("/context p50 in the middle", ("points", "middle", "context", "p50_ms"), " ms"),
+        ("/context p50 at the end", ("points", "end", "context", "p50_ms"), " ms"),
+        ("/messages back p50 at the start", ("points", "start", "messages_back", "p50_ms"), " ms"),
+        ("/messages back p50 in the middle", ("points", "middle", "messages_back", "p50_ms"), " ms"),
+        ("/messages back p50 at the end", ("points", "end", "messages_back", "p50_ms"), " ms"),
+        ("/messages forward p50 at the start", ("points", "start", "messages_forward", "p50_ms"), " ms"),
+        ("/messages forward p50 in the middle", ("points", "middle", "messages_forward", "p50_ms"), " ms"),
+        ("/messages forward p99 in the middle", ("points", "middle", "messages_forward", "p99_ms"), " ms"),
+        ("(set-up) fill msgs/s", ("fill_msgs_per_s",), ""),
     ]),
     ("federation — two servers on loopback", "federation", "", [
         ("join p50", ("join", "p50_ms"), " ms"), ("join p99", ("join", "p99_ms"), " ms"),
@@ -963,6 +981,24 @@ def ratio_rows(results, pairs):
         ratio = s / m
         rows.append((title, f"{host} hosts: {my} vs {syn}", fmt_num(m, " ms"), fmt_num(s, " ms"),
                      f"{ratio:.2f}×", "met" if ratio >= 10 else "missed"))
+    # deep_history: the worst growth of a read's p50 from the room's smallest size to its largest.
+    for my, syn in pairs:
+        sizes = sorted({int(r["case"]) for r in results if r.get("label") == my
+                        and r.get("scenario") == "deep_history" and r.get("status") == "ok"})
+        title = "deep history: reads flat in the room's size (largest ÷ smallest ≤ 2)"
+        if len(sizes) < 2:
+            if sizes or any(r.get("scenario") == "deep_history" for r in results):
+                rows.append((title, my, "–", "–", "–", "not measurable (fewer than two sizes measured)"))
+            continue
+        small, big = (find(results, my, "deep_history", str(n)) for n in (sizes[0], sizes[-1]))
+        worst, where = 0.0, ""
+        for point in ("start", "middle", "end"):
+            for read in ("context", "messages_back", "messages_forward"):
+                a, b = (g(r, "points", point, read, "p50_ms") for r in (small, big))
+                if a and b and b / a > worst:
+                    worst, where = b / a, f"{read} at the {point}"
+        rows.append((title, f"{my}: {sizes[0]:,} → {sizes[-1]:,} messages", "", "", f"{worst:.2f}× ({where})",
+                     "met" if worst <= 2 else "missed"))
     labels = []
     for my, syn in pairs:
         labels += [my, syn]
@@ -1065,6 +1101,9 @@ def write_report(path: Path, results: list[dict], meta: dict, servers: list[str]
         notes = []
         for s in cols:
             r = recs[s]
+            if r is None and sc == "deep_history" and s.startswith("synapse"):
+                notes.append(f"{s}: not run at this size (building it through Synapse's API would take hours; "
+                             "see deep_history under What the scenarios do)")
             if r and r.get("status") == "not_available":
                 notes.append(f"{s}: not available — {r.get('reason')}")
             elif r and r.get("status") == "error":
@@ -1156,6 +1195,12 @@ an inline filter (timeline limit 100, lazy-loaded members, no presence or accoun
   grows with the room's state size shows as a difference between the two; the joins of the large room.
 - **at_rest**: after every scenario before it, the big account's initial sync runs twice (the caches
   warm), then the server's VmRSS once it has settled (two readings 1 s apart within 256 KiB).
+- **deep_history**: 32 senders fill one room with 10,000 messages, then 1,000,000 (the same room grows;
+  not timed; Synapse only to 10,000: at its ~100 messages/s the larger room would take three hours to
+  build). After each size, at the oldest, the middle and the newest message of the room: `/context` of
+  the event (limit 10), and a `/messages` page of 100 backwards from the context's `start` and forwards
+  from its `end`, 20 times each, every answer checked to hold messages from that part of the room. The
+  target is cost flat in the room's size: no read's p50 at 1,000,000 more than twice its p50 at 10,000.
 - **federation**: a user on server A creates 10 public rooms; a user on server B joins each through
   `?via=A` (each a first join of B into the room); then 50 messages 100 ms apart A→B and B→A, measured
   like fan-out.
@@ -1319,6 +1364,9 @@ def main():
             server.start()
             extra = args.bench_arg + [a.split("=", 1)[1] for a in args.server_bench_arg
                                       if a.split("=", 1)[0] == name]
+            if (name.startswith("synapse") and not args.smoke and "deep_history" in per_server
+                    and not any(x.startswith("--deep-history-messages") for x in extra)):
+                extra += SYNAPSE_DEEP_HISTORY
             run_bench(bench_bin, server, per_server, args.smoke, extra, results, out_jsonl)
         except Exception as e:  # noqa: BLE001
             log(f"{name}: {e}")

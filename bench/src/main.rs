@@ -5,6 +5,7 @@
 mod big;
 mod bigjoin;
 mod client;
+mod deep;
 mod scenarios;
 mod stats;
 
@@ -31,6 +32,7 @@ const ALL: &[&str] = &[
     "big_account",
     "storage",
     "at_rest",
+    "deep_history",
 ];
 
 #[derive(Parser, Debug)]
@@ -44,7 +46,8 @@ struct Cli {
     #[arg(long)]
     url2: Option<String>,
     /// Scenarios, comma-separated, or `all`: send_latency, send_throughput, fanout, idle_syncers,
-    /// history, join_storm, federation, big_room_join, sliding_sync, big_account, storage, at_rest.
+    /// history, join_storm, federation, big_room_join, sliding_sync, big_account, storage, at_rest,
+    /// deep_history.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Tiny sizes: every scenario runs in seconds.
@@ -90,6 +93,9 @@ struct Cli {
     /// Users in the join storm.
     #[arg(long)]
     join_users: Option<usize>,
+    /// The sizes (messages) `deep_history` grows its room to, comma-separated, ascending.
+    #[arg(long, value_delimiter = ',')]
+    deep_history_messages: Option<Vec<usize>>,
     /// Parallel requests during set-up (registration, joins).
     #[arg(long, default_value_t = 16)]
     setup_concurrency: usize,
@@ -155,6 +161,12 @@ async fn main() -> Result<()> {
     if let Some(n) = cli.join_users {
         sizes.join_users = n;
     }
+    if let Some(v) = cli.deep_history_messages.clone() {
+        if v.is_empty() || v.contains(&0) || !v.is_sorted() {
+            bail!("--deep-history-messages takes ascending sizes above 0");
+        }
+        sizes.dh_messages = v;
+    }
     if let Some(&max) = sizes.idle_waiters.iter().max()
         && (nofile as usize) < max + 200
         && cli.scenario.split(',').any(|s| s == "all" || s == "idle_syncers")
@@ -187,6 +199,7 @@ async fn main() -> Result<()> {
         match n {
             "fanout" => cases.extend(sizes.fanout_members.iter().map(|m| (n, m.to_string()))),
             "idle_syncers" => cases.extend(sizes.idle_waiters.iter().map(|m| (n, m.to_string()))),
+            "deep_history" => cases.extend(sizes.dh_messages.iter().map(|m| (n, m.to_string()))),
             "history" => {
                 cases.push((n, "paginate".into()));
                 cases.push((n, "initial_sync".into()));
@@ -216,6 +229,7 @@ async fn main() -> Result<()> {
                 "big_account" => big::big_account(&ctx).await,
                 "storage" => big::storage(&ctx).await,
                 "at_rest" => big::at_rest(&ctx).await,
+                "deep_history" => deep::deep_history(&ctx, case.parse()?).await,
                 _ => unreachable!(),
             }
         };

@@ -70,6 +70,8 @@ pub struct Sizes {
     pub bj_members: usize,
     pub bj_state: usize,
     pub bj_msgs: usize,
+    /// deep_history: the sizes (in messages) the deep room is grown to, one case each.
+    pub dh_messages: Vec<usize>,
     /// How long to wait for the last deliveries after the last send.
     pub grace_secs: u64,
 }
@@ -112,6 +114,7 @@ impl Sizes {
             bj_members: 2000,
             bj_state: 5000,
             bj_msgs: 20_000,
+            dh_messages: vec![10_000, 1_000_000],
             grace_secs: 60,
         }
     }
@@ -153,6 +156,7 @@ impl Sizes {
             bj_members: 8,
             bj_state: 12,
             bj_msgs: 40,
+            dh_messages: vec![150, 400],
             grace_secs: 10,
         }
     }
@@ -178,6 +182,8 @@ pub struct Ctx {
     pub db: Option<String>,
     /// The big account once `big_account` built it (for `at_rest`): the user and its filter.
     pub big_account: Mutex<Option<(User, String)>>,
+    /// The room `deep_history` grows from one case to the next.
+    pub deep_room: Mutex<Option<crate::deep::DeepRoom>>,
 }
 
 impl Ctx {
@@ -201,6 +207,7 @@ impl Ctx {
             counter: AtomicU64::new(0),
             db: None,
             big_account: Mutex::new(None),
+            deep_room: Mutex::new(None),
         }
     }
 

@@ -56,7 +56,8 @@ fn smoke_every_scenario_against_myelin() {
         .args(["--url", &url, "--smoke", "--fail-on-error", "--label", "smoke", "--pid", &pid.to_string()])
         .args([
             "--scenario",
-            "send_latency,send_throughput,fanout,idle_syncers,history,join_storm,sliding_sync,big_account,storage,at_rest",
+            "send_latency,send_throughput,fanout,idle_syncers,history,join_storm,sliding_sync,big_account,storage,at_rest,\
+             deep_history",
         ])
         .arg("--db")
         .arg(dir.path().join("data").join("myelin.db"))
@@ -83,6 +84,7 @@ fn smoke_every_scenario_against_myelin() {
         "big_account",
         "storage",
         "at_rest",
+        "deep_history",
     ] {
         let mine: Vec<&serde_json::Value> = lines.iter().filter(|l| l["scenario"] == scenario).collect();
         assert!(!mine.is_empty(), "no result line for {scenario}: {stdout}");
