@@ -35,11 +35,7 @@ impl SmtpSink {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting aiosmtpd");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "aiosmtpd did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(test_support::listening(port, Duration::from_secs(20), || {}), "aiosmtpd did not start listening");
         Self { child, port, maildir, _dir: dir }
     }
 

@@ -597,11 +597,7 @@ impl HaProxy {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting haproxy (apt-get install haproxy; .ci/run does)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "haproxy did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(test_support::listening(port, Duration::from_secs(10), || {}), "haproxy did not listen on {port}");
         Self { child, port, _dir: dir }
     }
 

@@ -56,18 +56,14 @@ impl Proxy {
 
     /// Waits until the proxy accepts connections.
     async fn ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("proxy exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        let log = || std::fs::read_to_string(&self.log).unwrap_or_default();
+        let child = &mut self.child;
+        let up = test_support::listening(self.port, Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("proxy exited with {status}: {}", log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "proxy did not start: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        });
+        assert!(up, "proxy did not start: {}", log());
     }
 }
 

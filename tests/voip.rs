@@ -106,13 +106,8 @@ fn turn_config(coturn_port: u16, lifetime_ms: i64) -> impl Fn(&mut toml::Table) 
 }
 
 async fn wait_for_coturn(coturn: &Coturn) {
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", coturn.port)).is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("turnserver did not start on port {}", coturn.port);
+    let port = coturn.port;
+    assert!(test_support::listening(port, Duration::from_secs(5), || {}), "turnserver did not start on port {port}");
 }
 
 fn creds(body: &Value) -> (String, String) {

@@ -1,276 +1,23 @@
 //! Interop with a real Synapse (1.163): a Myelin user joins a room hosted on Synapse, a Synapse
 //! user joins a room hosted on Myelin, and messages go both ways in the same order on both.
 //!
-//! The test creates (and caches) a virtualenv at `$HOME/.cache/myelin-synapse-venv` with
-//! `pip install matrix-synapse==1.163.*`. Synapse listens on 127.0.0.12:8448 (HTTPS with a
+//! Synapse runs from the cached virtualenv of `common/synapse.rs` (`$HOME/.cache/myelin-synapse-venv`,
+//! `pip install matrix-synapse[postgres]==1.163.*`). Synapse listens on 127.0.0.12:8448 (HTTPS with a
 //! certificate from the test CA, server name `127.0.0.12:8448`), Myelin on 127.0.0.11:8448.
 //! Set `SKIP_SYNAPSE_TESTS=1` to skip it where PyPI is unreachable.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::synapse::{SynapseServer, skip, venv};
 use common::*;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
 const SYNAPSE_IP: &str = "127.0.0.12";
 const MYELIN_IP: &str = "127.0.0.11";
-
-fn venv() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
-    home.join(".cache/myelin-synapse-venv")
-}
-
-/// Creates the virtualenv with Synapse unless it already imports. The tests of this file run
-/// in parallel and all start here: on a fresh machine, two of them creating the same virtualenv
-/// at once broke each other's `pip` (CI failed so once), hence the lock.
-fn ensure_synapse() -> PathBuf {
-    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = CREATING.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = venv();
-    let python = venv.join("bin/python");
-    let ok = |py: &PathBuf| {
-        Command::new(py)
-            .args(["-c", "import synapse, sys; sys.exit(0 if synapse.__version__.startswith('1.163') else 1)"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if python.exists() && ok(&python) {
-        return python;
-    }
-    let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
-    assert!(status.success(), "creating the Synapse virtualenv failed");
-    let pip = venv.join("bin/pip");
-    let status = Command::new(&pip).args(["install", "--quiet", "--upgrade", "pip"]).status().expect("pip");
-    assert!(status.success(), "upgrading pip failed");
-    let status = Command::new(&pip).args(["install", "--quiet", "matrix-synapse==1.163.*"]).status().expect("pip");
-    assert!(status.success(), "pip install matrix-synapse failed");
-    assert!(ok(&python), "Synapse 1.163 does not import after installation");
-    python
-}
-
-struct Synapse {
-    ip: String,
-    dir: PathBuf,
-    child: Option<Child>,
-    client_port: u16,
-}
-
-impl Synapse {
-    fn url(&self) -> String {
-        format!("http://{}:{}", self.ip, self.client_port)
-    }
-    fn name(&self) -> String {
-        format!("{}:8448", self.ip)
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("homeserver.log")).unwrap_or_default()
-    }
-
-    /// Starts Synapse on `ip` (server name `ip:8448`).
-    async fn start(ip: &str) -> Self {
-        let python = ensure_synapse();
-        let ca = ca();
-        let (cert, key) = ca.issue(ip);
-        let dir = tempfile::Builder::new().prefix("myelin-synapse-").tempdir().expect("tempdir").keep();
-        let client_port = free_port(ip);
-        let d = dir.display().to_string();
-        let rc = "{per_second: 1000, burst_count: 1000}";
-        let config = format!(
-            r#"
-server_name: "{ip}:8448"
-pid_file: "{d}/homeserver.pid"
-listeners:
-  - port: 8448
-    bind_addresses: ["{ip}"]
-    type: http
-    tls: true
-    x_forwarded: false
-    resources:
-      - names: [client, federation]
-        compress: false
-  - port: {client_port}
-    bind_addresses: ["{ip}"]
-    type: http
-    tls: false
-    x_forwarded: false
-    resources:
-      - names: [client]
-        compress: false
-tls_certificate_path: "{cert}"
-tls_private_key_path: "{key}"
-federation_custom_ca_list: ["{ca}"]
-federation_verify_certificates: true
-database:
-  name: sqlite3
-  args:
-    database: "{d}/homeserver.db"
-log_config: "{d}/log.yaml"
-media_store_path: "{d}/media"
-signing_key_path: "{d}/signing.key"
-report_stats: false
-enable_registration: true
-enable_registration_without_verification: true
-registration_shared_secret: "shared-secret-for-tests"
-macaroon_secret_key: "macaroon-secret-for-tests"
-form_secret: "form-secret-for-tests"
-trusted_key_servers: []
-suppress_key_server_warning: true
-ip_range_blacklist:
-  - "10.0.0.0/8"
-  - "172.16.0.0/12"
-  - "192.168.0.0/16"
-  - "100.64.0.0/10"
-  - "169.254.0.0/16"
-  - "fe80::/10"
-  - "fc00::/7"
-federation:
-  destination_min_retry_interval: 200
-  destination_retry_multiplier: 2
-  destination_max_retry_interval: 2000
-rc_message: {rc}
-rc_registration: {rc}
-rc_joins:
-  local: {rc}
-  remote: {rc}
-rc_joins_per_room: {rc}
-rc_invites:
-  per_room: {rc}
-  per_user: {rc}
-  per_issuer: {rc}
-rc_login:
-  address: {rc}
-  account: {rc}
-  failed_attempts: {rc}
-rc_federation:
-  window_size: 1000
-  sleep_limit: 1000
-  sleep_delay: 1
-  reject_limit: 10000
-  concurrent: 100
-presence:
-  enabled: true
-"#,
-            cert = cert.display(),
-            key = key.display(),
-            ca = ca.pem().display(),
-        );
-        std::fs::write(dir.join("homeserver.yaml"), config).expect("homeserver.yaml");
-        std::fs::write(
-            dir.join("log.yaml"),
-            format!(
-                r#"
-version: 1
-formatters:
-  precise:
-    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s'
-handlers:
-  file:
-    class: logging.FileHandler
-    formatter: precise
-    filename: "{d}/homeserver.log"
-    filters: [context]
-filters:
-  context:
-    (): synapse.logging.context.LoggingContextFilter
-    request: ""
-loggers:
-  synapse.storage.SQL:
-    level: WARNING
-root:
-  level: INFO
-  handlers: [file]
-disable_existing_loggers: false
-"#
-            ),
-        )
-        .expect("log.yaml");
-        let status = Command::new(&python)
-            .args(["-m", "synapse.app.homeserver", "-c"])
-            .arg(dir.join("homeserver.yaml"))
-            .arg("--generate-keys")
-            .current_dir(&dir)
-            .status()
-            .expect("generating Synapse keys");
-        assert!(status.success(), "synapse --generate-keys failed");
-        let child = Command::new(&python)
-            .args(["-m", "synapse.app.homeserver", "-c"])
-            .arg(dir.join("homeserver.yaml"))
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("stdout.log")).expect("stdout"))
-            .stderr(std::fs::File::create(dir.join("stderr.log")).expect("stderr"))
-            .spawn()
-            .expect("starting Synapse");
-        let mut s = Self { ip: ip.to_owned(), dir, child: Some(child), client_port };
-        let http = http();
-        let start = Instant::now();
-        loop {
-            if let Some(st) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!(
-                    "Synapse exited with {st}:\n{}\n{}",
-                    std::fs::read_to_string(s.dir.join("stderr.log")).unwrap_or_default(),
-                    s.log()
-                );
-            }
-            if let Ok(r) = http.get(format!("{}/_matrix/client/versions", s.url())).send().await
-                && r.status() == 200
-            {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(120), "Synapse did not start:\n{}", s.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        s
-    }
-
-    async fn register(&self, local: &str) -> Client {
-        let http = http();
-        let url = format!("{}/_matrix/client/v3/register", self.url());
-        let (s, b) = send(http.post(&url).json(&json!({ "username": local, "password": PASSWORD }))).await;
-        let session = if s == 401 { b["session"].as_str().map(str::to_owned) } else { None };
-        let (s, b) = send(http.post(&url).json(&json!({
-            "username": local,
-            "password": PASSWORD,
-            "auth": { "type": "m.login.dummy", "session": session },
-        })))
-        .await;
-        assert_eq!(s, 200, "Synapse register {local}: {b}");
-        Client::new(
-            self.url(),
-            b["access_token"].as_str().expect("token").to_owned(),
-            b["user_id"].as_str().expect("user").to_owned(),
-        )
-    }
-}
-
-impl Drop for Synapse {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe {
-                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if c.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("Synapse kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
 
 async fn wait_message(c: &Client, room: &str, body: &str) -> Duration {
     let body = body.to_owned();
@@ -303,13 +50,13 @@ async fn converse(x: &Client, y: &Client, room: &str, tag: &str, n: usize) -> Ve
 
 #[tokio::test]
 async fn synapse_interop_joins_and_messages_both_ways() {
-    if std::env::var_os("SKIP_SYNAPSE_TESTS").is_some_and(|v| v == "1") {
+    if skip() {
         eprintln!("SKIP_SYNAPSE_TESTS=1: skipping the Synapse interop test");
         return;
     }
-    let synapse = Synapse::start(SYNAPSE_IP).await;
+    let synapse = SynapseServer::start(SYNAPSE_IP).await;
     let myelin = FedServer::start(MYELIN_IP).await;
-    let sam = synapse.register("sam").await;
+    let sam = synapse.register("sam").await.0;
     let alice = myelin.register("alice").await;
     for (user, name) in [(&sam, "Sam Synapse"), (&alice, "Alice Myelin")] {
         let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&user.user_id));
@@ -523,15 +270,15 @@ fn tail(log: &str) -> String {
 /// without naming a server; afterwards both servers report the same state.
 #[tokio::test]
 async fn synapse_invites_of_several_users_both_directions() {
-    if std::env::var_os("SKIP_SYNAPSE_TESTS").is_some_and(|v| v == "1") {
+    if skip() {
         eprintln!("SKIP_SYNAPSE_TESTS=1: skipping the Synapse interop test");
         return;
     }
-    let synapse = Synapse::start("127.0.0.22").await;
+    let synapse = SynapseServer::start("127.0.0.22").await;
     let myelin = FedServer::start("127.0.0.21").await;
-    let sam = synapse.register("sam").await;
-    let sue = synapse.register("sue").await;
-    let sid = synapse.register("sid").await;
+    let sam = synapse.register("sam").await.0;
+    let sue = synapse.register("sue").await.0;
+    let sid = synapse.register("sid").await.0;
     let alice = myelin.register("alice").await;
     let bob = myelin.register("bob").await;
     let dave = myelin.register("dave").await;
@@ -611,7 +358,7 @@ print("  forward extremities:", [e for (e,) in db.execute(ext, (room,))])
 
 /// How many of the room's events in Synapse's database have more than one prev event: merges of
 /// branches that grew at the same time on both servers.
-fn synapse_merges(synapse: &Synapse, room: &str) -> usize {
+fn synapse_merges(synapse: &SynapseServer, room: &str) -> usize {
     let script = r#"
 import sqlite3, sys
 db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
@@ -637,7 +384,7 @@ async fn wait_same_state(
     room: &str,
     on_synapse: &Client,
     on_myelin: &Client,
-    synapse: &Synapse,
+    synapse: &SynapseServer,
     myelin: &FedServer,
     backend: Backend,
 ) -> Duration {
@@ -749,15 +496,15 @@ impl Side<'_> {
 /// race both servers must report the identical `/state`; Synapse is the reference, so a
 /// difference is reported entry by entry with both DAGs.
 async fn synapse_concurrent_state_changes_converge(backend: Backend, ips: (&str, &str)) {
-    if std::env::var_os("SKIP_SYNAPSE_TESTS").is_some_and(|v| v == "1") {
+    if skip() {
         eprintln!("SKIP_SYNAPSE_TESTS=1: skipping the Synapse interop test");
         return;
     }
     let started = Instant::now();
-    let (synapse, myelin) = tokio::join!(Synapse::start(ips.0), FedServer::start_on(ips.1, backend));
-    let sam = synapse.register("sam").await;
-    let sue = synapse.register("sue").await;
-    let sid = synapse.register("sid").await;
+    let (synapse, myelin) = tokio::join!(SynapseServer::start(ips.0), FedServer::start_on(ips.1, backend));
+    let sam = synapse.register("sam").await.0;
+    let sue = synapse.register("sue").await.0;
+    let sid = synapse.register("sid").await.0;
     let alice = myelin.register("alice").await;
     let amy = myelin.register("amy").await;
     let abe = myelin.register("abe").await;

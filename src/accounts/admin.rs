@@ -5,9 +5,9 @@ use ruma::UserId;
 
 use super::{Accounts, validate_localpart};
 use crate::error::{Error, Result};
-use crate::storage::admin::{AdminUserRow, UserQuery};
-use crate::storage::registration_tokens::RegistrationToken;
-use crate::storage::user_overrides::RateOverride;
+pub use crate::storage::admin::{AdminUserRow, USER_ORDER_COLUMNS, UserQuery};
+pub use crate::storage::registration_tokens::RegistrationToken;
+pub use crate::storage::user_overrides::RateOverride;
 
 impl Accounts {
     /// Creates an account as an admin asks (`PUT /_synapse/admin/v2/users/{userId}`): any
@@ -22,14 +22,8 @@ impl Accounts {
     ) -> Result<()> {
         let localpart = user_id.localpart();
         validate_localpart(localpart, &self.config.server_name)?;
-        let hash = match password {
-            Some(p) if !p.is_empty() => Some(self.hasher.hash(p).await?),
-            _ => None,
-        };
         let displayname = displayname.filter(|d| !d.is_empty()).unwrap_or(localpart);
-        if !self.db.admin_create_user(user_id.as_str(), localpart, hash.as_deref(), admin, Some(displayname)).await? {
-            return Err(Error::user_in_use());
-        }
+        self.create_account(user_id, password, admin, displayname).await?;
         tracing::info!(%user_id, admin, "account created through the admin API");
         Ok(())
     }

@@ -5,7 +5,7 @@ use ruma::UserId;
 
 use super::Accounts;
 use crate::error::Result;
-use crate::storage::accounts::DeviceRow;
+pub use crate::storage::accounts::DeviceRow;
 
 impl Accounts {
     /// The user's devices.

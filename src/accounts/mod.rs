@@ -257,15 +257,28 @@ impl Accounts {
     pub async fn register(&self, localpart: &str, password: Option<String>, admin: bool) -> Result<OwnedUserId> {
         validate_localpart(localpart, &self.config.server_name)?;
         let user_id = self.user_id(localpart)?;
+        self.create_account(&user_id, password, admin, localpart).await?;
+        tracing::info!(%user_id, admin, "registered user");
+        Ok(user_id)
+    }
+
+    /// Stores a new account with its password hashed (none when empty); `M_USER_IN_USE` if the
+    /// id is taken. The caller validated the localpart.
+    async fn create_account(
+        &self,
+        user_id: &UserId,
+        password: Option<String>,
+        admin: bool,
+        displayname: &str,
+    ) -> Result<()> {
         let hash = match password {
             Some(p) if !p.is_empty() => Some(self.hasher.hash(p).await?),
             _ => None,
         };
-        if !self.db.create_user(user_id.as_str(), localpart, hash.as_deref(), admin).await? {
+        if !self.db.create_user(user_id.as_str(), user_id.localpart(), hash.as_deref(), admin, displayname).await? {
             return Err(Error::user_in_use());
         }
-        tracing::info!(%user_id, admin, "registered user");
-        Ok(user_id)
+        Ok(())
     }
 
     /// Verifies a user's password; `M_FORBIDDEN` on any mismatch, without saying which part.

@@ -7,7 +7,8 @@ use serde_json::Value;
 use super::Accounts;
 use crate::error::Result;
 use crate::ratelimit::Limits;
-use crate::storage::accounts::{ProfileField, UserRow};
+pub use crate::storage::accounts::ProfileField;
+use crate::storage::accounts::UserRow;
 
 impl Accounts {
     /// The account of a local user (deactivated ones included).

@@ -626,57 +626,23 @@ pub async fn query_profile(
     Ok(Json(out))
 }
 
-async fn public_rooms_chunk(state: &AppState) -> Result<Value> {
-    let mut chunk = Vec::new();
-    for room in state.rooms.public_rooms().await? {
-        let Ok(room_id) = RoomId::parse(&room) else { continue };
-        let text = |t: &'static str, k: &'static str| {
-            let rooms = state.rooms.clone();
-            let room_id = room_id.clone();
-            async move {
-                rooms
-                    .current_state_event(&room_id, t, "")
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|p| p.content()[k].as_str().map(str::to_owned))
-            }
-        };
-        let joined = state.rooms.joined_members(&room_id).await?.len();
-        let mut entry = json!({
-            "room_id": room,
-            "num_joined_members": joined,
-            "world_readable": text("m.room.history_visibility", "history_visibility").await.as_deref() == Some("world_readable"),
-            "guest_can_join": text("m.room.guest_access", "guest_access").await.as_deref() == Some("can_join"),
-            "join_rule": text("m.room.join_rules", "join_rule").await.unwrap_or_else(|| "public".into()),
-        });
-        if let Some(n) = text("m.room.name", "name").await {
-            entry["name"] = json!(n);
-        }
-        if let Some(t) = text("m.room.topic", "topic").await {
-            entry["topic"] = json!(t);
-        }
-        if let Some(a) = text("m.room.canonical_alias", "alias").await {
-            entry["canonical_alias"] = json!(a);
-        }
-        chunk.push(entry);
-    }
-    let total = chunk.len();
-    Ok(json!({ "chunk": chunk, "total_room_count_estimate": total }))
-}
-
 /// `GET /_matrix/federation/v1/publicRooms`
 pub async fn public_rooms(
     State(state): State<AppState>,
-    _req: Ruma<get_public_rooms::v1::Request>,
+    req: Ruma<get_public_rooms::v1::Request>,
 ) -> Result<Json<Value>> {
-    Ok(Json(public_rooms_chunk(&state).await?))
+    let limit = req.body.limit.map(|l| u64::from(l) as usize);
+    let rooms = state.rooms.public_rooms().await?;
+    Ok(Json(state.rooms.public_rooms_page(rooms, limit, req.body.since.as_deref(), None).await?))
 }
 
 /// `POST /_matrix/federation/v1/publicRooms`
 pub async fn public_rooms_filtered(
     State(state): State<AppState>,
-    _req: Ruma<get_public_rooms_filtered::v1::Request>,
+    req: Ruma<get_public_rooms_filtered::v1::Request>,
 ) -> Result<Json<Value>> {
-    Ok(Json(public_rooms_chunk(&state).await?))
+    let limit = req.body.limit.map(|l| u64::from(l) as usize);
+    let search = req.body.filter.generic_search_term.as_deref();
+    let rooms = state.rooms.public_rooms().await?;
+    Ok(Json(state.rooms.public_rooms_page(rooms, limit, req.body.since.as_deref(), search).await?))
 }

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::{Media, io_error};
 use crate::error::{Error, Result};
-use crate::storage::media_admin::{AdminMedia, UserMediaStats};
+pub use crate::storage::media_admin::AdminMedia;
+use crate::storage::media_admin::UserMediaStats;
 
 /// The mxc URIs a room's events reference, split by whether this server is their origin.
 #[derive(Debug, Default)]

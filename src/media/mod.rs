@@ -34,7 +34,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::federation::Federation;
-use crate::storage::media::{ContentRef, MediaRow, ThumbnailKey};
+use crate::storage::media::{MediaRow, ThumbnailKey};
 use crate::storage::{Db, now_ms};
 use store::{FileStore, Stored};
 use thumbnail::{Method, Plan, SourceInfo, ThumbnailError};
@@ -222,12 +222,7 @@ impl Media {
     {
         let stored = self.store_stream(body, declared_len).await?;
         let content_type = sanitize_content_type(content_type);
-        let content = ContentRef {
-            content_type: content_type.as_deref(),
-            filename,
-            size: stored.size as i64,
-            sha256: &stored.sha256,
-        };
+        let content = stored.record(content_type.as_deref(), filename);
         loop {
             let media_id = new_media_id();
             if self.db.insert_media(self.server_name.as_str(), &media_id, Some(creator.as_str()), &content).await? {
@@ -300,12 +295,7 @@ impl Media {
         self.check_upload_target(creator, server, media_id).await?;
         let stored = self.store_stream(body, declared_len).await?;
         let content_type = sanitize_content_type(content_type);
-        let content = ContentRef {
-            content_type: content_type.as_deref(),
-            filename,
-            size: stored.size as i64,
-            sha256: &stored.sha256,
-        };
+        let content = stored.record(content_type.as_deref(), filename);
         if self.db.complete_pending_media(server.as_str(), media_id, creator.as_str(), &content).await? {
             self.uploaded.notify_waiters();
             return Ok(());
@@ -401,12 +391,7 @@ impl Media {
             .and_then(|d| d.parse::<ruma::http_headers::ContentDisposition>().ok())
             .and_then(|d| d.filename)
             .filter(|f| f.len() <= 255 && !f.chars().any(char::is_control));
-        let content = ContentRef {
-            content_type: content_type.as_deref(),
-            filename: filename.as_deref(),
-            size: stored.size as i64,
-            sha256: &stored.sha256,
-        };
+        let content = stored.record(content_type.as_deref(), filename.as_deref());
         self.db.insert_media(server.as_str(), media_id, None, &content).await?;
         self.db
             .get_media(server.as_str(), media_id)
@@ -620,8 +605,7 @@ impl Media {
         let Ok(info) = thumbnail::inspect(&bytes) else { return };
         let Ok(stored) = self.store.put(&bytes).await else { return };
         let mime = info.format.to_mime_type();
-        let content =
-            ContentRef { content_type: Some(mime), filename: None, size: stored.size as i64, sha256: &stored.sha256 };
+        let content = stored.record(Some(mime), None);
         let media_id = new_media_id();
         match self.db.insert_media(self.server_name.as_str(), &media_id, None, &content).await {
             Ok(true) => {

@@ -14,6 +14,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::storage::media::ContentRef;
+
 /// Temporary files older than this are left-overs of a crash (an upload in progress in another
 /// process sharing the directory is younger).
 const STALE_TMP_AGE: Duration = Duration::from_secs(6 * 3600);
@@ -31,6 +33,13 @@ pub struct Stored {
     pub sha256: String,
     /// Length in bytes.
     pub size: u64,
+}
+
+impl Stored {
+    /// How this content is recorded for a media id, with its (sanitized) type and file name.
+    pub fn record<'a>(&'a self, content_type: Option<&'a str>, filename: Option<&'a str>) -> ContentRef<'a> {
+        ContentRef { content_type, filename, size: self.size as i64, sha256: &self.sha256 }
+    }
 }
 
 /// A file being written; becomes visible only through [`PendingFile::finish`]. Dropping it

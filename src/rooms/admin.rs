@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 
 use super::Rooms;
 use crate::error::{Error, Result};
-use crate::storage::admin::{EventReportRow, ReportQuery};
-use crate::storage::reports::Reported;
-use crate::storage::room_admin::{Extremity, RoomDeletion};
+pub use crate::storage::admin::{EventReportRow, ReportQuery};
+pub use crate::storage::reports::Reported;
+use crate::storage::room_admin::Extremity;
+pub use crate::storage::room_admin::RoomDeletion;
 
 /// State events whose content the room list shows.
 const LISTED_STATE: &[&str] = &[

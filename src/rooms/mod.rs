@@ -41,6 +41,7 @@ use crate::federation::Federation;
 use crate::notifier::{Notifier, OutboxWakeup};
 use crate::signing::SigningKeys;
 use crate::storage::Db;
+pub use crate::storage::rooms::{StateIds, StoredEvent};
 use build::NewEvent;
 use state::StateCache;
 

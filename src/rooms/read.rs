@@ -138,6 +138,19 @@ pub struct Page {
     pub end: Option<String>,
 }
 
+/// Which part of the timeline a page covers: from `from` (exclusive) in `dir`, up to `to`
+/// (exclusive), at most `limit` visible events.
+pub struct PageRange {
+    /// Where the page starts (exclusive); None from the newest (backwards) or oldest event.
+    pub from: Option<TopoToken>,
+    /// Where the page stops (exclusive).
+    pub to: Option<TopoToken>,
+    /// Which way the page goes.
+    pub dir: Dir,
+    /// The most events the page holds.
+    pub limit: usize,
+}
+
 /// A position in the room's topological order: `t<depth>_<stream>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TopoToken {
@@ -446,35 +459,37 @@ impl Rooms {
         let pos = TopoToken::of(ev);
         let before = match before_n {
             0 => Vec::new(),
-            n => self.messages(room_id, user, Some(pos), None, Dir::Backward, n, filter).await?.events,
+            n => {
+                let range = PageRange { from: Some(pos), to: None, dir: Dir::Backward, limit: n };
+                self.messages(room_id, user, &range, filter).await?.events
+            }
         };
         let after = match after_n {
             0 => Vec::new(),
-            n => self.messages(room_id, user, Some(pos), None, Dir::Forward, n, filter).await?.events,
+            n => {
+                let range = PageRange { from: Some(pos), to: None, dir: Dir::Forward, limit: n };
+                self.messages(room_id, user, &range, filter).await?.events
+            }
         };
         let start = before.last().map(TopoToken::of).unwrap_or(pos).to_token();
         let end = after.last().map(TopoToken::of).unwrap_or(pos).to_token();
         Ok(Around { before, after, start, end })
     }
 
-    /// Pages the timeline from `from` (exclusive) in `dir`, up to `to` (exclusive), returning at
-    /// most `limit` visible events. Going backwards into history this server does not hold
-    /// (the events before it joined, or a hole), it backfills from other servers first (see
-    /// [`super::backfill`]) and pages again.
-    #[allow(clippy::too_many_arguments)]
+    /// Pages the timeline over `range`, returning the visible events. Going backwards into
+    /// history this server does not hold (the events before it joined, or a hole), it
+    /// backfills from other servers first (see [`super::backfill`]) and pages again.
     pub async fn messages(
         &self,
         room_id: &RoomId,
         user_id: &UserId,
-        from: Option<TopoToken>,
-        to: Option<TopoToken>,
-        dir: Dir,
-        limit: usize,
+        range: &PageRange,
         filter: &(dyn Fn(&StoredEvent) -> bool + Sync),
     ) -> Result<Page> {
+        let PageRange { from, dir, limit, .. } = *range;
         let mut rounds = 0;
         loop {
-            let (page, mut scanned) = self.messages_page(room_id, user_id, from, to, dir, limit, filter).await?;
+            let (page, mut scanned) = self.messages_page(room_id, user_id, range, filter).await?;
             if dir == Dir::Forward
                 || self.federation().is_none()
                 || rounds == MAX_BACKFILL_ROUNDS
@@ -500,17 +515,14 @@ impl Rooms {
 
     /// One pass of [`Rooms::messages`] over what we hold; also returns the `(prev event, event)`
     /// edges of the events it scanned (visible or not), whose gaps a backfill would fill.
-    #[allow(clippy::too_many_arguments)]
     async fn messages_page(
         &self,
         room_id: &RoomId,
         user_id: &UserId,
-        from: Option<TopoToken>,
-        to: Option<TopoToken>,
-        dir: Dir,
-        limit: usize,
+        range: &PageRange,
         filter: &(dyn Fn(&StoredEvent) -> bool + Sync),
     ) -> Result<(Page, Vec<(String, String)>)> {
+        let PageRange { from, to, dir, limit } = *range;
         let batch = (limit + 1).clamp(20, 500) as i64;
         // The access check and the first batch are independent reads: asked together, a page
         // waits for one round trip to the database instead of two (on PostgreSQL under load,

@@ -39,6 +39,49 @@ impl Rooms {
         Ok(entry)
     }
 
+    /// A page of the public room directory (`publicRooms`, client and federation API): the
+    /// summaries of `rooms` matching `search` (in name, topic or alias), most members first,
+    /// from the offset token `since` (`o<n>`).
+    pub async fn public_rooms_page(
+        &self,
+        rooms: Vec<String>,
+        limit: Option<usize>,
+        since: Option<&str>,
+        search: Option<&str>,
+    ) -> Result<Value> {
+        let mut chunk = Vec::new();
+        for room in rooms {
+            let Ok(room_id) = RoomId::parse(&room) else { continue };
+            let entry = self.summary(&room_id).await?;
+            if let Some(term) = search {
+                let term = term.to_lowercase();
+                let hay = format!("{} {} {}", entry["name"], entry["topic"], entry["canonical_alias"]).to_lowercase();
+                if !hay.contains(&term) {
+                    continue;
+                }
+            }
+            chunk.push(entry);
+        }
+        chunk.sort_by(|a, b| {
+            b["num_joined_members"]
+                .as_u64()
+                .cmp(&a["num_joined_members"].as_u64())
+                .then(a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+        });
+        let total = chunk.len();
+        let offset: usize = since.and_then(|s| s.strip_prefix("o")).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let limit = limit.unwrap_or(usize::MAX).max(1);
+        let page: Vec<Value> = chunk.into_iter().skip(offset).take(limit).collect();
+        let mut res = json!({ "chunk": page, "total_room_count_estimate": total });
+        if offset + limit < total {
+            res["next_batch"] = json!(format!("o{}", offset + limit));
+        }
+        if offset > 0 {
+            res["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
+        }
+        Ok(res)
+    }
+
     /// Whether `user` may see a room's summary in a hierarchy: members and invitees, anyone for
     /// public, knockable or world-readable rooms, and members of a room that a restricted join
     /// rule allows.

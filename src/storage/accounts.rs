@@ -91,13 +91,15 @@ fn user_from(t: UserTuple) -> UserRow {
 }
 
 impl Db {
-    /// Creates a user; returns false if the id is taken.
+    /// Creates a user with a display name (registration and the admin API give the localpart
+    /// unless told otherwise); returns false if the id is taken.
     pub async fn create_user(
         &self,
         user_id: &str,
         localpart: &str,
         password_hash: Option<&str>,
         is_admin: bool,
+        displayname: &str,
     ) -> Result<bool, sqlx::Error> {
         let res = sqlx::query(
             "INSERT INTO users (user_id, localpart, password_hash, is_admin, displayname, created_ts) \
@@ -107,7 +109,7 @@ impl Db {
         .bind(localpart)
         .bind(password_hash)
         .bind(is_admin as i64)
-        .bind(localpart)
+        .bind(displayname)
         .bind(now_ms())
         .execute(self.pool())
         .await?;

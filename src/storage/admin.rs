@@ -1,7 +1,7 @@
 //! SQL of the server administration API (`/_synapse/admin/...`) and of `/health`: listing and
 //! changing accounts, listing rooms with their statistics, reading and deleting event reports.
 
-use super::{Db, now_ms};
+use super::Db;
 use crate::error::Result;
 
 /// An account as the admin API shows it.
@@ -412,31 +412,6 @@ impl Db {
             .bind(id)
             .execute(self.pool())
             .await?;
-        Ok(res.rows_affected() == 1)
-    }
-
-    /// Creates an account for the admin API (`PUT /_synapse/admin/v2/users/{userId}`); false if
-    /// the id is taken.
-    pub async fn admin_create_user(
-        &self,
-        user_id: &str,
-        localpart: &str,
-        password_hash: Option<&str>,
-        is_admin: bool,
-        displayname: Option<&str>,
-    ) -> Result<bool> {
-        let res = sqlx::query(
-            "INSERT INTO users (user_id, localpart, password_hash, is_admin, displayname, created_ts) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(user_id)
-        .bind(localpart)
-        .bind(password_hash)
-        .bind(is_admin as i64)
-        .bind(displayname)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await?;
         Ok(res.rows_affected() == 1)
     }
 }

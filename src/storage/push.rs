@@ -194,6 +194,17 @@ impl UnreadCounts {
         }
         total
     }
+
+    /// Takes one row of a count query: the main timeline's (thread `""`) or a thread's, kept
+    /// only when it has notifications.
+    fn take_row(&mut self, thread: String, notifications: i64, highlights: i64) {
+        let counts = Counts { notifications, highlights };
+        if thread.is_empty() {
+            self.main = counts;
+        } else if notifications > 0 {
+            self.threads.insert(thread, counts);
+        }
+    }
 }
 
 /// The receipt positions of a user in a room, per receipt thread (`""`: unthreaded).
@@ -226,6 +237,22 @@ pub(super) async fn write_push_actions(tx: &mut WriteTx, rows: &[PushActionRow])
 }
 
 type NotificationTuple = (String, String, String, i64, String, i64, Option<String>, i64);
+
+/// The columns of [`NotificationTuple`].
+const PUSH_ACTION_COLUMNS: &str = "user_id, room_id, thread_id, stream_ordering, event_id, highlight, actions, ts";
+
+fn push_action_row(t: NotificationTuple) -> PushActionRow {
+    PushActionRow {
+        user_id: t.0,
+        room_id: t.1,
+        thread_id: t.2,
+        stream: t.3,
+        event_id: t.4,
+        highlight: t.5 != 0,
+        actions: t.6,
+        ts: t.7,
+    }
+}
 
 impl Db {
     /// Stores push action rows in the transaction of their event.
@@ -361,12 +388,7 @@ impl Db {
         }
         let mut out = UnreadCounts::default();
         for (thread, notifications, highlights) in q.fetch_all(self.pool()).await? {
-            let counts = Counts { notifications, highlights };
-            if thread.is_empty() {
-                out.main = counts;
-            } else if notifications > 0 {
-                out.threads.insert(thread, counts);
-            }
+            out.take_row(thread, notifications, highlights);
         }
         Ok(out)
     }
@@ -434,13 +456,7 @@ impl Db {
                 q = q.bind(*room).bind(*lo).bind(*main_floor);
             }
             for (room, thread, notifications, highlights) in q.fetch_all(self.pool()).await? {
-                let counts = Counts { notifications, highlights };
-                let e: &mut UnreadCounts = out.entry(room).or_default();
-                if thread.is_empty() {
-                    e.main = counts;
-                } else if notifications > 0 {
-                    e.threads.insert(thread, counts);
-                }
+                out.entry(room).or_default().take_row(thread, notifications, highlights);
             }
         }
         Ok(out)
@@ -458,9 +474,8 @@ impl Db {
     ) -> Result<Vec<(PushActionRow, bool)>> {
         let highlight = if only_highlight { " AND highlight = 1" } else { "" };
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT user_id, room_id, thread_id, stream_ordering, event_id, highlight, actions, ts \
-             FROM event_push_actions WHERE user_id = $1 AND stream_ordering < $2{highlight} \
-             ORDER BY stream_ordering DESC LIMIT $3"
+            "SELECT {PUSH_ACTION_COLUMNS} FROM event_push_actions \
+             WHERE user_id = $1 AND stream_ordering < $2{highlight} ORDER BY stream_ordering DESC LIMIT $3"
         ));
         let rows: Vec<NotificationTuple> = sqlx::query_as(sql)
             .bind(user_id)
@@ -470,17 +485,7 @@ impl Db {
             .await?;
         let mut floors: HashMap<String, ReceiptFloors> = HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
-        for t in rows {
-            let row = PushActionRow {
-                user_id: t.0,
-                room_id: t.1,
-                thread_id: t.2,
-                stream: t.3,
-                event_id: t.4,
-                highlight: t.5 != 0,
-                actions: t.6,
-                ts: t.7,
-            };
+        for row in rows.into_iter().map(push_action_row) {
             if !floors.contains_key(&row.room_id) {
                 let f = self.receipt_floors(&row.room_id, user_id).await?;
                 floors.insert(row.room_id.clone(), f);
@@ -503,29 +508,12 @@ impl Db {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<PushActionRow>> {
-        let rows: Vec<NotificationTuple> = sqlx::query_as(
-            "SELECT user_id, room_id, thread_id, stream_ordering, event_id, highlight, actions, ts \
-             FROM event_push_actions WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3 \
-             ORDER BY stream_ordering LIMIT $4",
-        )
-        .bind(user_id)
-        .bind(after)
-        .bind(upto)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|t| PushActionRow {
-                user_id: t.0,
-                room_id: t.1,
-                thread_id: t.2,
-                stream: t.3,
-                event_id: t.4,
-                highlight: t.5 != 0,
-                actions: t.6,
-                ts: t.7,
-            })
-            .collect())
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {PUSH_ACTION_COLUMNS} FROM event_push_actions \
+             WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3 ORDER BY stream_ordering LIMIT $4"
+        ));
+        let rows: Vec<NotificationTuple> =
+            sqlx::query_as(sql).bind(user_id).bind(after).bind(upto).bind(limit).fetch_all(self.pool()).await?;
+        Ok(rows.into_iter().map(push_action_row).collect())
     }
 }

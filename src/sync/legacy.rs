@@ -26,7 +26,7 @@ use super::filter::SyncFilter;
 use super::token::SyncToken;
 use super::{MAX_TIMEOUT, SyncEngine, SyncOptions, presence, receipts};
 use crate::error::{Error, Result};
-use crate::rooms::read::{Dir, TopoToken};
+use crate::rooms::read::{Dir, PageRange, TopoToken};
 use crate::storage::now_ms;
 
 /// Events per room that one `/events` answer carries (a room with more in the window is cut to
@@ -209,7 +209,7 @@ impl SyncEngine {
             let upto = now.events;
             let page = self
                 .rooms
-                .messages(room_id, user, from, None, Dir::Forward, PEEK_LIMIT, &|e| {
+                .messages(room_id, user, &PageRange { from, to: None, dir: Dir::Forward, limit: PEEK_LIMIT }, &|e| {
                     e.stream > after && e.stream <= upto
                 })
                 .await?;
@@ -277,8 +277,8 @@ impl SyncEngine {
         });
         let state: Vec<Value> = state.into_iter().map(|p| p.client_json(None, ts)).collect();
 
-        let mut page =
-            self.rooms.messages(room_id, user, None, None, Dir::Backward, ROOM_SNAPSHOT_MESSAGES, &|_| true).await?;
+        let range = PageRange { from: None, to: None, dir: Dir::Backward, limit: ROOM_SNAPSHOT_MESSAGES };
+        let mut page = self.rooms.messages(room_id, user, &range, &|_| true).await?;
         page.events.reverse();
         let chunk = self.rooms.client_events(&page.events, Some((user, device.as_str()))).await?;
         let mut messages = json!({ "chunk": chunk, "end": now.to_token() });

@@ -143,19 +143,7 @@ impl SyncEngine {
 
     /// `PUT /presence/{userId}/status` of a local user.
     pub async fn set_presence(&self, user_id: &UserId, state: &str, status_msg: Option<&str>) -> Result<()> {
-        if !STATES.contains(&state) {
-            return Err(Error::invalid_param(format!("Unknown presence state {state}")));
-        }
-        let now = now_ms();
-        let row = PresenceRow {
-            user_id: user_id.to_string(),
-            state: state.to_owned(),
-            status_msg: status_msg.map(str::to_owned),
-            last_active_ts: now,
-            last_sync_ts: now,
-            currently_active: state == "online",
-            stream_id: 0,
-        };
+        let row = presence_row(user_id, state, status_msg, 0, state == "online")?;
         self.write_presence(row, true).await
     }
 
@@ -168,19 +156,7 @@ impl SyncEngine {
         last_active_ago: Option<i64>,
         currently_active: bool,
     ) -> Result<()> {
-        if !STATES.contains(&state) {
-            return Err(Error::invalid_param(format!("Unknown presence state {state}")));
-        }
-        let now = now_ms();
-        let row = PresenceRow {
-            user_id: user_id.to_string(),
-            state: state.to_owned(),
-            status_msg: status_msg.map(str::to_owned),
-            last_active_ts: now - last_active_ago.unwrap_or(0).max(0),
-            last_sync_ts: now,
-            currently_active,
-            stream_id: 0,
-        };
+        let row = presence_row(user_id, state, status_msg, last_active_ago.unwrap_or(0).max(0), currently_active)?;
         self.write_presence(row, false).await
     }
 
@@ -313,4 +289,28 @@ impl SyncEngine {
         self.db.delete_orphan_to_device().await?;
         Ok(())
     }
+}
+
+/// A presence row as a user sets it (or another server reports it) now: 400 for a state the
+/// spec does not know.
+fn presence_row(
+    user_id: &UserId,
+    state: &str,
+    status_msg: Option<&str>,
+    last_active_ago: i64,
+    currently_active: bool,
+) -> Result<PresenceRow> {
+    if !STATES.contains(&state) {
+        return Err(Error::invalid_param(format!("Unknown presence state {state}")));
+    }
+    let now = now_ms();
+    Ok(PresenceRow {
+        user_id: user_id.to_string(),
+        state: state.to_owned(),
+        status_msg: status_msg.map(str::to_owned),
+        last_active_ts: now - last_active_ago,
+        last_sync_ts: now,
+        currently_active,
+        stream_id: 0,
+    })
 }

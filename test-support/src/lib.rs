@@ -1,11 +1,13 @@
 //! What the workspace's test crates (`tests/`, `federation-tests`, `sdk-tests`, `bench`'s smoke
 //! test) share: the `myelin` binary they start, built once and only when stale, the
-//! percent-encoding of path segments, and the identity server of the third-party invite tests.
+//! percent-encoding of path segments, waiting for a started server's port, and the identity
+//! server of the third-party invite tests.
 //! No dependencies, so depending on it compiles nothing new.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
@@ -88,12 +90,23 @@ pub fn spawn_identity_server(python: &Path, port: u16, token: &str) -> std::proc
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("starting the identity server");
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the identity server did not start listening");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert!(listening(port, Duration::from_secs(20), || {}), "the identity server did not start listening");
     child
+}
+
+/// Waits until something accepts TCP connections on loopback `port` (a server a test started):
+/// true once it does, false after `timeout`. `check` runs between attempts, for example to
+/// panic with its log when the process that should listen has exited.
+pub fn listening(port: u16, timeout: Duration, mut check: impl FnMut()) -> bool {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        check();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! A real Synapse (1.163, from PyPI) for tests that need one as a peer or as a source of data,
-//! in the cached virtualenv `$HOME/.cache/myelin-synapse-venv` that `tests/synapse.rs` uses too.
+//! in the cached virtualenv `$HOME/.cache/myelin-synapse-venv`: the interop tests of
+//! `tests/synapse.rs` and the import tests of `tests/import_synapse.rs`.
 //!
 //! Test binaries run in parallel processes, and two `pip install`s into one virtualenv break
 //! each other, so its creation holds an exclusive `flock` on `myelin-synapse-venv.lock` beside
@@ -46,7 +47,7 @@ pub fn ensure_synapse() -> PathBuf {
     let has_postgres = |py: &Path| Command::new(py).args(["-c", "import psycopg2"]).status().is_ok_and(|s| s.success());
     let pip = venv.join("bin/pip");
     if python.exists() && ok(&python) {
-        // A virtualenv made by tests/synapse.rs has no PostgreSQL driver: add Synapse's extra.
+        // A virtualenv made before the import tests has no PostgreSQL driver: add Synapse's extra.
         if !has_postgres(&python) {
             let status = Command::new(&pip)
                 .args(["install", "--quiet", "matrix-synapse[postgres]==1.163.*"])
@@ -194,10 +195,23 @@ rc_registration: {rc}
 rc_joins:
   local: {rc}
   remote: {rc}
+rc_joins_per_room: {rc}
+rc_invites:
+  per_room: {rc}
+  per_user: {rc}
+  per_issuer: {rc}
 rc_login:
   address: {rc}
   account: {rc}
   failed_attempts: {rc}
+rc_federation:
+  window_size: 1000
+  sleep_limit: 1000
+  sleep_delay: 1
+  reject_limit: 10000
+  concurrent: 100
+presence:
+  enabled: true
 "#,
             cert = cert.display(),
             key = key.display(),
@@ -211,12 +225,20 @@ rc_login:
 version: 1
 formatters:
   precise:
-    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(message)s'
+    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s'
 handlers:
   file:
     class: logging.FileHandler
     formatter: precise
     filename: "{d}/homeserver.log"
+    filters: [context]
+filters:
+  context:
+    (): synapse.logging.context.LoggingContextFilter
+    request: ""
+loggers:
+  synapse.storage.SQL:
+    level: WARNING
 root:
   level: INFO
   handlers: [file]

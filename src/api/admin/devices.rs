@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Admin, AdminJson, AdminPath, local_user_id};
+use crate::accounts::devices::DeviceRow;
 use crate::api::AppState;
 use crate::error::{Error, Result};
-use crate::storage::accounts::DeviceRow;
 
 fn device_json(user_id: &str, d: &DeviceRow) -> Value {
     json!({

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{Admin, AdminPath, AdminQuery, direction, local_user_id, paging};
 use crate::api::AppState;
 use crate::error::{Error, Result};
-use crate::storage::media_admin::AdminMedia;
+use crate::media::admin::AdminMedia;
 
 /// Query of `GET /_synapse/admin/v1/users/{userId}/media`.
 #[derive(Deserialize)]

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Admin, AdminJson, AdminPath, AdminQuery};
+use crate::accounts::admin::RegistrationToken;
 use crate::api::AppState;
 use crate::error::{Error, Result};
 use crate::storage::now_ms;
-use crate::storage::registration_tokens::RegistrationToken;
 
 /// Longest token (Synapse's limit).
 const MAX_TOKEN_LEN: usize = 64;

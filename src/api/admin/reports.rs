@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{Admin, AdminPath, AdminQuery, direction, paging};
 use crate::api::AppState;
 use crate::error::{Error, Result};
-use crate::storage::admin::{EventReportRow, ReportQuery};
+use crate::rooms::admin::{EventReportRow, ReportQuery};
 
 /// A report with the room's name and alias, as Synapse lists it.
 async fn report_json(state: &AppState, r: &EventReportRow) -> Result<Value> {

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use super::{Admin, AdminJson, AdminPath, local_user_id};
 use crate::api::AppState;
 use crate::error::{Error, Result};
+use crate::rooms::admin::RoomDeletion;
 use crate::rooms::moderation::DeleteRoom;
-use crate::storage::room_admin::RoomDeletion;
 
 fn room_id(raw: &str) -> Result<ruma::OwnedRoomId> {
     RoomId::parse(raw).map_err(|e| Error::invalid_param(format!("{raw} is not a legal room ID: {e}")))

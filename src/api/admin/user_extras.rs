@@ -10,9 +10,9 @@ use serde_json::{Map, Value, json};
 use ruma::OwnedUserId;
 
 use super::{Admin, AdminJson, AdminPath, local_user_id};
+use crate::accounts::admin::RateOverride;
 use crate::api::AppState;
 use crate::error::{Error, Result};
-use crate::storage::user_overrides::RateOverride;
 
 /// The local account named in the path, which must exist.
 async fn existing(state: &AppState, raw: &str) -> Result<OwnedUserId> {

@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Admin, AdminJson, AdminPath, AdminQuery, direction, local_user_id, paging};
+use crate::accounts::admin::{AdminUserRow, USER_ORDER_COLUMNS, UserQuery};
+use crate::accounts::users::ProfileField;
 use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
-use crate::storage::accounts::ProfileField;
-use crate::storage::admin::{AdminUserRow, USER_ORDER_COLUMNS, UserQuery};
 
 /// `GET /_synapse/admin/v1/server_version`
 pub async fn server_version(_: Admin) -> Json<Value> {

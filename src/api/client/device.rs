@@ -5,11 +5,11 @@ use axum::extract::State;
 use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
 use serde_json::{Value, json};
 
+use crate::accounts::devices::DeviceRow;
 use crate::accounts::uia::{self, UiaRequest};
 use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
-use crate::storage::accounts::DeviceRow;
 
 fn device_json(d: &DeviceRow) -> Value {
     json!({

@@ -146,46 +146,6 @@ async fn directory_rooms(state: &AppState, networks: Networks<'_>) -> Result<Vec
     Ok(rooms)
 }
 
-async fn public_rooms_chunk(
-    state: &AppState,
-    rooms: Vec<String>,
-    limit: Option<usize>,
-    since: Option<&str>,
-    search: Option<&str>,
-) -> Result<Value> {
-    let mut chunk = Vec::new();
-    for room in rooms {
-        let Ok(room_id) = RoomId::parse(&room) else { continue };
-        let entry = state.rooms.summary(&room_id).await?;
-        if let Some(term) = search {
-            let term = term.to_lowercase();
-            let hay = format!("{} {} {}", entry["name"], entry["topic"], entry["canonical_alias"]).to_lowercase();
-            if !hay.contains(&term) {
-                continue;
-            }
-        }
-        chunk.push(entry);
-    }
-    chunk.sort_by(|a, b| {
-        b["num_joined_members"]
-            .as_u64()
-            .cmp(&a["num_joined_members"].as_u64())
-            .then(a["room_id"].as_str().cmp(&b["room_id"].as_str()))
-    });
-    let total = chunk.len();
-    let offset: usize = since.and_then(|s| s.strip_prefix("o")).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let limit = limit.unwrap_or(usize::MAX).max(1);
-    let page: Vec<Value> = chunk.into_iter().skip(offset).take(limit).collect();
-    let mut res = json!({ "chunk": page, "total_room_count_estimate": total });
-    if offset + limit < total {
-        res["next_batch"] = json!(format!("o{}", offset + limit));
-    }
-    if offset > 0 {
-        res["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
-    }
-    Ok(res)
-}
-
 fn check_server(state: &AppState, server: Option<&ruma::ServerName>) -> Result<()> {
     match server {
         Some(s) if s != state.rooms.server_name() => Err(Error::new(
@@ -205,7 +165,7 @@ pub async fn public_rooms(
     check_server(&state, req.body.server.as_deref())?;
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
     let rooms = directory_rooms(&state, Networks::Matrix).await?;
-    Ok(Json(public_rooms_chunk(&state, rooms, limit, req.body.since.as_deref(), None).await?))
+    Ok(Json(state.rooms.public_rooms_page(rooms, limit, req.body.since.as_deref(), None).await?))
 }
 
 /// `POST /_matrix/client/v3/publicRooms`, served without a token like `GET` (ruma marks it
@@ -233,7 +193,7 @@ pub async fn public_rooms_filtered(State(state): State<AppState>, body: axum::bo
         _ => return Err(Error::bad_json("third_party_instance_id must be a string")),
     };
     let rooms = directory_rooms(&state, networks).await?;
-    Ok(Json(public_rooms_chunk(&state, rooms, limit, req["since"].as_str(), search).await?))
+    Ok(Json(state.rooms.public_rooms_page(rooms, limit, req["since"].as_str(), search).await?))
 }
 
 /// Routes for endpoints served outside the ruma extractor.

@@ -333,29 +333,18 @@ fn frozen() -> Error {
     Error::not_found("Unauthenticated media access is frozen; use /_matrix/client/v1/media")
 }
 
-/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}`
-#[allow(deprecated)] // Served on purpose: the legacy paths are part of the spec.
-pub async fn download_legacy(
-    State(_state): State<AppState>,
-    _req: Ruma<media::get_content::v3::Request>,
-) -> Result<Response> {
+/// The legacy download and thumbnail endpoints (`GET /_matrix/media/v3/download/…`,
+/// `/thumbnail/…`): all three answer [`frozen`].
+pub async fn frozen_legacy<R: Send>(State(_state): State<AppState>, _req: Ruma<R>) -> Result<Response> {
     Err(frozen())
 }
 
-/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}`
+/// Registers the frozen legacy download and thumbnail endpoints.
 #[allow(deprecated)] // Served on purpose: the legacy paths are part of the spec.
-pub async fn download_as_legacy(
-    State(_state): State<AppState>,
-    _req: Ruma<media::get_content_as_filename::v3::Request>,
-) -> Result<Response> {
-    Err(frozen())
-}
-
-/// `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}`
-#[allow(deprecated)] // Served on purpose: the legacy paths are part of the spec.
-pub async fn thumbnail_legacy(
-    State(_state): State<AppState>,
-    _req: Ruma<media::get_content_thumbnail::v3::Request>,
-) -> Result<Response> {
-    Err(frozen())
+pub fn frozen_routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
+    use super::RouterExt;
+    router
+        .ruma(frozen_legacy::<media::get_content::v3::Request>)
+        .ruma(frozen_legacy::<media::get_content_as_filename::v3::Request>)
+        .ruma(frozen_legacy::<media::get_content_thumbnail::v3::Request>)
 }

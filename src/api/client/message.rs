@@ -15,10 +15,10 @@ use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
 use crate::rooms::Origin;
+use crate::rooms::StoredEvent;
 use crate::rooms::build::NewEvent;
 use crate::rooms::filter::EventFilter;
-use crate::rooms::read::{Dir, TopoToken};
-use crate::storage::rooms::StoredEvent;
+use crate::rooms::read::{Dir, PageRange, TopoToken};
 
 fn content_of(json: Option<Value>) -> Result<Value> {
     match json {
@@ -229,7 +229,8 @@ pub async fn messages(
         Some(t) => parse_from(&state, &b.room_id, t, dir).await?,
         None => None,
     };
-    let page = state.rooms.messages(&b.room_id, &s.user_id, from, to, dir, limit, &|e| filter.matches(e)).await?;
+    let range = PageRange { from, to, dir, limit };
+    let page = state.rooms.messages(&b.room_id, &s.user_id, &range, &|e| filter.matches(e)).await?;
     let viewer = Some((&*s.user_id, s.device_id.as_str()));
     // Written as text: the events are most of the answer (see `Pdu::write_client_json`).
     let chunk = state.rooms.client_events_text(&page.events, viewer).await?;

@@ -143,9 +143,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(media::thumbnail)
         .ruma(media::preview_url)
         .ruma(media::preview_url_legacy)
-        .ruma(media::download_legacy)
-        .ruma(media::download_as_legacy)
-        .ruma(media::thumbnail_legacy)
         .ruma(keys::upload)
         .ruma(keys::query)
         .ruma(keys::claim)
@@ -188,6 +185,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(presence::get)
         .ruma(to_device::send);
     let router = media::upload_routes(router);
+    let router = media::frozen_routes(router);
     let router = directory::extra_routes(router);
     let router = threepid::extra_routes(router);
     discovery::extra_routes(router)

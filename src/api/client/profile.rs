@@ -5,10 +5,10 @@ use axum::extract::State;
 use ruma::api::client::profile::{delete_profile_field, get_profile, get_profile_field, set_profile_field};
 use serde_json::{Value, json};
 
+use crate::accounts::users::ProfileField;
 use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
-use crate::storage::accounts::ProfileField;
 
 fn field_of(name: &str) -> Result<ProfileField> {
     match name {

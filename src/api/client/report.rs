@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
-use crate::storage::reports::Reported;
+use crate::rooms::admin::Reported;
 
 /// Longest reason kept, in bytes: a report is read by a person.
 const MAX_REASON: usize = 16 * 1024;

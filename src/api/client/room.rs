@@ -242,7 +242,7 @@ async fn state_ids_at_token(
     user: &ruma::UserId,
     membership: &str,
     at: &str,
-) -> Result<crate::storage::rooms::StateIds> {
+) -> Result<crate::rooms::StateIds> {
     // Nothing at or before the token: the room did not exist yet.
     let pos = match TopoToken::parse(at) {
         Some(t) => Position::Topo(t),

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use crate::api::AppState;
 use crate::api::extract::Ruma;
 use crate::error::{Error, Result};
+use crate::rooms::StoredEvent;
 use crate::rooms::filter::EventFilter;
 use crate::rooms::search::{SearchKey, SearchQuery};
-use crate::storage::rooms::StoredEvent;
 
 /// Most events of context on either side of a result.
 const MAX_CONTEXT: usize = 20;

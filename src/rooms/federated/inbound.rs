@@ -233,7 +233,16 @@ impl Rooms {
             inbound_pdu("soft_failed");
             return Ok(Processed { pdu, state_before, soft_failed: true });
         }
-        self.persist_remote(origin, version, rules, &pdu, &state_before, before_group, forward_except).await?;
+        Db::while_holding_write_lock(self.persist_remote(
+            origin,
+            version,
+            rules,
+            &pdu,
+            &state_before,
+            before_group,
+            forward_except,
+        ))
+        .await?;
         inbound_pdu("accepted");
         Ok(Processed { pdu, state_before, soft_failed: false })
     }
@@ -266,35 +275,12 @@ impl Rooms {
         Ok(())
     }
 
-    /// Persists an accepted remote event; its reads while holding the write transaction use the
-    /// connections reserved for lock holders (see `Db::while_holding_write_lock`).
+    /// Persists an accepted remote event: state groups, extremities, current state (resolved
+    /// with the other forks), memberships; then wakes local members. Run it inside
+    /// `Db::while_holding_write_lock`: its reads while holding the write transaction use the
+    /// connections reserved for lock holders.
     #[allow(clippy::too_many_arguments)]
     async fn persist_remote(
-        &self,
-        origin: &ServerName,
-        version: &RoomVersionId,
-        rules: &RoomVersionRules,
-        pdu: &Pdu,
-        state_before: &StateIds,
-        before_group: Option<(i64, i64)>,
-        forward_except: Option<&ServerName>,
-    ) -> Result<()> {
-        Db::while_holding_write_lock(self.persist_remote_locked(
-            origin,
-            version,
-            rules,
-            pdu,
-            state_before,
-            before_group,
-            forward_except,
-        ))
-        .await
-    }
-
-    /// Persists an accepted remote event: state groups, extremities, current state (resolved
-    /// with the other forks), memberships; then wakes local members.
-    #[allow(clippy::too_many_arguments)]
-    async fn persist_remote_locked(
         &self,
         origin: &ServerName,
         version: &RoomVersionId,

@@ -36,7 +36,11 @@ impl Rooms {
             named.push(ev.pdu.fields.sender.server_name().to_owned());
         }
         let candidates = self.remote_candidates(room_id, &named);
-        try_each(room_id, "join", &candidates, |server| self.join_via(&fed, server, room_id, user, reason)).await?;
+        let fed = &fed;
+        try_each(room_id, "join", &candidates, |server| async move {
+            self.complete_join(self.remote_membership(fed, server, room_id, user, "join", reason).await?).await
+        })
+        .await?;
         Ok(room_id.to_owned())
     }
 
@@ -50,43 +54,43 @@ impl Rooms {
         candidates
     }
 
-    /// `GET make_{membership}` on `server`, then the template filled in and signed (see
-    /// [`Rooms::sign_membership_template`]).
-    async fn remote_make_membership(
+    /// A membership change through `server`: `GET make_{membership}`, the template filled in and
+    /// signed (see [`Rooms::sign_membership_template`]), then `PUT send_{membership}` with it.
+    async fn remote_membership<'a>(
         &self,
         fed: &Federation,
-        server: &ServerName,
-        room_id: &RoomId,
-        user: &UserId,
+        server: &'a ServerName,
+        room_id: &'a RoomId,
+        user: &'a UserId,
         membership: &str,
         reason: Option<&str>,
-    ) -> Result<(RoomVersionId, RoomVersionRules, CanonicalJsonObject, String)> {
-        let mut path =
-            format!("/_matrix/federation/v1/make_{membership}/{}/{}", enc(room_id.as_str()), enc(user.as_str()));
+    ) -> Result<Handshake<'a>> {
+        let room = enc(room_id.as_str());
+        let mut path = format!("/_matrix/federation/v1/make_{membership}/{room}/{}", enc(user.as_str()));
         // make_leave takes no versions: a leave needs no support for the room's version.
         if membership != "leave" {
             path = format!("{path}?{}", ver_query());
         }
         let template = fed.request(server, http::Method::GET, &path, None).await?;
-        self.sign_membership_template(&template, user, membership, reason).await
+        let (version, rules, object, event_id) =
+            self.sign_membership_template(&template, user, membership, reason).await?;
+        let path = match membership {
+            "join" => format!("/_matrix/federation/v2/send_join/{room}/{}?omit_members=false", enc(&event_id)),
+            "knock" => format!("/_matrix/federation/v1/send_knock/{room}/{}", enc(&event_id)),
+            _ => format!("/_matrix/federation/v2/send_{membership}/{room}/{}", enc(&event_id)),
+        };
+        let sent = serde_json::to_value(&object)?;
+        let answer = fed.request(server, http::Method::PUT, &path, Some(&sent)).await?;
+        Ok(Handshake { server, room_id, user, version, rules, object, event_id, sent, answer })
     }
 
-    async fn join_via(
-        &self,
-        fed: &Federation,
-        server: &ServerName,
-        room_id: &RoomId,
-        user: &UserId,
-        reason: Option<&str>,
-    ) -> Result<()> {
-        let (version, rules, object, event_id) =
-            self.remote_make_membership(fed, server, room_id, user, "join", reason).await?;
-        let path =
-            format!("/_matrix/federation/v2/send_join/{}/{}?omit_members=false", enc(room_id.as_str()), enc(&event_id));
-        let body = serde_json::to_value(&object)?;
-        let answer = fed.request(server, http::Method::PUT, &path, Some(&body)).await?;
+    /// Stores a remote join after `send_join`: the room's state and auth chain as outliers (each
+    /// signature checked), the join checked against them, then the join as the room's only
+    /// extremity.
+    async fn complete_join(&self, handshake: Handshake<'_>) -> Result<()> {
+        let Handshake { server, room_id, user, version, rules, event_id, sent, answer, .. } = handshake;
         // The resident server may have countersigned the event (restricted joins).
-        let join_value = if answer["event"].is_object() { answer["event"].clone() } else { body };
+        let join_value = if answer["event"].is_object() { answer["event"].clone() } else { sent };
         let join = self.verify_pdu(&rules, join_value, Some(room_id)).await?;
         if join.event_id.as_str() != event_id {
             return Err(Error::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", "send_join returned another event"));
@@ -261,22 +265,16 @@ impl Rooms {
     ) -> Result<()> {
         let fed = self.fed()?.clone();
         let candidates = self.remote_candidates(room_id, servers);
-        try_each(room_id, "knock", &candidates, |server| self.knock_via(&fed, server, room_id, user, reason)).await
+        let fed = &fed;
+        try_each(room_id, "knock", &candidates, |server| async move {
+            self.complete_knock(self.remote_membership(fed, server, room_id, user, "knock", reason).await?).await
+        })
+        .await
     }
 
-    async fn knock_via(
-        &self,
-        fed: &Federation,
-        server: &ServerName,
-        room_id: &RoomId,
-        user: &UserId,
-        reason: Option<&str>,
-    ) -> Result<()> {
-        let (version, rules, object, event_id) =
-            self.remote_make_membership(fed, server, room_id, user, "knock", reason).await?;
-        let path = format!("/_matrix/federation/v1/send_knock/{}/{}", enc(room_id.as_str()), enc(&event_id));
-        let body = serde_json::to_value(&object)?;
-        let answer = fed.request(server, http::Method::PUT, &path, Some(&body)).await?;
+    /// Stores a remote knock after `send_knock`: an outlier carrying the room's stripped state.
+    async fn complete_knock(&self, handshake: Handshake<'_>) -> Result<()> {
+        let Handshake { server, room_id, user, version, rules, object, event_id, answer, .. } = handshake;
         // The room's stripped state, from events whose signatures check out (spec: "SHOULD be
         // removed" otherwise). Servers older than spec v1.16 send stripped events, without
         // signatures to check: those are kept as they are.
@@ -405,10 +403,7 @@ impl Rooms {
             server = ServerName::parse(via).map_err(Error::internal)?;
         }
         let result: Result<()> = async {
-            let (_, _, object, event_id) =
-                self.remote_make_membership(&fed, &server, room_id, user, "leave", None).await?;
-            let path = format!("/_matrix/federation/v2/send_leave/{}/{}", enc(room_id.as_str()), enc(&event_id));
-            fed.request(&server, http::Method::PUT, &path, Some(&serde_json::to_value(&object)?)).await?;
+            self.remote_membership(&fed, &server, room_id, user, "leave", None).await?;
             Ok(())
         }
         .await;
@@ -422,6 +417,20 @@ impl Rooms {
         self.notifier.wake([user.as_str()]);
         Ok(())
     }
+}
+
+/// A membership event sent to `server` (`send_join`, `send_knock`, `send_leave`) and its answer.
+struct Handshake<'a> {
+    server: &'a ServerName,
+    room_id: &'a RoomId,
+    user: &'a UserId,
+    version: RoomVersionId,
+    rules: RoomVersionRules,
+    object: CanonicalJsonObject,
+    event_id: String,
+    /// The event as sent, `object` as JSON.
+    sent: Value,
+    answer: Value,
 }
 
 /// Runs `attempt` on each candidate server in turn until one succeeds; the last failure (or
