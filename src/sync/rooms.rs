@@ -770,21 +770,29 @@ impl SyncEngine {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let mut events = match pre {
+            Some(pre) => self.prefetched_events(pre, ids).await?,
+            None => self.recent.events(&ids).await?,
+        };
+        events.retain(|e| ctx.opts.filter.state.matches(e));
+        events.sort_by_key(|e| e.stream);
+        Ok(events)
+    }
+
+    /// Events by id, those the chunk's prefetch read taken from it (in the order asked, then
+    /// the others).
+    pub(super) async fn prefetched_events(&self, pre: &Prefetched, mut ids: Vec<String>) -> Result<Vec<StoredEvent>> {
         let mut events = Vec::with_capacity(ids.len());
-        if let Some(pre) = pre.filter(|p| !p.events.is_empty()) {
-            ids.retain(|id| match pre.events.get(id) {
-                Some(ev) => {
-                    events.push(ev.clone());
-                    false
-                }
-                None => true,
-            });
-        }
+        ids.retain(|id| match pre.events.get(id) {
+            Some(ev) => {
+                events.push(ev.clone());
+                false
+            }
+            None => true,
+        });
         if !ids.is_empty() {
             events.extend(self.recent.events(&ids).await?);
         }
-        events.retain(|e| ctx.opts.filter.state.matches(e));
-        events.sort_by_key(|e| e.stream);
         Ok(events)
     }
 

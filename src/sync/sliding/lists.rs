@@ -21,9 +21,9 @@ use serde_json::Value;
 use crate::error::Result;
 use crate::storage::sliding_sync::RoomFacts;
 use crate::storage::sync::MembershipRow;
-use crate::sync::SyncEngine;
 use crate::sync::recent::View;
 use crate::sync::token::SyncToken;
+use crate::sync::{Ctx, SyncEngine, SyncOptions};
 
 /// Event types that move a room up the list (Synapse's `DEFAULT_BUMP_EVENT_TYPES`).
 pub const BUMP_TYPES: &[&str] = &[
@@ -50,6 +50,22 @@ pub struct Base<'a> {
     pub view: &'a View,
     /// The user's membership rows.
     pub memberships: &'a [MembershipRow],
+}
+
+impl Base<'_> {
+    /// The `/sync` reading context for this response with `opts` (the per-room readers of
+    /// `/sync` serve sliding sync too).
+    pub fn ctx<'b>(&'b self, opts: &'b SyncOptions) -> Ctx<'b> {
+        Ctx {
+            user: self.user,
+            device: self.device,
+            opts,
+            since: self.prev,
+            now: self.now,
+            now_ms: crate::storage::now_ms(),
+            view: self.view,
+        }
+    }
 }
 
 /// What a room is sent with: the union of the lists and subscription that include it.

@@ -168,15 +168,7 @@ impl SyncEngine {
         let mut pre = Prefetched::default();
         for (limit, plans) in by_limit {
             let opts = options(limit);
-            let ctx = Ctx {
-                user: base.user,
-                device: base.device,
-                opts: &opts,
-                since: base.prev,
-                now: base.now,
-                now_ms: crate::storage::now_ms(),
-                view: base.view,
-            };
+            let ctx = base.ctx(&opts);
             let read = self.prefetch(&ctx, &plans, &want, 1).await?;
             pre.timelines.extend(read.timelines);
             pre.events.extend(read.events);
@@ -232,15 +224,7 @@ impl SyncEngine {
         let joined = m.membership == "join";
         let upto = if joined { base.now.events } else { m.stream };
         let opts = options(cfg.timeline_limit);
-        let ctx = Ctx {
-            user: base.user,
-            device: base.device,
-            opts: &opts,
-            since: base.prev,
-            now: base.now,
-            now_ms: crate::storage::now_ms(),
-            view: base.view,
-        };
+        let ctx = base.ctx(&opts);
         let plan_after = |after| Plan {
             room_id: room,
             after,
@@ -392,23 +376,6 @@ impl SyncEngine {
             Some(g) => self.rooms.state_at_group(g).await,
             None => Ok(Arc::new(StateIds::new())),
         }
-    }
-
-    /// Events by id, those the chunk's prefetch read taken from it (in the order asked, then
-    /// the others).
-    async fn prefetched_events(&self, pre: &Prefetched, mut ids: Vec<String>) -> Result<Vec<StoredEvent>> {
-        let mut events = Vec::with_capacity(ids.len());
-        ids.retain(|id| match pre.events.get(id) {
-            Some(ev) => {
-                events.push(ev.clone());
-                false
-            }
-            None => true,
-        });
-        if !ids.is_empty() {
-            events.extend(self.recent.events(&ids).await?);
-        }
-        Ok(events)
     }
 
     /// Heroes with their display names and avatars from the room's member events.
