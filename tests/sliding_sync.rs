@@ -12,7 +12,7 @@ mod sync_util;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, TestServer};
+use common::{Client, TestServer, without_age};
 use ruma::api::client::sync::sync_events::v5;
 use serde_json::{Value, json};
 use sync_util::*;
@@ -615,24 +615,6 @@ both_backends!(extension_settings_are_sticky, |server| async move {
     let body = ss(&alice, Some(&p2), 0, &json!({ "conn_id": "encryption" })).await;
     assert_eq!(body["extensions"]["to_device"]["events"][0]["content"]["key"], "k", "{body}");
 });
-
-/// `unsigned.age` of every event, which moves with the clock, removed.
-fn without_age(mut v: Value) -> Value {
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(o) => {
-                if let Some(Value::Object(u)) = o.get_mut("unsigned") {
-                    u.remove("age");
-                }
-                o.values_mut().for_each(strip);
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    strip(&mut v);
-    v
-}
 
 both_backends!(window_of_many_rooms_answers_each_room_as_alone, |server| async move {
     // A window of many fresh rooms reads what they need (timelines, state groups, summaries,

@@ -13,6 +13,7 @@ mod sync_util;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use common::without_age;
 use serde_json::json;
 use sync_util::*;
 
@@ -111,24 +112,6 @@ both_backends!(bad_tokens_and_filters_are_rejected, |server| async move {
     let (status, body) = server.get("/_matrix/client/v3/sync").await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "{body}");
 });
-
-/// `unsigned.age` of every event, which moves with the clock, removed.
-fn without_age(mut v: serde_json::Value) -> serde_json::Value {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(o) => {
-                if let Some(serde_json::Value::Object(u)) = o.get_mut("unsigned") {
-                    u.remove("age");
-                }
-                o.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    strip(&mut v);
-    v
-}
 
 both_backends!(initial_sync_of_many_rooms_answers_each_room_as_alone, |server| async move {
     // An initial sync of a user in several rooms reads what the rooms need (timelines, state

@@ -113,6 +113,25 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("building reqwest client")
 }
 
+/// `v` with `unsigned.age` removed from every event in it: the age moves with the clock, so
+/// two answers about the same events compare equal only without it.
+pub fn without_age(mut v: Value) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::Object(u)) = o.get_mut("unsigned") {
+                    u.remove("age");
+                }
+                o.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
+
 /// A free loopback port. Another process may grab it before the server binds it; start-up
 /// retries with a new port when that happens.
 pub fn free_port() -> u16 {
