@@ -120,6 +120,23 @@ fn number(ev: &Value) -> Option<usize> {
     ev["content"]["body"].as_str()?.strip_prefix("deep ")?.parse().ok()
 }
 
+/// Checks a page read from message `k` (`backwards`, or forwards): every message of a sender
+/// is on the right side of `k` when it is `k`'s sender, and in the page's order behind the
+/// previous message of the same sender. `Err` names the first message out of place.
+fn in_order(chunk: &[Value], k: usize, backwards: bool) -> Result<(), usize> {
+    let mut last: Vec<Option<usize>> = vec![None; SENDERS];
+    for n in chunk.iter().filter_map(number) {
+        let s = n % SENDERS;
+        let wrong_side = s == k % SENDERS && if backwards { n >= k } else { n <= k };
+        let out_of_turn = last[s].is_some_and(|p| if backwards { n > p } else { n < p });
+        if wrong_side || out_of_turn {
+            return Err(n);
+        }
+        last[s] = Some(n);
+    }
+    Ok(())
+}
+
 /// Times `/context` of `event` (message `k`) and a page of 100 each way from it, `REPEATS` times
 /// each, and checks that the answers are about that point of the room.
 async fn measure(user: &User, room: &str, event: &str, k: usize, total: usize) -> Result<Value> {
@@ -145,9 +162,10 @@ async fn measure(user: &User, room: &str, event: &str, k: usize, total: usize) -
         back.push(ms(t.elapsed()));
         let chunk = v["chunk"].as_array().cloned().unwrap_or_default();
         back_events = chunk.len();
-        // Backwards from the context's start: older messages only (the senders interleave, so
-        // a message's neighbours in the room are near it in number, not exactly next to it).
-        if let Some(bad) = chunk.iter().filter_map(number).find(|&n| n > k + 2 * SENDERS) {
+        // Backwards from the context's start: older messages only. The senders interleave at
+        // their own pace, so numbers say nothing across senders; each sender's own messages are
+        // sent one after another, so theirs must be older than k, newest first.
+        if let Err(bad) = in_order(&chunk, k, true) {
             bail!("a page backwards from message {k} holds message {bad}");
         }
         if k >= 200 + 2 * SENDERS && chunk.iter().filter_map(number).count() < 100 {
@@ -159,7 +177,7 @@ async fn measure(user: &User, room: &str, event: &str, k: usize, total: usize) -
         fwd.push(ms(t.elapsed()));
         let chunk = v["chunk"].as_array().cloned().unwrap_or_default();
         fwd_events = chunk.len();
-        if let Some(bad) = chunk.iter().filter_map(number).find(|&n| n + 2 * SENDERS < k) {
+        if let Err(bad) = in_order(&chunk, k, false) {
             bail!("a page forwards from message {k} holds message {bad}");
         }
         if k + 200 + 2 * SENDERS < total && chunk.iter().filter_map(number).count() < 100 {
