@@ -7,74 +7,12 @@
 mod common;
 mod sync_util;
 
-use std::process::Child;
-
 use common::{Backend, Client, Resp, TestServer, assert_error, create_room, enc, free_port, join, ok, set_config};
 use serde_json::{Value, json};
-
-const IS_TOKEN: &str = "identity-access-token";
-
-/// The identity server process.
-struct IdentityServer {
-    child: Child,
-    port: u16,
-    http: reqwest::Client,
-}
-
-impl IdentityServer {
-    fn start() -> Self {
-        let port = free_port();
-        let child = test_support::spawn_identity_server(&common::nio_python(), port, IS_TOKEN);
-        Self { child, port, http: common::http_client() }
-    }
-
-    fn name(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let res = self.http.post(format!("http://{}{path}", self.name())).json(&body).send().await.expect("IS request");
-        assert!(res.status().is_success(), "{path}: {}", res.status());
-        res.json().await.expect("IS answer")
-    }
-
-    async fn invites(&self) -> Vec<Value> {
-        let res = self.http.get(format!("http://{}/_test/invites", self.name())).send().await.expect("IS request");
-        let body: Value = res.json().await.expect("IS answer");
-        body["invites"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// Binds `address` to `mxid`; the identity server calls `/3pid/onbind` on `hs` and this is
-    /// what the homeserver answered (and the body that was sent).
-    async fn bind(&self, hs: &str, address: &str, mxid: &str) -> (Resp, Value) {
-        let out = self.post("/_test/bind", json!({ "hs": hs, "address": address, "mxid": mxid })).await;
-        ((out["status"].as_u64().unwrap() as u16, out["body"].clone()), out["sent"].clone())
-    }
-
-    /// Sends an onbind body of the test's making to `hs`.
-    async fn onbind(&self, hs: &str, body: Value) -> Resp {
-        let out = self.post("/_test/onbind", json!({ "hs": hs, "body": body })).await;
-        (out["status"].as_u64().unwrap() as u16, out["body"].clone())
-    }
-
-    async fn sign(&self, object: Value) -> Value {
-        self.post("/_test/sign", json!({ "object": object })).await
-    }
-
-    async fn configure(&self, config: Value) {
-        self.post("/_test/config", config).await;
-    }
-}
-
-impl Drop for IdentityServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use test_support::identity::{IS_TOKEN, IdentityServer};
 
 async fn start(backend: Backend) -> (TestServer, IdentityServer) {
-    let is = IdentityServer::start();
+    let is = IdentityServer::start(free_port());
     let server = TestServer::start_with(backend, |c| {
         // `/3pid/onbind` is a federation endpoint.
         set_config(c, "federation.enabled", true);

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
@@ -175,14 +175,14 @@ async fn keys_and_device_lists_across_servers() {
 
     // A second device of Bob's: m.device_list_update with prev_id.
     let (s, login) = send(
-        http()
+        http_client()
             .post(format!("{}/_matrix/client/v3/login", b.url()))
             .json(&json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" }, "password": PASSWORD })),
     )
     .await;
     assert_eq!(s, 200, "{login}");
     let mut bob2 = bob.clone();
-    bob2.token = login["access_token"].as_str().unwrap().to_owned();
+    bob2.access_token = login["access_token"].as_str().unwrap().to_owned();
     let bob2_device = login["device_id"].as_str().unwrap().to_owned();
     upload_keys(&bob2, &bob2_device, 1).await;
     let t3 = wait_changed(&alice, &t2, &bob.user_id).await;
@@ -221,20 +221,11 @@ async fn keys_and_device_lists_across_servers() {
     b.start_again().await;
 }
 
-/// The Python of the matrix-nio virtualenv (tests/nio/setup-venv.sh creates it once).
-fn nio_python() -> std::path::PathBuf {
-    let script = workspace_root().join("tests/nio/setup-venv.sh");
-    let out =
-        Command::new("bash").arg(&script).stdin(Stdio::null()).stderr(Stdio::inherit()).output().expect("setup-venv");
-    assert!(out.status.success(), "tests/nio/setup-venv.sh failed");
-    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 #[tokio::test]
 async fn nio_encrypted_round_trip_across_servers() {
     let a = FedServer::start("127.0.16.21").await;
     let b = FedServer::start("127.0.16.22").await;
-    let python = nio_python();
+    let python = test_support::nio_python();
     let script = Path::new(&workspace_root()).join("tests/nio/e2ee.py");
     let child = tokio::process::Command::new(python)
         .arg(&script)

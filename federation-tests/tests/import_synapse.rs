@@ -90,14 +90,15 @@ async fn joined_rooms(c: &Client) -> Vec<String> {
 async fn download(base: &str, mxc: &str, token: &str) -> Vec<u8> {
     let (server, id) = mxc.trim_start_matches("mxc://").split_once('/').expect("mxc");
     let url = format!("{base}/_matrix/client/v1/media/download/{}/{}", enc(server), enc(id));
-    let res = http().get(url).bearer_auth(token).send().await.expect("download");
+    let res = http_client().get(url).bearer_auth(token).send().await.expect("download");
     assert_eq!(res.status(), 200, "download {mxc}");
     res.bytes().await.expect("bytes").to_vec()
 }
 
 async fn upload(c: &Client, bytes: Vec<u8>, name: &str, ty: &str) -> String {
     let url = format!("{}/_matrix/media/v3/upload?filename={}", c.base, enc(name));
-    let (s, b) = send(http().post(url).bearer_auth(&c.token).header("Content-Type", ty).body(bytes)).await;
+    let (s, b) =
+        send(http_client().post(url).bearer_auth(&c.access_token).header("Content-Type", ty).body(bytes)).await;
     assert_eq!(s, 200, "upload: {b}");
     b["content_uri"].as_str().expect("content_uri").to_owned()
 }
@@ -353,7 +354,7 @@ async fn import_synapse(backend: Backend, net: &str) {
     assert!(ok && again.contains("already imported"), "rerun: {again}");
 
     myelin.start_again().await;
-    let on_myelin = |c: &Client| Client::new(myelin.url(), c.token.clone(), c.user_id.clone());
+    let on_myelin = |c: &Client| Client::new(myelin.url(), c.access_token.clone(), c.user_id.clone());
     let (alice_m, bob_m) = (on_myelin(&alice), on_myelin(&bob));
 
     // Old access tokens.
@@ -424,7 +425,7 @@ async fn import_synapse(backend: Backend, net: &str) {
     assert_eq!((s, &b["visibility"]), (200, &json!("public")), "{b}");
     // Media, byte-identical.
     for (mxc, bytes) in &seen.media {
-        assert_eq!(&download(&myelin.url(), mxc, &alice.token).await, bytes, "{mxc}");
+        assert_eq!(&download(&myelin.url(), mxc, &alice.access_token).await, bytes, "{mxc}");
     }
     // Keys and the backup.
     let (s, keys) =
@@ -449,7 +450,7 @@ async fn import_synapse(backend: Backend, net: &str) {
 
     // Password login with Synapse's bcrypt hash, twice (the second against the argon2id rehash).
     for _ in 0..2 {
-        let (s, b) = send(http().post(format!("{}/_matrix/client/v3/login", myelin.url())).json(&json!({
+        let (s, b) = send(http_client().post(format!("{}/_matrix/client/v3/login", myelin.url())).json(&json!({
             "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": PASSWORD,
         })))
         .await;

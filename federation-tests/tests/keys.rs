@@ -18,7 +18,7 @@ const T: Duration = Duration::from_secs(30);
 
 /// `server`'s own key document, over its client listener (which serves federation too).
 async fn key_document(server: &FedServer) -> Value {
-    let (s, doc) = send(http().get(format!("{}/_matrix/key/v2/server", server.url()))).await;
+    let (s, doc) = send(http_client().get(format!("{}/_matrix/key/v2/server", server.url()))).await;
     assert_eq!(s, 200, "key document of {}: {doc}", server.name());
     doc
 }
@@ -155,7 +155,9 @@ async fn retired_keys_are_published_with_a_fixed_expired_ts(backend: Backend, ne
     assert_eq!(expired(&two), published, "the same in every answer");
 
     let (status, notary) = send(
-        http().post(format!("{}/_matrix/key/v2/query", s.url())).json(&json!({ "server_keys": { s.name(): {} } })),
+        http_client()
+            .post(format!("{}/_matrix/key/v2/query", s.url()))
+            .json(&json!({ "server_keys": { s.name(): {} } })),
     )
     .await;
     assert_eq!(status, 200, "{notary}");

@@ -25,9 +25,9 @@ fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
 }
 
 async fn upload(client: &Client, bytes: Vec<u8>, content_type: &str, filename: &str) -> String {
-    let res = http()
+    let res = http_client()
         .post(format!("{}/_matrix/media/v3/upload?filename={}", client.base, enc(filename)))
-        .bearer_auth(&client.token)
+        .bearer_auth(&client.access_token)
         .header("content-type", content_type)
         .body(bytes)
         .send()
@@ -39,7 +39,7 @@ async fn upload(client: &Client, bytes: Vec<u8>, content_type: &str, filename: &
 }
 
 async fn get(client: &Client, path: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    raw(http().get(format!("{}{path}", client.base)).bearer_auth(&client.token)).await
+    raw(http_client().get(format!("{}{path}", client.base)).bearer_auth(&client.access_token)).await
 }
 
 fn png(w: u32, h: u32) -> Vec<u8> {

@@ -228,14 +228,7 @@ async fn synapse_interop_joins_and_messages_both_ways() {
     // End-to-end encryption both ways: matrix-nio (Olm/Megolm) users on Myelin and Synapse in an
     // encrypted room hosted on Myelin; keys queried and claimed over federation, the room key
     // sent as a to-device message, each client decrypts the other's message.
-    let venv = Command::new("bash")
-        .arg(workspace_root().join("tests/nio/setup-venv.sh"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("tests/nio/setup-venv.sh");
-    assert!(venv.status.success(), "tests/nio/setup-venv.sh failed");
-    let python = String::from_utf8(venv.stdout).expect("utf-8").trim().to_owned();
+    let python = test_support::nio_python();
     let out = tokio::process::Command::new(python)
         .arg(workspace_root().join("tests/nio/e2ee.py"))
         .arg(myelin.url())

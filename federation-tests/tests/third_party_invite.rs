@@ -9,45 +9,16 @@
 #[macro_use]
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::peer::{EventSpec, Peer};
-use common::{Backend, FedServer, enc, sync_until, wait_until, workspace_root};
-use serde_json::{Value, json};
-
-const IS_TOKEN: &str = "identity-access-token";
-
-struct IdentityServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for IdentityServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_identity_server() -> IdentityServer {
-    let root = workspace_root();
-    let out = Command::new("bash")
-        .arg(root.join("tests/nio/setup-venv.sh"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running tests/nio/setup-venv.sh");
-    assert!(out.status.success(), "tests/nio/setup-venv.sh failed");
-    let python = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let port = common::free_port("127.0.0.1");
-    let child = test_support::spawn_identity_server(std::path::Path::new(&python), port, IS_TOKEN);
-    IdentityServer { child, port }
-}
+use common::{Backend, FedServer, enc, sync_until, wait_until};
+use serde_json::json;
+use test_support::identity::{IS_TOKEN, IdentityServer};
 
 async fn invite_over_federation(backend: Backend, net: &str) {
     common::init_crypto();
-    let is = start_identity_server();
+    let is = IdentityServer::start(common::free_port("127.0.0.1"));
     let env = [("MYELIN_IDENTITY__PLAIN_HTTP", "true")];
     let a = FedServer::start_on_with_env(&format!("{net}.1"), backend, &env).await;
     let b = FedServer::start_on_with_env(&format!("{net}.2"), backend, &env).await;
@@ -58,7 +29,7 @@ async fn invite_over_federation(backend: Backend, net: &str) {
     let (s, body) = alice
         .post(
             &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
-            json!({ "id_server": format!("127.0.0.1:{}", is.port), "id_access_token": IS_TOKEN,
+            json!({ "id_server": is.name(), "id_access_token": IS_TOKEN,
                     "medium": "email", "address": "bob@example.org" }),
         )
         .await;
@@ -73,17 +44,8 @@ async fn invite_over_federation(backend: Backend, net: &str) {
     assert_eq!(tokens.len(), 1);
 
     // The identity server learns that bob bound the address and tells B.
-    let http = common::http();
-    let res: Value = http
-        .post(format!("http://127.0.0.1:{}/_test/bind", is.port))
-        .json(&json!({ "hs": b.url(), "address": "bob@example.org", "mxid": bob.user_id }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(res["status"], 200, "onbind on B: {res}");
+    let ((status, answer), _) = is.bind(&b.url(), "bob@example.org", &bob.user_id).await;
+    assert_eq!(status, 200, "onbind on B: {answer}");
 
     // A invited bob over federation: bob sees it on B and joins.
     let rid = room.clone();
@@ -110,17 +72,9 @@ async fn invite_over_federation(backend: Backend, net: &str) {
     let forged = json!({ "medium": "email", "address": "x@example.org", "mxid": bob.user_id, "invites": [{
         "medium": "email", "address": "x@example.org", "mxid": bob.user_id, "room_id": room,
         "sender": alice.user_id, "signed": { "mxid": bob.user_id, "token": "unknown", "signatures": {} } }] });
-    let res: Value = http
-        .post(format!("http://127.0.0.1:{}/_test/onbind", is.port))
-        .json(&json!({ "hs": b.url(), "body": forged }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(res["status"], 403, "{res}");
-    assert_eq!(res["body"]["errcode"], "M_FORBIDDEN", "{res}");
+    let (status, answer) = is.onbind(&b.url(), forged).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["errcode"], "M_FORBIDDEN", "{answer}");
 }
 
 both_backends!(invite_over_federation, "143");

@@ -1,8 +1,14 @@
 //! What the workspace's test crates (`tests/`, `federation-tests`, `sdk-tests`, `bench`'s smoke
 //! test) share: the `myelin` binary they start, built once and only when stale, the
-//! percent-encoding of path segments, waiting for a started server's port, and the identity
-//! server of the third-party invite tests.
-//! No dependencies, so depending on it compiles nothing new.
+//! percent-encoding of path segments, waiting for a started server's port, the matrix-nio
+//! virtualenv's Python, the one HTTP client of the tests ([`http`]) and the identity server of
+//! the third-party invite tests ([`identity`]), and the test servers' PostgreSQL databases ([`pg`]).
+//! Its dependencies are the test crates' own, with the same features, so depending on it
+//! compiles nothing new.
+
+pub mod http;
+pub mod identity;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,20 +84,24 @@ pub fn enc(s: &str) -> String {
     out
 }
 
-/// Starts the identity server the third-party invite tests talk to (`tests/nio/identity_server.py`,
-/// run by `python` from the test virtualenv) on loopback `port`, accepting `token` as its access
-/// token, and waits until it listens.
-pub fn spawn_identity_server(python: &Path, port: u16, token: &str) -> std::process::Child {
-    let child = Command::new(python)
-        .arg(workspace_root().join("tests/nio/identity_server.py"))
-        .arg(port.to_string())
-        .arg(token)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("starting the identity server");
-    assert!(listening(port, Duration::from_secs(20), || {}), "the identity server did not start listening");
-    child
+/// The Python of the matrix-nio virtualenv (with matrix-nio and PyNaCl), which
+/// `tests/nio/setup-venv.sh` creates once under a file lock and every test process shares.
+pub fn nio_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let out = Command::new("bash")
+                .arg(workspace_root().join("tests/nio/setup-venv.sh"))
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("running tests/nio/setup-venv.sh");
+            assert!(out.status.success(), "tests/nio/setup-venv.sh failed ({})", out.status);
+            let python = PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim());
+            assert!(python.exists(), "no python at {}", python.display());
+            python
+        })
+        .clone()
 }
 
 /// Waits until something accepts TCP connections on loopback `port` (a server a test started):

@@ -37,24 +37,19 @@
 //!   (default `postgres://root@127.0.0.1:5432/test`).
 //! - `TEST_KEEP_DATA=1`: keep temporary directories and databases for inspection.
 
-// Each test crate uses a different subset of the helpers.
-#![allow(dead_code)]
+// Each test crate uses a different subset of the helpers (and of those re-exported).
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Once;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+pub use test_support::http::{Client, PASSWORD, Resp, http_client, init_crypto, send};
+pub use test_support::pg::{DEFAULT_PG_URL, create_pg_database, drop_pg_database, keep_data, pg_admin_url};
+pub use test_support::{enc, nio_python};
 
 pub mod raw;
-
-/// Default PostgreSQL server for the tests (CI: trust auth on loopback).
-pub const DEFAULT_PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
-
-/// Password given to every user created by [`TestServer::register`].
-pub const PASSWORD: &str = "correct horse battery staple";
 
 /// How long a server may take to answer `/versions` after being spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,20 +94,6 @@ macro_rules! both_backends {
     };
 }
 
-/// Installs rustls' crypto provider once per test process (reqwest is built without one).
-pub fn init_crypto() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-/// An HTTP client with a timeout, so a hung server fails the test instead of hanging CI.
-pub fn http_client() -> reqwest::Client {
-    init_crypto();
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("building reqwest client")
-}
-
 /// `v` with `unsigned.age` removed from every event in it: the age moves with the clock, so
 /// two answers about the same events compare equal only without it.
 pub fn without_age(mut v: Value) -> Value {
@@ -151,64 +132,6 @@ pub fn myelin_command() -> Command {
     cmd
 }
 
-fn unique_suffix() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let rand: u32 = rand::random();
-    format!("{}_{}_{:08x}", std::process::id(), n, rand)
-}
-
-fn keep_data() -> bool {
-    std::env::var_os("TEST_KEEP_DATA").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-/// The PostgreSQL URL the tests use for administration.
-pub fn pg_admin_url() -> String {
-    std::env::var("PG_TEST_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
-}
-
-/// `url` with its database name replaced by `db`.
-fn pg_url_for(url: &str, db: &str) -> String {
-    let mut parsed = url::Url::parse(url).expect("PG_TEST_URL is not a URL");
-    parsed.set_path(&format!("/{db}"));
-    parsed.to_string()
-}
-
-/// Creates a fresh PostgreSQL database and returns its name and URL.
-async fn create_pg_database() -> (String, String) {
-    use sqlx::Connection;
-    let admin = pg_admin_url();
-    let name = format!("myelin_t_{}", unique_suffix());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL tests need a server at {admin} (set PG_TEST_URL to use another): {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-    let _ = conn.close().await;
-    let url = pg_url_for(&admin, &name);
-    (name, url)
-}
-
-/// Drops a test database; best effort, from a synchronous context (Drop).
-fn drop_pg_database(name: String) {
-    // Drop runs inside the test's runtime, which cannot be blocked on; use a private one.
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-        rt.block_on(async move {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                .execute(&mut conn)
-                .await
-                .ok()?;
-            conn.close().await.ok()
-        })
-    });
-    let _ = handle.join();
-}
-
 /// Sets `dotted.key` (e.g. `"registration.mode"`) in a configuration table, creating tables
 /// on the way: `TestServer::start_with(b, |c| set_config(c, "rate_limits.enabled", true))`.
 pub fn set_config(config: &mut toml::Table, dotted: &str, value: impl Into<toml::Value>) {
@@ -223,24 +146,6 @@ pub fn set_config(config: &mut toml::Table, dotted: &str, value: impl Into<toml:
             .unwrap_or_else(|| panic!("config key {key} is not a table"));
     }
     table.insert(last.to_owned(), value.into());
-}
-
-/// Percent-encodes a path segment or query value (a room id, an event id, a sync token).
-pub fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
-}
-
-/// The response of one request: status and body (JSON, or the text as a JSON string when the
-/// body is not JSON, or `null` when empty).
-pub type Resp = (u16, Value);
-
-/// Sends a request and reads the whole answer.
-pub async fn send(req: reqwest::RequestBuilder) -> Resp {
-    let res = req.send().await.expect("HTTP request failed");
-    let status = res.status().as_u16();
-    let text = res.text().await.expect("reading response body");
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-    (status, body)
 }
 
 /// The body of a 200 answer (fails the test otherwise).
@@ -594,18 +499,7 @@ impl TestServer {
     /// Registers `localpart` with password [`PASSWORD`] (open registration, `m.login.dummy`)
     /// and returns the logged-in client. Panics unless the server answers 200.
     pub async fn register(&self, localpart: &str) -> Client {
-        let (status, body) = self
-            .post(
-                "/_matrix/client/v3/register",
-                &json!({
-                    "username": localpart,
-                    "password": PASSWORD,
-                    "auth": { "type": "m.login.dummy" },
-                }),
-            )
-            .await;
-        assert_eq!(status, 200, "register {localpart}: {body}");
-        self.client_from(&body, PASSWORD)
+        test_support::http::register(&self.http, &self.url(), localpart).await
     }
 
     /// Logs in with `m.id.user` and a password; panics unless the server answers 200.
@@ -626,15 +520,7 @@ impl TestServer {
 
     /// A [`Client`] from a `/register` or `/login` answer.
     pub fn client_from(&self, body: &Value, password: &str) -> Client {
-        let field = |name: &str| body[name].as_str().unwrap_or_else(|| panic!("no {name} in {body}")).to_owned();
-        Client {
-            user_id: field("user_id"),
-            access_token: field("access_token"),
-            device_id: field("device_id"),
-            password: password.to_owned(),
-            base: self.url(),
-            http: self.http.clone(),
-        }
+        Client::from_login(&self.http, &self.url(), body, password)
     }
 
     /// Runs `myelin <args>` in the server's directory (pass `--config` and
@@ -676,97 +562,6 @@ impl Drop for TestServer {
             drop_pg_database(db);
         }
     }
-}
-
-/// A logged-in user on one device.
-#[derive(Clone)]
-pub struct Client {
-    /// Full user id.
-    pub user_id: String,
-    /// Access token of this device.
-    pub access_token: String,
-    /// Device id.
-    pub device_id: String,
-    /// The password the account was created or logged in with.
-    pub password: String,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Client {
-    /// The same session talking to another server process (or a load balancer) at `base`.
-    pub fn via(&self, base: &str) -> Client {
-        Client { base: base.to_owned(), ..self.clone() }
-    }
-
-    /// A request to `path` carrying this client's `Authorization: Bearer` header.
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.access_token)
-    }
-
-    /// Authenticated GET.
-    pub async fn get(&self, path: &str) -> Resp {
-        send(self.request(reqwest::Method::GET, path)).await
-    }
-
-    /// Authenticated POST with a JSON body.
-    pub async fn post(&self, path: &str, body: &Value) -> Resp {
-        send(self.request(reqwest::Method::POST, path).json(body)).await
-    }
-
-    /// Authenticated PUT with a JSON body.
-    pub async fn put(&self, path: &str, body: &Value) -> Resp {
-        send(self.request(reqwest::Method::PUT, path).json(body)).await
-    }
-
-    /// Authenticated DELETE with a JSON body.
-    pub async fn delete(&self, path: &str, body: &Value) -> Resp {
-        send(self.request(reqwest::Method::DELETE, path).json(body)).await
-    }
-
-    /// The `m.login.password` UIA stage for this user, continuing `session`.
-    pub fn password_auth(&self, session: &str) -> Value {
-        json!({
-            "type": "m.login.password",
-            "identifier": { "type": "m.id.user", "user": self.user_id },
-            "password": self.password,
-            "session": session,
-        })
-    }
-
-    /// Runs a UIA-protected request: first without `auth` (expecting 401 with a session), then
-    /// with the password stage. Returns the final response.
-    pub async fn with_password_uia(&self, method: reqwest::Method, path: &str, mut body: Value) -> Resp {
-        let (status, first) = send(self.request(method.clone(), path).json(&body)).await;
-        assert_eq!(status, 401, "expected a UIA challenge from {path}: {first}");
-        let session = first["session"].as_str().expect("UIA session").to_owned();
-        body["auth"] = self.password_auth(&session);
-        send(self.request(method, path).json(&body)).await
-    }
-}
-
-/// Path of a Python interpreter in a virtualenv that has matrix-nio, created on first use.
-///
-/// The venv lives at `$HOME/.cache/myelin-venv-<requirements hash>` (override with `NIO_VENV`) and is shared by
-/// all test processes and by `.ci/run`; `tests/nio/setup-venv.sh` creates it under a file lock
-/// and pins the versions in `tests/nio/requirements.txt`.
-pub fn nio_python() -> PathBuf {
-    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nio/setup-venv.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running tests/nio/setup-venv.sh");
-        assert!(out.status.success(), "tests/nio/setup-venv.sh failed ({})", out.status);
-        let python = String::from_utf8(out.stdout).expect("utf-8 path");
-        let python = PathBuf::from(python.trim());
-        assert!(python.exists(), "no python at {}", python.display());
-        python
-    })
-    .clone()
 }
 
 /// Runs `tests/nio/<script>` with the venv's Python and `args`; returns exit success, the JSON

@@ -8,7 +8,8 @@
 //! The `myelin` binary is built once per test process with `cargo build -p myelin` and taken
 //! from `$CARGO_TARGET_DIR/debug/myelin` (or the workspace `target/`).
 
-#![allow(dead_code)]
+// Each test crate uses a different subset of the helpers (and of those re-exported).
+#![allow(dead_code, unused_imports)]
 
 pub mod peer;
 pub mod synapse;
@@ -38,10 +39,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+pub use test_support::http::{Client, PASSWORD, Resp, http_client, init_crypto, send, sync_until, wait_until};
+pub use test_support::pg::{create_pg_database, drop_pg_database, keep_data, pg_admin_url};
 pub use test_support::{enc, myelin_bin, workspace_root};
-
-/// Password of every test user.
-pub const PASSWORD: &str = "federation test password";
 
 /// The test CA: certificate PEM path and the issuer to sign server certificates.
 pub struct TestCa {
@@ -90,20 +90,6 @@ impl TestCa {
     }
 }
 
-/// Installs rustls' ring provider once.
-pub fn init_crypto() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-/// An HTTP client for the client API.
-pub fn http() -> reqwest::Client {
-    init_crypto();
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
-}
-
 /// A free TCP port on `ip`.
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).expect("bind").port()
@@ -118,47 +104,6 @@ pub enum Backend {
     /// `postgres://root@127.0.0.1:5432/test`), dropped with the server unless
     /// `TEST_KEEP_DATA=1`.
     Postgres,
-}
-
-/// The PostgreSQL URL used to create and drop test databases.
-fn pg_admin_url() -> String {
-    std::env::var("PG_TEST_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
-}
-
-/// Creates a fresh PostgreSQL database; returns its name and URL.
-async fn create_pg_database() -> (String, String) {
-    use sqlx::Connection;
-    let admin = pg_admin_url();
-    let name = format!("myelin_fed_{}", rand::random::<u64>());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL tests need a server at {admin} (set PG_TEST_URL): {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-    let _ = conn.close().await;
-    let mut url = url::Url::parse(&admin).expect("PG_TEST_URL is not a URL");
-    url.set_path(&format!("/{name}"));
-    (name, url.to_string())
-}
-
-/// Drops a test database; best effort, from Drop (on a private runtime: the test's cannot be
-/// blocked on).
-fn drop_pg_database(name: String) {
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-        rt.block_on(async move {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                .execute(&mut conn)
-                .await
-                .ok()?;
-            conn.close().await.ok()
-        })
-    });
-    let _ = handle.join();
 }
 
 /// A running (or stopped) myelin with federation on `ip:8448`.
@@ -258,7 +203,7 @@ level = "info,sqlx=warn,tower_http=warn"
         );
         std::fs::write(dir.join("myelin.toml"), config).expect("config");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self { ip: ip.to_owned(), client_port, dir, child: None, http: http(), env, pg_database }
+        Self { ip: ip.to_owned(), client_port, dir, child: None, http: http_client(), env, pg_database }
     }
 
     /// `ip:8448`.
@@ -284,7 +229,7 @@ level = "info,sqlx=warn,tower_http=warn"
             client_port,
             dir,
             child: None,
-            http: http(),
+            http: http_client(),
             env: self.env.clone(),
             pg_database: None,
         };
@@ -389,19 +334,7 @@ level = "info,sqlx=warn,tower_http=warn"
 
     /// Registers a user and returns a client for them.
     pub async fn register(&self, local: &str) -> Client {
-        let (status, body) = send(self.http.post(format!("{}/_matrix/client/v3/register", self.url())).json(&json!({
-            "username": local,
-            "password": PASSWORD,
-            "auth": { "type": "m.login.dummy" },
-        })))
-        .await;
-        assert_eq!(status, 200, "register {local}: {body}");
-        Client {
-            base: self.url(),
-            token: body["access_token"].as_str().expect("token").to_owned(),
-            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
-            http: self.http.clone(),
-        }
+        test_support::http::register(&self.http, &self.url(), local).await
     }
 }
 
@@ -413,7 +346,7 @@ impl Drop for FedServer {
         }
         // Keep the data and log of a failed test for inspection; a PostgreSQL database only
         // with `TEST_KEEP_DATA=1` (as the single-server harness), so failures leak none.
-        let keep_db = std::env::var_os("TEST_KEEP_DATA").is_some_and(|v| !v.is_empty() && v != "0");
+        let keep_db = keep_data();
         if std::thread::panicking() {
             eprintln!("server {} kept in {}", self.ip, self.dir.display());
         } else {
@@ -426,191 +359,6 @@ impl Drop for FedServer {
                 drop_pg_database(name);
             }
         }
-    }
-}
-
-/// Sends a request and returns (status, JSON body).
-pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = req.send().await.expect("HTTP request");
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-/// A logged-in user.
-#[derive(Clone)]
-pub struct Client {
-    /// Client API base URL.
-    pub base: String,
-    /// Access token.
-    pub token: String,
-    /// Full user id.
-    pub user_id: String,
-    http: reqwest::Client,
-}
-
-impl Client {
-    /// A client for an existing session on any homeserver (e.g. Synapse).
-    pub fn new(base: String, token: String, user_id: String) -> Self {
-        Self { base, token, user_id, http: http() }
-    }
-
-    /// GET.
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        send(self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token)).await
-    }
-    /// POST.
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        send(self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body)).await
-    }
-    /// PUT.
-    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        send(self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body)).await
-    }
-
-    /// PUT that may fail to get an answer at all (the server is being killed): None then.
-    pub async fn try_put(&self, path: &str, body: Value) -> Option<(u16, Value)> {
-        let res =
-            self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.ok()?;
-        let status = res.status().as_u16();
-        let text = res.text().await.ok()?;
-        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
-    }
-
-    /// Creates a public room; returns its id.
-    pub async fn create_public_room(&self) -> String {
-        let (s, b) =
-            self.post("/_matrix/client/v3/createRoom", json!({ "preset": "public_chat", "name": "fed" })).await;
-        assert_eq!(s, 200, "createRoom: {b}");
-        b["room_id"].as_str().expect("room_id").to_owned()
-    }
-
-    /// Creates a private room (`private_chat`: invite only); returns its id.
-    pub async fn create_private_room(&self) -> String {
-        let (s, b) =
-            self.post("/_matrix/client/v3/createRoom", json!({ "preset": "private_chat", "name": "private" })).await;
-        assert_eq!(s, 200, "createRoom: {b}");
-        b["room_id"].as_str().expect("room_id").to_owned()
-    }
-
-    /// Invites `guest`, who sees the invite in `/sync` and joins without naming a server (as a
-    /// client accepting an invite does); then waits until this user sees the join.
-    pub async fn invite_and_join(&self, guest: &Client, room: &str) {
-        let (s, body) = self
-            .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), json!({ "user_id": guest.user_id }))
-            .await;
-        assert_eq!(s, 200, "{} invites {}: {body}", self.user_id, guest.user_id);
-        let rid = room.to_owned();
-        sync_until(guest, Duration::from_secs(30), "the invite", |s| !s["rooms"]["invite"][&rid].is_null()).await;
-        let (s, body) = guest.post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({})).await;
-        assert_eq!(s, 200, "{} joins after the invite: {body}", guest.user_id);
-        wait_until(Duration::from_secs(30), &format!("{} joined, seen by {}", guest.user_id, self.user_id), || async {
-            self.membership(room, &guest.user_id).await.as_deref() == Some("join")
-        })
-        .await;
-    }
-
-    /// Joins through `via`; returns (status, body).
-    pub async fn join_via(&self, room: &str, via: &str) -> (u16, Value) {
-        self.post(&format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)), json!({})).await
-    }
-
-    /// Joins `room` through `via` (asserting 200), then waits until `host`, a user of the room's
-    /// server, sees the join.
-    pub async fn join_via_seen_by(&self, room: &str, via: &str, host: &Client) {
-        let (s, body) = self.join_via(room, via).await;
-        assert_eq!(s, 200, "{} joining {room} through {via}: {body}", self.user_id);
-        let what = format!("{} joined, seen by {}", self.user_id, host.user_id);
-        wait_until(Duration::from_secs(30), &what, || async {
-            host.membership(room, &self.user_id).await.as_deref() == Some("join")
-        })
-        .await;
-    }
-
-    /// Sends a text message; returns its event id.
-    pub async fn say(&self, room: &str, body: &str) -> String {
-        let txn = format!("t{}", rand::random::<u64>());
-        let (s, b) = self
-            .put(
-                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
-                json!({ "msgtype": "m.text", "body": body }),
-            )
-            .await;
-        assert_eq!(s, 200, "send: {b}");
-        b["event_id"].as_str().expect("event_id").to_owned()
-    }
-
-    /// The room timeline (oldest first) as seen by this user: up to 1000 events.
-    pub async fn timeline(&self, room: &str) -> Vec<Value> {
-        let (s, b) = self.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000", enc(room))).await;
-        if s != 200 {
-            return Vec::new();
-        }
-        let mut evs: Vec<Value> = b["chunk"].as_array().cloned().unwrap_or_default();
-        evs.reverse();
-        evs
-    }
-
-    /// Bodies of the m.room.message events in the timeline, in order.
-    pub async fn messages(&self, room: &str) -> Vec<String> {
-        self.timeline(room)
-            .await
-            .into_iter()
-            .filter(|e| e["type"] == "m.room.message")
-            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
-            .collect()
-    }
-
-    /// Event ids of the timeline, in order.
-    pub async fn event_ids(&self, room: &str) -> Vec<String> {
-        self.timeline(room).await.into_iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
-    }
-
-    /// The membership of `user` in the room's current state, as this user sees it.
-    pub async fn membership(&self, room: &str, user: &str) -> Option<String> {
-        let (s, b) =
-            self.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(room), enc(user))).await;
-        if s != 200 {
-            return None;
-        }
-        b["membership"].as_str().map(str::to_owned)
-    }
-
-    /// The current state as (type, state_key, event_id) sorted.
-    pub async fn state(&self, room: &str) -> Vec<(String, String, String)> {
-        let (s, b) = self.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(room))).await;
-        assert_eq!(s, 200, "state: {b}");
-        let mut out: Vec<(String, String, String)> = b
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| {
-                (
-                    e["type"].as_str().unwrap_or("").to_owned(),
-                    e["state_key"].as_str().unwrap_or("").to_owned(),
-                    e["event_id"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect();
-        out.sort();
-        out
-    }
-}
-
-/// Polls `check` every 20 ms until it returns true or `timeout` passes; returns the elapsed time.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -635,25 +383,6 @@ pub fn report(line: &str) {
     {
         use std::io::Write;
         let _ = writeln!(f, "{line}");
-    }
-}
-
-/// Polls `/sync` until some response satisfies `found`.
-pub async fn sync_until(client: &Client, timeout: Duration, what: &str, found: impl Fn(&Value) -> bool) {
-    let start = Instant::now();
-    let mut since: Option<String> = None;
-    loop {
-        let path = match &since {
-            Some(s) => format!("/_matrix/client/v3/sync?timeout=1000&since={}", enc(s)),
-            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
-        };
-        let (s, body) = client.get(&path).await;
-        assert_eq!(s, 200, "sync: {body}");
-        if found(&body) {
-            return;
-        }
-        since = body["next_batch"].as_str().map(str::to_owned);
-        assert!(start.elapsed() < timeout, "timed out waiting for {what} on {}", client.user_id);
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Client, PASSWORD, ca, free_port, http, send};
+use super::{Client, PASSWORD, ca, free_port, http_client, send};
 
 /// The virtualenv's directory.
 pub fn venv() -> PathBuf {
@@ -265,7 +265,7 @@ disable_existing_loggers: false
             .spawn()
             .expect("starting Synapse");
         let mut s = Self { ip: ip.to_owned(), dir, child: Some(child), client_port, pg_database };
-        let http = http();
+        let http = http_client();
         let start = Instant::now();
         loop {
             if let Some(st) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -289,7 +289,7 @@ disable_existing_loggers: false
     /// Registers `local` (password [`PASSWORD`]) through User-Interactive Auth; answers a
     /// client and its device id.
     pub async fn register(&self, local: &str) -> (Client, String) {
-        let http = http();
+        let http = http_client();
         let url = format!("{}/_matrix/client/v3/register", self.url());
         let (s, b) = send(http.post(&url).json(&json!({ "username": local, "password": PASSWORD }))).await;
         let session = if s == 401 { b["session"].as_str().map(str::to_owned) } else { None };
