@@ -105,8 +105,9 @@ async fn upload(c: &Client, bytes: Vec<u8>, name: &str, ty: &str) -> String {
 
 /// Fills Synapse with what the import must carry over.
 async fn populate(synapse: &SynapseServer, remote: &Client) -> (Client, String, Client, Seen) {
-    let (alice, alice_dev) = synapse.register("alice").await;
-    let (bob, _) = synapse.register("bob").await;
+    let alice = synapse.register("alice").await;
+    let alice_dev = alice.device_id.clone();
+    let bob = synapse.register("bob").await;
     let ok = |s: u16, b: &Value, what: &str| assert_eq!(s, 200, "{what}: {b}");
     let (s, b) = alice
         .put(

@@ -56,7 +56,7 @@ async fn synapse_interop_joins_and_messages_both_ways() {
     }
     let synapse = SynapseServer::start(SYNAPSE_IP).await;
     let myelin = FedServer::start(MYELIN_IP).await;
-    let sam = synapse.register("sam").await.0;
+    let sam = synapse.register("sam").await;
     let alice = myelin.register("alice").await;
     for (user, name) in [(&sam, "Sam Synapse"), (&alice, "Alice Myelin")] {
         let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&user.user_id));
@@ -269,9 +269,9 @@ async fn synapse_invites_of_several_users_both_directions() {
     }
     let synapse = SynapseServer::start("127.0.0.22").await;
     let myelin = FedServer::start("127.0.0.21").await;
-    let sam = synapse.register("sam").await.0;
-    let sue = synapse.register("sue").await.0;
-    let sid = synapse.register("sid").await.0;
+    let sam = synapse.register("sam").await;
+    let sue = synapse.register("sue").await;
+    let sid = synapse.register("sid").await;
     let alice = myelin.register("alice").await;
     let bob = myelin.register("bob").await;
     let dave = myelin.register("dave").await;
@@ -495,9 +495,9 @@ async fn synapse_concurrent_state_changes_converge(backend: Backend, ips: (&str,
     }
     let started = Instant::now();
     let (synapse, myelin) = tokio::join!(SynapseServer::start(ips.0), FedServer::start_on(ips.1, backend));
-    let sam = synapse.register("sam").await.0;
-    let sue = synapse.register("sue").await.0;
-    let sid = synapse.register("sid").await.0;
+    let sam = synapse.register("sam").await;
+    let sue = synapse.register("sue").await;
+    let sid = synapse.register("sid").await;
     let alice = myelin.register("alice").await;
     let amy = myelin.register("amy").await;
     let abe = myelin.register("abe").await;

@@ -286,9 +286,9 @@ disable_existing_loggers: false
         s
     }
 
-    /// Registers `local` (password [`PASSWORD`]) through User-Interactive Auth; answers a
-    /// client and its device id.
-    pub async fn register(&self, local: &str) -> (Client, String) {
+    /// Registers `local` (password [`PASSWORD`]) through User-Interactive Auth; a client of
+    /// the new device.
+    pub async fn register(&self, local: &str) -> Client {
         let http = http_client();
         let url = format!("{}/_matrix/client/v3/register", self.url());
         let (s, b) = send(http.post(&url).json(&json!({ "username": local, "password": PASSWORD }))).await;
@@ -300,12 +300,7 @@ disable_existing_loggers: false
         })))
         .await;
         assert_eq!(s, 200, "Synapse register {local}: {b}");
-        let client = Client::new(
-            self.url(),
-            b["access_token"].as_str().expect("token").to_owned(),
-            b["user_id"].as_str().expect("user").to_owned(),
-        );
-        (client, b["device_id"].as_str().expect("device").to_owned())
+        Client::from_login(&http, &self.url(), &b, PASSWORD)
     }
 
     /// Whether the process still runs.
