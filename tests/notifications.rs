@@ -352,3 +352,116 @@ both_backends!(default_push_rules_are_the_spec_list, |server| async move {
     text(&bob, &room, "alice?").await;
     assert_eq!(counts(&alice, &room).await, (1, 0));
 });
+
+/// The event ids `c`'s `/notifications` lists (newest first), highlights only when asked.
+async fn listed(c: &common::Client, only_highlight: bool) -> Vec<String> {
+    let path = if only_highlight {
+        "/_matrix/client/v3/notifications?only=highlight"
+    } else {
+        "/_matrix/client/v3/notifications"
+    };
+    let (status, page) = c.get(path).await;
+    assert_eq!(status, 200, "{page}");
+    page["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["event"]["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// How many `event_push_actions` rows the event has, read from the server's database.
+async fn stored_rows(server: &common::TestServer, event: &str) -> i64 {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = server.config()["database"]["url"].as_str().unwrap().to_owned();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connecting to the test database");
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM event_push_actions WHERE event_id = $1")
+        .bind(event)
+        .fetch_one(&mut conn)
+        .await
+        .expect("counting push action rows");
+    n
+}
+
+// In a room of several members a message most of them hear the same way is stored once for
+// all of them (migration 23); each member's counts and notifications must still be their own.
+both_backends!(counts_in_a_room_of_many_members_are_each_members_own, |server| async move {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let dave = server.register("dave").await;
+    let erin = server.register("erin").await;
+    let room = room(&alice, &[&bob, &carol, &dave, &erin]).await;
+    // Dave mutes the room.
+    let mute = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room));
+    assert_eq!(dave.put(&mute, &json!({ "actions": [] })).await.0, 200);
+    // Bob's incremental sync starts here: its counts are carried forward from the events.
+    let (_, first) = bob.get("/_matrix/client/v3/sync").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    let hello = text(&alice, &room, "hello everyone").await;
+    let mention = send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "carol?", "m.mentions": { "user_ids": [carol.user_id] } }),
+    )
+    .await;
+    for (who, expected) in [(&bob, (2, 0)), (&carol, (2, 1)), (&dave, (0, 0)), (&erin, (2, 0)), (&alice, (0, 0))] {
+        assert_eq!(counts(who, &room).await, expected, "{}", who.user_id);
+    }
+    // One row for the four members who hear it alike, one for Dave's silence; the mention adds
+    // Carol's highlight.
+    assert_eq!(stored_rows(&server, &hello).await, 2);
+    assert_eq!(stored_rows(&server, &mention).await, 3);
+    let (status, next) = bob.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=5000")).await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 2, "{next}");
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(listed(&bob, false).await, [mention.as_str(), hello.as_str()]);
+    assert_eq!(listed(&carol, true).await, [mention.as_str()]);
+    assert_eq!(listed(&dave, false).await, Vec::<String>::new());
+    assert_eq!(listed(&alice, false).await, Vec::<String>::new());
+
+    // Someone who joins later does not count what came before.
+    let frank = server.register("frank").await;
+    assert_eq!(frank.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), &json!({})).await.0, 200);
+    assert_eq!(counts(&frank, &room).await, (0, 0));
+    // Bob's message counts for everyone but him (and muted Dave), Alice and Frank included.
+    let from_bob = text(&bob, &room, "hi all").await;
+    for (who, expected) in [(&alice, (1, 0)), (&bob, (2, 0)), (&carol, (3, 1)), (&dave, (0, 0)), (&frank, (1, 0))] {
+        assert_eq!(counts(who, &room).await, expected, "{}", who.user_id);
+    }
+    assert_eq!(listed(&frank, false).await, [from_bob.as_str()]);
+    assert_eq!(listed(&alice, false).await, [from_bob.as_str()]);
+    let (_, next) = bob.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=0")).await;
+    assert_eq!(next["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 2, "{next}");
+
+    // A redaction takes a shared message away from every count and list.
+    let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(&hello));
+    assert_eq!(alice.put(&path, &json!({})).await.0, 200);
+    for (who, expected) in [(&bob, (1, 0)), (&carol, (2, 1)), (&erin, (2, 0)), (&frank, (1, 0))] {
+        assert_eq!(counts(who, &room).await, expected, "{}", who.user_id);
+    }
+    assert_eq!(listed(&bob, false).await, [mention.as_str()]);
+    assert_eq!(listed(&erin, false).await, [from_bob.as_str(), mention.as_str()]);
+
+    // @room from the room's creator highlights for everyone; a receipt clears only its reader.
+    let everyone = text(&alice, &room, "@room meeting now").await;
+    for (who, expected) in [(&bob, (2, 1)), (&carol, (3, 2)), (&erin, (3, 1)), (&frank, (2, 1))] {
+        assert_eq!(counts(who, &room).await, expected, "{}", who.user_id);
+    }
+    assert_eq!(listed(&erin, true).await, [everyone.as_str()]);
+    receipt(&erin, &room, "m.read", &everyone, json!({})).await;
+    assert_eq!(counts(&erin, &room).await, (0, 0));
+    assert_eq!(counts(&frank, &room).await, (2, 1));
+
+    // Someone who leaves and comes back counts only what came after.
+    assert_eq!(frank.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), &json!({})).await.0, 200);
+    text(&alice, &room, "while frank was away").await;
+    assert_eq!(frank.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), &json!({})).await.0, 200);
+    assert_eq!(counts(&frank, &room).await, (0, 0));
+    let back = text(&alice, &room, "welcome back").await;
+    assert_eq!(counts(&frank, &room).await, (1, 0));
+    assert_eq!(listed(&frank, false).await.first(), Some(&back));
+});

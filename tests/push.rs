@@ -199,3 +199,52 @@ both_backends!(
         assert_eq!(again.get("/_matrix/client/v3/pushers").await.1["pushers"], json!([]));
     }
 );
+
+// In a room of several members a message is stored once for the members who hear it the same
+// way (migration 23): the pusher still gets exactly the user's own notifications.
+both_backends!(
+    pushers_in_a_room_of_many_members,
+    with | c | common::set_config(c, "push.gateway_ip_allowlist", toml::Value::Array(vec!["127.0.0.0/8".into()])),
+    |server| async move {
+        let mut gateway = Gateway::start().await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let dave = server.register("dave").await;
+        let (status, room) = bob.post("/_matrix/client/v3/createRoom", &json!({ "preset": "public_chat" })).await;
+        assert_eq!(status, 200, "{room}");
+        let room = room["room_id"].as_str().unwrap().to_owned();
+        for c in [&alice, &carol, &dave] {
+            assert_eq!(c.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), &json!({})).await.0, 200);
+        }
+        let pusher = json!({
+            "kind": "http", "app_id": "org.example.app", "pushkey": "key-many", "app_display_name": "Example",
+            "device_display_name": "Phone", "lang": "en", "data": { "url": gateway.url },
+        });
+        assert_eq!(alice.post("/_matrix/client/v3/pushers/set", &pusher).await.0, 200);
+
+        let first = send(&bob, &room, "m1", "hello all").await;
+        let n = gateway.next().await["notification"].clone();
+        assert_eq!((n["event_id"].as_str(), n["room_id"].as_str()), (Some(first.as_str()), Some(room.as_str())), "{n}");
+        assert!(n["devices"][0]["tweaks"].get("highlight").is_none(), "{n}");
+        assert_eq!(n["counts"]["unread"], 1, "{n}");
+        // A mention of Alice highlights for her alone.
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/m2", enc(&room));
+        let body = json!({ "msgtype": "m.text", "body": "alice!", "m.mentions": { "user_ids": [alice.user_id] } });
+        let (status, sent) = carol.put(&path, &body).await;
+        assert_eq!(status, 200, "{sent}");
+        let n = gateway.next().await["notification"].clone();
+        assert_eq!(n["event_id"], sent["event_id"], "{n}");
+        assert_eq!(n["devices"][0]["tweaks"]["highlight"], true, "{n}");
+        // Neither her own message nor one in a room she muted is pushed.
+        send(&alice, &room, "a1", "mine").await;
+        let mute = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room));
+        assert_eq!(alice.put(&mute, &json!({ "actions": [] })).await.0, 200);
+        send(&dave, &room, "d1", "muted for her").await;
+        gateway.quiet().await;
+        assert_eq!(alice.delete(&mute, json!({})).await.0, 200);
+        let last = send(&dave, &room, "d2", "after unmuting").await;
+        assert_eq!(gateway.next().await["notification"]["event_id"], last.as_str());
+        gateway.quiet().await;
+    }
+);

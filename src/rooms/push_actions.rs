@@ -7,7 +7,12 @@
 //! need (joined member count, local members' display names, power levels) are kept per room at
 //! a state group and, when the state moves, updated from the member events that changed (only
 //! those are read); each user's ruleset is parsed once and cached (`push::rules::RulesCache`).
-//! What remains per event is one rule walk per local member and one row per notified member.
+//! What remains per event is one rule walk per local member.
+//!
+//! Rows: when most members share one outcome (a plain `notify` for an ordinary message), the
+//! event gets one broadcast row (`user_id = ''`) for that outcome, and rows only for the members
+//! whose outcome differs (a mention, a muted room); otherwise one row per notified member. A
+//! message in a room of N members writes a few rows instead of N - 1 (issue 23).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,14 +63,21 @@ const MAX_RECENT_ENTRIES: usize = 262_144;
 pub struct EventActions {
     /// `""` (main timeline) or the thread root.
     pub thread: String,
-    /// Notified users, sorted, and whether the event highlights for them.
-    users: Vec<(String, bool)>,
+    /// With a broadcast row: whether it highlights, and the event's sender (whom it skips).
+    common: Option<(bool, String)>,
+    /// Users with their own outcome, sorted: None for "does not notify", else whether the
+    /// event highlights for them.
+    users: Vec<(String, Option<bool>)>,
 }
 
 impl EventActions {
-    /// None when the event does not notify `user`, else whether it highlights.
+    /// None when the event does not notify `user` (a member of its room), else whether it
+    /// highlights.
     pub fn for_user(&self, user: &str) -> Option<bool> {
-        self.users.binary_search_by(|(u, _)| u.as_str().cmp(user)).ok().map(|i| self.users[i].1)
+        match self.users.binary_search_by(|(u, _)| u.as_str().cmp(user)) {
+            Ok(i) => self.users[i].1,
+            Err(_) => self.common.as_ref().filter(|(_, sender)| sender != user).map(|(h, _)| *h),
+        }
     }
 }
 
@@ -94,7 +106,15 @@ impl PushEval {
     }
 
     fn remember(&self, event_id: &str, thread: &str, rows: &[PushActionRow]) {
-        let mut users: Vec<(String, bool)> = rows.iter().map(|r| (r.user_id.clone(), r.highlight)).collect();
+        let mut common = None;
+        let mut users = Vec::with_capacity(rows.len());
+        for r in rows {
+            if r.user_id.is_empty() {
+                common = Some((r.highlight, r.sender.clone()));
+            } else {
+                users.push((r.user_id.clone(), r.notify.then_some(r.highlight)));
+            }
+        }
         users.sort();
         let size = users.len() + 1;
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,12 +125,26 @@ impl PushEval {
                 recent.entries -= a.users.len() + 1;
             }
         }
-        let actions = Arc::new(EventActions { thread: thread.to_owned(), users });
+        let actions = Arc::new(EventActions { thread: thread.to_owned(), common, users });
         if recent.by_event.insert(event_id.to_owned(), actions).is_none() {
             recent.order.push_back(event_id.to_owned());
             recent.entries += size;
         }
     }
+}
+
+/// The outcome to store once for the members (broadcast row), if that writes fewer rows than
+/// one row per notified member: the most common notifying outcome, when the members who do not
+/// share it (each then needs a row of their own) are fewer than those who do, less one.
+fn common_outcome(outcomes: &[Option<(bool, Option<String>)>]) -> Option<(bool, Option<String>)> {
+    let mut groups: HashMap<&(bool, Option<String>), usize> = HashMap::new();
+    for o in outcomes.iter().flatten() {
+        *groups.entry(o).or_default() += 1;
+    }
+    let (best, shared) = groups.into_iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))?;
+    let notified = outcomes.iter().flatten().count();
+    // Rows: 1 + (members - shared) with a broadcast row, `notified` without.
+    (1 + outcomes.len() - shared < notified).then(|| best.clone())
 }
 
 /// The thread an event belongs to: its root for `m.thread` relations, else `""` (main).
@@ -143,6 +177,7 @@ impl Rooms {
             room.local.iter().filter(|(u, _)| *u != pdu.fields.sender).map(|(u, n)| (u.as_ref(), n.as_str())).collect();
         // An invited local user hears of the invite (`.m.rule.invite_for_me`).
         let invitee;
+        let mut invitee_added = false;
         if pdu.fields.kind == TimelineEventType::RoomMember
             && let Some(key) = pdu.fields.state_key.as_deref()
             && key.ends_with(&suffix)
@@ -152,6 +187,7 @@ impl Rooms {
             invitee = user;
             if !users.iter().any(|(u, _)| *u == invitee) {
                 users.push((&invitee, ""));
+                invitee_added = true;
             }
         }
         let thread = thread_of(pdu);
@@ -170,25 +206,45 @@ impl Rooms {
             String::new(),
         )
         .with_power_levels(room.power.clone());
-        let mut rows = Vec::new();
+        // Each user's outcome: None when the event does not notify them, else the highlight
+        // flag and the stored actions.
+        let mut outcomes = Vec::with_capacity(users.len());
         for ((user, name), ruleset) in users.iter().zip(&rulesets) {
             cond.user_id = (*user).to_owned();
             cond.user_display_name = (*name).to_owned();
             let actions = event.actions(ruleset, &cond).await;
             let (notify, highlight) = rules::notify_highlight(actions);
-            if !notify {
-                continue;
+            outcomes.push(notify.then(|| (highlight, rules::stored_actions(actions))));
+        }
+        let members = if invitee_added { users.len() - 1 } else { users.len() };
+        let common = common_outcome(&outcomes[..members]);
+        let row = |user: String, outcome: Option<&(bool, Option<String>)>, sender: String| PushActionRow {
+            user_id: user,
+            room_id: pdu.room_id.to_string(),
+            thread_id: thread.clone(),
+            stream,
+            event_id: pdu.event_id.to_string(),
+            highlight: outcome.is_some_and(|o| o.0),
+            actions: outcome.and_then(|o| o.1.clone()),
+            notify: outcome.is_some(),
+            sender,
+            ts: now,
+        };
+        let mut rows = Vec::new();
+        if let Some(common) = &common {
+            rows.push(row(String::new(), Some(common), pdu.fields.sender.to_string()));
+        }
+        for (i, ((user, _), outcome)) in users.iter().zip(&outcomes).enumerate() {
+            // Members sharing the broadcast outcome need no row; a user it does not stand for
+            // (the invitee) gets one only when notified.
+            let covered = common.is_some() && i < members;
+            let own = match (covered, outcome) {
+                (true, o) => o.as_ref() != common.as_ref(),
+                (false, o) => o.is_some(),
+            };
+            if own {
+                rows.push(row(user.to_string(), outcome.as_ref(), String::new()));
             }
-            rows.push(PushActionRow {
-                user_id: user.to_string(),
-                room_id: pdu.room_id.to_string(),
-                thread_id: thread.clone(),
-                stream,
-                event_id: pdu.event_id.to_string(),
-                highlight,
-                actions: rules::stored_actions(actions),
-                ts: now,
-            });
         }
         self.push.remember(pdu.event_id.as_str(), &thread, &rows);
         Ok(rows)
@@ -309,5 +365,29 @@ impl Rooms {
             }));
         }
         Ok(NotificationsPage { notifications, next_token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_outcome;
+
+    fn plain() -> Option<(bool, Option<String>)> {
+        Some((false, None))
+    }
+
+    #[test]
+    fn a_broadcast_row_only_when_it_writes_fewer_rows() {
+        // One notified member: one row either way, so no broadcast row.
+        assert_eq!(common_outcome(&[plain()]), None);
+        // Two alike: one broadcast row instead of two.
+        assert_eq!(common_outcome(&[plain(), plain()]), Some((false, None)));
+        // Two alike and one silent: a broadcast row and the silent member's (2 = 2, no gain).
+        assert_eq!(common_outcome(&[plain(), plain(), None]), None);
+        // The most common outcome wins, here a highlight.
+        let hl = Some((true, Some("[\"notify\"]".to_owned())));
+        assert_eq!(common_outcome(&[hl.clone(), hl.clone(), hl.clone(), plain(), None]), hl);
+        // Nobody notified: nothing to share.
+        assert_eq!(common_outcome(&[None, None, None]), None);
     }
 }

@@ -143,7 +143,9 @@ impl Db {
     }
 }
 
-/// One user's push actions for one event (`event_push_actions`), for events that notify them.
+/// One user's push actions for one event (`event_push_actions`), or with `user_id` `""` the
+/// broadcast row that stands for every local member joined at the event but its sender and
+/// those with a row of their own (migration 23).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushActionRow {
     pub user_id: String,
@@ -155,6 +157,10 @@ pub struct PushActionRow {
     pub highlight: bool,
     /// The actions as JSON, `None` for the plain `["notify"]`.
     pub actions: Option<String>,
+    /// False for a member a broadcast row does not notify (see migration 23).
+    pub notify: bool,
+    /// The event's sender on a broadcast row (`user_id` `""`), else `""`.
+    pub sender: String,
     /// When the row was written (ms).
     pub ts: i64,
 }
@@ -212,12 +218,11 @@ type ReceiptFloors = HashMap<String, i64>;
 
 /// Writes push action rows inside the event's transaction (at commit for a deferring one).
 pub(super) async fn write_push_actions(tx: &mut WriteTx, rows: &[PushActionRow]) -> Result<(), sqlx::Error> {
-    // Eight columns: 500 rows stay far below SQLite's parameter limit.
+    // Ten columns: 500 rows stay far below SQLite's parameter limit.
     for chunk in rows.chunks(super::rooms::ROWS_PER_STATEMENT) {
         let sql = sqlx::AssertSqlSafe(format!(
-            "INSERT INTO event_push_actions (user_id, room_id, thread_id, stream_ordering, event_id, highlight, \
-             actions, ts) VALUES {} ON CONFLICT DO NOTHING",
-            super::rooms::values_clause(tx.backend, chunk.len(), 8)
+            "INSERT INTO event_push_actions ({PUSH_ACTION_COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
+            super::rooms::values_clause(tx.backend, chunk.len(), 10)
         ));
         let mut q = sqlx::query(sql);
         for r in chunk {
@@ -229,6 +234,8 @@ pub(super) async fn write_push_actions(tx: &mut WriteTx, rows: &[PushActionRow])
                 .bind(r.event_id.as_str())
                 .bind(r.highlight as i64)
                 .bind(r.actions.as_deref())
+                .bind(r.notify as i64)
+                .bind(r.sender.as_str())
                 .bind(r.ts);
         }
         q.execute(&mut *tx.tx).await?;
@@ -236,10 +243,35 @@ pub(super) async fn write_push_actions(tx: &mut WriteTx, rows: &[PushActionRow])
     Ok(())
 }
 
-type NotificationTuple = (String, String, String, i64, String, i64, Option<String>, i64);
+type NotificationTuple = (String, String, String, i64, String, i64, Option<String>, i64, String, i64);
 
 /// The columns of [`NotificationTuple`].
-const PUSH_ACTION_COLUMNS: &str = "user_id, room_id, thread_id, stream_ordering, event_id, highlight, actions, ts";
+const PUSH_ACTION_COLUMNS: &str =
+    "user_id, room_id, thread_id, stream_ordering, event_id, highlight, actions, notify, sender, ts";
+
+/// [`PUSH_ACTION_COLUMNS`] of the broadcast rows `b`.
+const BROADCAST_COLUMNS: &str = "b.user_id, b.room_id, b.thread_id, b.stream_ordering, b.event_id, b.highlight, b.actions, b.notify, b.sender, b.ts";
+
+/// The condition that a broadcast row `b` stands for the user `u` (a parameter), given that
+/// they were joined at it: they did not send it and have no row of their own for it.
+fn broadcast_for(u: &str) -> String {
+    format!(
+        "b.sender <> {u} AND NOT EXISTS (SELECT 1 FROM event_push_actions o WHERE o.user_id = {u} \
+         AND o.room_id = b.room_id AND o.thread_id = b.thread_id AND o.stream_ordering = b.stream_ordering)"
+    )
+}
+
+/// The rows that notify user `u` in room `r` (both parameters) and meet `cond` (on `thread_id`
+/// and `stream_ordering`, which should start after the user joined), as `(thread_id,
+/// highlight)`: the broadcast rows that stand for them and their own notifying rows.
+fn notifying(u: &str, r: &str, cond: &str) -> String {
+    format!(
+        "SELECT b.thread_id, b.highlight FROM event_push_actions b WHERE b.user_id = '' AND b.room_id = {r} \
+         AND {cond} AND {} UNION ALL SELECT thread_id, highlight FROM event_push_actions \
+         WHERE user_id = {u} AND room_id = {r} AND notify = 1 AND {cond}",
+        broadcast_for(u)
+    )
+}
 
 fn push_action_row(t: NotificationTuple) -> PushActionRow {
     PushActionRow {
@@ -250,7 +282,9 @@ fn push_action_row(t: NotificationTuple) -> PushActionRow {
         event_id: t.4,
         highlight: t.5 != 0,
         actions: t.6,
-        ts: t.7,
+        notify: t.7 != 0,
+        sender: t.8,
+        ts: t.9,
     }
 }
 
@@ -269,7 +303,7 @@ impl Db {
     }
 
     /// Removes the push actions of a redacted event: rows still buffered in `tx`, and the
-    /// stored rows of `users` when the event is committed at `stream`.
+    /// stored rows of `users` and the broadcast row when the event is committed at `stream`.
     pub async fn delete_push_actions(
         &self,
         tx: &mut WriteTx,
@@ -281,6 +315,7 @@ impl Db {
     ) -> Result<()> {
         tx.pending.push_actions.retain(|r| r.event_id != event_id);
         let Some(stream) = stream else { return Ok(()) };
+        let users: Vec<&str> = std::iter::once("").chain(users.iter().map(String::as_str)).collect();
         for chunk in users.chunks(500) {
             let sql = sqlx::AssertSqlSafe(format!(
                 "DELETE FROM event_push_actions WHERE room_id = $1 AND thread_id = $2 AND stream_ordering = $3 \
@@ -289,7 +324,7 @@ impl Db {
             ));
             let mut q = sqlx::query(sql).bind(room_id).bind(thread_id).bind(stream).bind(event_id);
             for u in chunk {
-                q = q.bind(u.as_str());
+                q = q.bind(*u);
             }
             q.execute(&mut *tx.tx).await?;
         }
@@ -361,15 +396,18 @@ impl Db {
             }
             thread_cond.push(')');
         }
-        // The main timeline is one index range; the threads (ids after '' in the key) another.
+        // The main timeline is one index range; the threads (ids after '' in the key) another;
+        // each in the broadcast rows and in the user's own.
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT '', COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM (SELECT highlight \
-             FROM event_push_actions WHERE user_id = $1 AND room_id = $2 AND thread_id = '' \
-             AND stream_ordering > $3 AND stream_ordering <= $4 LIMIT $5) AS main \
+            "SELECT '', COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM ({} LIMIT $5) AS main \
              UNION ALL \
-             SELECT thread_id, COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM event_push_actions \
-             WHERE user_id = $6 AND room_id = $7 AND thread_id > '' AND stream_ordering > $8 \
-             AND stream_ordering <= $4{thread_cond} GROUP BY thread_id"
+             SELECT thread_id, COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM ({}) AS t GROUP BY thread_id",
+            notifying("$1", "$2", "thread_id = '' AND stream_ordering > $3 AND stream_ordering <= $4"),
+            notifying(
+                "$6",
+                "$7",
+                &format!("thread_id > '' AND stream_ordering > $8 AND stream_ordering <= $4{thread_cond}")
+            ),
         ));
         let mut q = sqlx::query_as::<_, (String, i64, i64)>(sql)
             .bind(user_id)
@@ -439,15 +477,21 @@ impl Db {
                 let k = 4 + 3 * i;
                 parts.push(format!(
                     "SELECT CAST(${k} AS TEXT), '', COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM \
-                     (SELECT highlight FROM event_push_actions WHERE user_id = $1 AND room_id = ${k} AND thread_id = '' \
-                     AND stream_ordering > ${} AND stream_ordering <= $2 LIMIT $3) AS m{i}",
-                    k + 2
+                     ({} LIMIT $3) AS m{i}",
+                    notifying(
+                        "$1",
+                        &format!("${k}"),
+                        &format!("thread_id = '' AND stream_ordering > ${} AND stream_ordering <= $2", k + 2)
+                    )
                 ));
                 parts.push(format!(
-                    "SELECT room_id, thread_id, COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) \
-                     FROM event_push_actions WHERE user_id = $1 AND room_id = ${k} AND thread_id > '' \
-                     AND stream_ordering > ${} AND stream_ordering <= $2 GROUP BY room_id, thread_id",
-                    k + 1
+                    "SELECT CAST(${k} AS TEXT), thread_id, COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) \
+                     FROM ({}) AS t{i} GROUP BY thread_id",
+                    notifying(
+                        "$1",
+                        &format!("${k}"),
+                        &format!("thread_id > '' AND stream_ordering > ${} AND stream_ordering <= $2", k + 1)
+                    )
                 ));
             }
             let sql = sqlx::AssertSqlSafe(parts.join(" UNION ALL "));
@@ -472,20 +516,50 @@ impl Db {
         limit: i64,
         only_highlight: bool,
     ) -> Result<Vec<(PushActionRow, bool)>> {
+        let before = before.unwrap_or(i64::MAX);
         let highlight = if only_highlight { " AND highlight = 1" } else { "" };
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {PUSH_ACTION_COLUMNS} FROM event_push_actions \
-             WHERE user_id = $1 AND stream_ordering < $2{highlight} ORDER BY stream_ordering DESC LIMIT $3"
+             WHERE user_id = $1 AND notify = 1 AND stream_ordering < $2{highlight} ORDER BY stream_ordering DESC LIMIT $3"
         ));
-        let rows: Vec<NotificationTuple> = sqlx::query_as(sql)
-            .bind(user_id)
-            .bind(before.unwrap_or(i64::MAX))
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?;
+        let mut rows: Vec<NotificationTuple> =
+            sqlx::query_as(sql).bind(user_id).bind(before).bind(limit).fetch_all(self.pool()).await?;
+        // The broadcast rows of each joined room after the user joined it, newest first: one
+        // index range per room (a scan of every room's rows newest first would, for a user of a
+        // few quiet rooms, read the whole server's).
+        let joined: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT room_id, stream_ordering FROM room_memberships WHERE user_id = $1 AND membership = 'join'",
+        )
+        .bind(user_id)
+        .fetch_all(self.pool())
+        .await?;
+        let highlight = if only_highlight { " AND b.highlight = 1" } else { "" };
+        for chunk in joined.chunks(100) {
+            let parts: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let k = 4 + 2 * i;
+                    format!(
+                        "SELECT * FROM (SELECT {BROADCAST_COLUMNS} FROM event_push_actions b WHERE b.user_id = '' \
+                         AND b.room_id = ${k} AND b.stream_ordering > ${} AND b.stream_ordering < $2{highlight} AND {} \
+                         ORDER BY b.stream_ordering DESC LIMIT $3) AS p{i}",
+                        k + 1,
+                        broadcast_for("$1")
+                    )
+                })
+                .collect();
+            let sql = sqlx::AssertSqlSafe(parts.join(" UNION ALL "));
+            let mut q = sqlx::query_as::<_, NotificationTuple>(sql).bind(user_id).bind(before).bind(limit);
+            for (room, joined_at) in chunk {
+                q = q.bind(room.as_str()).bind(*joined_at);
+            }
+            rows.extend(q.fetch_all(self.pool()).await?);
+        }
+        rows.sort_by_key(|t| std::cmp::Reverse(t.3));
+        rows.truncate(limit.max(0) as usize);
         let mut floors: HashMap<String, ReceiptFloors> = HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows.into_iter().map(push_action_row) {
+        for mut row in rows.into_iter().map(push_action_row) {
+            row.user_id = user_id.to_owned();
             if !floors.contains_key(&row.room_id) {
                 let f = self.receipt_floors(&row.room_id, user_id).await?;
                 floors.insert(row.room_id.clone(), f);
@@ -499,8 +573,9 @@ impl Db {
         Ok(out)
     }
 
-    /// The user's push action rows in `(after, upto]`, oldest first, at most `limit` (the push
-    /// sender's work list).
+    /// The user's notifying push action rows in `(after, upto]`, oldest first, at most `limit`
+    /// (the push sender's work list): their own rows and the broadcast rows of the rooms they
+    /// are joined to, after they joined.
     pub async fn push_actions_after(
         &self,
         user_id: &str,
@@ -509,11 +584,18 @@ impl Db {
         limit: i64,
     ) -> Result<Vec<PushActionRow>> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {PUSH_ACTION_COLUMNS} FROM event_push_actions \
-             WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3 ORDER BY stream_ordering LIMIT $4"
+            "SELECT {PUSH_ACTION_COLUMNS} FROM (\
+             SELECT {BROADCAST_COLUMNS} FROM event_push_actions b JOIN room_memberships m \
+             ON m.room_id = b.room_id AND m.user_id = $1 AND m.membership = 'join' \
+             WHERE b.user_id = '' AND b.stream_ordering > $2 AND b.stream_ordering <= $3 \
+             AND b.stream_ordering > m.stream_ordering AND {} \
+             UNION ALL SELECT {PUSH_ACTION_COLUMNS} FROM event_push_actions \
+             WHERE user_id = $1 AND notify = 1 AND stream_ordering > $2 AND stream_ordering <= $3\
+             ) AS a ORDER BY stream_ordering LIMIT $4",
+            broadcast_for("$1")
         ));
         let rows: Vec<NotificationTuple> =
             sqlx::query_as(sql).bind(user_id).bind(after).bind(upto).bind(limit).fetch_all(self.pool()).await?;
-        Ok(rows.into_iter().map(push_action_row).collect())
+        Ok(rows.into_iter().map(|t| PushActionRow { user_id: user_id.to_owned(), ..push_action_row(t) }).collect())
     }
 }
