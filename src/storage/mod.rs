@@ -72,6 +72,11 @@ pub struct Db {
     /// SQLite: the database file's path (see [`Db::claim_sqlite_file`]).
     sqlite_path: Option<std::path::PathBuf>,
     write_lock: Option<Arc<Mutex<()>>>,
+    /// SQLite: the write connection's configured `synchronous` pragma, and whether it was last
+    /// set to `NORMAL` for a write that may be lost ([`Db::begin_unsynced_write`]), so the next
+    /// durable write sets the configured one back first. Read and set under `write_lock`.
+    sqlite_synchronous: &'static str,
+    unsynced: Arc<std::sync::atomic::AtomicBool>,
     event_lock: Arc<Mutex<()>>,
     /// Recently resolved access tokens (see `Db::find_token`).
     pub(crate) tokens: Arc<std::sync::Mutex<accounts::TokenCache>>,
@@ -229,7 +234,7 @@ macro_rules! migration_sql {
 /// checksums), a change is a new migration.
 macro_rules! all_migrations {
     ($dir:literal) => {
-        migrations!($dir: 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets" per_dialect, 19 "accounts_moderation_email", 20 "admin_api", 21 "synapse_import", 22 "user_overrides")
+        migrations!($dir: 1 "accounts", 2 "rooms", 3 "sync", 4 "federation", 5 "media", 6 "e2ee", 7 "sync_speed", 8 "reports", 9 "pushers", 10 "openid", 11 "sliding_sync", 12 "push_actions", 13 "appservices", 14 "cluster", 15 "admin", 16 "refresh_tokens", 18 "redaction_targets" per_dialect, 19 "accounts_moderation_email", 20 "admin_api", 21 "synapse_import", 22 "user_overrides", 23 "push_broadcast")
     };
 }
 
@@ -374,6 +379,8 @@ impl Db {
             backend,
             sqlite_path,
             write_lock,
+            sqlite_synchronous: synchronous,
+            unsynced: Default::default(),
             event_lock: Arc::new(Mutex::new(())),
             tokens: Default::default(),
             shadow_bans: Default::default(),
@@ -441,6 +448,20 @@ impl Db {
 
     /// Opens a write transaction (serialised in-process on SQLite).
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        self.begin_write_with(true).await
+    }
+
+    /// Opens a write transaction whose commit does not wait for the disk: a crash of the
+    /// machine may lose it, never half of it, and never what an ordinary write committed
+    /// before (SQLite WAL with `synchronous = NORMAL`: the next durable commit or checkpoint
+    /// syncs it; PostgreSQL `synchronous_commit = off`). For rows a client can do without,
+    /// such as a sliding sync position: a lost one is answered with `M_UNKNOWN_POS`.
+    pub async fn begin_unsynced_write(&self) -> Result<WriteTx, sqlx::Error> {
+        self.begin_write_with(false).await
+    }
+
+    async fn begin_write_with(&self, durable: bool) -> Result<WriteTx, sqlx::Error> {
+        use std::sync::atomic::Ordering;
         let guard = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
@@ -450,8 +471,24 @@ impl Db {
         // write through the pool committed in between; an immediate one makes those writes
         // wait for it (busy_timeout) instead.
         let tx = match self.backend {
-            Backend::Sqlite => self.write_pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                // `synchronous` cannot change inside a transaction: it is set before BEGIN, on
+                // the one write connection, only when it differs from what this write needs.
+                // Every durable write sets it back, so no event commit runs without the sync.
+                if durable == self.unsynced.load(Ordering::SeqCst) {
+                    let pragma = if durable { self.sqlite_synchronous } else { "PRAGMA synchronous = NORMAL;" };
+                    sqlx::raw_sql(pragma).execute(&self.write_pool).await?;
+                    self.unsynced.store(!durable, Ordering::SeqCst);
+                }
+                self.write_pool.begin_with("BEGIN IMMEDIATE").await?
+            }
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                if !durable {
+                    sqlx::query("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx).await?;
+                }
+                tx
+            }
         };
         Ok(WriteTx {
             tx,

@@ -82,14 +82,11 @@ impl Db {
         max_conns: i64,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        if self.backend() == super::Backend::Postgres {
-            // Every response waits for this commit; waiting for its WAL flush too (an fsync, a
-            // few ms, most of a woken long-poll's time) buys nothing: a position lost with a
-            // crash of PostgreSQL is answered with `M_UNKNOWN_POS`, never with wrong data, and
-            // the client starts a new connection. The database stays consistent either way.
-            sqlx::query("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx.tx).await?;
-        }
+        // Every response waits for this commit; waiting for the disk too (an fsync, a few ms,
+        // most of a woken long-poll's time) buys nothing: a position lost with a crash is
+        // answered with `M_UNKNOWN_POS`, never with wrong data, and the client starts a new
+        // connection. The database stays consistent either way.
+        let mut tx = self.begin_unsynced_write().await?;
         sqlx::query(
             "DELETE FROM sliding_sync_positions WHERE user_id = $1 AND device_id = $2 AND conn_id = $3 \
              AND pos <> $4",
