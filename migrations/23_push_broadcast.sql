@@ -9,5 +9,8 @@
 -- broadcast rows only, so a sender never counts their own message.
 ALTER TABLE event_push_actions ADD COLUMN notify BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE event_push_actions ADD COLUMN sender TEXT NOT NULL DEFAULT '';
--- `/notifications` reads a room's broadcast rows newest first, across its threads.
-CREATE INDEX event_push_actions_broadcast ON event_push_actions (room_id, stream_ordering) WHERE user_id = '';
+-- `/notifications` reads a room's broadcast rows newest first, across its threads. The condition
+-- names `sender`, which no statement compares with a bound value: SQLite (3.4x) matches a partial
+-- index's condition against the bound value of a term such as `user_id = $1`, and a statement
+-- that did so is prepared again at every execution (see `storage/mod.rs`).
+CREATE INDEX event_push_actions_broadcast ON event_push_actions (room_id, stream_ordering) WHERE sender > '';

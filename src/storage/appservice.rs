@@ -73,11 +73,12 @@ impl Db {
         appservice_id: &str,
         limit: i64,
     ) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
-        sqlx::query_as("SELECT id, kind, payload FROM appservice_outbox WHERE appservice_id = $1 ORDER BY id LIMIT $2")
-            .bind(appservice_id)
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, kind, payload FROM appservice_outbox WHERE appservice_id = $1 ORDER BY id LIMIT {limit}"
+        )))
+        .bind(appservice_id)
+        .fetch_all(self.pool())
+        .await
     }
 
     /// Persists a packed transaction before its first attempt.
@@ -162,11 +163,10 @@ impl Db {
     /// Users whose device list changed after `from`, with the position of the last change
     /// read (at most `limit` changes).
     pub async fn device_list_changes_after(&self, from: i64, limit: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT stream_id, user_id FROM device_list_changes WHERE stream_id > $1 ORDER BY stream_id LIMIT $2",
-        )
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT stream_id, user_id FROM device_list_changes WHERE stream_id > $1 ORDER BY stream_id LIMIT {limit}",
+        )))
         .bind(from)
-        .bind(limit)
         .fetch_all(self.pool())
         .await
     }

@@ -122,11 +122,10 @@ impl Db {
 
     /// The first `limit` rows queued for `destination`, in queue order.
     pub async fn outbox_head(&self, destination: &str, limit: i64) -> Result<Vec<OutboxRow>> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT id, kind, payload FROM federation_outbox WHERE destination = $1 ORDER BY id LIMIT $2",
-        )
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, kind, payload FROM federation_outbox WHERE destination = $1 ORDER BY id LIMIT {limit}",
+        )))
         .bind(destination)
-        .bind(limit)
         .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|(id, kind, payload)| OutboxRow { id, kind, payload }).collect())

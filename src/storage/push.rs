@@ -389,9 +389,9 @@ impl Db {
         let mut thread_cond = String::new();
         if !read_threads.is_empty() {
             let n = read_threads.len();
-            thread_cond = format!(" AND (thread_id NOT IN ({})", super::placeholders(9, n));
+            thread_cond = format!(" AND (thread_id NOT IN ({})", super::placeholders(6, n));
             for i in 0..n {
-                let k = 9 + n + 2 * i;
+                let k = 6 + n + 2 * i;
                 thread_cond.push_str(&format!(" OR (thread_id = ${k} AND stream_ordering > ${})", k + 1));
             }
             thread_cond.push(')');
@@ -399,14 +399,14 @@ impl Db {
         // The main timeline is one index range; the threads (ids after '' in the key) another;
         // each in the broadcast rows and in the user's own.
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT '', COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM ({} LIMIT $5) AS main \
+            "SELECT '', COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM ({} LIMIT {cap}) AS main \
              UNION ALL \
              SELECT thread_id, COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM ({}) AS t GROUP BY thread_id",
             notifying("$1", "$2", "thread_id = '' AND stream_ordering > $3 AND stream_ordering <= $4"),
             notifying(
-                "$6",
-                "$7",
-                &format!("thread_id > '' AND stream_ordering > $8 AND stream_ordering <= $4{thread_cond}")
+                "$1",
+                "$2",
+                &format!("thread_id > '' AND stream_ordering > $5 AND stream_ordering <= $4{thread_cond}")
             ),
         ));
         let mut q = sqlx::query_as::<_, (String, i64, i64)>(sql)
@@ -414,9 +414,6 @@ impl Db {
             .bind(room_id)
             .bind(main_floor)
             .bind(upto)
-            .bind(cap)
-            .bind(user_id)
-            .bind(room_id)
             .bind(lo);
         for (t, _) in &read_threads {
             q = q.bind(*t);
@@ -474,10 +471,10 @@ impl Db {
         for chunk in simple.chunks(100) {
             let mut parts = Vec::with_capacity(2 * chunk.len());
             for i in 0..chunk.len() {
-                let k = 4 + 3 * i;
+                let k = 3 + 3 * i;
                 parts.push(format!(
                     "SELECT CAST(${k} AS TEXT), '', COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM \
-                     ({} LIMIT $3) AS m{i}",
+                     ({} LIMIT {cap}) AS m{i}",
                     notifying(
                         "$1",
                         &format!("${k}"),
@@ -495,7 +492,7 @@ impl Db {
                 ));
             }
             let sql = sqlx::AssertSqlSafe(parts.join(" UNION ALL "));
-            let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(sql).bind(user_id).bind(upto).bind(cap);
+            let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(sql).bind(user_id).bind(upto);
             for (room, lo, main_floor) in chunk {
                 q = q.bind(*room).bind(*lo).bind(*main_floor);
             }
@@ -520,10 +517,10 @@ impl Db {
         let highlight = if only_highlight { " AND highlight = 1" } else { "" };
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {PUSH_ACTION_COLUMNS} FROM event_push_actions \
-             WHERE user_id = $1 AND notify = 1 AND stream_ordering < $2{highlight} ORDER BY stream_ordering DESC LIMIT $3"
+             WHERE user_id = $1 AND notify = 1 AND stream_ordering < $2{highlight} ORDER BY stream_ordering DESC LIMIT {limit}"
         ));
         let mut rows: Vec<NotificationTuple> =
-            sqlx::query_as(sql).bind(user_id).bind(before).bind(limit).fetch_all(self.pool()).await?;
+            sqlx::query_as(sql).bind(user_id).bind(before).fetch_all(self.pool()).await?;
         // The broadcast rows of each joined room after the user joined it, newest first: one
         // index range per room (a scan of every room's rows newest first would, for a user of a
         // few quiet rooms, read the whole server's).
@@ -537,18 +534,19 @@ impl Db {
         for chunk in joined.chunks(100) {
             let parts: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let k = 4 + 2 * i;
+                    let k = 3 + 2 * i;
+                    // `b.sender > ''` is the partial index's condition (broadcast rows only).
                     format!(
                         "SELECT * FROM (SELECT {BROADCAST_COLUMNS} FROM event_push_actions b WHERE b.user_id = '' \
-                         AND b.room_id = ${k} AND b.stream_ordering > ${} AND b.stream_ordering < $2{highlight} AND {} \
-                         ORDER BY b.stream_ordering DESC LIMIT $3) AS p{i}",
+                         AND b.sender > '' AND b.room_id = ${k} AND b.stream_ordering > ${} AND b.stream_ordering < $2\
+                         {highlight} AND {} ORDER BY b.stream_ordering DESC LIMIT {limit}) AS p{i}",
                         k + 1,
                         broadcast_for("$1")
                     )
                 })
                 .collect();
             let sql = sqlx::AssertSqlSafe(parts.join(" UNION ALL "));
-            let mut q = sqlx::query_as::<_, NotificationTuple>(sql).bind(user_id).bind(before).bind(limit);
+            let mut q = sqlx::query_as::<_, NotificationTuple>(sql).bind(user_id).bind(before);
             for (room, joined_at) in chunk {
                 q = q.bind(room.as_str()).bind(*joined_at);
             }
@@ -591,11 +589,11 @@ impl Db {
              AND b.stream_ordering > m.stream_ordering AND {} \
              UNION ALL SELECT {PUSH_ACTION_COLUMNS} FROM event_push_actions \
              WHERE user_id = $1 AND notify = 1 AND stream_ordering > $2 AND stream_ordering <= $3\
-             ) AS a ORDER BY stream_ordering LIMIT $4",
+             ) AS a ORDER BY stream_ordering LIMIT {limit}",
             broadcast_for("$1")
         ));
         let rows: Vec<NotificationTuple> =
-            sqlx::query_as(sql).bind(user_id).bind(after).bind(upto).bind(limit).fetch_all(self.pool()).await?;
+            sqlx::query_as(sql).bind(user_id).bind(after).bind(upto).fetch_all(self.pool()).await?;
         Ok(rows.into_iter().map(|t| PushActionRow { user_id: user_id.to_owned(), ..push_action_row(t) }).collect())
     }
 }

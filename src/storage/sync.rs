@@ -519,15 +519,14 @@ impl Db {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<ToDeviceRow>> {
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT stream_id, sender, event_type, content FROM to_device_messages WHERE user_id = $1 \
-             AND device_id = $2 AND stream_id > $3 AND stream_id <= $4 ORDER BY stream_id LIMIT $5",
-        )
+             AND device_id = $2 AND stream_id > $3 AND stream_id <= $4 ORDER BY stream_id LIMIT {limit}",
+        )))
         .bind(user_id)
         .bind(device_id)
         .bind(since)
         .bind(upto)
-        .bind(limit)
         .fetch_all(self.pool())
         .await?;
         Ok(rows

@@ -78,12 +78,11 @@ impl Db {
             .fetch_one(self.pool())
             .await?;
         let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT x.room_id {FROM} AND x.room_id > $3 ORDER BY x.room_id LIMIT $4"
+            "SELECT x.room_id {FROM} AND x.room_id > $3 ORDER BY x.room_id LIMIT {limit}"
         )))
         .bind(a)
         .bind(b)
         .bind(after.unwrap_or(""))
-        .bind(limit)
         .fetch_all(self.pool())
         .await?;
         Ok((rows.into_iter().map(|r| r.0).collect(), count.0))

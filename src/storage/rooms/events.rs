@@ -180,13 +180,13 @@ impl Db {
                 .map(|i| {
                     format!(
                         "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ${} AND outlier = 0 \
-                         AND rejected = 0 AND stream_ordering <= $1 ORDER BY stream_ordering DESC LIMIT $2) AS t{i}",
-                        i + 3
+                         AND rejected = 0 AND stream_ordering <= $1 ORDER BY stream_ordering DESC LIMIT {limit}) AS t{i}",
+                        i + 2
                     )
                 })
                 .collect();
             let sql = sqlx::AssertSqlSafe(parts.join(" UNION ALL "));
-            let mut q = sqlx::query_as::<_, EventTuple>(sql).bind(upto).bind(limit);
+            let mut q = sqlx::query_as::<_, EventTuple>(sql).bind(upto);
             for room in chunk {
                 q = q.bind(*room);
             }
