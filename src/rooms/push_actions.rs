@@ -175,9 +175,10 @@ impl Rooms {
         let suffix = format!(":{}", self.server_name);
         let mut users: Vec<(&UserId, &str)> =
             room.local.iter().filter(|(u, _)| *u != pdu.fields.sender).map(|(u, n)| (u.as_ref(), n.as_str())).collect();
+        // The joined members, whom a broadcast row may stand for, come first.
+        let members = users.len();
         // An invited local user hears of the invite (`.m.rule.invite_for_me`).
         let invitee;
-        let mut invitee_added = false;
         if pdu.fields.kind == TimelineEventType::RoomMember
             && let Some(key) = pdu.fields.state_key.as_deref()
             && key.ends_with(&suffix)
@@ -187,7 +188,6 @@ impl Rooms {
             invitee = user;
             if !users.iter().any(|(u, _)| *u == invitee) {
                 users.push((&invitee, ""));
-                invitee_added = true;
             }
         }
         let thread = thread_of(pdu);
@@ -216,7 +216,6 @@ impl Rooms {
             let (notify, highlight) = rules::notify_highlight(actions);
             outcomes.push(notify.then(|| (highlight, rules::stored_actions(actions))));
         }
-        let members = if invitee_added { users.len() - 1 } else { users.len() };
         let common = common_outcome(&outcomes[..members]);
         let row = |user: String, outcome: Option<&(bool, Option<String>)>, sender: String| PushActionRow {
             user_id: user,
@@ -238,10 +237,7 @@ impl Rooms {
             // Members sharing the broadcast outcome need no row; a user it does not stand for
             // (the invitee) gets one only when notified.
             let covered = common.is_some() && i < members;
-            let own = match (covered, outcome) {
-                (true, o) => o.as_ref() != common.as_ref(),
-                (false, o) => o.is_some(),
-            };
+            let own = if covered { outcome.as_ref() != common.as_ref() } else { outcome.is_some() };
             if own {
                 rows.push(row(user.to_string(), outcome.as_ref(), String::new()));
             }
