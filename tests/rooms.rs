@@ -854,3 +854,80 @@ both_backends!(redaction_sent_through_send_in_every_room_version, |server| async
         assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
     }
 });
+
+/// The room's state groups: `(snapshots, largest chain length)`, read from the database.
+async fn state_group_shape(server: &common::TestServer, room: &str) -> (i64, i64) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = server.config()["database"]["url"].as_str().unwrap().to_owned();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connecting to the test database");
+    sqlx::query_as(
+        "SELECT SUM(CASE WHEN prev_group IS NULL THEN 1 ELSE 0 END), MAX(chain_length) \
+         FROM state_groups WHERE room_id = $1",
+    )
+    .bind(room)
+    .fetch_one(&mut conn)
+    .await
+    .expect("reading the room's state groups")
+}
+
+/// The state after `event` as `/context` gives it: `(type, state_key) -> content`.
+async fn state_at(c: &Client, room: &str, event: &str) -> std::collections::HashMap<(String, String), Value> {
+    let resp = c.get(&format!("/_matrix/client/v3/rooms/{}/context/{}?limit=0", enc(room), enc(event))).await;
+    ok(&resp)["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let key = (e["type"].as_str().unwrap().to_owned(), e["state_key"].as_str().unwrap().to_owned());
+            (key, e["content"].clone())
+        })
+        .collect()
+}
+
+// A state group is a delta on the one before it until its chain holds as many entries as the
+// room's state; then it is a snapshot. Many changes in a room with a large state must write few
+// snapshots, and the state at any event must still read back whole, also from a cold cache.
+both_backends!(long_delta_chains_read_back_whole, |server| async move {
+    let alice = server.register("alice").await;
+    let room = create_room(&alice, json!({ "preset": "private_chat" })).await;
+    let put = |kind: &str, key: &str| format!("/_matrix/client/v3/rooms/{}/state/{kind}/{key}", enc(&room));
+    // 70 state entries beside the room's own, so the chain may grow to about 77.
+    let mut early = String::new();
+    for i in 0..70 {
+        ok(&alice.put(&put("org.example.marker", &format!("k{i}")), &json!({ "n": i })).await);
+        if i == 10 {
+            early = send_ok(&alice, &room, "early", "after eleven markers").await;
+        }
+    }
+    let mut middle = String::new();
+    for i in 0..150 {
+        ok(&alice.put(&put("m.room.topic", ""), &json!({ "topic": format!("topic {i}") })).await);
+        if i == 40 {
+            middle = send_ok(&alice, &room, "middle", "after topic 40").await;
+        }
+    }
+    let (snapshots, longest) = state_group_shape(&server, &room).await;
+    // A fixed chain of 50 wrote a snapshot every 50 of the 226 state events (5 snapshots).
+    assert!(snapshots <= 3, "{snapshots} snapshots for 226 state events");
+    assert!(longest > 50 && longest <= 80, "longest chain {longest}");
+
+    let mut server = server;
+    server.restart().await;
+    let at_early = state_at(&alice, &room, &early).await;
+    let markers = |s: &std::collections::HashMap<(String, String), Value>| {
+        s.iter().filter(|((t, _), _)| t == "org.example.marker").count()
+    };
+    assert_eq!(markers(&at_early), 11);
+    assert_eq!(at_early[&("org.example.marker".to_owned(), "k10".to_owned())]["n"], 10);
+    assert!(!at_early.contains_key(&("m.room.topic".to_owned(), String::new())));
+    let at_middle = state_at(&alice, &room, &middle).await;
+    assert_eq!(markers(&at_middle), 70);
+    assert_eq!(at_middle[&("m.room.topic".to_owned(), String::new())]["topic"], "topic 40");
+    assert_eq!(at_middle[&("m.room.member".to_owned(), alice.user_id.clone())]["membership"], "join");
+    let now = alice.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room))).await;
+    let now = ok(&now).as_array().unwrap().clone();
+    assert_eq!(now.iter().filter(|e| e["type"] == "org.example.marker").count(), 70);
+    let topic = now.iter().find(|e| e["type"] == "m.room.topic").unwrap();
+    assert_eq!(topic["content"]["topic"], "topic 149");
+});

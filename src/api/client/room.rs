@@ -215,8 +215,7 @@ pub async fn members(State(state): State<AppState>, req: Ruma<get_member_events:
         }
         _ => return Err(Error::forbidden(format!("User {} not in room {room_id}", s.user_id))),
     };
-    let member_ids: std::collections::BTreeMap<_, _> =
-        ids.into_iter().filter(|((t, _), _)| t == "m.room.member").collect();
+    let member_ids: crate::rooms::StateIds = ids.into_iter().filter(|((t, _), _)| t == "m.room.member").collect();
     let pdus = state.rooms.state_pdus(&member_ids).await?;
     let want = req.body.membership.as_ref().map(|m| m.as_str().to_owned());
     let not = req.body.not_membership.as_ref().map(|m| m.as_str().to_owned());

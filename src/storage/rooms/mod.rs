@@ -14,7 +14,7 @@ pub use bulk::{PendingEvent, PendingRows};
 pub(super) use bulk::{ROWS_PER_STATEMENT, flush_pending, values_clause};
 use bulk::{write_edges, write_events, write_txns};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde_json::Value;
 
@@ -22,8 +22,13 @@ use super::{Backend, Db, WriteTx, now_ms};
 use crate::error::{Error, Result};
 use crate::events::pdu::Pdu;
 
-/// State as a map from `(event type, state key)` to event id.
-pub type StateIds = BTreeMap<(String, String), String>;
+/// State as a map from `(event type, state key)` to event id, ordered by key.
+///
+/// A persistent map: a clone shares the whole tree and a change copies one path of it, so the
+/// state after a state event costs one entry's path beside the state before it. A room of
+/// 2,000 members taking 1,000 topic changes held 1,000 full copies of its state in the state
+/// cache as `BTreeMap`s (hundreds of MB at rest); it now holds one, plus the changed paths.
+pub type StateIds = imbl::OrdMap<(String, String), String>;
 
 /// A stored event with its positions.
 #[derive(Debug, Clone)]
