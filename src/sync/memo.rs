@@ -42,6 +42,33 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
         self.lock().get(key).cloned()
     }
 
+    /// The remembered values of `keys`, in order, under one lock (a woken long-poll asks for
+    /// a thousand rooms' at once).
+    pub fn get_many<'q, Q>(&self, keys: impl IntoIterator<Item = &'q Q>) -> Vec<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized + 'q,
+    {
+        let map = self.lock();
+        keys.into_iter().map(|k| map.get(k).cloned()).collect()
+    }
+
+    /// Remembers values under one lock. A key already remembered has its value replaced in
+    /// place, so remembering the same thousand rooms at every request allocates no keys.
+    pub fn set_many<'q, Q>(&self, entries: impl IntoIterator<Item = (&'q Q, V)>)
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ToOwned<Owned = K> + ?Sized + 'q,
+    {
+        let mut map = self.lock();
+        for (key, value) in entries {
+            match map.get_mut(key) {
+                Some(slot) => *slot = value,
+                None => Self::put(&mut map, key.to_owned(), value),
+            }
+        }
+    }
+
     /// Remembers a value.
     pub fn insert(&self, key: K, value: V) {
         Self::put(&mut self.lock(), key, value);
@@ -77,5 +104,21 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
     /// Forgets everything.
     pub fn clear(&self) {
         self.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Memo;
+
+    #[test]
+    fn many_at_once_reads_and_replaces_like_one_at_a_time() {
+        let memo: Memo<String, (i64, i64)> = Memo::default();
+        memo.insert("!a".into(), (1, 10));
+        assert_eq!(memo.get_many(["!a", "!b"]), vec![Some((1, 10)), None]);
+        memo.set_many([("!a", (2, 20)), ("!b", (2, 0))]);
+        assert_eq!(memo.get("!a"), Some((2, 20)));
+        assert_eq!(memo.get("!b"), Some((2, 0)));
+        assert_eq!(memo.get_many(["!b", "!a", "!c"]), vec![Some((2, 0)), Some((2, 20)), None]);
     }
 }

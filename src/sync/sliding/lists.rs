@@ -120,7 +120,7 @@ impl SyncEngine {
         let membership: HashMap<&'a str, &'a MembershipRow> =
             base.memberships.iter().filter(|m| !m.forgotten).map(|m| (m.room_id.as_str(), m)).collect();
         // Rooms a list may hold.
-        let mut candidates: Vec<&'a MembershipRow> = base
+        let candidates: Vec<&'a MembershipRow> = base
             .memberships
             .iter()
             .filter(|m| !m.forgotten)
@@ -131,10 +131,11 @@ impl SyncEngine {
             })
             .collect();
         let bumps = self.bump_stamps(base, &candidates).await?;
-        candidates.sort_by(|a, b| {
-            let (ba, bb) = (bumps.get(a.room_id.as_str()), bumps.get(b.room_id.as_str()));
-            bb.cmp(&ba).then_with(|| a.room_id.cmp(&b.room_id))
-        });
+        // Newest first; each room's stamp looked up once, not at every comparison.
+        let mut keyed: Vec<(Option<i64>, &'a MembershipRow)> =
+            candidates.iter().map(|m| (bumps.get(m.room_id.as_str()).copied(), *m)).collect();
+        keyed.sort_unstable_by(|(ba, a), (bb, b)| bb.cmp(ba).then_with(|| a.room_id.cmp(&b.room_id)));
+        let candidates: Vec<&'a MembershipRow> = keyed.into_iter().map(|(_, m)| m).collect();
 
         let filters: Vec<&v5::request::ListFilters> = req.lists.values().filter_map(|l| l.filters.as_ref()).collect();
         let dms = if filters.iter().any(|f| f.is_dm.is_some()) || !req.lists.is_empty() {
@@ -225,19 +226,21 @@ impl SyncEngine {
     /// Bump stamps of rooms (see the module doc).
     async fn bump_stamps<'a>(&self, base: &Base<'a>, rooms: &[&'a MembershipRow]) -> Result<HashMap<&'a str, i64>> {
         let view = base.view;
-        let mut out = HashMap::new();
+        let mut out = HashMap::with_capacity(rooms.len());
         let mut known = Vec::new();
         let mut missing = Vec::new();
-        for m in rooms {
-            if m.membership != "join" {
-                out.insert(m.room_id.as_str(), m.stream);
-                continue;
-            }
-            match self.sliding.bumps.get(m.room_id.as_str()) {
+        let joined: Vec<&'a MembershipRow> = rooms.iter().copied().filter(|m| m.membership == "join").collect();
+        for m in rooms.iter().filter(|m| m.membership != "join") {
+            out.insert(m.room_id.as_str(), m.stream);
+        }
+        let remembered = self.sliding.bumps.get_many(joined.iter().map(|m| m.room_id.as_str()));
+        for (m, memo) in joined.iter().zip(remembered) {
+            match memo {
                 Some((as_of, bump)) if view.covers(as_of) && as_of <= view.end => known.push((*m, as_of, bump)),
                 _ => missing.push(*m),
             }
         }
+        let mut remember = Vec::with_capacity(joined.len());
         if !known.is_empty() {
             // One pass over the log since the oldest remembered position.
             let from = known.iter().map(|k| k.1).min().unwrap_or(view.end);
@@ -252,7 +255,7 @@ impl SyncEngine {
                     Some(&s) if s > as_of => s.max(bump),
                     _ => bump,
                 };
-                self.sliding.bumps.insert(m.room_id.clone(), (view.end, b));
+                remember.push((m.room_id.as_str(), (view.end, b)));
                 out.insert(m.room_id.as_str(), if b == 0 { m.stream } else { b });
             }
         }
@@ -261,10 +264,11 @@ impl SyncEngine {
             let found = self.db.latest_of_types(&ids, BUMP_TYPES, view.end).await?;
             for m in missing {
                 let b = found.get(&m.room_id).copied().unwrap_or(0);
-                self.sliding.bumps.insert(m.room_id.clone(), (view.end, b));
+                remember.push((m.room_id.as_str(), (view.end, b)));
                 out.insert(m.room_id.as_str(), if b == 0 { m.stream } else { b });
             }
         }
+        self.sliding.bumps.set_many(remember);
         Ok(out)
     }
 
@@ -280,12 +284,13 @@ impl SyncEngine {
         let mut out = HashMap::new();
         let mut known = Vec::new();
         let mut missing = Vec::new();
-        for r in rooms {
-            match self.sliding.facts.get(*r) {
+        for (r, memo) in rooms.iter().zip(self.sliding.facts.get_many(rooms.iter().copied())) {
+            match memo {
                 Some((as_of, f)) if view.covers(as_of) && as_of <= view.end => known.push((*r, as_of, f)),
                 _ => missing.push(*r),
             }
         }
+        let mut remember = Vec::with_capacity(rooms.len());
         if let Some(from) = known.iter().map(|k| k.1).min() {
             let mut touched: HashMap<&str, i64> = HashMap::new();
             for e in view.events_after(from) {
@@ -300,7 +305,7 @@ impl SyncEngine {
                 if touched.get(r).is_some_and(|&s| s > as_of) {
                     missing.push(r);
                 } else {
-                    self.sliding.facts.insert(r.to_owned(), (view.end, f.clone()));
+                    remember.push((r, (view.end, f.clone())));
                     out.insert(r.to_owned(), f);
                 }
             }
@@ -310,10 +315,11 @@ impl SyncEngine {
             for r in missing {
                 let f = read.remove(r).unwrap_or_default();
                 // Current state may be newer than the view: a change after it is seen in the log.
-                self.sliding.facts.insert(r.to_owned(), (view.end, f.clone()));
+                remember.push((r, (view.end, f.clone())));
                 out.insert(r.to_owned(), f);
             }
         }
+        self.sliding.facts.set_many(remember);
         Ok(out)
     }
 
