@@ -372,10 +372,7 @@ async fn listed(c: &common::Client, only_highlight: bool) -> Vec<String> {
 
 /// How many `event_push_actions` rows the event has, read from the server's database.
 async fn stored_rows(server: &common::TestServer, event: &str) -> i64 {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let url = server.config()["database"]["url"].as_str().unwrap().to_owned();
-    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connecting to the test database");
+    let mut conn = server.database().await;
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM event_push_actions WHERE event_id = $1")
         .bind(event)
         .fetch_one(&mut conn)

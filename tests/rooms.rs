@@ -857,10 +857,7 @@ both_backends!(redaction_sent_through_send_in_every_room_version, |server| async
 
 /// The room's state groups: `(snapshots, largest chain length)`, read from the database.
 async fn state_group_shape(server: &common::TestServer, room: &str) -> (i64, i64) {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let url = server.config()["database"]["url"].as_str().unwrap().to_owned();
-    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connecting to the test database");
+    let mut conn = server.database().await;
     sqlx::query_as(
         "SELECT SUM(CASE WHEN prev_group IS NULL THEN 1 ELSE 0 END), MAX(chain_length) \
          FROM state_groups WHERE room_id = $1",

@@ -196,7 +196,8 @@ impl Rooms {
             if base_state == state {
                 return Ok((group, chain));
             }
-            if base_state.keys().all(|k| state.contains_key(k)) {
+            // A delta has at least one entry: when not even that fits, no delta is computed.
+            if extends_chain(chain, 1, state.len()) && base_state.keys().all(|k| state.contains_key(k)) {
                 let delta: StateIds = state
                     .iter()
                     .filter(|(k, v)| base_state.get(*k) != Some(*v))

@@ -349,6 +349,15 @@ impl TestServer {
         format!("@{localpart}:{}", self.server_name())
     }
 
+    /// A connection to the server's own database (SQLite file or PostgreSQL), for tests that
+    /// check what was stored.
+    pub async fn database(&self) -> sqlx::AnyConnection {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let url = self.config["database"]["url"].as_str().expect("database.url").to_owned();
+        sqlx::AnyConnection::connect(&url).await.expect("connecting to the test database")
+    }
+
     /// The server's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

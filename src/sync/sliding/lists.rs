@@ -120,7 +120,7 @@ impl SyncEngine {
         let membership: HashMap<&'a str, &'a MembershipRow> =
             base.memberships.iter().filter(|m| !m.forgotten).map(|m| (m.room_id.as_str(), m)).collect();
         // Rooms a list may hold.
-        let candidates: Vec<&'a MembershipRow> = base
+        let mut candidates: Vec<&'a MembershipRow> = base
             .memberships
             .iter()
             .filter(|m| !m.forgotten)
@@ -132,10 +132,8 @@ impl SyncEngine {
             .collect();
         let bumps = self.bump_stamps(base, &candidates).await?;
         // Newest first; each room's stamp looked up once, not at every comparison.
-        let mut keyed: Vec<(Option<i64>, &'a MembershipRow)> =
-            candidates.iter().map(|m| (bumps.get(m.room_id.as_str()).copied(), *m)).collect();
-        keyed.sort_unstable_by(|(ba, a), (bb, b)| bb.cmp(ba).then_with(|| a.room_id.cmp(&b.room_id)));
-        let candidates: Vec<&'a MembershipRow> = keyed.into_iter().map(|(_, m)| m).collect();
+        candidates
+            .sort_by_cached_key(|m| (std::cmp::Reverse(bumps.get(m.room_id.as_str()).copied()), m.room_id.as_str()));
 
         let filters: Vec<&v5::request::ListFilters> = req.lists.values().filter_map(|l| l.filters.as_ref()).collect();
         let dms = if filters.iter().any(|f| f.is_dm.is_some()) || !req.lists.is_empty() {
