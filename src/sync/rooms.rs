@@ -352,104 +352,86 @@ impl SyncEngine {
             return Ok(pre);
         }
         let end = ctx.view.end;
-        // Timelines the recent-events log cannot answer (see `timeline_from`).
+        let user = ctx.user.as_str();
+        // Two chains of reads that need nothing of each other run at once (on PostgreSQL each
+        // statement is a round trip to another process; on SQLite each runs on its own reader
+        // thread): the unread counts, and the timelines -> state groups -> (their states and
+        // the PDUs history visibility reads, with the summaries beside them).
+        let unread = async {
+            // Unread counts not carried forward from an earlier sync.
+            let uncounted: Vec<(&str, i64)> = full
+                .iter()
+                .filter(|p| self.unread.get(&(user.to_owned(), p.room_id.to_owned())).is_none())
+                .map(|p| (p.room_id, p.member_stream))
+                .collect();
+            if uncounted.len() >= min_rooms {
+                let counts = self.db.unread_counts_of(user, &uncounted, ctx.now.events, UNREAD_CAP).await?;
+                for (room, member_stream) in uncounted {
+                    let counts = counts.get(room).cloned().unwrap_or_default();
+                    let entry = super::Unread {
+                        upto: ctx.now.events,
+                        receipts: ctx.now.receipts,
+                        member_stream,
+                        counts: Arc::new(counts),
+                    };
+                    self.unread.insert((user.to_owned(), room.to_owned()), entry);
+                }
+            }
+            Ok::<(), crate::error::Error>(())
+        };
+        let timelines_and_state = async {
+            // Timelines the recent-events log cannot answer (see `timeline_from`).
+            let limit = ctx.opts.filter.timeline_limit();
+            let batch = limit + 1;
+            let in_log = ctx.view.counts_by_room();
+            let from_db: Vec<&str> = full
+                .iter()
+                .filter(|p| !ctx.view.covers(0) && in_log.get(p.room_id).copied().unwrap_or(0) < batch)
+                .map(|p| p.room_id)
+                .collect();
+            let timelines = if from_db.is_empty() {
+                HashMap::new()
+            } else {
+                self.db.newest_events_of(&from_db, ctx.now.events, batch as i64).await?
+            };
+            // The state before each timeline's first event, as it will be when no event is
+            // hidden or filtered out (a wrong guess costs the one-room read it saves), and the
+            // state groups the timelines' events carry.
+            let mut starts = Vec::new();
+            let mut groups = Vec::new();
+            for p in &full {
+                let rows = match timelines.get(p.room_id) {
+                    Some(rows) => rows.clone(),
+                    None => ctx.view.window(p.room_id, ctx.view.start, p.upto, batch),
+                };
+                groups.extend(rows.iter().filter_map(|e| e.state_group));
+                if !ctx.opts.use_state_after
+                    && let Some(oldest) = rows.get(limit.min(rows.len()).saturating_sub(1))
+                {
+                    starts.push((p.room_id, oldest.stream - 1));
+                }
+            }
+            let mut unknown: Vec<(&str, i64)> = full.iter().map(|p| (p.room_id, end)).collect();
+            unknown.extend(starts);
+            unknown
+                .retain(|(room, pos)| self.groups.get(&((*room).to_owned(), *pos)).is_none_or(|c| c.get().is_none()));
+            if !unknown.is_empty() {
+                let found = self.db.state_groups_at_streams(&unknown).await?;
+                for (room, pos) in unknown {
+                    let cell = self.groups.get_or_insert_with((room.to_owned(), pos), Default::default);
+                    let _ = cell.set(found.get(&(room.to_owned(), pos)).copied());
+                }
+                groups.extend(found.into_values());
+            }
+            groups.sort_unstable();
+            groups.dedup();
+            futures::try_join!(self.prefetch_states(ctx, &groups), self.prefetch_summaries(&full, end))?;
+            Ok::<_, crate::error::Error>(timelines)
+        };
+        let ((), timelines) = futures::try_join!(unread, timelines_and_state)?;
+        pre.timelines = timelines;
         let limit = ctx.opts.filter.timeline_limit();
         let batch = limit + 1;
-        let in_log = ctx.view.counts_by_room();
-        let from_db: Vec<&str> = full
-            .iter()
-            .filter(|p| !ctx.view.covers(0) && in_log.get(p.room_id).copied().unwrap_or(0) < batch)
-            .map(|p| p.room_id)
-            .collect();
-        if !from_db.is_empty() {
-            pre.timelines = self.db.newest_events_of(&from_db, ctx.now.events, batch as i64).await?;
-        }
-        // The state before each timeline's first event, as it will be when no event is hidden
-        // or filtered out (a wrong guess costs the one-room read it saves), and the state groups
-        // the timelines' events carry.
-        let mut starts = Vec::new();
-        let mut groups = Vec::new();
-        for p in &full {
-            let rows = match pre.timelines.get(p.room_id) {
-                Some(rows) => rows.clone(),
-                None => ctx.view.window(p.room_id, ctx.view.start, p.upto, batch),
-            };
-            groups.extend(rows.iter().filter_map(|e| e.state_group));
-            if !ctx.opts.use_state_after
-                && let Some(oldest) = rows.get(limit.min(rows.len()).saturating_sub(1))
-            {
-                starts.push((p.room_id, oldest.stream - 1));
-            }
-        }
-        let mut unknown: Vec<(&str, i64)> = full.iter().map(|p| (p.room_id, end)).collect();
-        unknown.extend(starts);
-        unknown.retain(|(room, pos)| self.groups.get(&((*room).to_owned(), *pos)).is_none_or(|c| c.get().is_none()));
-        if !unknown.is_empty() {
-            let found = self.db.state_groups_at_streams(&unknown).await?;
-            for (room, pos) in unknown {
-                let cell = self.groups.get_or_insert_with((room.to_owned(), pos), Default::default);
-                let _ = cell.set(found.get(&(room.to_owned(), pos)).copied());
-            }
-            groups.extend(found.into_values());
-        }
-        groups.sort_unstable();
-        groups.dedup();
-        self.rooms.preload_state_groups(&groups).await?;
-        // What history visibility reads at each of those groups (its setting and the user's
-        // membership), into the PDU cache it reads from.
-        let user_key = ("m.room.member".to_owned(), ctx.user.to_string());
-        let hv_key = ("m.room.history_visibility".to_owned(), String::new());
-        let mut pdus = Vec::new();
-        for g in &groups {
-            let state = self.rooms.state_at_group(*g).await?;
-            pdus.extend(state.get(&hv_key).cloned());
-            pdus.extend(state.get(&user_key).cloned());
-        }
-        pdus.sort_unstable();
-        pdus.dedup();
-        self.rooms.cached_pdus(&pdus).await?;
-        // Summaries not remembered at the room's current state group.
-        let mut stale = Vec::new();
-        for p in &full {
-            let Some(Some(g)) = self.groups.get(&(p.room_id.to_owned(), end)).and_then(|c| c.get().copied()) else {
-                continue;
-            };
-            if self.summaries.get(p.room_id).is_none_or(|s| s.0 != g) {
-                stale.push((p.room_id, g));
-            }
-        }
-        if !stale.is_empty() {
-            let rooms: Vec<&str> = stale.iter().map(|(r, _)| *r).collect();
-            let counts = self.db.member_counts_of(&rooms).await?;
-            let mut members = self.db.members_in_order_of(&rooms, 6).await?;
-            for (room, g) in stale {
-                let (joined, invited) = counts.get(room).copied().unwrap_or_default();
-                let (first, former) = members.remove(room).unwrap_or_default();
-                let former = if first.len() <= 1 { former } else { Vec::new() };
-                let entry = Arc::new(super::Summary { joined, invited, first, former });
-                self.summaries.insert(room.to_owned(), (g, entry));
-            }
-        }
-        // Unread counts not carried forward from an earlier sync.
-        let user = ctx.user.as_str();
-        let uncounted: Vec<(&str, i64)> = full
-            .iter()
-            .filter(|p| self.unread.get(&(user.to_owned(), p.room_id.to_owned())).is_none())
-            .map(|p| (p.room_id, p.member_stream))
-            .collect();
-        if uncounted.len() >= min_rooms {
-            let counts = self.db.unread_counts_of(user, &uncounted, ctx.now.events, UNREAD_CAP).await?;
-            for (room, member_stream) in uncounted {
-                let counts = counts.get(room).cloned().unwrap_or_default();
-                let entry = super::Unread {
-                    upto: ctx.now.events,
-                    receipts: ctx.now.receipts,
-                    member_stream,
-                    counts: Arc::new(counts),
-                };
-                self.unread.insert((user.to_owned(), room.to_owned()), entry);
-            }
-        }
         // The state events each room will send (see `want`).
         let mut wanted = Vec::new();
         for p in &full {
@@ -473,6 +455,52 @@ impl SyncEngine {
                 self.recent.events(&wanted).await?.into_iter().map(|e| (e.pdu.event_id.to_string(), e)).collect();
         }
         Ok(pre)
+    }
+
+    /// Loads state groups into the state cache, and the PDUs history visibility reads at each
+    /// of them (its setting and the user's membership) into the PDU cache it reads from.
+    async fn prefetch_states(&self, ctx: &Ctx<'_>, groups: &[i64]) -> Result<()> {
+        self.rooms.preload_state_groups(groups).await?;
+        let user_key = ("m.room.member".to_owned(), ctx.user.to_string());
+        let hv_key = ("m.room.history_visibility".to_owned(), String::new());
+        let mut pdus = Vec::new();
+        for g in groups {
+            let state = self.rooms.state_at_group(*g).await?;
+            pdus.extend(state.get(&hv_key).cloned());
+            pdus.extend(state.get(&user_key).cloned());
+        }
+        pdus.sort_unstable();
+        pdus.dedup();
+        self.rooms.cached_pdus(&pdus).await?;
+        Ok(())
+    }
+
+    /// Remembers the summaries of the rooms whose summary is not remembered at their state
+    /// group at `end` (member counts and the first members, read together).
+    async fn prefetch_summaries(&self, full: &[&Plan<'_>], end: i64) -> Result<()> {
+        let mut stale = Vec::new();
+        for p in full {
+            let Some(Some(g)) = self.groups.get(&(p.room_id.to_owned(), end)).and_then(|c| c.get().copied()) else {
+                continue;
+            };
+            if self.summaries.get(p.room_id).is_none_or(|s| s.0 != g) {
+                stale.push((p.room_id, g));
+            }
+        }
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let rooms: Vec<&str> = stale.iter().map(|(r, _)| *r).collect();
+        let (counts, mut members) =
+            futures::try_join!(self.db.member_counts_of(&rooms), self.db.members_in_order_of(&rooms, 6))?;
+        for (room, g) in stale {
+            let (joined, invited) = counts.get(room).copied().unwrap_or_default();
+            let (first, former) = members.remove(room).unwrap_or_default();
+            let former = if first.len() <= 1 { former } else { Vec::new() };
+            let entry = Arc::new(super::Summary { joined, invited, first, former });
+            self.summaries.insert(room.to_owned(), (g, entry));
+        }
+        Ok(())
     }
 
     /// A room's entry with its events in client form.

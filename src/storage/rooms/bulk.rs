@@ -47,6 +47,12 @@ pub struct PendingRows {
 /// each parameter it binds, and for named ones (`$N` included) SQLite finds the name by a linear
 /// scan: binding a 500-parameter insert was quadratic, 4% of the send path's CPU in a profile.
 pub(in crate::storage) fn values_clause(backend: Backend, rows: usize, cols: usize) -> String {
+    values_clause_from(backend, 1, rows, cols)
+}
+
+/// [`values_clause`] with PostgreSQL's parameters numbered from `$first` (the statement binds
+/// others before the rows).
+pub(in crate::storage) fn values_clause_from(backend: Backend, first: usize, rows: usize, cols: usize) -> String {
     let mut sql = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -58,7 +64,7 @@ pub(in crate::storage) fn values_clause(backend: Backend, rows: usize, cols: usi
                 Backend::Sqlite => sql.push('?'),
                 Backend::Postgres => {
                     use std::fmt::Write;
-                    let _ = write!(sql, "${}", r * cols + c);
+                    let _ = write!(sql, "${}", first - 1 + r * cols + c);
                 }
             }
         }

@@ -176,16 +176,28 @@ impl Db {
     ) -> Result<HashMap<String, Vec<StoredEvent>>> {
         let mut out: HashMap<String, Vec<StoredEvent>> = HashMap::with_capacity(rooms.len());
         for chunk in rooms.chunks(50) {
-            let parts: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ${} AND outlier = 0 \
-                         AND rejected = 0 AND stream_ordering <= $1 ORDER BY stream_ordering DESC LIMIT {limit}) AS t{i}",
-                        i + 2
-                    )
-                })
-                .collect();
-            let sql = sqlx::AssertSqlSafe(parts.join(" UNION ALL "));
+            let sql = match self.backend {
+                // PostgreSQL plans each part of a UNION ALL on its own: for 20 rooms, 2-4 ms of
+                // planning against 0.1-0.4 ms for one index scan per row of a VALUES list.
+                Backend::Postgres => format!(
+                    "SELECT e.* FROM (VALUES {}) AS q(room_id) CROSS JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
+                     WHERE room_id = q.room_id AND outlier = 0 AND rejected = 0 AND stream_ordering <= $1 \
+                     ORDER BY stream_ordering DESC LIMIT {limit}) AS e",
+                    values_clause_from(Backend::Postgres, 2, chunk.len(), 1)
+                ),
+                // SQLite has no LATERAL; its planning of the union is cheap.
+                Backend::Sqlite => (0..chunk.len())
+                    .map(|i| {
+                        format!(
+                            "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ${} AND outlier = 0 \
+                             AND rejected = 0 AND stream_ordering <= $1 ORDER BY stream_ordering DESC LIMIT {limit}) AS t{i}",
+                            i + 2
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL "),
+            };
+            let sql = sqlx::AssertSqlSafe(sql);
             let mut q = sqlx::query_as::<_, EventTuple>(sql).bind(upto);
             for room in chunk {
                 q = q.bind(*room);

@@ -11,7 +11,7 @@ mod state;
 mod txns;
 
 pub use bulk::{PendingEvent, PendingRows};
-pub(super) use bulk::{ROWS_PER_STATEMENT, flush_pending, values_clause};
+pub(super) use bulk::{ROWS_PER_STATEMENT, flush_pending, values_clause, values_clause_from};
 use bulk::{write_edges, write_events, write_txns};
 
 use std::collections::HashMap;
