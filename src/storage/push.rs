@@ -273,6 +273,16 @@ fn notifying(u: &str, r: &str, cond: &str) -> String {
     )
 }
 
+/// The condition for rows in the room's threads after stream position `after` up to `upto`
+/// (SQL expressions), for [`notifying`]. The positions are compared as `+stream_ordering`, which
+/// no index serves: otherwise SQLite takes the range on `(user_id, stream_ordering)`, which for
+/// the broadcast rows (`user_id = ''`) is every room's rows since `after`, over the primary key's
+/// range of this room's thread rows: 0.7 ms a room against 0.02 in a user's first initial
+/// sync of 1,000 rooms (one second of its 1.5).
+fn in_threads(after: &str, upto: &str) -> String {
+    format!("thread_id > '' AND +stream_ordering > {after} AND +stream_ordering <= {upto}")
+}
+
 fn push_action_row(t: NotificationTuple) -> PushActionRow {
     PushActionRow {
         user_id: t.0,
@@ -403,11 +413,7 @@ impl Db {
              UNION ALL \
              SELECT thread_id, COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM ({}) AS t GROUP BY thread_id",
             notifying("$1", "$2", "thread_id = '' AND stream_ordering > $3 AND stream_ordering <= $4"),
-            notifying(
-                "$1",
-                "$2",
-                &format!("thread_id > '' AND stream_ordering > $5 AND stream_ordering <= $4{thread_cond}")
-            ),
+            notifying("$1", "$2", &format!("{}{thread_cond}", in_threads("$5", "$4"))),
         ));
         let mut q = sqlx::query_as::<_, (String, i64, i64)>(sql)
             .bind(user_id)
@@ -478,8 +484,7 @@ impl Db {
                     "q.room_id",
                     "thread_id = '' AND stream_ordering > q.main_floor AND stream_ordering <= $2",
                 );
-                let threads =
-                    notifying("$1", "q.room_id", "thread_id > '' AND stream_ordering > q.lo AND stream_ordering <= $2");
+                let threads = notifying("$1", "q.room_id", &in_threads("q.lo", "$2"));
                 let sql = sqlx::AssertSqlSafe(format!(
                     "WITH q(room_id, lo, main_floor) AS (VALUES {}) \
                      SELECT q.room_id, '', m.n, m.h FROM q CROSS JOIN LATERAL (SELECT COUNT(*) AS n, \
@@ -513,11 +518,7 @@ impl Db {
                 parts.push(format!(
                     "SELECT CAST(${k} AS TEXT), thread_id, COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) \
                      FROM ({}) AS t{i} GROUP BY thread_id",
-                    notifying(
-                        "$1",
-                        &format!("${k}"),
-                        &format!("thread_id > '' AND stream_ordering > ${} AND stream_ordering <= $2", k + 1)
-                    )
+                    notifying("$1", &format!("${k}"), &in_threads(&format!("${}", k + 1), "$2"))
                 ));
             }
             let sql = sqlx::AssertSqlSafe(parts.join(" UNION ALL "));
