@@ -10,17 +10,19 @@
 //! position and carried forward with the recent-events log, so a woken long-poll sorts a
 //! thousand rooms without a query.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, LazyLock};
 
 use ruma::api::client::sync::sync_events::v5;
 use ruma::directory::RoomTypeFilter;
+use ruma::events::TimelineEventType;
 use ruma::{DeviceId, UserId};
 use serde_json::Value;
 
 use crate::error::Result;
 use crate::storage::sliding_sync::RoomFacts;
 use crate::storage::sync::MembershipRow;
+use crate::sync::memo::FastMap;
 use crate::sync::recent::View;
 use crate::sync::token::SyncToken;
 use crate::sync::{Ctx, SyncEngine, SyncOptions};
@@ -35,6 +37,15 @@ pub const BUMP_TYPES: &[&str] = &[
     "m.poll.start",
     "m.beacon_info",
 ];
+
+/// [`BUMP_TYPES`] as event types, compared without formatting each event's type.
+static BUMP_KINDS: LazyLock<Vec<TimelineEventType>> =
+    LazyLock::new(|| BUMP_TYPES.iter().map(|t| TimelineEventType::from(*t)).collect());
+
+/// Remembered bump stamps and room facts are as of a position, and a woken request checks the
+/// log's events after it. Writing every room's entry back at each request (a map write per
+/// room, a thousand for a big account) is skipped until that scan grows past this many events.
+const REFRESH_AFTER: usize = 256;
 
 /// The request-independent inputs of one computation.
 pub struct Base<'a> {
@@ -78,6 +89,11 @@ pub struct RoomConfig {
 }
 
 impl RoomConfig {
+    /// `required_state` as a room's [`RoomSent`] holds it.
+    pub fn shared_required_state(&self) -> super::RequiredState {
+        std::sync::Arc::new(self.required_state.clone())
+    }
+
     fn add(&mut self, limit: u64, required: &[(ruma::events::StateEventType, String)]) {
         self.timeline_limit = self.timeline_limit.max(limit);
         self.required_state.extend(required.iter().map(|(t, k)| (t.to_string(), k.clone())));
@@ -97,9 +113,9 @@ pub struct Selection<'a> {
     /// Every room to consider sending, with its configuration.
     pub configs: BTreeMap<&'a str, RoomConfig>,
     /// The user's membership row of each candidate room.
-    pub membership: HashMap<&'a str, &'a MembershipRow>,
+    pub membership: FastMap<&'a str, &'a MembershipRow>,
     /// Bump stamps of candidate rooms.
-    pub bumps: HashMap<&'a str, i64>,
+    pub bumps: FastMap<&'a str, i64>,
     /// Rooms `m.direct` (or an invite's `is_direct`) marks as direct chats.
     pub dms: HashSet<String>,
 }
@@ -117,7 +133,7 @@ fn type_allowed(filters: &v5::request::ListFilters, room_type: Option<&str>) -> 
 impl SyncEngine {
     /// Lists, ranges and subscriptions of a request (see the module doc).
     pub(super) async fn sliding_lists<'a>(&self, base: &Base<'a>, req: &v5::Request) -> Result<Selection<'a>> {
-        let membership: HashMap<&'a str, &'a MembershipRow> =
+        let membership: FastMap<&'a str, &'a MembershipRow> =
             base.memberships.iter().filter(|m| !m.forgotten).map(|m| (m.room_id.as_str(), m)).collect();
         // Rooms a list may hold.
         let mut candidates: Vec<&'a MembershipRow> = base
@@ -144,12 +160,12 @@ impl SyncEngine {
         let need_facts = filters
             .iter()
             .any(|f| f.is_encrypted.is_some() || !f.room_types.is_empty() || !f.not_room_types.is_empty());
-        let facts: HashMap<String, RoomFacts> = if need_facts {
+        let facts: FastMap<&'a str, RoomFacts> = if need_facts {
             let ids: Vec<&str> = candidates.iter().map(|m| m.room_id.as_str()).collect();
             let mut facts = self.room_facts(base.view, &ids).await?;
             // An invite from another server: what its stripped state says.
             for m in candidates.iter().filter(|m| m.membership == "invite" || m.membership == "knock") {
-                if facts.get(&m.room_id).is_some_and(|f| f.known) {
+                if facts.get(m.room_id.as_str()).is_some_and(|f| f.known) {
                     continue;
                 }
                 let key = if m.membership == "invite" { "invite_room_state" } else { "knock_room_state" };
@@ -161,11 +177,11 @@ impl SyncEngine {
                         _ => {}
                     }
                 }
-                facts.insert(m.room_id.clone(), f);
+                facts.insert(m.room_id.as_str(), f);
             }
             facts
         } else {
-            HashMap::new()
+            FastMap::default()
         };
 
         let mut counts = BTreeMap::new();
@@ -210,7 +226,7 @@ impl SyncEngine {
             subscribed.push(m.room_id.as_str());
             configs.entry(m.room_id.as_str()).or_default().add(u64::from(sub.timeline_limit), &sub.required_state);
         }
-        let mut bumps_of_configs = HashMap::new();
+        let mut bumps_of_configs = FastMap::default();
         for room in configs.keys() {
             let bump = match bumps.get(room) {
                 Some(b) => *b,
@@ -222,9 +238,9 @@ impl SyncEngine {
     }
 
     /// Bump stamps of rooms (see the module doc).
-    async fn bump_stamps<'a>(&self, base: &Base<'a>, rooms: &[&'a MembershipRow]) -> Result<HashMap<&'a str, i64>> {
+    async fn bump_stamps<'a>(&self, base: &Base<'a>, rooms: &[&'a MembershipRow]) -> Result<FastMap<&'a str, i64>> {
         let view = base.view;
-        let mut out = HashMap::with_capacity(rooms.len());
+        let mut out = FastMap::with_capacity_and_hasher(rooms.len(), Default::default());
         let mut known = Vec::new();
         let mut missing = Vec::new();
         let joined: Vec<&'a MembershipRow> = rooms.iter().copied().filter(|m| m.membership == "join").collect();
@@ -242,18 +258,24 @@ impl SyncEngine {
         if !known.is_empty() {
             // One pass over the log since the oldest remembered position.
             let from = known.iter().map(|k| k.1).min().unwrap_or(view.end);
-            let mut newest: HashMap<&str, i64> = HashMap::new();
+            let mut newest: FastMap<&str, i64> = FastMap::default();
+            let mut scanned = 0;
             for e in view.events_after(from) {
-                if BUMP_TYPES.contains(&e.pdu.fields.kind.to_string().as_str()) {
+                scanned += 1;
+                if BUMP_KINDS.contains(&e.pdu.fields.kind) {
                     newest.insert(e.pdu.room_id.as_str(), e.stream);
                 }
             }
+            let refresh = scanned > REFRESH_AFTER;
             for (m, as_of, bump) in known {
                 let b = match newest.get(m.room_id.as_str()) {
                     Some(&s) if s > as_of => s.max(bump),
                     _ => bump,
                 };
-                remember.push((m.room_id.as_str(), (view.end, b)));
+                // An entry left as it was stays true: the next scan starts at or before it.
+                if refresh || b != bump {
+                    remember.push((m.room_id.as_str(), (view.end, b)));
+                }
                 out.insert(m.room_id.as_str(), if b == 0 { m.stream } else { b });
             }
         }
@@ -278,8 +300,8 @@ impl SyncEngine {
     /// Encryption and room type of rooms, remembered per room as of an events position: valid
     /// while the recent-events log shows no `m.room.create` or `m.room.encryption` event of the
     /// room since (a woken long-poll then filters a thousand rooms without a query).
-    async fn room_facts(&self, view: &View, rooms: &[&str]) -> Result<HashMap<String, RoomFacts>> {
-        let mut out = HashMap::new();
+    async fn room_facts<'r>(&self, view: &View, rooms: &[&'r str]) -> Result<FastMap<&'r str, RoomFacts>> {
+        let mut out = FastMap::with_capacity_and_hasher(rooms.len(), Default::default());
         let mut known = Vec::new();
         let mut missing = Vec::new();
         for (r, memo) in rooms.iter().zip(self.sliding.facts.get_many(rooms.iter().copied())) {
@@ -290,21 +312,25 @@ impl SyncEngine {
         }
         let mut remember = Vec::with_capacity(rooms.len());
         if let Some(from) = known.iter().map(|k| k.1).min() {
-            let mut touched: HashMap<&str, i64> = HashMap::new();
+            let mut touched: FastMap<&str, i64> = FastMap::default();
+            let mut scanned = 0;
             for e in view.events_after(from) {
-                let kind = e.pdu.fields.kind.to_string();
-                if (kind == "m.room.create" || kind == "m.room.encryption")
+                scanned += 1;
+                if matches!(e.pdu.fields.kind, TimelineEventType::RoomCreate | TimelineEventType::RoomEncryption)
                     && e.pdu.fields.state_key.as_deref() == Some("")
                 {
                     touched.insert(e.pdu.room_id.as_str(), e.stream);
                 }
             }
+            let refresh = scanned > REFRESH_AFTER;
             for (r, as_of, f) in known {
                 if touched.get(r).is_some_and(|&s| s > as_of) {
                     missing.push(r);
                 } else {
-                    remember.push((r, (view.end, f.clone())));
-                    out.insert(r.to_owned(), f);
+                    if refresh {
+                        remember.push((r, (view.end, f.clone())));
+                    }
+                    out.insert(r, f);
                 }
             }
         }
@@ -314,7 +340,7 @@ impl SyncEngine {
                 let f = read.remove(r).unwrap_or_default();
                 // Current state may be newer than the view: a change after it is seen in the log.
                 remember.push((r, (view.end, f.clone())));
-                out.insert(r.to_owned(), f);
+                out.insert(r, f);
             }
         }
         self.sliding.facts.set_many(remember);
@@ -342,7 +368,7 @@ impl SyncEngine {
         };
         let mut out = HashSet::clone(&direct);
         // The invites' member events, read together (one round trip, not one per invite).
-        let invites: HashMap<&str, &str> = candidates
+        let invites: FastMap<&str, &str> = candidates
             .iter()
             .filter(|m| m.membership == "invite" && !out.contains(&m.room_id))
             .map(|m| (m.event_id.as_str(), m.room_id.as_str()))
