@@ -16,9 +16,6 @@ pub const LIMIT: usize = 200_000;
 /// chosen by a remote server cannot be aimed at one bucket.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A `HashSet` with the hasher of [`FastMap`].
-pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-
 /// See the module doc.
 pub struct Memo<K, V> {
     map: Mutex<FastMap<K, V>>,

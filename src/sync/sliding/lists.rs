@@ -89,11 +89,6 @@ pub struct RoomConfig {
 }
 
 impl RoomConfig {
-    /// `required_state` as a room's [`RoomSent`] holds it.
-    pub fn shared_required_state(&self) -> super::RequiredState {
-        std::sync::Arc::new(self.required_state.clone())
-    }
-
     fn add(&mut self, limit: u64, required: &[(ruma::events::StateEventType, String)]) {
         self.timeline_limit = self.timeline_limit.max(limit);
         self.required_state.extend(required.iter().map(|(t, k)| (t.to_string(), k.clone())));

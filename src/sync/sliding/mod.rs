@@ -58,7 +58,8 @@ pub const MAX_LISTS: usize = 100;
 /// Positions unused for this long (ms) are deleted.
 pub const EXPIRY_MS: i64 = 7 * 24 * 3_600_000;
 
-/// A room's sorted `required_state` pairs, shared by the rooms sent with the same ones.
+/// A room's sorted `required_state` pairs. Carried from position to position by pointer; rooms
+/// with equal lists are stored once (see [`ConnState::to_json`]).
 pub type RequiredState = Arc<Vec<(String, String)>>;
 
 /// What the client of a connection holds, as of one position.
@@ -67,8 +68,8 @@ pub type RequiredState = Arc<Vec<(String, String)>>;
 /// rooms of a window share one, and writing it per room made a connection's state grow by
 /// ~350 bytes per room the client ever got (42 KB after 100 wake-ups in the benchmark), read,
 /// parsed and written again on every response.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(from = "StoredState", into = "StoredState")]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "StoredState")]
 pub struct ConnState {
     /// The stream positions the response brought the client to (a [`SyncToken`]).
     pub token: String,
@@ -93,6 +94,14 @@ pub struct RoomSent {
     pub required_state: RequiredState,
     /// The notification count last sent.
     pub notifications: i64,
+}
+
+impl ConnState {
+    /// The state as stored. Consumes it: serde's `into` would clone the whole state (every
+    /// room the client holds) at each response only to convert the copy.
+    pub fn to_json(self) -> serde_json::Result<String> {
+        serde_json::to_string(&StoredState::from(self))
+    }
 }
 
 /// [`ConnState`] as stored: the distinct `required_state` lists once, named by index.
@@ -296,7 +305,7 @@ impl SyncEngine {
             _ => {
                 // Positive and below 2^53, so that it survives any JSON number handling.
                 let pos = (rand::random::<u64>() >> 11) as i64;
-                let state = serde_json::to_string(&c.state)?;
+                let state = c.state.to_json()?;
                 self.db.sliding_store(key, keep, pos, &state, MAX_CONNS).await?;
                 pos
             }
@@ -398,7 +407,7 @@ mod tests {
             state.rooms.insert(format!("!r{i}:x"), sent(i, if i % 10 == 0 { &b } else { &a }));
         }
         state.rooms.insert("!none:x".into(), sent(7, &RequiredState::default()));
-        let json = serde_json::to_string(&state).unwrap();
+        let json = state.clone().to_json().unwrap();
         assert_eq!(json.matches("m.room.name").count(), 1, "{json}");
         let back: ConnState = serde_json::from_str(&json).unwrap();
         assert_eq!(back.token, "s1");

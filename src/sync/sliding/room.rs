@@ -200,7 +200,7 @@ impl SyncEngine {
             at: m.stream,
             member: m.stream,
             timeline_limit: cfg.timeline_limit,
-            required_state: cfg.shared_required_state(),
+            required_state: std::sync::Arc::new(cfg.required_state.clone()),
             notifications: 0,
         };
         let bump = sel.bumps.get(room).copied().unwrap_or(m.stream);
